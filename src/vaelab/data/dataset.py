@@ -1,0 +1,80 @@
+"""The one container every dataset loader returns.
+
+All data in vaelab is a single float32 tensor ``x`` of shape (N, D): 2D points have D = 2,
+28x28 images are flattened to D = 784 and carry ``image_shape = (1, 28, 28)`` so that
+convolutional nets and image figures can restore the layout. Keeping one shape everywhere
+lets the objectives, the training loop and evaluation treat every dataset alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Dataset:
+    """Points (or flattened images) with whatever side information the source has.
+
+    Attributes:
+        name: registry name (``"moons"``, ``"mnist"``, ``"file:/path/data.csv"`` ...).
+        x: (N, D) float32 data.
+        labels: (N,) int64 class / mode labels, or None when the data has none.
+        label_names: human-readable name per label value (index = label), or None.
+        log_prob: exact log density log p(x) of the generating distribution, (M, D) -> (M,),
+            for the toy distributions where it is known in closed form; None otherwise.
+        image_shape: (C, H, W) when each row of ``x`` is a flattened image, else None.
+        extras: further per-point tensors of shape (N, ...) (e.g. ``"radius"``).
+    """
+
+    name: str
+    x: Tensor
+    labels: Tensor | None = None
+    label_names: list[str] | None = None
+    log_prob: Callable[[Tensor], Tensor] | None = None
+    image_shape: tuple[int, int, int] | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 2:
+            raise ValueError(f"Dataset {self.name!r}: x must have shape (N, D), got {tuple(self.x.shape)}")
+        if self.labels is not None and self.labels.shape != (self.x.shape[0],):
+            raise ValueError(
+                f"Dataset {self.name!r}: labels must have shape ({self.x.shape[0]},), "
+                f"got {tuple(self.labels.shape)}"
+            )
+        for key, value in self.extras.items():
+            if value.shape[0] != self.x.shape[0]:
+                raise ValueError(f"Dataset {self.name!r}: extra {key!r} has {value.shape[0]} rows, x has {self.x.shape[0]}")
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Number of data dimensions D."""
+        return self.x.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label values (0 when unlabelled)."""
+        if self.labels is None:
+            return 0
+        if self.label_names is not None:
+            return len(self.label_names)
+        return int(self.labels.max().item()) + 1
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A copy with every tensor on ``device``."""
+        return Dataset(
+            name=self.name,
+            x=self.x.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
+            label_names=self.label_names,
+            log_prob=self.log_prob,
+            image_shape=self.image_shape,
+            extras={k: v.to(device) for k, v in self.extras.items()},
+        )
