@@ -1,0 +1,234 @@
+"""Run directories: safetensors weights + JSON config + training state, written atomically.
+
+A run directory holds everything needed to reload and explain a run::
+
+    config.json        RunConfig (data / model / train / eval)
+    model.safetensors  weights; header metadata records x_dim and cond_dim
+    state.pt           optimizer, step, epoch, RNG state (tensors and numbers only)
+    history.csv        one row per epoch
+    metrics.json       written by evaluation
+    failure.json       only when training stopped on a non-finite loss
+
+Every file is written to a temporary name in the same folder and moved into place with
+``os.replace``, so a crash mid-write never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
+
+from vaelab.config import RunConfig
+from vaelab.models import LatentModel, build_model
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+FAILURE_FILE = "failure.json"
+
+
+class RunDirError(ValueError):
+    """A folder that is not (or not yet) a vaelab run directory, or one that would be overwritten."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder + os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class History:
+    """Per-epoch training record: a list of rows (dicts with the same keys), CSV on disk."""
+
+    COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds")
+
+    def __init__(self, rows: list[dict[str, float]] | None = None) -> None:
+        self.rows: list[dict[str, float]] = list(rows or [])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+
+    def column(self, name: str) -> list[float]:
+        """All values of one column, in epoch order."""
+        if name not in self.COLUMNS:
+            raise KeyError(f"unknown history column {name!r}; columns are {', '.join(self.COLUMNS)}")
+        return [float(r[name]) for r in self.rows]
+
+    @property
+    def last(self) -> dict[str, float] | None:
+        return self.rows[-1] if self.rows else None
+
+    def has_failure(self) -> bool:
+        """True when some recorded loss is NaN or infinite."""
+        return any(not math.isfinite(float(r["loss"])) for r in self.rows)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(self.COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: (int(row[k]) if k in ("epoch", "step") else repr(float(row[k]))) for k in self.COLUMNS})
+        return buf.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str) -> History:
+        rows = []
+        for raw in csv.DictReader(io.StringIO(text)):
+            rows.append({k: (int(raw[k]) if k in ("epoch", "step") else float(raw[k])) for k in cls.COLUMNS})
+        return cls(rows)
+
+
+@dataclass
+class TrainState:
+    """Where training stands: enough, with the weights, to resume bit-exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    optimizer: dict[str, Any] | None = None
+    rng: torch.Tensor | None = None  # torch.Generator.get_state() of the training generator
+    complete: bool = False
+
+
+@dataclass
+class Run:
+    """A loaded run directory: the model rebuilt from config + weights, and its records."""
+
+    path: Path
+    config: RunConfig
+    model: LatentModel
+    history: History = field(default_factory=History)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failure: dict[str, Any] | None = None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def save_weights(run_dir: Path, model: LatentModel) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "vaelab-1", "kind": model.config.kind, "x_dim": str(model.x_dim), "cond_dim": str(model.cond_dim)}
+    atomic_write_bytes(run_dir / WEIGHTS_FILE, save_safetensors(tensors, metadata=meta))
+
+
+def save_state(run_dir: Path, state: TrainState) -> None:
+    buf = io.BytesIO()
+    torch.save(
+        {"step": state.step, "epoch": state.epoch, "optimizer": state.optimizer, "rng": state.rng,
+         "complete": state.complete},
+        buf,
+    )
+    atomic_write_bytes(run_dir / STATE_FILE, buf.getvalue())
+
+
+def save(
+    run_dir: str | Path, model: LatentModel, config: RunConfig, *, history: History | None = None,
+    state: TrainState | None = None,
+) -> Path:
+    """Write config, weights, and (when given) history and training state to ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, config.to_json() + "\n")
+    save_weights(run_dir, model)
+    if history is not None:
+        atomic_write_text(run_dir / HISTORY_FILE, history.to_csv())
+    if state is not None:
+        save_state(run_dir, state)
+    return run_dir
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def _require_run(run_dir: Path) -> None:
+    if not run_dir.exists():
+        raise RunDirError(f"{run_dir}: no such folder; pass the run directory that `vaelab train` wrote")
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: is a file, not a run directory")
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (run_dir / f).is_file()]
+    if missing:
+        raise RunDirError(
+            f"{run_dir}: not a vaelab run directory (missing {', '.join(missing)}); "
+            "pass a folder written by `vaelab train`"
+        )
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[LatentModel, RunConfig]:
+    """Rebuild the model from ``config.json`` + ``model.safetensors`` alone."""
+    run_dir = Path(run_dir)
+    _require_run(run_dir)
+    config = RunConfig.from_json_file(run_dir / CONFIG_FILE)
+    try:
+        with safe_open(str(run_dir / WEIGHTS_FILE), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise RunDirError(f"{run_dir / WEIGHTS_FILE}: cannot read the weights ({err})") from None
+    if meta.get("format") != "vaelab-1":
+        raise RunDirError(f"{run_dir / WEIGHTS_FILE}: not written by vaelab (no vaelab metadata in the header)")
+    model = build_model(config.model, int(meta["x_dim"]), int(meta.get("cond_dim", "0")))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise RunDirError(f"{run_dir}: weights do not match config.json ({err})") from None
+    return model.to(device), config
+
+
+def load_state(run_dir: str | Path) -> TrainState:
+    """The training state saved beside the weights (weights_only: no pickled code)."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise RunDirError(f"{path}: no training state; this run cannot be resumed")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return TrainState(step=raw["step"], epoch=raw["epoch"], optimizer=raw["optimizer"], rng=raw["rng"],
+                      complete=raw.get("complete", False))
+
+
+def load_history(run_dir: str | Path) -> History:
+    path = Path(run_dir) / HISTORY_FILE
+    return History.from_csv(path.read_text()) if path.is_file() else History()
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Load a run directory: model (eval mode), config, history, metrics and any failure record."""
+    run_dir = Path(run_dir)
+    model, config = load_model(run_dir, device)
+    model.eval()
+    metrics_path, failure_path = run_dir / METRICS_FILE, run_dir / FAILURE_FILE
+    return Run(
+        path=run_dir, config=config, model=model, history=load_history(run_dir),
+        metrics=json.loads(metrics_path.read_text()) if metrics_path.is_file() else {},
+        failure=json.loads(failure_path.read_text()) if failure_path.is_file() else None,
+    )

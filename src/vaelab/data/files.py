@@ -1,0 +1,133 @@
+"""User data from a file of points: ``.npy`` (N, D), ``.npz`` (one array, or ``x`` [+ ``labels``])
+or ``.csv`` (numbers, optional header row). Any dimension D, not only 2.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelab.data.dataset import Dataset
+
+
+class DataFileError(ValueError):
+    """A user data file that cannot be read as an (N, D) table of finite numbers."""
+
+
+SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
+    """Parse a numeric CSV: returns values (N, D), labels (N,) or None, label names, column names."""
+    with path.open(newline="") as fh:
+        rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise DataFileError(f"{path}: the file is empty; expected rows of numbers separated by commas")
+
+    def is_number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    header: list[str] | None = None
+    if not all(is_number(cell) for cell in rows[0]):
+        header = [cell.strip() for cell in rows[0]]
+        rows = rows[1:]
+        if not rows:
+            raise DataFileError(f"{path}: only a header row was found; expected data rows below it")
+    width = len(rows[0]) if header is None else len(header)
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            line = i + (2 if header else 1)
+            raise DataFileError(
+                f"{path}: line {line} has {len(row)} values but the {'header' if header else 'first line'} "
+                f"has {width}; every row must have the same number of columns (ragged CSV)"
+            )
+    label_idx: int | None = None
+    if label_column is not None:
+        if header is None:
+            raise DataFileError(f"{path}: label column {label_column!r} requested, but the CSV has no header row")
+        if label_column not in header:
+            raise DataFileError(f"{path}: no column named {label_column!r}; columns are {header}")
+        label_idx = header.index(label_column)
+
+    labels = names = None
+    if label_idx is not None:
+        raw = [row[label_idx].strip() for row in rows]
+        names = sorted(set(raw), key=lambda s: (not is_number(s), float(s) if is_number(s) else 0.0, s))
+        lookup = {name: i for i, name in enumerate(names)}
+        labels = np.array([lookup[v] for v in raw], dtype=np.int64)
+    values = []
+    for i, row in enumerate(rows):
+        line = i + (2 if header else 1)
+        try:
+            values.append([float(cell) for j, cell in enumerate(row) if j != label_idx])
+        except ValueError as err:
+            raise DataFileError(f"{path}: line {line} holds a value that is not a number ({err})") from None
+    columns = None if header is None else [h for j, h in enumerate(header) if j != label_idx]
+    return np.asarray(values, dtype=np.float64), labels, names, columns
+
+
+def load_points(path: str | Path, *, label_column: str | None = None) -> Dataset:
+    """Read a user file of points into a Dataset with x of shape (N, D).
+
+    ``.npz`` files may hold a single array, or arrays named ``x`` and optionally ``labels``.
+    For CSV, a first row that is not all numbers is taken as a header; ``label_column`` names
+    a header column to use as class labels (any strings; sorted into label values).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file; --data expects a .npy, .npz or .csv file of points (N rows x D columns)")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataFileError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    labels = names = None
+    try:
+        if suffix == ".csv":
+            arr, labels, names, _ = _read_csv(path, label_column)
+        elif suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                keys = list(npz.keys())
+                if "x" in keys:
+                    arr = npz["x"]
+                    labels = npz["labels"].astype(np.int64) if "labels" in keys else None
+                elif len(keys) == 1:
+                    arr = npz[keys[0]]
+                else:
+                    raise DataFileError(f"{path}: holds arrays {keys}; expected one array, or one named 'x' (and optionally 'labels')")
+    except DataFileError:
+        raise
+    except (ValueError, OSError) as err:
+        raise DataFileError(f"{path}: could not be read as {suffix} ({err})") from None
+    if suffix != ".csv" and label_column is not None:
+        raise DataFileError(f"{path}: a label column can only be named for CSV files; for .npz store an array named 'labels'")
+    if arr.ndim != 2:
+        raise DataFileError(f"{path}: expected a 2-D table of shape (N, D), found an array of shape {arr.shape} (rank {arr.ndim})")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataFileError(f"{path}: expected numbers, found dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataFileError(f"{path}: the table is empty (shape {arr.shape})")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataFileError(
+            f"{path}: {int(bad.sum())} values are NaN or infinite (first at row {row}, column {col}); "
+            "remove or impute them before training"
+        )
+    if labels is not None and labels.shape != (arr.shape[0],):
+        raise DataFileError(f"{path}: 'labels' has shape {labels.shape}, expected ({arr.shape[0]},)")
+    x = torch.as_tensor(arr, dtype=torch.float32)
+    ds = Dataset(
+        name=f"file:{path}", x=x,
+        labels=None if labels is None else torch.as_tensor(labels),
+        label_names=names,
+    )
+    ds.extras["radius"] = x.norm(dim=1)
+    return ds

@@ -1,0 +1,93 @@
+"""Observation models p(x|z): turn decoder outputs into a torch.distributions object.
+
+Each likelihood says how many decoder outputs it needs per data dimension and builds an
+``Independent`` distribution over the D data dimensions, so ``p_x.log_prob(x)`` is summed
+over dimensions and has the batch shape of the decoder output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+
+class Likelihood(nn.Module):
+    """Base class: ``params_per_dim`` decoder outputs per data dimension -> p(x|z)."""
+
+    params_per_dim: int = 1
+
+    def forward(self, params: Tensor) -> Distribution:  # (..., D * params_per_dim) -> p_x
+        raise NotImplementedError
+
+    def noise_std(self, p_x: Distribution) -> Tensor | None:
+        """Standard deviation of the observation noise (Gaussian heads), else None."""
+        return None
+
+
+class GaussianFixed(Likelihood):
+    """N(x; μ(z), σ² I) with a fixed σ² = ``var``.
+
+    -log p(x|z) = ‖x - μ‖² / (2σ²) + D/2 · log(2πσ²): the squared error weighted by
+    λ_rec = 1/σ², plus a constant that keeps the number an honest negative log-likelihood.
+    """
+
+    def __init__(self, var: float) -> None:
+        super().__init__()
+        if var <= 0:
+            raise ValueError(f"recon_var (σ²) must be positive, got {var}")
+        self.var = float(var)
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Independent(Normal(params, math.sqrt(self.var)), 1)
+
+    def noise_std(self, p_x: Distribution) -> Tensor:
+        return p_x.base_dist.scale.expand_as(p_x.base_dist.loc)
+
+    def extra_repr(self) -> str:
+        return f"var={self.var}"
+
+
+class GaussianLearned(Likelihood):
+    """N(x; μ(z), diag σ²(z)): the decoder outputs a mean and a log-variance per dimension."""
+
+    params_per_dim = 2
+
+    def forward(self, params: Tensor) -> Distribution:
+        mean, log_var = params.chunk(2, dim=-1)
+        return Independent(Normal(mean, torch.exp(0.5 * log_var)), 1)
+
+    def noise_std(self, p_x: Distribution) -> Tensor:
+        return p_x.base_dist.scale
+
+
+class BernoulliLogits(Likelihood):
+    """Bernoulli(x; sigmoid(ℓ(z))) parameterised by logits: stable, no sigmoid-then-BCE."""
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=params), 1)
+
+
+def build_likelihood(name: str, recon_var: float = 1.0) -> Likelihood:
+    """``gaussian`` (fixed σ² = recon_var), ``gaussian-learned`` or ``bernoulli``."""
+    if name == "gaussian":
+        return GaussianFixed(recon_var)
+    if name == "gaussian-learned":
+        return GaussianLearned()
+    if name == "bernoulli":
+        return BernoulliLogits()
+    raise ValueError(f"unknown likelihood {name!r}; choose gaussian, gaussian-learned or bernoulli")
+
+
+def sample_observation(p_x: Distribution, generator: torch.Generator | None = None) -> Tensor:
+    """Draw x ~ p(x|z) with an explicit generator (torch.distributions' sample() has none)."""
+    base = p_x.base_dist if isinstance(p_x, Independent) else p_x
+    if isinstance(base, Normal):
+        eps = torch.randn(base.loc.shape, generator=generator, device=base.loc.device, dtype=base.loc.dtype)
+        return base.loc + base.scale * eps
+    if isinstance(base, Bernoulli):
+        u = torch.rand(base.probs.shape, generator=generator, device=base.probs.device, dtype=base.probs.dtype)
+        return (u < base.probs).to(base.probs.dtype)
+    raise TypeError(f"cannot sample from {type(base).__name__} with a generator")

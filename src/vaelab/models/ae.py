@@ -1,0 +1,43 @@
+"""A plain (deterministic) autoencoder: the baseline a VAE is compared with.
+
+It has no posterior and no KL, so it reports the reconstruction term only. ``sample``
+decodes z ~ N(0, I) like a VAE would; for an autoencoder nothing shapes the codes to
+fill that prior, which is exactly what the comparison figures are meant to show.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vaelab.config import ModelConfig
+from vaelab.likelihoods import build_likelihood, sample_observation
+from vaelab.models.vae import LatentModel
+from vaelab.nets import mlp
+
+
+class AE(LatentModel):
+    """x (B, D) -> z = f(x) (B, d) -> p(x|z) from the configured likelihood."""
+
+    def __init__(self, config: ModelConfig, x_dim: int, cond_dim: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.x_dim = x_dim
+        self.cond_dim = cond_dim
+        d = config.latent_dim
+        self.likelihood = build_likelihood(config.likelihood, config.recon_var)
+        self.encoder = mlp(x_dim + cond_dim, config.hidden, d, config.activation)
+        self.decoder = mlp(d + cond_dim, list(reversed(config.hidden)),
+                           x_dim * self.likelihood.params_per_dim, config.activation)
+
+    def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """The code z = f(x): (B, D) -> (B, d)."""
+        return self.encoder(self._with_condition(x, c))
+
+    @torch.no_grad()
+    def reconstruct(
+        self, x: Tensor, c: Tensor | None = None, *, generator: torch.Generator | None = None,
+        stochastic: bool = False,
+    ) -> Tensor:
+        p_x = self.decode(self.embed(x, c), c)
+        return sample_observation(p_x, generator) if stochastic else p_x.mean

@@ -1,0 +1,147 @@
+"""The variational autoencoder: encode -> q(z|x), decode -> p(x|z), both torch distributions.
+
+The model only defines distributions; it never computes its own loss (see objectives.py).
+Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+
+from vaelab.config import ModelConfig
+from vaelab.likelihoods import build_likelihood, sample_observation
+from vaelab.nets import mlp
+
+
+def reparameterize(
+    q_z: Independent, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None
+) -> Tensor:
+    """z = μ + σ ⊙ ε with ε ~ N(0, I): a sample of q(z|x) that gradients flow through.
+
+    Same as ``q_z.rsample(sample_shape)`` but with an explicit generator, so training and
+    sampling are reproducible without touching the global RNG. Shape: sample_shape + (B, d).
+    """
+    loc, scale = q_z.base_dist.loc, q_z.base_dist.scale
+    eps = torch.randn(
+        sample_shape + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype
+    )
+    return loc + scale * eps
+
+
+def standard_normal(latent_dim: int, like: Tensor) -> Independent:
+    """The prior p(z) = N(0, I_d) on ``like``'s device and dtype."""
+    zeros = torch.zeros(latent_dim, device=like.device, dtype=like.dtype)
+    return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+
+
+class LatentModel(nn.Module):
+    """What VAE and AE share: the config, conditioning checks, the decoder and sampling.
+
+    Subclasses set ``self.decoder`` and ``self.likelihood`` and implement ``embed``.
+    """
+
+    config: ModelConfig
+    x_dim: int
+    cond_dim: int
+    decoder: nn.Module
+    likelihood: nn.Module
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def _with_condition(self, h: Tensor, c: Tensor | None) -> Tensor:
+        """Concatenate the condition c (B, cond_dim) to the input h (B, ·) when the model has one."""
+        if self.cond_dim == 0:
+            if c is not None:
+                raise ValueError("this model was trained without a condition; call it with c=None")
+            return h
+        if c is None:
+            raise ValueError(f"this model is conditional: pass c with shape (B, {self.cond_dim})")
+        if c.shape[-1] != self.cond_dim:
+            raise ValueError(f"condition has width {c.shape[-1]}, the model expects {self.cond_dim}")
+        return torch.cat([h, c.expand(*h.shape[:-1], self.cond_dim)], dim=-1)
+
+    def prior(self) -> Independent:
+        """p(z) = N(0, I)."""
+        return standard_normal(self.latent_dim, next(self.parameters()))
+
+    def decode(self, z: Tensor, c: Tensor | None = None) -> Distribution:
+        """p(x|z, c): z (..., d) -> a distribution with batch shape (...) over x in R^D."""
+        return self.likelihood(self.decoder(self._with_condition(z, c)))
+
+    def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """The latent code of x used for plots: (B, D) -> (B, d)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None,
+        noise: bool = False,
+    ) -> Tensor:
+        """Decode n draws of z ~ N(0, I): (n, D). ``noise=False`` returns the decoder mean
+        E[x|z]; ``noise=True`` draws x ~ p(x|z) (adds the observation noise)."""
+        ref = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, generator=generator, device=ref.device, dtype=ref.dtype)
+        p_x = self.decode(z, c)
+        return sample_observation(p_x, generator) if noise else p_x.mean
+
+    @torch.no_grad()
+    def reconstruct(
+        self, x: Tensor, c: Tensor | None = None, *, generator: torch.Generator | None = None,
+        stochastic: bool = False,
+    ) -> Tensor:
+        """Encode then decode: (B, D) -> (B, D). Deterministic version: decoder mean at the
+        posterior mean; stochastic: z ~ q(z|x), then x ~ p(x|z)."""
+        raise NotImplementedError
+
+
+class VAE(LatentModel):
+    """A VAE with MLP encoder and decoder.
+
+    encode: x (B, D) [+ c] -> q(z|x) = N(μ(x), diag σ²(x)), an Independent Normal over d dims.
+    decode: z (..., d) [+ c] -> p(x|z) from the configured likelihood.
+    The encoder's scale output h becomes σ by ``config.scale``: ``logvar`` (h = log σ²,
+    σ = exp(h/2)), ``softplus`` (σ = softplus(h)) or ``exp`` (h = log σ, σ = exp(h)).
+    """
+
+    def __init__(self, config: ModelConfig, x_dim: int, cond_dim: int = 0) -> None:
+        super().__init__()
+        if x_dim <= 0:
+            raise ValueError(f"x_dim must be positive, got {x_dim}")
+        self.config = config
+        self.x_dim = x_dim
+        self.cond_dim = cond_dim
+        d = config.latent_dim
+        self.likelihood = build_likelihood(config.likelihood, config.recon_var)
+        self.encoder = mlp(x_dim + cond_dim, config.hidden, 2 * d, config.activation)
+        self.decoder = mlp(d + cond_dim, list(reversed(config.hidden)),
+                           x_dim * self.likelihood.params_per_dim, config.activation)
+
+    def _scale(self, h: Tensor) -> Tensor:
+        if self.config.scale == "logvar":
+            return torch.exp(0.5 * h)
+        if self.config.scale == "softplus":
+            return F.softplus(h)
+        return torch.exp(h)
+
+    def encode(self, x: Tensor, c: Tensor | None = None) -> Independent:
+        """q(z|x, c): (B, D) -> Independent Normal with batch shape (B,), event shape (d,)."""
+        loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)  # (B, d) each
+        return Independent(Normal(loc, self._scale(h)), 1)
+
+    def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.encode(x, c).mean
+
+    @torch.no_grad()
+    def reconstruct(
+        self, x: Tensor, c: Tensor | None = None, *, generator: torch.Generator | None = None,
+        stochastic: bool = False,
+    ) -> Tensor:
+        q_z = self.encode(x, c)
+        if not stochastic:
+            return self.decode(q_z.mean, c).mean
+        return sample_observation(self.decode(reparameterize(q_z, generator=generator), c), generator)

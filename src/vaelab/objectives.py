@@ -1,0 +1,125 @@
+"""Training objectives and bounds, as functions of a model and a batch.
+
+Conventions: every per-point quantity is in nats and summed over data / latent dimensions;
+the returned scalars are averaged over the batch. ``recon`` is the reconstruction term
+-E_q[log p(x|z)] (a positive number for densities that are small), ``kl`` is KL(q(z|x) ‖ p(z)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.distributions import Independent
+
+from vaelab.models.vae import LatentModel, reparameterize
+
+
+@dataclass
+class ObjectiveOutput:
+    """What one evaluation of an objective on a batch gives.
+
+    loss: scalar to minimise. recon: mean -log p(x|z) over the batch (nats). kl: mean
+    KL(q(z|x) ‖ p(z)) (nats; 0 for the autoencoder). elbo: mean ELBO with β = 1, or None
+    for the autoencoder, which has no ELBO.
+    """
+
+    loss: Tensor
+    recon: Tensor
+    kl: Tensor
+    elbo: Tensor | None
+
+
+def kl_standard_normal(q_z: Independent) -> Tensor:
+    """Closed-form KL(N(μ, diag σ²) ‖ N(0, I)) per latent dimension: (B, d).
+
+    KL_j = ½ (μ_j² + σ_j² - 1 - log σ_j²)   (Kingma & Welling 2014, Appendix B).
+    Summed over j this equals ``torch.distributions.kl_divergence(q_z, prior)``; per
+    dimension it gives the "KL per latent unit" used to count active units.
+    """
+    mu, std = q_z.base_dist.loc, q_z.base_dist.scale
+    return 0.5 * (mu.square() + std.square() - 1.0) - torch.log(std)
+
+
+def elbo(
+    model: LatentModel, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> ObjectiveOutput:
+    """β-ELBO with one reparameterised sample (Kingma & Welling 2014, eq. 10; Higgins et al. 2017):
+
+        L_β(x) = E_q(z|x)[log p(x|z)] - β · KL(q(z|x) ‖ p(z)),   loss = -mean_x L_β(x).
+
+    ``elbo`` in the output is always the β = 1 value, the bound on log p(x).
+    """
+    q_z = model.encode(x, c)
+    z = reparameterize(q_z, generator=generator)  # (B, d)
+    log_px = model.decode(z, c).log_prob(x)  # (B,)
+    kl = kl_standard_normal(q_z).sum(-1)  # (B,)
+    recon = -log_px.mean()
+    kl_mean = kl.mean()
+    return ObjectiveOutput(loss=recon + beta * kl_mean, recon=recon, kl=kl_mean, elbo=-(recon + kl_mean))
+
+
+def _sample_log_weights(
+    model: LatentModel, q_z: Independent, x: Tensor, c: Tensor | None, k: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Draw z_1..z_k ~ q(z|x); return log p(x|z_i) and log w_i = log p(x, z_i) - log q(z_i|x), each (k, B)."""
+    z = reparameterize(q_z, (k,), generator)  # (k, B, d)
+    cc = None if c is None else c.expand(k, *c.shape)
+    log_px = model.decode(z, cc).log_prob(x)  # (k, B): x broadcasts over the samples
+    return log_px, log_px + model.prior().log_prob(z) - q_z.log_prob(z)
+
+
+def log_importance_weights(
+    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int,
+    generator: torch.Generator | None = None, chunk: int | None = None,
+) -> Tensor:
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): (k, B).
+
+    ``chunk`` bounds how many of the k samples are decoded at once, so large k fits memory.
+    """
+    q_z = model.encode(x, c)
+    chunk = k if chunk is None else max(1, chunk)
+    parts = [
+        _sample_log_weights(model, q_z, x, c, min(chunk, k - start), generator)[1]
+        for start in range(0, k, chunk)
+    ]
+    return torch.cat(parts, dim=0)
+
+
+def iwae_bound(
+    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int = 50,
+    generator: torch.Generator | None = None, chunk: int | None = None,
+) -> Tensor:
+    """The importance-weighted bound per point (Burda et al. 2016, eq. 8): (B,).
+
+        L_k(x) = log (1/k) Σ_i w_i,   w_i = p(x, z_i) / q(z_i|x),   z_i ~ q(z|x).
+
+    L_1 is the one-sample ELBO estimate; E[L_k] increases with k towards log p(x), so
+    -L_k with a large k (1000) is the standard estimate of the negative log-likelihood.
+    """
+    log_w = log_importance_weights(model, x, c, k=k, generator=generator, chunk=chunk)
+    return torch.logsumexp(log_w, dim=0) - math.log(k)
+
+
+def iwae(
+    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int = 8,
+    generator: torch.Generator | None = None,
+) -> ObjectiveOutput:
+    """The IWAE training objective: loss = -mean_x L_k(x). ``recon`` and ``kl`` report the
+    analytic KL and the mean reconstruction over the k samples, for the progress display."""
+    q_z = model.encode(x, c)
+    log_px, log_w = _sample_log_weights(model, q_z, x, c, k, generator)
+    bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+    recon = -log_px.mean()
+    kl = kl_standard_normal(q_z).sum(-1).mean()
+    return ObjectiveOutput(loss=-bound.mean(), recon=recon, kl=kl, elbo=-(recon + kl))
+
+
+def ae_loss(model: LatentModel, x: Tensor, c: Tensor | None = None) -> ObjectiveOutput:
+    """Autoencoder reconstruction loss -log p(x|f(x)) averaged over the batch; no KL, no ELBO."""
+    recon = -model.decode(model.embed(x, c), c).log_prob(x).mean()
+    return ObjectiveOutput(loss=recon, recon=recon, kl=torch.zeros_like(recon), elbo=None)

@@ -1,0 +1,233 @@
+"""Training: one readable loop (``fit``) and the run-directory driver around it (``train_run``).
+
+``fit`` keeps the whole training set as one tensor on the model's device and shuffles it by
+index every epoch, so the hot loop does no per-item Python work. All randomness (shuffling,
+the reparameterisation noise) comes from one ``torch.Generator`` whose state is saved with
+each checkpoint: a resumed run continues exactly where it left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vaelab import checkpoint as ckpt
+from vaelab.checkpoint import History, TrainState
+from vaelab.config import RunConfig, TrainConfig
+from vaelab.data.registry import load_dataset
+from vaelab.models import LatentModel, build_model
+from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; ``step`` and ``epoch`` say where."""
+
+    def __init__(self, step: int, epoch: int, history: History) -> None:
+        super().__init__(
+            f"training stopped: the loss became NaN or infinite at step {step} (epoch {epoch}). "
+            "Try a smaller learning rate (--lr), a larger recon_var, or the logvar scale."
+        )
+        self.step, self.epoch, self.history = step, epoch, history
+
+
+@dataclass
+class StepInfo:
+    """Passed to the progress callback after every optimizer step."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    recon: float
+    kl: float
+
+
+def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConfig,
+              generator: torch.Generator) -> ObjectiveOutput:
+    """The training objective the config asks for (autoencoders always use reconstruction)."""
+    if model.config.kind == "ae":
+        return ae_loss(model, x, c)
+    if config.objective == "iwae":
+        return iwae(model, x, c, k=config.k, generator=generator)
+    return elbo(model, x, c, beta=config.beta, generator=generator)
+
+
+@torch.no_grad()
+def diversity(model: LatentModel, n: int, generator: torch.Generator, c: Tensor | None = None) -> float:
+    """Variance of n decoded prior samples (decoder mean), summed over data dimensions.
+
+    Near 0 means every z decodes to the same x (posterior collapse); it should approach the
+    total variance of the data as the model learns.
+    """
+    return float(model.sample(n, c, generator=generator).var(dim=0).sum())
+
+
+def total_steps(config: TrainConfig, n: int) -> int:
+    """The step budget: ``steps`` if set, else epochs × ceil(n / batch_size)."""
+    return config.steps if config.steps is not None else config.epochs * math.ceil(n / config.batch_size)
+
+
+def fit(
+    model: LatentModel,
+    x: Tensor,
+    config: TrainConfig,
+    *,
+    c: Tensor | None = None,
+    state: TrainState | None = None,
+    history: History | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_checkpoint: Callable[[LatentModel, History, TrainState], None] | None = None,
+) -> History:
+    """Train ``model`` on x (N, D) [with conditions c (N, C)] with Adam; returns the History.
+
+    ``state`` / ``history`` resume an earlier run (weights must already be loaded into the
+    model). ``on_checkpoint`` is called every ``checkpoint_every`` epochs and at the end with
+    a state that resumes exactly; raises TrainingDiverged on a non-finite loss, before any
+    checkpoint is written for the bad epoch.
+    """
+    n = x.shape[0]
+    if c is not None and c.shape[0] != n:
+        raise ValueError(f"x has {n} rows but c has {c.shape[0]}")
+    device = x.device
+    history = history if history is not None else History()
+    state = state if state is not None else TrainState()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+    if state.rng is not None:
+        generator.set_state(state.rng)
+    budget = total_steps(config, n)
+    elapsed = history.last["seconds"] if history.last else 0.0
+    bs = config.batch_size
+
+    def snapshot(complete: bool) -> TrainState:
+        return TrainState(step=state.step, epoch=state.epoch, optimizer=optimizer.state_dict(),
+                          rng=generator.get_state(), complete=complete)
+
+    model.train()
+    while state.step < budget:
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=generator, device=device)
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, recon, kl weighted by batch size
+        seen = 0
+        for i in range(0, n, bs):
+            if state.step >= budget:
+                break
+            idx = perm[i:i + bs]
+            xb, cb = x[idx], (None if c is None else c[idx])
+            out = objective(model, xb, cb, config, generator)
+            values = torch.stack([out.loss, out.recon, out.kl]).detach()
+            state.step += 1
+            if not bool(torch.isfinite(values).all()):
+                # Record the failing epoch so the report can show it; the last checkpoint stays.
+                history.append(_row(state.epoch + 1, state.step, values.double() * len(idx), len(idx),
+                                    float("nan"), elapsed + time.perf_counter() - start))
+                model.eval()
+                raise TrainingDiverged(state.step, state.epoch + 1, history)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            sums += values.double() * len(idx)
+            seen += len(idx)
+            if on_step is not None:
+                loss, recon, kl = values.tolist()
+                on_step(StepInfo(state.step, budget, state.epoch + 1, loss, recon, kl))
+        state.epoch += 1
+        model.eval()
+        div_gen = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + state.epoch)
+        div = diversity(model, config.diversity_samples, div_gen,
+                        None if c is None else c[torch.randint(n, (config.diversity_samples,), generator=div_gen,
+                                                                device=device)])
+        model.train()
+        elapsed += time.perf_counter() - start
+        history.append(_row(state.epoch, state.step, sums, seen, div, elapsed))
+        done = state.step >= budget
+        if on_checkpoint is not None and (done or state.epoch % config.checkpoint_every == 0):
+            model.eval()
+            on_checkpoint(model, history, snapshot(done))
+            model.train()
+    model.eval()
+    return history
+
+
+def _row(epoch: int, step: int, sums: Tensor, seen: int, div: float, seconds: float) -> dict[str, float]:
+    loss, recon, kl = (sums / max(seen, 1)).tolist()
+    return {"epoch": epoch, "step": step, "loss": loss, "recon": recon, "kl": kl, "diversity": div,
+            "seconds": seconds}
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that already holds a run, unless told to overwrite."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ckpt.RunDirError(f"{run_dir}: exists and is a file; choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise ckpt.RunDirError(
+            f"{run_dir}: already exists and is not empty; choose another --out, "
+            "pass --overwrite to replace it, or --resume to continue it"
+        )
+
+
+def train_run(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> ckpt.Run:
+    """Train the configured model and write the run directory; returns the loaded Run.
+
+    With ``resume`` the run in ``run_dir`` is continued from its last checkpoint (its saved
+    config is used; ``config.train.epochs`` / ``steps`` may extend the budget).
+    """
+    run_dir = Path(run_dir)
+    history: History | None = None
+    state: TrainState | None = None
+    if resume:
+        saved = ckpt.load(run_dir, device)
+        model = saved.model
+        config = saved.config.model_copy(update={"train": saved.config.train.model_copy(
+            update={"epochs": config.train.epochs, "steps": config.train.steps})})
+        state = ckpt.load_state(run_dir)
+        history = History([r for r in saved.history.rows if r["epoch"] <= state.epoch])
+        (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
+    else:
+        prepare_run_dir(run_dir, overwrite=overwrite)
+    data = load_dataset(config.data, "train")
+    x = data.x.to(device)
+    if not resume:
+        model = build_model(config.model, data.dim, seed=config.train.seed).to(device)
+        # Save the untrained model first, so there is always a last good checkpoint.
+        ckpt.save(run_dir, model, config, history=History(), state=TrainState())
+        (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)
+        (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
+
+    def on_checkpoint(m: LatentModel, h: History, s: TrainState) -> None:
+        ckpt.save(run_dir, m, config, history=h, state=s)
+
+    try:
+        fit(model, x, config.train, state=state, history=history, on_step=on_step, on_checkpoint=on_checkpoint)
+    except TrainingDiverged as err:
+        ckpt.atomic_write_text(run_dir / ckpt.HISTORY_FILE, err.history.to_csv())
+        ckpt.write_json(run_dir / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch, "message": str(err)})
+        raise
+    return ckpt.load(run_dir, device)
+
+
+def describe(config: RunConfig) -> dict[str, Any]:
+    """A short summary of a config for logs and reports."""
+    m, t = config.model, config.train
+    return {"data": config.data.path or config.data.name, "model": m.kind, "latent_dim": m.latent_dim,
+            "likelihood": m.likelihood, "objective": t.objective, "beta": t.beta}
