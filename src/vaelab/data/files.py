@@ -131,3 +131,20 @@ def load_points(path: str | Path, *, label_column: str | None = None) -> Dataset
     )
     ds.extras["radius"] = x.norm(dim=1)
     return ds
+
+
+def save_points(path: str | Path, values: np.ndarray, columns: list[str] | None = None) -> Path:
+    """Write an (N, K) array as ``.npy`` or ``.csv`` (with a header row when ``columns`` is given)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".csv"):
+        raise DataFileError(f"{path}: cannot write {suffix or 'a file without suffix'}; use a .npy or .csv file name")
+    if values.ndim != 2:
+        raise ValueError(f"expected an (N, K) array to save, got shape {values.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(path, values)
+    else:
+        header = ",".join(columns) if columns else ""
+        np.savetxt(path, values, delimiter=",", header=header, comments="", fmt="%.9g")
+    return path

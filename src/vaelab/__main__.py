@@ -1,0 +1,5 @@
+"""``python -m vaelab`` runs the command line."""
+
+from vaelab.cli import main
+
+main()

@@ -1,0 +1,332 @@
+"""The ``vaelab`` command line: parse, call the library, print. All console output lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Train, evaluate and explore variational autoencoders.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn the library's user-facing errors into a one-paragraph message and exit code 2.
+
+    Set VAELAB_DEBUG=1 to see the full traceback instead.
+    """
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from vaelab.train import TrainingDiverged
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, OSError, TrainingDiverged, KeyError) as err:
+            if os.environ.get("VAELAB_DEBUG"):
+                raise
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            err_console.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, then mps, else cpu; otherwise the named device, checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _split_ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None
+
+
+def _is_file_arg(data: str) -> bool:
+    return Path(data).suffix.lower() in (".npy", ".npz", ".csv") or os.sep in data
+
+
+@app.command()
+@user_errors
+def train(
+    data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file"),
+    n_train: int = typer.Option(None, help="points drawn for training (toy data)"),
+    n_test: int = typer.Option(None, help="held-out points drawn for evaluation (toy data)"),
+    label_column: str = typer.Option(None, help="CSV column holding class labels"),
+    data_seed: int = typer.Option(None, help="seed of the data draw / split"),
+    model: str = typer.Option(None, "--model", help="vae or ae (plain autoencoder)"),
+    hidden: str = typer.Option(None, help="hidden layer sizes, e.g. 128,128"),
+    activation: str = typer.Option(None, help="relu, silu, tanh, elu, leaky_relu, gelu, softplus"),
+    latent_dim: int = typer.Option(None, help="dimension of z"),
+    scale: str = typer.Option(None, help="encoder scale: logvar, softplus or exp"),
+    likelihood: str = typer.Option(None, help="gaussian (fixed σ²), gaussian-learned or bernoulli"),
+    recon_var: float = typer.Option(None, help="σ² of the fixed Gaussian likelihood"),
+    lambda_rec: float = typer.Option(None, help="λ_rec = 1/σ², the same knob as --recon-var"),
+    objective: str = typer.Option(None, help="elbo or iwae"),
+    beta: float = typer.Option(None, help="KL weight β"),
+    k: int = typer.Option(None, "--k", help="importance samples of the IWAE objective"),
+    lr: float = typer.Option(None, help="Adam learning rate"),
+    epochs: int = typer.Option(None, help="passes over the data"),
+    steps: int = typer.Option(None, help="optimizer steps (replaces --epochs as the budget)"),
+    batch_size: int = typer.Option(None, help="batch size"),
+    seed: int = typer.Option(None, help="seed of init, shuffling and noise"),
+    checkpoint_every: int = typer.Option(None, help="checkpoint every N epochs"),
+    eval_k: int = typer.Option(None, help="importance samples for the evaluation NLL"),
+    config: Path = typer.Option(None, "--config", help="TOML file with [data] [model] [train] [eval] tables"),
+    out: Path = typer.Option(None, "--out", "-o", help="run directory (default runs/<data>-<time>)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    overwrite: bool = typer.Option(False, help="replace an existing run directory"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip the held-out evaluation at the end"),
+) -> None:
+    """Train a model and write a run directory (config, weights, history, metrics)."""
+    from vaelab.config import RunConfig
+    from vaelab.train import train_run
+
+    base = RunConfig.from_toml(config) if config is not None else RunConfig()
+    data_over: dict[str, Any] = {"n_train": n_train, "n_test": n_test, "label_column": label_column, "seed": data_seed}
+    if data is not None:
+        if _is_file_arg(data):
+            data_over["path"] = data
+        else:
+            data_over["name"] = data
+            data_over["path"] = None
+            base = base.model_copy(update={"data": base.data.model_copy(update={"path": None})})
+    model_over: dict[str, Any] = {
+        "kind": model, "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
+        "latent_dim": latent_dim, "scale": scale, "likelihood": likelihood, "recon_var": recon_var,
+    }
+    if lambda_rec is not None:
+        model_over["lambda_rec"] = lambda_rec
+        if recon_var is None:
+            model_over["recon_var"] = 1.0 / lambda_rec if lambda_rec > 0 else None
+    cfg = base.with_overrides({
+        "data": data_over,
+        "model": model_over,
+        "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "epochs": epochs, "steps": steps,
+                  "batch_size": batch_size, "seed": seed, "checkpoint_every": checkpoint_every},
+        "eval": {"k": eval_k},
+    })
+    if out is None:
+        if resume:
+            raise ValueError("--resume needs --out pointing at the run to continue")
+        stem = Path(cfg.data.path).stem if cfg.data.path else cfg.data.name
+        out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dev = pick_device(device)
+    console.print(f"training [bold]{cfg.model.kind}[/] on [bold]{cfg.data.path or cfg.data.name}[/] "
+                  f"-> {out} (device {dev})", highlight=False)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        disable=not console.is_terminal and bool(os.environ.get("CI")),
+    ) as progress:
+        task = progress.add_task("steps", total=None)
+
+        def on_step(info: Any) -> None:
+            if info.step == 1 or info.step % 20 == 0 or info.step == info.total_steps:
+                progress.update(task, total=info.total_steps, completed=info.step,
+                                description=f"epoch {info.epoch} loss {info.loss:.3f} "
+                                            f"recon {info.recon:.3f} kl {info.kl:.3f}")
+
+        run = train_run(cfg, out, device=dev, resume=resume, overwrite=overwrite, on_step=on_step)
+    last = run.history.last
+    if last is not None:
+        console.print(f"done: {last['epoch']} epochs, {last['step']} steps in {last['seconds']:.1f} s; "
+                      f"loss {last['loss']:.4f} (recon {last['recon']:.4f}, kl {last['kl']:.4f})", highlight=False)
+    if not no_eval:
+        _run_eval(run.path, dev, k=None, n_test=None, seed=None)
+    console.print(f"run directory: {run.path}", highlight=False)
+
+
+def _run_eval(run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None) -> dict[str, Any]:
+    from vaelab import checkpoint as ckpt
+    from vaelab.data.registry import load_dataset
+    from vaelab.evaluate import evaluate
+
+    run = ckpt.load(run_dir, device)
+    data_cfg = run.config.data if n_test is None else run.config.data.model_copy(update={"n_test": n_test})
+    eval_cfg = run.config.eval
+    k = eval_cfg.k if k is None else k
+    if k <= 0:
+        raise ValueError(f"--k must be a positive number of importance samples, got {k}")
+    test = load_dataset(data_cfg, "test")
+    metrics = evaluate(run.model, test, k=k, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed if seed is None else seed)
+    ckpt.write_json(run_dir / ckpt.METRICS_FILE, metrics)
+    _print_metrics(metrics)
+    return metrics
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    table = Table(title="held-out evaluation (nats per point)", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    labels = {
+        "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
+        "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
+        "active_units": "active units", "true_nll": "true NLL (entropy of the data)", "nll_gap": "gap: IWAE NLL − true NLL",
+        "nll_gap_se": "  ± standard error",
+    }
+    for key, label in labels.items():
+        if key in metrics:
+            v = metrics[key]
+            table.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if "kl_per_dim" in metrics:
+        table.add_row("KL per latent dim", ", ".join(f"{v:.3f}" for v in metrics["kl_per_dim"]))
+    console.print(table)
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    k: int = typer.Option(None, "--k", help="importance samples (default from the run's config: 1000)"),
+    n_test: int = typer.Option(None, help="held-out points to draw (toy data)"),
+    seed: int = typer.Option(None, help="seed of the evaluation noise"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    json_out: bool = typer.Option(False, "--json", help="also print the metrics as JSON"),
+) -> None:
+    """Evaluate a run on fresh held-out data; writes RUN/metrics.json."""
+    metrics = _run_eval(run, pick_device(device), k, n_test, seed)
+    if json_out:
+        print(json.dumps(metrics))
+
+
+def _load_model(run: Path, device: str) -> Any:
+    from vaelab import checkpoint as ckpt
+
+    return ckpt.load(run, pick_device(device))
+
+
+def _read_matrix(path: Path, width: int, what: str) -> torch.Tensor:
+    from vaelab.data.files import load_points
+
+    x = load_points(path).x
+    if x.shape[1] != width:
+        raise ValueError(f"{path}: has {x.shape[1]} columns, but this model's {what} has {width} dimensions")
+    return x
+
+
+@app.command()
+@user_errors
+def sample(
+    run: Path = typer.Argument(..., help="run directory"),
+    n: int = typer.Option(1000, "-n", help="number of samples"),
+    out: Path = typer.Option(..., "--out", "-o", help="output file (.npy or .csv)"),
+    noise: bool = typer.Option(False, help="add observation noise (x ~ p(x|z)) instead of the decoder mean"),
+    seed: int = typer.Option(0, help="seed of the prior draws"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Draw samples from the prior and decode them."""
+    from vaelab.data.files import save_points
+
+    if n <= 0:
+        raise ValueError(f"-n must be a positive number of samples, got {n}")
+    r = _load_model(run, device)
+    g = torch.Generator(device=next(r.model.parameters()).device).manual_seed(seed)
+    x = r.model.sample(n, generator=g, noise=noise).cpu().numpy()
+    save_points(out, x, [f"x{i + 1}" for i in range(x.shape[1])])
+    console.print(f"wrote {n} samples ({'with noise' if noise else 'decoder mean'}) to {out}", highlight=False)
+
+
+@app.command()
+@user_errors
+def encode(
+    run: Path = typer.Argument(..., help="run directory"),
+    input: Path = typer.Option(..., "--input", "-i", help="points to encode (.npy/.npz/.csv, N x D)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output (.npy or .csv): means then standard deviations"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Encode points: writes the posterior means μ and standard deviations σ (N x 2d)."""
+    from vaelab.data.files import save_points
+
+    r = _load_model(run, device)
+    dev = next(r.model.parameters()).device
+    x = _read_matrix(input, r.model.x_dim, "data").to(dev)
+    d = r.model.latent_dim
+    with torch.no_grad():
+        if r.config.model.kind == "vae":
+            q_z = r.model.encode(x)
+            values = torch.cat([q_z.mean, q_z.stddev], dim=1)
+            cols = [f"mu{i + 1}" for i in range(d)] + [f"std{i + 1}" for i in range(d)]
+        else:
+            values = r.model.embed(x)
+            cols = [f"z{i + 1}" for i in range(d)]
+    save_points(out, values.cpu().numpy(), cols)
+    console.print(f"wrote {', '.join(cols)} for {len(x)} points to {out}", highlight=False)
+
+
+@app.command()
+@user_errors
+def decode(
+    run: Path = typer.Argument(..., help="run directory"),
+    input: Path = typer.Option(..., "--input", "-i", help="latent codes (.npy/.npz/.csv, N x d)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output file (.npy or .csv)"),
+    noise: bool = typer.Option(False, help="draw x ~ p(x|z) instead of the decoder mean"),
+    seed: int = typer.Option(0, help="seed of the observation noise"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Decode latent codes z to data space."""
+    from vaelab.data.files import save_points
+    from vaelab.likelihoods import sample_observation
+
+    r = _load_model(run, device)
+    dev = next(r.model.parameters()).device
+    z = _read_matrix(input, r.model.latent_dim, "latent space").to(dev)
+    with torch.no_grad():
+        p_x = r.model.decode(z)
+        g = torch.Generator(device=dev).manual_seed(seed)
+        x = sample_observation(p_x, g) if noise else p_x.mean
+    save_points(out, x.cpu().numpy(), [f"x{i + 1}" for i in range(x.shape[1])])
+    console.print(f"wrote {len(x)} decoded points to {out}", highlight=False)
+
+
+@app.command()
+def datasets() -> None:
+    """List the built-in datasets, one line each."""
+    from vaelab.data.registry import DATASETS
+
+    width = max(len(n) for n in DATASETS)
+    for name, spec in DATASETS.items():
+        typer.echo(f"{name:<{width}}  {spec.description}")
+    typer.echo(f"{'FILE':<{width}}  your own points: --data path/to/points.npy|.npz|.csv (N rows x D columns)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
