@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny configs and a trained tiny run, so end-to-end tests stay fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import tiny_config
+from vaelab.config import RunConfig
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small run directory trained once per test session (read-only for tests)."""
+    from vaelab.train import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "ring"
+    train_run(tiny_config(train={"epochs": 5}), out)
+    return out

@@ -1,0 +1,18 @@
+"""Small builders shared by tests (importable as `helpers`: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+from vaelab.config import RunConfig
+
+
+def tiny_config(**sections: dict) -> RunConfig:
+    """A config that trains in well under a second: 256 points, small nets, few epochs."""
+    base = {
+        "data": {"name": "ring", "n_train": 256, "n_test": 128},
+        "model": {"hidden": [16, 16]},
+        "train": {"epochs": 3, "batch_size": 64, "checkpoint_every": 1, "diversity_samples": 64},
+        "eval": {"k": 16},
+    }
+    for key, values in sections.items():
+        base.setdefault(key, {}).update(values)
+    return RunConfig.from_dict(base)
