@@ -272,6 +272,8 @@ def _fetch(url: str, dest: Path, md5: str, progress: ProgressFn | None) -> None:
                 f"downloaded {dest.name} from {url} but its MD5 is {found}, expected {md5}; "
                 f"the mirror serves a different or damaged file"
             )
+        # mkstemp creates the file readable by its owner only; a data folder is often shared.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     finally:
         # On success tmp was renamed away; on any failure remove the partial file.
@@ -297,8 +299,14 @@ def _download(
         except (OSError, ValueError, http.client.HTTPException) as e:
             # URLError, HTTPError and timeouts are OSErrors; ValueError is a malformed URL;
             # HTTPException covers protocol errors such as a bad status line.
-            reason = getattr(e, "reason", None) or e
-            logger.warning("could not download %s: %s", url, reason)
+            # HTTPError's str has the status code; other URLErrors wrap the socket error.
+            wrapped = isinstance(e, urllib.error.URLError) and not isinstance(
+                e, urllib.error.HTTPError
+            )
+            reason = e.reason if wrapped else e
+            # info, not warning: the next mirror may well work, and if none does the error
+            # raised below lists every failure.
+            logger.info("could not download %s: %s", url, reason)
             failures.append(f"{url}: {reason}")
         else:
             logger.info("saved %s (MD5 verified)", dest)
@@ -605,7 +613,14 @@ def load_image_folder(
 
     top_level = sorted(p for p in root.iterdir() if _is_image(p))
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_files = {d.name: sorted(p for p in d.rglob("*") if _is_image(p)) for d in class_dirs}
+    class_files = {
+        d.name: sorted(
+            p
+            for p in d.rglob("*")
+            if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(d).parts)
+        )
+        for d in class_dirs
+    }
     class_files = {name: files for name, files in class_files.items() if files}
 
     if top_level and class_files:
