@@ -34,6 +34,9 @@ class DataConfig(_Section):
     name: str = Field("radial_gmm", description="registered dataset name (see `vaelab datasets`)")
     path: str | None = Field(None, description="user data file (.npy/.npz/.csv, N x D); overrides name")
     label_column: str | None = Field(None, description="CSV header column holding class labels")
+    condition: str | None = Field(
+        None, description="condition on: label, radius or column:NAME[,NAME...] (CSV columns)"
+    )
     n_train: int = Field(2000, gt=0, description="training points drawn from a toy distribution")
     n_test: int = Field(2000, gt=0, description="held-out points drawn for evaluation")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of a user file held out for evaluation")
@@ -47,6 +50,20 @@ class DataConfig(_Section):
         if value not in DATASETS:
             raise ValueError(f"unknown dataset {value!r}; choose one of: {', '.join(DATASETS)}")
         return value
+
+    @field_validator("condition")
+    @classmethod
+    def _known_condition(cls, value: str | None) -> str | None:
+        from vaelab.conditions import parse_kind
+
+        return None if value is None else parse_kind(value)[0]
+
+    @property
+    def condition_columns(self) -> list[str]:
+        """CSV columns named by ``condition = "column:NAME,..."``: held out of x as condition."""
+        from vaelab.conditions import parse_kind
+
+        return [] if self.condition is None else parse_kind(self.condition)[1]
 
 
 class ModelConfig(_Section):
@@ -65,6 +82,10 @@ class ModelConfig(_Section):
     scale: ScaleParam = Field("logvar", description="encoder scale parameterisation")
     likelihood: LikelihoodName = "gaussian-learned"
     recon_var: float = Field(0.1, gt=0, description="σ² of the fixed-variance Gaussian likelihood")
+    cond_embed: list[int] = Field(
+        default_factory=lambda: [16, 16],
+        description="widths of the MLP that embeds a continuous condition ([]: use it raw)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -84,7 +105,7 @@ class ModelConfig(_Section):
             data["recon_var"] = var
         return data
 
-    @field_validator("hidden")
+    @field_validator("hidden", "cond_embed")
     @classmethod
     def _positive_hidden(cls, value: list[int]) -> list[int]:
         if any(h <= 0 for h in value):

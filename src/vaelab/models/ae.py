@@ -7,28 +7,33 @@ fill that prior, which is exactly what the comparison figures are meant to show.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from vaelab.config import ModelConfig
 from vaelab.likelihoods import build_likelihood, sample_observation
-from vaelab.models.vae import LatentModel
-from vaelab.nets import mlp
+from vaelab.models.vae import LatentModel, condition_embedding
+from vaelab.nets import build_decoder, build_encoder
 
 
 class AE(LatentModel):
     """x (B, D) -> z = f(x) (B, d) -> p(x|z) from the configured likelihood."""
 
-    def __init__(self, config: ModelConfig, x_dim: int, cond_dim: int = 0) -> None:
+    def __init__(
+        self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
+    ) -> None:
         super().__init__()
         self.config = config
         self.x_dim = x_dim
         self.cond_dim = cond_dim
         d = config.latent_dim
         self.likelihood = build_likelihood(config.likelihood, config.recon_var)
-        self.encoder = mlp(x_dim + cond_dim, config.hidden, d, config.activation)
-        self.decoder = mlp(d + cond_dim, list(reversed(config.hidden)),
-                           x_dim * self.likelihood.params_per_dim, config.activation)
+        self.cond_net, c_width = condition_embedding(cond_dim, cond_embed, config.activation)
+        self.cond_embed = tuple(cond_embed) if self.cond_net is not None else ()
+        self.encoder = build_encoder(config, x_dim, c_width, d)
+        self.decoder = build_decoder(config, d + c_width, x_dim, self.likelihood.params_per_dim)
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """The code z = f(x): (B, D) -> (B, d)."""

@@ -6,6 +6,8 @@ Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,7 +15,8 @@ from torch.distributions import Distribution, Independent, Normal
 
 from vaelab.config import ModelConfig
 from vaelab.likelihoods import build_likelihood, sample_observation
-from vaelab.nets import mlp
+from vaelab.nets import build_decoder, build_encoder, mlp
+from vaelab.nets.mlp import ACTIVATIONS
 
 
 def reparameterize(
@@ -37,10 +40,30 @@ def standard_normal(latent_dim: int, like: Tensor) -> Independent:
     return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
 
 
+def condition_embedding(
+    cond_dim: int, widths: Sequence[int], activation: str
+) -> tuple[nn.Module | None, int]:
+    """The MLP that embeds a continuous condition, and the width the nets then see.
+
+    c (..., cond_dim) -> Linear -> act -> ... -> Linear -> act: (..., widths[-1]). A scalar
+    such as a radius is a poor input on its own (one column among many); a few learned
+    features of it give the encoder and decoder something to work with. The last layer
+    keeps its activation: a final linear layer would merge into the first layer of the
+    encoder / decoder and add nothing. No widths (or no condition): (None, cond_dim).
+    """
+    if cond_dim == 0 or not widths:
+        return None, cond_dim
+    body = mlp(cond_dim, widths[:-1], widths[-1], activation)
+    net = nn.Sequential(body, ACTIVATIONS[activation]())
+    return net, widths[-1]
+
+
 class LatentModel(nn.Module):
     """What VAE and AE share: the config, conditioning checks, the decoder and sampling.
 
-    Subclasses set ``self.decoder`` and ``self.likelihood`` and implement ``embed``.
+    Subclasses set ``self.decoder`` and ``self.likelihood`` and implement ``embed``; a
+    conditional subclass may set ``self.cond_net`` (see ``condition_embedding``), which
+    maps c before it is concatenated, and records its widths in ``self.cond_embed``.
     """
 
     config: ModelConfig
@@ -48,6 +71,10 @@ class LatentModel(nn.Module):
     cond_dim: int
     decoder: nn.Module
     likelihood: nn.Module
+    # No class-level default for cond_net: nn.Module keeps submodules in _modules and finds
+    # them through __getattr__, which a class attribute would shadow. Read it with getattr.
+    cond_net: nn.Module | None
+    cond_embed: tuple[int, ...] = ()
 
     @property
     def latent_dim(self) -> int:
@@ -63,7 +90,10 @@ class LatentModel(nn.Module):
             raise ValueError(f"this model is conditional: pass c with shape (B, {self.cond_dim})")
         if c.shape[-1] != self.cond_dim:
             raise ValueError(f"condition has width {c.shape[-1]}, the model expects {self.cond_dim}")
-        return torch.cat([h, c.expand(*h.shape[:-1], self.cond_dim)], dim=-1)
+        cond_net = getattr(self, "cond_net", None)
+        if cond_net is not None:
+            c = cond_net(c)  # (..., cond_dim) -> (..., embedding width)
+        return torch.cat([h, c.expand(*h.shape[:-1], c.shape[-1])], dim=-1)
 
     def prior(self) -> Independent:
         """p(z) = N(0, I)."""
@@ -108,7 +138,9 @@ class VAE(LatentModel):
     σ = exp(h/2)), ``softplus`` (σ = softplus(h)) or ``exp`` (h = log σ, σ = exp(h)).
     """
 
-    def __init__(self, config: ModelConfig, x_dim: int, cond_dim: int = 0) -> None:
+    def __init__(
+        self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
+    ) -> None:
         super().__init__()
         if x_dim <= 0:
             raise ValueError(f"x_dim must be positive, got {x_dim}")
@@ -117,9 +149,10 @@ class VAE(LatentModel):
         self.cond_dim = cond_dim
         d = config.latent_dim
         self.likelihood = build_likelihood(config.likelihood, config.recon_var)
-        self.encoder = mlp(x_dim + cond_dim, config.hidden, 2 * d, config.activation)
-        self.decoder = mlp(d + cond_dim, list(reversed(config.hidden)),
-                           x_dim * self.likelihood.params_per_dim, config.activation)
+        self.cond_net, c_width = condition_embedding(cond_dim, cond_embed, config.activation)
+        self.cond_embed = tuple(cond_embed) if self.cond_net is not None else ()
+        self.encoder = build_encoder(config, x_dim, c_width, 2 * d)
+        self.decoder = build_decoder(config, d + c_width, x_dim, self.likelihood.params_per_dim)
 
     def _scale(self, h: Tensor) -> Tensor:
         if self.config.scale == "logvar":

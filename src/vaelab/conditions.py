@@ -1,0 +1,538 @@
+"""Conditions of a conditional VAE: from what a user names to the tensor c the model sees.
+
+A conditional VAE (Sohn, Lee & Yan 2015, "Learning Structured Output Representation using
+Deep Conditional Generative Models") gives a condition c to both the encoder and the
+decoder, and maximises the conditional ELBO
+
+    log p(x|c) ≥ E_q(z|x,c)[log p(x|z,c)] - KL(q(z|x,c) ‖ p(z))        (Sohn et al., eq. 4)
+
+with the prior p(z) = N(0, I) left unconditioned, as in most CVAEs. Because the decoder is
+told c, the code z does not need to carry it: ideally z holds only what c does not say
+(the position inside a mode, the style of a digit), which the latent-space figure shows.
+
+Three kinds of condition, named by ``DataConfig.condition``:
+
+``label``
+    a class label (toy-mixture mode, MNIST digit, a CSV ``--label-column``, an image class
+    folder). Encoded one-hot: c (N, K). The label list is saved with the run, so
+    ``--condition 3`` and ``--condition "mode 3"`` mean the same after reloading.
+``radius``
+    the radius ‖x‖ of a 2D point, a continuous scalar: c (N, 1).
+``column:NAME[,NAME...]``
+    numeric CSV columns, held out of x and used as a continuous (vector) condition.
+
+Continuous values are standardised with the training mean and standard deviation and then
+go through a small embedding MLP inside the model (``ModelConfig.cond_embed``, default
+1 → 16 → 16), so the embedding is trained and saved with the weights. The training range is
+saved too: asking for values far outside it gives a ``ConditionRangeWarning`` (the model
+will extrapolate, and nothing in training said how).
+
+The :class:`Condition` spec is what a run saves (``condition.json``); ``fit_condition``
+builds it from the training split, ``Condition.tensor`` turns a dataset into c and
+``Condition.parse`` / ``read_condition_file`` turn what a user types into c, with errors
+that say which labels or widths the model knows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaelab.data.dataset import Dataset
+
+KINDS = ("label", "radius", "column:NAME[,NAME...]")
+# Toy mixtures whose modes are known exactly: their samples are classified by nearest mode.
+GMM_DATASETS = ("2gmm", "radial_gmm", "ring")
+# A continuous value more than this share of the training span outside [low, high] is
+# "far outside" and draws a warning (values a little past the edge are still data-like).
+RANGE_MARGIN = 0.1
+
+_COLUMN = re.compile(r"^column:(.+)$")
+
+
+class ConditionError(ValueError):
+    """A condition that does not fit the run: unknown label, wrong width, wrong kind."""
+
+
+class ConditionRangeWarning(UserWarning):
+    """A continuous condition far outside the range the model was trained on."""
+
+
+def parse_kind(kind: str) -> tuple[str, list[str]]:
+    """Check a condition kind and return (normalised kind, CSV column names).
+
+    ``"label"`` and ``"radius"`` have no columns; ``"column:a, b"`` -> ``("column:a,b", ["a", "b"])``.
+    """
+    text = kind.strip()
+    if text in ("label", "radius"):
+        return text, []
+    match = _COLUMN.match(text)
+    if match:
+        names = [n.strip() for n in match.group(1).split(",")]
+        if all(names) and len(set(names)) == len(names):
+            return "column:" + ",".join(names), names
+    raise ConditionError(
+        f"unknown condition {kind!r}; use label (class labels), radius (‖x‖ of 2D points) "
+        "or column:NAME[,NAME...] (numeric CSV columns used as a continuous condition)"
+    )
+
+
+def _format(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.4g}" for v in values)
+
+
+@dataclass
+class Condition:
+    """What a conditional run knows about its condition; saved as ``condition.json``.
+
+    Attributes:
+        kind: ``label``, ``radius`` or ``column:NAME[,NAME...]``.
+        labels: discrete only: the name of every label value (index = label; c is one-hot).
+        names: continuous only: one name per dimension of c (``["radius"]``, the columns).
+        low, high: continuous only: per dimension, the smallest / largest training value.
+        mean, std: continuous only: per dimension, the training mean and standard deviation
+            used to standardise c before the embedding MLP.
+        embed: continuous only: widths of the model's embedding MLP (empty: c is used raw).
+    """
+
+    kind: str
+    labels: list[str] | None = None
+    names: list[str] | None = None
+    low: list[float] | None = None
+    high: list[float] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    embed: list[int] = field(default_factory=list)
+
+    @property
+    def discrete(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def width(self) -> int:
+        """Width of c as the model receives it: K labels (one-hot) or the number of values."""
+        return len(self.labels) if self.labels is not None else len(self.names or [])
+
+    @property
+    def embed_widths(self) -> tuple[int, ...]:
+        """Widths of the embedding MLP the model needs (none for one-hot labels)."""
+        return () if self.discrete else tuple(self.embed)
+
+    def describe(self) -> str:
+        """One line for logs, the CLI and reports."""
+        if self.labels is not None:
+            shown = ", ".join(self.labels[:12]) + (", ..." if len(self.labels) > 12 else "")
+            return f"{self.kind}: {len(self.labels)} labels ({shown})"
+        assert self.names is not None and self.low is not None and self.high is not None
+        ranges = "; ".join(f"{n} in [{lo:.4g}, {hi:.4g}]" for n, lo, hi in zip(self.names, self.low,
+                                                                                 self.high, strict=True))
+        return f"{self.kind}: continuous, trained on {ranges}"
+
+    # -- saving -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
+        else:
+            out.update(names=self.names, low=self.low, high=self.high, mean=self.mean, std=self.std,
+                       embed=list(self.embed))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Condition:
+        """Inverse of ``to_dict``; checks the fields so a damaged file is named, not half-used."""
+        try:
+            kind = parse_kind(str(data["kind"]))[0]
+            if "labels" in data:
+                labels = [str(v) for v in data["labels"]]
+                if not labels:
+                    raise ValueError("empty label list")
+                return cls(kind=kind, labels=labels)
+            names = [str(v) for v in data["names"]]
+            stats = {k: [float(v) for v in data[k]] for k in ("low", "high", "mean", "std")}
+            if not names or any(len(v) != len(names) for v in stats.values()):
+                raise ValueError("names / low / high / mean / std have different lengths")
+            return cls(kind=kind, names=names, embed=[int(v) for v in data.get("embed", [])], **stats)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConditionError(f"not a valid condition record ({err!r}): {data!r}") from None
+
+    # -- from data ----------------------------------------------------------------------
+
+    def values(self, data: Dataset) -> Tensor:
+        """The raw condition of every point of ``data``: labels (N,) int64, or values (N, C).
+
+        Label values are checked against the saved label list (same names, same order), so
+        a test split or a new file cannot silently shift what label k means.
+        """
+        if self.labels is not None:
+            if data.labels is None:
+                raise ConditionError(f"{data.name}: has no labels, but this run is conditioned on labels")
+            if data.label_names is not None and list(data.label_names) != self.labels:
+                raise ConditionError(
+                    f"{data.name}: its labels {data.label_names} differ from the run's {self.labels}; "
+                    "condition on data with the same label set"
+                )
+            return data.labels.long()
+        return _continuous_values(self.kind, data)
+
+    def tensor(self, data: Dataset) -> Tensor:
+        """c for every point of ``data``: (N, width) float32, ready for ``model.encode(x, c)``."""
+        return self.encode(self.values(data))
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def encode(self, raw: Tensor) -> Tensor:
+        """Raw conditions -> c: labels (N,) -> one-hot (N, K); values (N, C) -> standardised (N, C)."""
+        if self.labels is not None:
+            if raw.dtype.is_floating_point or raw.dtype == torch.bool or raw.ndim != 1:
+                raise ConditionError(
+                    f"label conditions must be integer label indices of shape (N,), got {raw.dtype} "
+                    f"{tuple(raw.shape)}"
+                )
+            k = len(self.labels)
+            if raw.numel() and (int(raw.min()) < 0 or int(raw.max()) >= k):
+                bad = int(raw[(raw < 0) | (raw >= k)][0])
+                raise ConditionError(f"unknown label index {bad}; this run knows labels 0 to {k - 1}: "
+                                     f"{', '.join(self.labels)}")
+            return torch.nn.functional.one_hot(raw, k).float()
+        assert self.mean is not None and self.std is not None
+        c = self._check_width(raw.float())
+        mean = torch.tensor(self.mean, dtype=c.dtype, device=c.device)
+        std = torch.tensor(self.std, dtype=c.dtype, device=c.device)
+        return (c - mean) / std
+
+    def _check_width(self, raw: Tensor) -> Tensor:
+        width = self.width
+        if raw.ndim == 1 and width == 1:
+            raw = raw[:, None]
+        if raw.ndim != 2 or raw.shape[1] != width:
+            raise ConditionError(
+                f"this run's condition {self.kind} has {width} value(s) per point "
+                f"({', '.join(self.names or [])}), got shape {tuple(raw.shape)}"
+            )
+        if not bool(torch.isfinite(raw).all()):
+            raise ConditionError("condition values must be finite numbers (got NaN or infinity)")
+        return raw
+
+    # -- from what a user types -----------------------------------------------------------
+
+    def parse(self, values: Sequence[str | int | float]) -> Tensor:
+        """User values -> raw conditions (labels (N,) or values (N, C)), checked.
+
+        Labels may be given by name (``"mode 3"``, ``"7"``) or by index (``3``); names win
+        when both could match. Continuous values are numbers, ``"a,b"`` for a vector.
+        Values far outside the training range draw a ``ConditionRangeWarning``.
+        """
+        if len(values) == 0:
+            raise ConditionError("no condition values given")
+        if self.labels is not None:
+            return torch.tensor([self._label_index(v) for v in values], dtype=torch.int64)
+        rows = [self._numbers(v) for v in values]
+        bad = next((i for i, row in enumerate(rows) if len(row) != self.width), None)
+        if bad is not None:
+            raise ConditionError(
+                f"condition {values[bad]!r} has {len(rows[bad])} value(s); this run's condition {self.kind} "
+                f"has {self.width} per point ({', '.join(self.names or [])})"
+            )
+        raw = self._check_width(torch.tensor(rows, dtype=torch.float32))
+        self.warn_out_of_range(raw)
+        return raw
+
+    def _label_index(self, value: str | int | float) -> int:
+        assert self.labels is not None
+        text = str(value).strip()
+        if text in self.labels:
+            return self.labels.index(text)
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if number.is_integer() and 0 <= number < len(self.labels):
+            return int(number)
+        raise ConditionError(
+            f"unknown label {text!r}; this run was trained on {len(self.labels)} labels: "
+            + ", ".join(f"{i} ({name})" if name != str(i) else name for i, name in enumerate(self.labels))
+            + " (give a label name or its index)"
+        )
+
+    def _numbers(self, value: str | int | float) -> list[float]:
+        if isinstance(value, int | float):
+            return [float(value)]
+        try:
+            return [float(v) for v in str(value).replace(";", ",").split(",") if v.strip()]
+        except ValueError:
+            raise ConditionError(
+                f"condition {value!r} is not a number; this run's condition {self.kind} is continuous "
+                f"({self.width} value(s) per point, e.g. --condition {_format(self.mean or [])!s})"
+            ) from None
+
+    def out_of_range(self, raw: Tensor) -> Tensor:
+        """Which rows of raw values (N, C) lie far outside the training range: (N,) bool."""
+        assert self.low is not None and self.high is not None
+        low = torch.tensor(self.low, dtype=raw.dtype, device=raw.device)
+        high = torch.tensor(self.high, dtype=raw.dtype, device=raw.device)
+        margin = RANGE_MARGIN * (high - low).clamp_min(1e-12)
+        return ((raw < low - margin) | (raw > high + margin)).any(dim=1)
+
+    def warn_out_of_range(self, raw: Tensor) -> None:
+        """Warn (``ConditionRangeWarning``) when values lie far outside the training range."""
+        far = self.out_of_range(self._check_width(raw))
+        if bool(far.any()):
+            first = raw[far][0].tolist()
+            ranges = "; ".join(f"{n} in [{lo:.4g}, {hi:.4g}]" for n, lo, hi in zip(
+                self.names or [], self.low or [], self.high or [], strict=True))
+            warnings.warn(
+                f"{int(far.sum())} of {len(raw)} condition value(s) (first: {_format(first)}) lie far "
+                f"outside the training range ({ranges}); the model extrapolates there and samples "
+                "may not follow the condition",
+                ConditionRangeWarning, stacklevel=3,
+            )
+
+    def from_arg(self, text: str) -> Tensor:
+        """A CLI ``--condition`` argument -> raw conditions: a file of conditions (one per
+        line / row) if ``text`` names an existing file, otherwise a single value."""
+        path = Path(text)
+        if path.is_file():
+            return read_condition_file(path, self)
+        if path.suffix.lower() in (".csv", ".txt", ".npy") or "/" in text:
+            raise ConditionError(f"{text}: no such file of conditions (and not a condition value)")
+        return self.parse([text])
+
+    def grid(self, n: int) -> Tensor:
+        """n continuous values evenly spread over the training range: (n, C) (for figures)."""
+        if self.labels is not None:
+            raise ConditionError("a grid of values needs a continuous condition")
+        low = torch.tensor(self.low, dtype=torch.float32)
+        high = torch.tensor(self.high, dtype=torch.float32)
+        t = torch.linspace(0, 1, n)[:, None]
+        return low + t * (high - low)
+
+
+def _continuous_values(kind: str, data: Dataset) -> Tensor:
+    """Raw continuous condition (N, C) of a dataset for a ``radius`` or ``column:`` kind."""
+    if kind == "radius":
+        if "radius" not in data.extras:
+            raise ConditionError(
+                f"{data.name}: has no radius (it is given for 2D toy data and user point files); "
+                "use --condition label or column:NAME instead"
+            )
+        if data.image_shape is not None:
+            raise ConditionError(f"{data.name}: radius conditions are for points, not images; use label")
+        return data.extras["radius"].float().reshape(-1, 1)
+    names = parse_kind(kind)[1]
+    missing = [n for n in names if f"column:{n}" not in data.extras]
+    if missing:
+        raise ConditionError(
+            f"{data.name}: no condition column(s) {', '.join(missing)}; column conditions need a CSV "
+            "file with a header row naming them (--data file.csv --condition column:NAME)"
+        )
+    return torch.stack([data.extras[f"column:{n}"].float() for n in names], dim=1)
+
+
+def fit_condition(kind: str, data: Dataset, embed: Sequence[int] = (16, 16)) -> Condition:
+    """The condition spec of a run, from its training split.
+
+    Discrete: the label list (``data.label_names``, or ``"0".."K-1"``). Continuous: names,
+    range, mean and standard deviation of the training values, and the embedding widths.
+    """
+    kind = parse_kind(kind)[0]
+    if kind == "label":
+        if data.labels is None:
+            raise ConditionError(
+                f"{data.name}: has no labels to condition on; for a CSV name a label column "
+                "(--label-column NAME), for .npz store an array 'labels', or use a continuous condition"
+            )
+        names = list(data.label_names) if data.label_names is not None else [
+            str(i) for i in range(data.num_classes)]
+        if len(names) < 2:
+            raise ConditionError(f"{data.name}: has a single label ({names}); conditioning on it says nothing")
+        return Condition(kind=kind, labels=names)
+    values = _continuous_values(kind, data).double()  # (N, C)
+    std = values.std(dim=0) if len(values) > 1 else torch.zeros(values.shape[1], dtype=torch.float64)
+    # A constant column carries nothing; dividing by 1 instead of 0 keeps c finite.
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    names = ["radius"] if kind == "radius" else parse_kind(kind)[1]
+    return Condition(kind=kind, names=names, low=values.min(0).values.tolist(),
+                     high=values.max(0).values.tolist(), mean=values.mean(0).tolist(), std=std.tolist(),
+                     embed=[int(w) for w in embed])
+
+
+def read_condition_file(path: str | Path, condition: Condition) -> Tensor:
+    """Conditions from a file, one per sample / point: raw labels (N,) or values (N, C).
+
+    ``.npy``: an (N,) or (N, C) array. Text (``.csv``, ``.txt``, other): one condition per
+    line; blank lines and ``#`` comments are skipped. For continuous conditions a first line
+    that is not numbers is taken as a header; a line holds C comma-separated numbers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConditionError(f"{path}: no such file of conditions")
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise ConditionError(f"{path}: cannot be read as .npy ({err})") from None
+        if arr.ndim == 2 and arr.shape[1] == 1 and condition.discrete:
+            arr = arr[:, 0]
+        if arr.ndim not in (1, 2) or (condition.discrete and arr.ndim != 1):
+            raise ConditionError(f"{path}: expected an (N,) array of labels or an (N, C) array of values, "
+                                 f"got shape {arr.shape}")
+        if arr.ndim == 1:
+            items: list[str] = [str(int(v)) if float(v).is_integer() else str(v) for v in arr.tolist()]
+        else:
+            items = [",".join(repr(float(u)) for u in row) for row in arr.tolist()]
+    else:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        items = [ln for ln in lines if ln and not ln.startswith("#")]
+        if items and not condition.discrete:
+            try:
+                [float(v) for v in items[0].split(",")]
+            except ValueError:
+                items = items[1:]  # header row
+    if not items:
+        raise ConditionError(f"{path}: holds no conditions; expected one per line")
+    try:
+        return condition.parse(items)
+    except ConditionError as err:
+        raise ConditionError(f"{path}: {err}") from None
+
+
+# -- evaluation --------------------------------------------------------------------------
+
+
+@dataclass
+class LabelClassifier:
+    """A classifier of data points used to check that samples follow their label.
+
+    predict: x (M, D) -> predicted labels (M,). test_accuracy: its accuracy on held-out
+    data, the ceiling of any conditioning accuracy measured with it.
+    """
+
+    description: str
+    predict: Callable[[Tensor], Tensor]
+    test_accuracy: float | None = None
+
+
+def label_classifier(train: Dataset, test: Dataset | None = None) -> LabelClassifier:
+    """The classifier for conditioning accuracy on ``train``'s labels.
+
+    The toy Gaussian mixtures (2gmm, radial_gmm, ring) use the exact nearest mode, with
+    no training. Images use multinomial logistic regression on the pixels; other points a
+    5-nearest-neighbour vote; both are fitted on the training split (scikit-learn).
+    """
+    if train.labels is None:
+        raise ConditionError(f"{train.name}: has no labels, so there is nothing to classify")
+    if train.name in GMM_DATASETS and train.dim == 2:
+        from vaelab.data.toy2d import mode_means
+
+        means = mode_means(train.name)  # (K, 2)
+
+        def nearest(x: Tensor) -> Tensor:
+            return torch.cdist(x.float().cpu(), means).argmin(dim=1)
+
+        clf = LabelClassifier("nearest mode of the mixture", nearest)
+    else:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neighbors import KNeighborsClassifier
+
+        xs, ys = train.x.double().cpu().numpy(), train.labels.cpu().numpy()
+        if train.image_shape is not None:
+            model: Any = LogisticRegression(max_iter=300, C=0.1)
+            description = "logistic regression on pixels (training split)"
+        else:
+            model = KNeighborsClassifier(n_neighbors=min(5, len(xs)))
+            description = "5-nearest-neighbour vote (training split)"
+        model.fit(xs, ys)
+
+        def fitted(x: Tensor) -> Tensor:
+            return torch.as_tensor(model.predict(x.double().cpu().numpy()), dtype=torch.int64)
+
+        clf = LabelClassifier(description, fitted)
+    if test is not None and test.labels is not None and len(test):
+        clf.test_accuracy = float((clf.predict(test.x) == test.labels.cpu()).double().mean())
+    return clf
+
+
+@torch.no_grad()
+def conditioning_accuracy(
+    model: torch.nn.Module, condition: Condition, classifier: LabelClassifier, *, n_per_class: int = 500,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Share of samples drawn for label k that the classifier assigns to k, per label.
+
+    For every label k: z ~ N(0, I), x = decoder mean of p(x|z, c = onehot(k)) (n_per_class
+    of them), then the classifier's verdict. Returns ``overall`` (mean over labels),
+    ``per_class`` {label name: share}, ``classifier`` and ``n_per_class``.
+    """
+    if condition.labels is None:
+        raise ConditionError("conditioning accuracy needs a label condition")
+    ref = next(model.parameters())
+    per_class: dict[str, float] = {}
+    for k, name in enumerate(condition.labels):
+        c = condition.encode(torch.tensor([k])).to(ref.device)  # (1, K), broadcast over samples
+        x = model.sample(n_per_class, c, generator=generator)
+        per_class[name] = float((classifier.predict(x) == k).double().mean())
+    out: dict[str, Any] = {
+        "overall": float(np.mean(list(per_class.values()))), "per_class": per_class,
+        "classifier": classifier.description, "n_per_class": n_per_class,
+    }
+    if classifier.test_accuracy is not None:
+        out["classifier_test_accuracy"] = classifier.test_accuracy
+    return out
+
+
+@torch.no_grad()
+def radius_tracking(
+    model: torch.nn.Module, condition: Condition, radii: Sequence[float] | None = None, *,
+    n: int = 500, generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Mean radius ‖x‖ of samples drawn at each requested radius (decoder means).
+
+    ``radii`` default to 6 values evenly over the middle 90% of the training range.
+    Returns ``requested``, ``mean_radius``, ``std_radius`` (lists) and ``mean_abs_error``
+    = mean over requested r of |mean radius - r|.
+    """
+    if condition.kind != "radius":
+        raise ConditionError(f"radius tracking needs a radius condition, this run has {condition.kind}")
+    assert condition.low is not None and condition.high is not None
+    if radii is None:
+        lo, hi = condition.low[0], condition.high[0]
+        pad = 0.05 * (hi - lo)
+        radii = torch.linspace(lo + pad, hi - pad, 6).tolist()
+    ref = next(model.parameters())
+    means, stds = [], []
+    for r in radii:
+        c = condition.encode(torch.tensor([[float(r)]])).to(ref.device)
+        radius = model.sample(n, c, generator=generator).norm(dim=1)
+        means.append(float(radius.mean()))
+        stds.append(float(radius.std()))
+    errors = [abs(m - r) for m, r in zip(means, radii, strict=True)]
+    return {"requested": [float(r) for r in radii], "mean_radius": means, "std_radius": stds,
+            "mean_abs_error": float(np.mean(errors))}
+
+
+def conditional_metrics(
+    model: torch.nn.Module, condition: Condition, train: Dataset, test: Dataset, *, seed: int = 0,
+    n_per_class: int = 500,
+) -> dict[str, Any]:
+    """What evaluation adds for a conditional run: ``condition`` (its description), and
+    ``conditioning_accuracy`` (labels) or ``radius_tracking`` (radius)."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    out: dict[str, Any] = {"condition": condition.describe()}
+    if condition.labels is not None:
+        classifier = label_classifier(train, test)
+        out["conditioning_accuracy"] = conditioning_accuracy(
+            model, condition, classifier, n_per_class=n_per_class, generator=generator)
+    elif condition.kind == "radius":
+        out["radius_tracking"] = radius_tracking(model, condition, n=n_per_class, generator=generator)
+    return out
