@@ -2,12 +2,11 @@ import math
 
 import pytest
 
+from helpers import tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab.data.registry import load_dataset
 from vaelab.evaluate import evaluate
 from vaelab.train import train_run
-
-from helpers import tiny_config
 
 
 def test_metrics_are_consistent(trained_run):

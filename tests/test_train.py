@@ -4,13 +4,12 @@ import math
 import pytest
 import torch
 
+from helpers import tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab.checkpoint import History
 from vaelab.data.registry import load_dataset
 from vaelab.models import build_model
 from vaelab.train import TrainingDiverged, fit, train_run
-
-from helpers import tiny_config
 
 
 def _weights(model):
@@ -34,7 +33,7 @@ def test_history_columns_and_decreasing_loss(tiny_cfg):
         assert math.isclose(r["loss"], r["recon"] + r["kl"], rel_tol=1e-5)
         assert r["diversity"] > 0
     secs = hist.column("seconds")
-    assert all(b >= a for a, b in zip(secs, secs[1:]))
+    assert all(b >= a for a, b in zip(secs, secs[1:], strict=False))
 
 
 def test_same_seed_bit_identical_weights(tiny_cfg):

@@ -9,15 +9,18 @@ Precedence: defaults < ``--config file.toml`` < explicit command-line flags.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Activation = Literal["relu", "silu", "tanh", "elu", "leaky_relu", "gelu", "softplus"]
 ScaleParam = Literal["logvar", "softplus", "exp"]
 LikelihoodName = Literal["gaussian", "gaussian-learned", "bernoulli"]
+NetName = Literal["mlp", "conv"]
+ImageSplit = Literal["official", "test-9k"]
+BinarizeName = Literal["auto", "none", "dynamic", "fixed"]
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,23 @@ class DataConfig(_Section):
     n_test: int = Field(2000, gt=0, description="held-out points drawn for evaluation")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of a user file held out for evaluation")
     seed: int = Field(0, description="seed of the data draw / split")
+    # Images (see vaelab.data.images and vaelab.data.pixels).
+    data_dir: str | None = Field(
+        None, description="root folder of downloaded image datasets (else $VAELAB_DATA_DIR, then ~/.cache/vaelab)"
+    )
+    image_split: ImageSplit = Field(
+        "official",
+        description="official train/test files, or test-9k: first 9,000 images of the official test "
+        "files for training and the last 1,000 for testing (needs only the t10k files)",
+    )
+    image_size: int = Field(28, gt=0, description="side in pixels that images of a folder are resized to")
+    binarize: BinarizeName = Field(
+        "auto",
+        description="pixels as {0,1}: dynamic (re-drawn x ~ Bernoulli(grey level) every epoch), fixed "
+        "(drawn once, seeded), none, or auto (dynamic for a Bernoulli likelihood on images, else none)",
+    )
+    limit_train: int | None = Field(None, gt=0, description="use only the first N training points")
+    limit_test: int | None = Field(None, gt=0, description="use only the first N test points")
 
     @field_validator("name")
     @classmethod
@@ -76,6 +96,10 @@ class ModelConfig(_Section):
     """
 
     kind: Literal["vae", "ae"] = Field("vae", description="vae, or ae (plain autoencoder baseline)")
+    net: NetName = Field("mlp", description="encoder/decoder body: mlp, or conv (square images; ignores hidden)")
+    channels: list[int] = Field(
+        default_factory=lambda: [8, 16, 32], description="channels of the stride-2 convolutions (net=conv)"
+    )
     hidden: list[int] = Field(default_factory=lambda: [128, 128], description="hidden layer sizes of each MLP")
     activation: Activation = "silu"
     latent_dim: int = Field(2, gt=0, description="dimension of z")
@@ -105,7 +129,7 @@ class ModelConfig(_Section):
             data["recon_var"] = var
         return data
 
-    @field_validator("hidden", "cond_embed")
+    @field_validator("hidden", "cond_embed", "channels")
     @classmethod
     def _positive_hidden(cls, value: list[int]) -> list[int]:
         if any(h <= 0 for h in value):

@@ -48,7 +48,9 @@ class Dataset:
             )
         for key, value in self.extras.items():
             if value.shape[0] != self.x.shape[0]:
-                raise ValueError(f"Dataset {self.name!r}: extra {key!r} has {value.shape[0]} rows, x has {self.x.shape[0]}")
+                raise ValueError(
+                    f"Dataset {self.name!r}: extra {key!r} has {value.shape[0]} rows, x has {self.x.shape[0]}"
+                )
 
     def __len__(self) -> int:
         return self.x.shape[0]

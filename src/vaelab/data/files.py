@@ -5,6 +5,7 @@ or ``.csv`` (numbers, optional header row). Any dimension D, not only 2.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,11 @@ class DataFileError(ValueError):
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv")
 
 
-def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
-    """Parse a numeric CSV: returns values (N, D), labels (N,) or None, label names, column names."""
+def _read_csv(
+    path: Path, label_column: str | None, condition_columns: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None, dict[str, np.ndarray]]:
+    """Parse a numeric CSV: returns values (N, D), labels (N,) or None, label names, column
+    names, and the condition columns {name: (N,)}, which are left out of the values."""
     with path.open(newline="") as fh:
         rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
     if not rows:
@@ -55,6 +59,16 @@ def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
         if label_column not in header:
             raise DataFileError(f"{path}: no column named {label_column!r}; columns are {header}")
         label_idx = header.index(label_column)
+    cond_idx: dict[str, int] = {}
+    for name in condition_columns:
+        if header is None:
+            raise DataFileError(f"{path}: condition column {name!r} requested, but the CSV has no header row")
+        if name not in header:
+            raise DataFileError(f"{path}: no column named {name!r} to condition on; columns are {header}")
+        if name == label_column:
+            raise DataFileError(f"{path}: column {name!r} cannot be both the label column and a condition column")
+        cond_idx[name] = header.index(name)
+    held_out = set(cond_idx.values()) | ({label_idx} if label_idx is not None else set())
 
     labels = names = None
     if label_idx is not None:
@@ -69,27 +83,43 @@ def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
             values.append([float(cell) for j, cell in enumerate(row) if j != label_idx])
         except ValueError as err:
             raise DataFileError(f"{path}: line {line} holds a value that is not a number ({err})") from None
-    columns = None if header is None else [h for j, h in enumerate(header) if j != label_idx]
-    return np.asarray(values, dtype=np.float64), labels, names, columns
+    table = np.asarray(values, dtype=np.float64)  # every column but the label column
+    # Positions of the kept / condition columns inside ``table`` (the label column is gone).
+    pos = [j for j in range(width) if j != label_idx]
+    keep = [pos.index(j) for j in pos if j not in held_out]
+    if not keep:
+        raise DataFileError(f"{path}: no data columns left once label and condition columns are taken out")
+    conditions = {name: table[:, pos.index(j)] for name, j in cond_idx.items()}
+    columns = None if header is None else [header[pos[k]] for k in keep]
+    return table[:, keep], labels, names, columns, conditions
 
 
-def load_points(path: str | Path, *, label_column: str | None = None) -> Dataset:
+def load_points(
+    path: str | Path, *, label_column: str | None = None, condition_columns: Sequence[str] = ()
+) -> Dataset:
     """Read a user file of points into a Dataset with x of shape (N, D).
 
     ``.npz`` files may hold a single array, or arrays named ``x`` and optionally ``labels``.
     For CSV, a first row that is not all numbers is taken as a header; ``label_column`` names
-    a header column to use as class labels (any strings; sorted into label values).
+    a header column to use as class labels (any strings; sorted into label values), and
+    ``condition_columns`` numeric header columns that are held out of x and kept as
+    ``extras["column:NAME"]`` (N,), the continuous condition of a conditional model.
     """
     path = Path(path)
     if not path.is_file():
-        raise DataFileError(f"{path}: no such file; --data expects a .npy, .npz or .csv file of points (N rows x D columns)")
+        raise DataFileError(
+            f"{path}: no such file; --data expects a .npy, .npz or .csv file of points (N rows x D columns)"
+        )
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataFileError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
     labels = names = None
+    conditions: dict[str, np.ndarray] = {}
+    if suffix != ".csv" and condition_columns:
+        raise DataFileError(f"{path}: condition columns can only be named for CSV files with a header row")
     try:
         if suffix == ".csv":
-            arr, labels, names, _ = _read_csv(path, label_column)
+            arr, labels, names, _, conditions = _read_csv(path, label_column, condition_columns)
         elif suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
@@ -101,15 +131,21 @@ def load_points(path: str | Path, *, label_column: str | None = None) -> Dataset
                 elif len(keys) == 1:
                     arr = npz[keys[0]]
                 else:
-                    raise DataFileError(f"{path}: holds arrays {keys}; expected one array, or one named 'x' (and optionally 'labels')")
+                    raise DataFileError(
+                        f"{path}: holds arrays {keys}; expected one array, or one named 'x' (and optionally 'labels')"
+                    )
     except DataFileError:
         raise
     except (ValueError, OSError) as err:
         raise DataFileError(f"{path}: could not be read as {suffix} ({err})") from None
     if suffix != ".csv" and label_column is not None:
-        raise DataFileError(f"{path}: a label column can only be named for CSV files; for .npz store an array named 'labels'")
+        raise DataFileError(
+            f"{path}: a label column can only be named for CSV files; for .npz store an array named 'labels'"
+        )
     if arr.ndim != 2:
-        raise DataFileError(f"{path}: expected a 2-D table of shape (N, D), found an array of shape {arr.shape} (rank {arr.ndim})")
+        raise DataFileError(
+            f"{path}: expected a 2-D table of shape (N, D), found an array of shape {arr.shape} (rank {arr.ndim})"
+        )
     if not np.issubdtype(arr.dtype, np.number):
         raise DataFileError(f"{path}: expected numbers, found dtype {arr.dtype}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -130,6 +166,8 @@ def load_points(path: str | Path, *, label_column: str | None = None) -> Dataset
         label_names=names,
     )
     ds.extras["radius"] = x.norm(dim=1)
+    for name, values in conditions.items():
+        ds.extras[f"column:{name}"] = torch.as_tensor(values, dtype=torch.float32)
     return ds
 
 

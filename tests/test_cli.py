@@ -1,0 +1,174 @@
+"""Every core CLI command end to end on tiny data, and the user errors it must explain."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from vaelab.cli import app
+
+runner = CliRunner()
+TINY = ["--data", "ring", "--n-train", "200", "--n-test", "100", "--hidden", "16,16", "--epochs", "2",
+        "--batch-size", "64", "--eval-k", "8", "--device", "cpu"]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke("train", *TINY, "--out", out, "--no-report")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_run_and_metrics(run_dir):
+    for f in ("config.json", "model.safetensors", "state.pt", "history.csv", "metrics.json"):
+        assert (run_dir / f).is_file(), f
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["iwae_k"] == 8 and "nll_gap" in metrics
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["model"]["hidden"] == [16, 16] and cfg["data"]["n_train"] == 200
+
+
+def test_eval_command(run_dir):
+    result = invoke("eval", run_dir, "--k", "4", "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert metrics["iwae_k"] == 4 and metrics["n"] == 100
+    assert json.loads((run_dir / "metrics.json").read_text())["iwae_k"] == 4
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_sample_encode_decode(run_dir, tmp_path, suffix):
+    s = tmp_path / f"s{suffix}"
+    assert invoke("sample", run_dir, "-n", 7, "--out", s, "--noise").exit_code == 0
+    e = tmp_path / f"e{suffix}"
+    assert invoke("encode", run_dir, "--input", s, "--out", e).exit_code == 0
+    enc = np.load(e) if suffix == ".npy" else np.loadtxt(e, delimiter=",", skiprows=1)
+    assert enc.shape == (7, 4)  # μ1 μ2 σ1 σ2
+    assert (enc[:, 2:] > 0).all()
+    z = tmp_path / f"z{suffix}"
+    np.save(z, enc[:, :2]) if suffix == ".npy" else np.savetxt(z, enc[:, :2], delimiter=",")
+    d = tmp_path / f"d{suffix}"
+    assert invoke("decode", run_dir, "--input", z, "--out", d).exit_code == 0
+    dec = np.load(d) if suffix == ".npy" else np.loadtxt(d, delimiter=",", skiprows=1)
+    assert dec.shape == (7, 2)
+
+
+def test_sample_is_seeded(run_dir, tmp_path):
+    invoke("sample", run_dir, "-n", 5, "--out", tmp_path / "a.npy", "--seed", 3)
+    invoke("sample", run_dir, "-n", 5, "--out", tmp_path / "b.npy", "--seed", 3)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_datasets_lists_every_dataset():
+    result = invoke("datasets")
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.splitlines() if line.strip()]
+    assert {"moons", "circles", "2gmm", "radial_gmm", "ring"} <= set(names)
+
+
+def test_train_from_toml_with_flag_override(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[data]\nname = "moons"\nn_train = 100\nn_test = 50\n[model]\nhidden = [8]\nlatent_dim = 1\n'
+                    '[train]\nepochs = 1\nbatch_size = 50\n[eval]\nk = 4\n')
+    result = invoke("train", "--config", toml, "--latent-dim", "3", "--out", tmp_path / "r", "--no-report",
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["data"]["name"] == "moons" and cfg["model"]["latent_dim"] == 3 and cfg["model"]["hidden"] == [8]
+
+
+def test_user_data_file_of_any_dimension(tmp_path):
+    x = np.random.default_rng(0).normal(size=(120, 3))
+    np.save(tmp_path / "p.npy", x)
+    result = invoke("train", "--data", tmp_path / "p.npy", "--hidden", "8", "--epochs", "1", "--eval-k", "4",
+                    "--out", tmp_path / "r", "--no-report", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["n"] == 12 and "nll_gap" not in m
+
+
+def test_lambda_rec_is_the_inverse_of_recon_var(tmp_path):
+    result = invoke("train", *TINY, "--likelihood", "gaussian", "--lambda-rec", "4", "--out", tmp_path / "r",
+                    "--no-report", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["model"]["recon_var"] == 0.25
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "spirals"], "choose one of: moons, circles, 2gmm, radial_gmm, ring"),
+        (["--activation", "swish"], "model.activation"),
+        (["--recon-var", "0"], "model.recon_var: Input should be greater than 0"),
+        (["--recon-var", "-1"], "model.recon_var"),
+        (["--latent-dim", "0"], "model.latent_dim"),
+        (["--epochs", "0"], "train.epochs"),
+        (["--batch-size", "-4"], "train.batch_size"),
+        (["--likelihood", "poisson"], "'gaussian', 'gaussian-learned' or 'bernoulli'"),
+    ],
+)
+def test_bad_options_name_the_field(tmp_path, args, message):
+    result = invoke("train", *TINY, *args, "--out", tmp_path / "r")
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_flag_is_a_usage_error(tmp_path):
+    result = invoke("train", "--no-such-flag", "1")
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
+def test_not_a_run_directory(tmp_path):
+    result = invoke("eval", tmp_path)
+    assert result.exit_code == 2 and "not a vaelab run directory" in result.output
+    result = invoke("sample", tmp_path / "missing", "--out", tmp_path / "s.npy")
+    assert result.exit_code == 2 and "no such folder" in result.output
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("1,2\n3\n", "ragged"), ("1,2\nnan,1\n", "NaN or infinite"), ("", "empty")],
+)
+def test_malformed_data_files(tmp_path, content, message):
+    p = tmp_path / "bad.csv"
+    p.write_text(content)
+    result = invoke("train", "--data", p, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and message in result.output and "bad.csv" in result.output
+
+
+def test_wrong_rank_file(tmp_path):
+    np.save(tmp_path / "cube.npy", np.zeros((4, 2, 2)))
+    result = invoke("train", "--data", tmp_path / "cube.npy", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "rank 3" in result.output
+
+
+def test_existing_run_is_not_overwritten(run_dir):
+    before = (run_dir / "model.safetensors").read_bytes()
+    result = invoke("train", *TINY, "--out", run_dir)
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert (run_dir / "model.safetensors").read_bytes() == before
+
+
+def test_wrong_width_input(run_dir, tmp_path):
+    np.save(tmp_path / "w.npy", np.zeros((3, 5)))
+    result = invoke("encode", run_dir, "--input", tmp_path / "w.npy", "--out", tmp_path / "o.npy")
+    assert result.exit_code == 2 and "has 5 columns" in result.output
+
+
+def test_console_script_runs(tmp_path):
+    exe = [sys.executable, "-m", "vaelab"]
+    proc = subprocess.run([*exe, "datasets"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "radial_gmm" in proc.stdout
+    proc = subprocess.run([*exe, "eval", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not a vaelab run" in proc.stderr
