@@ -10,6 +10,8 @@ A notebook session::
     run = vaelab.load("runs/demo")                    # later: rebuilt from the folder alone
 """
 
+import logging
+
 from vaelab.checkpoint import History, Run, load, save
 from vaelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from vaelab.data.registry import dataset_names as datasets
@@ -25,3 +27,7 @@ __all__ = [
     "DataConfig", "EvalConfig", "History", "ModelConfig", "Run", "RunConfig", "TrainConfig",
     "build_model", "datasets", "evaluate", "fit", "load", "load_dataset", "save", "train",
 ]
+
+# A library never configures logging; this keeps Python's last-resort handler from printing
+# our log records when the application has not set up logging itself.
+logging.getLogger("vaelab").addHandler(logging.NullHandler())
