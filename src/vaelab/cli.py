@@ -15,7 +15,16 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -78,6 +87,57 @@ def _is_file_arg(data: str) -> bool:
     return Path(data).suffix.lower() in (".npy", ".npz", ".csv") or os.sep in data
 
 
+def _base_config(config: Path | None, preset: str | None, data: str | None) -> Any:
+    """Defaults < preset < --config file; image data without either get the default image preset."""
+    import tomllib
+
+    from vaelab.config import ConfigError, DataConfig, RunConfig
+    from vaelab.data.registry import is_image_config
+    from vaelab.presets import DEFAULT_IMAGE_PRESET, apply_preset
+
+    if preset is None and config is None and data is not None:
+        probe = DataConfig(path=data) if _is_file_arg(data) else DataConfig(name=data)
+        if is_image_config(probe):
+            preset = DEFAULT_IMAGE_PRESET
+            console.print(f"image data: starting from preset [bold]{preset}[/] (choose with --preset or --config)",
+                          highlight=False)
+    if preset is None:
+        return RunConfig.from_toml(config) if config is not None else RunConfig()
+    base = apply_preset(RunConfig(), preset)
+    if config is None:
+        return base
+    try:
+        raw = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{config}: cannot read the config file ({err})") from None
+    return base.with_overrides(raw)
+
+
+def _fetch_with_progress(data_cfg: Any) -> None:
+    """Download missing MNIST-family files before training, drawing a progress bar per file."""
+    from vaelab.data import images
+
+    if data_cfg.path is not None or data_cfg.name not in images.MNIST_FAMILY:
+        return
+    splits = ["test"] if data_cfg.image_split == "test-9k" else ["train", "test"]
+    folder = images.dataset_folder(data_cfg.name, data_cfg.data_dir)
+    spec = images.MNIST_FAMILY[data_cfg.name]
+    names = [r.filename for s in splits for r in spec.files(s)]
+    if all((folder / n).is_file() or (folder / n.removesuffix(".gz")).is_file() for n in names):
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_bytes(done: int, total: int | None, name: str) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"downloading {name}", total=total)
+            progress.update(tasks[name], completed=done, total=total)
+
+        for split in splits:
+            images.load_mnist_family(data_cfg.name, split, data_dir=data_cfg.data_dir, progress=on_bytes)
+
+
 @app.command()
 @user_errors
 def train(
@@ -86,7 +146,17 @@ def train(
     n_test: int = typer.Option(None, help="held-out points drawn for evaluation (toy data)"),
     label_column: str = typer.Option(None, help="CSV column holding class labels"),
     data_seed: int = typer.Option(None, help="seed of the data draw / split"),
+    data_dir: Path = typer.Option(None, help="root of downloaded image datasets (default $VAELAB_DATA_DIR "
+                                  "or ~/.cache/vaelab)"),
+    image_split: str = typer.Option(None, help="official, or test-9k (first 9,000 test images train, last 1,000 test)"),
+    binarize: str = typer.Option(None, help="auto, dynamic, fixed or none (pixels as Bernoulli draws)"),
+    limit_train: int = typer.Option(None, help="use only the first N training points"),
+    limit_test: int = typer.Option(None, help="use only the first N test points"),
+    image_size: int = typer.Option(None, help="side images of a folder are resized to (default 28)"),
+    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv"),
     model: str = typer.Option(None, "--model", help="vae or ae (plain autoencoder)"),
+    net: str = typer.Option(None, help="encoder/decoder body: mlp or conv (images)"),
+    channels: str = typer.Option(None, help="conv channels, e.g. 8,16,32"),
     hidden: str = typer.Option(None, help="hidden layer sizes, e.g. 128,128"),
     activation: str = typer.Option(None, help="relu, silu, tanh, elu, leaky_relu, gelu, softplus"),
     latent_dim: int = typer.Option(None, help="dimension of z"),
@@ -112,11 +182,14 @@ def train(
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the held-out evaluation at the end"),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics)."""
-    from vaelab.config import RunConfig
     from vaelab.train import train_run
 
-    base = RunConfig.from_toml(config) if config is not None else RunConfig()
-    data_over: dict[str, Any] = {"n_train": n_train, "n_test": n_test, "label_column": label_column, "seed": data_seed}
+    base = _base_config(config, preset, data)
+    data_over: dict[str, Any] = {
+        "n_train": n_train, "n_test": n_test, "label_column": label_column, "seed": data_seed,
+        "data_dir": None if data_dir is None else str(data_dir), "image_split": image_split,
+        "binarize": binarize, "limit_train": limit_train, "limit_test": limit_test, "image_size": image_size,
+    }
     if data is not None:
         if _is_file_arg(data):
             data_over["path"] = data
@@ -125,7 +198,8 @@ def train(
             data_over["path"] = None
             base = base.model_copy(update={"data": base.data.model_copy(update={"path": None})})
     model_over: dict[str, Any] = {
-        "kind": model, "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
+        "kind": model, "net": net, "channels": _split_ints(channels, "--channels"),
+        "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
         "latent_dim": latent_dim, "scale": scale, "likelihood": likelihood, "recon_var": recon_var,
     }
     if lambda_rec is not None:
@@ -145,6 +219,8 @@ def train(
         stem = Path(cfg.data.path).stem if cfg.data.path else cfg.data.name
         out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     dev = pick_device(device)
+    if not resume:
+        _fetch_with_progress(cfg.data)
     console.print(f"training [bold]{cfg.model.kind}[/] on [bold]{cfg.data.path or cfg.data.name}[/] "
                   f"-> {out} (device {dev})", highlight=False)
     with Progress(
@@ -172,6 +248,7 @@ def train(
 
 def _run_eval(run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None) -> dict[str, Any]:
     from vaelab import checkpoint as ckpt
+    from vaelab.data.pixels import eval_view
     from vaelab.data.registry import load_dataset
     from vaelab.evaluate import evaluate
 
@@ -181,8 +258,10 @@ def _run_eval(run_dir: Path, device: torch.device, k: int | None, n_test: int | 
     k = eval_cfg.k if k is None else k
     if k <= 0:
         raise ValueError(f"--k must be a positive number of importance samples, got {k}")
-    test = load_dataset(data_cfg, "test")
+    test, pixels = eval_view(run.config, load_dataset(data_cfg, "test"))
     metrics = evaluate(run.model, test, k=k, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed if seed is None else seed)
+    if test.image_shape is not None:
+        metrics["binarization"] = pixels
     ckpt.write_json(run_dir / ckpt.METRICS_FILE, metrics)
     _print_metrics(metrics)
     return metrics
@@ -195,6 +274,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     labels = {
         "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
+        "elbo_bpd": "ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
         "active_units": "active units", "true_nll": "true NLL (entropy of the data)", "nll_gap": "gap: IWAE NLL − true NLL",
         "nll_gap_se": "  ± standard error",
     }

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from vaelab.data import toy2d
+from vaelab.data import images, toy2d
 from vaelab.data.dataset import Dataset
 from vaelab.data.files import load_points
 
@@ -73,6 +74,63 @@ for _spec in (
     register(_spec)
 
 
+# Images of the "test-9k" split: the official test files hold 10,000 images; the first 9,000
+# train and the last 1,000 test. It needs only the t10k files, which are small enough to ship.
+TEST_9K_TRAIN = 9000
+
+
+def take(data: Dataset, idx: torch.Tensor | slice) -> Dataset:
+    """The rows ``idx`` of a dataset, with its labels and extras."""
+    return Dataset(
+        name=data.name, x=data.x[idx], labels=None if data.labels is None else data.labels[idx],
+        label_names=data.label_names, log_prob=data.log_prob, image_shape=data.image_shape,
+        extras={k: v[idx] for k, v in data.extras.items()},
+    )
+
+
+def _mnist_family(name: str) -> Callable[[DataConfig, Split], Dataset]:
+    def load(config: DataConfig, split: Split) -> Dataset:
+        if config.image_split == "test-9k":
+            full = images.load_mnist_family(name, "test", data_dir=config.data_dir)
+            rows = slice(0, TEST_9K_TRAIN) if split == "train" else slice(TEST_9K_TRAIN, None)
+            return take(full, rows)
+        return images.load_mnist_family(name, split, data_dir=config.data_dir)
+
+    return load
+
+
+def _digits(size: int) -> Callable[[DataConfig, Split], Dataset]:
+    def load(config: DataConfig, split: Split) -> Dataset:
+        return images.load_digits(
+            split, size=size, test_fraction=config.test_fraction, seed=config.seed
+        )
+
+    return load
+
+
+for _spec in (
+    DatasetSpec("mnist", "MNIST handwritten digits, 28x28 grey (60,000 / 10,000); downloaded once",
+                _mnist_family("mnist"), kind="image"),
+    DatasetSpec("fashion-mnist", "Fashion-MNIST clothing, 28x28 grey (60,000 / 10,000); downloaded",
+                _mnist_family("fashion-mnist"), kind="image"),
+    DatasetSpec("kmnist", "Kuzushiji-MNIST cursive Japanese, 28x28 grey (60,000 / 10,000); downloaded",
+                _mnist_family("kmnist"), kind="image"),
+    DatasetSpec("digits", "scikit-learn's 1,797 8x8 digits upsampled to 28x28 (offline); 10 labels",
+                _digits(28), kind="image"),
+    DatasetSpec("digits8", "scikit-learn's 1,797 digits at their native 8x8 (offline); 10 labels",
+                _digits(8), kind="image"),
+):
+    register(_spec)
+
+
+def is_image_config(config: DataConfig) -> bool:
+    """True when ``config`` names image data (a registered image dataset or a folder of images)."""
+    if config.path is not None:
+        return Path(config.path).expanduser().is_dir()
+    spec = DATASETS.get(config.name)
+    return spec is not None and spec.kind == "image"
+
+
 def dataset_names() -> list[str]:
     """Every registered dataset name, in registration order."""
     return list(DATASETS)
@@ -80,7 +138,11 @@ def dataset_names() -> list[str]:
 
 def _split_file(config: DataConfig, split: Split) -> Dataset:
     assert config.path is not None
-    full = load_points(config.path, label_column=config.label_column)
+    if Path(config.path).expanduser().is_dir():
+        full = images.load_image_folder(config.path, size=config.image_size)
+    else:
+        full = load_points(config.path, label_column=config.label_column,
+                           condition_columns=config.condition_columns)
     n = len(full)
     n_test = int(round(n * config.test_fraction))
     if n_test < 1 or n - n_test < 1:
@@ -90,23 +152,22 @@ def _split_file(config: DataConfig, split: Split) -> Dataset:
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
     idx = perm[n_test:] if split == "train" else perm[:n_test]
-    return Dataset(
-        name=full.name, x=full.x[idx],
-        labels=None if full.labels is None else full.labels[idx],
-        label_names=full.label_names,
-        extras={k: v[idx] for k, v in full.extras.items()},
-    )
+    return take(full, idx)
 
 
 def load_dataset(config: DataConfig, split: Split = "train") -> Dataset:
     """Load the ``split`` of the dataset described by ``config``.
 
-    A config with ``path`` set reads that user file; otherwise ``name`` is looked up here.
+    A config with ``path`` set reads that user file (or folder of images); otherwise ``name``
+    is looked up here. ``limit_train`` / ``limit_test`` keep the first N points of the split.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if config.path is not None:
-        return _split_file(config, split)
-    if config.name not in DATASETS:
+        data = _split_file(config, split)
+    elif config.name not in DATASETS:
         raise ValueError(f"unknown dataset {config.name!r}; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[config.name].load(config, split)
+    else:
+        data = DATASETS[config.name].load(config, split)
+    limit = config.limit_train if split == "train" else config.limit_test
+    return data if limit is None or limit >= len(data) else take(data, slice(0, limit))

@@ -1,0 +1,163 @@
+"""Convolutional encoder / decoder bodies for flattened images.
+
+The classic 28x28 VAE architecture (as in many course notebooks and pytorch/examples):
+
+    encoder: (B, 1, 28, 28) -conv 3x3/2-> (B, 8, 14, 14) -conv-> (B, 16, 7, 7) -conv-> (B, 32, 4, 4)
+             -> flatten (B, 512) [+ condition] -> Linear -> (B, out_dim)   (2d outputs: μ, log σ²)
+    decoder: (B, d) [+ condition] -> Linear -> (B, 512) -> (B, 32, 4, 4)
+             -deconv 3x3/2-> (B, 16, 7, 7) -deconv-> (B, 8, 14, 14) -deconv-> (B, P·C, 28, 28)
+
+Both take and return *flattened* tensors, like the MLPs, so the models, objectives and
+training loop do not know which body they use. Conditions are extra columns: the encoder
+reads the first C·H·W columns of its input as the image and concatenates the rest after the
+conv trunk; the decoder's linear layer reads z and the condition together.
+
+Any (C, H, W) works: the spatial sizes are computed layer by layer (``conv_sizes``) and the
+transposed convolutions get the ``output_padding`` that restores them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vaelab.nets.mlp import ACTIVATIONS
+
+KERNEL, STRIDE, PADDING = 3, 2, 1
+
+
+def image_shape_for(x_dim: int) -> tuple[int, int, int]:
+    """(C, H, W) of a flattened square image of ``x_dim`` values: grey (1, s, s) or RGB (3, s, s).
+
+    Exactly one of the two can fit (3·s² is never a perfect square), so the answer is unique.
+    """
+    s = math.isqrt(x_dim)
+    if s * s == x_dim:
+        return (1, s, s)
+    s = math.isqrt(x_dim // 3)
+    if x_dim % 3 == 0 and s * s * 3 == x_dim:
+        return (3, s, s)
+    raise ValueError(
+        f"net=conv needs square images, but the data has {x_dim} dimensions, which is neither "
+        "s*s (grey) nor 3*s*s (RGB); use net=mlp for non-image data"
+    )
+
+
+def conv_sizes(size: int, layers: int) -> list[int]:
+    """Spatial size after each stride-2 conv: [size, ⌊(size+2p-k)/s⌋+1, ...] (layers + 1 values)."""
+    sizes = [size]
+    for _ in range(layers):
+        sizes.append((sizes[-1] + 2 * PADDING - KERNEL) // STRIDE + 1)
+    return sizes
+
+
+def _check_channels(channels: Sequence[int]) -> list[int]:
+    channels = list(channels)
+    if not channels or any(c <= 0 for c in channels):
+        raise ValueError(f"conv channels must be non-empty and positive, got {channels}")
+    return channels
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class ConvEncoder(nn.Module):
+    """(..., C·H·W + extra_dim) -> (..., out_dim): conv trunk on the image, linear head after.
+
+    Args:
+        image_shape: (C, H, W) of one image.
+        out_dim: outputs of the linear head (2d for a VAE: μ and the scale parameter).
+        extra_dim: width of the condition appended after the flattened image (0: none).
+        channels: output channels of each stride-2 3x3 convolution.
+        activation: nonlinearity after each convolution.
+    """
+
+    def __init__(
+        self, image_shape: Sequence[int], out_dim: int, extra_dim: int = 0,
+        channels: Sequence[int] = (8, 16, 32), activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        c, h, w = (int(v) for v in image_shape)
+        channels = _check_channels(channels)
+        self.image_shape = (c, h, w)
+        self.extra_dim = extra_dim
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, KERNEL, STRIDE, PADDING), _activation(activation)]
+        self.trunk = nn.Sequential(*layers)
+        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
+        self.features = channels[-1] * hs[-1] * ws[-1]  # 32·4·4 = 512 for 28x28
+        self.head = nn.Linear(self.features + extra_dim, out_dim)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        lead = inputs.shape[:-1]
+        d_img = math.prod(self.image_shape)
+        if inputs.shape[-1] != d_img + self.extra_dim:
+            raise ValueError(
+                f"ConvEncoder expects {d_img} image values + {self.extra_dim} condition values "
+                f"per row, got {inputs.shape[-1]}"
+            )
+        flat = inputs.reshape(-1, inputs.shape[-1])  # (N, C·H·W + extra)
+        image = flat[:, :d_img].reshape(-1, *self.image_shape)  # (N, C, H, W)
+        h = self.trunk(image).flatten(1)  # (N, 512)
+        if self.extra_dim:
+            h = torch.cat([h, flat[:, d_img:]], dim=1)  # (N, 512 + extra)
+        return self.head(h).reshape(*lead, -1)  # (..., out_dim)
+
+
+class ConvDecoder(nn.Module):
+    """(..., in_dim) -> (..., P·C·H·W): linear to the smallest feature map, then transposed convs.
+
+    The output is flattened channel-major, (P, C, H, W) -> P·C·H·W, so a likelihood with P
+    parameters per pixel (Gaussian mean and log-variance: P = 2) can split it with
+    ``chunk(P, dim=-1)`` into P flattened images, like an MLP decoder's output.
+
+    Args:
+        in_dim: latent dimension d plus the condition width.
+        image_shape: (C, H, W) of one image.
+        params_per_dim: P, likelihood parameters per pixel.
+        channels: channels of the encoder's convolutions, which the decoder mirrors.
+        activation: nonlinearity after the linear layer and each inner transposed conv.
+    """
+
+    def __init__(
+        self, in_dim: int, image_shape: Sequence[int], params_per_dim: int = 1,
+        channels: Sequence[int] = (8, 16, 32), activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        c, h, w = (int(v) for v in image_shape)
+        channels = _check_channels(channels)
+        self.image_shape = (c, h, w)
+        self.params_per_dim = params_per_dim
+        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
+        self.start = (channels[-1], hs[-1], ws[-1])  # (32, 4, 4)
+        self.linear = nn.Sequential(
+            nn.Linear(in_dim, math.prod(self.start)), _activation(activation)
+        )
+        outs = [*reversed(channels[:-1]), params_per_dim * c]  # 16, 8, P·C
+        layers: list[nn.Module] = []
+        c_in = channels[-1]
+        for i, c_out in enumerate(outs):
+            # A transposed conv maps size s to 2s - 1 + output_padding; pick the padding (0 or 1)
+            # that lands exactly on the encoder's size at the same depth (4 -> 7 -> 14 -> 28).
+            j = len(channels) - 1 - i
+            pad = (hs[j] - (2 * hs[j + 1] - 1), ws[j] - (2 * ws[j + 1] - 1))
+            layers.append(
+                nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, output_padding=pad)
+            )
+            if i < len(outs) - 1:
+                layers.append(_activation(activation))
+            c_in = c_out
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        lead = inputs.shape[:-1]
+        h = self.linear(inputs.reshape(-1, inputs.shape[-1]))  # (N, 512)
+        out = self.deconv(h.reshape(-1, *self.start))  # (N, P·C, H, W)
+        return out.reshape(*lead, -1)  # (..., P·C·H·W)
