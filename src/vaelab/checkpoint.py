@@ -7,6 +7,7 @@ A run directory holds everything needed to reload and explain a run::
     state.pt           optimizer, step, epoch, RNG state (tensors and numbers only)
     history.csv        one row per epoch
     metrics.json       written by evaluation
+    condition.json     conditional runs only: the condition spec (label list / training range)
     failure.json       only when training stopped on a non-finite loss
 
 Every file is written to a temporary name in the same folder and moved into place with
@@ -29,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
+from vaelab.conditions import Condition
 from vaelab.config import RunConfig
 from vaelab.models import LatentModel, build_model
 
@@ -38,6 +40,7 @@ STATE_FILE = "state.pt"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
+CONDITION_FILE = "condition.json"
 
 
 class RunDirError(ValueError):
@@ -129,6 +132,7 @@ class Run:
     history: History = field(default_factory=History)
     metrics: dict[str, Any] = field(default_factory=dict)
     failure: dict[str, Any] | None = None
+    condition: Condition | None = None  # None for an unconditional model
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -138,7 +142,8 @@ def is_run_dir(path: str | Path) -> bool:
 
 def save_weights(run_dir: Path, model: LatentModel) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": "vaelab-1", "kind": model.config.kind, "x_dim": str(model.x_dim), "cond_dim": str(model.cond_dim)}
+    meta = {"format": "vaelab-1", "kind": model.config.kind, "x_dim": str(model.x_dim), "cond_dim": str(model.cond_dim),
+            "cond_embed": ",".join(str(w) for w in getattr(model, "cond_embed", ()))}
     atomic_write_bytes(run_dir / WEIGHTS_FILE, save_safetensors(tensors, metadata=meta))
 
 
@@ -154,12 +159,15 @@ def save_state(run_dir: Path, state: TrainState) -> None:
 
 def save(
     run_dir: str | Path, model: LatentModel, config: RunConfig, *, history: History | None = None,
-    state: TrainState | None = None,
+    state: TrainState | None = None, condition: Condition | None = None,
 ) -> Path:
-    """Write config, weights, and (when given) history and training state to ``run_dir``."""
+    """Write config, weights, and (when given) history, training state and the condition
+    spec of a conditional model to ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, config.to_json() + "\n")
+    if condition is not None:
+        write_json(run_dir / CONDITION_FILE, condition.to_dict())
     save_weights(run_dir, model)
     if history is not None:
         atomic_write_text(run_dir / HISTORY_FILE, history.to_csv())
@@ -198,7 +206,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         raise RunDirError(f"{run_dir / WEIGHTS_FILE}: cannot read the weights ({err})") from None
     if meta.get("format") != "vaelab-1":
         raise RunDirError(f"{run_dir / WEIGHTS_FILE}: not written by vaelab (no vaelab metadata in the header)")
-    model = build_model(config.model, int(meta["x_dim"]), int(meta.get("cond_dim", "0")))
+    embed = [int(w) for w in meta.get("cond_embed", "").split(",") if w]
+    model = build_model(config.model, int(meta["x_dim"]), int(meta.get("cond_dim", "0")), cond_embed=embed)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
@@ -221,8 +230,28 @@ def load_history(run_dir: str | Path) -> History:
     return History.from_csv(path.read_text()) if path.is_file() else History()
 
 
+def load_condition(run_dir: str | Path, model: LatentModel | None = None) -> Condition | None:
+    """The condition spec of a conditional run (None when unconditional), checked against
+    the model's condition width when ``model`` is given."""
+    path = Path(run_dir) / CONDITION_FILE
+    if not path.is_file():
+        if model is not None and model.cond_dim:
+            raise RunDirError(f"{path}: missing; the model is conditional (c of width {model.cond_dim}) "
+                              "but the run does not say what its condition means")
+        return None
+    try:
+        condition = Condition.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, ValueError) as err:
+        raise RunDirError(f"{path}: cannot read the condition spec ({err})") from None
+    if model is not None and condition.width != model.cond_dim:
+        raise RunDirError(f"{path}: describes a condition of width {condition.width}, "
+                          f"the weights expect {model.cond_dim}")
+    return condition
+
+
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Load a run directory: model (eval mode), config, history, metrics and any failure record."""
+    """Load a run directory: model (eval mode), config, history, metrics, any failure record
+    and, for a conditional model, its condition spec."""
     run_dir = Path(run_dir)
     model, config = load_model(run_dir, device)
     model.eval()
@@ -231,4 +260,5 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         path=run_dir, config=config, model=model, history=load_history(run_dir),
         metrics=json.loads(metrics_path.read_text()) if metrics_path.is_file() else {},
         failure=json.loads(failure_path.read_text()) if failure_path.is_file() else None,
+        condition=load_condition(run_dir, model),
     )

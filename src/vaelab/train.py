@@ -21,6 +21,7 @@ from torch import Tensor
 
 from vaelab import checkpoint as ckpt
 from vaelab.checkpoint import History, TrainState
+from vaelab.conditions import Condition, fit_condition
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.data.registry import load_dataset
 from vaelab.models import LatentModel, build_model
@@ -195,9 +196,11 @@ def train_run(
     run_dir = Path(run_dir)
     history: History | None = None
     state: TrainState | None = None
+    condition: Condition | None = None
     if resume:
         saved = ckpt.load(run_dir, device)
         model = saved.model
+        condition = saved.condition
         config = saved.config.model_copy(update={"train": saved.config.train.model_copy(
             update={"epochs": config.train.epochs, "steps": config.train.steps})})
         state = ckpt.load_state(run_dir)
@@ -207,18 +210,26 @@ def train_run(
         prepare_run_dir(run_dir, overwrite=overwrite)
     data = load_dataset(config.data, "train")
     x = data.x.to(device)
+    if not resume and config.data.condition is not None:
+        # The condition spec (label list / training range) comes from the training split
+        # only; a resumed run keeps the one it saved.
+        condition = fit_condition(config.data.condition, data, config.model.cond_embed)
+    c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
     if not resume:
-        model = build_model(config.model, data.dim, seed=config.train.seed).to(device)
+        model = build_model(config.model, data.dim, 0 if condition is None else condition.width,
+                            seed=config.train.seed,
+                            cond_embed=() if condition is None else condition.embed_widths).to(device)
         # Save the untrained model first, so there is always a last good checkpoint.
-        ckpt.save(run_dir, model, config, history=History(), state=TrainState())
+        ckpt.save(run_dir, model, config, history=History(), state=TrainState(), condition=condition)
         (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)
         (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
 
     def on_checkpoint(m: LatentModel, h: History, s: TrainState) -> None:
-        ckpt.save(run_dir, m, config, history=h, state=s)
+        ckpt.save(run_dir, m, config, history=h, state=s, condition=condition)
 
     try:
-        fit(model, x, config.train, state=state, history=history, on_step=on_step, on_checkpoint=on_checkpoint)
+        fit(model, x, config.train, c=c, state=state, history=history, on_step=on_step,
+            on_checkpoint=on_checkpoint)
     except TrainingDiverged as err:
         ckpt.atomic_write_text(run_dir / ckpt.HISTORY_FILE, err.history.to_csv())
         ckpt.write_json(run_dir / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch, "message": str(err)})
