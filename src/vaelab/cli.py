@@ -168,6 +168,7 @@ def train(
     beta: float = typer.Option(None, help="KL weight β"),
     k: int = typer.Option(None, "--k", help="importance samples of the IWAE objective"),
     lr: float = typer.Option(None, help="Adam learning rate"),
+    lr_schedule: str = typer.Option(None, help="constant, or cosine decay to 0 over the budget"),
     epochs: int = typer.Option(None, help="passes over the data"),
     steps: int = typer.Option(None, help="optimizer steps (replaces --epochs as the budget)"),
     batch_size: int = typer.Option(None, help="batch size"),
@@ -209,7 +210,7 @@ def train(
     cfg = base.with_overrides({
         "data": data_over,
         "model": model_over,
-        "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "epochs": epochs, "steps": steps,
+        "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "lr_schedule": lr_schedule, "epochs": epochs, "steps": steps,
                   "batch_size": batch_size, "seed": seed, "checkpoint_every": checkpoint_every},
         "eval": {"k": eval_k},
     })

@@ -144,6 +144,9 @@ class TrainConfig(_Section):
     beta: float = Field(1.0, ge=0, description="weight of the KL term in the ELBO (β-VAE)")
     k: int = Field(8, gt=0, description="importance samples of the IWAE objective")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over the step budget: constant, or cosine decay to 0"
+    )
     epochs: int = Field(400, gt=0, description="passes over the training data")
     steps: int | None = Field(None, gt=0, description="optimizer steps; when set, replaces epochs as the budget")
     batch_size: int = Field(256, gt=0)

@@ -23,6 +23,7 @@ from vaelab import checkpoint as ckpt
 from vaelab.checkpoint import History, TrainState
 from vaelab.conditions import Condition, fit_condition
 from vaelab.config import RunConfig, TrainConfig
+from vaelab.data.pixels import fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.models import LatentModel, build_model
 from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
@@ -88,13 +89,15 @@ def fit(
     history: History | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_checkpoint: Callable[[LatentModel, History, TrainState], None] | None = None,
+    dynamic_binarization: bool = False,
 ) -> History:
     """Train ``model`` on x (N, D) [with conditions c (N, C)] with Adam; returns the History.
 
     ``state`` / ``history`` resume an earlier run (weights must already be loaded into the
     model). ``on_checkpoint`` is called every ``checkpoint_every`` epochs and at the end with
     a state that resumes exactly; raises TrainingDiverged on a non-finite loss, before any
-    checkpoint is written for the bad epoch.
+    checkpoint is written for the bad epoch. With ``dynamic_binarization`` x holds grey
+    levels in [0, 1] and every epoch trains on a fresh draw x_bin ~ Bernoulli(x).
     """
     n = x.shape[0]
     if c is not None and c.shape[0] != n:
@@ -112,6 +115,12 @@ def fit(
     elapsed = history.last["seconds"] if history.last else 0.0
     bs = config.batch_size
 
+    def learning_rate(step: int) -> float:
+        """Adam's step size at optimizer step ``step`` (0-based): constant, or cosine decay to 0."""
+        if config.lr_schedule == "cosine":
+            return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / budget))
+        return config.lr
+
     def snapshot(complete: bool) -> TrainState:
         return TrainState(step=state.step, epoch=state.epoch, optimizer=optimizer.state_dict(),
                           rng=generator.get_state(), complete=complete)
@@ -119,6 +128,9 @@ def fit(
     model.train()
     while state.step < budget:
         start = time.perf_counter()
+        # Dynamic binarization: a fresh x_bin ~ Bernoulli(x) every epoch, from the training
+        # generator, so a resumed run draws the same bits (see vaelab.data.pixels).
+        x_epoch = torch.bernoulli(x, generator=generator) if dynamic_binarization else x
         perm = torch.randperm(n, generator=generator, device=device)
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, recon, kl weighted by batch size
         seen = 0
@@ -126,7 +138,7 @@ def fit(
             if state.step >= budget:
                 break
             idx = perm[i:i + bs]
-            xb, cb = x[idx], (None if c is None else c[idx])
+            xb, cb = x_epoch[idx], (None if c is None else c[idx])
             out = objective(model, xb, cb, config, generator)
             values = torch.stack([out.loss, out.recon, out.kl]).detach()
             state.step += 1
@@ -138,6 +150,8 @@ def fit(
                 raise TrainingDiverged(state.step, state.epoch + 1, history)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(state.step - 1)
             optimizer.step()
             sums += values.double() * len(idx)
             seen += len(idx)
@@ -209,7 +223,10 @@ def train_run(
     else:
         prepare_run_dir(run_dir, overwrite=overwrite)
     data = load_dataset(config.data, "train")
+    pixels = resolve_binarize(config, data)
     x = data.x.to(device)
+    if pixels == "fixed":
+        x = fixed_binarization(x, "train", config.data.seed)
     if not resume and config.data.condition is not None:
         # The condition spec (label list / training range) comes from the training split
         # only; a resumed run keeps the one it saved.
@@ -228,8 +245,8 @@ def train_run(
         ckpt.save(run_dir, m, config, history=h, state=s, condition=condition)
 
     try:
-        fit(model, x, config.train, c=c, state=state, history=history, on_step=on_step,
-            on_checkpoint=on_checkpoint)
+        fit(model, x, config.train, c=c, state=state, history=history, on_step=on_step, on_checkpoint=on_checkpoint,
+            dynamic_binarization=pixels == "dynamic")
     except TrainingDiverged as err:
         ckpt.atomic_write_text(run_dir / ckpt.HISTORY_FILE, err.history.to_csv())
         ckpt.write_json(run_dir / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch, "message": str(err)})
