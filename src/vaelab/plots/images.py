@@ -1,0 +1,300 @@
+"""Figures for image models: reconstructions, prior samples, latent traversals, interpolations,
+and for 2-D latents the encoded test set by class beside the decoded manifold.
+
+Images are tiled into one array with the small numpy function :func:`tile` (torchvision's
+``make_grid`` is not available here) and drawn with a single ``imshow``, so a 10x10 grid is
+one artist, not a hundred. Decoded images are decoder means E[x|z]: pixel probabilities for a
+Bernoulli likelihood, mean grey levels (clipped to [0, 1] for display) for a Gaussian one.
+
+Every function takes a model and images as (N, D) tensors plus the (C, H, W) shape and returns
+a ``matplotlib.figure.Figure``; the registry entries at the bottom feed them from a run's
+PlotContext (the test split when the run's config can load it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from vaelab.data.dataset import Dataset
+from vaelab.models import LatentModel
+from vaelab.plots.common import (
+    FigureSpec,
+    PlotContext,
+    all_of,
+    new_figure,
+    scatter_labels,
+    to_numpy,
+    unconditional,
+    z_label,
+)
+
+PAD_VALUE = 0.5  # mid grey between tiles: visible against both black and white backgrounds
+
+
+def tile(images: np.ndarray, ncols: int, pad: int = 1, pad_value: float = PAD_VALUE) -> np.ndarray:
+    """Arrange images (N, C, H, W) in rows of ``ncols`` with ``pad`` pixels between them.
+
+    Returns (rows·(H+pad)+pad, ncols·(W+pad)+pad) for grey images, or the same with a trailing
+    RGB axis of 3 for colour ones; missing tiles in the last row stay ``pad_value``.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"tile expects images of shape (N, 1 or 3, H, W), got {images.shape}")
+    n, c, h, w = images.shape
+    ncols = max(1, min(ncols, n)) if n else 1
+    nrows = max(1, -(-n // ncols))
+    canvas = np.full((c, nrows * (h + pad) + pad, ncols * (w + pad) + pad), pad_value, dtype=np.float32)
+    for k in range(n):
+        r, q = divmod(k, ncols)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[:, y:y + h, x:x + w] = images[k]
+    return canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
+
+
+def as_images(x: Tensor, image_shape: Sequence[int]) -> np.ndarray:
+    """(N, D) tensor -> (N, C, H, W) numpy array clipped to [0, 1] for display."""
+    return np.clip(to_numpy(x).reshape(-1, *image_shape), 0.0, 1.0)
+
+
+def show(ax: Axes, canvas: np.ndarray, title: str | None = None) -> None:
+    """Draw a tiled canvas without axes ticks; grey images in the grey colormap on [0, 1]."""
+    ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize="medium")
+
+
+def _size(canvas: np.ndarray, scale: float = 0.035) -> tuple[float, float]:
+    """Figure size in inches that shows one image pixel as ~``scale`` inches (MNIST tile ≈ 1 in)."""
+    h, w = canvas.shape[:2]
+    return (max(3.0, w * scale + 0.4), max(1.2, h * scale + 0.6))
+
+
+def _code(model: LatentModel, x: Tensor, c: Tensor | None = None) -> Tensor:
+    """The code of x used for traversals and interpolations: the posterior mean (VAE) or f(x) (AE)."""
+    return model.embed(x, c)
+
+
+@torch.no_grad()
+def _decode_mean(model: LatentModel, z: Tensor, c: Tensor | None = None) -> Tensor:
+    return model.decode(z, c).mean
+
+
+@torch.no_grad()
+def plot_reconstructions(model: LatentModel, x: Tensor, image_shape: Sequence[int], *, n: int = 10,
+                         rows: int = 2) -> Figure:
+    """Originals over their reconstructions (decoder mean at the posterior mean).
+
+    ``rows`` pairs of rows of ``n`` images: row 2k holds originals, row 2k+1 their
+    reconstructions, so each reconstruction sits right under its input.
+    """
+    x = x[: n * rows].to(next(model.parameters()).device)
+    recon = model.reconstruct(x)
+    originals, recons = as_images(x, image_shape), as_images(recon, image_shape)
+    n = min(n, len(x))
+    order = []
+    for r in range(-(-len(x) // n)):
+        block = list(range(r * n, min((r + 1) * n, len(x))))
+        order += [originals[i] for i in block] + [recons[i] for i in block]
+    canvas = tile(np.stack(order), n)
+    fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
+    show(fig.subplots(), canvas, "originals (odd rows) over reconstructions (even rows)")
+    return fig
+
+
+@torch.no_grad()
+def plot_image_samples(model: LatentModel, image_shape: Sequence[int], *, n: int = 64,
+                       generator: torch.Generator | None = None) -> Figure:
+    """Decoder means E[x|z] of ``n`` draws z ~ N(0, I), in a square-ish grid."""
+    x = model.sample(n, generator=generator)
+    ncols = int(np.ceil(np.sqrt(n)))
+    canvas = tile(as_images(x, image_shape), ncols)
+    fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
+    show(fig.subplots(), canvas, f"decoded prior samples E[x|z], z ~ N(0, I) (n = {n})")
+    return fig
+
+
+@torch.no_grad()
+def traversal_grid(model: LatentModel, dims: tuple[int, int], *, steps: int = 11, span: float = 2.0,
+                   base: Tensor | None = None) -> Tensor:
+    """Decoder means over a grid of (z_i, z_j) ∈ [-span, span]², other dims fixed at ``base``.
+
+    Returns (steps·steps, D): row r of the grid has z_j = +span … -span from top to bottom
+    (so "up" is positive, like a plot), column q has z_i = -span … +span.
+    """
+    ref = next(model.parameters())
+    i, j = dims
+    base = torch.zeros(model.latent_dim, device=ref.device, dtype=ref.dtype) if base is None else base
+    values = torch.linspace(-span, span, steps, device=ref.device, dtype=ref.dtype)
+    z = base.to(ref.device).expand(steps, steps, -1).clone()  # (rows, cols, d)
+    z[:, :, i] = values[None, :]
+    z[:, :, j] = values.flip(0)[:, None]
+    return _decode_mean(model, z.reshape(steps * steps, -1))
+
+
+@torch.no_grad()
+def plot_traversal(model: LatentModel, image_shape: Sequence[int], dims: tuple[int, int] = (0, 1), *,
+                   anchor: Tensor | None = None, steps: int = 11, span: float = 2.0) -> Figure:
+    """Latent traversal: z_i across, z_j up, the other dimensions at 0 (left panel) and, when
+    ``anchor`` (one image, (D,)) is given, at that image's code (right panel)."""
+    i, j = dims
+    panels = [("others at 0", None)]
+    if anchor is not None and model.latent_dim > 2:
+        code = _code(model, anchor[None].to(next(model.parameters()).device))[0]
+        panels.append(("others at an encoded test image", code))
+    canvases = [tile(as_images(traversal_grid(model, dims, steps=steps, span=span, base=b), image_shape),
+                     steps) for _, b in panels]
+    w, h = _size(canvases[0])
+    fig, axes = new_figure(len(panels), size=(w, h + 0.3))
+    for ax, (title, _), canvas in zip(axes, panels, canvases, strict=True):
+        show(ax, canvas, title)
+        ax.set_xlabel(f"{z_label(i)}: {-span:g} → {span:g}")
+        ax.set_ylabel(f"{z_label(j)}: {-span:g} → {span:g}")
+    return fig
+
+
+@torch.no_grad()
+def plot_interpolations(model: LatentModel, x_a: Tensor, x_b: Tensor, image_shape: Sequence[int], *,
+                        steps: int = 10) -> Figure:
+    """One strip per pair: the decoder mean along the straight line between the codes of x_a[k]
+    and x_b[k] (both (P, D)), with the two originals at the ends of the strip."""
+    dev = next(model.parameters()).device
+    x_a, x_b = x_a.to(dev), x_b.to(dev)
+    z_a, z_b = _code(model, x_a), _code(model, x_b)  # (P, d)
+    t = torch.linspace(0.0, 1.0, steps, device=dev)[:, None, None]  # (steps, 1, 1)
+    z = (1 - t) * z_a + t * z_b  # (steps, P, d)
+    decoded = _decode_mean(model, z).transpose(0, 1)  # (P, steps, D)
+    rows = [torch.cat([x_a[k:k + 1], decoded[k], x_b[k:k + 1]]) for k in range(len(x_a))]
+    canvas = tile(as_images(torch.cat(rows), image_shape), steps + 2)
+    fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
+    show(fig.subplots(), canvas, "interpolation between codes (originals at both ends)")
+    return fig
+
+
+@torch.no_grad()
+def plot_latent_classes(model: LatentModel, data: Dataset, *, steps: int = 15, span: float = 2.0) -> Figure:
+    """For d = 2: encoded images coloured by class (left) and the decoded manifold over
+    [-span, span]² (right, same orientation: z₂ up)."""
+    if model.latent_dim != 2 or data.image_shape is None:
+        raise ValueError("plot_latent_classes needs a model with 2 latent dimensions and image data")
+    dev = next(model.parameters()).device
+    z = to_numpy(_code(model, data.x.to(dev)))
+    canvas = tile(as_images(traversal_grid(model, (0, 1), steps=steps, span=span), data.image_shape), steps)
+    fig, (ax_z, ax_m) = new_figure(2, size=(5.2, 5.0))
+    if data.labels is not None:
+        scatter_labels(ax_z, z, data.labels.cpu().numpy(), data.label_names, s=8.0)
+    else:
+        ax_z.scatter(z[:, 0], z[:, 1], s=4, alpha=0.6, linewidths=0)
+    ax_z.add_patch(_square(span))
+    ax_z.set_xlabel(z_label(0))
+    ax_z.set_ylabel(z_label(1))
+    ax_z.set_aspect("equal", adjustable="datalim")
+    ax_z.set_title("encoded images (dashed: the decoded square)", fontsize="medium")
+    show(ax_m, canvas, f"decoded manifold, z ∈ [{-span:g}, {span:g}]²")
+    ax_m.set_xlabel(f"{z_label(0)} →")
+    ax_m.set_ylabel(f"{z_label(1)} →")
+    return fig
+
+
+def _square(span: float):  # noqa: ANN202 (a matplotlib patch)
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((-span, -span), 2 * span, 2 * span, fill=False, linestyle="--", color="0.3")
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry entries
+# ---------------------------------------------------------------------------------------------
+
+
+def _shown_data(ctx: PlotContext) -> Dataset:
+    """The images the figures show: the test split as the model is scored on it (binarized for
+    a Bernoulli model) when the run's config can load it, else the context's data."""
+    if ctx.config is not None:
+        try:
+            from vaelab.data.pixels import eval_view
+            from vaelab.data.registry import load_dataset
+
+            data_cfg = ctx.config.data.model_copy(update={"limit_test": 2000})
+            return eval_view(ctx.config, load_dataset(data_cfg, "test"))[0]
+        except (OSError, ValueError):
+            pass
+    return ctx.data
+
+
+def _needs_images(ctx: PlotContext) -> str | None:
+    return None if ctx.is_image else "not image data"
+
+
+def _needs_two_dims(ctx: PlotContext) -> str | None:
+    return None if ctx.model.latent_dim >= 2 else "a traversal needs at least 2 latent dimensions"
+
+
+def _needs_d2(ctx: PlotContext) -> str | None:
+    d = ctx.model.latent_dim
+    return None if d == 2 else f"needs d = 2 latent dimensions (this model has {d})"
+
+
+def _reconstructions(ctx: PlotContext) -> Figure:
+    data = _shown_data(ctx)
+    return plot_reconstructions(ctx.model, data.x, data.image_shape)
+
+
+def _samples(ctx: PlotContext) -> Figure:
+    return plot_image_samples(ctx.model, ctx.data.image_shape, generator=ctx.generator(11))
+
+
+def _traversal(ctx: PlotContext) -> Figure:
+    data = _shown_data(ctx)
+    return plot_traversal(ctx.model, data.image_shape, ctx.dims, anchor=data.x[0])
+
+
+def _interpolations(ctx: PlotContext) -> Figure:
+    data = _shown_data(ctx)
+    pairs = min(6, len(data) // 2)
+    if pairs == 0:
+        raise ValueError("interpolations need at least two images")
+    # Pair images of different classes where labels exist: those lines cross the most space.
+    idx_a, idx_b = list(range(pairs)), []
+    labels = None if data.labels is None else data.labels.tolist()
+    for a in idx_a:
+        others = [b for b in range(pairs, len(data)) if labels is None or labels[b] != labels[a]]
+        idx_b.append(next((b for b in others if b not in idx_b), pairs + a))
+    return plot_interpolations(ctx.model, data.x[idx_a], data.x[idx_b], data.image_shape)
+
+
+def _latent_classes(ctx: PlotContext) -> Figure:
+    return plot_latent_classes(ctx.model, _shown_data(ctx))
+
+
+FIGURES = [
+    FigureSpec("image_reconstructions", _reconstructions,
+               "Test images over their reconstructions (decoder mean at the posterior mean): blur and "
+               "swapped identities show what the code forgets.",
+               all_of(_needs_images, unconditional), title="Reconstructions"),
+    FigureSpec("image_samples", _samples,
+               "Decoded prior samples E[x|z], z ~ N(0, I): they should look like the data, varied; "
+               "blobs or repeated shapes mean the prior and the codes disagree or the model collapsed.",
+               all_of(_needs_images, unconditional), title="Samples from the prior"),
+    FigureSpec("image_traversal", _traversal,
+               "Two latent dimensions swept over [-2, 2], the others at 0 and at an encoded test image: "
+               "smooth change along an axis means the dimension encodes a factor; no change means it "
+               "is unused.",
+               all_of(_needs_images, unconditional, _needs_two_dims), title="Latent traversal"),
+    FigureSpec("image_interpolations", _interpolations,
+               "Straight lines between the codes of test-image pairs: intermediate images should stay "
+               "plausible; nonsense midway marks holes in the latent space.",
+               all_of(_needs_images, unconditional), title="Interpolations"),
+    FigureSpec("image_latent_classes", _latent_classes,
+               "Encoded test images coloured by class beside the decoded manifold over the same square: "
+               "classes should occupy regions, and each region should decode to its class.",
+               all_of(_needs_images, unconditional, _needs_d2), title="2-D latent space by class"),
+]

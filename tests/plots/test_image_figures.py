@@ -1,0 +1,81 @@
+"""Image figures: the numpy tiler, each figure on a tiny digits model, and the registry entries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from vaelab.config import RunConfig
+from vaelab.plots import make_figures, registry
+from vaelab.plots.images import (
+    FIGURES,
+    plot_image_samples,
+    plot_interpolations,
+    plot_latent_classes,
+    plot_reconstructions,
+    plot_traversal,
+    tile,
+    traversal_grid,
+)
+from vaelab.train import train_run
+
+IMAGE_FIGURES = [spec.name for spec in FIGURES]
+
+
+def test_tile_layout():
+    imgs = np.stack([np.full((1, 2, 3), v, dtype=np.float32) for v in (0.0, 1.0, 0.25)])
+    canvas = tile(imgs, ncols=2, pad=1, pad_value=0.5)
+    assert canvas.shape == (2 * 3 + 1, 2 * 4 + 1)
+    assert (canvas[1:3, 1:4] == 0.0).all() and (canvas[1:3, 5:8] == 1.0).all()
+    assert (canvas[4:6, 1:4] == 0.25).all() and (canvas[4:6, 5:8] == 0.5).all()  # empty tile stays padding
+    rgb = tile(np.zeros((4, 3, 2, 2)), ncols=4)
+    assert rgb.shape == (4, 13, 3)
+    with pytest.raises(ValueError, match="shape"):
+        tile(np.zeros((2, 2, 2)), 2)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    cfg = RunConfig.from_dict({
+        "data": {"name": "digits8", "limit_train": 200, "limit_test": 40},
+        "model": {"hidden": [32], "latent_dim": 2, "likelihood": "bernoulli"},
+        "train": {"epochs": 1, "batch_size": 50, "diversity_samples": 16},
+    })
+    return train_run(cfg, tmp_path_factory.mktemp("img") / "run")
+
+
+def test_traversal_grid_orientation(digits_run):
+    model = digits_run.model
+    grid = traversal_grid(model, (0, 1), steps=3, span=2.0)
+    assert grid.shape == (9, 64)
+    # Top-left tile decodes z = (-2, +2): up is positive z_j, right is positive z_i.
+    expected = model.decode(torch.tensor([[-2.0, 2.0]])).mean
+    assert torch.allclose(grid[0], expected[0], atol=1e-6)
+
+
+def test_every_image_figure_draws(digits_run):
+    model, shape = digits_run.model, (1, 8, 8)
+    x = torch.rand(12, 64)
+    from vaelab.data.registry import load_dataset
+
+    data = load_dataset(digits_run.config.data, "test")
+    figs = [plot_reconstructions(model, x, shape, n=6), plot_image_samples(model, shape, n=9),
+            plot_traversal(model, shape, (0, 1), steps=5), plot_interpolations(model, x[:3], x[3:6], shape),
+            plot_latent_classes(model, data)]
+    assert all(isinstance(f, Figure) for f in figs)
+
+
+def test_registry_renders_image_figures(digits_run, tmp_path):
+    assert set(IMAGE_FIGURES) <= set(registry())
+    paths = make_figures(digits_run.path, IMAGE_FIGURES, out_dir=tmp_path)
+    assert sorted(p.stem for p in paths) == sorted(IMAGE_FIGURES)
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_image_figures_skip_toy_runs(trained_run):
+    from vaelab.plots import load_context, plan
+
+    apply, skip = plan(load_context(trained_run), IMAGE_FIGURES)
+    assert apply == [] and {name for name, _ in skip} == set(IMAGE_FIGURES)
