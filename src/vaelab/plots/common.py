@@ -1,0 +1,371 @@
+"""What every figure shares: the plot context, the figure registry entry, and small helpers
+for axes, colours and view limits.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (never ``pyplot``), so no global
+figure state leaks between calls and nothing needs closing; the Agg canvas renders them to
+PNG / SVG / PDF without a display.
+
+Conventions used by every figure:
+
+- Latent dimensions are 0-based in the Python API (``dims=(0, 1)``) and labelled z₁, z₂ …
+  on the axes (1-based, like the equations). The command line takes the 1-based numbers.
+- Continuous colours use ``viridis`` (its lightness rises monotonically, so it still reads
+  in grey); labels use a qualitative palette *and* a different marker per label.
+- Panels that show the same space share their limits and use an equal aspect ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)  # no display needed; a no-op when a backend is already set
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from vaelab.data.dataset import Dataset  # noqa: E402
+
+if TYPE_CHECKING:
+    from vaelab.checkpoint import History, Run
+    from vaelab.config import RunConfig
+    from vaelab.models import LatentModel
+
+log = logging.getLogger(__name__)
+
+CMAP = "viridis"  # continuous values (data coordinate, z, density): monotonic lightness
+DENSITY_CMAP = "magma"
+LABEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+PANEL_SIZE = (4.3, 4.0)  # inches per panel: three panels read well on a laptop screen
+DPI = 110
+SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def sub(i: int) -> str:
+    """A 1-based index as Unicode subscript digits: sub(12) -> '₁₂'."""
+    return str(i).translate(SUBSCRIPTS)
+
+
+def z_label(i: int) -> str:
+    """Axis label of 0-based latent dimension i: z₁, z₂, …"""
+    return f"z{sub(i + 1)}"
+
+
+def x_label(i: int, x_dim: int) -> str:
+    """Axis label of 0-based data coordinate i; says so when only 2 of D coordinates are shown."""
+    base = f"x{sub(i + 1)}"
+    return base if x_dim <= 2 else f"{base} (coordinate {i + 1} of {x_dim})"
+
+
+def new_figure(
+    ncols: int, nrows: int = 1, *, size: tuple[float, float] = PANEL_SIZE, title: str | None = None
+) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout Figure with ``nrows × ncols`` panels; returns (fig, flat list of axes)."""
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize="large")
+    return fig, list(axes.ravel())
+
+
+def finite(a: np.ndarray) -> np.ndarray:
+    """The finite entries of a 1-D array (histograms refuse NaN / inf)."""
+    a = np.asarray(a, dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+def view_limits(
+    points: np.ndarray, *, margin: float = 0.08, square: bool = True
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Axis limits of 2-D points (n, 2) that show all of them, unless a few are far away.
+
+    The full range is used when it is at most 1.5 times the 0.5–99.5 % range; otherwise
+    the percentile range, so one wild point cannot shrink everything else. With ``square``
+    both axes get the same span, so an equal aspect ratio fills the panel.
+    """
+    pts = np.asarray(points, dtype=float)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return (-1.0, 1.0), (-1.0, 1.0)
+    lo = np.percentile(pts, 0.5, axis=0)
+    hi = np.percentile(pts, 99.5, axis=0)
+    full_lo, full_hi = pts.min(axis=0), pts.max(axis=0)
+    use_full = (full_hi - full_lo) <= 1.5 * np.maximum(hi - lo, 1e-12)
+    lo = np.where(use_full, full_lo, lo)
+    hi = np.where(use_full, full_hi, hi)
+    span = np.maximum(hi - lo, 1e-6)
+    if square:
+        span = np.full(2, span.max())
+    mid = (lo + hi) / 2
+    half = span * (0.5 + margin)
+    return (mid[0] - half[0], mid[0] + half[0]), (mid[1] - half[1], mid[1] + half[1])
+
+
+def outside(points: np.ndarray, lims: tuple[tuple[float, float], tuple[float, float]]) -> int:
+    """How many of the 2-D points (n, 2) fall outside the limits (or are not finite)."""
+    pts = np.asarray(points, dtype=float)
+    (x0, x1), (y0, y1) = lims
+    inside = (pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1)
+    return int((~inside).sum())
+
+
+def set_view(ax: Axes, lims: tuple[tuple[float, float], tuple[float, float]], *, equal: bool = True) -> None:
+    ax.set_xlim(*lims[0])
+    ax.set_ylim(*lims[1])
+    if equal:
+        ax.set_aspect("equal", adjustable="box")
+
+
+def point_size(n: int) -> float:
+    """Marker area that keeps a scatter of n points readable (big for few, small for many)."""
+    return float(np.clip(3000.0 / max(n, 1), 2.0, 30.0))
+
+
+def label_colour(k: int) -> Any:
+    """Colour of label k: tab10 without its grey (grey is kept for background points)."""
+    palette = matplotlib.colormaps["tab10"]
+    return palette([0, 1, 2, 3, 4, 5, 6, 8, 9][k % 9])
+
+
+def scatter_labels(
+    ax: Axes,
+    xy: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str] | None,
+    *,
+    s: float | None = None,
+    legend: bool = True,
+) -> None:
+    """Scatter points (n, 2) with one colour *and* marker per label, plus a legend."""
+    s = point_size(len(xy)) if s is None else s
+    for k in np.unique(labels):
+        m = labels == k
+        name = names[k] if names is not None and k < len(names) else f"label {k}"
+        ax.scatter(
+            xy[m, 0],
+            xy[m, 1],
+            s=s,
+            color=label_colour(int(k)),
+            marker=LABEL_MARKERS[int(k) % len(LABEL_MARKERS)],
+            label=name,
+            alpha=0.8,
+            linewidths=0,
+        )
+    if legend:
+        add_legend(ax, len(np.unique(labels)))
+
+
+def add_legend(ax: Axes, n_entries: int) -> None:
+    """A legend beside the panel (right), so it never hides data; two columns past 10 entries."""
+    ax.legend(
+        fontsize="small",
+        markerscale=2.0 if n_entries > 1 else 1.0,
+        ncols=2 if n_entries > 10 else 1,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        framealpha=0.85,
+    )
+
+
+def scatter_values(
+    ax: Axes,
+    xy: np.ndarray,
+    values: np.ndarray,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    s: float | None = None,
+    cmap: str = CMAP,
+) -> Any:
+    """Scatter points (n, 2) coloured by a continuous value; returns the mappable for a colorbar."""
+    s = point_size(len(xy)) if s is None else s
+    return ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap=cmap, vmin=vmin, vmax=vmax, s=s, linewidths=0)
+
+
+def text_panel(ax: Axes, message: str) -> None:
+    """Replace a panel's content by a centred message (used for 'nothing to show')."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True, fontsize="medium")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+@dataclass
+class PlotContext:
+    """Everything a registered figure may need, loaded once and shared by all figures.
+
+    Attributes:
+        model: the trained model (eval mode), on any device.
+        data: the points the figures show: (a subset of) the training split, on the CPU.
+        config / history / metrics / failure: the run's records (None / empty when absent).
+        dims: the two latent dimensions (0-based) that 2-D latent panels show.
+        points: (m, D) data points whose q(z|x) the posterior-contour figure draws; None picks
+            three well-separated training points.
+        seed: seed of every random draw in the figures (prior samples, ε, q(z|x) samples).
+        density_grid / density_k: resolution and importance samples of the p(x) image.
+        latent_grid: points per side of the decoded latent grid.
+    """
+
+    model: LatentModel
+    data: Dataset
+    config: RunConfig | None = None
+    history: History | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failure: dict[str, Any] | None = None
+    dims: tuple[int, int] = (0, 1)
+    points: Tensor | None = None
+    seed: int = 0
+    density_grid: int = 80
+    density_k: int = 100
+    latent_grid: int = 15
+
+    def __post_init__(self) -> None:
+        d = self.model.latent_dim
+        i, j = self.dims
+        if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
+            raise ValueError(
+                f"latent dimensions {i + 1} and {j + 1} cannot be shown: the model has d = {d} "
+                f"latent dimensions; choose two different numbers between 1 and {d}"
+            )
+        if self.points is not None and (self.points.ndim != 2 or self.points.shape[1] != self.data.dim):
+            raise ValueError(
+                f"the chosen points must have shape (m, {self.data.dim}) like the data, got {tuple(self.points.shape)}"
+            )
+
+    @classmethod
+    def from_run(cls, run: Run, *, n_points: int = 2000, **options: Any) -> PlotContext:
+        """The context of a loaded run: its training split, cut to ``n_points`` points."""
+        from vaelab.data.registry import load_dataset
+
+        data = load_dataset(run.config.data, "train")
+        if len(data) > n_points:
+            data = subset(data, n_points)
+        return cls(
+            model=run.model,
+            data=data,
+            config=run.config,
+            history=run.history,
+            metrics=run.metrics,
+            failure=run.failure,
+            **options,
+        )
+
+    # What the model and data are, for the applicability checks.
+    @property
+    def is_vae(self) -> bool:
+        return self.model.config.kind == "vae"
+
+    @property
+    def is_conditional(self) -> bool:
+        return getattr(self.model, "cond_dim", 0) > 0
+
+    @property
+    def is_image(self) -> bool:
+        return self.data.image_shape is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A fresh generator on the model's device: every figure draws the same noise each time."""
+        return torch.Generator(device=self.device).manual_seed(self.seed * 7919 + offset)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.data.labels is None else self.data.labels.cpu().numpy()
+
+
+def subset(data: Dataset, n: int) -> Dataset:
+    """The first n points of a dataset (toy splits are already in random order)."""
+    return Dataset(
+        name=data.name,
+        x=data.x[:n],
+        labels=None if data.labels is None else data.labels[:n],
+        label_names=data.label_names,
+        log_prob=data.log_prob,
+        image_shape=data.image_shape,
+        extras={k: v[:n] for k, v in data.extras.items()},
+    )
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One registered figure.
+
+    name: the file stem and the name used on the command line (``--figures name,…``).
+    make: PlotContext -> Figure.
+    caption: one line for the report: what the figure shows and what to look for.
+    skip_reason: PlotContext -> None when the figure applies to this run, otherwise a short
+        reason it does not (shown as a one-line notice, e.g. "the autoencoder has no q(z|x)").
+    title: a short human title for report headings.
+    """
+
+    name: str
+    make: Callable[[PlotContext], Figure]
+    caption: str
+    skip_reason: Callable[[PlotContext], str | None]
+    title: str = ""
+
+
+def all_of(*checks: Callable[[PlotContext], str | None]) -> Callable[[PlotContext], str | None]:
+    """Combine applicability checks: the first reason not to draw wins."""
+
+    def check(ctx: PlotContext) -> str | None:
+        for c in checks:
+            reason = c(ctx)
+            if reason is not None:
+                return reason
+        return None
+
+    return check
+
+
+def needs_vae(ctx: PlotContext) -> str | None:
+    return None if ctx.is_vae else "the autoencoder has no posterior q(z|x)"
+
+
+def unconditional(ctx: PlotContext) -> str | None:
+    return "conditional model (see the conditional figures)" if ctx.is_conditional else None
+
+
+def needs_point_data(ctx: PlotContext) -> str | None:
+    """Data-space scatter figures: not for images, and they need at least 2 coordinates."""
+    if ctx.is_image:
+        return "image data (see the image figures)"
+    if ctx.data.dim < 2:
+        return f"needs at least 2 data coordinates to draw (this data has D = {ctx.data.dim})"
+    return None
+
+
+def needs_2d_data(ctx: PlotContext) -> str | None:
+    """Figures that fill a grid over data space: exactly D = 2."""
+    reason = needs_point_data(ctx)
+    if reason is None and ctx.data.dim != 2:
+        return f"a density grid needs 2-D data (this data has D = {ctx.data.dim})"
+    return reason
+
+
+def needs_history(ctx: PlotContext) -> str | None:
+    return None if ctx.history is not None and len(ctx.history) > 0 else "no training history recorded"
+
+
+def colorbar(fig: Figure, mappable: Any, ax: Axes | Sequence[Axes], label: str) -> None:
+    cb = fig.colorbar(mappable, ax=ax, shrink=0.9, pad=0.02, fraction=0.05)
+    cb.set_label(label)
+
+
+def gaussian_pdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))

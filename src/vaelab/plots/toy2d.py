@@ -1,0 +1,845 @@
+"""Figures of a VAE on points (2-D toy data, or the first two coordinates of user data).
+
+Every ``plot_*`` function takes the pieces it needs (a model, a Dataset, options) and returns
+a ``matplotlib.figure.Figure``, so it works in a notebook as well as in the report. Latent
+dimensions ``dims`` are 0-based (axis labels are z₁, z₂ …). Figures that need q(z|x) refuse
+an autoencoder; the registry at the bottom says which figure applies to which run.
+
+Shapes: x (N, D) data, z (N, d) latent codes; figures show data coordinates 1 and 2 and the
+two chosen latent dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, Ellipse
+from torch import Tensor
+
+from vaelab.data.dataset import Dataset
+from vaelab.models import LatentModel
+from vaelab.objectives import iwae_bound
+from vaelab.plots.common import (
+    CMAP,
+    DENSITY_CMAP,
+    LABEL_MARKERS,
+    FigureSpec,
+    PlotContext,
+    add_legend,
+    all_of,
+    colorbar,
+    finite,
+    gaussian_pdf,
+    needs_2d_data,
+    needs_point_data,
+    needs_vae,
+    new_figure,
+    outside,
+    point_size,
+    scatter_labels,
+    scatter_values,
+    set_view,
+    to_numpy,
+    unconditional,
+    view_limits,
+    x_label,
+    z_label,
+)
+
+PRIOR_STYLE = {"color": "0.25", "linestyle": "--", "linewidth": 1.0, "fill": False}
+
+
+def _device(model: LatentModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _x(model: LatentModel, data: Dataset) -> Tensor:
+    return data.x.to(_device(model))
+
+
+def _require_vae(model: LatentModel, what: str) -> None:
+    if model.config.kind != "vae":
+        raise ValueError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
+
+
+def _check_dims(model: LatentModel, dims: tuple[int, int]) -> tuple[int, int]:
+    d = model.latent_dim
+    i, j = dims
+    if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
+        raise ValueError(f"dims={dims} is not a pair of different latent dimensions in 0..{d - 1}")
+    return i, j
+
+
+def _xy(x: np.ndarray) -> np.ndarray:
+    """The first two data coordinates (N, 2) of points (N, D ≥ 2)."""
+    if x.shape[1] < 2:
+        raise ValueError(f"this figure draws data in a plane and needs D ≥ 2 coordinates, got D = {x.shape[1]}")
+    return x[:, :2]
+
+
+def _outside_note(xy: np.ndarray, lims: tuple[tuple[float, float], tuple[float, float]]) -> str:
+    """A second title line saying how many points fall outside the view, or nothing."""
+    out = outside(xy, lims)
+    if out == 0:
+        return ""
+    return f"\n({out} of {len(xy)} point{'s' if out > 1 else ''} outside the view)"
+
+
+def _label_data_axes(ax, x_dim: int) -> None:
+    ax.set_xlabel(x_label(0, x_dim))
+    ax.set_ylabel(x_label(1, x_dim))
+
+
+def _coloured(fig: Figure, ax, xy: np.ndarray, data: Dataset, *, legend: bool = True, cbar: bool = True) -> None:
+    """Scatter xy coloured by label when the data has labels, else by data coordinate x₁."""
+    if data.labels is not None:
+        scatter_labels(ax, xy, data.labels.cpu().numpy(), data.label_names, legend=legend)
+    elif data.image_shape is None:
+        sc = scatter_values(ax, xy, to_numpy(data.x[:, 0]))
+        if cbar:
+            colorbar(fig, sc, ax, f"data coordinate {x_label(0, data.dim)}")
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="C0", linewidths=0)
+
+
+# 1. data vs model -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def plot_samples(
+    model: LatentModel, data: Dataset, *, n: int | None = None, generator: torch.Generator | None = None
+) -> Figure:
+    """Training data | decoded prior samples E[x|z] | samples x ~ p(x|z), on shared axes.
+
+    The middle panel shows what the decoder mean alone can produce; the right one adds the
+    likelihood's observation noise σ. Same number of points in every panel (n, default N).
+    """
+    n = len(data) if n is None else n
+    x = to_numpy(data.x)
+    z = torch.randn(n, model.latent_dim, generator=generator, device=_device(model))
+    p_x = model.decode(z)
+    mean = to_numpy(p_x.mean)
+    from vaelab.likelihoods import sample_observation
+
+    noisy = to_numpy(sample_observation(p_x, generator))
+    std = model.likelihood.noise_std(p_x)
+    if std is None:
+        noise_title = "x ~ p(x|z)"
+    elif model.config.likelihood == "gaussian":
+        noise_title = f"x ~ p(x|z), σ = {float(std.flatten()[0]):.3g}"
+    else:
+        noise_title = f"x ~ p(x|z), learned σ(z) (mean {float(std.mean()):.3g})"
+    fig, axes = new_figure(3, title="Data vs model: does the model put its samples where the data is?")
+    lims = view_limits(_xy(x))
+    panels = [
+        (x, f"training data (N = {len(x)})", "0.2"),
+        (mean, "decoded prior samples E[x|z], z ~ N(0, I)", "C0"),
+        (noisy, noise_title, "C1"),
+    ]
+    for ax, (pts, title, colour) in zip(axes, panels, strict=True):
+        xy = _xy(pts)
+        ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color=colour, alpha=0.6, linewidths=0)
+        ax.set_title(title + _outside_note(xy, lims), fontsize="medium")
+        set_view(ax, lims)
+        _label_data_axes(ax, x.shape[1])
+    return fig
+
+
+# 2. reconstructions ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def plot_reconstructions(model: LatentModel, data: Dataset, *, generator: torch.Generator | None = None) -> Figure:
+    """Data | reconstruction (decoder mean at the posterior mean) | stochastic reconstruction.
+
+    Every point keeps its colour (its data coordinate x₁) in all three panels, so one can
+    follow where each point goes: a good reconstruction keeps the colour gradient in place.
+    """
+    xt = _x(model, data)
+    x = to_numpy(xt)
+    rec = to_numpy(model.reconstruct(xt))
+    rec_s = to_numpy(model.reconstruct(xt, generator=generator, stochastic=True))
+    colour = x[:, 0]
+    vmin, vmax = np.percentile(finite(colour), [1, 99]) if np.isfinite(colour).any() else (0.0, 1.0)
+    lims = view_limits(_xy(x))
+    what = "z ~ q(z|x), x̂ ~ p(x|z)" if model.config.kind == "vae" else "x̂ ~ p(x|f(x))"
+    fig, axes = new_figure(3, title="Reconstructions, coloured by the data coordinate x₁ of each input point")
+    mappable = None
+    for ax, pts, title in zip(
+        axes, (x, rec, rec_s), ("data x", "mean reconstruction E[x|z = μ(x)]", f"stochastic: {what}"), strict=True
+    ):
+        xy = _xy(pts)
+        mappable = scatter_values(ax, xy, colour, vmin=vmin, vmax=vmax)
+        ax.set_title(title + _outside_note(xy, lims), fontsize="medium")
+        set_view(ax, lims)
+        _label_data_axes(ax, x.shape[1])
+    colorbar(fig, mappable, axes, f"input {x_label(0, x.shape[1])}")
+    return fig
+
+
+# 4. latent parameters -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def plot_latent_params(model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1)) -> Figure:
+    """The encoder's outputs over the data: μ(x) and σ(x), against the prior's (0, …) and (1, …).
+
+    A VAE whose KL term works keeps the means around 0 and the standard deviations below but
+    near-ish 1; σ ≈ 1 with μ ≈ 0 for every x in a dimension means that dimension is unused.
+    """
+    _require_vae(model, "the latent-parameter figure")
+    i, j = _check_dims(model, dims)
+    q_z = model.encode(_x(model, data))
+    mu, sigma = to_numpy(q_z.mean), to_numpy(q_z.stddev)
+    d = model.latent_dim
+    if d == 1:
+        fig, axes = new_figure(2, title="Encoder outputs over the data (1-D latent)")
+        for ax, v, name, target in (
+            (axes[0], mu[:, 0], "posterior mean μ(x)", 0.0),
+            (axes[1], sigma[:, 0], "posterior std σ(x)", 1.0),
+        ):
+            ax.hist(finite(v), bins=60, color="C0", alpha=0.8)
+            ax.axvline(target, color="red", linestyle="--", linewidth=1.5, label=f"prior target {target:g}")
+            ax.set_title(name)
+            ax.set_xlabel(name.split()[-1] + " (z₁)")
+            ax.set_ylabel("number of points")
+            ax.legend(fontsize="small")
+        return fig
+    rest = "" if d == 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
+    fig, axes = new_figure(2, title=f"Encoder outputs over the data{rest}")
+    for ax, v, name, target in (
+        (axes[0], mu, "posterior means μ(x)", 0.0),
+        (axes[1], sigma, "posterior stds σ(x)", 1.0),
+    ):
+        xy = v[:, [i, j]]
+        _coloured(fig, ax, xy, data, legend=False, cbar=ax is axes[1])
+        target_handle = ax.scatter(
+            [target],
+            [target],
+            marker="X",
+            s=160,
+            color="red",
+            edgecolor="white",
+            linewidths=1.0,
+            zorder=5,
+            label=f"prior target ({target:g}, {target:g})",
+        )
+        symbol = "μ" if target == 0 else "σ"
+        ax.set_xlabel(f"{symbol}{z_label(i)[1:]}  ({z_label(i)})")
+        ax.set_ylabel(f"{symbol}{z_label(j)[1:]}  ({z_label(j)})")
+        ax.set_title(name)
+        if target == 1.0:
+            pos = finite(xy[xy > 0])
+            if len(pos) and pos.max() / max(pos.min(), 1e-12) > 30:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_title(name + " (log scale)")
+        ax.grid(True, alpha=0.3)
+        if ax is axes[0] and data.labels is not None:
+            add_legend(ax, len(np.unique(data.labels.cpu().numpy())) + 1)
+        else:
+            ax.legend(handles=[target_handle], fontsize="small", loc="best")
+    return fig
+
+
+# 5. encoded z vs ε ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def plot_z_vs_eps(
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), generator: torch.Generator | None = None
+) -> Figure:
+    """One z ~ q(z|x) per data point beside as many ε ~ N(0, I): if the aggregate posterior
+    matched the prior, the two panels would look alike."""
+    _require_vae(model, "the z-vs-ε figure")
+    i, j = _check_dims(model, dims)
+    from vaelab.models.vae import reparameterize
+
+    q_z = model.encode(_x(model, data))
+    z = to_numpy(reparameterize(q_z, generator=generator))
+    eps = to_numpy(torch.randn(z.shape, generator=generator, device=_device(model)))
+    if model.latent_dim == 1:
+        fig, axes = new_figure(2, title="Encoded z ~ q(z|x) vs ε ~ N(0, 1)")
+        both = np.concatenate([finite(z[:, 0]), finite(eps[:, 0])])
+        lo, hi = np.percentile(both, [0.5, 99.5])
+        bins = np.linspace(min(lo, -3.5), max(hi, 3.5), 61)
+        grid = np.linspace(bins[0], bins[-1], 300)
+        for ax, v, title, colour in (
+            (axes[0], z[:, 0], "encoded z ~ q(z|x) over the data", "C0"),
+            (axes[1], eps[:, 0], "ε ~ N(0, 1)", "0.45"),
+        ):
+            ax.hist(np.clip(finite(v), bins[0], bins[-1]), bins=bins, density=True, color=colour, alpha=0.75)
+            ax.plot(grid, gaussian_pdf(grid, 0.0, 1.0), color="red", linestyle="--", label="N(0, 1) density")
+            ax.set_title(title)
+            ax.set_xlabel("z₁")
+            ax.set_ylabel("density")
+            ax.legend(fontsize="small")
+        ymax = max(a.get_ylim()[1] for a in axes)
+        for ax in axes:
+            ax.set_ylim(0, ymax)
+        return fig
+    rest = "" if model.latent_dim == 2 else f" (dimensions {i + 1}, {j + 1} of {model.latent_dim})"
+    fig, axes = new_figure(2, title=f"Encoded z ~ q(z|x) vs ε ~ N(0, I){rest}")
+    zz, ee = z[:, [i, j]], eps[:, [i, j]]
+    lims = view_limits(np.concatenate([zz, ee, [[-3.0, -3.0], [3.0, 3.0]]]))
+    for ax, v, title, colour in (
+        (axes[0], zz, "encoded z ~ q(z|x) over the data", "C0"),
+        (axes[1], ee, "ε ~ N(0, I)", "0.45"),
+    ):
+        ax.scatter(v[:, 0], v[:, 1], s=point_size(len(v)), color=colour, alpha=0.6, linewidths=0)
+        for r in (1, 2):
+            ax.add_patch(Circle((0, 0), r, **PRIOR_STYLE))
+        ax.set_title(title + "\n(dashed: 1σ and 2σ circles of N(0, I))", fontsize="medium")
+        set_view(ax, lims)
+        ax.set_xlabel(z_label(i))
+        ax.set_ylabel(z_label(j))
+    return fig
+
+
+# 6. the learned latent space ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1)) -> Figure:
+    """Encoded means μ(x) (a VAE) or codes f(x) (an autoencoder), coloured by label (mode)
+    and by data coordinate: neighbouring data should land on neighbouring codes."""
+    i, j = _check_dims(model, dims)
+    code = to_numpy(model.embed(_x(model, data)))
+    x = to_numpy(data.x)
+    what = "μ(x)" if model.config.kind == "vae" else "f(x)"
+    colourings: list[tuple[str, str | int]] = []
+    if data.labels is not None:
+        colourings.append(("label", "label"))
+    if data.image_shape is None:
+        colourings.append((x_label(0, x.shape[1]), 0))
+        if data.labels is None and x.shape[1] >= 2:
+            colourings.append((x_label(1, x.shape[1]), 1))
+    if not colourings:
+        colourings.append(("", "none"))
+    d = model.latent_dim
+    rest = "" if d <= 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
+    fig, axes = new_figure(len(colourings), title=f"Latent space: encoded {what} of the training data{rest}")
+    for ax, (name, key) in zip(axes, colourings, strict=True):
+        ax.set_title(f"coloured by {name}" if name else "codes")
+        if d == 1:
+            z = code[:, 0]
+            if key == "label":
+                labels = data.labels.cpu().numpy()
+                bins = np.linspace(*np.percentile(finite(z), [0.5, 99.5]), 61)
+                for k in np.unique(labels):
+                    name_k = data.label_names[k] if data.label_names and k < len(data.label_names) else f"label {k}"
+                    ax.hist(
+                        np.clip(finite(z[labels == k]), bins[0], bins[-1]),
+                        bins=bins,
+                        histtype="step",
+                        linewidth=1.5,
+                        label=name_k,
+                        color=f"C{int(k) % 10}",
+                    )
+                ax.set_ylabel("number of points")
+                add_legend(ax, len(np.unique(labels)))
+            elif key == "none":
+                ax.hist(finite(z), bins=60, color="C0")
+                ax.set_ylabel("number of points")
+            else:
+                other = 1 - int(key) if x.shape[1] >= 2 else int(key)
+                sc = scatter_values(ax, np.stack([z, x[:, int(key)]], 1), x[:, other])
+                ax.set_ylabel(f"data coordinate {x_label(int(key), x.shape[1])}")
+                colorbar(fig, sc, ax, x_label(other, x.shape[1]))
+                ax.set_title(f"z₁ against {name}")
+            ax.set_xlabel(f"{what}  (z₁)")
+            continue
+        xy = code[:, [i, j]]
+        if key == "label":
+            scatter_labels(ax, xy, data.labels.cpu().numpy(), data.label_names)
+        elif key == "none":
+            ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="C0", linewidths=0)
+        else:
+            sc = scatter_values(ax, xy, x[:, int(key)])
+            colorbar(fig, sc, ax, name)
+        set_view(ax, view_limits(xy))
+        ax.set_xlabel(z_label(i))
+        ax.set_ylabel(z_label(j))
+    return fig
+
+
+# 7. q(z|x) for chosen points ------------------------------------------------------------------
+
+
+def default_points(x: Tensor, m: int = 3) -> Tensor:
+    """m well-separated *typical* data points (m, D), chosen deterministically.
+
+    Candidates are the densest half of (up to 1000 of) the points, by the distance to their
+    10th nearest neighbour, so that outliers are never chosen; among them, farthest-point
+    sampling starts from the candidate nearest the mean and adds the candidate farthest
+    from those already chosen.
+    """
+    x = x[torch.isfinite(x).all(dim=1)][:1000]
+    if len(x) == 0:
+        raise ValueError("no finite data points to choose from")
+    m = min(m, len(x))
+    dist = torch.cdist(x.double(), x.double())  # (n, n)
+    knn = dist.topk(min(11, len(x)), dim=1, largest=False).values[:, -1]  # 10th neighbour (self is 0)
+    cand = x[knn <= knn.median()]
+    first = int((cand - cand.mean(0)).norm(dim=1).argmin())
+    chosen = [first]
+    far = (cand - cand[first]).norm(dim=1)
+    for _ in range(min(m, len(cand)) - 1):
+        nxt = int(far.argmax())
+        chosen.append(nxt)
+        far = torch.minimum(far, (cand - cand[nxt]).norm(dim=1))
+    return cand[chosen]
+
+
+@torch.no_grad()
+def plot_posterior_contours(
+    model: LatentModel, data: Dataset, *, points: Tensor | None = None, dims: tuple[int, int] = (0, 1)
+) -> Figure:
+    """q(z|x) of a few data points: the points in data space, their Gaussians in latent space.
+
+    q(z|x) = N(μ(x), diag σ²(x)) has axis-aligned elliptical contours: drawn at 1σ (solid)
+    and 2σ (dashed) with half-widths σ_i along z_i and σ_j along z_j. (The course code this
+    figure comes from draws the second point's contour with its axes swapped; here each
+    density is evaluated on the grid with the same (z_i, z_j) orientation.)
+    """
+    _require_vae(model, "the q(z|x) figure")
+    i, j = _check_dims(model, dims)
+    pts = default_points(data.x) if points is None else points.to(data.x.dtype)
+    q_pts = model.encode(pts.to(_device(model)))
+    mu_p, sd_p = to_numpy(q_pts.mean), to_numpy(q_pts.stddev)
+    mu_all = to_numpy(model.encode(_x(model, data)).mean)
+    x = to_numpy(data.x)
+    p = to_numpy(pts)
+    d = model.latent_dim
+    rest = "" if d <= 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
+    fig, axes = new_figure(2, title=f"Posterior q(z|x) of {len(p)} chosen data points{rest}")
+    ax = axes[0]
+    xy = _xy(x)
+    ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="0.7", linewidths=0, label="training data")
+    for m, pt in enumerate(_xy(p)):
+        ax.scatter(
+            [pt[0]],
+            [pt[1]],
+            s=140,
+            color=f"C{(m + 1) % 10}",
+            marker=LABEL_MARKERS[m % len(LABEL_MARKERS)],
+            edgecolor="black",
+            linewidths=0.8,
+            zorder=5,
+            label=f"point {m + 1}",
+        )
+        ax.annotate(str(m + 1), pt, xytext=(7, 7), textcoords="offset points", fontweight="bold")
+    set_view(ax, view_limits(np.concatenate([xy, _xy(p)])))
+    _label_data_axes(ax, x.shape[1])
+    ax.set_title("chosen points in data space")
+    add_legend(ax, len(p) + 1)
+    ax = axes[1]
+    if d == 1:
+        lo = min(-3.5, float((mu_p[:, 0] - 3 * sd_p[:, 0]).min()))
+        hi = max(3.5, float((mu_p[:, 0] + 3 * sd_p[:, 0]).max()))
+        grid = np.linspace(lo, hi, 600)
+        ax.plot(grid, gaussian_pdf(grid, 0.0, 1.0), color="0.25", linestyle="--", label="prior N(0, 1)")
+        for m in range(len(p)):
+            ax.plot(
+                grid,
+                gaussian_pdf(grid, float(mu_p[m, 0]), float(sd_p[m, 0])),
+                color=f"C{(m + 1) % 10}",
+                linewidth=2,
+                label=f"q(z|x) of point {m + 1}",
+            )
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("density")
+        ax.set_title("q(z|x) against the prior")
+        ax.legend(fontsize="small")
+        return fig
+    ax.scatter(
+        mu_all[:, i],
+        mu_all[:, j],
+        s=point_size(len(mu_all)),
+        color="0.75",
+        linewidths=0,
+        label="μ(x) of all training data",
+    )
+    ax.add_patch(Circle((0, 0), 2, label="prior N(0, I), 2σ", **PRIOR_STYLE))
+    for m in range(len(p)):
+        colour = f"C{(m + 1) % 10}"
+        centre = (float(mu_p[m, i]), float(mu_p[m, j]))
+        for r, style in ((1, "-"), (2, "--")):
+            # width is along z_i (the horizontal axis), height along z_j: σ_i and σ_j in that order.
+            ax.add_patch(
+                Ellipse(
+                    centre,
+                    2 * r * float(sd_p[m, i]),
+                    2 * r * float(sd_p[m, j]),
+                    fill=False,
+                    edgecolor=colour,
+                    linestyle=style,
+                    linewidth=2,
+                    label=f"q(z|x) of point {m + 1}: 1σ, 2σ" if r == 1 else None,
+                )
+            )
+        ax.scatter(
+            [centre[0]],
+            [centre[1]],
+            s=60,
+            color=colour,
+            marker=LABEL_MARKERS[m % len(LABEL_MARKERS)],
+            edgecolor="black",
+            linewidths=0.8,
+            zorder=5,
+        )
+        ax.annotate(str(m + 1), centre, xytext=(7, 7), textcoords="offset points", fontweight="bold")
+    corners = np.concatenate(
+        [mu_p[:, [i, j]] - 2 * sd_p[:, [i, j]], mu_p[:, [i, j]] + 2 * sd_p[:, [i, j]], [[-2.5, -2.5], [2.5, 2.5]]]
+    )
+    lims_mu = view_limits(mu_all[:, [i, j]])
+    lo = np.minimum(finite_min(corners), [lims_mu[0][0], lims_mu[1][0]])
+    hi = np.maximum(finite_max(corners), [lims_mu[0][1], lims_mu[1][1]])
+    half = (hi - lo).max() / 2 * 1.05
+    mid = (lo + hi) / 2
+    set_view(ax, ((mid[0] - half, mid[0] + half), (mid[1] - half, mid[1] + half)))
+    ax.set_xlabel(z_label(i))
+    ax.set_ylabel(z_label(j))
+    ax.set_title("their q(z|x) in latent space")
+    add_legend(ax, len(p) + 2)
+    return fig
+
+
+def finite_min(a: np.ndarray) -> np.ndarray:
+    return np.array([finite(a[:, c]).min() if np.isfinite(a[:, c]).any() else -1.0 for c in range(a.shape[1])])
+
+
+def finite_max(a: np.ndarray) -> np.ndarray:
+    return np.array([finite(a[:, c]).max() if np.isfinite(a[:, c]).any() else 1.0 for c in range(a.shape[1])])
+
+
+# 8. decoded latent grid -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def plot_latent_grid(
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), n_grid: int = 15, extent: float = 2.5
+) -> Figure:
+    """A regular grid in z decoded through the decoder mean, over the data.
+
+    2-D+ latents: a ``n_grid × n_grid`` grid on [-extent, extent]² in (z_i, z_j), the other
+    dimensions at 0; lines of constant z_i are coloured by z_i, so one sees how the decoder
+    bends the latent plane onto the data. 1-D latents: the decoded curve coloured by z.
+    """
+    i, j = _check_dims(model, dims)
+    x = to_numpy(data.x)
+    xy_data = _xy(x)
+    d = model.latent_dim
+    dev = _device(model)
+    if d == 1:
+        zs = torch.linspace(-3.0, 3.0, 400, device=dev)[:, None]
+        curve = _xy(to_numpy(model.decode(zs).mean))
+        fig, axes = new_figure(1, size=(6.0, 5.0), title="Decoded latent line E[x|z], z from −3 to 3")
+        ax = axes[0]
+        ax.scatter(
+            xy_data[:, 0], xy_data[:, 1], s=point_size(len(x)), color="0.75", linewidths=0, label="training data"
+        )
+        segs = np.stack([curve[:-1], curve[1:]], axis=1)
+        lc = LineCollection(segs, cmap=CMAP, linewidths=3)
+        lc.set_array(to_numpy(zs[:-1, 0]))
+        ax.add_collection(lc)
+        ticks = torch.arange(-3.0, 3.5, 1.0, device=dev)[:, None]
+        tick_xy = _xy(to_numpy(model.decode(ticks).mean))
+        ax.scatter(tick_xy[:, 0], tick_xy[:, 1], color="black", s=25, zorder=5)
+        for t, pt in zip(to_numpy(ticks[:, 0]), tick_xy, strict=True):
+            ax.annotate(f"z={t:g}", pt, xytext=(5, 5), textcoords="offset points", fontsize="small")
+        set_view(ax, view_limits(xy_data))
+        _label_data_axes(ax, x.shape[1])
+        ax.legend(fontsize="small", loc="best")
+        colorbar(fig, lc, ax, "z₁")
+        return fig
+    g = torch.linspace(-extent, extent, n_grid, device=dev)
+    zi, zj = torch.meshgrid(g, g, indexing="ij")  # zi[a, b] = g[a] (constant along b), zj[a, b] = g[b]
+    z = torch.zeros(n_grid, n_grid, d, device=dev)
+    z[..., i], z[..., j] = zi, zj
+    dec = _xy(to_numpy(model.decode(z.reshape(-1, d)).mean)).reshape(n_grid, n_grid, 2)
+    zgrid = to_numpy(torch.stack([zi, zj], -1))
+    gi = to_numpy(g)
+    rest = "" if d == 2 else f"; other {d - 2} dimensions at 0"
+    fig, axes = new_figure(
+        2, title=f"A regular grid in ({z_label(i)}, {z_label(j)}) and its image under the decoder{rest}"
+    )
+    for ax, pts, title in ((axes[0], zgrid, "latent grid"), (axes[1], dec, "decoded grid E[x|z] over the data (grey)")):
+        if ax is axes[1]:
+            ax.scatter(
+                xy_data[:, 0],
+                xy_data[:, 1],
+                s=point_size(len(x)),
+                color="0.8",
+                linewidths=0,
+                label="training data",
+                zorder=0,
+            )
+        # lines of constant z_j (running along z_i): thin grey; lines of constant z_i: coloured by z_i.
+        ax.add_collection(LineCollection([pts[:, b] for b in range(n_grid)], colors="0.55", linewidths=0.6))
+        lc = LineCollection([pts[a, :] for a in range(n_grid)], cmap=CMAP, linewidths=1.6)
+        lc.set_array(gi)
+        ax.add_collection(lc)
+        sc = ax.scatter(pts[..., 0].ravel(), pts[..., 1].ravel(), c=zgrid[..., 0].ravel(), cmap=CMAP, s=14, zorder=3)
+        ax.set_title(title)
+    set_view(axes[0], ((-extent * 1.1, extent * 1.1), (-extent * 1.1, extent * 1.1)))
+    axes[0].set_xlabel(z_label(i))
+    axes[0].set_ylabel(z_label(j))
+    lims = view_limits(np.concatenate([xy_data, dec.reshape(-1, 2)]))
+    set_view(axes[1], lims)
+    _label_data_axes(axes[1], x.shape[1])
+    colorbar(fig, sc, axes, z_label(i))
+    return fig
+
+
+# 9. aggregate posterior vs prior --------------------------------------------------------------
+
+
+def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
+    """N(grid_g; μ_n, σ_n²) for every grid value and every point: (G,) x (N,) -> (G, N)."""
+    return torch.exp(-0.5 * ((grid[:, None] - mu[None]) / sd[None]) ** 2) / (sd[None] * math.sqrt(2 * math.pi))
+
+
+@torch.no_grad()
+def aggregate_posterior(model: LatentModel, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
+    """q(z) = 1/N Σ_n q(z|x_n) marginalised onto (z_i, z_j), on the grid × grid: (G, G).
+
+    Row a, column b holds q(z_i = grid[b], z_j = grid[a]) (rows = vertical axis, as imshow
+    expects). q(z|x) is diagonal, so each term factorises and the whole image is one matrix
+    product of two (G, N) tables of 1-D normal densities. A 1-D latent gives (G,).
+    """
+    q_z = model.encode(x.to(_device(model)))
+    mu, sd = q_z.mean.double().cpu(), q_z.stddev.double().cpu()
+    grid = grid.double().cpu()
+    n = mu.shape[0]
+    if model.latent_dim == 1:
+        return _normal_table(grid, mu[:, 0], sd[:, 0]).mean(1)
+    i, j = dims
+    a_i = _normal_table(grid, mu[:, i], sd[:, i])  # (G, N) over z_i
+    a_j = _normal_table(grid, mu[:, j], sd[:, j])  # (G, N) over z_j
+    return a_j @ a_i.T / n  # (G over z_j, G over z_i)
+
+
+@torch.no_grad()
+def plot_aggregate_posterior(
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), grid: int = 150, extent: float = 3.5
+) -> Figure:
+    """The aggregate posterior q(z) (the mixture of all encoded Gaussians) beside the prior.
+
+    Samples z ~ p(z) that land where q(z) is nearly empty ("holes") decode to points the
+    decoder never learned, which is where bad samples come from. Same colour scale in both
+    panels (square-root scale so thin holes stay visible).
+    """
+    _require_vae(model, "the aggregate-posterior figure")
+    i, j = _check_dims(model, dims)
+    g = torch.linspace(-extent, extent, grid)
+    q = aggregate_posterior(model, data.x, g, (i, j)).numpy()
+    gn = g.numpy()
+    prior_1d = gaussian_pdf(gn, 0.0, 1.0)
+    d = model.latent_dim
+    if d == 1:
+        fig, axes = new_figure(1, size=(6.5, 4.2), title="Aggregate posterior q(z) = mean over x of q(z|x), vs prior")
+        ax = axes[0]
+        ax.fill_between(gn, q, color="C0", alpha=0.35)
+        ax.plot(gn, q, color="C0", linewidth=2, label="aggregate posterior q(z)")
+        ax.plot(gn, prior_1d, color="0.2", linestyle="--", linewidth=2, label="prior N(0, 1)")
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("density")
+        ax.legend(fontsize="small")
+        ax.set_title("where the prior has mass but q(z) has none, samples are bad", fontsize="medium")
+        return fig
+    p = prior_1d[:, None] * prior_1d[None, :]
+    vmax = float(max(p.max(), np.nanmax(q)))
+    norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)
+    rest = "" if d == 2 else f", marginal on ({z_label(i)}, {z_label(j)}) of {d} dimensions"
+    fig, axes = new_figure(2, title=f"Aggregate posterior q(z) vs prior p(z){rest}")
+    ext = (-extent, extent, -extent, extent)
+    im = None
+    for ax, img, title in ((axes[0], q, "aggregate posterior q(z) = mean of q(z|x)"), (axes[1], p, "prior N(0, I)")):
+        im = ax.imshow(img, origin="lower", extent=ext, cmap=DENSITY_CMAP, norm=norm, interpolation="bilinear")
+        for r in (1, 2):
+            ax.add_patch(Circle((0, 0), r, edgecolor="white", linestyle="--", linewidth=1.0, fill=False))
+        ax.set_title(title + "\n(dashed: prior 1σ and 2σ circles)", fontsize="medium")
+        ax.set_xlabel(z_label(i))
+        ax.set_ylabel(z_label(j))
+        ax.set_aspect("equal")
+    colorbar(fig, im, axes, "density (square-root colour scale)")
+    return fig
+
+
+# 10. model density p(x) -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def model_log_density(
+    model: LatentModel, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
+) -> Tensor:
+    """IWAE estimate of log p(x) (Burda et al. 2016, eq. 8) at the points x (M, D): (M,)."""
+    dev = _device(model)
+    parts = [
+        iwae_bound(model, x[s : s + batch].to(dev), k=k, generator=generator).cpu() for s in range(0, len(x), batch)
+    ]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def plot_density(
+    model: LatentModel, data: Dataset, *, grid: int = 80, k: int = 100, generator: torch.Generator | None = None
+) -> Figure:
+    """The model density p(x) on a grid (IWAE estimate with k samples) beside the true
+    density when the dataset knows it, otherwise beside the training data."""
+    _require_vae(model, "the model-density figure")
+    if data.dim != 2:
+        raise ValueError(f"the density image needs 2-D data, this data has D = {data.dim}")
+    x = to_numpy(data.x)
+    (x0, x1), (y0, y1) = view_limits(x)
+    gx, gy = torch.linspace(x0, x1, grid), torch.linspace(y0, y1, grid)
+    yy, xx = torch.meshgrid(gy, gx, indexing="ij")  # row a = gy[a], column b = gx[b]: imshow layout
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+    log_p = model_log_density(model, pts, k=k, generator=generator).reshape(grid, grid)
+    p_model = torch.exp(log_p).numpy()
+    p_true = None if data.log_prob is None else torch.exp(data.log_prob(pts).double()).reshape(grid, grid).numpy()
+    vmax = (
+        float(np.nanmax(p_true)) if p_true is not None else float(np.nanmax(p_model[np.isfinite(p_model)], initial=1.0))
+    )
+    norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)
+    ext = (x0, x1, y0, y1)
+    fig, axes = new_figure(
+        2, title=f"Density p(x): model (IWAE, k = {k}) vs {'true density' if p_true is not None else 'data'}"
+    )
+    im = axes[0].imshow(p_model, origin="lower", extent=ext, cmap=DENSITY_CMAP, norm=norm, interpolation="bilinear")
+    axes[0].set_title("model p(x), importance-weighted estimate")
+    if p_true is not None:
+        axes[1].imshow(p_true, origin="lower", extent=ext, cmap=DENSITY_CMAP, norm=norm, interpolation="bilinear")
+        axes[1].set_title("true density of the data distribution")
+    else:
+        axes[1].scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.2", linewidths=0)
+        axes[1].set_title("training data (no closed-form density)")
+    for ax in axes:
+        set_view(ax, ((x0, x1), (y0, y1)))
+        _label_data_axes(ax, 2)
+    colorbar(fig, im, axes, "p(x) (square-root colour scale)")
+    return fig
+
+
+# registry entries -----------------------------------------------------------------------------
+
+
+def _samples(ctx: PlotContext) -> Figure:
+    return plot_samples(ctx.model, ctx.data, generator=ctx.generator(1))
+
+
+def _reconstructions(ctx: PlotContext) -> Figure:
+    return plot_reconstructions(ctx.model, ctx.data, generator=ctx.generator(2))
+
+
+def _latent_params(ctx: PlotContext) -> Figure:
+    return plot_latent_params(ctx.model, ctx.data, dims=ctx.dims)
+
+
+def _z_vs_eps(ctx: PlotContext) -> Figure:
+    return plot_z_vs_eps(ctx.model, ctx.data, dims=ctx.dims, generator=ctx.generator(3))
+
+
+def _latent_space(ctx: PlotContext) -> Figure:
+    return plot_latent_space(ctx.model, ctx.data, dims=ctx.dims)
+
+
+def _posterior_contours(ctx: PlotContext) -> Figure:
+    return plot_posterior_contours(ctx.model, ctx.data, points=ctx.points, dims=ctx.dims)
+
+
+def _latent_grid(ctx: PlotContext) -> Figure:
+    return plot_latent_grid(ctx.model, ctx.data, dims=ctx.dims, n_grid=ctx.latent_grid)
+
+
+def _aggregate_posterior(ctx: PlotContext) -> Figure:
+    return plot_aggregate_posterior(ctx.model, ctx.data, dims=ctx.dims)
+
+
+def _density(ctx: PlotContext) -> Figure:
+    return plot_density(ctx.model, ctx.data, grid=ctx.density_grid, k=ctx.density_k, generator=ctx.generator(4))
+
+
+_points = all_of(unconditional, needs_point_data)
+_posterior = all_of(unconditional, needs_vae)
+
+FIGURES = [
+    FigureSpec(
+        "samples",
+        _samples,
+        "Training data, decoded prior samples and samples with observation noise on the same axes: the "
+        "model's samples should cover every part of the data and nothing else.",
+        _points,
+        title="Data vs model samples",
+    ),
+    FigureSpec(
+        "reconstructions",
+        _reconstructions,
+        "Each point keeps the colour of its input x₁: a good model keeps the colour gradient in place; "
+        "colours mixing or points pulled to a curve show what the code forgets.",
+        _points,
+        title="Reconstructions",
+    ),
+    FigureSpec(
+        "latent_params",
+        _latent_params,
+        "Encoder means μ(x) and standard deviations σ(x) against the prior's (0, …) and (1, …): σ ≈ 1 with "
+        "μ ≈ 0 for every point means the dimension is unused (collapsed).",
+        _posterior,
+        title="Latent parameters μ(x), σ(x)",
+    ),
+    FigureSpec(
+        "z_vs_eps",
+        _z_vs_eps,
+        "One z ~ q(z|x) per data point beside as many ε ~ N(0, I): the closer the two panels look, the "
+        "better the prior describes the codes the decoder was trained on.",
+        _posterior,
+        title="Encoded z vs ε ~ N(0, I)",
+    ),
+    FigureSpec(
+        "latent_space",
+        _latent_space,
+        "Encoded means of the training data coloured by label and by data coordinate: modes should form "
+        "separate regions and colours should change smoothly.",
+        unconditional,
+        title="Learned latent space",
+    ),
+    FigureSpec(
+        "posterior_contours",
+        _posterior_contours,
+        "q(z|x) of a few data points (1σ and 2σ contours): distant points should get separate, "
+        "narrow Gaussians inside the prior's 2σ circle.",
+        all_of(_posterior, needs_point_data),
+        title="Posterior q(z|x) of chosen points",
+    ),
+    FigureSpec(
+        "latent_grid",
+        _latent_grid,
+        "A regular grid in z pushed through the decoder: the decoded mesh should stretch over the data; "
+        "mesh lines crossing empty space are where bad samples come from.",
+        _points,
+        title="Decoded latent grid",
+    ),
+    FigureSpec(
+        "aggregate_posterior",
+        _aggregate_posterior,
+        "The mixture of all encoded Gaussians q(z) beside the prior N(0, I): dark holes in q(z) inside "
+        "the prior's circles are regions whose samples decode to nonsense.",
+        _posterior,
+        title="Aggregate posterior vs prior",
+    ),
+    FigureSpec(
+        "density",
+        _density,
+        "Model density p(x) (importance-weighted estimate) beside the true density or the data: mass "
+        "between the modes shows where the model blurs them together.",
+        all_of(_posterior, needs_2d_data),
+        title="Model density p(x)",
+    ),
+]
