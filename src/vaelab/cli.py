@@ -145,6 +145,9 @@ def train(
     n_train: int = typer.Option(None, help="points drawn for training (toy data)"),
     n_test: int = typer.Option(None, help="held-out points drawn for evaluation (toy data)"),
     label_column: str = typer.Option(None, help="CSV column holding class labels"),
+    condition: str = typer.Option(None, "--condition", help="train a conditional VAE on: label, radius, "
+                                  "or column:NAME[,NAME...] (numeric CSV columns)"),
+    cond_embed: str = typer.Option(None, help="widths of the MLP embedding a continuous condition, e.g. 16,16"),
     data_seed: int = typer.Option(None, help="seed of the data draw / split"),
     data_dir: Path = typer.Option(None, help="root of downloaded image datasets (default $VAELAB_DATA_DIR "
                                   "or ~/.cache/vaelab)"),
@@ -188,6 +191,7 @@ def train(
     base = _base_config(config, preset, data)
     data_over: dict[str, Any] = {
         "n_train": n_train, "n_test": n_test, "label_column": label_column, "seed": data_seed,
+        "condition": condition,
         "data_dir": None if data_dir is None else str(data_dir), "image_split": image_split,
         "binarize": binarize, "limit_train": limit_train, "limit_test": limit_test, "image_size": image_size,
     }
@@ -202,6 +206,7 @@ def train(
         "kind": model, "net": net, "channels": _split_ints(channels, "--channels"),
         "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
         "latent_dim": latent_dim, "scale": scale, "likelihood": likelihood, "recon_var": recon_var,
+        "cond_embed": _split_ints(cond_embed, "--cond-embed"),
     }
     if lambda_rec is not None:
         model_over["lambda_rec"] = lambda_rec
@@ -238,6 +243,8 @@ def train(
                                             f"recon {info.recon:.3f} kl {info.kl:.3f}")
 
         run = train_run(cfg, out, device=dev, resume=resume, overwrite=overwrite, on_step=on_step)
+    if run.condition is not None and no_eval:  # the evaluation prints it otherwise
+        console.print(f"condition {run.condition.describe()}", highlight=False)
     last = run.history.last
     if last is not None:
         console.print(f"done: {last['epoch']} epochs, {last['step']} steps in {last['seconds']:.1f} s; "
@@ -259,13 +266,77 @@ def _run_eval(run_dir: Path, device: torch.device, k: int | None, n_test: int | 
     k = eval_cfg.k if k is None else k
     if k <= 0:
         raise ValueError(f"--k must be a positive number of importance samples, got {k}")
-    test, pixels = eval_view(run.config, load_dataset(data_cfg, "test"))
-    metrics = evaluate(run.model, test, k=k, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed if seed is None else seed)
+    raw_test = load_dataset(data_cfg, "test")
+    test, pixels = eval_view(run.config, raw_test)
+    # A conditional model is evaluated on log p(x|c): each test point with its own condition.
+    c = None if run.condition is None else run.condition.tensor(raw_test).to(device)
+    seed = eval_cfg.seed if seed is None else seed
+    metrics = evaluate(run.model, test, k=k, batch_size=eval_cfg.batch_size, seed=seed, c=c)
+    if run.condition is not None:
+        from vaelab.conditions import conditional_metrics
+
+        metrics.update(conditional_metrics(run.model, run.condition, load_dataset(data_cfg, "train"), raw_test,
+                                           seed=seed))
     if test.image_shape is not None:
         metrics["binarization"] = pixels
     ckpt.write_json(run_dir / ckpt.METRICS_FILE, metrics)
     _print_metrics(metrics)
+    _print_condition_metrics(metrics)
     return metrics
+
+
+def _print_condition_metrics(metrics: dict[str, Any]) -> None:
+    """Conditioning accuracy per label, or the radius each requested radius gets."""
+    if "condition" in metrics:
+        console.print(f"condition {metrics['condition']}", highlight=False)
+    acc = metrics.get("conditioning_accuracy")
+    if acc is not None:
+        table = Table(title=f"conditioning accuracy ({acc['classifier']}; {acc['n_per_class']} samples per label)")
+        table.add_column("label")
+        table.add_column("share classified as its label", justify="right")
+        for name, value in acc["per_class"].items():
+            table.add_row(name, f"{value:.3f}")
+        table.add_row("[bold]overall[/]", f"[bold]{acc['overall']:.3f}[/]")
+        if "classifier_test_accuracy" in acc:
+            table.add_row("(classifier on test data)", f"{acc['classifier_test_accuracy']:.3f}")
+        console.print(table)
+    track = metrics.get("radius_tracking")
+    if track is not None:
+        table = Table(title="radius tracking: mean ‖x‖ of samples at each requested radius")
+        for col in ("requested", "mean ‖x‖", "std ‖x‖"):
+            table.add_column(col, justify="right")
+        for r, m, s in zip(track["requested"], track["mean_radius"], track["std_radius"], strict=True):
+            table.add_row(f"{r:.3f}", f"{m:.3f}", f"{s:.3f}")
+        console.print(table)
+        console.print(f"mean |mean ‖x‖ − requested| = {track['mean_abs_error']:.4f}", highlight=False)
+
+
+def _condition_arg(r: Any, arg: str | None, n_rows: int | None) -> torch.Tensor | None:
+    """c for a loaded run from ``--condition`` (one value, or a file with one per row).
+
+    Required for a conditional model, refused for an unconditional one. A single value is
+    repeated for all ``n_rows``; a file must have ``n_rows`` rows (any number when None).
+    Range warnings are shown on the console, and the command goes on.
+    """
+    import warnings
+
+    cond = r.condition
+    if cond is None:
+        if arg is not None:
+            raise ValueError(f"{r.path}: this model was trained without a condition; drop --condition")
+        return None
+    if arg is None:
+        raise ValueError(f"{r.path}: this model is conditional ({cond.describe()}); pass --condition VALUE "
+                         "or --condition FILE with one condition per row")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        raw = cond.from_arg(arg)
+    for w in caught:
+        err_console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+    if n_rows is not None and len(raw) not in (1, n_rows):
+        raise ValueError(f"{arg}: holds {len(raw)} conditions for {n_rows} rows; give one per row, or a single value")
+    c = cond.encode(raw)
+    return c.expand(n_rows, -1) if n_rows is not None and len(c) == 1 else c
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -323,20 +394,32 @@ def _read_matrix(path: Path, width: int, what: str) -> torch.Tensor:
 @user_errors
 def sample(
     run: Path = typer.Argument(..., help="run directory"),
-    n: int = typer.Option(1000, "-n", help="number of samples"),
+    n: int = typer.Option(None, "-n", help="number of samples (default 1000, or one per row of a condition file)"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (.npy or .csv)"),
     noise: bool = typer.Option(False, help="add observation noise (x ~ p(x|z)) instead of the decoder mean"),
+    condition: str = typer.Option(None, "--condition", help="conditional models: a label (name or index), a "
+                                  "value such as 2.5, or a file with one condition per sample"),
     seed: int = typer.Option(0, help="seed of the prior draws"),
     device: str = typer.Option("auto"),
 ) -> None:
-    """Draw samples from the prior and decode them."""
+    """Draw samples from the prior and decode them (given a condition, for conditional models)."""
     from vaelab.data.files import save_points
 
-    if n <= 0:
+    if n is not None and n <= 0:
         raise ValueError(f"-n must be a positive number of samples, got {n}")
     r = _load_model(run, device)
-    g = torch.Generator(device=next(r.model.parameters()).device).manual_seed(seed)
-    x = r.model.sample(n, generator=g, noise=noise).cpu().numpy()
+    dev = next(r.model.parameters()).device
+    c = _condition_arg(r, condition, None)
+    if c is not None and len(c) > 1:
+        if n is not None and n != len(c):
+            raise ValueError(f"-n {n} disagrees with the {len(c)} conditions in {condition}; drop -n to draw "
+                             "one sample per condition")
+        n = len(c)
+    n = 1000 if n is None else n
+    if c is not None:
+        c = c.expand(n, -1).to(dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    x = r.model.sample(n, c, generator=g, noise=noise).cpu().numpy()
     save_points(out, x, [f"x{i + 1}" for i in range(x.shape[1])])
     console.print(f"wrote {n} samples ({'with noise' if noise else 'decoder mean'}) to {out}", highlight=False)
 
@@ -347,6 +430,8 @@ def encode(
     run: Path = typer.Argument(..., help="run directory"),
     input: Path = typer.Option(..., "--input", "-i", help="points to encode (.npy/.npz/.csv, N x D)"),
     out: Path = typer.Option(..., "--out", "-o", help="output (.npy or .csv): means then standard deviations"),
+    condition: str = typer.Option(None, "--condition", help="conditional models: one condition for all points, "
+                                  "or a file with one per point"),
     device: str = typer.Option("auto"),
 ) -> None:
     """Encode points: writes the posterior means μ and standard deviations σ (N x 2d)."""
@@ -355,14 +440,16 @@ def encode(
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     x = _read_matrix(input, r.model.x_dim, "data").to(dev)
+    c = _condition_arg(r, condition, len(x))
+    c = None if c is None else c.to(dev)
     d = r.model.latent_dim
     with torch.no_grad():
         if r.config.model.kind == "vae":
-            q_z = r.model.encode(x)
+            q_z = r.model.encode(x, c)
             values = torch.cat([q_z.mean, q_z.stddev], dim=1)
             cols = [f"mu{i + 1}" for i in range(d)] + [f"std{i + 1}" for i in range(d)]
         else:
-            values = r.model.embed(x)
+            values = r.model.embed(x, c)
             cols = [f"z{i + 1}" for i in range(d)]
     save_points(out, values.cpu().numpy(), cols)
     console.print(f"wrote {', '.join(cols)} for {len(x)} points to {out}", highlight=False)
@@ -375,18 +462,22 @@ def decode(
     input: Path = typer.Option(..., "--input", "-i", help="latent codes (.npy/.npz/.csv, N x d)"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (.npy or .csv)"),
     noise: bool = typer.Option(False, help="draw x ~ p(x|z) instead of the decoder mean"),
+    condition: str = typer.Option(None, "--condition", help="conditional models: one condition for all codes, "
+                                  "or a file with one per code"),
     seed: int = typer.Option(0, help="seed of the observation noise"),
     device: str = typer.Option("auto"),
 ) -> None:
-    """Decode latent codes z to data space."""
+    """Decode latent codes z to data space (given a condition, for conditional models)."""
     from vaelab.data.files import save_points
     from vaelab.likelihoods import sample_observation
 
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     z = _read_matrix(input, r.model.latent_dim, "latent space").to(dev)
+    c = _condition_arg(r, condition, len(z))
+    c = None if c is None else c.to(dev)
     with torch.no_grad():
-        p_x = r.model.decode(z)
+        p_x = r.model.decode(z, c)
         g = torch.Generator(device=dev).manual_seed(seed)
         x = sample_observation(p_x, g) if noise else p_x.mean
     save_points(out, x.cpu().numpy(), [f"x{i + 1}" for i in range(x.shape[1])])
