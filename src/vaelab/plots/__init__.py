@@ -35,7 +35,9 @@ FIGURES_DIR = "figures"
 FORMATS = ("png", "svg", "pdf")
 
 # Modules whose ``FIGURES`` lists are registered, in report order. Add yours here.
-FIGURE_MODULES: list[str] = ["vaelab.plots.toy2d", "vaelab.plots.images", "vaelab.plots.curves"]
+FIGURE_MODULES: list[str] = [
+    "vaelab.plots.toy2d", "vaelab.plots.images", "vaelab.plots.conditional", "vaelab.plots.curves",
+]
 
 _REGISTRY: dict[str, FigureSpec] = {}
 _loaded: set[str] = set()
@@ -133,8 +135,13 @@ def render_all(
     error instead of stopping the others; the caller shows it.
     """
     apply, skip = plan(ctx, names)
-    for name, reason in skip:
-        _notify(notify, f"skipped figure {name}: {reason}")
+    if names is None and skip:
+        # All figures asked for: one line, since whole families (image, conditional) never apply.
+        _notify(notify, f"skipped {len(skip)} figure(s) that do not apply to this run: "
+                        f"{', '.join(n for n, _ in skip)}")
+    else:
+        for name, reason in skip:
+            _notify(notify, f"skipped figure {name}: {reason}")
     for spec in apply:
         try:
             yield Rendered(spec, figure=spec.make(ctx))
@@ -188,7 +195,7 @@ def make_figures(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    names = check_names(names)
+    names = None if names is None else check_names(names)
     if ctx is None:
         ctx = load_context(run, **options)
     run_path = Path(run) if isinstance(run, str | Path) else Path(run.path)

@@ -36,6 +36,7 @@ from vaelab.data.dataset import Dataset  # noqa: E402
 
 if TYPE_CHECKING:
     from vaelab.checkpoint import History, Run
+    from vaelab.conditions import Condition
     from vaelab.config import RunConfig
     from vaelab.models import LatentModel
 
@@ -164,16 +165,21 @@ def scatter_labels(
 
 
 def add_legend(ax: Axes, n_entries: int) -> None:
-    """A legend beside the panel (right), so it never hides data; two columns past 10 entries."""
-    ax.legend(
+    """A legend beside the panel (right), so it never hides data; two columns past 10 entries.
+
+    Scatter handles get one common marker size, however big or small the plotted markers are.
+    """
+    leg = ax.legend(
         fontsize="small",
-        markerscale=2.0 if n_entries > 1 else 1.0,
         ncols=2 if n_entries > 10 else 1,
         loc="upper left",
         bbox_to_anchor=(1.02, 1.0),
         borderaxespad=0.0,
         framealpha=0.85,
     )
+    for handle in leg.legend_handles:
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([36.0])
 
 
 def scatter_values(
@@ -216,6 +222,7 @@ class PlotContext:
         seed: seed of every random draw in the figures (prior samples, ε, q(z|x) samples).
         density_grid / density_k: resolution and importance samples of the p(x) image.
         latent_grid: points per side of the decoded latent grid.
+        condition: a conditional run's condition spec (label list / value range), else None.
     """
 
     model: LatentModel
@@ -230,6 +237,7 @@ class PlotContext:
     density_grid: int = 80
     density_k: int = 100
     latent_grid: int = 15
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         d = self.model.latent_dim
@@ -259,6 +267,7 @@ class PlotContext:
             history=run.history,
             metrics=run.metrics,
             failure=run.failure,
+            condition=run.condition,
             **options,
         )
 

@@ -35,6 +35,7 @@ from vaelab.plots.common import (
     colorbar,
     finite,
     gaussian_pdf,
+    label_colour,
     needs_2d_data,
     needs_point_data,
     needs_vae,
@@ -211,7 +212,7 @@ def plot_latent_params(model: LatentModel, data: Dataset, *, dims: tuple[int, in
             ax.legend(fontsize="small")
         return fig
     rest = "" if d == 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
-    fig, axes = new_figure(2, title=f"Encoder outputs over the data{rest}")
+    fig, axes = new_figure(2, size=(5.2, 4.2), title=f"Encoder outputs over the data{rest}")
     for ax, v, name, target in (
         (axes[0], mu, "posterior means μ(x)", 0.0),
         (axes[1], sigma, "posterior stds σ(x)", 1.0),
@@ -323,7 +324,9 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
         colourings.append(("", "none"))
     d = model.latent_dim
     rest = "" if d <= 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
-    fig, axes = new_figure(len(colourings), title=f"Latent space: encoded {what} of the training data{rest}")
+    fig, axes = new_figure(
+        len(colourings), size=(5.0, 4.2), title=f"Latent space: encoded {what} of the training data{rest}"
+    )
     for ax, (name, key) in zip(axes, colourings, strict=True):
         ax.set_title(f"coloured by {name}" if name else "codes")
         if d == 1:
@@ -339,7 +342,7 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
                         histtype="step",
                         linewidth=1.5,
                         label=name_k,
-                        color=f"C{int(k) % 10}",
+                        color=label_colour(int(k)),
                     )
                 ax.set_ylabel("number of points")
                 add_legend(ax, len(np.unique(labels)))
@@ -417,7 +420,7 @@ def plot_posterior_contours(
     p = to_numpy(pts)
     d = model.latent_dim
     rest = "" if d <= 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
-    fig, axes = new_figure(2, title=f"Posterior q(z|x) of {len(p)} chosen data points{rest}")
+    fig, axes = new_figure(2, size=(5.6, 4.4), title=f"Posterior q(z|x) of {len(p)} chosen data points{rest}")
     ax = axes[0]
     xy = _xy(x)
     ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="0.7", linewidths=0, label="training data")

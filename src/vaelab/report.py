@@ -1,0 +1,444 @@
+"""A self-contained HTML report of a run: one file, images embedded, no network.
+
+``write_report(run_dir)`` draws every registered figure that applies to the run (see
+``vaelab.plots``), saves them to ``RUN/figures`` and writes ``RUN/report.html`` with the
+configuration, the held-out metrics, the training history, every figure with a one-line
+caption that says what to look for, and the exact command that reproduces the run. A run
+whose training stopped on a NaN loss still gets its report, with the failure at the top.
+
+The HTML is built with the standard library only (``html.escape``); images are base64 PNG
+data URIs; styles are inline; there is no script and no external URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vaelab import checkpoint as ckpt
+from vaelab.config import RunConfig
+
+REPORT_FILE = "report.html"
+REPRODUCE_FILE = "reproduce.toml"
+HISTORY_ROWS = 25  # longer histories show an evenly spaced subset plus the last row
+
+METRIC_LABELS = {
+    "n": "test points",
+    "elbo": "ELBO (nats / point)",
+    "recon": "reconstruction −E log p(x|z)",
+    "kl": "KL(q(z|x) ‖ p(z))",
+    "iwae_nll": "IWAE NLL (nats / point)",
+    "iwae_nll_se": "  ± standard error",
+    "iwae_k": "  importance samples k",
+    "bits_per_dim": "bits per dimension",
+    "active_units": "active units",
+    "latent_dim": "latent dimensions",
+    "true_nll": "true NLL (entropy of the data)",
+    "nll_gap": "gap: IWAE NLL − true NLL",
+    "nll_gap_se": "  ± standard error",
+    "kl_per_dim": "KL per latent dimension",
+}
+
+# Config fields that `vaelab train` takes as a flag of the same name (section, field) -> flag.
+# Everything else non-default is reproduced through a TOML file (--config).
+_FLAGS: dict[tuple[str, str], str] = {
+    ("data", "n_train"): "--n-train",
+    ("data", "n_test"): "--n-test",
+    ("data", "label_column"): "--label-column",
+    ("data", "seed"): "--data-seed",
+    ("data", "data_dir"): "--data-dir",
+    ("data", "image_split"): "--image-split",
+    ("data", "binarize"): "--binarize",
+    ("data", "limit_train"): "--limit-train",
+    ("data", "limit_test"): "--limit-test",
+    ("data", "image_size"): "--image-size",
+    ("model", "kind"): "--model",
+    ("model", "net"): "--net",
+    ("model", "channels"): "--channels",
+    ("model", "hidden"): "--hidden",
+    ("model", "activation"): "--activation",
+    ("model", "latent_dim"): "--latent-dim",
+    ("model", "scale"): "--scale",
+    ("model", "likelihood"): "--likelihood",
+    ("model", "recon_var"): "--recon-var",
+    ("model", "cond_embed"): "--cond-embed",
+    ("train", "objective"): "--objective",
+    ("train", "beta"): "--beta",
+    ("train", "k"): "--k",
+    ("train", "lr"): "--lr",
+    ("train", "lr_schedule"): "--lr-schedule",
+    ("train", "epochs"): "--epochs",
+    ("train", "steps"): "--steps",
+    ("train", "batch_size"): "--batch-size",
+    ("train", "seed"): "--seed",
+    ("train", "checkpoint_every"): "--checkpoint-every",
+    ("eval", "k"): "--eval-k",
+}
+
+
+# Reproduction -------------------------------------------------------------------------------
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def config_toml(config: RunConfig) -> str:
+    """The whole config as TOML that ``vaelab train --config`` reads back to the same config.
+
+    None values are left out (every optional field defaults to None); nested tables are
+    written as ``[section.field]``.
+    """
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        plain = {k: v for k, v in values.items() if v is not None and not isinstance(v, dict)}
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in plain.items())
+        lines.append("")
+        for k, v in nested.items():
+            table(f"{name}.{k}", v)
+
+    for section, values in config.model_dump().items():
+        table(section, values)
+    return "\n".join(lines)
+
+
+def reproduce_command(config: RunConfig, out: str | Path) -> tuple[str, bool]:
+    """The ``vaelab train`` command that trains this config again into ``out``.
+
+    Returns (command, needs_toml). Every non-default option becomes a flag; when some
+    non-default option has no flag, the command reads ``out/reproduce.toml`` instead
+    (write it with ``config_toml``) and needs_toml is True.
+    """
+    default = RunConfig().model_dump()
+    current = config.model_dump()
+    changed = [
+        (section, key)
+        for section, values in current.items()
+        for key, value in values.items()
+        if value != default[section].get(key)
+    ]
+    data_arg = config.data.path or config.data.name
+    unmapped = [c for c in changed if c not in _FLAGS and c not in (("data", "name"), ("data", "path"))]
+    if unmapped:
+        cmd = ["vaelab", "train", "--config", str(Path(out) / REPRODUCE_FILE), "--out", str(out)]
+        return " ".join(shlex.quote(p) for p in cmd), True
+    cmd = ["vaelab", "train", "--data", str(data_arg)]
+    for section, key in changed:
+        if (section, key) in _FLAGS:
+            cmd += [_FLAGS[(section, key)], _flag_value(current[section][key])]
+    cmd += ["--out", str(out)]
+    return " ".join(shlex.quote(p) for p in cmd), False
+
+
+# HTML pieces --------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 1rem 2rem 3rem; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; margin-top: 2rem; }
+nav a { margin-right: 1rem; } .summary { color: #444; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.92rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f2f2f2; } tr.bad td { background: #fde2e2; } td.changed { font-weight: bold; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { color: #333; margin-top: 0.3rem; } figcaption b { color: #000; }
+.failure { border: 2px solid #c00; background: #fff0f0; padding: 0.6rem 1rem; color: #900; }
+.ok { color: #060; font-weight: bold; } .failed { color: #c00; font-weight: bold; }
+pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; border: 1px solid #ddd; white-space: pre-wrap; }
+.note { color: #555; font-size: 0.9rem; } .error { color: #c00; }
+.compare td { vertical-align: top; } .compare img { max-width: 100%; }
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt_number(value: Any) -> str:
+    """Numbers for tables: ints as is, floats with 4 significant digits, NaN / inf spelled out."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt_number(v) for v in value)
+    return str(value)
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    if not metrics:
+        return '<p class="note">No held-out evaluation yet (run <code>vaelab eval RUN</code>).</p>'
+    rows = []
+    keys = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
+    for key in keys:
+        label = METRIC_LABELS.get(key, key)
+        rows.append(f'<tr><td>{esc(label)}</td><td class="num">{esc(fmt_number(metrics[key]))}</td></tr>')
+    return "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"
+
+
+def history_rows(history: ckpt.History, limit: int = HISTORY_ROWS) -> list[dict[str, float]]:
+    """All rows when short; otherwise an evenly spaced subset, the last row and every bad row."""
+    rows = history.rows
+    if len(rows) <= limit:
+        return list(rows)
+    step = (len(rows) - 1) / (limit - 1)
+    keep = {round(i * step) for i in range(limit)} | {len(rows) - 1}
+    keep |= {i for i, r in enumerate(rows) if not math.isfinite(float(r["loss"]))}
+    return [rows[i] for i in sorted(keep)]
+
+
+def history_table(history: ckpt.History) -> str:
+    if len(history) == 0:
+        return '<p class="note">No training history recorded.</p>'
+    rows = history_rows(history)
+    head = "".join(f"<th>{esc(c)}</th>" for c in history.COLUMNS)
+    body = []
+    for r in rows:
+        bad = not all(math.isfinite(float(r[c])) for c in ("loss", "recon", "kl"))
+        cells = "".join(f'<td class="num">{esc(fmt_number(r[c]))}</td>' for c in history.COLUMNS)
+        row_class = ' class="bad"' if bad else ""
+        body.append(f"<tr{row_class}>{cells}</tr>")
+    note = ""
+    if len(rows) < len(history):
+        note = (
+            f'<p class="note">{len(rows)} of {len(history)} epochs shown (evenly spaced, plus the last); '
+            "the full table is <code>history.csv</code> in the run directory.</p>"
+        )
+    return note + f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def config_tables(config: RunConfig) -> str:
+    """One table per config section; values that differ from the defaults in bold."""
+    default = RunConfig().model_dump()
+    parts = []
+    for section, values in config.model_dump().items():
+        rows = []
+        for key, value in values.items():
+            changed = value != default[section].get(key)
+            cls = ' class="changed"' if changed else ""
+            rows.append(f"<tr><td>{esc(key)}</td><td{cls}>{esc(fmt_number(value))}</td></tr>")
+        parts.append(f'<table><tr><th colspan="2">[{esc(section)}]</th></tr>{"".join(rows)}</table>')
+    return (
+        '<p class="note">Values that differ from the defaults are in bold.</p>'
+        '<div style="display:flex;flex-wrap:wrap;gap:1.5rem">' + "".join(parts) + "</div>"
+    )
+
+
+def failure_of(run: ckpt.Run) -> str | None:
+    """A one-paragraph description of how training failed, or None when it did not."""
+    if run.failure is not None:
+        msg = run.failure.get("message") or "training stopped on a non-finite loss"
+        return f"{msg} (step {run.failure.get('step', '?')}, epoch {run.failure.get('epoch', '?')})"
+    if run.history.has_failure():
+        bad = next(r for r in run.history.rows if not math.isfinite(float(r["loss"])))
+        return f"the training loss became NaN / infinite at epoch {int(bad['epoch'])} (step {int(bad['step'])})"
+    return None
+
+
+def summary_line(run: ckpt.Run) -> str:
+    c = run.config
+    data = c.data.path or c.data.name
+    last = run.history.last
+    trained = (
+        f"{int(last['epoch'])} epochs, {int(last['step'])} steps, {last['seconds']:.1f} s" if last else "untrained"
+    )
+    objective = "reconstruction" if c.model.kind == "ae" else f"{c.train.objective}, β = {c.train.beta:g}"
+    return (
+        f"{c.model.kind.upper()} on <b>{esc(data)}</b> · latent d = {c.model.latent_dim} · "
+        f"likelihood {esc(c.model.likelihood)} · {esc(objective)} · {esc(trained)}"
+    )
+
+
+@dataclass
+class FigureEntry:
+    """A figure as the report shows it: name, title, caption, and PNG bytes or an error."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes | None = None
+    error: str | None = None
+
+
+def figure_html(entry: FigureEntry, anchor: str | None = None) -> str:
+    ident = f' id="{esc(anchor)}"' if anchor else ""
+    if entry.png is None:
+        return (
+            f'<figure{ident}><h3>{esc(entry.title)}</h3><p class="error">This figure could not be drawn: '
+            f"{esc(entry.error)}</p></figure>"
+        )
+    return (
+        f"<figure{ident}><h3>{esc(entry.title)}</h3>"
+        f'<img src="{png_data_uri(entry.png)}" alt="{esc(entry.title)}">'
+        f"<figcaption><b>{esc(entry.name)}</b>: {esc(entry.caption)}</figcaption></figure>"
+    )
+
+
+def collect_figures(
+    ctx: Any,
+    names: Sequence[str] | None = None,
+    *,
+    figures_dir: Path | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> tuple[list[FigureEntry], list[tuple[str, str]]]:
+    """Draw every applicable figure to PNG (also saved into ``figures_dir`` when given).
+
+    Returns the entries (in registry order) and the (name, reason) of figures skipped.
+    """
+    from vaelab import plots
+
+    _, skipped = plots.plan(ctx, names)
+    entries = []
+    for item in plots.render_all(ctx, names, notify=notify):
+        spec = item.spec
+        entry = FigureEntry(spec.name, spec.title or spec.name, spec.caption, error=item.error)
+        if item.figure is not None:
+            entry.png = figure_png(item.figure)
+            if figures_dir is not None:
+                figures_dir.mkdir(parents=True, exist_ok=True)
+                ckpt.atomic_write_bytes(figures_dir / f"{spec.name}.png", entry.png)
+        entries.append(entry)
+    return entries, skipped
+
+
+def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequence[tuple[str, str]] = ()) -> str:
+    """The report of a run as one HTML string."""
+    name = run.path.name or str(run.path)
+    failure = failure_of(run)
+    command, needs_toml = reproduce_command(run.config, run.path)
+    status = '<span class="failed">FAILED</span>' if failure else '<span class="ok">completed</span>'
+    parts = [
+        f"<h1>vaelab run: {esc(name)}</h1>",
+        f'<p class="summary">{summary_line(run)} · status: {status}</p>',
+        '<nav><a href="#metrics">metrics</a><a href="#figures">figures</a><a href="#history">history</a>'
+        '<a href="#config">configuration</a><a href="#reproduce">reproduce</a></nav>',
+    ]
+    if failure:
+        parts.append(
+            f'<div class="failure" id="failure"><b>Training failed:</b> {esc(failure)}. '
+            "The figures below show the last good checkpoint.</div>"
+        )
+    parts += ['<h2 id="metrics">Held-out metrics</h2>', metrics_table(run.metrics)]
+    parts.append('<h2 id="figures">Figures</h2>')
+    if entries:
+        parts.append(
+            '<ul class="note">'
+            + "".join(f'<li><a href="#fig-{esc(e.name)}">{esc(e.title)}</a></li>' for e in entries)
+            + "</ul>"
+        )
+    for e in entries:
+        parts.append(figure_html(e, f"fig-{e.name}"))
+    if skipped:
+        parts.append(
+            '<p class="note">Not drawn for this run:</p><ul class="note">'
+            + "".join(f"<li><b>{esc(n)}</b>: {esc(r)}</li>" for n, r in skipped)
+            + "</ul>"
+        )
+    parts += ['<h2 id="history">Training history</h2>', history_table(run.history)]
+    parts += ['<h2 id="config">Configuration</h2>', config_tables(run.config)]
+    parts.append('<h2 id="reproduce">Reproduce this run</h2>')
+    if needs_toml:
+        parts.append(
+            f"<p>Some options have no command-line flag, so the configuration is in "
+            f"<code>{esc(REPRODUCE_FILE)}</code> beside this report (also shown below):</p>"
+        )
+    parts.append(f"<pre>{esc(command)}</pre>")
+    parts.append('<p class="note">Add <code>--overwrite</code> to replace this run, or change <code>--out</code>.</p>')
+    if needs_toml:
+        parts.append(f"<pre>{esc(config_toml(run.config))}</pre>")
+    parts.append(f'<p class="note">Written by vaelab on {esc(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>')
+    return page(f"vaelab report — {name}", "\n".join(parts))
+
+
+def write_report(
+    run: ckpt.Run | str | Path,
+    *,
+    out: str | Path | None = None,
+    names: Sequence[str] | None = None,
+    notify: Callable[[str], None] | None = None,
+    save_figures: bool = True,
+    **options: Any,
+) -> Path:
+    """Draw the figures and write ``RUN/report.html`` (or ``out``); returns the report's path.
+
+    ``options`` go to ``PlotContext`` (dims, points, seed, n_points, density_k …). The
+    figures are also saved as PNG into ``RUN/figures`` unless ``save_figures`` is False.
+    """
+    from vaelab.plots import FIGURES_DIR, PlotContext, check_names
+
+    names = None if names is None else check_names(names)
+    if not isinstance(run, ckpt.Run):
+        run = ckpt.load(run)
+    ctx = PlotContext.from_run(run, **options)
+    entries, skipped = collect_figures(
+        ctx, names, figures_dir=run.path / FIGURES_DIR if save_figures else None, notify=notify
+    )
+    _, needs_toml = reproduce_command(run.config, run.path)
+    if needs_toml:
+        ckpt.atomic_write_text(run.path / REPRODUCE_FILE, config_toml(run.config))
+    path = Path(out) if out is not None else run.path / REPORT_FILE
+    ckpt.atomic_write_text(path, render_report(run, entries, skipped))
+    os.chmod(path, 0o644)  # a report is meant to be shared (the temporary file was 0600)
+    return path
