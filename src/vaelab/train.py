@@ -23,7 +23,7 @@ from vaelab import checkpoint as ckpt
 from vaelab.checkpoint import History, TrainState
 from vaelab.conditions import Condition, fit_condition
 from vaelab.config import RunConfig, TrainConfig
-from vaelab.data.pixels import fixed_binarization, resolve_binarize
+from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.models import LatentModel, build_model
 from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
@@ -105,7 +105,11 @@ def fit(
     device = x.device
     history = history if history is not None else History()
     state = state if state is not None else TrainState()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # The fused kernel updates every parameter in one pass instead of ~10 elementwise ops per
+    # tensor: on CPU it makes a 784-400-20 MNIST epoch ~25 % faster (benchmarks/bench_mnist_speed.py).
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+                for p in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
@@ -130,7 +134,7 @@ def fit(
         start = time.perf_counter()
         # Dynamic binarization: a fresh x_bin ~ Bernoulli(x) every epoch, from the training
         # generator, so a resumed run draws the same bits (see vaelab.data.pixels).
-        x_epoch = torch.bernoulli(x, generator=generator) if dynamic_binarization else x
+        x_epoch = binarize(x, generator) if dynamic_binarization else x
         perm = torch.randperm(n, generator=generator, device=device)
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, recon, kl weighted by batch size
         seen = 0

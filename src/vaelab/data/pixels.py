@@ -65,8 +65,13 @@ def is_binary(x: Tensor) -> bool:
 
 
 def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One draw x_bin ~ Bernoulli(x), elementwise: (N, D) in [0, 1] -> (N, D) in {0, 1}."""
-    return torch.bernoulli(x, generator=generator)
+    """One draw x_bin ~ Bernoulli(x), elementwise: (N, D) in [0, 1] -> (N, D) in {0, 1}.
+
+    Drawn as 1[u < x] with u ~ U(0, 1): the same distribution as ``torch.bernoulli`` and,
+    on CPU, about twice as fast, which matters when every epoch redraws 60,000 images.
+    """
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (u < x).to(x.dtype)
 
 
 def fixed_binarization(x: Tensor, split: Literal["train", "test"], seed: int = 0) -> Tensor:

@@ -1,0 +1,107 @@
+"""Speed of one training epoch of the 784-400-20 Bernoulli VAE, measured three ways in one run.
+
+* **vaelab**: ``vaelab.train.fit`` for one epoch with the ``mnist-mlp-bernoulli`` preset
+  (batch 128, Adam 1e-3, dynamic binarization) on the 9,000-image split (first 9,000 images of
+  the MNIST test files), data held as one tensor.
+* **reference**: the classic pipeline (``mnist_reference.py``): a Dataset returning one PIL
+  image at a time, a DataLoader, the pytorch/examples model and loss.
+* **floor**: only the matrix multiplies of that model's forward and backward passes for the
+  same batches (4 forward, 4 weight-gradient and 3 input-gradient products per step), on
+  preallocated tensors: no data loading, no elementwise work, no optimizer.
+
+Each is timed ``--repeats`` times, interleaved so that other load on the machine hits all
+three alike; the best time of each is reported. Targets: vaelab / floor ≤ 1.3 and
+reference / vaelab ≥ 3. Run: ``python benchmarks/bench_mnist_speed.py [--data-dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from mnist_reference import ReferenceVAE, make_loader, train_epoch
+
+from vaelab.config import RunConfig
+from vaelab.data.idx import read_idx
+from vaelab.data.registry import load_dataset
+from vaelab.models import build_model
+from vaelab.presets import apply_preset
+from vaelab.train import fit
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+N_TRAIN = 9000
+
+
+def vaelab_epoch(cfg: RunConfig, x: torch.Tensor, seed: int) -> float:
+    model = build_model(cfg.model, x.shape[1], seed=seed)
+    train_cfg = cfg.train.model_copy(update={"epochs": 1, "seed": seed})
+    start = time.perf_counter()
+    fit(model, x, train_cfg, dynamic_binarization=True)
+    return time.perf_counter() - start
+
+
+def reference_epoch(images: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
+    torch.manual_seed(seed)
+    model = ReferenceVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = make_loader(images.numpy(), labels.numpy(), seed)
+    start = time.perf_counter()
+    train_epoch(model, loader, optimizer)
+    return time.perf_counter() - start
+
+
+def matmul_floor(n: int, batch: int = 128, sizes: tuple[int, ...] = (784, 400, 40, 20, 400, 784)) -> float:
+    """Time of the matrix products of one epoch of 784-400-(2x20)-20-400-784 training."""
+    d_in, h, enc_out, d_z, h2, d_out = sizes
+    layers = [(d_in, h), (h, enc_out), (d_z, h2), (h2, d_out)]  # (in, out) of each Linear
+    batches = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    tensors = {b: [(torch.randn(b, i), torch.randn(o, i), torch.randn(b, o)) for i, o in layers]
+               for b in set(batches)}
+    start = time.perf_counter()
+    for b in batches:
+        for k, (x, w, g) in enumerate(tensors[b]):
+            torch.mm(x, w.t())  # forward: (b, in) @ (in, out)
+            torch.mm(g.t(), x)  # weight gradient: (out, b) @ (b, in)
+            if k > 0:  # the first layer needs no gradient with respect to its input
+                torch.mm(g, w)  # input gradient: (b, out) @ (out, in)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder holding mnist/")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each (best is reported)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); 1 gives stable numbers on a busy machine")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    cfg = apply_preset(RunConfig(), "mnist-mlp-bernoulli").with_overrides(
+        {"data": {"name": "mnist", "data_dir": str(args.data_dir), "image_split": "test-9k"}})
+    x = load_dataset(cfg.data, "train").x  # (9000, 784) in [0, 1]
+    images = read_idx(args.data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")[:N_TRAIN]  # (9000, 28, 28) uint8
+    labels = read_idx(args.data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz")[:N_TRAIN]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {N_TRAIN} MNIST images, "
+          f"batch 128, {math.ceil(N_TRAIN / 128)} steps per epoch", flush=True)
+
+    vaelab_epoch(cfg, x, seed=99)  # warm-up: first-call allocations, lazy imports
+    matmul_floor(N_TRAIN)
+    times: dict[str, list[float]] = {"floor": [], "vaelab": [], "reference": []}
+    for r in range(args.repeats):
+        times["floor"].append(matmul_floor(N_TRAIN))
+        times["vaelab"].append(vaelab_epoch(cfg, x, seed=r))
+        times["reference"].append(reference_epoch(images, labels, seed=r))
+        print(f"  round {r + 1}: " + "  ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True)
+    best = {k: min(v) for k, v in times.items()}
+    print(f"best epoch: floor {best['floor']:.3f} s, vaelab {best['vaelab']:.3f} s, "
+          f"reference {best['reference']:.3f} s")
+    print(f"vaelab / floor     = {best['vaelab'] / best['floor']:.2f}   (target ≤ 1.3)")
+    print(f"reference / vaelab = {best['reference'] / best['vaelab']:.2f}   (target ≥ 3)")
+
+
+if __name__ == "__main__":
+    main()
