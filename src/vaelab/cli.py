@@ -184,9 +184,10 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run directory"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the held-out evaluation at the end"),
+    no_report: bool = typer.Option(False, "--no-report", help="skip the figures and RUN/report.html at the end"),
 ) -> None:
-    """Train a model and write a run directory (config, weights, history, metrics)."""
-    from vaelab.train import train_run
+    """Train a model and write a run directory (config, weights, history, metrics, figures, report)."""
+    from vaelab.train import TrainingDiverged, train_run
 
     base = _base_config(config, preset, data)
     data_over: dict[str, Any] = {
@@ -242,7 +243,12 @@ def train(
                                 description=f"epoch {info.epoch} loss {info.loss:.3f} "
                                             f"recon {info.recon:.3f} kl {info.kl:.3f}")
 
-        run = train_run(cfg, out, device=dev, resume=resume, overwrite=overwrite, on_step=on_step)
+        try:
+            run = train_run(cfg, out, device=dev, resume=resume, overwrite=overwrite, on_step=on_step)
+        except TrainingDiverged:
+            if not no_report:  # the report shows the failure and the last good checkpoint
+                _write_report(Path(out))
+            raise
     if run.condition is not None and no_eval:  # the evaluation prints it otherwise
         console.print(f"condition {run.condition.describe()}", highlight=False)
     last = run.history.last
@@ -251,6 +257,8 @@ def train(
                       f"loss {last['loss']:.4f} (recon {last['recon']:.4f}, kl {last['kl']:.4f})", highlight=False)
     if not no_eval:
         _run_eval(run.path, dev, k=None, n_test=None, seed=None)
+    if not no_report:
+        _write_report(run.path)
     console.print(f"run directory: {run.path}", highlight=False)
 
 
@@ -493,6 +501,114 @@ def datasets() -> None:
     for name, spec in DATASETS.items():
         typer.echo(f"{name:<{width}}  {spec.description}")
     typer.echo(f"{'FILE':<{width}}  your own points: --data path/to/points.npy|.npz|.csv (N rows x D columns)")
+
+
+def _notice(message: str) -> None:
+    console.print(f"[dim]{message}[/]", highlight=False, soft_wrap=True)
+
+
+def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int) -> dict[str, Any]:
+    """PlotContext options from the plot / report / compare flags (dims are 1-based here)."""
+    options: dict[str, Any] = {"seed": seed, "n_points": n_points}
+    if n_points <= 0:
+        raise ValueError(f"--n-points must be a positive number of points, got {n_points}")
+    if dims is not None:
+        pair = _split_ints(dims, "--dims")
+        if pair is None or len(pair) != 2:
+            raise ValueError(f"--dims takes two latent dimensions like 1,2 (1-based), got {dims!r}")
+        options["dims"] = (pair[0] - 1, pair[1] - 1)
+    if points is not None:
+        try:
+            rows = [[float(v) for v in row.split(",")] for row in points.replace(" ", "").split(";") if row]
+            options["points"] = torch.tensor(rows, dtype=torch.float32)
+        except ValueError:
+            raise ValueError(f"--points takes data points like '0,3;2.1,-2' (coordinates by commas, points by "
+                             f"semicolons), got {points!r}") from None
+    return options
+
+
+def _write_report(run_dir: Path, **options: Any) -> Path:
+    from vaelab.report import write_report
+
+    console.print("drawing figures and the report …", highlight=False)
+    path = write_report(run_dir, notify=_notice, **options)
+    console.print(f"report: {path}", highlight=False)
+    return path
+
+
+_FIGURES_HELP = "comma-separated figure names (default: all that apply); an unknown name lists the valid ones"
+_DIMS_HELP = "two latent dimensions (1-based) shown by the 2-D latent panels, e.g. 3,4 (default 1,2)"
+_POINTS_HELP = "data points whose q(z|x) is drawn, e.g. '0,3;2.1,-2' (default: three typical points)"
+
+
+@app.command()
+@user_errors
+def plot(
+    run: Path = typer.Argument(..., help="run directory"),
+    figures: str = typer.Option(None, "--figures", help=_FIGURES_HELP),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    dims: str = typer.Option(None, "--dims", help=_DIMS_HELP),
+    points: str = typer.Option(None, "--points", help=_POINTS_HELP),
+    n_points: int = typer.Option(2000, "--n-points", help="training points shown in the figures"),
+    seed: int = typer.Option(0, help="seed of the samples drawn in the figures"),
+) -> None:
+    """Draw the run's figures into RUN/figures (see `--figures` for the names)."""
+    from vaelab.plots import make_figures, parse_names
+
+    names = parse_names(figures)
+    paths = make_figures(run, names, fmt, notify=_notice, **_plot_options(dims, points, seed, n_points))
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+    if not paths:
+        raise ValueError("no figure applies to this run with these options; nothing was written")
+
+
+@app.command()
+@user_errors
+def report(
+    run: Path = typer.Argument(..., help="run directory"),
+    figures: str = typer.Option(None, "--figures", help=_FIGURES_HELP),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN/report.html)"),
+    dims: str = typer.Option(None, "--dims", help=_DIMS_HELP),
+    points: str = typer.Option(None, "--points", help=_POINTS_HELP),
+    n_points: int = typer.Option(2000, "--n-points", help="training points shown in the figures"),
+    seed: int = typer.Option(0, help="seed of the samples drawn in the figures"),
+) -> None:
+    """Write RUN/report.html: config, metrics, history, every figure, how to reproduce the run."""
+    from vaelab.plots import parse_names
+    from vaelab.report import write_report
+
+    path = write_report(run, out=out, names=parse_names(figures), notify=_notice,
+                        **_plot_options(dims, points, seed, n_points))
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: list[Path] = typer.Argument(..., help="two or more run directories"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for compare.html and the figures"),
+    figures: str = typer.Option(None, "--figures", help=_FIGURES_HELP),
+    dims: str = typer.Option(None, "--dims", help=_DIMS_HELP),
+    n_points: int = typer.Option(2000, "--n-points", help="training points shown in the figures"),
+    seed: int = typer.Option(0, help="seed of the samples drawn in the figures"),
+) -> None:
+    """Put runs side by side: differing options, one metrics table, the same figures in columns."""
+    from vaelab.compare import comparison_table, write_comparison
+    from vaelab.plots import parse_names
+    from vaelab.report import fmt_number
+
+    names = parse_names(figures)
+    labels, rows = comparison_table(runs)
+    table = Table(title="runs compared", show_header=True)
+    table.add_column("")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for name, values in rows:
+        table.add_row(name, *("—" if v is None else fmt_number(v) for v in values))
+    console.print(table)
+    path = write_comparison(runs, out, names=names, notify=_notice, **_plot_options(dims, None, seed, n_points))
+    console.print(f"comparison: {path}", highlight=False)
 
 
 def main() -> None:
