@@ -354,7 +354,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     labels = {
         "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
-        "elbo_bpd": "ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
+        "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
         "active_units": "active units", "true_nll": "true NLL (entropy of the data)", "nll_gap": "gap: IWAE NLL − true NLL",
         "nll_gap_se": "  ± standard error",
     }
