@@ -558,7 +558,7 @@ def plot_latent_grid(
             ax.annotate(f"z={t:g}", pt, xytext=(5, 5), textcoords="offset points", fontsize="small")
         set_view(ax, view_limits(xy_data))
         _label_data_axes(ax, x.shape[1])
-        ax.legend(fontsize="small", loc="best")
+        ax.set_title("decoded curve over the training data (grey)", fontsize="medium")
         colorbar(fig, lc, ax, "z₁")
         return fig
     g = torch.linspace(-extent, extent, n_grid, device=dev)
