@@ -379,3 +379,6 @@ def test_cli_train_and_eval_report_conditioning_accuracy(tmp_path: Path) -> None
     assert set(acc["per_class"]) == {f"mode {k}" for k in range(8)}
     assert 0.0 <= acc["overall"] <= 1.0 and acc["classifier_test_accuracy"] > 0.99
     assert "conditioning accuracy" in res.output
+    report = (tmp_path / "r" / "report.html").read_text()
+    assert "conditioning accuracy: per_class: mode 7" in report  # nested metrics get one row each
+    assert "cond_label_samples" in report or "Samples per label" in report

@@ -50,6 +50,9 @@ METRIC_LABELS = {
     "nll_gap": "gap: IWAE NLL − true NLL",
     "nll_gap_se": "  ± standard error",
     "kl_per_dim": "KL per latent dimension",
+    "condition": "condition",
+    "conditioning_accuracy": "conditioning accuracy",
+    "radius_tracking": "radius tracking",
 }
 
 # Config fields that `vaelab train` takes as a flag of the same name (section, field) -> flag.
@@ -238,8 +241,17 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     keys = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
     for key in keys:
         label = METRIC_LABELS.get(key, key)
-        rows.append(f'<tr><td>{esc(label)}</td><td class="num">{esc(fmt_number(metrics[key]))}</td></tr>')
+        # Nested results (conditioning accuracy per label, radius tracking): one row per entry.
+        for name, value in _flatten(label, metrics[key]):
+            rows.append(f'<tr><td>{esc(name)}</td><td class="num">{esc(fmt_number(value))}</td></tr>')
     return "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"
+
+
+def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
+    """``("a", {"b": 1, "c": {"d": 2}})`` -> ``[("a: b", 1), ("a: c: d", 2)]``; non-dicts as they are."""
+    if not isinstance(value, dict):
+        return [(name, value)]
+    return [row for key, v in value.items() for row in _flatten(f"{name}: {key}", v)]
 
 
 def history_rows(history: ckpt.History, limit: int = HISTORY_ROWS) -> list[dict[str, float]]:
