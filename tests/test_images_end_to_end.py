@@ -160,3 +160,25 @@ def test_cli_missing_mnist_says_where(tmp_path, monkeypatch):
                                  "--device", "cpu", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert str(tmp_path / "kmnist") in result.output.replace("\n", "")
+
+
+def test_image_folder_with_conv_vae(tmp_path):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for cls in ("circle", "square"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(8):
+            pixels = (torch.rand(20, 20, generator=gen) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "imgs" / cls / f"{i}.png")
+    cfg = RunConfig.from_dict({
+        "data": {"path": str(tmp_path / "imgs"), "image_size": 16, "test_fraction": 0.25},
+        "model": {"net": "conv", "latent_dim": 3, "likelihood": "bernoulli"},
+        "train": {"epochs": 1, "batch_size": 8, "diversity_samples": 8},
+    })
+    assert is_image_config(cfg.data)
+    run = train_run(cfg, tmp_path / "run")
+    test = load_dataset(cfg.data, "test")
+    assert test.image_shape == (1, 16, 16) and len(test) == 4 and test.label_names == ["circle", "square"]
+    m = evaluate(run.model, eval_view(cfg, test)[0], k=4)
+    assert math.isfinite(m["iwae_bpd"])

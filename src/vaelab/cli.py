@@ -156,6 +156,7 @@ def train(
     limit_train: int = typer.Option(None, help="use only the first N training points"),
     limit_test: int = typer.Option(None, help="use only the first N test points"),
     image_size: int = typer.Option(None, help="side images of a folder are resized to (default 28)"),
+    test_fraction: float = typer.Option(None, help="share of a user file / image folder / digits held out for testing"),
     preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv"),
     model: str = typer.Option(None, "--model", help="vae or ae (plain autoencoder)"),
     net: str = typer.Option(None, help="encoder/decoder body: mlp or conv (images)"),
@@ -195,6 +196,7 @@ def train(
         "condition": condition,
         "data_dir": None if data_dir is None else str(data_dir), "image_split": image_split,
         "binarize": binarize, "limit_train": limit_train, "limit_test": limit_test, "image_size": image_size,
+        "test_fraction": test_fraction,
     }
     if data is not None:
         if _is_file_arg(data):
@@ -501,6 +503,8 @@ def datasets() -> None:
     for name, spec in DATASETS.items():
         typer.echo(f"{name:<{width}}  {spec.description}")
     typer.echo(f"{'FILE':<{width}}  your own points: --data path/to/points.npy|.npz|.csv (N rows x D columns)")
+    typer.echo(f"{'FOLDER':<{width}}  your own images: --data path/to/folder/ (PNG/JPEG, one subfolder per class "
+               "or none; resized to --image-size)")
 
 
 def _notice(message: str) -> None:

@@ -48,7 +48,9 @@ def evaluate(
     with k), ``iwae_nll_se`` (its standard error over the points), ``kl_per_dim``,
     ``active_units``; where ``data.log_prob`` is known also ``true_nll`` (-mean log p(x) of
     the same points: an estimate of the data entropy) and ``nll_gap`` (= iwae_nll - true_nll,
-    paired over the same points, ≥ 0 up to noise for a perfect model).
+    paired over the same points, ≥ 0 up to noise for a perfect model). For image data
+    (``data.image_shape`` set) also ``elbo_bpd`` (−ELBO), ``iwae_bpd`` and ``iwae_bpd_se`` in
+    bits per dimension (see ``bits_per_dim``).
     """
     model.eval()
     x = data.x.to(next(model.parameters()).device)
