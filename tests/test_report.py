@@ -1,0 +1,203 @@
+"""The HTML run report, the comparison page and the plot / report / compare commands."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import shutil
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from helpers import tiny_config
+from vaelab import checkpoint as ckpt
+from vaelab.cli import app
+from vaelab.compare import write_comparison
+from vaelab.config import RunConfig
+from vaelab.plots import PlotContext, plan
+from vaelab.report import _FLAGS, REPRODUCE_FILE, config_toml, reproduce_command, write_report
+
+FAST = {"density_k": 4, "density_grid": 16, "n_points": 200}
+VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "wbr", "source"}
+
+
+class Checker(HTMLParser):
+    """Collects images, links and scripts, and checks that every element is closed in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("src", "href"):
+            if key in attrs and not (attrs[key].startswith("#") or attrs[key].startswith("data:image/png;base64,")):
+                self.urls.append(attrs[key])
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> (open: {self.stack[-3:]})")
+        else:
+            self.stack.pop()
+
+
+def check_html(text: str) -> Checker:
+    assert text.startswith("<!DOCTYPE html>")
+    checker = Checker()
+    checker.feed(text)
+    checker.close()
+    assert checker.errors == [] and checker.stack == []
+    assert checker.urls == []
+    assert "script" not in checker.tags and "link" not in checker.tags
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), "external URL in the page"
+    for src in checker.images:
+        png = base64.b64decode(src.removeprefix("data:image/png;base64,"))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    return checker
+
+
+@pytest.fixture
+def run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "ring-run"
+    shutil.copytree(trained_run, dest)
+    return dest
+
+
+def test_report_embeds_every_applicable_figure(run_copy):
+    ckpt.write_json(run_copy / ckpt.METRICS_FILE, {"n": 128, "iwae_nll": 2.5, "kl_per_dim": [0.1, 0.2]})
+    notes: list[str] = []
+    path = write_report(run_copy, notify=notes.append, **FAST)
+    assert path == run_copy / "report.html"
+    text = path.read_text()
+    checker = check_html(text)
+    run = ckpt.load(run_copy)
+    apply, skip = plan(PlotContext.from_run(run, **FAST))
+    assert len(checker.images) == len(apply) >= 10
+    for spec in apply:
+        assert f'id="fig-{spec.name}"' in text and (run_copy / "figures" / f"{spec.name}.png").is_file()
+        assert spec.caption.split(":")[0][:30].replace("'", "&#x27;") in text
+    assert "IWAE NLL" in text and "2.5" in text
+    assert text.count("<tr>") > 5 and "history.csv" not in text  # 5 epochs: every history row is shown
+    assert "completed" in text and "FAILED" not in text
+    assert len(notes) == 1 and str(len(skip)) in notes[0]  # one line for the families that do not apply
+
+
+def test_reproduce_command_rebuilds_the_same_config(monkeypatch, tmp_path):
+    """Every flag exists on `vaelab train` and the command parses back to the same config."""
+    train_opts = {o for p in typer.main.get_command(app).commands["train"].params for o in p.opts}
+    assert set(_FLAGS.values()) <= train_opts
+    cfg = RunConfig.from_dict({
+        "data": {"name": "moons", "n_train": 500, "seed": 3},
+        "model": {"latent_dim": 5, "hidden": [64, 32], "likelihood": "gaussian", "recon_var": 0.05},
+        "train": {"beta": 0.5, "lr": 1e-3, "epochs": 7, "objective": "iwae", "k": 4},
+        "eval": {"k": 50},
+    })
+    command, needs_toml = reproduce_command(cfg, tmp_path / "again")
+    assert not needs_toml and command.startswith("vaelab train --data moons ")
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_run(config, out, **kw):
+        captured["config"], captured["out"] = config, out
+        raise Stop
+
+    import vaelab.train  # noqa: F401 (the package's `train` attribute is a function, so go through sys.modules)
+
+    monkeypatch.setattr(sys.modules["vaelab.train"], "train_run", fake_train_run)
+    result = CliRunner().invoke(app, command.split()[1:])
+    assert isinstance(result.exception, Stop), result.output
+    assert captured["config"] == cfg and Path(captured["out"]) == tmp_path / "again"
+
+
+def test_options_without_a_flag_go_through_a_toml_file(run_copy):
+    run = ckpt.load(run_copy)
+    assert run.config.train.diversity_samples != RunConfig().train.diversity_samples  # no flag for it
+    command, needs_toml = reproduce_command(run.config, run_copy)
+    assert needs_toml and f"--config {run_copy / REPRODUCE_FILE}" in command
+    (run_copy / "x.toml").write_text(config_toml(run.config))
+    assert RunConfig.from_toml(run_copy / "x.toml") == run.config
+    write_report(run, names=["training_curves"], **FAST)
+    assert RunConfig.from_toml(run_copy / REPRODUCE_FILE) == run.config
+    assert "diversity_samples = 64" in (run_copy / "report.html").read_text()
+
+
+def test_failed_run_still_gets_a_report(run_copy):
+    history = ckpt.load_history(run_copy)
+    bad = dict(history.rows[-1], epoch=6, step=history.rows[-1]["step"] + 1, loss=math.nan, recon=math.nan)
+    history.append(bad)
+    ckpt.atomic_write_text(run_copy / ckpt.HISTORY_FILE, history.to_csv())
+    ckpt.write_json(run_copy / ckpt.FAILURE_FILE, {"step": int(bad["step"]), "epoch": 6,
+                                                   "message": "training stopped: the loss became NaN"})
+    text = write_report(run_copy, names=["training_curves", "samples"], **FAST).read_text()
+    check_html(text)
+    assert 'class="failure"' in text and "FAILED" in text and "the loss became NaN" in text
+    assert '<tr class="bad">' in text and "NaN" in text
+    assert text.count("<img ") == 2
+
+
+def test_unknown_figure_names_are_refused(run_copy):
+    with pytest.raises(ValueError, match="valid names: .*training_curves"):
+        write_report(run_copy, names=["samples", "histogram"])
+
+
+def test_compare_puts_runs_side_by_side(trained_run, tmp_path):
+    from vaelab.train import train_run
+
+    other = tmp_path / "beta-half"
+    train_run(tiny_config(train={"epochs": 2, "beta": 0.5}), other)
+    path = write_comparison([trained_run, other], tmp_path / "cmp", names=["samples", "training_curves"], **FAST)
+    text = path.read_text()
+    checker = check_html(text)
+    assert len(checker.images) == 4
+    assert "train.beta" in text and "train.epochs" in text and "beta-half" in text and "ring" in text
+    assert (tmp_path / "cmp" / "figures" / "beta-half" / "samples.png").is_file()
+    with pytest.raises(ValueError, match="at least two"):
+        write_comparison([trained_run], tmp_path / "cmp2")
+
+
+def test_cli_plot_report_and_compare(run_copy, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["plot", str(run_copy), "--figures", "samples,latent_grid,density",
+                                 "--format", "svg", "--dims", "2,1", "--n-points", "200"])
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "figures" / "samples.svg").is_file() and (run_copy / "figures" / "latent_grid.svg").is_file()
+    result = runner.invoke(app, ["plot", str(run_copy), "--figures", "samples,bogus"])
+    assert result.exit_code == 2 and "valid names" in result.output
+    result = runner.invoke(app, ["plot", str(run_copy), "--dims", "1,9"])
+    assert result.exit_code == 2 and "between 1 and 2" in result.output
+    result = runner.invoke(app, ["report", str(run_copy), "--figures", "training_curves,z_vs_eps",
+                                 "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert len(check_html((tmp_path / "r.html").read_text()).images) == 2
+    result = runner.invoke(app, ["compare", str(run_copy), str(run_copy), "--out", str(tmp_path / "c"),
+                                 "--figures", "training_curves"])
+    assert result.exit_code == 0, result.output
+    assert "final training loss" in result.output and (tmp_path / "c" / "compare.html").is_file()
+
+
+def test_train_writes_the_report_unless_told_not_to(tmp_path):
+    runner = CliRunner()
+    base = ["train", "--data", "ring", "--n-train", "128", "--n-test", "64", "--hidden", "8", "--epochs", "1",
+            "--eval-k", "4", "--no-eval"]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "report: " in result.output and (tmp_path / "a" / "report.html").is_file()
+    result = runner.invoke(app, [*base, "--no-report", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "b" / "report.html").exists()
