@@ -135,13 +135,12 @@ def render_all(
     error instead of stopping the others; the caller shows it.
     """
     apply, skip = plan(ctx, names)
-    if names is None and skip:
-        # All figures asked for: one line, since whole families (image, conditional) never apply.
-        _notify(notify, f"skipped {len(skip)} figure(s) that do not apply to this run: "
-                        f"{', '.join(n for n, _ in skip)}")
-    else:
-        for name, reason in skip:
-            _notify(notify, f"skipped figure {name}: {reason}")
+    # One line per reason, so whole families that never apply (image, conditional) stay short.
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skip:
+        by_reason.setdefault(reason, []).append(name)
+    for reason, skipped in by_reason.items():
+        _notify(notify, f"skipped {', '.join(skipped)}: {reason}")
     for spec in apply:
         try:
             yield Rendered(spec, figure=spec.make(ctx))

@@ -254,12 +254,19 @@ class PlotContext:
 
     @classmethod
     def from_run(cls, run: Run, *, n_points: int = 2000, **options: Any) -> PlotContext:
-        """The context of a loaded run: its training split, cut to ``n_points`` points."""
+        """The context of a loaded run: its training split, cut to ``n_points`` points.
+
+        Without ``dims``, a model with more than two latent dimensions is shown on its two
+        most used ones (largest variance of the code over the data, i.e. the most active
+        units), since the first two may well be collapsed.
+        """
         from vaelab.data.registry import load_dataset
 
         data = load_dataset(run.config.data, "train")
         if len(data) > n_points:
             data = subset(data, n_points)
+        if options.get("dims") is None:
+            options["dims"] = most_active_dims(run.model, data)
         return cls(
             model=run.model,
             data=data,
@@ -267,7 +274,6 @@ class PlotContext:
             history=run.history,
             metrics=run.metrics,
             failure=run.failure,
-            condition=run.condition,
             **options,
         )
 
@@ -295,6 +301,20 @@ class PlotContext:
     @property
     def labels(self) -> np.ndarray | None:
         return None if self.data.labels is None else self.data.labels.cpu().numpy()
+
+
+@torch.no_grad()
+def most_active_dims(model: LatentModel, data: Dataset) -> tuple[int, int]:
+    """The two latent dimensions (ascending) whose code μ(x) / f(x) varies most over the data.
+
+    (0, 1) for d ≤ 2, for conditional models, and whenever the codes cannot be computed.
+    """
+    if model.latent_dim <= 2 or getattr(model, "cond_dim", 0) > 0:
+        return (0, 1)
+    code = model.embed(data.x[:2000].to(next(model.parameters()).device))  # (n, d)
+    var = torch.nan_to_num(code.var(dim=0), nan=-1.0)
+    top = sorted(int(i) for i in var.topk(2).indices)
+    return (top[0], top[1])
 
 
 def subset(data: Dataset, n: int) -> Dataset:
