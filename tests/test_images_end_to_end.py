@@ -4,6 +4,7 @@ CLI on scikit-learn's digits and on the real MNIST test file (skipped when it is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -182,3 +183,39 @@ def test_image_folder_with_conv_vae(tmp_path):
     assert test.image_shape == (1, 16, 16) and len(test) == 4 and test.label_names == ["circle", "square"]
     m = evaluate(run.model, eval_view(cfg, test)[0], k=4)
     assert math.isfinite(m["iwae_bpd"])
+
+
+@needs_mnist
+def test_cli_downloads_from_local_mirror(tmp_path, monkeypatch):
+    # A local HTTP server plays the mirror, serving the real t10k files (so the MD5s match).
+    import functools
+    import http.server
+    import threading
+
+    from vaelab.data import images
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SHARED / "mnist"))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        # The shared copies were re-gzipped, so their MD5s differ from the published ones.
+        spec = images.MNIST_FAMILY["mnist"]
+        def md5(name: str) -> str:
+            return hashlib.md5((SHARED / "mnist" / name).read_bytes()).hexdigest()
+
+        local = {key: images.IdxResource(r.filename, md5(r.filename))
+                 for key, r in (("test_images", spec.test_images), ("test_labels", spec.test_labels))}
+        monkeypatch.setitem(images.MNIST_FAMILY, "mnist", dataclasses.replace(spec, base_urls=(url,), **local))
+        result = runner.invoke(app, ["train", "--data", "mnist", "--data-dir", str(tmp_path / "data"),
+                                     "--image-split", "test-9k", "--steps", "2", "--limit-train", "128",
+                                     "--limit-test", "16", "--eval-k", "2", "--no-report", "--device", "cpu",
+                                     "--out", str(tmp_path / "run")])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert "downloading t10k-images-idx3-ubyte.gz" in result.output  # the progress bar
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert (tmp_path / "data" / "mnist" / name).read_bytes() == (SHARED / "mnist" / name).read_bytes()
+    assert not (tmp_path / "data" / "mnist" / "train-images-idx3-ubyte.gz").exists()  # test-9k needs no train files
