@@ -126,7 +126,7 @@ def test_cli_digits_uses_image_preset(tmp_path):
     out = tmp_path / "digits"
     result = runner.invoke(app, ["train", "--data", "digits8", "--epochs", "1", "--hidden", "32", "--latent-dim", "2",
                                  "--limit-train", "200", "--limit-test", "50", "--eval-k", "8", "--device", "cpu",
-                                 "--out", str(out)])
+                                 "--no-report", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "mnist-mlp-bernoulli" in result.output
     cfg = json.loads((out / "config.json").read_text())
@@ -141,7 +141,8 @@ def test_cli_conv_on_mnist_test_file(tmp_path):
     out = tmp_path / "conv"
     result = runner.invoke(app, ["train", "--data", "mnist", "--data-dir", str(SHARED), "--image-split", "test-9k",
                                  "--preset", "mnist-conv", "--steps", "3", "--limit-train", "256",
-                                 "--limit-test", "32", "--eval-k", "4", "--device", "cpu", "--out", str(out)])
+                                 "--limit-test", "32", "--eval-k", "4", "--device", "cpu", "--no-report",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["net"] == "conv" and cfg["model"]["latent_dim"] == 32
@@ -158,7 +159,7 @@ def test_cli_missing_mnist_says_where(tmp_path, monkeypatch):
     spec = dataclasses.replace(images.MNIST_FAMILY["kmnist"], base_urls=("http://127.0.0.1:9/",))
     monkeypatch.setitem(images.MNIST_FAMILY, "kmnist", spec)
     result = runner.invoke(app, ["train", "--data", "kmnist", "--data-dir", str(tmp_path), "--epochs", "1",
-                                 "--device", "cpu", "--out", str(tmp_path / "run")])
+                                 "--device", "cpu", "--no-report", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert str(tmp_path / "kmnist") in result.output.replace("\n", "")
 
