@@ -96,8 +96,11 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
     from vaelab.presets import DEFAULT_IMAGE_PRESET, apply_preset
 
     if preset is None and config is None and data is not None:
-        probe = DataConfig(path=data) if _is_file_arg(data) else DataConfig(name=data)
-        if is_image_config(probe):
+        try:
+            probe = DataConfig(path=data) if _is_file_arg(data) else DataConfig(name=data)
+        except ValueError:  # an unknown name: reported with the other options, below
+            probe = None
+        if probe is not None and is_image_config(probe):
             preset = DEFAULT_IMAGE_PRESET
             console.print(f"image data: starting from preset [bold]{preset}[/] (choose with --preset or --config)",
                           highlight=False)
