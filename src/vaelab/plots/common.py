@@ -274,6 +274,7 @@ class PlotContext:
             history=run.history,
             metrics=run.metrics,
             failure=run.failure,
+            condition=run.condition,
             **options,
         )
 
