@@ -4,7 +4,7 @@ A notebook session::
 
     import vaelab
     cfg = vaelab.RunConfig()                          # defaults: a VAE on radial_gmm
-    run = vaelab.train(cfg, "runs/demo")              # writes the run directory
+    run = vaelab.train_run(cfg, "runs/demo")          # writes the run directory
     metrics = vaelab.evaluate(run.model, vaelab.load_dataset(cfg.data, "test"))
     x = run.model.sample(1000)                        # (1000, 2) decoder means
     run = vaelab.load("runs/demo")                    # later: rebuilt from the folder alone
@@ -19,13 +19,13 @@ from vaelab.data.registry import load_dataset
 from vaelab.evaluate import evaluate
 from vaelab.models import build_model
 from vaelab.train import fit
-from vaelab.train import train_run as train
+from vaelab.train import train_run
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DataConfig", "EvalConfig", "History", "ModelConfig", "Run", "RunConfig", "TrainConfig",
-    "build_model", "datasets", "evaluate", "fit", "load", "load_dataset", "save", "train",
+    "build_model", "datasets", "evaluate", "fit", "load", "load_dataset", "save", "train_run",
 ]
 
 # A library never configures logging; this keeps Python's last-resort handler from printing

@@ -3,6 +3,10 @@
 Each likelihood says how many decoder outputs it needs per data dimension and builds an
 ``Independent`` distribution over the D data dimensions, so ``p_x.log_prob(x)`` is summed
 over dimensions and has the batch shape of the decoder output.
+
+Distributions are built with ``validate_args=False``: validation runs on every training
+step, and a NaN from a diverging run must reach the trainer's finite-loss check (which
+names the step) rather than fail inside torch.distributions.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class GaussianFixed(Likelihood):
         self.var = float(var)
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(Normal(params, math.sqrt(self.var)), 1)
+        return Independent(Normal(params, math.sqrt(self.var), validate_args=False), 1, validate_args=False)
 
     def noise_std(self, p_x: Distribution) -> Tensor:
         return p_x.base_dist.scale.expand_as(p_x.base_dist.loc)
@@ -57,7 +61,7 @@ class GaussianLearned(Likelihood):
 
     def forward(self, params: Tensor) -> Distribution:
         mean, log_var = params.chunk(2, dim=-1)
-        return Independent(Normal(mean, torch.exp(0.5 * log_var)), 1)
+        return Independent(Normal(mean, torch.exp(0.5 * log_var), validate_args=False), 1, validate_args=False)
 
     def noise_std(self, p_x: Distribution) -> Tensor:
         return p_x.base_dist.scale
@@ -67,7 +71,7 @@ class BernoulliLogits(Likelihood):
     """Bernoulli(x; sigmoid(ℓ(z))) parameterised by logits: stable, no sigmoid-then-BCE."""
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=params), 1)
+        return Independent(Bernoulli(logits=params, validate_args=False), 1, validate_args=False)
 
 
 def build_likelihood(name: str, recon_var: float = 1.0) -> Likelihood:

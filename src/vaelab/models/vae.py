@@ -37,7 +37,7 @@ def reparameterize(
 def standard_normal(latent_dim: int, like: Tensor) -> Independent:
     """The prior p(z) = N(0, I_d) on ``like``'s device and dtype."""
     zeros = torch.zeros(latent_dim, device=like.device, dtype=like.dtype)
-    return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+    return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
 
 
 def condition_embedding(
@@ -164,7 +164,9 @@ class VAE(LatentModel):
     def encode(self, x: Tensor, c: Tensor | None = None) -> Independent:
         """q(z|x, c): (B, D) -> Independent Normal with batch shape (B,), event shape (d,)."""
         loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)  # (B, d) each
-        return Independent(Normal(loc, self._scale(h)), 1)
+        # No argument validation: it costs time every step and would turn a NaN from a
+        # diverging run into a ValueError here instead of the trainer's clear message.
+        return Independent(Normal(loc, self._scale(h), validate_args=False), 1, validate_args=False)
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         return self.encode(x, c).mean
