@@ -65,7 +65,8 @@ def radius_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A radial_gmm VAE conditioned on the radius ‖x‖. One latent dimension leaves room for the
     angle only, so the radius has to come from c (600 steps, a few seconds)."""
     cfg = _config({"name": "radial_gmm", "condition": "radius", "n_train": 1000, "n_test": 200},
-                  {"latent_dim": 1, "likelihood": "gaussian", "recon_var": 0.05}, {"epochs": 60})
+                  {"latent_dim": 1, "likelihood": "gaussian", "recon_var": 0.05, "activation": "silu"},
+                  {"epochs": 60, "objective": "elbo", "lr": 2e-3, "lr_schedule": "constant"})
     out = tmp_path_factory.mktemp("cond") / "radial-radius"
     train_run(cfg, out)
     return out

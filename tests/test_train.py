@@ -21,7 +21,7 @@ def _equal(a, b):
 
 
 def test_history_columns_and_decreasing_loss(tiny_cfg):
-    cfg = tiny_config(train={"epochs": 15})
+    cfg = tiny_config(train={"epochs": 15, "objective": "elbo"})
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, 2, seed=0)
     hist = fit(model, data.x, cfg.train)
@@ -56,16 +56,38 @@ def test_step_budget_replaces_epochs(tiny_cfg):
     assert len(hist) == 3  # 4 + 4 + 2 steps
 
 
+class Interrupted(Exception):
+    """Stands in for a killed process in the middle of training."""
+
+
 @pytest.mark.parametrize("objective", ["elbo", "iwae"])
-def test_resume_is_exact(tmp_path, objective):
-    full = tiny_config(train={"epochs": 4, "objective": objective, "k": 3})
-    half = tiny_config(train={"epochs": 2, "objective": objective, "k": 3})
-    a = train_run(full, tmp_path / "a")
-    train_run(half, tmp_path / "b")
-    b = train_run(full, tmp_path / "b", resume=True)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_interruption_is_exact(tmp_path, objective, schedule):
+    cfg = tiny_config(train={"epochs": 4, "objective": objective, "k": 3, "lr_schedule": schedule})
+    a = train_run(cfg, tmp_path / "a")
+
+    def kill(info):
+        if info.step == 10:  # mid epoch 3; the last checkpoint is the end of epoch 2
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_run(cfg, tmp_path / "b", on_step=kill)
+    assert ckpt.load_state(tmp_path / "b").epoch == 2
+    b = train_run(cfg, tmp_path / "b", resume=True)
     assert _equal(a.model.state_dict(), b.model.state_dict())
     assert [r["loss"] for r in a.history.rows] == [r["loss"] for r in b.history.rows]
     assert ckpt.load_state(tmp_path / "b").complete
+
+
+def test_resume_with_a_larger_budget_continues_training(tmp_path):
+    half = tiny_config(train={"epochs": 2, "lr_schedule": "constant"})
+    full = tiny_config(train={"epochs": 4, "lr_schedule": "constant"})
+    a = train_run(full, tmp_path / "a")
+    train_run(half, tmp_path / "b")
+    b = train_run(full, tmp_path / "b", resume=True)
+    # with a constant learning rate the 2-epoch run is exactly the first half of the 4-epoch one
+    assert _equal(a.model.state_dict(), b.model.state_dict())
+    assert len(b.history) == 4
 
 
 def test_run_directory_contents(tmp_path, tiny_cfg):

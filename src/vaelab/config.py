@@ -101,7 +101,7 @@ class ModelConfig(_Section):
         default_factory=lambda: [8, 16, 32], description="channels of the stride-2 convolutions (net=conv)"
     )
     hidden: list[int] = Field(default_factory=lambda: [128, 128], description="hidden layer sizes of each MLP")
-    activation: Activation = "silu"
+    activation: Activation = "tanh"
     latent_dim: int = Field(2, gt=0, description="dimension of z")
     scale: ScaleParam = Field("logvar", description="encoder scale parameterisation")
     likelihood: LikelihoodName = "gaussian-learned"
@@ -138,14 +138,22 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Optimisation: Adam, an epoch or step budget, the objective and its weights."""
+    """Optimisation: Adam, an epoch or step budget, the objective and its weights.
 
-    objective: Literal["elbo", "iwae"] = Field("elbo", description="training objective (ae always uses reconstruction)")
+    The defaults (with ModelConfig's tanh MLPs and learned-variance decoder) were chosen by
+    measurement on radial_gmm (benchmarks/bench_toy2d.py): the IWAE objective with k = 4
+    and a cosine-decayed learning rate of 3e-3 brings the held-out IWAE NLL within about
+    0.07 nats of the true entropy in ~16 s of CPU training, where the same nets trained on
+    the ELBO stop near 0.25. Use ``objective = "elbo"`` for the classic VAE (its q(z|x)
+    is then the tighter posterior fit that the ELBO rewards).
+    """
+
+    objective: Literal["elbo", "iwae"] = Field("iwae", description="training objective (ae always uses reconstruction)")
     beta: float = Field(1.0, ge=0, description="weight of the KL term in the ELBO (β-VAE)")
-    k: int = Field(8, gt=0, description="importance samples of the IWAE objective")
-    lr: float = Field(2e-3, gt=0, description="Adam learning rate")
+    k: int = Field(4, gt=0, description="importance samples of the IWAE objective")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="learning rate over the step budget: constant, or cosine decay to 0"
+        "cosine", description="learning rate over the step budget: constant, or cosine decay to 0"
     )
     epochs: int = Field(400, gt=0, description="passes over the training data")
     steps: int | None = Field(None, gt=0, description="optimizer steps; when set, replaces epochs as the budget")
