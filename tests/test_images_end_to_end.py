@@ -118,6 +118,11 @@ def test_presets_validate():
         cfg = apply_preset(RunConfig(), name)
         assert cfg.train.batch_size == 128
     assert apply_preset(RunConfig(), "mnist-conv").model.net == "conv"
+    # the classic recipe, whatever the 2D defaults are: ELBO, constant learning rate
+    iwae_defaults = RunConfig.from_dict({"train": {"objective": "iwae", "lr_schedule": "cosine"}})
+    for name in PRESETS:
+        train = apply_preset(iwae_defaults, name).train
+        assert (train.objective, train.lr_schedule, train.lr) == ("elbo", "constant", 1e-3)
     assert apply_preset(RunConfig(), "mnist-mlp-gaussian").model.recon_var == 0.5
     with pytest.raises(ValueError, match="unknown preset"):
         apply_preset(RunConfig(), "nope")
