@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up the development environment and run the whole test suite.
+# Set up the development environment, lint, and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
+.venv/bin/ruff check src tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"

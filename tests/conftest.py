@@ -10,7 +10,6 @@ import torch
 from helpers import tiny_config
 from vaelab.config import RunConfig
 
-
 # The test models are tiny: on a shared 2-core machine, torch's intra-op threads cost far
 # more in synchronisation than they save (measured ~10x slower with 2 threads under load).
 torch.set_num_threads(1)

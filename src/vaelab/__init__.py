@@ -18,8 +18,7 @@ from vaelab.data.registry import dataset_names as datasets
 from vaelab.data.registry import load_dataset
 from vaelab.evaluate import evaluate
 from vaelab.models import build_model
-from vaelab.train import fit
-from vaelab.train import train_run
+from vaelab.train import fit, train_run
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,6 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 import typer
 from rich.console import Console
@@ -221,8 +220,9 @@ def train(
     cfg = base.with_overrides({
         "data": data_over,
         "model": model_over,
-        "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "lr_schedule": lr_schedule, "epochs": epochs, "steps": steps,
-                  "batch_size": batch_size, "seed": seed, "checkpoint_every": checkpoint_every},
+        "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "lr_schedule": lr_schedule,
+                  "epochs": epochs, "steps": steps, "batch_size": batch_size, "seed": seed,
+                  "checkpoint_every": checkpoint_every},
         "eval": {"k": eval_k},
     })
     if out is None:
@@ -267,7 +267,9 @@ def train(
     console.print(f"run directory: {run.path}", highlight=False)
 
 
-def _run_eval(run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None) -> dict[str, Any]:
+def _run_eval(
+    run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None
+) -> dict[str, Any]:
     from vaelab import checkpoint as ckpt
     from vaelab.data.pixels import eval_view
     from vaelab.data.registry import load_dataset
@@ -360,7 +362,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
         "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
-        "active_units": "active units", "true_nll": "true NLL (entropy of the data)", "nll_gap": "gap: IWAE NLL − true NLL",
+        "active_units": "active units", "true_nll": "true NLL (entropy of the data)",
+        "nll_gap": "gap: IWAE NLL − true NLL",
         "nll_gap_se": "  ± standard error",
     }
     for key, label in labels.items():

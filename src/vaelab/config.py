@@ -9,10 +9,10 @@ Precedence: defaults < ``--config file.toml`` < explicit command-line flags.
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Activation = Literal["relu", "silu", "tanh", "elu", "leaky_relu", "gelu", "softplus"]

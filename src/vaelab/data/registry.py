@@ -65,7 +65,8 @@ def register(spec: DatasetSpec) -> None:
 for _spec in (
     DatasetSpec("moons", "two interleaving half circles (sklearn, noise 0.05); 2 labels", _toy(toy2d.moons)),
     DatasetSpec("circles", "two concentric circles (sklearn, noise 0.05, factor 0.5); 2 labels", _toy(toy2d.circles)),
-    DatasetSpec("2gmm", "two anisotropic Gaussians, weights 1/3 and 2/3; exact log p(x); 2 labels", _toy(toy2d.two_gmm)),
+    DatasetSpec("2gmm", "two anisotropic Gaussians, weights 1/3 and 2/3; exact log p(x); 2 labels",
+                _toy(toy2d.two_gmm)),
     DatasetSpec("radial_gmm", "8 Gaussians on a radius-3 circle, elongated radially; exact log p(x); 8 labels",
                 _toy(toy2d.radial_gmm)),
     DatasetSpec("ring", "8 isotropic Gaussians (std 0.15) on a radius-2 circle; exact log p(x); 8 labels",
