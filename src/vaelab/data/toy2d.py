@@ -55,19 +55,22 @@ def _gmm(weights: Tensor, means: Tensor, covs: Tensor) -> MixtureSameFamily:
     return MixtureSameFamily(Categorical(probs=weights), MultivariateNormal(means, covariance_matrix=covs))
 
 
-def _sample_gmm(
-    n: int, weights: Tensor, means: Tensor, covs: Tensor, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
-    """Draw n points from a Gaussian mixture: the component of every point is random.
-
-    Returns x (n, 2) and the component label of each point (n,).
-    """
+def _mixture_dataset(
+    name: str, n: int, params: tuple[Tensor, Tensor, Tensor], label_names: list[str],
+    generator: torch.Generator | None,
+) -> Dataset:
+    """n points of a Gaussian mixture (weights (K,), means (K, 2), covs (K, 2, 2)) with its
+    exact density; the component of every point is drawn at random and is its label."""
+    weights, means, covs = params
     labels = torch.multinomial(weights, n, replacement=True, generator=generator)  # (n,)
     # x = μ_k + L_k ε with L_k L_kᵀ = Σ_k (a column-vector Cholesky factor), so Cov(x) = Σ_k.
     chol = torch.linalg.cholesky(covs)  # (K, 2, 2)
     eps = torch.randn(n, 2, 1, generator=generator, dtype=means.dtype)
     x = means[labels] + (chol[labels] @ eps).squeeze(-1)
-    return x, labels
+    mix = _gmm(weights, means, covs)
+    return _with_radius(
+        Dataset(name, x.float(), labels, label_names, log_prob=lambda x: mix.log_prob(x.double()).to(x.dtype))
+    )
 
 
 def moons(n: int, *, generator: torch.Generator | None = None) -> Dataset:
@@ -108,13 +111,7 @@ def two_gmm(n: int, *, generator: torch.Generator | None = None) -> Dataset:
     sample follows the mixture density exactly; labels = component (0 or 1).
     """
     _check_n(n)
-    weights, means, covs = two_gmm_params()
-    x, labels = _sample_gmm(n, weights, means, covs, generator)
-    mix = _gmm(weights, means, covs)
-    return _with_radius(
-        Dataset("2gmm", x.float(), labels, ["N([0,1], A1ᵀA1)", "N([-1,0], A2ᵀA2)"],
-                log_prob=lambda x: mix.log_prob(x.double()).to(x.dtype))
-    )
+    return _mixture_dataset("2gmm", n, two_gmm_params(), ["N([0,1], A1ᵀA1)", "N([-1,0], A2ᵀA2)"], generator)
 
 
 def radial_gmm_params() -> tuple[Tensor, Tensor, Tensor]:
@@ -142,13 +139,7 @@ def radial_gmm(n: int, *, generator: torch.Generator | None = None) -> Dataset:
     mode drawn uniformly at random).
     """
     _check_n(n)
-    weights, means, covs = radial_gmm_params()
-    x, labels = _sample_gmm(n, weights, means, covs, generator)
-    mix = _gmm(weights, means, covs)
-    return _with_radius(
-        Dataset("radial_gmm", x.float(), labels, [f"mode {k}" for k in range(RADIAL_MODES)],
-                log_prob=lambda x: mix.log_prob(x.double()).to(x.dtype))
-    )
+    return _mixture_dataset("radial_gmm", n, radial_gmm_params(), [f"mode {k}" for k in range(RADIAL_MODES)], generator)
 
 
 def ring_params() -> tuple[Tensor, Tensor, Tensor]:
@@ -166,13 +157,7 @@ def ring(n: int, *, generator: torch.Generator | None = None) -> Dataset:
     Mode k sits at angle 2πk/8; labels = mode. The density is exact (equal-weight mixture).
     """
     _check_n(n)
-    weights, means, covs = ring_params()
-    x, labels = _sample_gmm(n, weights, means, covs, generator)
-    mix = _gmm(weights, means, covs)
-    return _with_radius(
-        Dataset("ring", x.float(), labels, [f"mode {k}" for k in range(RING_MODES)],
-                log_prob=lambda x: mix.log_prob(x.double()).to(x.dtype))
-    )
+    return _mixture_dataset("ring", n, ring_params(), [f"mode {k}" for k in range(RING_MODES)], generator)
 
 
 def mode_means(name: str) -> Tensor:

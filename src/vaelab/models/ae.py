@@ -13,9 +13,8 @@ import torch
 from torch import Tensor
 
 from vaelab.config import ModelConfig
-from vaelab.likelihoods import build_likelihood, sample_observation
-from vaelab.models.vae import LatentModel, condition_embedding
-from vaelab.nets import build_decoder, build_encoder
+from vaelab.likelihoods import sample_observation
+from vaelab.models.vae import LatentModel
 
 
 class AE(LatentModel):
@@ -25,15 +24,7 @@ class AE(LatentModel):
         self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
     ) -> None:
         super().__init__()
-        self.config = config
-        self.x_dim = x_dim
-        self.cond_dim = cond_dim
-        d = config.latent_dim
-        self.likelihood = build_likelihood(config.likelihood, config.recon_var)
-        self.cond_net, c_width = condition_embedding(cond_dim, cond_embed, config.activation)
-        self.cond_embed = tuple(cond_embed) if self.cond_net is not None else ()
-        self.encoder = build_encoder(config, x_dim, c_width, d)
-        self.decoder = build_decoder(config, d + c_width, x_dim, self.likelihood.params_per_dim)
+        self._build(config, x_dim, cond_dim, cond_embed, encoder_out=config.latent_dim)  # z itself
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """The code z = f(x): (B, D) -> (B, d)."""

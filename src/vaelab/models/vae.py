@@ -80,6 +80,25 @@ class LatentModel(nn.Module):
     def latent_dim(self) -> int:
         return self.config.latent_dim
 
+    def _build(
+        self, config: ModelConfig, x_dim: int, cond_dim: int, cond_embed: Sequence[int], encoder_out: int
+    ) -> None:
+        """Set the config and build likelihood, condition embedding, encoder and decoder.
+
+        encoder: (B, x_dim [+ c]) -> (B, encoder_out); decoder: (..., d [+ c]) -> the
+        likelihood's parameters, (..., x_dim · params_per_dim).
+        """
+        if x_dim <= 0:
+            raise ValueError(f"x_dim must be positive, got {x_dim}")
+        self.config = config
+        self.x_dim = x_dim
+        self.cond_dim = cond_dim
+        self.likelihood = build_likelihood(config.likelihood, config.recon_var)
+        self.cond_net, c_width = condition_embedding(cond_dim, cond_embed, config.activation)
+        self.cond_embed = tuple(cond_embed) if self.cond_net is not None else ()
+        self.encoder = build_encoder(config, x_dim, c_width, encoder_out)
+        self.decoder = build_decoder(config, config.latent_dim + c_width, x_dim, self.likelihood.params_per_dim)
+
     def _with_condition(self, h: Tensor, c: Tensor | None) -> Tensor:
         """Concatenate the condition c (B, cond_dim) to the input h (B, ·) when the model has one."""
         if self.cond_dim == 0:
@@ -142,17 +161,7 @@ class VAE(LatentModel):
         self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
     ) -> None:
         super().__init__()
-        if x_dim <= 0:
-            raise ValueError(f"x_dim must be positive, got {x_dim}")
-        self.config = config
-        self.x_dim = x_dim
-        self.cond_dim = cond_dim
-        d = config.latent_dim
-        self.likelihood = build_likelihood(config.likelihood, config.recon_var)
-        self.cond_net, c_width = condition_embedding(cond_dim, cond_embed, config.activation)
-        self.cond_embed = tuple(cond_embed) if self.cond_net is not None else ()
-        self.encoder = build_encoder(config, x_dim, c_width, 2 * d)
-        self.decoder = build_decoder(config, d + c_width, x_dim, self.likelihood.params_per_dim)
+        self._build(config, x_dim, cond_dim, cond_embed, encoder_out=2 * config.latent_dim)  # μ and scale
 
     def _scale(self, h: Tensor) -> Tensor:
         if self.config.scale == "logvar":
