@@ -259,12 +259,22 @@ def train(
     last = run.history.last
     if last is not None:
         console.print(f"done: {last['epoch']} epochs, {last['step']} steps in {last['seconds']:.1f} s; "
-                      f"loss {last['loss']:.4f} (recon {last['recon']:.4f}, kl {last['kl']:.4f})", highlight=False)
+                      f"{_loss_name(run.config)} {last['loss']:.4f} (recon {last['recon']:.4f}, "
+                      f"kl {last['kl']:.4f}, last epoch)", highlight=False)
     if not no_eval:
         _run_eval(run.path, dev, k=None, n_test=None, seed=None)
     if not no_report:
         _write_report(run.path)
     console.print(f"run directory: {run.path}", highlight=False)
+
+
+def _loss_name(cfg: Any) -> str:
+    """What the training loss is, in words: it is recon + β·KL only for the ELBO."""
+    if cfg.model.kind == "ae":
+        return "loss (reconstruction)"
+    if cfg.train.objective == "iwae":
+        return f"loss (−IWAE bound, k={cfg.train.k})"
+    return f"loss (−ELBO, β={cfg.train.beta:g})"
 
 
 def _run_eval(
