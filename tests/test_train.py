@@ -146,3 +146,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_ae_trains_and_reports_no_kl(tmp_path):
     run = train_run(tiny_config(model={"kind": "ae"}), tmp_path / "ae")
     assert all(r["kl"] == 0.0 for r in run.history.rows)
+
+
+def test_overwrite_replaces_the_whole_run_but_keeps_user_files(tmp_path):
+    out = tmp_path / "r"
+    train_run(tiny_config(data={"condition": "label"}), out)
+    (out / "figures").mkdir()
+    (out / "figures" / "samples.png").write_bytes(b"old")
+    (out / "report.html").write_text("old report")
+    (out / "notes.txt").write_text("mine")
+    assert (out / "condition.json").is_file()
+    run = train_run(tiny_config(), out, overwrite=True)  # unconditional this time
+    assert run.condition is None and run.model.cond_dim == 0
+    assert not (out / "condition.json").exists()
+    assert not (out / "figures").exists() and not (out / "report.html").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert ckpt.load(out).model.cond_dim == 0

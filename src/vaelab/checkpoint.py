@@ -9,6 +9,8 @@ A run directory holds everything needed to reload and explain a run::
     metrics.json       written by evaluation
     condition.json     conditional runs only: the condition spec (label list / training range)
     failure.json       only when training stopped on a non-finite loss
+    figures/           written by ``vaelab plot`` / the report (vaelab.plots)
+    report.html        the run report, and reproduce.toml beside it when needed (vaelab.report)
 
 Every file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a crash mid-write never leaves a half-written file under the real name.
@@ -41,6 +43,13 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
 CONDITION_FILE = "condition.json"
+FIGURES_DIR = "figures"
+REPORT_FILE = "report.html"
+REPRODUCE_FILE = "reproduce.toml"
+# Everything a run writes into its directory: what --overwrite clears, so nothing from the
+# replaced run (a stale condition spec, old figures or report) survives beside the new one.
+RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, HISTORY_FILE, METRICS_FILE, FAILURE_FILE, CONDITION_FILE,
+                 FIGURES_DIR, REPORT_FILE, REPRODUCE_FILE)
 
 
 class RunDirError(ValueError):
@@ -168,6 +177,8 @@ def save(
     atomic_write_text(run_dir / CONFIG_FILE, config.to_json() + "\n")
     if condition is not None:
         write_json(run_dir / CONDITION_FILE, condition.to_dict())
+    elif model.cond_dim == 0:
+        (run_dir / CONDITION_FILE).unlink(missing_ok=True)  # an unconditional model has no spec
     save_weights(run_dir, model)
     if history is not None:
         atomic_write_text(run_dir / HISTORY_FILE, history.to_csv())

@@ -27,8 +27,8 @@ from typing import Any
 from vaelab import checkpoint as ckpt
 from vaelab.config import RunConfig
 
-REPORT_FILE = "report.html"
-REPRODUCE_FILE = "reproduce.toml"
+REPORT_FILE = ckpt.REPORT_FILE
+REPRODUCE_FILE = ckpt.REPRODUCE_FILE
 HISTORY_ROWS = 25  # longer histories show an evenly spaced subset plus the last row
 
 METRIC_LABELS = {

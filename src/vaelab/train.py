@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -187,14 +187,25 @@ def _row(epoch: int, step: int, sums: Tensor, seen: int, div: float, seconds: fl
 
 
 def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
-    """Refuse to train into a folder that already holds a run, unless told to overwrite."""
+    """Refuse to train into a folder that already holds a run, unless told to overwrite.
+
+    With ``overwrite`` the files of the replaced run are removed first (only those a run
+    writes: anything else the user keeps in the folder stays).
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise ckpt.RunDirError(f"{run_dir}: exists and is a file; choose another --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise ckpt.RunDirError(
-            f"{run_dir}: already exists and is not empty; choose another --out, "
-            "pass --overwrite to replace it, or --resume to continue it"
-        )
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ckpt.RunDirError(
+                f"{run_dir}: already exists and is not empty; choose another --out, "
+                "pass --overwrite to replace it, or --resume to continue it"
+            )
+        for name in ckpt.RUN_ARTIFACTS:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def train_run(
@@ -257,9 +268,3 @@ def train_run(
         raise
     return ckpt.load(run_dir, device)
 
-
-def describe(config: RunConfig) -> dict[str, Any]:
-    """A short summary of a config for logs and reports."""
-    m, t = config.model, config.train
-    return {"data": config.data.path or config.data.name, "model": m.kind, "latent_dim": m.latent_dim,
-            "likelihood": m.likelihood, "objective": t.objective, "beta": t.beta}

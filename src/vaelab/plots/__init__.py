@@ -27,11 +27,12 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from vaelab import checkpoint as ckpt
 from vaelab.plots.common import FigureSpec, PlotContext
 
 log = logging.getLogger(__name__)
 
-FIGURES_DIR = "figures"
+FIGURES_DIR = ckpt.FIGURES_DIR
 FORMATS = ("png", "svg", "pdf")
 
 # Modules whose ``FIGURES`` lists are registered, in report order. Add yours here.
