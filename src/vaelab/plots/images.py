@@ -72,9 +72,12 @@ def show(ax: Axes, canvas: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title, fontsize="medium")
 
 
-def _size(canvas: np.ndarray, scale: float = 0.035) -> tuple[float, float]:
-    """Figure size in inches that shows one image pixel as ~``scale`` inches (MNIST tile ≈ 1 in)."""
+def _size(canvas: np.ndarray, scale: float = 0.035, longest: float = 7.0) -> tuple[float, float]:
+    """Figure size in inches that shows one image pixel as ~``scale`` inches (MNIST tile ≈ 1 in),
+    shrunk so the longer side stays within ``longest`` inches: a large grid drawn at full
+    scale would make its titles and labels unreadably small once the figure is fitted to a screen."""
     h, w = canvas.shape[:2]
+    scale = min(scale, longest / max(h, w))
     return (max(3.0, w * scale + 0.4), max(1.2, h * scale + 0.6))
 
 
@@ -153,7 +156,8 @@ def plot_traversal(model: LatentModel, image_shape: Sequence[int], dims: tuple[i
     canvases = [tile(as_images(traversal_grid(model, dims, steps=steps, span=span, base=b), image_shape),
                      steps) for _, b in panels]
     w, h = _size(canvases[0])
-    fig, axes = new_figure(len(panels), size=(w, h + 0.3))
+    fig, axes = new_figure(len(panels), size=(w, h + 0.3),
+                           title=f"Latent traversal: {z_label(i)} across, {z_label(j)} up")
     for ax, (title, _), canvas in zip(axes, panels, canvases, strict=True):
         show(ax, canvas, title)
         ax.set_xlabel(f"{z_label(i)}: {-span:g} → {span:g}")
