@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,9 @@ def new_figure(
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     if title:
-        fig.suptitle(title, fontsize="large")
+        # Wrap to the figure's width (about 8 characters per inch at this font size), so a long
+        # title over a single narrow panel is not cut off at the figure's edges.
+        fig.suptitle(textwrap.fill(title, width=max(20, int(8 * size[0] * ncols))), fontsize="large")
     return fig, list(axes.ravel())
 
 
