@@ -16,7 +16,7 @@ from torch.distributions import Distribution, Independent, Normal
 from vaelab.config import ModelConfig
 from vaelab.likelihoods import build_likelihood, sample_observation
 from vaelab.nets import build_decoder, build_encoder, mlp
-from vaelab.nets.mlp import ACTIVATIONS
+from vaelab.nets.mlp import activation_layer
 
 
 def reparameterize(
@@ -54,7 +54,7 @@ def condition_embedding(
     if cond_dim == 0 or not widths:
         return None, cond_dim
     body = mlp(cond_dim, widths[:-1], widths[-1], activation)
-    net = nn.Sequential(body, ACTIVATIONS[activation]())
+    net = nn.Sequential(body, activation_layer(activation))
     return net, widths[-1]
 
 

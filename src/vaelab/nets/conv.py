@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaelab.nets.mlp import ACTIVATIONS
+from vaelab.nets.mlp import activation_layer
 
 KERNEL, STRIDE, PADDING = 3, 2, 1
 
@@ -61,10 +61,12 @@ def _check_channels(channels: Sequence[int]) -> list[int]:
     return channels
 
 
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+def _geometry(image_shape: Sequence[int], channels: Sequence[int]) -> tuple[tuple[int, int, int], list[int],
+                                                                          list[int], list[int]]:
+    """(C, H, W), the checked channels, and the heights and widths after each stride-2 conv."""
+    c, h, w = (int(v) for v in image_shape)
+    channels = _check_channels(channels)
+    return (c, h, w), channels, conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
 
 
 class ConvEncoder(nn.Module):
@@ -83,15 +85,13 @@ class ConvEncoder(nn.Module):
         channels: Sequence[int] = (8, 16, 32), activation: str = "relu",
     ) -> None:
         super().__init__()
-        c, h, w = (int(v) for v in image_shape)
-        channels = _check_channels(channels)
-        self.image_shape = (c, h, w)
+        self.image_shape, channels, hs, ws = _geometry(image_shape, channels)
+        c = self.image_shape[0]
         self.extra_dim = extra_dim
         layers: list[nn.Module] = []
         for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
-            layers += [nn.Conv2d(c_in, c_out, KERNEL, STRIDE, PADDING), _activation(activation)]
+            layers += [nn.Conv2d(c_in, c_out, KERNEL, STRIDE, PADDING), activation_layer(activation)]
         self.trunk = nn.Sequential(*layers)
-        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
         self.features = channels[-1] * hs[-1] * ws[-1]  # 32·4·4 = 512 for 28x28
         self.head = nn.Linear(self.features + extra_dim, out_dim)
 
@@ -131,14 +131,12 @@ class ConvDecoder(nn.Module):
         channels: Sequence[int] = (8, 16, 32), activation: str = "relu",
     ) -> None:
         super().__init__()
-        c, h, w = (int(v) for v in image_shape)
-        channels = _check_channels(channels)
-        self.image_shape = (c, h, w)
+        self.image_shape, channels, hs, ws = _geometry(image_shape, channels)
+        c = self.image_shape[0]
         self.params_per_dim = params_per_dim
-        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
         self.start = (channels[-1], hs[-1], ws[-1])  # (32, 4, 4)
         self.linear = nn.Sequential(
-            nn.Linear(in_dim, math.prod(self.start)), _activation(activation)
+            nn.Linear(in_dim, math.prod(self.start)), activation_layer(activation)
         )
         outs = [*reversed(channels[:-1]), params_per_dim * c]  # 16, 8, P·C
         layers: list[nn.Module] = []
@@ -152,7 +150,7 @@ class ConvDecoder(nn.Module):
                 nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, output_padding=pad)
             )
             if i < len(outs) - 1:
-                layers.append(_activation(activation))
+                layers.append(activation_layer(activation))
             c_in = c_out
         self.deconv = nn.Sequential(*layers)
 

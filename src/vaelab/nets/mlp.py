@@ -17,17 +17,23 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def activation_layer(name: str) -> nn.Module:
+    """A fresh activation module by name (the names of ``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu") -> nn.Sequential:
     """Linear -> activation -> ... -> Linear: (B, in_dim) -> (B, out_dim).
 
     The last layer has no activation: its outputs are distribution parameters (means,
     log-variances, logits) whose range the model maps itself.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    activation_layer(activation)  # check the name before building anything
     sizes = [in_dim, *hidden]
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(a, b), activation_layer(activation)]
     layers.append(nn.Linear(sizes[-1], out_dim))
     return nn.Sequential(*layers)
