@@ -60,7 +60,7 @@ def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConf
     if model.config.kind == "ae":
         return ae_loss(model, x, c)
     if config.objective == "iwae":
-        return iwae(model, x, c, k=config.k, generator=generator)
+        return iwae(model, x, c, k=config.k, beta=config.beta, generator=generator)
     return elbo(model, x, c, beta=config.beta, generator=generator)
 
 
