@@ -38,6 +38,12 @@ def _check_seed(value: int) -> int:
     return value
 
 
+def check_seed_option(value: int | None, option: str) -> None:
+    """Refuse a seed that torch cannot take, naming the option (``--seed``)."""
+    if value is not None and not SEED_MIN <= value <= SEED_MAX:
+        raise ConfigError(f"{option} {value}: seeds are 64-bit integers; use a value between {SEED_MIN} and {SEED_MAX}")
+
+
 class _Section(BaseModel):
     # strict: a TOML ``epochs = true`` or ``lr = "1e-3"`` is refused, not read as 1 epoch /
     # coerced; an int is still accepted for a float field.

@@ -202,7 +202,10 @@ class VAE(LatentModel):
         loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)  # (B, d) each
         # No argument validation: it costs time every step and would turn a NaN from a
         # diverging run into a ValueError here instead of the trainer's clear message.
-        base = NormalLogVar(loc, h) if self.config.scale == "logvar" else Normal(loc, self._scale(h), validate_args=False)
+        if self.config.scale == "logvar":
+            base: Normal = NormalLogVar(loc, h)
+        else:
+            base = Normal(loc, self._scale(h), validate_args=False)
         return Independent(base, 1, validate_args=False)
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
