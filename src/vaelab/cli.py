@@ -448,9 +448,8 @@ def sample(
     device: str = typer.Option("auto"),
 ) -> None:
     """Draw samples from the prior and decode them (given a condition, for conditional models)."""
-    from vaelab.data.files import save_points
-
     from vaelab.config import check_seed_option
+    from vaelab.data.files import save_points
     from vaelab.sizes import check_decode_fits
 
     check_seed_option(seed, "--seed")

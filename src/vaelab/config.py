@@ -333,8 +333,8 @@ SETTING_RULES: dict[str, _Rule] = {
         f"a data file ({c.data.path}) is given, so the dataset name {c.data.name!r} would be unused; give only one"),
     "data.path": _always,
     "data.label_column": lambda c: None if _data_kind(c) == "file" and c.data.path.lower().endswith(".csv") else (
-        f"it names a column of a CSV file, but the data is {_data_name(c)}; registered datasets and .npz "
-        "files (an array named 'labels') carry their own labels"),
+        f"it names a column of a CSV file, but the data is {_data_name(c)}; drop it (registered datasets "
+        "and .npz files, with an array named 'labels', carry their own labels)"),
     "data.condition": _always,
     "data.n_train": lambda c: None if _data_kind(c) == "toy" else (
         f"it is the number of points drawn from a toy distribution, but {_data_name(c)} is read as it is; "
@@ -349,11 +349,11 @@ SETTING_RULES: dict[str, _Rule] = {
         f"{c.data.name} is read from its official files, so there is no draw or split to seed; "
         "use --seed for the training noise"),
     "data.data_dir": lambda c: None if _data_kind(c) == "mnist" else (
-        f"it is where MNIST-family files are downloaded, but the data is {_data_name(c)}"),
+        f"it is where MNIST-family files are downloaded, but the data is {_data_name(c)}; drop it"),
     "data.image_split": lambda c: None if _data_kind(c) == "mnist" else (
         f"it chooses the files of an MNIST-family set, but the data is {_data_name(c)}; use --test-fraction"),
     "data.image_size": lambda c: None if _data_kind(c) == "folder" else (
-        f"it resizes the images of a folder, but the data is {_data_name(c)}"),
+        f"it resizes the images of a folder, but the data is {_data_name(c)}; drop it"),
     "data.binarize": _always,  # checked against the values of the data when they are loaded
     "data.limit_train": _always,
     "data.limit_test": _always,
@@ -378,7 +378,7 @@ SETTING_RULES: dict[str, _Rule] = {
         + "; drop it"),
     "model.min_var": lambda c: None if c.model.likelihood == "gaussian-learned" else (
         f"it floors the learned variance of gaussian-learned, but the likelihood is {c.model.likelihood}"
-        + ("; use --recon-var for the fixed σ²" if c.model.likelihood == "gaussian" else "")),
+        + ("; use --recon-var for the fixed σ²" if c.model.likelihood == "gaussian" else "; drop it")),
     "train.objective": lambda c: None if c.model.kind == "vae" else "an autoencoder always trains on the "
     "reconstruction; drop it or use --model vae",
     "train.beta": lambda c: None if c.model.kind == "vae" else "an autoencoder has no KL term to weight; drop it "
