@@ -15,4 +15,8 @@ def tiny_config(**sections: dict) -> RunConfig:
     }
     for key, values in sections.items():
         base.setdefault(key, {}).update(values)
+    if base["model"].get("kind") == "ae":
+        base["eval"].pop("k")  # an autoencoder has no bound to estimate: eval.k would be refused
+    if base["model"].get("net") == "conv":
+        base["model"].pop("hidden")  # conv nets have no hidden MLP layers: refused when given
     return RunConfig.from_dict(base)

@@ -83,7 +83,12 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
 
 
 def _is_file_arg(data: str) -> bool:
-    return Path(data).suffix.lower() in (".npy", ".npz", ".csv") or os.sep in data
+    """A --data value names a file or folder (else a registered dataset): by its suffix, a
+    path separator, or because it exists and is no dataset name (``points.txt`` in the cwd)."""
+    from vaelab.data.registry import DATASETS
+
+    return (Path(data).suffix.lower() in (".npy", ".npz", ".csv") or os.sep in data
+            or (data not in DATASETS and Path(data).expanduser().exists()))
 
 
 def _base_config(config: Path | None, preset: str | None, data: str | None) -> Any:
@@ -112,7 +117,7 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
         raw = tomllib.loads(config.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"{config}: cannot read the config file ({err})") from None
-    return base.with_overrides(raw)
+    return base.with_overrides(raw, source=str(config))
 
 
 def _fetch_with_progress(data_cfg: Any) -> None:
@@ -169,6 +174,8 @@ def train(
     scale: str = typer.Option(None, help="encoder scale: logvar, softplus or exp"),
     likelihood: str = typer.Option(None, help="gaussian (fixed σ²), gaussian-learned or bernoulli"),
     recon_var: float = typer.Option(None, help="σ² of the fixed Gaussian likelihood"),
+    min_var: float = typer.Option(None, help="floor of the learned Gaussian variance (gaussian-learned; "
+                                  "default 1e-6)"),
     lambda_rec: float = typer.Option(None, help="λ_rec = 1/σ², the same knob as --recon-var"),
     objective: str = typer.Option(None, help="elbo or iwae"),
     beta: float = typer.Option(None, help="KL weight β"),
@@ -190,9 +197,15 @@ def train(
     no_report: bool = typer.Option(False, "--no-report", help="skip the figures and RUN/report.html at the end"),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, figures, report)."""
+    from vaelab.config import ConfigError
     from vaelab.train import TrainingDiverged, train_run
 
-    base = _base_config(config, preset, data)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
+    if resume and (config is not None or preset is not None):
+        raise ConfigError("--resume continues a run with its saved config; drop --config / --preset and give "
+                          "what may change as flags (--epochs / --steps, --lr, --checkpoint-every, --eval-k)")
+    base = _base_config(config, preset, None if resume else data)
     data_over: dict[str, Any] = {
         "n_train": n_train, "n_test": n_test, "label_column": label_column, "seed": data_seed,
         "condition": condition,
@@ -202,7 +215,8 @@ def train(
     }
     if data is not None:
         if _is_file_arg(data):
-            data_over["path"] = data
+            # Stored absolute, so the run can be evaluated from any working directory.
+            data_over["path"] = str(Path(data).expanduser().resolve())
         else:
             data_over["name"] = data
             data_over["path"] = None
@@ -211,7 +225,7 @@ def train(
         "kind": model, "net": net, "channels": _split_ints(channels, "--channels"),
         "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
         "latent_dim": latent_dim, "scale": scale, "likelihood": likelihood, "recon_var": recon_var,
-        "cond_embed": _split_ints(cond_embed, "--cond-embed"),
+        "min_var": min_var, "cond_embed": _split_ints(cond_embed, "--cond-embed"),
     }
     if lambda_rec is not None:
         model_over["lambda_rec"] = lambda_rec
@@ -224,7 +238,9 @@ def train(
                   "epochs": epochs, "steps": steps, "batch_size": batch_size, "seed": seed,
                   "checkpoint_every": checkpoint_every},
         "eval": {"k": eval_k},
-    })
+    }, source="command-line options" if config is None else f"{config} and the command-line options")
+    if data is not None and _is_file_arg(data):
+        cfg.data.__pydantic_fields_set__.discard("name")  # --data chose a file: no dataset name was given
     if out is None:
         if resume:
             raise ValueError("--resume needs --out pointing at the run to continue")
@@ -291,7 +307,7 @@ def _run_eval(
     k = eval_cfg.k if k is None else k
     if k <= 0:
         raise ValueError(f"--k must be a positive number of importance samples, got {k}")
-    raw_test = load_dataset(data_cfg, "test")
+    raw_test = load_dataset(data_cfg, "test", expect_dim=run.model.x_dim)
     test, pixels = eval_view(run.config, raw_test)
     # A conditional model is evaluated on log p(x|c): each test point with its own condition.
     c = None if run.condition is None else run.condition.tensor(raw_test).to(device)
@@ -396,6 +412,9 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="also print the metrics as JSON"),
 ) -> None:
     """Evaluate a run on fresh held-out data; writes RUN/metrics.json."""
+    from vaelab.config import check_seed_option
+
+    check_seed_option(seed, "--seed")
     metrics = _run_eval(run, pick_device(device), k, n_test, seed)
     if json_out:
         print(json.dumps(metrics))
@@ -429,8 +448,11 @@ def sample(
     device: str = typer.Option("auto"),
 ) -> None:
     """Draw samples from the prior and decode them (given a condition, for conditional models)."""
+    from vaelab.config import check_seed_option
     from vaelab.data.files import save_points
+    from vaelab.sizes import check_decode_fits
 
+    check_seed_option(seed, "--seed")
     if n is not None and n <= 0:
         raise ValueError(f"-n must be a positive number of samples, got {n}")
     r = _load_model(run, device)
@@ -442,6 +464,7 @@ def sample(
                              "one sample per condition")
         n = len(c)
     n = 1000 if n is None else n
+    check_decode_fits(r.model, n, f"-n {n} samples, decoded at once,")
     if c is not None:
         c = c.expand(n, -1).to(dev)
     g = torch.Generator(device=dev).manual_seed(seed)
@@ -494,6 +517,9 @@ def decode(
     device: str = typer.Option("auto"),
 ) -> None:
     """Decode latent codes z to data space (given a condition, for conditional models)."""
+    from vaelab.config import check_seed_option
+
+    check_seed_option(seed, "--seed")
     from vaelab.data.files import save_points
     from vaelab.likelihoods import sample_observation
 
@@ -529,6 +555,9 @@ def _notice(message: str) -> None:
 
 def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int) -> dict[str, Any]:
     """PlotContext options from the plot / report / compare flags (dims are 1-based here)."""
+    from vaelab.config import check_seed_option
+
+    check_seed_option(seed, "--seed")
     options: dict[str, Any] = {"seed": seed, "n_points": n_points}
     if n_points <= 0:
         raise ValueError(f"--n-points must be a positive number of points, got {n_points}")

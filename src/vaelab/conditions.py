@@ -300,11 +300,13 @@ class Condition:
 
     def from_arg(self, text: str) -> Tensor:
         """A CLI ``--condition`` argument -> raw conditions: a file of conditions (one per
-        line / row) if ``text`` names an existing file, otherwise a single value."""
+        line / row) if ``text`` names an existing file, otherwise a single value (a name
+        with a data-file suffix that does not exist is reported as a missing file)."""
         path = Path(text)
         if path.is_file():
             return read_condition_file(path, self)
-        if path.suffix.lower() in (".csv", ".txt", ".npy") or "/" in text:
+        # A "/" alone does not make a file name: labels such as Fashion-MNIST's "T-shirt/top" hold one.
+        if path.suffix.lower() in (".csv", ".txt", ".npy"):
             raise ConditionError(f"{text}: no such file of conditions (and not a condition value)")
         return self.parse([text])
 

@@ -27,8 +27,27 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and what is allowed."""
 
 
+# Seeds feed torch.Generator.manual_seed, which takes 64-bit values; derived seeds (the test
+# split's offset, per-epoch seeds) stay inside 64 bits for every seed of this range.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+def _check_seed(value: int) -> int:
+    if not SEED_MIN <= value <= SEED_MAX:
+        raise ValueError(f"seeds are 64-bit integers: use a value between {SEED_MIN} and {SEED_MAX}")
+    return value
+
+
+def check_seed_option(value: int | None, option: str) -> None:
+    """Refuse a seed that torch cannot take, naming the option (``--seed``)."""
+    if value is not None and not SEED_MIN <= value <= SEED_MAX:
+        raise ConfigError(f"{option} {value}: seeds are 64-bit integers; use a value between {SEED_MIN} and {SEED_MAX}")
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a TOML ``epochs = true`` or ``lr = "1e-3"`` is refused, not read as 1 epoch /
+    # coerced; an int is still accepted for a float field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(_Section):
@@ -61,6 +80,8 @@ class DataConfig(_Section):
     )
     limit_train: int | None = Field(None, gt=0, description="use only the first N training points")
     limit_test: int | None = Field(None, gt=0, description="use only the first N test points")
+
+    _seed = field_validator("seed")(_check_seed)
 
     @field_validator("name")
     @classmethod
@@ -106,6 +127,11 @@ class ModelConfig(_Section):
     scale: ScaleParam = Field("logvar", description="encoder scale parameterisation")
     likelihood: LikelihoodName = "gaussian-learned"
     recon_var: float = Field(0.1, gt=0, description="σ² of the fixed-variance Gaussian likelihood")
+    min_var: float = Field(
+        1e-6, gt=0,
+        description="floor of the learned Gaussian variance, σ²(z) = min_var + exp(h(z)) "
+        "(gaussian-learned); keeps -log p(x|z) bounded on repeated or discrete values",
+    )
     cond_embed: list[int] = Field(
         default_factory=lambda: [16, 16],
         description="widths of the MLP that embeds a continuous condition ([]: use it raw)",
@@ -149,7 +175,9 @@ class TrainConfig(_Section):
     """
 
     objective: Literal["elbo", "iwae"] = Field("iwae", description="training objective (ae always uses reconstruction)")
-    beta: float = Field(1.0, ge=0, description="weight of the KL term in the ELBO (β-VAE)")
+    beta: float = Field(
+        1.0, ge=0, description="weight β of the KL term (β-VAE); with iwae it weighs log q - log p in every log w_i"
+    )
     k: int = Field(4, gt=0, description="importance samples of the IWAE objective")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -162,13 +190,17 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(50, gt=0, description="save a checkpoint every N epochs (and at the end)")
     diversity_samples: int = Field(2048, gt=0, description="prior samples used for the diversity column")
 
+    _seed = field_validator("seed")(_check_seed)
+
 
 class EvalConfig(_Section):
     """Held-out evaluation."""
 
     k: int = Field(1000, gt=0, description="importance samples of the IWAE log-likelihood estimate")
     batch_size: int = Field(500, gt=0, description="test points per evaluation batch")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the evaluation noise")
+
+    _seed = field_validator("seed")(_check_seed)
 
 
 class RunConfig(_Section):
@@ -210,14 +242,191 @@ class RunConfig(_Section):
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
         return cls.from_dict(data, str(path))
 
-    def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-        """A new config with ``{"section": {"field": value}}`` applied; None values are skipped."""
-        data = self.model_dump()
+    def with_overrides(
+        self, overrides: dict[str, Any], *, explicit: bool = True, source: str = "command-line options"
+    ) -> RunConfig:
+        """A new config with ``{"section": {"field": value}}`` applied; None values are skipped.
+
+        Which fields the user set (each section's ``model_fields_set``) is kept: those of
+        ``self``, plus the overridden ones when ``explicit`` (flags, a TOML file). A preset
+        passes ``explicit=False``: its values are starting values, like the defaults, and
+        never make ``check_settings`` refuse a run.
+        """
+        data: dict[str, Any] = self.model_dump()
+        user_set = {name: set(getattr(self, name).model_fields_set) for name in SECTIONS}
         for section, values in overrides.items():
+            if section not in SECTIONS or not isinstance(values, dict):
+                data[section] = values  # reported by validation: unknown table / not a table
+                continue
+            if values.get("lambda_rec") is not None and values.get("recon_var") is None:
+                data[section].pop("recon_var", None)  # λ_rec replaces the previous σ²
             for key, value in values.items():
-                if value is not None:
-                    data[section][key] = value
-        return RunConfig.from_dict(data, "command-line options")
+                if value is None:
+                    continue
+                data[section][key] = value
+                if explicit:
+                    user_set[section].add("recon_var" if key == "lambda_rec" else key)
+        config = RunConfig.from_dict(data, source)
+        for name in SECTIONS:
+            section_cfg = getattr(config, name)
+            # pydantic's own record of the fields given at construction (what model_construct sets).
+            section_cfg.__pydantic_fields_set__ = user_set[name] & set(type(section_cfg).model_fields)
+        return config
+
+    def user_settings(self) -> list[str]:
+        """The dotted names (``model.hidden``) of the fields set explicitly by the user."""
+        return [f"{name}.{field}" for name in SECTIONS for field in sorted(getattr(self, name).model_fields_set)]
+
+
+SECTIONS = ("data", "model", "train", "eval")
+
+# Fields whose command-line flag is not simply ``--`` + the field name with dashes.
+_FLAGS = {
+    "data.name": "--data", "data.path": "--data", "data.seed": "--data-seed", "model.kind": "--model",
+    "eval.k": "--eval-k",
+}
+# Fields that `vaelab train` sets only through a --config file.
+_NO_FLAG = {"train.diversity_samples", "eval.batch_size", "eval.seed"}
+
+
+def flag_name(dotted: str) -> str:
+    """How a field is named for the user: ``model.latent_dim (--latent-dim)``."""
+    section, field = dotted.split(".", 1)
+    if dotted in _NO_FLAG:
+        return f"{dotted} ([{section}] {field} in --config)"
+    return f"{dotted} ({_FLAGS.get(dotted, '--' + field.replace('_', '-'))})"
+
+
+def _data_kind(config: RunConfig) -> str:
+    """toy, file (a table of points), folder (images), digits or mnist (downloaded image sets)."""
+    from vaelab.data.registry import DATASETS
+
+    if config.data.path is not None:
+        return "folder" if Path(config.data.path).expanduser().is_dir() else "file"
+    if config.data.name in ("digits", "digits8"):
+        return "digits"
+    return "mnist" if DATASETS[config.data.name].kind == "image" else "toy"
+
+
+def _continuous_condition(config: RunConfig) -> bool:
+    from vaelab.conditions import parse_kind
+
+    return config.data.condition is not None and parse_kind(config.data.condition)[0] != "label"
+
+
+def _data_name(config: RunConfig) -> str:
+    return config.data.path or config.data.name
+
+
+# One rule per field: None where the setting changes what is trained / evaluated, else why
+# it would not and what to use instead. check_settings applies the rule of every field the
+# user set; tests/test_settings.py checks that every field has a rule and that each rule is right.
+_Rule = Any  # Callable[[RunConfig], str | None]
+
+
+def _always(config: RunConfig) -> str | None:
+    return None
+
+
+SETTING_RULES: dict[str, _Rule] = {
+    "data.name": lambda c: None if c.data.path is None else (
+        f"a data file ({c.data.path}) is given, so the dataset name {c.data.name!r} would be unused; give only one"),
+    "data.path": _always,
+    "data.label_column": lambda c: None if _data_kind(c) == "file" and c.data.path.lower().endswith(".csv") else (
+        f"it names a column of a CSV file, but the data is {_data_name(c)}; drop it (registered datasets "
+        "and .npz files, with an array named 'labels', carry their own labels)"),
+    "data.condition": _always,
+    "data.n_train": lambda c: None if _data_kind(c) == "toy" else (
+        f"it is the number of points drawn from a toy distribution, but {_data_name(c)} is read as it is; "
+        "use --limit-train to train on fewer points"),
+    "data.n_test": lambda c: None if _data_kind(c) == "toy" else (
+        f"it is the number of points drawn from a toy distribution, but {_data_name(c)} has its own test split; "
+        "use --limit-test (or --test-fraction for a file)"),
+    "data.test_fraction": lambda c: None if _data_kind(c) in ("file", "folder", "digits") else (
+        f"it splits a user file, an image folder or digits, but {_data_name(c)} has its own test set; "
+        "use --n-test for toy data, --image-split test-9k or --limit-test for MNIST-family sets"),
+    "data.seed": lambda c: None if _data_kind(c) != "mnist" or c.data.binarize == "fixed" else (
+        f"{c.data.name} is read from its official files, so there is no draw or split to seed; "
+        "use --seed for the training noise"),
+    "data.data_dir": lambda c: None if _data_kind(c) == "mnist" else (
+        f"it is where MNIST-family files are downloaded, but the data is {_data_name(c)}; drop it"),
+    "data.image_split": lambda c: None if _data_kind(c) == "mnist" else (
+        f"it chooses the files of an MNIST-family set, but the data is {_data_name(c)}; use --test-fraction"),
+    "data.image_size": lambda c: None if _data_kind(c) == "folder" else (
+        f"it resizes the images of a folder, but the data is {_data_name(c)}; drop it"),
+    "data.binarize": _always,  # checked against the values of the data when they are loaded
+    "data.limit_train": _always,
+    "data.limit_test": _always,
+    "model.kind": _always,
+    "model.net": _always,
+    "model.channels": lambda c: None if c.model.net == "conv" else "it sets the conv nets' channels; add --net conv "
+    "or set --hidden for the MLP",
+    "model.hidden": lambda c: None if c.model.net == "mlp" else "conv nets have no hidden MLP layers; use --channels "
+    "(or --net mlp)",
+    "model.activation": _always,
+    "model.latent_dim": _always,
+    "model.scale": lambda c: None if c.model.kind == "vae" else "an autoencoder has no encoder scale; drop it or "
+    "use --model vae",
+    "model.likelihood": _always,
+    "model.recon_var": lambda c: None if c.model.likelihood == "gaussian" else (
+        f"it is σ² (λ_rec = 1/σ²) of the fixed-variance gaussian likelihood, but the likelihood is "
+        f"{c.model.likelihood}; use --likelihood gaussian" + (
+            ", or --min-var to bound the learned variance" if c.model.likelihood == "gaussian-learned" else "")),
+    "model.cond_embed": lambda c: None if _continuous_condition(c) else (
+        "it embeds a continuous condition (radius or column:NAME), but "
+        + ("there is no condition" if c.data.condition is None else "labels are one-hot encoded")
+        + "; drop it"),
+    "model.min_var": lambda c: None if c.model.likelihood == "gaussian-learned" else (
+        f"it floors the learned variance of gaussian-learned, but the likelihood is {c.model.likelihood}"
+        + ("; use --recon-var for the fixed σ²" if c.model.likelihood == "gaussian" else "; drop it")),
+    "train.objective": lambda c: None if c.model.kind == "vae" else "an autoencoder always trains on the "
+    "reconstruction; drop it or use --model vae",
+    "train.beta": lambda c: None if c.model.kind == "vae" else "an autoencoder has no KL term to weight; drop it "
+    "or use --model vae",
+    "train.k": lambda c: None if c.model.kind == "vae" and c.train.objective == "iwae" else (
+        "an autoencoder draws no samples; drop it or use --model vae" if c.model.kind != "vae"
+        else "the ELBO uses one sample; use --objective iwae for k importance samples"),
+    "train.lr": _always,
+    "train.lr_schedule": _always,
+    "train.epochs": lambda c: None if c.train.steps is None else (
+        "--steps is given and replaces the epoch budget; give only one of --epochs and --steps"),
+    "train.steps": _always,
+    "train.batch_size": _always,
+    "train.seed": _always,
+    "train.checkpoint_every": _always,
+    "train.diversity_samples": _always,
+    # Room for the non-finite policy settings (see vaelab.train.fit).
+    "train.nonfinite": _always,
+    "train.max_skips": lambda c: None if getattr(c.train, "nonfinite", "skip") == "skip" else (
+        "it bounds the skipped steps of --nonfinite skip; add --nonfinite skip"),
+    "train.grad_clip": _always,
+    "eval.k": lambda c: None if c.model.kind == "vae" else "an autoencoder has no likelihood bound to estimate; "
+    "drop it or use --model vae",
+    "eval.batch_size": _always,
+    "eval.seed": lambda c: None if c.model.kind == "vae" or c.data.condition is not None else (
+        "the evaluation of an unconditional autoencoder draws no noise; drop it"),
+}
+
+
+def check_settings(config: RunConfig) -> None:
+    """Refuse a config in which a setting the user gave would change nothing.
+
+    Only the fields in each section's ``model_fields_set`` are checked (flags, a TOML file,
+    keyword arguments), so defaults and presets never trigger a refusal.
+
+    Raises:
+        ConfigError: one line per setting that does not apply, saying why and what to use.
+    """
+    problems = []
+    for dotted in config.user_settings():
+        rule = SETTING_RULES.get(dotted)
+        if rule is None:
+            raise ConfigError(f"{dotted}: no applicability rule (add one to vaelab.config.SETTING_RULES)")
+        why = rule(config)
+        if why is not None:
+            problems.append(f"  {flag_name(dotted)} does not apply here: {why}")
+    if problems:
+        raise ConfigError("settings that would change nothing:\n" + "\n".join(problems))
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

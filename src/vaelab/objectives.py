@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent
 
-from vaelab.models.vae import LatentModel, reparameterize
+from vaelab.models.vae import LatentModel, NormalLogVar, reparameterize
 
 
 @dataclass
@@ -37,10 +37,13 @@ def kl_standard_normal(q_z: Independent) -> Tensor:
 
     KL_j = ½ (μ_j² + σ_j² - 1 - log σ_j²)   (Kingma & Welling 2014, Appendix B).
     Summed over j this equals ``torch.distributions.kl_divergence(q_z, prior)``; per
-    dimension it gives the "KL per latent unit" used to count active units.
+    dimension it gives the "KL per latent unit" used to count active units. When the encoder
+    outputs h = log σ² (``NormalLogVar``), KL_j = ½ (μ_j² + e^h_j - 1 - h_j) is computed from h
+    directly: log(exp(h/2)) loses precision and overflows where exp(h/2) does.
     """
-    mu, std = q_z.base_dist.loc, q_z.base_dist.scale
-    return 0.5 * (mu.square() + std.square() - 1.0) - torch.log(std)
+    base = q_z.base_dist
+    log_var = base.log_var if isinstance(base, NormalLogVar) else 2.0 * torch.log(base.scale)
+    return 0.5 * (base.loc.square() + torch.exp(log_var) - 1.0 - log_var)
 
 
 def elbo(
@@ -64,13 +67,14 @@ def elbo(
 
 def _sample_log_weights(
     model: LatentModel, q_z: Independent, x: Tensor, c: Tensor | None, k: int,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, beta: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Draw z_1..z_k ~ q(z|x); return log p(x|z_i) and log w_i = log p(x, z_i) - log q(z_i|x), each (k, B)."""
+    """Draw z_1..z_k ~ q(z|x); return log p(x|z_i) and
+    log w_i = log p(x|z_i) - β (log q(z_i|x) - log p(z_i)), each (k, B) (β = 1: log p(x, z_i) / q(z_i|x))."""
     z = reparameterize(q_z, (k,), generator)  # (k, B, d)
     cc = None if c is None else c.expand(k, *c.shape)
     log_px = model.decode(z, cc).log_prob(x)  # (k, B): x broadcasts over the samples
-    return log_px, log_px + model.prior().log_prob(z) - q_z.log_prob(z)
+    return log_px, log_px - beta * (q_z.log_prob(z) - model.prior().log_prob(z))
 
 
 def log_importance_weights(
@@ -106,13 +110,22 @@ def iwae_bound(
 
 
 def iwae(
-    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int = 8,
+    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int = 8, beta: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> ObjectiveOutput:
-    """The IWAE training objective: loss = -mean_x L_k(x). ``recon`` and ``kl`` report the
-    analytic KL and the mean reconstruction over the k samples, for the progress display."""
+    """The (β-weighted) IWAE training objective: loss = -mean_x L_k^β(x), where
+
+        L_k^β(x) = log (1/k) Σ_i w_i^β,   log w_i^β = log p(x|z_i) - β (log q(z_i|x) - log p(z_i)).
+
+    β = 1 is the IWAE bound of Burda et al. (2016, eq. 8). With k = 1 its expectation is
+    E_q[log p(x|z)] - β KL(q ‖ p), the β-ELBO (Higgins et al. 2017), so β weighs the
+    prior-matching term exactly as in the β-VAE; for k > 1 and β ≠ 1 it is no longer a bound
+    on log p(x) (held-out evaluation always uses β = 1). ``recon`` and ``kl`` report the mean
+    reconstruction over the k samples and the analytic KL, for the progress display; ``elbo``
+    is their β = 1 combination.
+    """
     q_z = model.encode(x, c)
-    log_px, log_w = _sample_log_weights(model, q_z, x, c, k, generator)
+    log_px, log_w = _sample_log_weights(model, q_z, x, c, k, generator, beta)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)
     recon = -log_px.mean()
     kl = kl_standard_normal(q_z).sum(-1).mean()

@@ -22,11 +22,12 @@ from torch import Tensor
 from vaelab import checkpoint as ckpt
 from vaelab.checkpoint import History, TrainState
 from vaelab.conditions import Condition, fit_condition
-from vaelab.config import RunConfig, TrainConfig
+from vaelab.config import ConfigError, RunConfig, TrainConfig, check_settings, flag_name
 from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.models import LatentModel, build_model
 from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
+from vaelab.sizes import check_model_fits
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConf
     if model.config.kind == "ae":
         return ae_loss(model, x, c)
     if config.objective == "iwae":
-        return iwae(model, x, c, k=config.k, generator=generator)
+        return iwae(model, x, c, k=config.k, beta=config.beta, generator=generator)
     return elbo(model, x, c, beta=config.beta, generator=generator)
 
 
@@ -164,7 +165,7 @@ def fit(
                 on_step(StepInfo(state.step, budget, state.epoch + 1, loss, recon, kl))
         state.epoch += 1
         model.eval()
-        div_gen = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + state.epoch)
+        div_gen = torch.Generator(device=device).manual_seed((config.seed * 1_000_003 + state.epoch) % 2**64)
         div = diversity(model, config.diversity_samples, div_gen,
                         None if c is None else c[torch.randint(n, (config.diversity_samples,), generator=div_gen,
                                                                 device=device)])
@@ -208,6 +209,70 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
                 path.unlink(missing_ok=True)
 
 
+# What may change when a run is resumed: the budget, the step size, how often it is
+# saved, and how it is evaluated. Everything else defines the model or its data.
+RESUMABLE = frozenset({"train.epochs", "train.steps", "train.lr", "train.checkpoint_every",
+                       "eval.k", "eval.batch_size", "eval.seed"})
+
+
+def resolve_paths(config: RunConfig) -> RunConfig:
+    """``config`` with relative data paths made absolute, so the run can be evaluated from
+    another working directory (the user's explicit settings are kept as such)."""
+    update = {}
+    for key in ("path", "data_dir"):
+        value = getattr(config.data, key)
+        if value is not None and not Path(value).expanduser().is_absolute():
+            update[key] = str(Path(value).expanduser().resolve())
+    if not update:
+        return config
+    data = config.data.model_copy(update=update)
+    data.__pydantic_fields_set__ = set(config.data.model_fields_set)
+    return config.model_copy(update={"data": data})
+
+
+def resume_config(saved: RunConfig, given: RunConfig, n_train: int) -> RunConfig:
+    """The config a resumed run continues with: the saved one, with the settings the user
+    gave in ``given`` (its ``model_fields_set``) that may change (``RESUMABLE``).
+
+    Without a new budget the run keeps its own. Raises ConfigError for a setting that cannot
+    change (naming it) or a budget smaller than the saved one.
+    """
+    refused = []
+    train_update: dict[str, object] = {}
+    eval_update: dict[str, object] = {}
+    given = resolve_paths(given)
+    for dotted in given.user_settings():
+        section, field = dotted.split(".", 1)
+        value = getattr(getattr(given, section), field)
+        if dotted in RESUMABLE:
+            (train_update if section == "train" else eval_update)[field] = value
+        elif value != getattr(getattr(saved, section), field):
+            refused.append(f"  {flag_name(dotted)}: the run has {getattr(getattr(saved, section), field)!r}")
+    if refused:
+        raise ConfigError(
+            "a resumed run keeps its data and model; these settings cannot change:\n" + "\n".join(refused)
+            + "\n(drop them; --epochs / --steps, --lr, --checkpoint-every and --eval-k may change; "
+            "start a new run with another --out for the rest)"
+        )
+    if "epochs" in train_update and "steps" not in train_update:
+        train_update["steps"] = None  # an epoch budget replaces a saved step budget
+    train = saved.train.model_copy(update=train_update)
+    old_budget, new_budget = total_steps(saved.train, n_train), total_steps(train, n_train)
+    if new_budget < old_budget:
+        raise ConfigError(
+            f"the run's budget is {old_budget} steps ({_budget_words(saved.train)}); the given "
+            f"{_budget_words(train)} is {new_budget} steps. A resumed run is continued, never "
+            "shortened: drop --epochs / --steps to keep its budget, or give a larger one"
+        )
+    return saved.model_copy(update={
+        "train": train, "eval": saved.eval.model_copy(update=eval_update),
+    })
+
+
+def _budget_words(train: TrainConfig) -> str:
+    return f"--steps {train.steps}" if train.steps is not None else f"--epochs {train.epochs}"
+
+
 def train_run(
     config: RunConfig,
     run_dir: str | Path,
@@ -219,10 +284,18 @@ def train_run(
 ) -> ckpt.Run:
     """Train the configured model and write the run directory; returns the loaded Run.
 
-    With ``resume`` the run in ``run_dir`` is continued from its last checkpoint (its saved
-    config is used; ``config.train.epochs`` / ``steps`` may extend the budget).
+    Every setting given in ``config`` must apply (``check_settings``); relative data paths
+    are stored absolute. With ``resume`` the run in ``run_dir`` is continued from its last
+    checkpoint with its saved config and budget; the settings given in ``config`` that may
+    change (a larger budget, ``lr``, ``checkpoint_every``, evaluation) replace the saved ones
+    and are recorded in config.json; any other given setting that differs is refused.
+    Nothing is allocated or written before the sizes are checked against memory.
     """
     run_dir = Path(run_dir)
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a vaelab.config.RunConfig, got {type(config).__name__}")
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
     history: History | None = None
     state: TrainState | None = None
     condition: Condition | None = None
@@ -230,27 +303,32 @@ def train_run(
         saved = ckpt.load(run_dir, device)
         model = saved.model
         condition = saved.condition
-        config = saved.config.model_copy(update={"train": saved.config.train.model_copy(
-            update={"epochs": config.train.epochs, "steps": config.train.steps})})
         state = ckpt.load_state(run_dir)
+        data = load_dataset(saved.config.data, "train", expect_dim=model.x_dim)
+        config = resume_config(saved.config, config, len(data))
         history = History([r for r in saved.history.rows if r["epoch"] <= state.epoch])
-        (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
     else:
-        prepare_run_dir(run_dir, overwrite=overwrite)
-    data = load_dataset(config.data, "train")
+        check_settings(config)
+        config = resolve_paths(config)
+        data = load_dataset(config.data, "train")
     pixels = resolve_binarize(config, data)
-    x = data.x.to(device)
-    if pixels == "fixed":
-        x = fixed_binarization(x, "train", config.data.seed)
     if not resume and config.data.condition is not None:
         # The condition spec (label list / training range) comes from the training split
         # only; a resumed run keeps the one it saved.
         condition = fit_condition(config.data.condition, data, config.model.cond_embed)
+    cond_width = 0 if condition is None else condition.width
+    cond_embed = () if condition is None else condition.embed_widths
+    check_model_fits(config.model, config.train, data.dim, cond_width, cond_embed)
+    x = data.x.to(device)
+    if pixels == "fixed":
+        x = fixed_binarization(x, "train", config.data.seed)
     c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
-    if not resume:
-        model = build_model(config.model, data.dim, 0 if condition is None else condition.width,
-                            seed=config.train.seed,
-                            cond_embed=() if condition is None else condition.embed_widths).to(device)
+    if resume:
+        (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
+    else:
+        model = build_model(config.model, data.dim, cond_width, seed=config.train.seed,
+                            cond_embed=cond_embed).to(device)
+        prepare_run_dir(run_dir, overwrite=overwrite)
         # Save the untrained model first, so there is always a last good checkpoint.
         ckpt.save(run_dir, model, config, history=History(), state=TrainState(), condition=condition)
         (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)
@@ -267,4 +345,3 @@ def train_run(
         ckpt.write_json(run_dir / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch, "message": str(err)})
         raise
     return ckpt.load(run_dir, device)
-

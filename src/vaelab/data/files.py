@@ -136,7 +136,14 @@ def load_points(
                     )
     except DataFileError:
         raise
-    except (ValueError, OSError) as err:
+    except EOFError:  # numpy on a 0-byte .npy; click would report it as "Aborted."
+        raise DataFileError(f"{path}: the file is empty (0 bytes); expected a {suffix} array of numbers") from None
+    except ValueError as err:
+        if "pickle" in str(err):  # numpy's advice (allow_pickle) is not one vaelab can take: never unpickled
+            raise DataFileError(f"{path}: is not a {suffix} array of numbers (it would need unpickling, which "
+                                "vaelab never does); save the points with numpy.save") from None
+        raise DataFileError(f"{path}: could not be read as {suffix} ({err})") from None
+    except OSError as err:
         raise DataFileError(f"{path}: could not be read as {suffix} ({err})") from None
     if suffix != ".csv" and label_column is not None:
         raise DataFileError(
@@ -146,16 +153,21 @@ def load_points(
         raise DataFileError(
             f"{path}: expected a 2-D table of shape (N, D), found an array of shape {arr.shape} (rank {arr.ndim})"
         )
-    if not np.issubdtype(arr.dtype, np.number):
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataFileError(f"{path}: holds complex numbers (dtype {arr.dtype}); a data point is a row of real "
+                            "numbers: store the real and imaginary parts as separate columns")
+    if not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_:
         raise DataFileError(f"{path}: expected numbers, found dtype {arr.dtype}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataFileError(f"{path}: the table is empty (shape {arr.shape})")
-    bad = ~np.isfinite(arr)
+    # Checked in float32, the precision vaelab computes in: 1e39 is finite in float64 but inf in float32.
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~np.isfinite(arr.astype(np.float32))
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise DataFileError(
-            f"{path}: {int(bad.sum())} values are NaN or infinite (first at row {row}, column {col}); "
-            "remove or impute them before training"
+            f"{path}: {int(bad.sum())} values are NaN or infinite, or beyond float32's range of ±3.4e38 "
+            f"(first at row {row}, column {col}); remove, impute or rescale them before training"
         )
     if labels is not None and labels.shape != (arr.shape[0],):
         raise DataFileError(f"{path}: 'labels' has shape {labels.shape}, expected ({arr.shape[0]},)")

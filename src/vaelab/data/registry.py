@@ -18,6 +18,7 @@ import torch
 from vaelab.data import images, toy2d
 from vaelab.data.dataset import Dataset
 from vaelab.data.files import load_points
+from vaelab.sizes import check_rows_fit
 
 if TYPE_CHECKING:
     from vaelab.config import DataConfig
@@ -47,6 +48,8 @@ def _split_generator(config: DataConfig, split: Split) -> torch.Generator:
 def _toy(fn: Callable[..., Dataset]) -> Callable[[DataConfig, Split], Dataset]:
     def load(config: DataConfig, split: Split) -> Dataset:
         n = config.n_train if split == "train" else config.n_test
+        flag = "--n-train" if split == "train" else "--n-test"
+        check_rows_fit(n, 2, f"{flag} {n} (points of 2 coordinates)", f"use a smaller {flag}")
         return fn(n, generator=_split_generator(config, split))
 
     return load
@@ -156,11 +159,13 @@ def _split_file(config: DataConfig, split: Split) -> Dataset:
     return take(full, idx)
 
 
-def load_dataset(config: DataConfig, split: Split = "train") -> Dataset:
+def load_dataset(config: DataConfig, split: Split = "train", *, expect_dim: int | None = None) -> Dataset:
     """Load the ``split`` of the dataset described by ``config``.
 
     A config with ``path`` set reads that user file (or folder of images); otherwise ``name``
     is looked up here. ``limit_train`` / ``limit_test`` keep the first N points of the split.
+    ``expect_dim`` (a trained model's data dimension) refuses data whose width differs, naming
+    the file: a user file may have changed since the run was trained.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -170,5 +175,10 @@ def load_dataset(config: DataConfig, split: Split = "train") -> Dataset:
         raise ValueError(f"unknown dataset {config.name!r}; choose one of: {', '.join(DATASETS)}")
     else:
         data = DATASETS[config.name].load(config, split)
+    if expect_dim is not None and data.dim != expect_dim:
+        raise ValueError(
+            f"{config.path or config.name}: the data now have {data.dim} columns, but the run was trained on "
+            f"{expect_dim}; the file changed since training: restore it, or train a new run on it"
+        )
     limit = config.limit_train if split == "train" else config.limit_test
     return data if limit is None or limit >= len(data) else take(data, slice(0, limit))

@@ -6,6 +6,7 @@ Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +33,22 @@ def reparameterize(
         sample_shape + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype
     )
     return loc + scale * eps
+
+
+class NormalLogVar(Normal):
+    """N(μ, σ²) parameterised by h = log σ²: it keeps h, so log σ² (log-density, KL) is h
+    itself and not log(exp(h/2))², which loses precision and overflows for large |h|."""
+
+    def __init__(self, loc: Tensor, log_var: Tensor, validate_args: bool | None = False) -> None:
+        super().__init__(loc, torch.exp(0.5 * log_var), validate_args=validate_args)
+        self.log_var = log_var
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        # log N(x; μ, e^h) = -(x-μ)² e^{-h} / 2 - h/2 - ½ log 2π
+        return -0.5 * ((value - self.loc).square() * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))
+
+    def entropy(self) -> Tensor:
+        return 0.5 * (1.0 + math.log(2 * math.pi) + self.log_var)
 
 
 def standard_normal(latent_dim: int, like: Tensor) -> Independent:
@@ -93,11 +110,18 @@ class LatentModel(nn.Module):
         self.config = config
         self.x_dim = x_dim
         self.cond_dim = cond_dim
-        self.likelihood = build_likelihood(config.likelihood, config.recon_var)
+        self.likelihood = build_likelihood(config.likelihood, config.recon_var, config.min_var)
         self.cond_net, c_width = condition_embedding(cond_dim, cond_embed, config.activation)
         self.cond_embed = tuple(cond_embed) if self.cond_net is not None else ()
         self.encoder = build_encoder(config, x_dim, c_width, encoder_out)
         self.decoder = build_decoder(config, config.latent_dim + c_width, x_dim, self.likelihood.params_per_dim)
+
+    def _check_x(self, x: Tensor) -> None:
+        if x.shape[-1] != self.x_dim:
+            raise ValueError(
+                f"the data have {x.shape[-1]} columns, but this model was trained on {self.x_dim}-dimensional "
+                "data; pass data of the same width (a data file changed since training?)"
+            )
 
     def _with_condition(self, h: Tensor, c: Tensor | None) -> Tensor:
         """Concatenate the condition c (B, cond_dim) to the input h (B, ·) when the model has one."""
@@ -120,6 +144,8 @@ class LatentModel(nn.Module):
 
     def decode(self, z: Tensor, c: Tensor | None = None) -> Distribution:
         """p(x|z, c): z (..., d) -> a distribution with batch shape (...) over x in R^D."""
+        if z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z has width {z.shape[-1]}, but this model's latent dimension is {self.latent_dim}")
         return self.likelihood(self.decoder(self._with_condition(z, c)))
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
@@ -172,10 +198,15 @@ class VAE(LatentModel):
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> Independent:
         """q(z|x, c): (B, D) -> Independent Normal with batch shape (B,), event shape (d,)."""
+        self._check_x(x)
         loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)  # (B, d) each
         # No argument validation: it costs time every step and would turn a NaN from a
         # diverging run into a ValueError here instead of the trainer's clear message.
-        return Independent(Normal(loc, self._scale(h), validate_args=False), 1, validate_args=False)
+        if self.config.scale == "logvar":
+            base: Normal = NormalLogVar(loc, h)
+        else:
+            base = Normal(loc, self._scale(h), validate_args=False)
+        return Independent(base, 1, validate_args=False)
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         return self.encode(x, c).mean
