@@ -320,9 +320,11 @@ def _run_eval(
                                            seed=seed))
     if test.image_shape is not None:
         metrics["binarization"] = pixels
-    ckpt.write_json(run_dir / ckpt.METRICS_FILE, metrics)
     _print_metrics(metrics)
     _print_condition_metrics(metrics)
+    # Written after printing, so a read-only run still shows its numbers before the write
+    # error; tagged with the checkpoint, so an eval during training never passes for the result.
+    ckpt.write_metrics(run, metrics)
     return metrics
 
 
@@ -420,6 +422,13 @@ def eval_cmd(
         print(json.dumps(metrics))
 
 
+def _check_output(out: Path) -> None:
+    """Refuse an output path that is a folder or a run's own file, before any work is done."""
+    from vaelab import checkpoint as ckpt
+
+    ckpt.check_output_path(out)
+
+
 def _load_model(run: Path, device: str) -> Any:
     from vaelab import checkpoint as ckpt
 
@@ -453,6 +462,7 @@ def sample(
     from vaelab.sizes import check_decode_fits
 
     check_seed_option(seed, "--seed")
+    _check_output(out)
     if n is not None and n <= 0:
         raise ValueError(f"-n must be a positive number of samples, got {n}")
     r = _load_model(run, device)
@@ -486,6 +496,7 @@ def encode(
     """Encode points: writes the posterior means μ and standard deviations σ (N x 2d)."""
     from vaelab.data.files import save_points
 
+    _check_output(out)
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     x = _read_matrix(input, r.model.x_dim, "data").to(dev)
@@ -523,6 +534,7 @@ def decode(
     from vaelab.data.files import save_points
     from vaelab.likelihoods import sample_observation
 
+    _check_output(out)
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     z = _read_matrix(input, r.model.latent_dim, "latent space").to(dev)

@@ -445,6 +445,8 @@ def write_report(
     from vaelab.plots import FIGURES_DIR, PlotContext, check_names
 
     names = None if names is None else check_names(names)
+    if out is not None:  # never over a run's own files (config.json, weights ...), checked before any work
+        ckpt.check_output_path(out, allow=(REPORT_FILE,))
     if not isinstance(run, ckpt.Run):
         run = ckpt.load(run)
     ctx = PlotContext.from_run(run, **options)
