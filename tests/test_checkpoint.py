@@ -368,7 +368,7 @@ def test_a_second_training_is_refused_and_a_killed_holder_is_taken_over(trained_
         proc.kill()  # SIGKILL: the lock file stays, with the dead process's pid in it
         proc.wait()
     assert (run / ckpt.LOCK_FILE).exists()
-    train_run(tiny_config(train={"epochs": 4}), run, resume=True)  # the stale lock is taken over
+    train_run(tiny_config(train={"epochs": 6}), run, resume=True)  # the stale lock is taken over
 
 
 # --------------------------------------------------------------------------- metrics of another checkpoint
