@@ -388,6 +388,13 @@ def test_metrics_of_another_checkpoint_are_not_the_runs_result(tmp_path):
     assert ckpt.load(out).metrics["iwae_k"] == 4  # the metrics of this checkpoint are shown
     train_run(tiny_config(train={"epochs": 4}), out, resume=True)
     assert ckpt.load(out).metrics == {}  # ... but not as the result of the trained-on model
+    assert not (out / ckpt.METRICS_FILE).exists()
+    # metrics of another checkpoint are ignored on load, even when nobody removed them
+    ckpt.write_json(out / ckpt.METRICS_FILE, {"iwae_k": 4, "checkpoint": {"step": 1, "model_sha256": "0" * 64}})
+    assert ckpt.load(out).metrics == {}
+    # untagged metrics (written by hand, or by an older vaelab) cannot be told apart: shown
+    ckpt.write_json(out / ckpt.METRICS_FILE, {"iwae_k": 4})
+    assert ckpt.load(out).metrics == {"iwae_k": 4}
 
 
 # --------------------------------------------------------------------------- file modes, paths

@@ -289,7 +289,7 @@ class Run:
         if raw is None:
             return {}
         tag = raw.pop("checkpoint", None)
-        if self.manifest is not None and tag != _metrics_tag(self.manifest):
+        if self.manifest is not None and tag is not None and tag != _metrics_tag(self.manifest):
             # Computed for another checkpoint (an eval while the run was training, or before a
             # resume): they do not describe this model, so they are not shown as its result.
             return {}
@@ -335,6 +335,24 @@ def write_metrics(run: Run, metrics: Mapping[str, Any]) -> Path:
     write_json(path, tagged)
     run.__dict__["metrics"] = dict(metrics)  # refresh the cached value
     return path
+
+
+def discard_stale_metrics(run: Run) -> None:
+    """Remove ``metrics.json`` unless it is tagged with ``run``'s checkpoint.
+
+    Training calls it when it ends: metrics written meanwhile (an eval while it trained, or
+    untagged ones whose checkpoint cannot be told) describe an earlier model, and must not
+    stay in the finished run as its result. A damaged file is left for :attr:`Run.metrics`
+    to report.
+    """
+    path = run.path / METRICS_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if run.manifest is not None and (not isinstance(raw, dict) or raw.get("checkpoint") != _metrics_tag(run.manifest)):
+        path.unlink(missing_ok=True)
+        run.__dict__.pop("metrics", None)
 
 
 # --------------------------------------------------------------------------- weights
@@ -785,7 +803,7 @@ def _load_run(run_dir: Path, device: str | torch.device) -> Run:
     _require_run(run_dir)
     snap = _snapshot(run_dir, (CONFIG_FILE, WEIGHTS_FILE, CONDITION_FILE, HISTORY_FILE))
     for name in snap.missing:
-        if name != HISTORY_FILE:
+        if name not in (HISTORY_FILE, CONDITION_FILE):  # a missing condition spec is explained below
             raise IntegrityError(f"{run_dir / name}: missing, but {MANIFEST_FILE} lists it as part of the "
                                  "checkpoint; restore it or train the run again")
     for name in snap.changed:

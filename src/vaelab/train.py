@@ -333,7 +333,9 @@ def train_run(
             ckpt.write_history(run_dir, err.history)
             ckpt.write_json(run_dir / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch, "message": str(err)})
             raise
-        return ckpt.load(run_dir, device)
+        run = ckpt.load(run_dir, device)
+        ckpt.discard_stale_metrics(run)  # e.g. from an eval while this run trained
+        return run
     finally:
         if lock is not None:
             lock.release()
