@@ -315,3 +315,16 @@ def test_n_test_is_refused_for_data_with_a_fixed_test_split(tmp_path):
     run = train_run(cfg, tmp_path / "img")
     with pytest.raises(EvaluationError, match="fixed test split"):
         evaluate_run(run, n_test=10, write=False)
+
+
+def test_evaluation_builds_no_autograd_graph(trained_run):
+    # Under autograd every chunk's activations would be kept: evaluation must run without it.
+    run = ckpt.load(trained_run)
+    seen = []
+    handle = run.model.decoder.register_forward_hook(lambda m, i, out: seen.append(out.requires_grad))
+    try:
+        with torch.enable_grad():
+            evaluate(run.model, load_dataset(run.config.data, "test"), k=4)
+    finally:
+        handle.remove()
+    assert seen and not any(seen)
