@@ -47,7 +47,8 @@ def test_eval_command(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert metrics["iwae_k"] == 4 and metrics["n"] == 100
-    assert json.loads((run_dir / "metrics.json").read_text())["iwae_k"] == 4
+    # other settings than the run's own (k = 8) leave its recorded metrics alone (without --save)
+    assert json.loads((run_dir / "metrics.json").read_text())["iwae_k"] == 8 and "kept as it was" in result.output
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv"])
