@@ -2,8 +2,9 @@
 for axes, colours and view limits.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (never ``pyplot``), so no global
-figure state leaks between calls and nothing needs closing; the Agg canvas renders them to
-PNG / SVG / PDF without a display.
+figure state leaks between calls and nothing needs closing. ``Figure.savefig`` renders through
+a canvas of its own for the file format (Agg for PNG), so the library never selects or switches
+the process-wide backend: a notebook keeps its inline ``plt.show()``.
 
 Conventions used by every figure:
 
@@ -24,16 +25,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg", force=False)  # no display needed; a no-op when a backend is already set
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from vaelab.data.dataset import Dataset  # noqa: E402
+from vaelab.data.dataset import Dataset
 
 if TYPE_CHECKING:
     from vaelab.checkpoint import History, Run
