@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 CMAP = "viridis"  # continuous values (data coordinate, z, density): monotonic lightness
 DENSITY_CMAP = "magma"
-LABEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+# Every marker must leave pixels at the smallest scatter size (point_size: area 2): Agg draws "P"
+# (filled plus) as nothing there and "*" as a single pixel, so neither is used.
+LABEL_MARKERS = ("o", "s", "^", "D", "v", "p", "X", "h", "<", ">")
 PANEL_SIZE = (4.3, 4.0)  # inches per panel: three panels read well on a laptop screen
 DPI = 110
 SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
