@@ -509,6 +509,8 @@ def write_report(
     from vaelab.plots import FIGURES_DIR, PlotContext, check_names
 
     names = None if names is None else check_names(names)
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give the report's file name, e.g. {Path(out) / REPORT_FILE}")
     if not isinstance(run, ckpt.Run):
         run = ckpt.load(run)
     ctx = PlotContext.from_run(run, **options)
@@ -519,6 +521,11 @@ def write_report(
     if needs_toml:
         ckpt.atomic_write_text(run.path / REPRODUCE_FILE, reproduce_toml(run.config))
     path = Path(out) if out is not None else run.path / REPORT_FILE
-    ckpt.atomic_write_text(path, render_report(run, entries, skipped))
-    os.chmod(path, 0o644)  # a report is meant to be shared (the temporary file was 0600)
+    try:
+        ckpt.atomic_write_text(path, render_report(run, entries, skipped))
+        os.chmod(path, 0o644)  # a report is meant to be shared (the temporary file was 0600)
+    except OSError as err:  # name the file the user asked for, not the temporary file beside it
+        raise OSError(
+            f"{path}: cannot write the report ({err.strerror or err}); choose a writable --out"
+        ) from None
     return path

@@ -243,6 +243,11 @@ class PlotContext:
     condition: Condition | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63:
+            raise ValueError(
+                f"seed {self.seed!r} cannot seed the figures' random draws: use an integer between "
+                f"-2^63 and 2^63 - 1 (--seed)"
+            )
         d = self.model.latent_dim
         i, j = self.dims
         if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
@@ -300,7 +305,8 @@ class PlotContext:
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A fresh generator on the model's device: every figure draws the same noise each time."""
-        return torch.Generator(device=self.device).manual_seed(self.seed * 7919 + offset)
+        # Reduced mod 2^64: torch takes 64-bit seeds, and seed · 7919 overflows them for large seeds.
+        return torch.Generator(device=self.device).manual_seed((self.seed * 7919 + offset) % 2**64)
 
     @property
     def labels(self) -> np.ndarray | None:
