@@ -66,10 +66,10 @@ def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConf
 
 @torch.no_grad()
 def diversity(model: LatentModel, n: int, generator: torch.Generator, c: Tensor | None = None) -> float:
-    """Variance of n decoded prior samples (decoder mean), summed over data dimensions.
+    """Var(E[x|z]) of n decoded prior samples (decoder means), summed over data dimensions.
 
-    Near 0 means every z decodes to the same x (posterior collapse); it should approach the
-    total variance of the data as the model learns.
+    Near 0 means every z decodes to the same x (posterior collapse). A model that fits the data
+    approaches Var(x) − E_z tr Cov(x|z), not Var(x): its observation noise carries the rest.
     """
     return float(model.sample(n, c, generator=generator).var(dim=0).sum())
 
