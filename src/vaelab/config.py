@@ -39,9 +39,15 @@ def _check_seed(value: int) -> int:
 
 
 def check_seed_option(value: int | None, option: str) -> None:
-    """Refuse a seed that torch cannot take, naming the option (``--seed``)."""
-    if value is not None and not SEED_MIN <= value <= SEED_MAX:
-        raise ConfigError(f"{option} {value}: seeds are 64-bit integers; use a value between {SEED_MIN} and {SEED_MAX}")
+    """Refuse a seed that torch cannot take, naming the option (``--seed``); None passes.
+
+    The one seed check of the library: commands, evaluation and figures all call it.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
+        raise ConfigError(f"{option} must be an integer from -2^63 to 2^63 - 1 ({SEED_MIN} to {SEED_MAX}), "
+                          f"got {value!r}: seeds are 64-bit integers, pick a smaller one")
 
 
 class _Section(BaseModel):
