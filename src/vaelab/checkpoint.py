@@ -24,7 +24,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +77,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class History:
-    """Per-epoch training record: a list of rows (dicts with the same keys), CSV on disk."""
+    """Per-epoch training record: a list of rows (dicts with the same keys), CSV on disk.
 
-    COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds")
+    ``lr`` is the learning rate of the epoch's last step, ``skipped`` the steps of the epoch
+    that ``nonfinite = "skip"`` skipped, ``grad_norm`` the largest gradient norm of the epoch
+    (over all parameters, before any clipping; NaN when a step had a non-finite gradient).
+    """
+
+    COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds", "lr", "skipped", "grad_norm")
+    INT_COLUMNS = ("epoch", "step", "skipped")
+    # Columns added after 0.1.0, and what a history.csv written before them reads as.
+    LATER_COLUMNS = {"lr": math.nan, "skipped": 0, "grad_norm": math.nan}
 
     def __init__(self, rows: list[dict[str, float]] | None = None) -> None:
         self.rows: list[dict[str, float]] = list(rows or [])
@@ -109,26 +117,43 @@ class History:
         writer = csv.DictWriter(buf, fieldnames=list(self.COLUMNS), lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: (int(row[k]) if k in ("epoch", "step") else repr(float(row[k]))) for k in self.COLUMNS})
+            writer.writerow({k: (int(row[k]) if k in self.INT_COLUMNS else repr(float(row[k])))
+                             for k in self.COLUMNS})
         return buf.getvalue()
 
     @classmethod
     def from_csv(cls, text: str) -> History:
         rows = []
         for raw in csv.DictReader(io.StringIO(text)):
-            rows.append({k: (int(raw[k]) if k in ("epoch", "step") else float(raw[k])) for k in cls.COLUMNS})
+            for name, default in cls.LATER_COLUMNS.items():
+                raw.setdefault(name, repr(default))
+            rows.append({k: (int(raw[k]) if k in cls.INT_COLUMNS else float(raw[k])) for k in cls.COLUMNS})
         return cls(rows)
 
 
 @dataclass
 class TrainState:
-    """Where training stands: enough, with the weights, to resume bit-exactly."""
+    """Where training stops: enough, with the weights, to resume bit-exactly.
+
+    At an epoch boundary ``epoch_rng`` is None. A checkpoint written mid-epoch (an
+    interrupted run) also holds the generator state at the start of the unfinished epoch,
+    from which the epoch's shuffle and binarization draw are regenerated, the batches of it
+    already done, and the partial sums of its history row.
+    """
 
     step: int = 0
-    epoch: int = 0
+    epoch: int = 0  # completed epochs
     optimizer: dict[str, Any] | None = None
     rng: torch.Tensor | None = None  # torch.Generator.get_state() of the training generator
     complete: bool = False
+    skips: int = 0  # steps skipped by nonfinite = "skip" so far: the learning rate is scaled by 0.5**skips
+    epoch_rng: torch.Tensor | None = None  # generator state at the start of the unfinished epoch
+    batch: int = 0  # batches of the unfinished epoch already done
+    epoch_sums: torch.Tensor | None = None  # (3,) float64: Σ loss, recon, kl weighted by batch size
+    epoch_seen: int = 0  # points behind epoch_sums
+    epoch_skipped: int = 0
+    epoch_seconds: float = 0.0
+    grad_norm_max: float = 0.0
 
 
 @dataclass
@@ -158,11 +183,7 @@ def save_weights(run_dir: Path, model: LatentModel) -> None:
 
 def save_state(run_dir: Path, state: TrainState) -> None:
     buf = io.BytesIO()
-    torch.save(
-        {"step": state.step, "epoch": state.epoch, "optimizer": state.optimizer, "rng": state.rng,
-         "complete": state.complete},
-        buf,
-    )
+    torch.save({f.name: getattr(state, f.name) for f in fields(TrainState)}, buf)
     atomic_write_bytes(run_dir / STATE_FILE, buf.getvalue())
 
 
@@ -232,8 +253,8 @@ def load_state(run_dir: str | Path) -> TrainState:
     if not path.is_file():
         raise RunDirError(f"{path}: no training state; this run cannot be resumed")
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    return TrainState(step=raw["step"], epoch=raw["epoch"], optimizer=raw["optimizer"], rng=raw["rng"],
-                      complete=raw.get("complete", False))
+    # Fields missing from an older state.pt keep their defaults (an epoch-boundary state).
+    return TrainState(**{f.name: raw[f.name] for f in fields(TrainState) if f.name in raw})
 
 
 def load_history(run_dir: str | Path) -> History:
