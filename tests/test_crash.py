@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from vaelab import checkpoint as ckpt
 from vaelab.cli import app
 
-EPOCHS = 24
+EPOCHS = 16
 # 256 points in batches of 32: 8 steps per epoch, a checkpoint every 2 epochs. A few seconds of training
 # on an idle machine: long enough to be killed at many moments.
 FLAGS = ["--data", "ring", "--n-train", "256", "--n-test", "64", "--hidden", "16,16", "--batch-size", "32",
@@ -122,7 +122,7 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_gives_the_uninterrupted_w
 def test_signal_saves_the_current_step_says_how_to_resume_and_resumes_exactly(tmp_path, reference, signum, code):
     out = tmp_path / "run"
     proc = _vaelab(out)
-    _wait_for_epochs(proc, out, 3 if signum == signal.SIGINT else 7)
+    _wait_for_epochs(proc, out, 3 if signum == signal.SIGINT else 5)
     time.sleep(0.01)  # most likely mid-epoch
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=600)
@@ -197,3 +197,35 @@ def test_a_second_ctrl_c_leaves_at_once_and_the_run_still_loads(tmp_path, monkey
     run = ckpt.load(out)  # the last completed checkpoint (end of epoch 2) is intact
     assert ckpt.load_state(out).step == 16 and len(run.history) == 2
     assert not list(out.glob(".*.tmp"))
+
+
+def test_cli_skip_policy_says_when_it_skips_and_records_it(tmp_path, monkeypatch):
+    import vaelab.train as train_mod
+
+    real_objective = train_mod.objective
+    calls = []
+
+    def nan_on_the_third_step(*args, **kwargs):
+        calls.append(1)
+        out = real_objective(*args, **kwargs)
+        if len(calls) == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "objective", nan_on_the_third_step)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", *FLAGS, "--epochs", "2", "--out", str(out), "--nonfinite", "skip",
+                                      "--max-skips", "2", "--grad-clip", "5"])
+    assert result.exit_code == 0, result.output
+    assert "step 3 (epoch 1): non-finite loss or gradient; step skipped" in result.output
+    run = ckpt.load(out)
+    assert run.history.column("skipped") == [1, 0]
+    assert (run.config.train.nonfinite, run.config.train.max_skips, run.config.train.grad_clip) == ("skip", 2, 5.0)
+
+
+def test_cli_refuses_max_skips_without_the_skip_policy(tmp_path):
+    result = CliRunner().invoke(app, ["train", *FLAGS, "--epochs", "1", "--out", str(tmp_path / "r"),
+                                      "--max-skips", "3"])
+    assert result.exit_code == 2
+    assert "max_skips" in result.output and "--nonfinite skip" in result.output
+    assert not (tmp_path / "r").exists()

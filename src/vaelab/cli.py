@@ -250,6 +250,9 @@ def train(
         task = progress.add_task("steps", total=None)
 
         def on_step(info: Any) -> None:
+            if info.skipped:  # --nonfinite skip: say so when it happens, not only in history.csv
+                progress.console.print(f"step {info.step} (epoch {info.epoch}): non-finite loss or gradient; "
+                                       f"step skipped, learning rate halved", highlight=False)
             if info.step == 1 or info.step % 20 == 0 or info.step == info.total_steps:
                 progress.update(task, total=info.total_steps, completed=info.step,
                                 description=f"epoch {info.epoch} loss {info.loss:.3f} "
