@@ -39,14 +39,11 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, step: int, epoch: int, history: History, *, term: str = "loss", advice: str = "",
                  skips: int = 0) -> None:
-        what = "gradients" if term == "gradients" else f"{term} term" + ("s" if " and " in term else "")
-        if term == "loss":
-            what = "loss"
+        what = {"gradients": "gradients were", "loss": "loss was",
+                "reconstruction and KL": "reconstruction and KL terms were"}.get(term, f"{term} term was")
         after = f" after {skips} skipped steps (train.max_skips = {skips})" if skips else ""
-        verb = "were" if what.endswith("s") else "was"
         super().__init__(
-            f"training stopped{after}: the {what} {verb} NaN or infinite at step {step} (epoch {epoch}). {advice}"
-            .rstrip()
+            f"training stopped{after}: the {what} NaN or infinite at step {step} (epoch {epoch}). {advice}".rstrip()
         )
         self.step, self.epoch, self.history, self.term = step, epoch, history, term
 
@@ -307,8 +304,11 @@ def _divergence_advice(term: str, model: LatentModel, config: TrainConfig) -> st
     if not math.isfinite(config.lr):
         return f"train.lr (--lr) is {config.lr}: use a finite learning rate such as 1e-3."
     if uses_beta and not math.isfinite(config.beta) and term in ("KL", "loss", "reconstruction and KL"):
-        return (f"train.beta (--beta) is {config.beta}: β·KL is then infinite (NaN where KL = 0); "
+        return (f"train.beta (--beta) is {config.beta}: the KL term β·KL is then infinite (NaN where KL = 0); "
                 "use a finite β such as 4.")
+    if term == "loss":  # finite terms, non-finite total: β·KL overflowed, or the IWAE bound did
+        return ("The terms were finite, the objective built from them was not: "
+                + ("use a smaller --beta." if uses_beta else "try a smaller learning rate (--lr) or a smaller --k."))
     if gaussian_fixed and not math.isfinite(mcfg.recon_var) and "reconstruction" in term:
         return (f"model.recon_var (--recon-var) is {mcfg.recon_var}: log p(x|z) is then −inf for every x; "
                 "use a finite σ² such as 0.1 (a smaller σ² weights the reconstruction more).")
