@@ -23,6 +23,10 @@ ImageSplit = Literal["official", "test-9k"]
 BinarizeName = Literal["auto", "none", "dynamic", "fixed"]
 
 
+# Steps that ``nonfinite = "skip"`` may skip when max_skips is not given.
+DEFAULT_MAX_SKIPS = 10
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and what is allowed."""
 
@@ -195,6 +199,30 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="seed of weight init, shuffling and sampling noise")
     checkpoint_every: int = Field(50, gt=0, description="save a checkpoint every N epochs (and at the end)")
     diversity_samples: int = Field(2048, gt=0, description="prior samples used for the diversity column")
+    # Non-finite values and gradient clipping (vaelab.train.fit).
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="on a NaN/inf loss or gradient: stop (name the step and term), or skip the step "
+        "and halve the learning rate (at most max_skips times)",
+    )
+    max_skips: int | None = Field(
+        None, gt=0, description=f"steps nonfinite = skip may skip before training stops (unset: {DEFAULT_MAX_SKIPS})",
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="clip the gradient norm (over all parameters) to this value before each step; unset: off",
+    )
+
+    @model_validator(mode="after")
+    def _skips_need_the_skip_policy(self) -> TrainConfig:
+        if self.max_skips is not None and self.nonfinite != "skip":
+            raise ValueError(f"max_skips = {self.max_skips} only applies with nonfinite = 'skip' "
+                             "(--nonfinite skip); remove it or choose the skip policy")
+        return self
+
+    @property
+    def skip_limit(self) -> int:
+        """The number of steps the skip policy may skip: max_skips, or its documented default."""
+        return DEFAULT_MAX_SKIPS if self.max_skips is None else self.max_skips
 
     _seed = field_validator("seed")(_check_seed)
 
