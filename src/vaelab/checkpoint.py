@@ -556,12 +556,18 @@ def _commit(run_dir: Path, files: Mapping[str, bytes], step: int) -> dict[str, A
         entries = dict(_parse_manifest(run_dir, current)["files"]) if current is not None else {}
         staging = run_dir / STAGING_DIR
         staging.mkdir()
-        for name, data in files.items():
-            _write_new(staging / name, data)
-            entries[name] = _sha256(data)
-        manifest = {"format": MANIFEST_FORMAT, "step": int(step), "files": dict(sorted(entries.items()))}
-        _write_new(staging / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-        _fsync_dir(staging)
+        try:
+            for name, data in files.items():
+                _write_new(staging / name, data)
+                entries[name] = _sha256(data)
+            manifest = {"format": MANIFEST_FORMAT, "step": int(step), "files": dict(sorted(entries.items()))}
+            _write_new(staging / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+            _fsync_dir(staging)
+        except BaseException:
+            # Interrupted before the commit (an error, a second Ctrl-C): the previous checkpoint
+            # stands, and the half-written one is dropped rather than left for recover().
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         os.rename(staging, run_dir / COMMITTED_DIR)  # the commit: one atomic rename
         _fsync_dir(run_dir)
         _roll_forward(run_dir)
