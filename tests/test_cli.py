@@ -178,3 +178,14 @@ def test_console_script_runs(tmp_path):
     assert proc.returncode == 0 and "radial_gmm" in proc.stdout
     proc = subprocess.run([*exe, "eval", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not a vaelab run" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["plot", "report", "compare"])
+def test_figure_commands_list_every_figure_name_in_their_help(command):
+    from vaelab.plots import figure_names
+
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    missing = [name for name in figure_names() if name not in text]
+    assert not missing, f"`vaelab {command} --help` does not name {missing}"

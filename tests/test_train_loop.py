@@ -346,9 +346,9 @@ def test_train_state_round_trips_the_mid_epoch_fields(tmp_path):
     state = TrainState(step=6, epoch=1, rng=torch.Generator().get_state(), epoch_rng=torch.Generator().get_state(),
                        batch=2, epoch_sums=torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), epoch_seen=128,
                        epoch_skipped=1, epoch_seconds=0.5, skips=3, grad_norm_max=2.5)
-    tmp_path.mkdir(exist_ok=True)
-    ckpt.save_state(tmp_path, state)
-    back = ckpt.load_state(tmp_path)
+    cfg = tiny_config()
+    ckpt.save(tmp_path / "r", build_model(cfg.model, 2, seed=0), cfg, state=state)  # through the checkpoint unit
+    back = ckpt.load_state(tmp_path / "r")
     assert (back.batch, back.epoch_seen, back.epoch_skipped, back.skips) == (2, 128, 1, 3)
     assert torch.equal(back.epoch_sums, state.epoch_sums) and torch.equal(back.epoch_rng, state.epoch_rng)
     assert back.epoch_seconds == 0.5 and back.grad_norm_max == 2.5

@@ -682,12 +682,23 @@ def _write_report(run_dir: Path, **options: Any) -> Path:
     return path
 
 
+class _FigureHelp(typer.core.TyperCommand):
+    """A command whose --help ends with the figure names, read from the plot registry only
+    when help is shown (the registry imports matplotlib, which other commands do not need)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from vaelab.plots import figure_names
+
+        self.epilog = "Figure names: " + ", ".join(figure_names())
+        super().format_help(ctx, formatter)
+
+
 _FIGURES_HELP = "comma-separated figure names (default: all that apply); an unknown name lists the valid ones"
 _DIMS_HELP = "two latent dimensions (1-based) shown by the 2-D latent panels, e.g. 3,4 (default 1,2)"
 _POINTS_HELP = "data points whose q(z|x) is drawn, e.g. '0,3;2.1,-2' (default: three typical points)"
 
 
-@app.command()
+@app.command(cls=_FigureHelp)
 @user_errors
 def plot(
     run: Path = typer.Argument(..., help="run directory"),
@@ -709,7 +720,7 @@ def plot(
         raise ValueError("no figure applies to this run with these options; nothing was written")
 
 
-@app.command()
+@app.command(cls=_FigureHelp)
 @user_errors
 def report(
     run: Path = typer.Argument(..., help="run directory"),
@@ -729,7 +740,7 @@ def report(
     console.print(f"report: {path}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_FigureHelp)
 @user_errors
 def compare(
     runs: list[Path] = typer.Argument(..., help="two or more run directories"),
