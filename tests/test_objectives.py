@@ -169,7 +169,6 @@ def test_beta_iwae_with_beta_one_is_the_iwae_bound():
 def test_beta_changes_the_trained_weights_under_every_objective(tmp_path):
     """Item 1: `--beta 4` trained bit-identical weights to β = 1 under the default IWAE objective."""
     from helpers import tiny_config
-
     from vaelab.train import train_run
 
     for objective in ("iwae", "elbo"):

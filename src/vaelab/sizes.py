@@ -83,6 +83,9 @@ def check_model_fits(
                f"use a smaller --latent-dim or {widths.split()[0]}")
     if train is None:
         return
+    # The diversity column decodes diversity_samples prior draws at once after every epoch.
+    check_fits(float(train.diversity_samples) * (_activation_width(model) + x_dim) * FLOAT_BYTES,
+               f"diversity_samples = {train.diversity_samples} decoded at once", "use fewer diversity_samples")
     samples = train.k if config.kind == "vae" and train.objective == "iwae" else 1
     rows = train.batch_size * samples
     # x2: the forward activations and their gradients.
