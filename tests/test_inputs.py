@@ -108,7 +108,7 @@ def test_T75_config_keys_are_reported_under_the_config_file(tmp_path):
 
 @pytest.mark.parametrize("case,make,needles", [
     ("T16", lambda p: np.save(p, np.ones((50, 2), dtype=np.complex128)), ["complex numbers", "separate columns"]),
-    ("T20", lambda p: np.save(p, np.full((50, 2), 1e39)), ["beyond float32's range", "row 0, column 0"]),
+    ("T20", lambda p: np.save(p, np.full((50, 2), 1e39)), ["beyond ±3.4e38", "row 0, column 0"]),
     ("X01", lambda p: p.write_bytes(b""), ["the file is empty (0 bytes)"]),
     ("T30", lambda p: np.save(p, np.array([{}, 1], dtype=object), allow_pickle=True), ["never does", "numpy.save"]),
 ])

@@ -274,3 +274,10 @@ def test_seeds_beyond_64_bits_are_refused_at_config_time(section):
 def test_largest_seed_trains(tmp_path):
     run = train_run(small(train={"seed": 2**63 - 1}, data={"seed": 2**63 - 1}), tmp_path / "r")
     assert run.history.last is not None
+
+
+def test_train_run_refuses_what_is_not_a_config(tmp_path):
+    """Audit A31: train_run(dict) raised AttributeError 'dict' object has no attribute 'data'."""
+    with pytest.raises(ConfigError, match="RunConfig"):
+        train_run({"train": {"epochs": 1}}, tmp_path / "r")
+    assert not (tmp_path / "r").exists()

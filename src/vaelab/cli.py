@@ -289,6 +289,8 @@ def _loss_name(cfg: Any) -> str:
     if cfg.model.kind == "ae":
         return "loss (reconstruction)"
     if cfg.train.objective == "iwae":
+        if cfg.train.beta != 1:
+            return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, β={cfg.train.beta:g})"
         return f"loss (−IWAE bound, k={cfg.train.k})"
     return f"loss (−ELBO, β={cfg.train.beta:g})"
 

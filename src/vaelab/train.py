@@ -293,7 +293,8 @@ def train_run(
     """
     run_dir = Path(run_dir)
     if not isinstance(config, RunConfig):
-        raise TypeError(f"config must be a vaelab.config.RunConfig, got {type(config).__name__}")
+        raise ConfigError(f"config must be a vaelab.config.RunConfig (e.g. RunConfig.from_dict(...)), "
+                          f"got {type(config).__name__}")
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
     history: History | None = None
