@@ -52,6 +52,11 @@ def run_dir(tmp_path_factory):
     ("X19", ["--k", str(10**8)], ["--k 100000000", "would need about", "smaller --k"]),
     ("T52", ["--seed", HUGE_SEED], ["train.seed: seeds are 64-bit integers", f"(got {HUGE_SEED})"]),
     ("T53", ["--data-seed", HUGE_SEED], ["data.seed: seeds are 64-bit integers", f"(got {HUGE_SEED})"]),
+    ("T40b", ["--beta", "inf"], ["train.beta: must be a finite number"]),
+    ("T54c", ["--likelihood", "gaussian", "--recon-var", "inf"], ["model.recon_var: must be a finite number"]),
+    ("lr-inf", ["--lr", "inf"], ["train.lr: must be a finite number"]),
+    ("beta-1e39", ["--beta", "1e39"], ["train.beta: 1e+39 is outside float32's range"]),
+    ("recon-var-1e-300", ["--likelihood", "gaussian", "--recon-var", "1e-300"], ["model.recon_var", "float32"]),
 ])
 def test_impossible_train_options_are_refused_before_allocating(tmp_path, case, args, needles):
     result = invoke("train", *FAST, *args, "--out", tmp_path / "r")
