@@ -249,8 +249,11 @@ def train(
     dev = pick_device(device)
     if not resume:
         _fetch_with_progress(cfg.data)
-    console.print(f"training [bold]{cfg.model.kind}[/] on [bold]{cfg.data.path or cfg.data.name}[/] "
-                  f"-> {out} (device {dev})", highlight=False)
+    if resume:  # the run's own config applies, not the defaults this command started from
+        console.print(f"resuming {out} from its last checkpoint (device {dev})", highlight=False)
+    else:
+        console.print(f"training [bold]{cfg.model.kind}[/] on [bold]{cfg.data.path or cfg.data.name}[/] "
+                      f"-> {out} (device {dev})", highlight=False)
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
