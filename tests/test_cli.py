@@ -1,8 +1,10 @@
 """Every core CLI command end to end on tiny data, and the user errors it must explain."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,12 +40,15 @@ def test_train_writes_run_and_metrics(run_dir):
     assert cfg["model"]["hidden"] == [16, 16] and cfg["data"]["n_train"] == 200
 
 
-def test_eval_command(run_dir):
+def test_eval_command(run_dir, tmp_path):
+    # eval rewrites metrics.json: work on a copy so the shared run stays as training left it.
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "run"))
     result = invoke("eval", run_dir, "--k", "4", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert metrics["iwae_k"] == 4 and metrics["n"] == 100
-    assert json.loads((run_dir / "metrics.json").read_text())["iwae_k"] == 4
+    # other settings than the run's own (k = 8) leave its recorded metrics alone (without --save)
+    assert json.loads((run_dir / "metrics.json").read_text())["iwae_k"] == 8 and "kept as it was" in result.output
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv"])

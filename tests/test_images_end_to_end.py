@@ -17,12 +17,14 @@ from vaelab.cli import app
 from vaelab.config import RunConfig
 from vaelab.data.pixels import eval_view, fixed_binarization, is_binary, resolve_binarize
 from vaelab.data.registry import DATASETS, is_image_config, load_dataset
-from vaelab.evaluate import evaluate
+from vaelab.evaluate import evaluate, evaluate_run
 from vaelab.models import build_model
 from vaelab.presets import PRESETS, apply_preset
 from vaelab.train import fit, train_run
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the checkout (main), or two levels up for a worktree under wt/.
+SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[2:4]
+               if (p / "shared" / "data" / "mnist").is_dir()), Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_mnist = pytest.mark.skipif(not (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file(),
                                  reason="the MNIST test split is not in ../shared/data/mnist")
 runner = CliRunner()
@@ -109,8 +111,11 @@ def test_bits_per_dim_matches_nats(tmp_path):
     m = evaluate(run.model, test, k=8, batch_size=32)
     scale = 64 * math.log(2)
     assert m["iwae_bpd"] == pytest.approx(m["iwae_nll"] / scale)
-    assert m["elbo_bpd"] == pytest.approx(-m["elbo"] / scale)
-    assert 0 < m["iwae_bpd"] < m["elbo_bpd"] + 1e-6 + 3 * m["iwae_bpd_se"]
+    assert m["elbo_bpd_se"] == pytest.approx(m["elbo_se"] / scale)
+    # Even two epochs beat a fair coin per pixel (exactly 1 bit: see test_evaluate), and the
+    # IWAE bound is tighter than the ELBO beyond its noise.
+    assert m["iwae_bpd"] + 3 * m["iwae_bpd_se"] < 1.0
+    assert m["iwae_bpd"] < m["elbo_bpd"] - 3 * m["elbo_bpd_se"] / 10
 
 
 def test_presets_validate():
@@ -155,7 +160,9 @@ def test_cli_conv_on_mnist_test_file(tmp_path):
     result = runner.invoke(app, ["eval", str(out), "--k", "4", "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output.strip().splitlines()[-1])
-    assert metrics["n"] == 32 and metrics["iwae_bpd"] == pytest.approx(metrics["iwae_nll"] / (784 * math.log(2)))
+    assert metrics["n"] == 32 and metrics["binarization"].startswith("fixed")
+    # the library gives the CLI's numbers (issue 8, item 4): same binarized view, same draws
+    assert evaluate_run(out, k=4, write=False) == metrics
 
 
 def test_cli_missing_mnist_says_where(tmp_path, monkeypatch):
@@ -189,7 +196,8 @@ def test_image_folder_with_conv_vae(tmp_path):
     test = load_dataset(cfg.data, "test")
     assert test.image_shape == (1, 16, 16) and len(test) == 4 and test.label_names == ["circle", "square"]
     m = evaluate(run.model, eval_view(cfg, test)[0], k=4)
-    assert math.isfinite(m["iwae_bpd"])
+    # Bernoulli draws of uniform grey noise are fair coins: no model gets below 1 bit per pixel
+    assert m["iwae_bpd"] > 0.9
 
 
 @needs_mnist

@@ -20,7 +20,7 @@ from vaelab.cli import app
 from vaelab.compare import write_comparison
 from vaelab.config import RunConfig
 from vaelab.plots import PlotContext, plan
-from vaelab.report import _FLAGS, REPRODUCE_FILE, config_toml, reproduce_command, write_report
+from vaelab.report import REPRODUCE_FILE, config_toml, reproduce_command, train_flags, write_report
 
 FAST = {"density_k": 4, "density_grid": 16, "n_points": 200}
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "wbr", "source"}
@@ -99,7 +99,7 @@ def test_report_embeds_every_applicable_figure(run_copy):
 def test_reproduce_command_rebuilds_the_same_config(monkeypatch, tmp_path):
     """Every flag exists on `vaelab train` and the command parses back to the same config."""
     train_opts = {o for p in typer.main.get_command(app).commands["train"].params for o in p.opts}
-    assert set(_FLAGS.values()) <= train_opts
+    assert set(train_flags().values()) <= train_opts
     cfg = RunConfig.from_dict({
         "data": {"name": "moons", "n_train": 500, "seed": 3},
         "model": {"latent_dim": 5, "hidden": [64, 32], "likelihood": "gaussian", "recon_var": 0.05},

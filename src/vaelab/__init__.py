@@ -5,7 +5,7 @@ A notebook session::
     import vaelab
     cfg = vaelab.RunConfig()                          # defaults: a VAE on radial_gmm
     run = vaelab.train_run(cfg, "runs/demo")          # writes the run directory
-    metrics = vaelab.evaluate(run.model, vaelab.load_dataset(cfg.data, "test"))
+    metrics = vaelab.evaluate_run(run)                # as `vaelab eval` does; writes metrics.json
     x = run.model.sample(1000)                        # (1000, 2) decoder means
     run = vaelab.load("runs/demo")                    # later: rebuilt from the folder alone
 """
@@ -16,7 +16,7 @@ from vaelab.checkpoint import History, Run, load, save
 from vaelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from vaelab.data.registry import dataset_names as datasets
 from vaelab.data.registry import load_dataset
-from vaelab.evaluate import evaluate
+from vaelab.evaluate import evaluate, evaluate_run
 from vaelab.models import build_model
 from vaelab.train import fit, train_run
 
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataConfig", "EvalConfig", "History", "ModelConfig", "Run", "RunConfig", "TrainConfig",
-    "build_model", "datasets", "evaluate", "fit", "load", "load_dataset", "save", "train_run",
+    "build_model", "datasets", "evaluate", "evaluate_run", "fit", "load", "load_dataset", "save", "train_run",
 ]
 
 # A library never configures logging; this keeps Python's last-resort handler from printing

@@ -299,35 +299,28 @@ def _loss_name(cfg: Any) -> str:
 
 
 def _run_eval(
-    run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None
+    run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None,
+    save: bool = False,
 ) -> dict[str, Any]:
+    """Evaluate with the library's ``evaluate_run``, print, then write metrics.json when due.
+
+    The metrics are printed before anything is written, so a run folder that cannot be
+    written still shows its numbers.
+    """
     from vaelab import checkpoint as ckpt
-    from vaelab.data.pixels import eval_view
-    from vaelab.data.registry import load_dataset
-    from vaelab.evaluate import evaluate
+    from vaelab.evaluate import evaluate_run, save_metrics, settings_differ, should_write_metrics
 
     run = ckpt.load(run_dir, device)
-    data_cfg = run.config.data if n_test is None else run.config.data.model_copy(update={"n_test": n_test})
-    eval_cfg = run.config.eval
-    k = eval_cfg.k if k is None else k
-    if k <= 0:
-        raise ValueError(f"--k must be a positive number of importance samples, got {k}")
-    raw_test = load_dataset(data_cfg, "test", expect_dim=run.model.x_dim)
-    test, pixels = eval_view(run.config, raw_test)
-    # A conditional model is evaluated on log p(x|c): each test point with its own condition.
-    c = None if run.condition is None else run.condition.tensor(raw_test).to(device)
-    seed = eval_cfg.seed if seed is None else seed
-    metrics = evaluate(run.model, test, k=k, batch_size=eval_cfg.batch_size, seed=seed, c=c)
-    if run.condition is not None:
-        from vaelab.conditions import conditional_metrics
-
-        metrics.update(conditional_metrics(run.model, run.condition, load_dataset(data_cfg, "train"), raw_test,
-                                           seed=seed))
-    if test.image_shape is not None:
-        metrics["binarization"] = pixels
-    ckpt.write_json(run_dir / ckpt.METRICS_FILE, metrics)
+    metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False)
     _print_metrics(metrics)
     _print_condition_metrics(metrics)
+    if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed):
+        path = save_metrics(run, metrics)
+        console.print(f"wrote {path}", highlight=False)
+    else:
+        differ = "; ".join(settings_differ(run, k=k, n_test=n_test, seed=seed))
+        console.print(f"{run_dir / ckpt.METRICS_FILE} kept as it was: these numbers use {differ}; "
+                      "add --save to replace the run's recorded metrics with them", highlight=False)
     return metrics
 
 
@@ -396,14 +389,24 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         "active_units": "active units", "true_nll": "true NLL (entropy of the data)",
         "nll_gap": "gap: IWAE NLL − true NLL",
         "nll_gap_se": "  ± standard error",
+        "eval_seed": "  evaluation seed",
     }
+    # A standard error is printed under the value it belongs to.
+    ses = {"elbo": "elbo_se", "recon": "recon_se", "kl": "kl_se", "elbo_bpd": "elbo_bpd_se",
+           "iwae_bpd": "iwae_bpd_se"}
     for key, label in labels.items():
         if key in metrics:
             v = metrics[key]
             table.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v))
+            if key in ses and ses[key] in metrics:
+                table.add_row("  ± standard error", f"{metrics[ses[key]]:.4f}")
+    if "nll_gap_note" in metrics:
+        table.add_row("gap: IWAE NLL − true NLL", "omitted (see below)")
     if "kl_per_dim" in metrics:
         table.add_row("KL per latent dim", ", ".join(f"{v:.3f}" for v in metrics["kl_per_dim"]))
     console.print(table)
+    if "nll_gap_note" in metrics:
+        console.print(metrics["nll_gap_note"], highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -415,14 +418,21 @@ def eval_cmd(
     seed: int = typer.Option(None, help="seed of the evaluation noise"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
     json_out: bool = typer.Option(False, "--json", help="also print the metrics as JSON"),
+    save: bool = typer.Option(False, "--save", help="write RUN/metrics.json even when --k / --n-test / --seed "
+                              "differ from the run's own evaluation settings"),
 ) -> None:
-    """Evaluate a run on fresh held-out data; writes RUN/metrics.json."""
-    from vaelab.config import check_seed_option
-
-    check_seed_option(seed, "--seed")
-    metrics = _run_eval(run, pick_device(device), k, n_test, seed)
+    """Evaluate a run on its held-out data. Writes RUN/metrics.json when evaluated with the run's own
+    settings (or when it has none yet); with other --k / --n-test / --seed only with --save."""
+    metrics = _run_eval(run, pick_device(device), k, n_test, seed, save=save)
     if json_out:
         print(json.dumps(metrics))
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output path that is a folder or a run's own file, before any work is done."""
+    from vaelab import checkpoint as ckpt
+
+    ckpt.check_output_path(out)
 
 
 def _load_model(run: Path, device: str) -> Any:
@@ -455,9 +465,11 @@ def sample(
     """Draw samples from the prior and decode them (given a condition, for conditional models)."""
     from vaelab.config import check_seed_option
     from vaelab.data.files import save_points
+    from vaelab.evaluate import generator_for
     from vaelab.sizes import check_decode_fits
 
     check_seed_option(seed, "--seed")
+    _check_output(out)
     if n is not None and n <= 0:
         raise ValueError(f"-n must be a positive number of samples, got {n}")
     r = _load_model(run, device)
@@ -472,7 +484,7 @@ def sample(
     check_decode_fits(r.model, n, f"-n {n} samples, decoded at once,")
     if c is not None:
         c = c.expand(n, -1).to(dev)
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = generator_for(seed, dev, option="--seed")
     x = r.model.sample(n, c, generator=g, noise=noise).cpu().numpy()
     save_points(out, x, [f"x{i + 1}" for i in range(x.shape[1])])
     console.print(f"wrote {n} samples ({'with noise' if noise else 'decoder mean'}) to {out}", highlight=False)
@@ -491,6 +503,7 @@ def encode(
     """Encode points: writes the posterior means μ and standard deviations σ (N x 2d)."""
     from vaelab.data.files import save_points
 
+    _check_output(out)
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     x = _read_matrix(input, r.model.x_dim, "data").to(dev)
@@ -518,16 +531,19 @@ def decode(
     noise: bool = typer.Option(False, help="draw x ~ p(x|z) instead of the decoder mean"),
     condition: str = typer.Option(None, "--condition", help="conditional models: one condition for all codes, "
                                   "or a file with one per code"),
-    seed: int = typer.Option(0, help="seed of the observation noise"),
+    seed: int = typer.Option(None, help="seed of the observation noise (with --noise; default 0)"),
     device: str = typer.Option("auto"),
 ) -> None:
     """Decode latent codes z to data space (given a condition, for conditional models)."""
     from vaelab.config import check_seed_option
-
-    check_seed_option(seed, "--seed")
     from vaelab.data.files import save_points
+    from vaelab.evaluate import generator_for
     from vaelab.likelihoods import sample_observation
 
+    check_seed_option(seed, "--seed")
+    _check_output(out)
+    if seed is not None and not noise:
+        raise ValueError("--seed sets the observation noise, which only --noise draws; add --noise or drop --seed")
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     z = _read_matrix(input, r.model.latent_dim, "latent space").to(dev)
@@ -535,7 +551,7 @@ def decode(
     c = None if c is None else c.to(dev)
     with torch.no_grad():
         p_x = r.model.decode(z, c)
-        g = torch.Generator(device=dev).manual_seed(seed)
+        g = generator_for(0 if seed is None else seed, dev, option="--seed")
         x = sample_observation(p_x, g) if noise else p_x.mean
     save_points(out, x.cpu().numpy(), [f"x{i + 1}" for i in range(x.shape[1])])
     console.print(f"wrote {len(x)} decoded points to {out}", highlight=False)

@@ -189,6 +189,25 @@ class Condition:
         """c for every point of ``data``: (N, width) float32, ready for ``model.encode(x, c)``."""
         return self.encode(self.values(data))
 
+    def true_log_prob(self, data: Dataset) -> tuple[Tensor | None, str | None]:
+        """The exact log p(x|c) of every point of ``data`` (N,), where the data knows it,
+        and otherwise None with the reason (None as well when nothing is known to compare).
+
+        Labels of the toy Gaussian mixtures are their components, so log p(x | label = k) is
+        the density of component k (``data.log_prob_given_label``). Given its radius r a 2D
+        point lies on the circle ‖x‖ = r: that conditional has no density in the plane (it
+        is a density along the circle), so no true −log p(x|r) exists for a gap.
+        """
+        if self.labels is not None:
+            if data.log_prob_given_label is None:
+                return None, None
+            return data.log_prob_given_label(data.x, self.values(data)), None
+        if self.kind == "radius" and data.log_prob is not None:
+            return None, ("no gap for a radius condition: given its radius a point lies on a circle, where the "
+                          "true p(x|r) has no density in the plane, so −log p(x|r) cannot be compared; the "
+                          "unconditional −log p(x) would measure a different quantity")
+        return None, None
+
     # -- encoding -----------------------------------------------------------------------
 
     def encode(self, raw: Tensor) -> Tensor:

@@ -18,10 +18,22 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 
+class DataSupportError(ValueError):
+    """Data outside the support of the likelihood (grey levels under a Bernoulli p(x|z))."""
+
+
 class Likelihood(nn.Module):
     """Base class: ``params_per_dim`` decoder outputs per data dimension -> p(x|z)."""
 
     params_per_dim: int = 1
+
+    def check_support(self, x: Tensor, what: str = "the data") -> None:
+        """Raise ``DataSupportError`` when x (N, D) lies outside the support of p(x|z).
+
+        Called once per data set (by evaluation), not per step: the check reads every value
+        back to the host, which a training step should not pay for. Densities on R^D accept
+        any x.
+        """
 
     def forward(self, params: Tensor) -> Distribution:  # (..., D * params_per_dim) -> p_x
         raise NotImplementedError
@@ -92,6 +104,18 @@ class BernoulliLogits(Likelihood):
 
     def forward(self, params: Tensor) -> Distribution:
         return Independent(Bernoulli(logits=params, validate_args=False), 1, validate_args=False)
+
+    def check_support(self, x: Tensor, what: str = "the data") -> None:
+        """Refuse x that is not in {0, 1}: there ``log_prob`` is a cross-entropy, not a log-likelihood."""
+        bad = (x != 0) & (x != 1)
+        if bool(bad.any()):
+            first = float(x[bad][0])
+            raise DataSupportError(
+                f"{what} is not binary ({int(bad.sum())} of {x.numel()} values are neither 0 nor 1, first "
+                f"{first:.4g}): the Bernoulli likelihood is a distribution over {{0, 1}}, and its log-probability "
+                "of grey levels is a cross-entropy, not a likelihood. Binarize the data first "
+                "(vaelab.data.pixels.fixed_binarization, or --binarize fixed / dynamic), or use a gaussian likelihood"
+            )
 
 
 def build_likelihood(name: str, recon_var: float = 1.0, min_var: float = 1e-6) -> Likelihood:

@@ -83,15 +83,30 @@ def log_importance_weights(
 ) -> Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): (k, B).
 
-    ``chunk`` bounds how many of the k samples are decoded at once, so large k fits memory.
+    ``chunk`` bounds how many of the k samples are decoded at once, so large k fits memory
+    (under ``torch.no_grad()``: with autograd on, every chunk's activations are kept for the
+    backward pass anyway). All k draws are made before decoding, so the result does not
+    depend on ``chunk``: the same generator gives the same log w for any chunk size.
     """
+    return importance_terms(model, x, c, k=k, generator=generator, chunk=chunk)[1]
+
+
+def importance_terms(
+    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int,
+    generator: torch.Generator | None = None, chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """log p(x|z_i) and log w_i for z_1..z_k ~ q(z|x), decoded ``chunk`` samples at a time: (k, B) each."""
     q_z = model.encode(x, c)
+    z = reparameterize(q_z, (k,), generator)  # (k, B, d): drawn at once, so chunking changes no draw
+    log_q = q_z.log_prob(z)  # (k, B)
     chunk = k if chunk is None else max(1, chunk)
-    parts = [
-        _sample_log_weights(model, q_z, x, c, min(chunk, k - start), generator)[1]
-        for start in range(0, k, chunk)
-    ]
-    return torch.cat(parts, dim=0)
+    log_px = []
+    for start in range(0, k, chunk):
+        zs = z[start:start + chunk]  # (m, B, d)
+        cc = None if c is None else c.expand(len(zs), *c.shape)
+        log_px.append(model.decode(zs, cc).log_prob(x))  # (m, B): x broadcasts over the samples
+    log_px_all = torch.cat(log_px, dim=0)
+    return log_px_all, log_px_all + model.prior().log_prob(z) - log_q
 
 
 def iwae_bound(

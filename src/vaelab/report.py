@@ -34,13 +34,18 @@ HISTORY_ROWS = 25  # longer histories show an evenly spaced subset plus the last
 METRIC_LABELS = {
     "n": "test points",
     "elbo": "ELBO (nats / point)",
+    "elbo_se": "  ± standard error",
     "recon": "reconstruction −E log p(x|z)",
+    "recon_se": "  ± standard error",
     "kl": "KL(q(z|x) ‖ p(z))",
+    "kl_se": "  ± standard error",
     "iwae_nll": "IWAE NLL (nats / point)",
     "iwae_nll_se": "  ± standard error",
-    "iwae_k": "  importance samples k",
+    "iwae_k": "  importance samples k (also behind ELBO and reconstruction)",
+    "eval_seed": "  evaluation seed",
     "bits_per_dim": "bits per dimension",
     "elbo_bpd": "−ELBO (bits / dimension)",
+    "elbo_bpd_se": "  ± standard error",
     "iwae_bpd": "IWAE NLL (bits / dimension)",
     "iwae_bpd_se": "  ± standard error",
     "binarization": "test pixels binarized",
@@ -49,47 +54,46 @@ METRIC_LABELS = {
     "true_nll": "true NLL (entropy of the data)",
     "nll_gap": "gap: IWAE NLL − true NLL",
     "nll_gap_se": "  ± standard error",
+    "nll_gap_note": "gap: IWAE NLL − true NLL",
     "kl_per_dim": "KL per latent dimension",
     "condition": "condition",
     "conditioning_accuracy": "conditioning accuracy",
     "radius_tracking": "radius tracking",
 }
 
-# Config fields that `vaelab train` takes as a flag of the same name (section, field) -> flag.
-# Everything else non-default is reproduced through a TOML file (--config).
-_FLAGS: dict[tuple[str, str], str] = {
-    ("data", "n_train"): "--n-train",
-    ("data", "n_test"): "--n-test",
-    ("data", "label_column"): "--label-column",
+# How `vaelab train` takes each config field (section, field): a flag named like the field
+# (``n_train`` -> ``--n-train``) unless renamed here, the --data argument, or only a TOML file.
+# tests/test_reproduce.py walks every config field against the CLI's options, so a new field
+# without a flag must be listed in TOML_ONLY (and is then reproduced through --config).
+FLAG_RENAMES: dict[tuple[str, str], str] = {
     ("data", "seed"): "--data-seed",
-    ("data", "data_dir"): "--data-dir",
-    ("data", "image_split"): "--image-split",
-    ("data", "binarize"): "--binarize",
-    ("data", "limit_train"): "--limit-train",
-    ("data", "limit_test"): "--limit-test",
-    ("data", "image_size"): "--image-size",
     ("model", "kind"): "--model",
-    ("model", "net"): "--net",
-    ("model", "channels"): "--channels",
-    ("model", "hidden"): "--hidden",
-    ("model", "activation"): "--activation",
-    ("model", "latent_dim"): "--latent-dim",
-    ("model", "scale"): "--scale",
-    ("model", "likelihood"): "--likelihood",
-    ("model", "recon_var"): "--recon-var",
-    ("model", "cond_embed"): "--cond-embed",
-    ("train", "objective"): "--objective",
-    ("train", "beta"): "--beta",
-    ("train", "k"): "--k",
-    ("train", "lr"): "--lr",
-    ("train", "lr_schedule"): "--lr-schedule",
-    ("train", "epochs"): "--epochs",
-    ("train", "steps"): "--steps",
-    ("train", "batch_size"): "--batch-size",
-    ("train", "seed"): "--seed",
-    ("train", "checkpoint_every"): "--checkpoint-every",
     ("eval", "k"): "--eval-k",
 }
+DATA_ARGUMENT = (("data", "name"), ("data", "path"))  # both given as --data NAME_OR_PATH
+TOML_ONLY: frozenset[tuple[str, str]] = frozenset({
+    ("train", "diversity_samples"),
+    ("eval", "batch_size"),
+    ("eval", "seed"),
+})
+
+
+def config_fields() -> list[tuple[str, str]]:
+    """Every (section, field) of a RunConfig, in declaration order."""
+    return [
+        (section, key)
+        for section, info in RunConfig.model_fields.items()
+        for key in info.annotation.model_fields  # type: ignore[union-attr]
+    ]
+
+
+def train_flags() -> dict[tuple[str, str], str]:
+    """(section, field) -> the ``vaelab train`` flag that sets it, for every field that has one."""
+    return {
+        field: FLAG_RENAMES.get(field, "--" + field[1].replace("_", "-"))
+        for field in config_fields()
+        if field not in TOML_ONLY and field not in DATA_ARGUMENT
+    }
 
 
 # Reproduction -------------------------------------------------------------------------------
@@ -124,13 +128,15 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def config_toml(config: RunConfig) -> str:
-    """The whole config as TOML that ``vaelab train --config`` reads back to the same config.
+def config_toml(config: RunConfig, base: RunConfig | None = None) -> str:
+    """The config as TOML that ``vaelab train --config`` reads back to the same config.
 
-    None values are left out (every optional field defaults to None); nested tables are
-    written as ``[section.field]``.
+    With ``base``, only the values that differ from it are written (what a ``--config`` file
+    laid over that base must say). None values are left out (every optional field defaults
+    to None); nested tables are written as ``[section.field]``.
     """
     lines: list[str] = []
+    reference = None if base is None else base.model_dump()
 
     def table(name: str, values: dict[str, Any]) -> None:
         plain = {k: v for k, v in values.items() if v is not None and not isinstance(v, dict)}
@@ -142,34 +148,98 @@ def config_toml(config: RunConfig) -> str:
             table(f"{name}.{k}", v)
 
     for section, values in config.model_dump().items():
+        if reference is not None:
+            values = {k: v for k, v in values.items() if v != reference[section].get(k)}
+            if not values:
+                continue
         table(section, values)
     return "\n".join(lines)
+
+
+def _is_file_arg(data: str) -> bool:
+    """How ``vaelab train --data`` tells a path from a dataset name (the same rule as the CLI)."""
+    return Path(data).suffix.lower() in (".npy", ".npz", ".csv") or os.sep in data
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """How ``vaelab train`` rebuilds a config: the preset it starts from and what differs.
+
+    preset: the preset the command starts from (None: the library defaults).
+    preset_flag: whether ``--preset`` must be given (image data start from the default image
+        preset without it, unless ``--config`` is given).
+    changed: the (section, field) whose values differ from that starting point.
+    needs_toml: some change has no flag, so the command reads a TOML file instead.
+    """
+
+    preset: str | None
+    preset_flag: bool
+    base: RunConfig
+    changed: tuple[tuple[str, str], ...]
+    needs_toml: bool
+
+
+def reproduction(config: RunConfig) -> Reproduction:
+    """The cheapest way ``vaelab train`` rebuilds ``config``: the starting point (defaults or a
+    preset, as the CLI applies them) with the fewest differences, then flags or a TOML file."""
+    from vaelab.data.registry import is_image_config
+    from vaelab.presets import DEFAULT_IMAGE_PRESET, PRESETS, apply_preset
+
+    defaults = RunConfig()
+    image = is_image_config(config.data)
+    # (preset, flag needed, base). Without --preset and --config the CLI starts image data from
+    # the default image preset, and other data from the library defaults.
+    starts: list[tuple[str | None, bool, RunConfig]] = [] if image else [(None, False, defaults)]
+    starts += [(name, not (image and name == DEFAULT_IMAGE_PRESET), apply_preset(defaults, name)) for name in PRESETS]
+    current = config.model_dump()
+    flags = train_flags()
+    best: Reproduction | None = None
+    for preset, flag, base in starts:
+        reference = base.model_dump()
+        changed = tuple(f for f in config_fields() if current[f[0]][f[1]] != reference[f[0]][f[1]])
+        needs_toml = any(
+            f not in flags and f not in DATA_ARGUMENT or isinstance(current[f[0]][f[1]], bool) for f in changed
+        )
+        if config.data.path is not None and (not _is_file_arg(config.data.path) or ("data", "name") in changed):
+            needs_toml = True  # --data takes either a name or a path that looks like one
+        option = Reproduction(preset, flag, base, changed, needs_toml)
+        # Prefer a command of flags alone, then the fewest changes, then no --preset.
+        key = (needs_toml, len(changed), flag)
+        if best is None or key < (best.needs_toml, len(best.changed), best.preset_flag):
+            best = option
+    assert best is not None
+    return best
+
+
+def reproduce_toml(config: RunConfig) -> str:
+    """The TOML file that :func:`reproduce_command` reads when some option has no flag."""
+    return config_toml(config, base=reproduction(config).base)
 
 
 def reproduce_command(config: RunConfig, out: str | Path) -> tuple[str, bool]:
     """The ``vaelab train`` command that trains this config again into ``out``.
 
-    Returns (command, needs_toml). Every non-default option becomes a flag; when some
-    non-default option has no flag, the command reads ``out/reproduce.toml`` instead
-    (write it with ``config_toml``) and needs_toml is True.
+    Returns (command, needs_toml). The command starts where the CLI starts (the library
+    defaults, the default image preset for image data, or ``--preset NAME``) and gives a
+    flag for every option that differs from there. When some differing option has no flag,
+    the command reads ``out/reproduce.toml`` instead (write it with :func:`reproduce_toml`)
+    and needs_toml is True. Running the command writes the same config.json.
     """
-    default = RunConfig().model_dump()
+    plan = reproduction(config)
     current = config.model_dump()
-    changed = [
-        (section, key)
-        for section, values in current.items()
-        for key, value in values.items()
-        if value != default[section].get(key)
-    ]
-    data_arg = config.data.path or config.data.name
-    unmapped = [c for c in changed if c not in _FLAGS and c not in (("data", "name"), ("data", "path"))]
-    if unmapped:
-        cmd = ["vaelab", "train", "--config", str(Path(out) / REPRODUCE_FILE), "--out", str(out)]
+    if plan.needs_toml:
+        cmd = ["vaelab", "train"]
+        if plan.preset is not None:  # with --config, the CLI applies no preset unless told
+            cmd += ["--preset", plan.preset]
+        cmd += ["--config", str(Path(out) / REPRODUCE_FILE), "--out", str(out)]
         return " ".join(shlex.quote(p) for p in cmd), True
-    cmd = ["vaelab", "train", "--data", str(data_arg)]
-    for section, key in changed:
-        if (section, key) in _FLAGS:
-            cmd += [_FLAGS[(section, key)], _flag_value(current[section][key])]
+    cmd = ["vaelab", "train", "--data", str(config.data.path or config.data.name)]
+    if plan.preset_flag:
+        cmd += ["--preset", str(plan.preset)]
+    flags = train_flags()
+    for section, key in plan.changed:
+        if (section, key) in flags:
+            cmd += [flags[(section, key)], _flag_value(current[section][key])]
     cmd += ["--out", str(out)]
     return " ".join(shlex.quote(p) for p in cmd), False
 
@@ -423,7 +493,7 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
     parts.append(f"<pre>{esc(command)}</pre>")
     parts.append('<p class="note">Add <code>--overwrite</code> to replace this run, or change <code>--out</code>.</p>')
     if needs_toml:
-        parts.append(f"<pre>{esc(config_toml(run.config))}</pre>")
+        parts.append(f"<pre>{esc(reproduce_toml(run.config))}</pre>")
     parts.append(f'<p class="note">Written by vaelab on {esc(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>')
     return page(f"vaelab report — {name}", "\n".join(parts))
 
@@ -445,6 +515,8 @@ def write_report(
     from vaelab.plots import FIGURES_DIR, PlotContext, check_names
 
     names = None if names is None else check_names(names)
+    if out is not None:  # never over a run's own files (config.json, weights ...), checked before any work
+        ckpt.check_output_path(out, allow=(REPORT_FILE,))
     if not isinstance(run, ckpt.Run):
         run = ckpt.load(run)
     ctx = PlotContext.from_run(run, **options)
@@ -453,8 +525,13 @@ def write_report(
     )
     _, needs_toml = reproduce_command(run.config, run.path)
     if needs_toml:
-        ckpt.atomic_write_text(run.path / REPRODUCE_FILE, config_toml(run.config))
+        ckpt.atomic_write_text(run.path / REPRODUCE_FILE, reproduce_toml(run.config))
     path = Path(out) if out is not None else run.path / REPORT_FILE
-    ckpt.atomic_write_text(path, render_report(run, entries, skipped))
-    os.chmod(path, 0o644)  # a report is meant to be shared (the temporary file was 0600)
+    try:
+        ckpt.atomic_write_text(path, render_report(run, entries, skipped))
+        os.chmod(path, 0o644)  # a report is meant to be shared (the temporary file was 0600)
+    except OSError as err:  # name the file the user asked for, not the temporary file beside it
+        raise OSError(
+            f"{path}: cannot write the report ({err.strerror or err}); choose a writable --out"
+        ) from None
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -68,10 +67,10 @@ def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConf
 
 @torch.no_grad()
 def diversity(model: LatentModel, n: int, generator: torch.Generator, c: Tensor | None = None) -> float:
-    """Variance of n decoded prior samples (decoder mean), summed over data dimensions.
+    """Var(E[x|z]) of n decoded prior samples (decoder means), summed over data dimensions.
 
-    Near 0 means every z decodes to the same x (posterior collapse); it should approach the
-    total variance of the data as the model learns.
+    Near 0 means every z decodes to the same x (posterior collapse). A model that fits the data
+    approaches Var(x) − E_z tr Cov(x|z), not Var(x): its observation noise carries the rest.
     """
     return float(model.sample(n, c, generator=generator).var(dim=0).sum())
 
@@ -188,28 +187,6 @@ def _row(epoch: int, step: int, sums: Tensor, seen: int, div: float, seconds: fl
             "seconds": seconds}
 
 
-def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
-    """Refuse to train into a folder that already holds a run, unless told to overwrite.
-
-    With ``overwrite`` the files of the replaced run are removed first (only those a run
-    writes: anything else the user keeps in the folder stays).
-    """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ckpt.RunDirError(f"{run_dir}: exists and is a file; choose another --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ckpt.RunDirError(
-                f"{run_dir}: already exists and is not empty; choose another --out, "
-                "pass --overwrite to replace it, or --resume to continue it"
-            )
-        for name in ckpt.RUN_ARTIFACTS:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-
-
 # What may change when a run is resumed: the budget, the step size, how often it is
 # saved, and how it is evaluated. Everything else defines the model or its data.
 RESUMABLE = frozenset({"train.epochs", "train.steps", "train.lr", "train.checkpoint_every",
@@ -303,6 +280,11 @@ def train_run(
     change (a larger budget, ``lr``, ``checkpoint_every``, evaluation) replace the saved ones
     and are recorded in config.json; any other given setting that differs is refused.
     Nothing is allocated or written before the sizes are checked against memory.
+
+    The run directory is locked for the whole training (a second training into it is
+    refused). With ``overwrite`` the data is loaded and the model built before anything of
+    the replaced run is removed, so a bad setting leaves the old run intact; only a folder
+    vaelab made is replaced.
     """
     run_dir = Path(run_dir)
     if not isinstance(config, RunConfig):
@@ -313,50 +295,62 @@ def train_run(
     history: History | None = None
     state: TrainState | None = None
     condition: Condition | None = None
-    if resume:
-        saved = ckpt.load(run_dir, device)
-        model = saved.model
-        condition = saved.condition
-        state = ckpt.load_state(run_dir)
-        data = load_dataset(saved.config.data, "train", expect_dim=model.x_dim)
-        config = resume_config(saved.config, config, len(data))
-        history = History([r for r in saved.history.rows if r["epoch"] <= state.epoch])
-    else:
-        check_settings(config)
-        config = resolve_paths(config)
-        data = load_dataset(config.data, "train")
-    pixels = resolve_binarize(config, data)
-    if not resume and config.data.condition is not None:
-        # The condition spec (label list / training range) comes from the training split
-        # only; a resumed run keeps the one it saved.
-        condition = fit_condition(config.data.condition, data, config.model.cond_embed)
-    cond_width = 0 if condition is None else condition.width
-    cond_embed = () if condition is None else condition.embed_widths
-    check_model_fits(config.model, config.train, data.dim, cond_width, cond_embed)
-    x = data.x.to(device)
-    if pixels == "fixed":
-        x = fixed_binarization(x, "train", config.data.seed)
-    c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
-    if resume:
-        _check_writable(run_dir)
-        (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
-    else:
-        model = build_model(config.model, data.dim, cond_width, seed=config.train.seed,
-                            cond_embed=cond_embed).to(device)
-        prepare_run_dir(run_dir, overwrite=overwrite)
-        # Save the untrained model first, so there is always a last good checkpoint.
-        ckpt.save(run_dir, model, config, history=History(), state=TrainState(), condition=condition)
-        (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)
-        (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
-
-    def on_checkpoint(m: LatentModel, h: History, s: TrainState) -> None:
-        ckpt.save(run_dir, m, config, history=h, state=s, condition=condition)
-
+    lock: ckpt.RunLock | None = None
     try:
-        fit(model, x, config.train, c=c, state=state, history=history, on_step=on_step, on_checkpoint=on_checkpoint,
-            dynamic_binarization=pixels == "dynamic")
-    except TrainingDiverged as err:
-        ckpt.atomic_write_text(run_dir / ckpt.HISTORY_FILE, err.history.to_csv())
-        ckpt.write_json(run_dir / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch, "message": str(err)})
-        raise
-    return ckpt.load(run_dir, device)
+        if resume:
+            if not run_dir.is_dir():
+                ckpt.load(run_dir, device)  # raises the error that explains what a run directory is
+            lock = ckpt.RunLock(run_dir).acquire()
+            ckpt.recover(run_dir)  # finish (or drop) a checkpoint a crash interrupted
+            saved = ckpt.load(run_dir, device)
+            model = saved.model
+            condition = saved.condition
+            state = ckpt.load_state(run_dir)
+            data = load_dataset(saved.config.data, "train", expect_dim=model.x_dim)
+            config = resume_config(saved.config, config, len(data))
+            history = History([r for r in saved.history.rows if r["epoch"] <= state.epoch])
+        else:
+            check_settings(config)
+            config = resolve_paths(config)
+            ckpt.check_run_dir(run_dir, overwrite=overwrite)  # before any work: nothing is removed yet
+            data = load_dataset(config.data, "train")
+        pixels = resolve_binarize(config, data)
+        if not resume and config.data.condition is not None:
+            # The condition spec (label list / training range) comes from the training split
+            # only; a resumed run keeps the one it saved.
+            condition = fit_condition(config.data.condition, data, config.model.cond_embed)
+        cond_width = 0 if condition is None else condition.width
+        cond_embed = () if condition is None else condition.embed_widths
+        check_model_fits(config.model, config.train, data.dim, cond_width, cond_embed)
+        x = data.x.to(device)
+        if pixels == "fixed":
+            x = fixed_binarization(x, "train", config.data.seed)
+        c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
+        if resume:
+            _check_writable(run_dir)
+            (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
+        else:
+            model = build_model(config.model, data.dim, cond_width, seed=config.train.seed,
+                                cond_embed=cond_embed).to(device)
+            # Only now, with the data read and the model built, is the folder taken (and a
+            # replaced run cleared); the untrained model is the first checkpoint, so there is
+            # always a last good one.
+            lock = ckpt.claim(run_dir, overwrite=overwrite)
+            ckpt.write_checkpoint(run_dir, model, config, history=History(), state=TrainState(), condition=condition)
+
+        def on_checkpoint(m: LatentModel, h: History, s: TrainState) -> None:
+            ckpt.write_checkpoint(run_dir, m, config, history=h, state=s, condition=condition)
+
+        try:
+            fit(model, x, config.train, c=c, state=state, history=history, on_step=on_step,
+                on_checkpoint=on_checkpoint, dynamic_binarization=pixels == "dynamic")
+        except TrainingDiverged as err:
+            ckpt.write_history(run_dir, err.history)
+            ckpt.write_json(run_dir / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch, "message": str(err)})
+            raise
+        run = ckpt.load(run_dir, device)
+        ckpt.discard_stale_metrics(run)  # e.g. from an eval while this run trained
+        return run
+    finally:
+        if lock is not None:
+            lock.release()

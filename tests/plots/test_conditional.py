@@ -37,7 +37,7 @@ def test_label_samples_on_points_have_one_legend_entry_per_label() -> None:
     cond = fit_condition("label", data)
     model = build_model(SMALL, 2, cond.width, seed=0)
     fig = plot_label_samples(model, cond, data, n_per_label=20, generator=torch.Generator().manual_seed(0))
-    data_ax, samples_ax = fig.axes[:2]
+    data_ax, _, samples_ax = fig.axes[:3]  # data | decoder means | noisy samples (with the legend)
     assert [t.get_text() for t in samples_ax.get_legend().get_texts()] == cond.labels
     assert sum(len(c.get_offsets()) for c in samples_ax.collections) == len(data) + 8 * 20
     assert data_ax.get_xlim() == samples_ax.get_xlim()  # same view, so the colours can be compared
@@ -119,3 +119,41 @@ def test_registry_applies_conditional_figures_to_conditional_runs_only(tmp_path:
     paths = make_figures(tmp_path / "run", names, n_points=200)
     assert sorted(p.name for p in paths) == ["cond_label_samples.png", "cond_latent.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_collapsed_latent_keeps_the_prior_circles_in_view() -> None:
+    """All means within ±0.02 of 0: the view still holds the 2σ circle, so the code looks collapsed."""
+    data = _points(ring)
+    cond = fit_condition("label", data)
+    model = build_model(SMALL, 2, cond.width, seed=0)
+    noise = torch.Generator().manual_seed(0)
+    model.embed = lambda x, c=None: 0.01 * torch.randn(len(x), 2, generator=noise)  # a collapsed code
+    ax = plot_latent_by_condition(model, cond, data).axes[0]
+    for lo, hi in (ax.get_xlim(), ax.get_ylim()):
+        assert lo <= -2.0 and hi >= 2.0
+
+
+def test_label_samples_show_noisy_samples_beside_the_means() -> None:
+    data = _points(ring)
+    cond = fit_condition("label", data)
+    model = build_model(ModelConfig(hidden=[16], likelihood="gaussian", recon_var=0.5), 2, cond.width, seed=0)
+    fig = plot_label_samples(model, cond, data, n_per_label=200, generator=torch.Generator().manual_seed(0))
+    means_ax, noisy_ax = fig.axes[1], fig.axes[2]
+    assert "E[x|z, c]" in means_ax.get_title() and "p(x|z, c)" in noisy_ax.get_title()
+
+    def spread(ax) -> float:  # variance of the first label's drawn points (the grey data is collection 0)
+        return float(np.asarray(ax.collections[1].get_offsets()).var(axis=0).sum())
+
+    # σ² = 0.5 per coordinate: the noisy samples spread by about 2 · 0.5 more than the means
+    assert spread(noisy_ax) - spread(means_ax) == pytest.approx(1.0, abs=0.35)
+
+
+@pytest.mark.parametrize("kind", ["label", "radius"])
+def test_conditional_titles_name_the_condition(kind) -> None:
+    data = _points(radial_gmm)
+    cond = fit_condition(kind, data)
+    model = build_model(SMALL, 2, cond.width, seed=0, cond_embed=cond.embed_widths)
+    draw = plot_label_samples if kind == "label" else plot_value_samples
+    for fig in (draw(model, cond, data, generator=torch.Generator().manual_seed(0)),
+                plot_latent_by_condition(model, cond, data)):
+        assert kind in fig._suptitle.get_text()

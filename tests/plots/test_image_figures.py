@@ -79,3 +79,55 @@ def test_image_figures_skip_toy_runs(trained_run):
 
     apply, skip = plan(load_context(trained_run), IMAGE_FIGURES)
     assert apply == [] and {name for name, _ in skip} == set(IMAGE_FIGURES)
+
+
+def _titles(fig) -> str:
+    return " | ".join([ax.get_title() for ax in fig.axes] + ([fig._suptitle.get_text()] if fig._suptitle else []))
+
+
+SHOWN = ["image_reconstructions", "image_interpolations", "image_latent_classes"]
+
+
+def test_image_figures_say_they_show_test_images(digits_run):
+    from vaelab.plots import load_context, render
+
+    ctx = load_context(digits_run)
+    for name in SHOWN:
+        assert "test images" in _titles(render(ctx, name)), name
+
+
+def test_missing_test_split_falls_back_to_training_images_and_says_so(digits_run, monkeypatch):
+    """Only a missing dataset is expected; the figures then say they show training images."""
+    import vaelab.data.registry as registry_module
+    from vaelab.data.images import DatasetNotFoundError
+    from vaelab.plots import load_context, render
+
+    ctx = load_context(digits_run)
+    real = registry_module.load_dataset
+
+    def no_test_split(config, split="train"):
+        if split == "test":
+            raise DatasetNotFoundError("t10k files are not on disk")
+        return real(config, split)
+
+    monkeypatch.setattr(registry_module, "load_dataset", no_test_split)
+    for name in SHOWN:
+        titles = _titles(render(ctx, name))
+        assert "training images" in titles and "test images" not in titles, (name, titles)
+
+
+@pytest.mark.parametrize("error", [PermissionError("data folder: permission denied"),
+                                   ValueError("t10k-images: truncated IDX file")])
+def test_other_data_errors_are_not_swallowed(digits_run, monkeypatch, error):
+    """A corrupt or unreadable test split is an error to show, not a reason to swap in other images."""
+    import vaelab.data.registry as registry_module
+    from vaelab.plots import load_context, render
+
+    ctx = load_context(digits_run)
+
+    def broken(config, split="train"):
+        raise error
+
+    monkeypatch.setattr(registry_module, "load_dataset", broken)
+    with pytest.raises(type(error), match=str(error)):
+        render(ctx, "image_reconstructions")

@@ -26,6 +26,10 @@ class Dataset:
         label_names: human-readable name per label value (index = label), or None.
         log_prob: exact log density log p(x) of the generating distribution, (M, D) -> (M,),
             for the toy distributions where it is known in closed form; None otherwise.
+        log_prob_given_label: exact conditional log density log p(x | label), (M, D) and
+            (M,) int64 labels -> (M,), where the labels are mixture components whose
+            densities are known (the toy Gaussian mixtures); None otherwise. A model
+            conditioned on the label is scored against this, not against ``log_prob``.
         image_shape: (C, H, W) when each row of ``x`` is a flattened image, else None.
         extras: further per-point tensors of shape (N, ...) (e.g. ``"radius"``).
     """
@@ -35,6 +39,7 @@ class Dataset:
     labels: Tensor | None = None
     label_names: list[str] | None = None
     log_prob: Callable[[Tensor], Tensor] | None = None
+    log_prob_given_label: Callable[[Tensor, Tensor], Tensor] | None = None
     image_shape: tuple[int, int, int] | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
@@ -77,6 +82,7 @@ class Dataset:
             labels=None if self.labels is None else self.labels.to(device),
             label_names=self.label_names,
             log_prob=self.log_prob,
+            log_prob_given_label=self.log_prob_given_label,
             image_shape=self.image_shape,
             extras={k: v.to(device) for k, v in self.extras.items()},
         )

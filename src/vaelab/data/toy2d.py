@@ -68,8 +68,16 @@ def _mixture_dataset(
     eps = torch.randn(n, 2, 1, generator=generator, dtype=means.dtype)
     x = means[labels] + (chol[labels] @ eps).squeeze(-1)
     mix = _gmm(weights, means, covs)
+    components = MultivariateNormal(means, covariance_matrix=covs)  # batch (K,): one Gaussian per label
+
+    def log_prob_given_label(x: Tensor, label: Tensor) -> Tensor:
+        # log p(x | label = k) = log N(x; μ_k, Σ_k): the component's own density, (M, 2), (M,) -> (M,).
+        per_component = components.log_prob(x.double()[:, None, :])  # (M, K)
+        return per_component.gather(1, label.long().reshape(-1, 1).cpu()).squeeze(1).to(x.dtype)
+
     return _with_radius(
-        Dataset(name, x.float(), labels, label_names, log_prob=lambda x: mix.log_prob(x.double()).to(x.dtype))
+        Dataset(name, x.float(), labels, label_names, log_prob=lambda x: mix.log_prob(x.double()).to(x.dtype),
+                log_prob_given_label=log_prob_given_label)
     )
 
 

@@ -28,7 +28,7 @@ class AE(LatentModel):
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """The code z = f(x): (B, D) -> (B, d)."""
-        self._check_x(x)
+        self._check_width(x, self.x_dim, "x", "x_dim")
         return self.encoder(self._with_condition(x, c))
 
     @torch.no_grad()

@@ -116,13 +116,6 @@ class LatentModel(nn.Module):
         self.encoder = build_encoder(config, x_dim, c_width, encoder_out)
         self.decoder = build_decoder(config, config.latent_dim + c_width, x_dim, self.likelihood.params_per_dim)
 
-    def _check_x(self, x: Tensor) -> None:
-        if x.shape[-1] != self.x_dim:
-            raise ValueError(
-                f"the data have {x.shape[-1]} columns, but this model was trained on {self.x_dim}-dimensional "
-                "data; pass data of the same width (a data file changed since training?)"
-            )
-
     def _with_condition(self, h: Tensor, c: Tensor | None) -> Tensor:
         """Concatenate the condition c (B, cond_dim) to the input h (B, ·) when the model has one."""
         if self.cond_dim == 0:
@@ -133,6 +126,14 @@ class LatentModel(nn.Module):
             raise ValueError(f"this model is conditional: pass c with shape (B, {self.cond_dim})")
         if c.shape[-1] != self.cond_dim:
             raise ValueError(f"condition has width {c.shape[-1]}, the model expects {self.cond_dim}")
+        try:  # c may be one row shared by all (1, cond_dim), or one row per point
+            shared = torch.broadcast_shapes(c.shape[:-1], h.shape[:-1]) == h.shape[:-1]
+        except RuntimeError:
+            shared = False
+        if not shared:
+            raise ValueError(f"c has shape {tuple(c.shape)} for inputs of shape {tuple(h.shape)}: give one "
+                             f"condition per row (shape {(*h.shape[:-1], self.cond_dim)}) or a single row "
+                             f"(1, {self.cond_dim}) shared by all")
         cond_net = getattr(self, "cond_net", None)
         if cond_net is not None:
             c = cond_net(c)  # (..., cond_dim) -> (..., embedding width)
@@ -142,10 +143,17 @@ class LatentModel(nn.Module):
         """p(z) = N(0, I)."""
         return standard_normal(self.latent_dim, next(self.parameters()))
 
+    def _check_width(self, t: Tensor, width: int, name: str, what: str) -> None:
+        """Refuse an input whose last dimension is not ``width``, naming the model's size."""
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (..., {width}), got {type(t).__name__}")
+        if t.ndim == 0 or t.shape[-1] != width:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, but this model's {what} is {width}: "
+                             f"pass {name} of shape (..., {width})")
+
     def decode(self, z: Tensor, c: Tensor | None = None) -> Distribution:
         """p(x|z, c): z (..., d) -> a distribution with batch shape (...) over x in R^D."""
-        if z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z has width {z.shape[-1]}, but this model's latent dimension is {self.latent_dim}")
+        self._check_width(z, self.latent_dim, "z", "latent_dim")
         return self.likelihood(self.decoder(self._with_condition(z, c)))
 
     def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
@@ -159,6 +167,8 @@ class LatentModel(nn.Module):
     ) -> Tensor:
         """Decode n draws of z ~ N(0, I): (n, D). ``noise=False`` returns the decoder mean
         E[x|z]; ``noise=True`` draws x ~ p(x|z) (adds the observation noise)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer number of samples, got {n!r}")
         ref = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=ref.device, dtype=ref.dtype)
         p_x = self.decode(z, c)
@@ -198,7 +208,7 @@ class VAE(LatentModel):
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> Independent:
         """q(z|x, c): (B, D) -> Independent Normal with batch shape (B,), event shape (d,)."""
-        self._check_x(x)
+        self._check_width(x, self.x_dim, "x", "x_dim")
         loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)  # (B, d) each
         # No argument validation: it costs time every step and would turn a NaN from a
         # diverging run into a ValueError here instead of the trainer's clear message.

@@ -2,8 +2,9 @@
 for axes, colours and view limits.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (never ``pyplot``), so no global
-figure state leaks between calls and nothing needs closing; the Agg canvas renders them to
-PNG / SVG / PDF without a display.
+figure state leaks between calls and nothing needs closing. ``Figure.savefig`` renders through
+a canvas of its own for the file format (Agg for PNG), so the library never selects or switches
+the process-wide backend: a notebook keeps its inline ``plt.show()``.
 
 Conventions used by every figure:
 
@@ -24,16 +25,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg", force=False)  # no display needed; a no-op when a backend is already set
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from vaelab.data.dataset import Dataset  # noqa: E402
+from vaelab.data.dataset import Dataset
 
 if TYPE_CHECKING:
     from vaelab.checkpoint import History, Run
@@ -45,7 +43,9 @@ log = logging.getLogger(__name__)
 
 CMAP = "viridis"  # continuous values (data coordinate, z, density): monotonic lightness
 DENSITY_CMAP = "magma"
-LABEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+# Every marker must leave pixels at the smallest scatter size (point_size: area 2): Agg draws "P"
+# (filled plus) as nothing there and "*" as a single pixel, so neither is used.
+LABEL_MARKERS = ("o", "s", "^", "D", "v", "p", "X", "h", "<", ">")
 PANEL_SIZE = (4.3, 4.0)  # inches per panel: three panels read well on a laptop screen
 DPI = 110
 SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
@@ -243,6 +243,11 @@ class PlotContext:
     condition: Condition | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63:
+            raise ValueError(
+                f"seed {self.seed!r} cannot seed the figures' random draws: use an integer between "
+                f"-2^63 and 2^63 - 1 (--seed)"
+            )
         d = self.model.latent_dim
         i, j = self.dims
         if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
@@ -300,7 +305,8 @@ class PlotContext:
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A fresh generator on the model's device: every figure draws the same noise each time."""
-        return torch.Generator(device=self.device).manual_seed(self.seed * 7919 + offset)
+        # Reduced mod 2^64: torch takes 64-bit seeds, and seed · 7919 overflows them for large seeds.
+        return torch.Generator(device=self.device).manual_seed((self.seed * 7919 + offset) % 2**64)
 
     @property
     def labels(self) -> np.ndarray | None:

@@ -57,12 +57,18 @@ def _label_data_axes(ax, x_dim: int) -> None:  # noqa: ANN001 (matplotlib Axes)
     ax.set_ylabel(x_label(1, x_dim))
 
 
+def condition_title(condition: Condition) -> str:
+    """What the model is conditioned on, for figure titles: "label", "radius", "column c" …"""
+    return condition.kind.replace("column:", "column ")
+
+
 @torch.no_grad()
 def _draw(model: LatentModel, condition: Condition, raw: torch.Tensor, n: int,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """n decoder means E[x|z, c] for one raw condition (a label index or a row of values): (n, D)."""
+          generator: torch.Generator | None, noise: bool = False) -> torch.Tensor:
+    """n samples for one raw condition (a label index or a row of values): (n, D). Decoder means
+    E[x|z, c], or with ``noise`` draws x ~ p(x|z, c) (the observation noise added)."""
     c = condition.encode(raw).to(_device(model))  # (1, width), broadcast over the n draws
-    return model.sample(n, c, generator=generator)
+    return model.sample(n, c, generator=generator, noise=noise)
 
 
 # 1. samples per label ------------------------------------------------------------------------
@@ -73,10 +79,13 @@ def plot_label_samples(
     model: LatentModel, condition: Condition, data: Dataset, *, n_per_label: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Figure:
-    """Samples drawn for every label: data coloured by label | samples coloured by requested label.
+    """Samples drawn for every label: data coloured by label | decoder means E[x|z, c] |
+    samples x ~ p(x|z, c) with the observation noise, both coloured by the requested label.
 
-    Points use the first two data coordinates; images get one row of ``n_per_label``
-    (default 10) samples per label instead. Decoder means E[x|z, c], z ~ N(0, I).
+    The means alone can make a label look like one dot (a decoder that explains a mode by its
+    noise); the noisy samples show the distribution the model puts on each label. Points use
+    the first two data coordinates; images get one row of ``n_per_label`` (default 10)
+    decoder means per label instead. z ~ N(0, I).
     """
     if condition.labels is None:
         raise ValueError("samples per label need a label condition")
@@ -90,25 +99,31 @@ def plot_label_samples(
         fig = Figure(figsize=(max(4.0, canvas.shape[1] * 0.035 + 1.4), max(2.0, h * 0.035 + 0.7)), dpi=110,
                      layout="constrained")
         ax = fig.subplots()
-        show(ax, canvas, f"decoded samples E[x|z, c], one row per label ({n} per row)")
+        show(ax, canvas, f"decoded samples E[x|z, c] conditioned on {condition_title(condition)}, "
+                         f"one row per label ({n} per row)")
         tile_h = (h - 1) / len(names)
         ax.set_yticks([(k + 0.5) * tile_h for k in range(len(names))], names)
         return fig
     n = 300 if n_per_label is None else n_per_label
     x = to_numpy(data.x)[:, :2]
-    samples = [to_numpy(_draw(model, condition, torch.tensor([k]), n, generator))[:, :2] for k in range(len(names))]
-    drawn = np.concatenate(samples)
+    means = np.concatenate([to_numpy(_draw(model, condition, torch.tensor([k]), n, generator))[:, :2]
+                            for k in range(len(names))])
+    noisy = np.concatenate([to_numpy(_draw(model, condition, torch.tensor([k]), n, generator, noise=True))[:, :2]
+                            for k in range(len(names))])
     requested = np.repeat(np.arange(len(names)), n)
-    fig, axes = new_figure(2, title="Conditional samples: do samples for label k land where the data of label k is?")
-    lims = view_limits(np.concatenate([x, drawn]))
+    fig, axes = new_figure(3, title=f"Conditioned on {condition_title(condition)}: do samples for label k land "
+                                    "where the data of label k is?")
+    lims = view_limits(np.concatenate([x, means, noisy]))
     if data.labels is not None:
         scatter_labels(axes[0], x, data.labels.cpu().numpy(), names, legend=False)
     else:
         axes[0].scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.3", linewidths=0)
     axes[0].set_title(f"training data by label (N = {len(x)})", fontsize="medium")
-    axes[1].scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.85", linewidths=0, zorder=0)
-    scatter_labels(axes[1], drawn, requested, names)
-    axes[1].set_title(f"decoded samples E[x|z, c] coloured by requested label ({n} each)", fontsize="medium")
+    for ax, drawn, what in ((axes[1], means, "decoder means E[x|z, c]"),
+                            (axes[2], noisy, "samples x ~ p(x|z, c) (with noise)")):
+        ax.scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.85", linewidths=0, zorder=0)
+        scatter_labels(ax, drawn, requested, names, legend=ax is axes[2])
+        ax.set_title(f"{what}\nby requested label ({n} each)", fontsize="medium")
     for ax in axes:
         set_view(ax, lims)
         _label_data_axes(ax, data.dim)
@@ -161,7 +176,7 @@ def plot_value_samples(
         fig = Figure(figsize=(max(4.0, canvas.shape[1] * 0.035 + 1.6), max(2.0, canvas.shape[0] * 0.035 + 0.7)),
                      dpi=110, layout="constrained")
         ax = fig.subplots()
-        show(ax, canvas, f"decoded samples, one row per value of {label}")
+        show(ax, canvas, f"decoded samples conditioned on {condition_title(condition)}, one row per value")
         tile_h = (canvas.shape[0] - 1) / len(vals)
         ax.set_yticks([(k + 0.5) * tile_h for k in range(len(vals))], [fmt(v) for v in vals])
         return fig
@@ -172,7 +187,8 @@ def plot_value_samples(
     colour_of = np.repeat(to_numpy(vals[:, 0]), n)
     is_radius = condition.kind == "radius"
     fig, axes = new_figure(2 if is_radius else 1,
-                           title=f"Conditional samples at several values of {label}: do they follow the condition?")
+                           title=f"Conditioned on {condition_title(condition)}: samples at several values of "
+                                 f"{label}; do they follow the condition?")
     ax = axes[0]
     lims = view_limits(np.concatenate([x, drawn]))
     ax.scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.82", linewidths=0, zorder=0, label="training data")
@@ -264,7 +280,8 @@ def plot_latent_by_condition(
         probe = f"k-NN accuracy of the label from {drawn}: {score:.2f} (chance {chance:.2f})"
     else:
         probe = f"k-NN R² of {what} from {drawn}: {score:.2f} (0 = none of it, 1 = all)"
-    fig, axes = new_figure(1, size=(6.4, 5.0), title="Latent space coloured by the condition")
+    fig, axes = new_figure(1, size=(6.4, 5.0),
+                           title=f"Latent space coloured by the condition ({condition_title(condition)})")
     ax = axes[0]
     if z.shape[1] == 1:
         y = target.astype(float)
@@ -288,13 +305,25 @@ def plot_latent_by_condition(
     prior = np.linspace(0, 2 * np.pi, 200)
     for r in (1.0, 2.0):
         ax.plot(r * np.cos(prior), r * np.sin(prior), ls=":", lw=0.8, color="0.5")
-    set_view(ax, view_limits(np.concatenate([xy, [[-2.2, -2.2], [2.2, 2.2]]])))
+    # The view always holds the prior's 2σ circle: a collapsed code (all means near 0) must look
+    # like a dot at the centre, not like clusters blown up to fill the panel.
+    set_view(ax, including_prior(view_limits(xy)))
     ax.locator_params(nbins=5)  # collapsed codes have long tick labels (0.005 …): keep them apart
     ax.set_xlabel(z_label(i))
     ax.set_ylabel(z_label(j))
     ax.set_title(f"E[z|x, c] of {len(z)} training points (dotted: 1σ, 2σ of the prior)\n{probe}",
                  fontsize="medium")
     return fig
+
+
+def including_prior(
+    lims: tuple[tuple[float, float], tuple[float, float]], radius: float = 2.2,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Square view limits that hold ``lims`` and the disc of ``radius`` around 0 (the prior's 2σ)."""
+    lo = np.minimum([lims[0][0], lims[1][0]], -radius)
+    hi = np.maximum([lims[0][1], lims[1][1]], radius)
+    mid, half = (lo + hi) / 2, float((hi - lo).max()) / 2
+    return (mid[0] - half, mid[0] + half), (mid[1] - half, mid[1] + half)
 
 
 def _first(data: Dataset, n: int) -> Dataset:
@@ -346,8 +375,10 @@ def _latent(ctx: PlotContext) -> Figure:
 FIGURES = [
     FigureSpec(
         "cond_label_samples", _label_samples,
-        "Samples drawn for each label beside the data coloured by its label: every colour should land on "
-        "the data of its own label (the conditioning accuracy in metrics.json counts how often it does).",
+        "The data coloured by its label beside decoder means E[x|z, c] and samples x ~ p(x|z, c) (with the "
+        "observation noise) drawn for each label: every colour should land on the data of its own label "
+        "(the conditioning accuracy in metrics.json counts how often it does), and the noisy samples should "
+        "spread like that label's data.",
         all_of(_needs_condition, _needs_labels, _drawable), title="Samples per label",
     ),
     FigureSpec(
@@ -358,7 +389,8 @@ FIGURES = [
     ),
     FigureSpec(
         "cond_latent", _latent,
-        "Encoded means coloured by the condition. The decoder is told c, so z need not carry it: colours "
+        "Encoded means coloured by the condition, with the prior's 1σ and 2σ circles always in view (a "
+        "collapsed code is a dot at the centre). The decoder is told c, so z need not carry it: colours "
         "mixed over the whole latent space (k-NN score near chance) mean z holds what c does not say.",
         _needs_condition, title="Latent space by condition",
     ),

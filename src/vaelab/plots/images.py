@@ -93,11 +93,12 @@ def _decode_mean(model: LatentModel, z: Tensor, c: Tensor | None = None) -> Tens
 
 @torch.no_grad()
 def plot_reconstructions(model: LatentModel, x: Tensor, image_shape: Sequence[int], *, n: int = 10,
-                         rows: int = 2) -> Figure:
+                         rows: int = 2, source: str = "images") -> Figure:
     """Originals over their reconstructions (decoder mean at the posterior mean).
 
     ``rows`` pairs of rows of ``n`` images: row 2k holds originals, row 2k+1 their
-    reconstructions, so each reconstruction sits right under its input.
+    reconstructions, so each reconstruction sits right under its input. ``source`` says in
+    the title which images x are (e.g. "test images").
     """
     x = x[: n * rows].to(next(model.parameters()).device)
     recon = model.reconstruct(x)
@@ -109,7 +110,7 @@ def plot_reconstructions(model: LatentModel, x: Tensor, image_shape: Sequence[in
         order += [originals[i] for i in block] + [recons[i] for i in block]
     canvas = tile(np.stack(order), n)
     fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
-    show(fig.subplots(), canvas, "originals (odd rows) over reconstructions (even rows)")
+    show(fig.subplots(), canvas, f"{source} (odd rows) over their reconstructions (even rows)")
     return fig
 
 
@@ -145,14 +146,16 @@ def traversal_grid(model: LatentModel, dims: tuple[int, int], *, steps: int = 11
 
 @torch.no_grad()
 def plot_traversal(model: LatentModel, image_shape: Sequence[int], dims: tuple[int, int] = (0, 1), *,
-                   anchor: Tensor | None = None, steps: int = 11, span: float = 2.0) -> Figure:
+                   anchor: Tensor | None = None, steps: int = 11, span: float = 2.0,
+                   anchor_source: str = "image") -> Figure:
     """Latent traversal: z_i across, z_j up, the other dimensions at 0 (left panel) and, when
-    ``anchor`` (one image, (D,)) is given, at that image's code (right panel)."""
+    ``anchor`` (one image, (D,)) is given, at that image's code (right panel, titled with
+    ``anchor_source``, e.g. "test image")."""
     i, j = dims
     panels = [("others at 0", None)]
     if anchor is not None and model.latent_dim > 2:
         code = _code(model, anchor[None].to(next(model.parameters()).device))[0]
-        panels.append(("others at an encoded test image", code))
+        panels.append((f"others at an encoded {anchor_source}", code))
     canvases = [tile(as_images(traversal_grid(model, dims, steps=steps, span=span, base=b), image_shape),
                      steps) for _, b in panels]
     w, h = _size(canvases[0])
@@ -167,9 +170,10 @@ def plot_traversal(model: LatentModel, image_shape: Sequence[int], dims: tuple[i
 
 @torch.no_grad()
 def plot_interpolations(model: LatentModel, x_a: Tensor, x_b: Tensor, image_shape: Sequence[int], *,
-                        steps: int = 10) -> Figure:
+                        steps: int = 10, source: str = "images") -> Figure:
     """One strip per pair: the decoder mean along the straight line between the codes of x_a[k]
-    and x_b[k] (both (P, D)), with the two originals at the ends of the strip."""
+    and x_b[k] (both (P, D)), with the two originals (``source``, e.g. "test images") at the
+    ends of the strip."""
     dev = next(model.parameters()).device
     x_a, x_b = x_a.to(dev), x_b.to(dev)
     z_a, z_b = _code(model, x_a), _code(model, x_b)  # (P, d)
@@ -179,14 +183,15 @@ def plot_interpolations(model: LatentModel, x_a: Tensor, x_b: Tensor, image_shap
     rows = [torch.cat([x_a[k:k + 1], decoded[k], x_b[k:k + 1]]) for k in range(len(x_a))]
     canvas = tile(as_images(torch.cat(rows), image_shape), steps + 2)
     fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
-    show(fig.subplots(), canvas, "interpolation between codes (originals at both ends)")
+    show(fig.subplots(), canvas, f"interpolation between the codes of {source} (originals at both ends)")
     return fig
 
 
 @torch.no_grad()
-def plot_latent_classes(model: LatentModel, data: Dataset, *, steps: int = 15, span: float = 2.0) -> Figure:
-    """For d = 2: encoded images coloured by class (left) and the decoded manifold over
-    [-span, span]² (right, same orientation: z₂ up)."""
+def plot_latent_classes(model: LatentModel, data: Dataset, *, steps: int = 15, span: float = 2.0,
+                        source: str = "images") -> Figure:
+    """For d = 2: encoded images (``source``, e.g. "test images") coloured by class (left) and
+    the decoded manifold over [-span, span]² (right, same orientation: z₂ up)."""
     if model.latent_dim != 2 or data.image_shape is None:
         raise ValueError("plot_latent_classes needs a model with 2 latent dimensions and image data")
     dev = next(model.parameters()).device
@@ -201,7 +206,7 @@ def plot_latent_classes(model: LatentModel, data: Dataset, *, steps: int = 15, s
     ax_z.set_xlabel(z_label(0))
     ax_z.set_ylabel(z_label(1))
     ax_z.set_aspect("equal", adjustable="datalim")
-    ax_z.set_title("encoded images (dashed: the decoded square)", fontsize="medium")
+    ax_z.set_title(f"encoded {source} (dashed: the decoded square)", fontsize="medium")
     show(ax_m, canvas, f"decoded manifold, z ∈ [{-span:g}, {span:g}]²")
     ax_m.set_xlabel(f"{z_label(0)} →")
     ax_m.set_ylabel(f"{z_label(1)} →")
@@ -219,19 +224,26 @@ def _square(span: float):  # noqa: ANN202 (a matplotlib patch)
 # ---------------------------------------------------------------------------------------------
 
 
-def _shown_data(ctx: PlotContext) -> Dataset:
-    """The images the figures show: the test split as the model is scored on it (binarized for
-    a Bernoulli model) when the run's config can load it, else the context's data."""
-    if ctx.config is not None:
-        try:
-            from vaelab.data.pixels import eval_view
-            from vaelab.data.registry import load_dataset
+def _shown_data(ctx: PlotContext) -> tuple[Dataset, str]:
+    """The images the figures show and what they are, for the titles: the test split as the
+    model is scored on it (binarized for a Bernoulli model), or the context's training images
+    when there is no run config or the test split's files are not on disk.
 
-            data_cfg = ctx.config.data.model_copy(update={"limit_test": 2000})
-            return eval_view(ctx.config, load_dataset(data_cfg, "test"))[0]
-        except (OSError, ValueError):
-            pass
-    return ctx.data
+    Only a missing dataset is expected here; a corrupt file or an unreadable folder raises
+    (the report shows the figure's error), so nothing is relabelled silently.
+    """
+    if ctx.config is None:
+        return ctx.data, "training images"
+    from vaelab.data.images import DatasetNotFoundError
+    from vaelab.data.pixels import eval_view
+    from vaelab.data.registry import load_dataset
+
+    data_cfg = ctx.config.data.model_copy(update={"limit_test": 2000})
+    try:
+        test = load_dataset(data_cfg, "test")
+    except DatasetNotFoundError:
+        return ctx.data, "training images (the test split is not on disk)"
+    return eval_view(ctx.config, test)[0], "test images"
 
 
 def _needs_images(ctx: PlotContext) -> str | None:
@@ -248,8 +260,8 @@ def _needs_d2(ctx: PlotContext) -> str | None:
 
 
 def _reconstructions(ctx: PlotContext) -> Figure:
-    data = _shown_data(ctx)
-    return plot_reconstructions(ctx.model, data.x, data.image_shape)
+    data, source = _shown_data(ctx)
+    return plot_reconstructions(ctx.model, data.x, data.image_shape, source=source)
 
 
 def _samples(ctx: PlotContext) -> Figure:
@@ -257,12 +269,14 @@ def _samples(ctx: PlotContext) -> Figure:
 
 
 def _traversal(ctx: PlotContext) -> Figure:
-    data = _shown_data(ctx)
-    return plot_traversal(ctx.model, data.image_shape, ctx.dims, anchor=data.x[0])
+    data, source = _shown_data(ctx)
+    # "test images" -> "test image"; the note in brackets stays as it is
+    one = source.replace("images", "image", 1)
+    return plot_traversal(ctx.model, data.image_shape, ctx.dims, anchor=data.x[0], anchor_source=one)
 
 
 def _interpolations(ctx: PlotContext) -> Figure:
-    data = _shown_data(ctx)
+    data, source = _shown_data(ctx)
     pairs = min(6, len(data) // 2)
     if pairs == 0:
         raise ValueError("interpolations need at least two images")
@@ -272,16 +286,18 @@ def _interpolations(ctx: PlotContext) -> Figure:
     for a in idx_a:
         others = [b for b in range(pairs, len(data)) if labels is None or labels[b] != labels[a]]
         idx_b.append(next((b for b in others if b not in idx_b), pairs + a))
-    return plot_interpolations(ctx.model, data.x[idx_a], data.x[idx_b], data.image_shape)
+    return plot_interpolations(ctx.model, data.x[idx_a], data.x[idx_b], data.image_shape, source=source)
 
 
 def _latent_classes(ctx: PlotContext) -> Figure:
-    return plot_latent_classes(ctx.model, _shown_data(ctx))
+    data, source = _shown_data(ctx)
+    return plot_latent_classes(ctx.model, data, source=source)
 
 
 FIGURES = [
     FigureSpec("image_reconstructions", _reconstructions,
-               "Test images over their reconstructions (decoder mean at the posterior mean): blur and "
+               "Test images (training images when the test split is not on disk: the figure's title says "
+               "which) over their reconstructions (decoder mean at the posterior mean): blur and "
                "swapped identities show what the code forgets.",
                all_of(_needs_images, unconditional), title="Reconstructions"),
     FigureSpec("image_samples", _samples,
@@ -289,16 +305,19 @@ FIGURES = [
                "blobs or repeated shapes mean the prior and the codes disagree or the model collapsed.",
                all_of(_needs_images, unconditional), title="Samples from the prior"),
     FigureSpec("image_traversal", _traversal,
-               "Two latent dimensions swept over [-2, 2], the others at 0 and at an encoded test image: "
+               "Two latent dimensions swept over [-2, 2], the others at 0 and at an encoded test image "
+               "(a training image when the test split is not on disk; the panel says which): "
                "smooth change along an axis means the dimension encodes a factor; no change means it "
                "is unused.",
                all_of(_needs_images, unconditional, _needs_two_dims), title="Latent traversal"),
     FigureSpec("image_interpolations", _interpolations,
-               "Straight lines between the codes of test-image pairs: intermediate images should stay "
+               "Straight lines between the codes of test-image pairs (training images when the test split "
+               "is not on disk; the title says which): intermediate images should stay "
                "plausible; nonsense midway marks holes in the latent space.",
                all_of(_needs_images, unconditional), title="Interpolations"),
     FigureSpec("image_latent_classes", _latent_classes,
-               "Encoded test images coloured by class beside the decoded manifold over the same square: "
+               "Encoded test images (or training images, as the panel title says) coloured by class beside "
+               "the decoded manifold over the same square: "
                "classes should occupy regions, and each region should decode to its class.",
                all_of(_needs_images, unconditional, _needs_d2), title="2-D latent space by class"),
 ]
