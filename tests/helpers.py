@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from vaelab.config import RunConfig
 
+TOY_2D = {"moons", "circles", "2gmm", "radial_gmm", "ring"}
+
 
 def tiny_config(**sections: dict) -> RunConfig:
     """A config that trains in well under a second: 256 points, small nets, few epochs."""
@@ -15,6 +17,13 @@ def tiny_config(**sections: dict) -> RunConfig:
     }
     for key, values in sections.items():
         base.setdefault(key, {}).update(values)
+    given = sections.get("data", {})
+    if "path" in given:
+        base["data"].pop("name", None)  # a file replaces the dataset name (both would be refused)
+    if "path" in given or base["data"].get("name") not in TOY_2D:
+        for key in ("n_train", "n_test"):  # only toy distributions draw a number of points
+            if key not in given:
+                base["data"].pop(key, None)
     if base["model"].get("kind") == "ae":
         base["eval"].pop("k")  # an autoencoder has no bound to estimate: eval.k would be refused
     if base["model"].get("net") == "conv":

@@ -14,7 +14,7 @@ from helpers import tiny_config
 from test_objectives import closed_form_elbo, exact_log_px, linear_vae
 from vaelab import checkpoint as ckpt
 from vaelab.cli import app
-from vaelab.config import ModelConfig
+from vaelab.config import ConfigError, ModelConfig
 from vaelab.data.dataset import Dataset
 from vaelab.data.registry import load_dataset
 from vaelab.data.toy2d import RING_STD, ring_params
@@ -174,7 +174,8 @@ def _exact_ring_cvae(run_dir):
         enc.weight[0:2, 0:2] = a / s2 * torch.eye(2)
         enc.weight[0:2, 2:10] = -(a / s2) * means.T.float()
         enc.bias[2:4] = math.log(var / s2)  # posterior variance σ²/(a² + σ²)
-    ckpt.save_weights(run_dir, model)
+    saved = ckpt.load(run_dir)
+    ckpt.save(run_dir, model, saved.config, condition=saved.condition, overwrite=True)
 
 
 def test_conditional_gap_uses_the_conditional_density(tmp_path):
@@ -208,7 +209,9 @@ def test_eval_with_other_settings_keeps_the_runs_metrics(tmp_path):
     run = train_run(tiny_config(), tmp_path / "r")
     first = evaluate_run(run.path)  # no metrics yet: written
     saved = (run.path / ckpt.METRICS_FILE).read_bytes()
-    assert json.loads(saved) == first and first["iwae_k"] == 16
+    recorded = json.loads(saved)
+    assert recorded.pop("checkpoint")["step"] == run.step  # tagged with the checkpoint it scored
+    assert recorded == first and first["iwae_k"] == 16
     result = runner.invoke(app, ["eval", str(run.path), "--k", "5", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "kept as it was" in result.output and "--save" in result.output
@@ -242,7 +245,7 @@ def test_eval_prints_the_metrics_before_a_failed_write(tmp_path, monkeypatch):
 ])
 def test_evaluate_refuses_bad_settings(trained_run, kwargs, match):
     run = ckpt.load(trained_run)
-    with pytest.raises(EvaluationError, match=match):
+    with pytest.raises((EvaluationError, ConfigError), match=match):
         evaluate(run.model, load_dataset(run.config.data, "test"), **kwargs)
 
 

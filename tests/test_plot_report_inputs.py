@@ -54,7 +54,7 @@ def test_R02_report_out_a_folder_names_the_folder(run_copy, tmp_path):
     folder.mkdir()
     result = runner.invoke(app, ["report", str(run_copy), "--figures", "samples", "--out", str(folder)])
     assert result.exit_code == 2
-    assert f"{folder} is a folder" in result.output and ".tmp" not in result.output
+    assert f"{folder}: is a folder" in " ".join(result.output.split()) and ".tmp" not in result.output
     assert list(folder.iterdir()) == []
 
 

@@ -91,11 +91,11 @@ def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
          "eval": {"k": 50}},
         {"data": {"path": str(tmp_path / "points.csv"), "label_column": "y", "condition": "column:c",
                   "test_fraction": 0.3},
-         "model": {"cond_embed": [8]}, "train": {"k": 8}},
+         "model": {"cond_embed": [8], "min_var": 1e-4}, "train": {"k": 8}},
         {"data": {"name": "mnist", "data_dir": str(tmp_path / "cache"), "image_split": "test-9k",
                   "binarize": "fixed", "limit_train": 100, "limit_test": 50},
          "model": {"net": "conv", "channels": [4, 8]}},
-        {"data": {"path": str(tmp_path / "images") + "/", "image_size": 16}, "model": {"kind": "ae"}},
+        {"data": {"path": str(tmp_path / "images"), "image_size": 16}, "model": {"kind": "ae"}},
     ]
     covered = set()
     for raw in configs:

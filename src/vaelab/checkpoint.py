@@ -56,7 +56,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -183,9 +183,17 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 class History:
-    """Per-epoch training record: a list of rows (dicts with the same keys), CSV on disk."""
+    """Per-epoch training record: a list of rows (dicts with the same keys), CSV on disk.
 
-    COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds")
+    ``lr`` is the learning rate of the epoch's last step, ``skipped`` the steps of the epoch
+    that ``nonfinite = "skip"`` skipped, ``grad_norm`` the largest gradient norm of the epoch
+    (over all parameters, before any clipping; NaN when a step had a non-finite gradient).
+    """
+
+    COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds", "lr", "skipped", "grad_norm")
+    INT_COLUMNS = ("epoch", "step", "skipped")
+    # Columns added after 0.1.0, and what a history.csv written before them reads as.
+    LATER_COLUMNS = {"lr": math.nan, "skipped": 0, "grad_norm": math.nan}
 
     def __init__(self, rows: list[dict[str, float]] | None = None) -> None:
         self.rows: list[dict[str, float]] = list(rows or [])
@@ -215,20 +223,23 @@ class History:
         writer = csv.DictWriter(buf, fieldnames=list(self.COLUMNS), lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: (int(row[k]) if k in ("epoch", "step") else repr(float(row[k]))) for k in self.COLUMNS})
+            writer.writerow({k: (int(row[k]) if k in self.INT_COLUMNS else repr(float(row[k])))
+                             for k in self.COLUMNS})
         return buf.getvalue()
 
     @classmethod
     def from_csv(cls, text: str) -> History:
         """Parse :meth:`to_csv` output; ValueError says which column / row is wrong."""
         reader = csv.DictReader(io.StringIO(text))
-        missing = [k for k in cls.COLUMNS if k not in (reader.fieldnames or [])]
+        missing = [k for k in cls.COLUMNS if k not in (reader.fieldnames or []) and k not in cls.LATER_COLUMNS]
         if missing:
             raise ValueError(f"missing column(s) {', '.join(missing)}; expected {','.join(cls.COLUMNS)}")
         rows = []
         for line, raw in enumerate(reader, start=2):
+            for name, default in cls.LATER_COLUMNS.items():  # a history.csv written before these columns
+                raw.setdefault(name, repr(default))
             try:
-                rows.append({k: (int(raw[k]) if k in ("epoch", "step") else float(raw[k])) for k in cls.COLUMNS})
+                rows.append({k: (int(raw[k]) if k in cls.INT_COLUMNS else float(raw[k])) for k in cls.COLUMNS})
             except (TypeError, ValueError):
                 raise ValueError(f"line {line} holds a value that is not a number") from None
         return cls(rows)
@@ -244,13 +255,27 @@ def _parse_history(path: Path, data: bytes) -> History:
 
 @dataclass
 class TrainState:
-    """Where training stands: enough, with the weights, to resume bit-exactly."""
+    """Where training stops: enough, with the weights, to resume bit-exactly.
+
+    At an epoch boundary ``epoch_rng`` is None. A checkpoint written mid-epoch (an
+    interrupted run) also holds the generator state at the start of the unfinished epoch,
+    from which the epoch's shuffle and binarization draw are regenerated, the batches of it
+    already done, and the partial sums of its history row.
+    """
 
     step: int = 0
-    epoch: int = 0
+    epoch: int = 0  # completed epochs
     optimizer: dict[str, Any] | None = None
     rng: torch.Tensor | None = None  # torch.Generator.get_state() of the training generator
     complete: bool = False
+    skips: int = 0  # steps skipped by nonfinite = "skip" so far: the learning rate is scaled by 0.5**skips
+    epoch_rng: torch.Tensor | None = None  # generator state at the start of the unfinished epoch
+    batch: int = 0  # batches of the unfinished epoch already done
+    epoch_sums: torch.Tensor | None = None  # (3,) float64: Σ loss, recon, kl weighted by batch size
+    epoch_seen: int = 0  # points behind epoch_sums
+    epoch_skipped: int = 0
+    epoch_seconds: float = 0.0
+    grad_norm_max: float = 0.0
 
 
 @dataclass(eq=False)
@@ -383,8 +408,7 @@ def weights_bytes(model: LatentModel) -> bytes:
 
 def _state_bytes(state: TrainState) -> bytes:
     buf = io.BytesIO()
-    torch.save({"step": state.step, "epoch": state.epoch, "optimizer": state.optimizer, "rng": state.rng,
-                "complete": state.complete}, buf)
+    torch.save({f.name: getattr(state, f.name) for f in fields(TrainState)}, buf)
     return buf.getvalue()
 
 
@@ -878,8 +902,9 @@ def load_state(run_dir: str | Path) -> TrainState:
                              "with --overwrite to redo the run")
     try:
         raw = torch.load(io.BytesIO(snap.files[STATE_FILE]), map_location="cpu", weights_only=True)
-        state = TrainState(step=int(raw["step"]), epoch=int(raw["epoch"]), optimizer=raw["optimizer"],
-                           rng=raw["rng"], complete=bool(raw.get("complete", False)))
+        # Fields missing from an older state.pt keep their defaults (an epoch-boundary state).
+        state = TrainState(**{f.name: raw[f.name] for f in fields(TrainState) if f.name in raw})
+        state.step, state.epoch, state.complete = int(raw["step"]), int(raw["epoch"]), bool(state.complete)
     except Exception as err:  # noqa: BLE001 (torch.load raises many types for a damaged or foreign file)
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise RunDirError(f"{path}: cannot read the training state ({reason}); the file is damaged or was not "

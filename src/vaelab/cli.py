@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -187,6 +189,10 @@ def train(
     batch_size: int = typer.Option(None, help="batch size"),
     seed: int = typer.Option(None, help="seed of init, shuffling and noise"),
     checkpoint_every: int = typer.Option(None, help="checkpoint every N epochs"),
+    nonfinite: str = typer.Option(None, help="on a NaN/inf loss or gradient: stop (default), or skip the step "
+                                  "and halve the learning rate"),
+    max_skips: int = typer.Option(None, help="steps --nonfinite skip may skip before training stops (default 10)"),
+    grad_clip: float = typer.Option(None, help="clip the gradient norm to this value before each step (default off)"),
     eval_k: int = typer.Option(None, help="importance samples for the evaluation NLL"),
     config: Path = typer.Option(None, "--config", help="TOML file with [data] [model] [train] [eval] tables"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory (default runs/<data>-<time>)"),
@@ -198,7 +204,7 @@ def train(
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, figures, report)."""
     from vaelab.config import ConfigError
-    from vaelab.train import TrainingDiverged, train_run
+    from vaelab.train import TrainingDiverged, TrainingInterrupted, train_run
 
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
@@ -236,7 +242,8 @@ def train(
         "model": model_over,
         "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "lr_schedule": lr_schedule,
                   "epochs": epochs, "steps": steps, "batch_size": batch_size, "seed": seed,
-                  "checkpoint_every": checkpoint_every},
+                  "checkpoint_every": checkpoint_every, "nonfinite": nonfinite, "max_skips": max_skips,
+                  "grad_clip": grad_clip},
         "eval": {"k": eval_k},
     }, source="command-line options" if config is None else f"{config} and the command-line options")
     if data is not None and _is_file_arg(data):
@@ -262,17 +269,41 @@ def train(
         task = progress.add_task("steps", total=None)
 
         def on_step(info: Any) -> None:
+            if info.skipped:  # --nonfinite skip: say so when it happens, not only in history.csv
+                progress.console.print(f"step {info.step} (epoch {info.epoch}): non-finite loss or gradient; "
+                                       f"step skipped, learning rate halved", highlight=False)
             if info.step == 1 or info.step % 20 == 0 or info.step == info.total_steps:
                 progress.update(task, total=info.total_steps, completed=info.step,
                                 description=f"epoch {info.epoch} loss {info.loss:.3f} "
                                             f"recon {info.recon:.3f} kl {info.kl:.3f}")
 
         try:
-            run = train_run(cfg, out, device=dev, resume=resume, overwrite=overwrite, on_step=on_step)
+            with _StopOnSignal() as stop:
+                try:
+                    run = train_run(cfg, out, device=dev, resume=resume, overwrite=overwrite, on_step=on_step,
+                                    should_stop=stop.requested)
+                except TrainingInterrupted as err:
+                    progress.stop()
+                    err_console.print(
+                        f"interrupted ({stop.name}) at step {err.step} (epoch {err.epoch}): saved a checkpoint "
+                        f"of this step in {out}\nresume with: vaelab train --out {out} --resume",
+                        highlight=False, soft_wrap=True)
+                    raise typer.Exit(stop.exit_code) from None
+        except _SignalAgain as again:
+            progress.stop()
+            err_console.print(
+                f"stopped at once ({again.name} again); {out} keeps its last completed checkpoint\n"
+                f"resume with: vaelab train --out {out} --resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(again.exit_code) from None
         except TrainingDiverged:
             if not no_report:  # the report shows the failure and the last good checkpoint
                 _write_report(Path(out))
             raise
+    if stop.signal is not None:  # the signal came as training finished: the run is complete
+        err_console.print(f"interrupted ({stop.name}) after the last training step: {out} holds the finished "
+                          f"run; evaluation and report skipped (run `vaelab eval {out}` and "
+                          f"`vaelab report {out}`)", highlight=False, soft_wrap=True)
+        raise typer.Exit(stop.exit_code)
     if run.condition is not None and no_eval:  # the evaluation prints it otherwise
         console.print(f"condition {run.condition.describe()}", highlight=False)
     last = run.history.last
@@ -285,6 +316,56 @@ def train(
     if not no_report:
         _write_report(run.path)
     console.print(f"run directory: {run.path}", highlight=False)
+
+
+class _SignalAgain(BaseException):
+    """A second SIGINT / SIGTERM while the first one's checkpoint is pending: leave at once.
+
+    A BaseException, so that no ``except Exception`` on the way swallows it; every run file
+    is written atomically, so unwinding from anywhere leaves each file whole."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name, self.exit_code = signal.Signals(signum).name, 128 + signum
+
+
+class _StopOnSignal:
+    """Turn SIGINT / SIGTERM into a request that training checkpoint its current step and
+    stop (``requested`` is fit's should_stop); a second signal raises _SignalAgain. The
+    previous handlers come back on exit. The library installs no handlers: this is the CLI's
+    choice. Outside the main thread (where handlers cannot be set) signals keep their defaults."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return "" if self.signal is None else signal.Signals(self.signal).name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, the shell's convention: 130 for SIGINT, 143 for SIGTERM."""
+        return 1 if self.signal is None else 128 + self.signal
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise _SignalAgain(signum)
+        self.signal = signum
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _loss_name(cfg: Any) -> str:

@@ -24,6 +24,10 @@ ImageSplit = Literal["official", "test-9k"]
 BinarizeName = Literal["auto", "none", "dynamic", "fixed"]
 
 
+# Steps that ``nonfinite = "skip"`` may skip when max_skips is not given.
+DEFAULT_MAX_SKIPS = 10
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and what is allowed."""
 
@@ -40,9 +44,15 @@ def _check_seed(value: int) -> int:
 
 
 def check_seed_option(value: int | None, option: str) -> None:
-    """Refuse a seed that torch cannot take, naming the option (``--seed``)."""
-    if value is not None and not SEED_MIN <= value <= SEED_MAX:
-        raise ConfigError(f"{option} {value}: seeds are 64-bit integers; use a value between {SEED_MIN} and {SEED_MAX}")
+    """Refuse a seed that torch cannot take, naming the option (``--seed``); None passes.
+
+    The one seed check of the library: commands, evaluation and figures all call it.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
+        raise ConfigError(f"{option} must be an integer from -2^63 to 2^63 - 1 ({SEED_MIN} to {SEED_MAX}), "
+                          f"got {value!r}: seeds are 64-bit integers, pick a smaller one")
 
 
 # Training runs in float32: a setting outside its range would become inf or 0 there
@@ -208,6 +218,30 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="seed of weight init, shuffling and sampling noise")
     checkpoint_every: int = Field(50, gt=0, description="save a checkpoint every N epochs (and at the end)")
     diversity_samples: int = Field(2048, gt=0, description="prior samples used for the diversity column")
+    # Non-finite values and gradient clipping (vaelab.train.fit).
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="on a NaN/inf loss or gradient: stop (name the step and term), or skip the step "
+        "and halve the learning rate (at most max_skips times)",
+    )
+    max_skips: int | None = Field(
+        None, gt=0, description=f"steps nonfinite = skip may skip before training stops (unset: {DEFAULT_MAX_SKIPS})",
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="clip the gradient norm (over all parameters) to this value before each step; unset: off",
+    )
+
+    @model_validator(mode="after")
+    def _skips_need_the_skip_policy(self) -> TrainConfig:
+        if self.max_skips is not None and self.nonfinite != "skip":
+            raise ValueError(f"max_skips = {self.max_skips} only applies with nonfinite = 'skip' "
+                             "(--nonfinite skip); remove it or choose the skip policy")
+        return self
+
+    @property
+    def skip_limit(self) -> int:
+        """The number of steps the skip policy may skip: max_skips, or its documented default."""
+        return DEFAULT_MAX_SKIPS if self.max_skips is None else self.max_skips
 
     _seed = field_validator("seed")(_check_seed)
 

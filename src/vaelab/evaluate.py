@@ -36,7 +36,6 @@ CHUNK_BUDGET = 2**24
 _LIVE_COPIES = 3
 # More test points than this are refused before anything is drawn (the audit's --n-test 1e11).
 MAX_EVAL_POINTS = 10_000_000
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 class EvaluationError(ValueError):
@@ -48,10 +47,9 @@ def generator_for(seed: int, device: torch.device | str = "cpu", *, option: str 
 
     ``option`` names the setting in the error (``--seed`` in the CLI).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise EvaluationError(f"{option} must be an integer, got {seed!r}")
-    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        raise EvaluationError(f"{option} must be an integer from -2**63 to 2**64 - 1, got {seed}; pick a smaller seed")
+    from vaelab.config import check_seed_option
+
+    check_seed_option(seed, option)
     return torch.Generator(device=device).manual_seed(seed)
 
 

@@ -243,11 +243,9 @@ class PlotContext:
     condition: Condition | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63:
-            raise ValueError(
-                f"seed {self.seed!r} cannot seed the figures' random draws: use an integer between "
-                f"-2^63 and 2^63 - 1 (--seed)"
-            )
+        from vaelab.config import check_seed_option
+
+        check_seed_option(self.seed, "--seed (of the figures' random draws)")
         d = self.model.latent_dim
         i, j = self.dims
         if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
