@@ -254,7 +254,10 @@ def train(
         stem = Path(cfg.data.path).stem if cfg.data.path else cfg.data.name
         out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     dev = pick_device(device)
-    if not resume:
+    if not resume:  # refuse a setting that would change nothing before any output or download
+        from vaelab.config import check_settings
+
+        check_settings(cfg)
         _fetch_with_progress(cfg.data)
     if resume:  # the run's own config applies, not the defaults this command started from
         console.print(f"resuming {out} from its last checkpoint (device {dev})", highlight=False)
