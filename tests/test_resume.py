@@ -111,3 +111,17 @@ def test_resume_with_config_or_preset_is_refused(done_run, tmp_path):
     toml.write_text("[train]\nepochs = 9\n")
     result = invoke("train", "--out", done_run, "--resume", "--config", toml, "--device", "cpu")
     assert result.exit_code == 2 and "--config" in result.output
+
+
+def test_T78d_resume_in_an_unwritable_folder_fails_before_training(done_run, monkeypatch):
+    import tempfile as tf
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(tf, "TemporaryFile", refuse)  # what an immutable / read-only folder does
+    steps = []
+    with pytest.raises(ckpt.RunDirError, match="cannot write in the run directory"):
+        train_run(RunConfig().with_overrides({"train": {"epochs": 8}}), done_run, resume=True,
+                  on_step=lambda info: steps.append(info.step))
+    assert steps == []  # nothing was trained for nothing

@@ -113,6 +113,17 @@ def checkpoint_outcome(cfg: RunConfig, _: Path) -> str:
     return str(epochs)
 
 
+def divergence_outcome(cfg: RunConfig, tmp: Path) -> str:
+    """Where a run with a far too large learning rate ends: stopped at a step, or trained on."""
+    from vaelab.train import TrainingDiverged
+
+    try:
+        run = train_run(cfg, tmp / f"run{len(list(tmp.iterdir()))}")
+    except TrainingDiverged as err:
+        return f"stopped at step {err.step}"
+    return "trained: " + json.dumps([[r.get("step"), r.get("skipped")] for r in run.history.rows])
+
+
 def eval_outcome(cfg: RunConfig, _: Path) -> str:
     model = build_model(cfg.model, 2, seed=0)
     m = evaluate(model, load_dataset(cfg.data, "test"), k=cfg.eval.k, batch_size=cfg.eval.batch_size,
@@ -163,6 +174,10 @@ CASES: dict[str, Case] = {
     "train.seed": ({}, 7, train_outcome, None, None),
     "train.checkpoint_every": ({"train": {"epochs": 4}}, 2, checkpoint_outcome, None, None),
     "train.diversity_samples": ({}, 32, train_outcome, None, None),
+    "train.nonfinite": ({"train": {"lr": 1e3, "steps": 6}}, "skip", divergence_outcome, None, None),
+    "train.max_skips": ({"train": {"lr": 1e3, "steps": 6, "nonfinite": "skip"}}, 1, divergence_outcome,
+                        {"train": {"nonfinite": "stop"}}, 3),
+    "train.grad_clip": ({}, 1e-3, train_outcome, None, None),
     "eval.k": ({}, 8, eval_outcome, {"model": {"kind": "ae"}}, 8),
     "eval.batch_size": ({}, 7, eval_outcome, None, None),
     "eval.seed": ({}, 3, eval_outcome, {"model": {"kind": "ae"}}, 3),
@@ -202,7 +217,11 @@ def test_a_setting_changes_the_outcome_where_it_applies(field, csv_file, tmp_pat
 @pytest.mark.parametrize("field", sorted(f for f in CASES if CASES[f][3] is not None))
 def test_a_setting_that_would_change_nothing_is_refused(field, csv_file, tmp_path):
     _, _, _, context, value = CASES[field]
-    cfg = _with(context, field, value, csv_file)
+    try:
+        cfg = _with(context, field, value, csv_file)
+    except ConfigError as err:  # refused as soon as the config is built (a rule between fields)
+        assert field.split(".")[1] in str(err) and "remove it" in str(err), str(err)
+        return
     if field == "data.binarize":  # refused by the values of the data once they are read
         with pytest.raises(ValueError, match="binarize=fixed .* needs x in \\[0, 1\\].*use --binarize none"):
             train_run(cfg, tmp_path / "r")
@@ -274,3 +293,10 @@ def test_seeds_beyond_64_bits_are_refused_at_config_time(section):
 def test_largest_seed_trains(tmp_path):
     run = train_run(small(train={"seed": 2**63 - 1}, data={"seed": 2**63 - 1}), tmp_path / "r")
     assert run.history.last is not None
+
+
+def test_train_run_refuses_what_is_not_a_config(tmp_path):
+    """Audit A31: train_run(dict) raised AttributeError 'dict' object has no attribute 'data'."""
+    with pytest.raises(ConfigError, match="RunConfig"):
+        train_run({"train": {"epochs": 1}}, tmp_path / "r")
+    assert not (tmp_path / "r").exists()

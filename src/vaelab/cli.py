@@ -254,10 +254,16 @@ def train(
         stem = Path(cfg.data.path).stem if cfg.data.path else cfg.data.name
         out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     dev = pick_device(device)
-    if not resume:
+    if not resume:  # refuse a setting that would change nothing before any output or download
+        from vaelab.config import check_settings
+
+        check_settings(cfg)
         _fetch_with_progress(cfg.data)
-    console.print(f"training [bold]{cfg.model.kind}[/] on [bold]{cfg.data.path or cfg.data.name}[/] "
-                  f"-> {out} (device {dev})", highlight=False)
+    if resume:  # the run's own config applies, not the defaults this command started from
+        console.print(f"resuming {out} from its last checkpoint (device {dev})", highlight=False)
+    else:
+        console.print(f"training [bold]{cfg.model.kind}[/] on [bold]{cfg.data.path or cfg.data.name}[/] "
+                      f"-> {out} (device {dev})", highlight=False)
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
@@ -370,6 +376,8 @@ def _loss_name(cfg: Any) -> str:
     if cfg.model.kind == "ae":
         return "loss (reconstruction)"
     if cfg.train.objective == "iwae":
+        if cfg.train.beta != 1:
+            return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, β={cfg.train.beta:g})"
         return f"loss (−IWAE bound, k={cfg.train.k})"
     return f"loss (−ELBO, β={cfg.train.beta:g})"
 

@@ -9,6 +9,7 @@ Precedence: defaults < ``--config file.toml`` < explicit command-line flags.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -54,10 +55,28 @@ def check_seed_option(value: int | None, option: str) -> None:
                           f"got {value!r}: seeds are 64-bit integers, pick a smaller one")
 
 
+# Training runs in float32: a setting outside its range would become inf or 0 there
+# (--beta 1e39, --recon-var 1e-300), which the float64 check of the config alone would miss.
+FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
+
+
 class _Section(BaseModel):
     # strict: a TOML ``epochs = true`` or ``lr = "1e-3"`` is refused, not read as 1 epoch /
     # coerced; an int is still accepted for a float field.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _finite_in_float32(cls, value: Any) -> Any:
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError("must be a finite number")
+            if value != 0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+                raise ValueError(
+                    f"{value:g} is outside float32's range (±{FLOAT32_TINY:.3g} to ±{FLOAT32_MAX:.3g}), the "
+                    "precision vaelab trains in; it would become 0 or inf"
+                )
+        return value
 
 
 class DataConfig(_Section):

@@ -76,12 +76,16 @@ def check_model_fits(
     model = _meta_model(config, x_dim, cond_dim, cond_embed)
     n_params = sum(p.numel() for p in model.parameters())
     factor = 1 if train is None else 4  # weights; + gradient, Adam's m and v when training
+    widths = (f"--channels {','.join(map(str, config.channels))}" if config.net == "conv"
+              else f"--hidden {','.join(map(str, config.hidden))}")
     check_fits(n_params * FLOAT_BYTES * factor,
-               f"a model with {n_params:,} weights (--latent-dim {config.latent_dim}, --hidden "
-               f"{','.join(map(str, config.hidden))}, --channels {','.join(map(str, config.channels))})",
-               "use smaller --latent-dim / --hidden / --channels")
+               f"a model with {n_params:,} weights (--latent-dim {config.latent_dim}, {widths})",
+               f"use a smaller --latent-dim or {widths.split()[0]}")
     if train is None:
         return
+    # The diversity column decodes diversity_samples prior draws at once after every epoch.
+    check_fits(float(train.diversity_samples) * (_activation_width(model) + x_dim) * FLOAT_BYTES,
+               f"diversity_samples = {train.diversity_samples} decoded at once", "use fewer diversity_samples")
     samples = train.k if config.kind == "vae" and train.objective == "iwae" else 1
     rows = train.batch_size * samples
     # x2: the forward activations and their gradients.

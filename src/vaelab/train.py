@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -392,6 +393,18 @@ def resume_config(saved: RunConfig, given: RunConfig, n_train: int) -> RunConfig
     })
 
 
+def _check_writable(run_dir: Path) -> None:
+    """Fail before training, not at the first checkpoint after the whole budget (audit T78d)."""
+    try:
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise ckpt.RunDirError(
+            f"{run_dir}: cannot write in the run directory ({err.strerror or err}); a resumed run could not "
+            "save its checkpoints. Make the folder writable, or copy the run to a writable place and resume there"
+        ) from None
+
+
 def _budget_words(train: TrainConfig) -> str:
     return f"--steps {train.steps}" if train.steps is not None else f"--epochs {train.epochs}"
 
@@ -463,6 +476,7 @@ def train_run(
             x = fixed_binarization(x, "train", config.data.seed)
         c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
         if resume:
+            _check_writable(run_dir)
             (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
         else:
             model = build_model(config.model, data.dim, cond_width, seed=config.train.seed,

@@ -166,8 +166,9 @@ def load_points(
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise DataFileError(
-            f"{path}: {int(bad.sum())} values are NaN or infinite, or beyond float32's range of ±3.4e38 "
-            f"(first at row {row}, column {col}); remove, impute or rescale them before training"
+            f"{path}: {int(bad.sum())} values are NaN or infinite (first at row {row}, column {col}) in float32, "
+            "the precision vaelab computes in (values beyond ±3.4e38 overflow to inf); remove, impute or "
+            "rescale them before training"
         )
     if labels is not None and labels.shape != (arr.shape[0],):
         raise DataFileError(f"{path}: 'labels' has shape {labels.shape}, expected ({arr.shape[0]},)")
