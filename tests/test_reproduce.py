@@ -27,6 +27,7 @@ from vaelab.report import (
     TOML_ONLY,
     config_fields,
     reproduce_command,
+    reproduce_toml,
     train_flags,
     write_report,
 )
@@ -86,16 +87,18 @@ def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
         {"data": {"name": "moons", "n_train": 500, "n_test": 100, "seed": 3},
          "model": {"kind": "vae", "hidden": [64, 32], "activation": "relu", "latent_dim": 5, "scale": "softplus",
                    "likelihood": "gaussian", "recon_var": 0.05},
-         "train": {"objective": "elbo", "beta": 0.5, "lr": 1e-3, "lr_schedule": "constant", "epochs": 7,
-                   "steps": 90, "batch_size": 64, "seed": 4, "checkpoint_every": 3},
+         "train": {"objective": "elbo", "beta": 0.5, "lr": 1e-3, "lr_schedule": "constant",
+                   "steps": 90, "batch_size": 64, "seed": 4, "checkpoint_every": 3,
+                   "nonfinite": "skip", "max_skips": 3, "grad_clip": 1.5},
          "eval": {"k": 50}},
         {"data": {"path": str(tmp_path / "points.csv"), "label_column": "y", "condition": "column:c",
                   "test_fraction": 0.3},
-         "model": {"cond_embed": [8], "min_var": 1e-4}, "train": {"k": 8}},
+         "model": {"cond_embed": [8], "min_var": 1e-4}, "train": {"k": 8, "epochs": 7}},
         {"data": {"name": "mnist", "data_dir": str(tmp_path / "cache"), "image_split": "test-9k",
                   "binarize": "fixed", "limit_train": 100, "limit_test": 50},
          "model": {"net": "conv", "channels": [4, 8]}},
-        {"data": {"path": str(tmp_path / "images"), "image_size": 16}, "model": {"kind": "ae"}},
+        {"data": {"path": str(tmp_path / "images"), "image_size": 16}, "model": {"kind": "ae"},
+         "train": {"objective": "elbo"}},  # an autoencoder run as the CLI makes it: no IWAE objective
     ]
     covered = set()
     for raw in configs:
@@ -178,3 +181,17 @@ def test_running_the_printed_command_writes_the_same_config(case, tmp_path, poin
         assert "--condition column:c" in command and "--test-fraction 0.25" in command
     if case.endswith("toml"):
         assert (original / REPRODUCE_FILE).is_file()
+
+
+def test_a_config_no_flag_command_accepts_is_reproduced_through_toml(monkeypatch, tmp_path):
+    """An API-made autoencoder on images keeps the library's default objective (IWAE); on the
+    command line the image preset would need --objective iwae, which an autoencoder refuses."""
+    (tmp_path / "images").mkdir()
+    cfg = RunConfig.from_dict({"data": {"path": str(tmp_path / "images"), "image_size": 16},
+                               "model": {"kind": "ae"}})
+    out = tmp_path / "again"
+    command, needs_toml = reproduce_command(cfg, out)
+    assert needs_toml and "--preset" not in command, command
+    out.mkdir()
+    (out / "reproduce.toml").write_text(reproduce_toml(cfg))
+    assert parsed_config(monkeypatch, command) == cfg

@@ -179,6 +179,20 @@ class Reproduction:
     needs_toml: bool
 
 
+def _accepted(base: RunConfig, changed: tuple[tuple[str, str], ...], current: dict[str, Any]) -> bool:
+    """Whether the re-run's settings (``changed`` given explicitly over ``base``) pass the CLI's check."""
+    from vaelab.config import ConfigError, check_settings
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for section, key in changed:
+        overrides.setdefault(section, {})[key] = current[section][key]
+    try:
+        check_settings(base.with_overrides(overrides))
+    except (ConfigError, ValueError):
+        return False
+    return True
+
+
 def reproduction(config: RunConfig) -> Reproduction:
     """The cheapest way ``vaelab train`` rebuilds ``config``: the starting point (defaults or a
     preset, as the CLI applies them) with the fewest differences, then flags or a TOML file."""
@@ -189,11 +203,14 @@ def reproduction(config: RunConfig) -> Reproduction:
     image = is_image_config(config.data)
     # (preset, flag needed, base). Without --preset and --config the CLI starts image data from
     # the default image preset, and other data from the library defaults.
-    starts: list[tuple[str | None, bool, RunConfig]] = [] if image else [(None, False, defaults)]
+    # With --config the CLI applies no preset: image data then start from the library defaults
+    # too, through a TOML file (the last resort, for configs no flag command can give).
+    starts: list[tuple[str | None, bool, RunConfig]] = [(None, False, defaults)]
     starts += [(name, not (image and name == DEFAULT_IMAGE_PRESET), apply_preset(defaults, name)) for name in PRESETS]
     current = config.model_dump()
     flags = train_flags()
     best: Reproduction | None = None
+    best_key: tuple[bool, bool, int, bool] = (True, True, 0, True)
     for preset, flag, base in starts:
         reference = base.model_dump()
         changed = tuple(f for f in config_fields() if current[f[0]][f[1]] != reference[f[0]][f[1]])
@@ -202,11 +219,15 @@ def reproduction(config: RunConfig) -> Reproduction:
         )
         if config.data.path is not None and (not _is_file_arg(config.data.path) or ("data", "name") in changed):
             needs_toml = True  # --data takes either a name or a path that looks like one
+        if image and preset is None:
+            needs_toml = True
         option = Reproduction(preset, flag, base, changed, needs_toml)
-        # Prefer a command of flags alone, then the fewest changes, then no --preset.
-        key = (needs_toml, len(changed), flag)
-        if best is None or key < (best.needs_toml, len(best.changed), best.preset_flag):
-            best = option
+        # Prefer a start the CLI accepts (a preset can make a setting explicit that the run had
+        # by default, e.g. --epochs beside --steps), then a command of flags alone, then the
+        # fewest changes, then no --preset.
+        key = (not _accepted(base, changed, current), needs_toml, len(changed), flag)
+        if best is None or key < best_key:
+            best, best_key = option, key
     assert best is not None
     return best
 
