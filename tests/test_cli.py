@@ -189,3 +189,50 @@ def test_figure_commands_list_every_figure_name_in_their_help(command):
     text = " ".join(result.output.split())
     missing = [name for name in figure_names() if name not in text]
     assert not missing, f"`vaelab {command} --help` does not name {missing}"
+
+
+def test_a_typo_in_a_toml_table_names_the_table_and_the_valid_ones(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[trian]\nepochs = 3\n[model]\nhiden = [8]\n")
+    result = invoke("train", "--config", toml, "--out", tmp_path / "r")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "unknown table [trian]; the tables are [data], [model], [train], [eval]" in text
+    assert "model.hiden: unknown option; [model] takes kind, net, channels, hidden" in text
+    assert not (tmp_path / "r").exists()
+
+
+def test_only_vaelabs_own_errors_become_one_line_messages(monkeypatch, tmp_path):
+    """A bug (here a KeyError from inside the library) keeps its traceback instead of being
+    printed as `error: <key>` like a user error."""
+    import vaelab.data.registry as registry
+
+    def broken(*args, **kwargs):
+        raise KeyError("trian")
+
+    monkeypatch.setattr(registry, "load_dataset", broken)
+    monkeypatch.setattr("vaelab.train.load_dataset", broken)
+    result = runner.invoke(app, ["train", *TINY, "--out", str(tmp_path / "r")])
+    assert isinstance(result.exception, KeyError)
+    assert "error: trian" not in result.output
+
+
+def test_every_error_class_of_vaelab_derives_from_vaelab_error():
+    import inspect
+    import pkgutil
+
+    import vaelab
+    from vaelab.errors import VaelabError
+
+    found = []
+    for info in pkgutil.walk_packages(vaelab.__path__, "vaelab."):
+        if info.name.startswith("vaelab.cli") or info.name == "vaelab.__main__":
+            continue
+        module = __import__(info.name, fromlist=["_"])
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, Exception) and not issubclass(obj, Warning)
+                    and obj.__module__ == info.name
+                    and not name.startswith("_")):
+                found.append(obj)
+                assert issubclass(obj, VaelabError), f"{info.name}.{name} is not a VaelabError"
+    assert len(found) >= 10

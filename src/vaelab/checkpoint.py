@@ -66,6 +66,7 @@ from safetensors.torch import save as save_safetensors
 
 from vaelab.conditions import Condition
 from vaelab.config import RunConfig
+from vaelab.errors import InputError
 from vaelab.models import LatentModel, build_model
 
 CONFIG_FILE = "config.json"
@@ -96,7 +97,7 @@ OWNED_NAMES = (*RUN_ARTIFACTS, MARKER_FILE, LOCK_FILE)
 _TMP_SUFFIX = ".vaelab-tmp"
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError):
     """A folder that is not (or not yet) a vaelab run directory, or one that would be overwritten."""
 
 
@@ -108,7 +109,7 @@ class RunLockedError(RunDirError):
     """Another process is writing the run directory (it holds the run's lock)."""
 
 
-class WriteError(ValueError):
+class WriteError(InputError):
     """A file could not be written; the message names the file the caller asked for."""
 
 
@@ -233,7 +234,7 @@ class History:
         reader = csv.DictReader(io.StringIO(text))
         missing = [k for k in cls.COLUMNS if k not in (reader.fieldnames or []) and k not in cls.LATER_COLUMNS]
         if missing:
-            raise ValueError(f"missing column(s) {', '.join(missing)}; expected {','.join(cls.COLUMNS)}")
+            raise InputError(f"missing column(s) {', '.join(missing)}; expected {','.join(cls.COLUMNS)}")
         rows = []
         for line, raw in enumerate(reader, start=2):
             for name, default in cls.LATER_COLUMNS.items():  # a history.csv written before these columns
@@ -241,7 +242,7 @@ class History:
             try:
                 rows.append({k: (int(raw[k]) if k in cls.INT_COLUMNS else float(raw[k])) for k in cls.COLUMNS})
             except (TypeError, ValueError):
-                raise ValueError(f"line {line} holds a value that is not a number") from None
+                raise InputError(f"line {line} holds a value that is not a number") from None
         return cls(rows)
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -28,6 +29,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from vaelab.errors import InputError, VaelabError
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Train, evaluate and explore variational autoencoders.",
@@ -39,22 +42,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(fn: F) -> F:
-    """Turn the library's user-facing errors into a one-paragraph message and exit code 2.
+    """Turn vaelab's own errors (``VaelabError``) and the operating system's errors about the
+    user's files (``OSError``: a missing folder, a full disk) into a one-paragraph message and
+    exit code 2. Anything else is a bug in vaelab and keeps its traceback.
 
-    Set VAELAB_DEBUG=1 to see the full traceback instead.
+    Set VAELAB_DEBUG=1 to see the full traceback of a user error too.
     """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vaelab.train import TrainingDiverged
-
         try:
             return fn(*args, **kwargs)
-        except (ValueError, OSError, TrainingDiverged, KeyError) as err:
+        except (VaelabError, OSError) as err:
             if os.environ.get("VAELAB_DEBUG"):
                 raise
-            msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            err_console.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -69,9 +71,9 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+        raise InputError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -81,7 +83,7 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
     try:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None
+        raise InputError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None
 
 
 def _is_file_arg(data: str) -> bool:
@@ -250,7 +252,7 @@ def train(
         cfg.data.__pydantic_fields_set__.discard("name")  # --data chose a file: no dataset name was given
     if out is None:
         if resume:
-            raise ValueError("--resume needs --out pointing at the run to continue")
+            raise InputError("--resume needs --out pointing at the run to continue")
         stem = Path(cfg.data.path).stem if cfg.data.path else cfg.data.name
         out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     dev = pick_device(device)
@@ -446,10 +448,10 @@ def _condition_arg(r: Any, arg: str | None, n_rows: int | None) -> torch.Tensor 
     cond = r.condition
     if cond is None:
         if arg is not None:
-            raise ValueError(f"{r.path}: this model was trained without a condition; drop --condition")
+            raise InputError(f"{r.path}: this model was trained without a condition; drop --condition")
         return None
     if arg is None:
-        raise ValueError(f"{r.path}: this model is conditional ({cond.describe()}); pass --condition VALUE "
+        raise InputError(f"{r.path}: this model is conditional ({cond.describe()}); pass --condition VALUE "
                          "or --condition FILE with one condition per row")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -457,7 +459,7 @@ def _condition_arg(r: Any, arg: str | None, n_rows: int | None) -> torch.Tensor 
     for w in caught:
         err_console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
     if n_rows is not None and len(raw) not in (1, n_rows):
-        raise ValueError(f"{arg}: holds {len(raw)} conditions for {n_rows} rows; give one per row, or a single value")
+        raise InputError(f"{arg}: holds {len(raw)} conditions for {n_rows} rows; give one per row, or a single value")
     c = cond.encode(raw)
     return c.expand(n_rows, -1) if n_rows is not None and len(c) == 1 else c
 
@@ -530,7 +532,7 @@ def _read_matrix(path: Path, width: int, what: str) -> torch.Tensor:
 
     x = load_points(path).x
     if x.shape[1] != width:
-        raise ValueError(f"{path}: has {x.shape[1]} columns, but this model's {what} has {width} dimensions")
+        raise InputError(f"{path}: has {x.shape[1]} columns, but this model's {what} has {width} dimensions")
     return x
 
 
@@ -555,13 +557,13 @@ def sample(
     check_seed_option(seed, "--seed")
     _check_output(out)
     if n is not None and n <= 0:
-        raise ValueError(f"-n must be a positive number of samples, got {n}")
+        raise InputError(f"-n must be a positive number of samples, got {n}")
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     c = _condition_arg(r, condition, None)
     if c is not None and len(c) > 1:
         if n is not None and n != len(c):
-            raise ValueError(f"-n {n} disagrees with the {len(c)} conditions in {condition}; drop -n to draw "
+            raise InputError(f"-n {n} disagrees with the {len(c)} conditions in {condition}; drop -n to draw "
                              "one sample per condition")
         n = len(c)
     n = 1000 if n is None else n
@@ -627,7 +629,7 @@ def decode(
     check_seed_option(seed, "--seed")
     _check_output(out)
     if seed is not None and not noise:
-        raise ValueError("--seed sets the observation noise, which only --noise draws; add --noise or drop --seed")
+        raise InputError("--seed sets the observation noise, which only --noise draws; add --noise or drop --seed")
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     z = _read_matrix(input, r.model.latent_dim, "latent space").to(dev)
@@ -665,18 +667,18 @@ def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int
     check_seed_option(seed, "--seed")
     options: dict[str, Any] = {"seed": seed, "n_points": n_points}
     if n_points <= 0:
-        raise ValueError(f"--n-points must be a positive number of points, got {n_points}")
+        raise InputError(f"--n-points must be a positive number of points, got {n_points}")
     if dims is not None:
         pair = _split_ints(dims, "--dims")
         if pair is None or len(pair) != 2:
-            raise ValueError(f"--dims takes two latent dimensions like 1,2 (1-based), got {dims!r}")
+            raise InputError(f"--dims takes two latent dimensions like 1,2 (1-based), got {dims!r}")
         options["dims"] = (pair[0] - 1, pair[1] - 1)
     if points is not None:
         try:
             rows = [[float(v) for v in row.split(",")] for row in points.replace(" ", "").split(";") if row]
             options["points"] = torch.tensor(rows, dtype=torch.float32)
         except ValueError:
-            raise ValueError(f"--points takes data points like '0,3;2.1,-2' (coordinates by commas, points by "
+            raise InputError(f"--points takes data points like '0,3;2.1,-2' (coordinates by commas, points by "
                              f"semicolons), got {points!r}") from None
     return options
 
@@ -725,7 +727,7 @@ def plot(
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
     if not paths:
-        raise ValueError("no figure applies to this run with these options; nothing was written")
+        raise InputError("no figure applies to this run with these options; nothing was written")
 
 
 @app.command(cls=_FigureHelp)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelab import checkpoint as ckpt
+from vaelab.errors import InputError
 from vaelab.report import (
     METRIC_LABELS,
     FigureEntry,
@@ -86,11 +87,11 @@ def write_comparison(
     from vaelab.plots import PlotContext, check_names, registry
 
     if len(run_dirs) < 2:
-        raise ValueError(f"compare needs at least two run directories, got {len(run_dirs)}")
+        raise InputError(f"compare needs at least two run directories, got {len(run_dirs)}")
     names = None if names is None else check_names(names)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is a file; --out must be a folder")
+        raise InputError(f"{out_dir}: exists and is a file; --out must be a folder")
     runs = [ckpt.load(p) for p in run_dirs]
     labels = run_labels([r.path for r in runs])
     per_run: list[dict[str, FigureEntry]] = []

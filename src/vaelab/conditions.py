@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 
 KINDS = ("label", "radius", "column:NAME[,NAME...]")
 # Toy mixtures whose modes are known exactly: their samples are classified by nearest mode.
@@ -59,7 +60,7 @@ RANGE_MARGIN = 0.1
 _COLUMN = re.compile(r"^column:(.+)$")
 
 
-class ConditionError(ValueError):
+class ConditionError(InputError):
     """A condition that does not fit the run: unknown label, wrong width, wrong kind."""
 
 
@@ -156,12 +157,12 @@ class Condition:
             if "labels" in data:
                 labels = [str(v) for v in data["labels"]]
                 if not labels:
-                    raise ValueError("empty label list")
+                    raise InputError("empty label list")
                 return cls(kind=kind, labels=labels)
             names = [str(v) for v in data["names"]]
             stats = {k: [float(v) for v in data[k]] for k in ("low", "high", "mean", "std")}
             if not names or any(len(v) != len(names) for v in stats.values()):
-                raise ValueError("names / low / high / mean / std have different lengths")
+                raise InputError("names / low / high / mean / std have different lengths")
             return cls(kind=kind, names=names, embed=[int(v) for v in data.get("embed", [])], **stats)
         except (KeyError, TypeError, ValueError) as err:
             raise ConditionError(f"not a valid condition record ({err!r}): {data!r}") from None

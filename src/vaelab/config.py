@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vaelab.errors import InputError
+
 Activation = Literal["relu", "silu", "tanh", "elu", "leaky_relu", "gelu", "softplus"]
 ScaleParam = Literal["logvar", "softplus", "exp"]
 LikelihoodName = Literal["gaussian", "gaussian-learned", "bernoulli"]
@@ -28,7 +30,7 @@ BinarizeName = Literal["auto", "none", "dynamic", "fixed"]
 DEFAULT_MAX_SKIPS = 10
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is invalid; the message names the field and what is allowed."""
 
 
@@ -39,7 +41,7 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 def _check_seed(value: int) -> int:
     if not SEED_MIN <= value <= SEED_MAX:
-        raise ValueError(f"seeds are 64-bit integers: use a value between {SEED_MIN} and {SEED_MAX}")
+        raise InputError(f"seeds are 64-bit integers: use a value between {SEED_MIN} and {SEED_MAX}")
     return value
 
 
@@ -70,9 +72,9 @@ class _Section(BaseModel):
     def _finite_in_float32(cls, value: Any) -> Any:
         if isinstance(value, float):
             if not math.isfinite(value):
-                raise ValueError("must be a finite number")
+                raise InputError("must be a finite number")
             if value != 0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
-                raise ValueError(
+                raise InputError(
                     f"{value:g} is outside float32's range (±{FLOAT32_TINY:.3g} to ±{FLOAT32_MAX:.3g}), the "
                     "precision vaelab trains in; it would become 0 or inf"
                 )
@@ -118,7 +120,7 @@ class DataConfig(_Section):
         from vaelab.data.registry import DATASETS
 
         if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; choose one of: {', '.join(DATASETS)}")
+            raise InputError(f"unknown dataset {value!r}; choose one of: {', '.join(DATASETS)}")
         return value
 
     @field_validator("condition")
@@ -175,10 +177,10 @@ class ModelConfig(_Section):
             if lam is None:
                 return data
             if not isinstance(lam, int | float) or lam <= 0:
-                raise ValueError(f"lambda_rec must be a positive number (λ_rec = 1/σ²), got {lam!r}")
+                raise InputError(f"lambda_rec must be a positive number (λ_rec = 1/σ²), got {lam!r}")
             var = 1.0 / float(lam)
             if data.get("recon_var") is not None and abs(float(data["recon_var"]) - var) > 1e-12 * var:
-                raise ValueError(
+                raise InputError(
                     f"recon_var={data['recon_var']} and lambda_rec={lam} disagree (λ_rec = 1/σ²); give only one"
                 )
             data["recon_var"] = var
@@ -188,7 +190,7 @@ class ModelConfig(_Section):
     @classmethod
     def _positive_hidden(cls, value: list[int]) -> list[int]:
         if any(h <= 0 for h in value):
-            raise ValueError(f"every hidden layer size must be positive, got {value}")
+            raise InputError(f"every hidden layer size must be positive, got {value}")
         return value
 
 
@@ -234,7 +236,7 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _skips_need_the_skip_policy(self) -> TrainConfig:
         if self.max_skips is not None and self.nonfinite != "skip":
-            raise ValueError(f"max_skips = {self.max_skips} only applies with nonfinite = 'skip' "
+            raise InputError(f"max_skips = {self.max_skips} only applies with nonfinite = 'skip' "
                              "(--nonfinite skip); remove it or choose the skip policy")
         return self
 
@@ -488,8 +490,12 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown option"
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+            msg = f"unknown table [{loc}]; the tables are {', '.join(f'[{name}]' for name in SECTIONS)}"
+        elif e["type"] == "extra_forbidden":
+            section = str(e["loc"][0])
+            known = ", ".join(RunConfig.model_fields[section].annotation.model_fields)  # type: ignore[union-attr]
+            msg = f"unknown option; [{section}] takes {known}"
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
         lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)

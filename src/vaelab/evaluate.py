@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 from vaelab.models import LatentModel
 from vaelab.objectives import importance_terms, kl_standard_normal
 
@@ -38,7 +39,7 @@ _LIVE_COPIES = 3
 MAX_EVAL_POINTS = 10_000_000
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """An evaluation that cannot give honest numbers: wrong arguments, data that does not fit the model."""
 
 

@@ -17,8 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from vaelab.errors import InputError
 
-class DataSupportError(ValueError):
+
+class DataSupportError(InputError):
     """Data outside the support of the likelihood (grey levels under a Bernoulli p(x|z))."""
 
 
@@ -53,7 +55,7 @@ class GaussianFixed(Likelihood):
     def __init__(self, var: float) -> None:
         super().__init__()
         if var <= 0:
-            raise ValueError(f"recon_var (σ²) must be positive, got {var}")
+            raise InputError(f"recon_var (σ²) must be positive, got {var}")
         self.var = float(var)
 
     def forward(self, params: Tensor) -> Distribution:
@@ -84,7 +86,7 @@ class GaussianLearned(Likelihood):
     def __init__(self, min_var: float = 1e-6) -> None:
         super().__init__()
         if not min_var > 0:
-            raise ValueError(f"min_var (the variance floor) must be positive, got {min_var}")
+            raise InputError(f"min_var (the variance floor) must be positive, got {min_var}")
         self.min_var = float(min_var)
 
     def forward(self, params: Tensor) -> Distribution:
@@ -126,7 +128,7 @@ def build_likelihood(name: str, recon_var: float = 1.0, min_var: float = 1e-6) -
         return GaussianLearned(min_var)
     if name == "bernoulli":
         return BernoulliLogits()
-    raise ValueError(f"unknown likelihood {name!r}; choose gaussian, gaussian-learned or bernoulli")
+    raise InputError(f"unknown likelihood {name!r}; choose gaussian, gaussian-learned or bernoulli")
 
 
 def sample_observation(p_x: Distribution, generator: torch.Generator | None = None) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from vaelab.config import RunConfig
+from vaelab.errors import InputError
 
 Preset = dict[str, dict[str, Any]]
 
@@ -64,7 +65,7 @@ DEFAULT_IMAGE_PRESET = "mnist-mlp-bernoulli"
 def preset_overrides(name: str) -> Preset:
     """The partial configuration of preset ``name`` (a fresh copy)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return {section: dict(values) for section, values in PRESETS[name][1].items()}
 
 

@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from vaelab.errors import InputError
+
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig, TrainConfig
 
 FLOAT_BYTES = 4
 
 
-class SizeError(ValueError):
+class SizeError(InputError):
     """A requested size would need more memory than the machine has."""
 
 

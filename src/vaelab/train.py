@@ -25,6 +25,7 @@ from vaelab.conditions import Condition, fit_condition
 from vaelab.config import ConfigError, RunConfig, TrainConfig, check_settings, flag_name
 from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
+from vaelab.errors import InputError, VaelabError
 from vaelab.models import LatentModel, build_model
 from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
 from vaelab.sizes import check_model_fits
@@ -32,7 +33,7 @@ from vaelab.sizes import check_model_fits
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(VaelabError, RuntimeError):
     """The loss or a gradient became NaN or infinite (and the skip policy, if chosen, ran
     out of skips). ``step`` and ``epoch`` say where, ``term`` what: "reconstruction", "KL",
     "reconstruction and KL", "loss" (the objective itself, e.g. β·KL or the IWAE bound) or
@@ -49,7 +50,7 @@ class TrainingDiverged(RuntimeError):
         self.step, self.epoch, self.history, self.term = step, epoch, history, term
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(VaelabError):
     """``should_stop`` asked fit() to stop. A checkpoint of the current step (``state``, mid-epoch
     included) was handed to ``on_checkpoint``; fit() with that state resumes exactly."""
 
@@ -58,7 +59,7 @@ class TrainingInterrupted(Exception):
         self.step, self.epoch, self.state, self.history = step, epoch, state, history
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(InputError):
     """What fit() was given cannot be trained on: no rows, the wrong width, or NaN / inf values."""
 
 

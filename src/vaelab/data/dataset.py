@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from vaelab.errors import InputError
+
 
 @dataclass
 class Dataset:
@@ -45,15 +47,15 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2:
-            raise ValueError(f"Dataset {self.name!r}: x must have shape (N, D), got {tuple(self.x.shape)}")
+            raise InputError(f"Dataset {self.name!r}: x must have shape (N, D), got {tuple(self.x.shape)}")
         if self.labels is not None and self.labels.shape != (self.x.shape[0],):
-            raise ValueError(
+            raise InputError(
                 f"Dataset {self.name!r}: labels must have shape ({self.x.shape[0]},), "
                 f"got {tuple(self.labels.shape)}"
             )
         for key, value in self.extras.items():
             if value.shape[0] != self.x.shape[0]:
-                raise ValueError(
+                raise InputError(
                     f"Dataset {self.name!r}: extra {key!r} has {value.shape[0]} rows, x has {self.x.shape[0]}"
                 )
 

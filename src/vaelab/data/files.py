@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError):
     """A user data file that cannot be read as an (N, D) table of finite numbers."""
 
 
@@ -191,7 +192,7 @@ def save_points(path: str | Path, values: np.ndarray, columns: list[str] | None 
     if suffix not in (".npy", ".csv"):
         raise DataFileError(f"{path}: cannot write {suffix or 'a file without suffix'}; use a .npy or .csv file name")
     if values.ndim != 2:
-        raise ValueError(f"expected an (N, K) array to save, got shape {values.shape}")
+        raise InputError(f"expected an (N, K) array to save, got shape {values.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(path, values)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaelab.errors import InputError
+
 __all__ = ["IDX_TYPES", "IdxError", "read_idx", "write_idx"]
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -46,7 +48,7 @@ _CODE_OF: dict[tuple[str, int], int] = {
 }
 
 
-class IdxError(ValueError):
+class IdxError(InputError):
     """An IDX file is malformed: bad magic number, wrong payload length or broken gzip stream."""
 
 
@@ -140,17 +142,17 @@ def write_idx(path: str | os.PathLike[str], array: Tensor | np.ndarray) -> None:
     code = _CODE_OF.get((values.dtype.kind, values.dtype.itemsize))
     if code is None:
         supported = ", ".join(dt.newbyteorder("=").name for dt, _ in IDX_TYPES.values())
-        raise ValueError(
+        raise InputError(
             f"cannot write dtype {values.dtype} to IDX file {path}: the format supports only "
             f"{supported}; convert the array first (e.g. .astype('int32'))"
         )
     if not 1 <= values.ndim <= 255:
-        raise ValueError(
+        raise InputError(
             f"cannot write a {values.ndim}-dimensional array to IDX file {path}: the format "
             f"needs between 1 and 255 dimensions"
         )
     if any(n >= 2**32 for n in values.shape):
-        raise ValueError(f"cannot write shape {values.shape} to {path}: IDX sizes are uint32")
+        raise InputError(f"cannot write shape {values.shape} to {path}: IDX sizes are uint32")
 
     header = bytes([0, 0, code, values.ndim]) + b"".join(
         n.to_bytes(4, "big") for n in values.shape

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from vaelab.data.dataset import Dataset
 from vaelab.data.idx import read_idx
+from vaelab.errors import InputError, VaelabError
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -62,11 +63,11 @@ Split = Literal["train", "test"]
 ProgressFn = Callable[[int, int | None, str], None]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(VaelabError, FileNotFoundError):
     """The dataset's files are not on disk and could not (or may not) be downloaded."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(InputError):
     """A downloaded file's MD5 differs from the published one."""
 
 
@@ -338,7 +339,7 @@ def _lookup(name: str) -> MnistFamilySpec:
     if key == "fashion":
         key = "fashion-mnist"
     if key not in MNIST_FAMILY:
-        raise ValueError(
+        raise InputError(
             f"unknown MNIST-family dataset {name!r}; expected one of {list(MNIST_FAMILY)}"
         )
     return MNIST_FAMILY[key]
@@ -380,7 +381,7 @@ def load_mnist_family(
     """
     spec = _lookup(name)
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     folder = dataset_folder(spec.name, data_dir)
     mirrors = tuple(spec.base_urls if base_urls is None else base_urls)
 
@@ -433,24 +434,24 @@ def load_mnist_family(
     images = read_idx(images_path)  # (N, 28, 28) uint8
     labels = read_idx(labels_path)  # (N,) uint8
     if images.dtype != torch.uint8 or images.shape[1:] != (28, 28):
-        raise ValueError(
+        raise InputError(
             f"{images_path}: expected uint8 images of shape (N, 28, 28), found "
             f"{images.dtype} {tuple(images.shape)}; is this the right file?"
         )
     if labels.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"{labels_path}: expected labels of shape (N,), found {tuple(labels.shape)}; "
             f"is this the right file?"
         )
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{spec.title} {split}: {images_path} holds {images.shape[0]} images but "
             f"{labels_path} holds {labels.shape[0]} labels; one of them is from another "
             f"dataset or split: replace it"
         )
     labels = labels.to(torch.int64)
     if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(spec.label_names):
-        raise ValueError(
+        raise InputError(
             f"{labels_path}: labels range from {int(labels.min())} to {int(labels.max())}, "
             f"expected 0 to {len(spec.label_names) - 1}; is this the right file?"
         )
@@ -494,11 +495,11 @@ def load_digits(
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
+        raise InputError(f"size must be a positive number of pixels, got {size}")
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+        raise InputError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
 
     digits = sk_load_digits()
     y = digits.target.astype(np.int64)
@@ -563,7 +564,7 @@ def _read_image(path: Path) -> Tensor:
     except ImportError:
         raise
     except Exception as e:  # any decoder failure means the same to the user
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise InputError(f"cannot read image {path}: {e}") from e
 
     image = torch.from_numpy(np.ascontiguousarray(array))
     if image.ndim == 2:
@@ -573,7 +574,7 @@ def _read_image(path: Path) -> Tensor:
         alpha = image[:, :, -1:]
         image = image[:, :, :-1] * alpha
     if image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"cannot read image {path}: unexpected array shape {tuple(array.shape)}")
+        raise InputError(f"cannot read image {path}: unexpected array shape {tuple(array.shape)}")
     return image.permute(2, 0, 1)  # (C, H, W)
 
 
@@ -609,7 +610,7 @@ def load_image_folder(
             f"{looked_for} files (or one subfolder per class)"
         )
     if size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
+        raise InputError(f"size must be a positive number of pixels, got {size}")
 
     top_level = sorted(p for p in root.iterdir() if _is_image(p))
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -624,7 +625,7 @@ def load_image_folder(
     class_files = {name: files for name, files in class_files.items() if files}
 
     if top_level and class_files:
-        raise ValueError(
+        raise InputError(
             f"{root} has images both at its top level ({top_level[0].name}, ...) and in "
             f"subfolders ({', '.join(class_files)}); put every image in a class subfolder for "
             f"labelled data, or all of them directly in {root} for unlabelled data"

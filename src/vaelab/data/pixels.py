@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 
 if TYPE_CHECKING:
     from vaelab.config import RunConfig
@@ -46,12 +47,12 @@ def resolve_binarize(config: RunConfig, data: Dataset) -> Binarization:
     if mode == "auto":
         mode = "dynamic" if bernoulli and data.image_shape is not None else "none"
     if mode == "none" and bernoulli and not is_binary(data.x):
-        raise ValueError(
+        raise InputError(
             f"the Bernoulli likelihood is a distribution over {{0, 1}}, but {data.name} has "
             "grey levels; use --binarize dynamic (or fixed), or a gaussian likelihood"
         )
     if mode != "none" and (float(data.x.min()) < 0.0 or float(data.x.max()) > 1.0):
-        raise ValueError(
+        raise InputError(
             f"binarize={mode} draws pixels as Bernoulli(x) and needs x in [0, 1], but {data.name} "
             f"ranges over [{float(data.x.min()):.3g}, {float(data.x.max()):.3g}]; "
             "use --binarize none"

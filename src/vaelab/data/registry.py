@@ -18,6 +18,7 @@ import torch
 from vaelab.data import images, toy2d
 from vaelab.data.dataset import Dataset
 from vaelab.data.files import load_points
+from vaelab.errors import InputError
 from vaelab.sizes import check_rows_fit
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ DATASETS: dict[str, DatasetSpec] = {}
 def register(spec: DatasetSpec) -> None:
     """Add a dataset to the registry (names are unique)."""
     if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
+        raise InputError(f"dataset {spec.name!r} is already registered")
     DATASETS[spec.name] = spec
 
 
@@ -151,7 +152,7 @@ def _split_file(config: DataConfig, split: Split) -> Dataset:
     n = len(full)
     n_test = int(round(n * config.test_fraction))
     if n_test < 1 or n - n_test < 1:
-        raise ValueError(
+        raise InputError(
             f"{config.path}: {n} points cannot be split with test_fraction={config.test_fraction}; "
             "need at least one training and one test point (use more points or change test_fraction)"
         )
@@ -169,15 +170,15 @@ def load_dataset(config: DataConfig, split: Split = "train", *, expect_dim: int 
     the file: a user file may have changed since the run was trained.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if config.path is not None:
         data = _split_file(config, split)
     elif config.name not in DATASETS:
-        raise ValueError(f"unknown dataset {config.name!r}; choose one of: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {config.name!r}; choose one of: {', '.join(DATASETS)}")
     else:
         data = DATASETS[config.name].load(config, split)
     if expect_dim is not None and data.dim != expect_dim:
-        raise ValueError(
+        raise InputError(
             f"{config.path or config.name}: the data now have {data.dim} columns, but the run was trained on "
             f"{expect_dim}; the file changed since training: restore it, or train a new run on it"
         )

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 
 # Parameters of the named distributions, kept as module constants so docs, tests and
 # plots read the same numbers.
@@ -47,7 +48,7 @@ def _with_radius(ds: Dataset) -> Dataset:
 
 def _check_n(n: int) -> None:
     if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"number of points n must be a positive integer, got {n!r}")
+        raise InputError(f"number of points n must be a positive integer, got {n!r}")
 
 
 def _gmm(weights: Tensor, means: Tensor, covs: Tensor) -> MixtureSameFamily:
@@ -172,5 +173,5 @@ def mode_means(name: str) -> Tensor:
     """Means (K, 2) of the mixture components of ``2gmm``, ``radial_gmm`` or ``ring``."""
     params = {"2gmm": two_gmm_params, "radial_gmm": radial_gmm_params, "ring": ring_params}
     if name not in params:
-        raise ValueError(f"{name!r} is not a Gaussian mixture; choose one of {sorted(params)}")
+        raise InputError(f"{name!r} is not a Gaussian mixture; choose one of {sorted(params)}")
     return params[name]()[1].float()

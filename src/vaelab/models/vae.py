@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from vaelab.config import ModelConfig
+from vaelab.errors import InputError
 from vaelab.likelihoods import build_likelihood, sample_observation
 from vaelab.nets import build_decoder, build_encoder, mlp
 from vaelab.nets.mlp import activation_layer
@@ -106,7 +107,7 @@ class LatentModel(nn.Module):
         likelihood's parameters, (..., x_dim · params_per_dim).
         """
         if x_dim <= 0:
-            raise ValueError(f"x_dim must be positive, got {x_dim}")
+            raise InputError(f"x_dim must be positive, got {x_dim}")
         self.config = config
         self.x_dim = x_dim
         self.cond_dim = cond_dim
@@ -120,18 +121,18 @@ class LatentModel(nn.Module):
         """Concatenate the condition c (B, cond_dim) to the input h (B, ·) when the model has one."""
         if self.cond_dim == 0:
             if c is not None:
-                raise ValueError("this model was trained without a condition; call it with c=None")
+                raise InputError("this model was trained without a condition; call it with c=None")
             return h
         if c is None:
-            raise ValueError(f"this model is conditional: pass c with shape (B, {self.cond_dim})")
+            raise InputError(f"this model is conditional: pass c with shape (B, {self.cond_dim})")
         if c.shape[-1] != self.cond_dim:
-            raise ValueError(f"condition has width {c.shape[-1]}, the model expects {self.cond_dim}")
+            raise InputError(f"condition has width {c.shape[-1]}, the model expects {self.cond_dim}")
         try:  # c may be one row shared by all (1, cond_dim), or one row per point
             shared = torch.broadcast_shapes(c.shape[:-1], h.shape[:-1]) == h.shape[:-1]
         except RuntimeError:
             shared = False
         if not shared:
-            raise ValueError(f"c has shape {tuple(c.shape)} for inputs of shape {tuple(h.shape)}: give one "
+            raise InputError(f"c has shape {tuple(c.shape)} for inputs of shape {tuple(h.shape)}: give one "
                              f"condition per row (shape {(*h.shape[:-1], self.cond_dim)}) or a single row "
                              f"(1, {self.cond_dim}) shared by all")
         cond_net = getattr(self, "cond_net", None)
@@ -148,7 +149,7 @@ class LatentModel(nn.Module):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of shape (..., {width}), got {type(t).__name__}")
         if t.ndim == 0 or t.shape[-1] != width:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, but this model's {what} is {width}: "
+            raise InputError(f"{name} has shape {tuple(t.shape)}, but this model's {what} is {width}: "
                              f"pass {name} of shape (..., {width})")
 
     def decode(self, z: Tensor, c: Tensor | None = None) -> Distribution:
@@ -168,7 +169,7 @@ class LatentModel(nn.Module):
         """Decode n draws of z ~ N(0, I): (n, D). ``noise=False`` returns the decoder mean
         E[x|z]; ``noise=True`` draws x ~ p(x|z) (adds the observation noise)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer number of samples, got {n!r}")
+            raise InputError(f"n must be a non-negative integer number of samples, got {n!r}")
         ref = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=ref.device, dtype=ref.dtype)
         p_x = self.decode(z, c)

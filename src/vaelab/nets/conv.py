@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from vaelab.errors import InputError
 from vaelab.nets.mlp import activation_layer
 
 KERNEL, STRIDE, PADDING = 3, 2, 1
@@ -40,7 +41,7 @@ def image_shape_for(x_dim: int) -> tuple[int, int, int]:
     s = math.isqrt(x_dim // 3)
     if x_dim % 3 == 0 and s * s * 3 == x_dim:
         return (3, s, s)
-    raise ValueError(
+    raise InputError(
         f"net=conv needs square images, but the data has {x_dim} dimensions, which is neither "
         "s*s (grey) nor 3*s*s (RGB); use net=mlp for non-image data"
     )
@@ -57,7 +58,7 @@ def conv_sizes(size: int, layers: int) -> list[int]:
 def _check_channels(channels: Sequence[int]) -> list[int]:
     channels = list(channels)
     if not channels or any(c <= 0 for c in channels):
-        raise ValueError(f"conv channels must be non-empty and positive, got {channels}")
+        raise InputError(f"conv channels must be non-empty and positive, got {channels}")
     return channels
 
 
@@ -99,7 +100,7 @@ class ConvEncoder(nn.Module):
         lead = inputs.shape[:-1]
         d_img = math.prod(self.image_shape)
         if inputs.shape[-1] != d_img + self.extra_dim:
-            raise ValueError(
+            raise InputError(
                 f"ConvEncoder expects {d_img} image values + {self.extra_dim} condition values "
                 f"per row, got {inputs.shape[-1]}"
             )

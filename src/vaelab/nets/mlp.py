@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from vaelab.errors import InputError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "silu": nn.SiLU,
@@ -20,7 +22,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 def activation_layer(name: str) -> nn.Module:
     """A fresh activation module by name (the names of ``ACTIVATIONS``)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise InputError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 

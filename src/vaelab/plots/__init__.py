@@ -28,6 +28,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vaelab import checkpoint as ckpt
+from vaelab.errors import InputError
 from vaelab.plots.common import FigureSpec, PlotContext
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,9 @@ _loaded: set[str] = set()
 def register_figure(spec: FigureSpec) -> None:
     """Add a figure to the registry (names are unique: they become file names)."""
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
-        raise ValueError(f"a figure named {spec.name!r} is already registered")
+        raise InputError(f"a figure named {spec.name!r} is already registered")
     if not spec.name.replace("_", "").isalnum():
-        raise ValueError(f"figure name {spec.name!r} must be letters, digits and underscores (it is a file name)")
+        raise InputError(f"figure name {spec.name!r} must be letters, digits and underscores (it is a file name)")
     _REGISTRY[spec.name] = spec
 
 
@@ -79,12 +80,12 @@ def check_names(names: Sequence[str] | None) -> list[str]:
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown figure name{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"valid names: {', '.join(known)}"
         )
     if not names:
-        raise ValueError(f"no figure names given; valid names: {', '.join(known)}")
+        raise InputError(f"no figure names given; valid names: {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -113,7 +114,7 @@ def render(ctx: PlotContext, name: str) -> Figure:
     spec = registry()[check_names([name])[0]]
     reason = spec.skip_reason(ctx)
     if reason is not None:
-        raise ValueError(f"figure {name!r} does not apply to this run: {reason}")
+        raise InputError(f"figure {name!r} does not apply to this run: {reason}")
     return spec.make(ctx)
 
 
@@ -162,7 +163,7 @@ def save_figure(fig: Figure, path: Path, fmt: str | None = None) -> Path:
     """Write a Figure to ``path`` (png / svg / pdf, from ``fmt`` or the suffix)."""
     fmt = fmt or path.suffix.lstrip(".") or "png"
     if fmt not in FORMATS:
-        raise ValueError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format=fmt)
     return path
@@ -194,7 +195,7 @@ def make_figures(
     through ``notify`` and left out. Returns the paths written.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
     names = None if names is None else check_names(names)
     if ctx is None:
         ctx = load_context(run, **options)

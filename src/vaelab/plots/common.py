@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 
 if TYPE_CHECKING:
     from vaelab.checkpoint import History, Run
@@ -249,12 +250,12 @@ class PlotContext:
         d = self.model.latent_dim
         i, j = self.dims
         if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
-            raise ValueError(
+            raise InputError(
                 f"latent dimensions {i + 1} and {j + 1} cannot be shown: the model has d = {d} "
                 f"latent dimensions; choose two different numbers between 1 and {d}"
             )
         if self.points is not None and (self.points.ndim != 2 or self.points.shape[1] != self.data.dim):
-            raise ValueError(
+            raise InputError(
                 f"the chosen points must have shape (m, {self.data.dim}) like the data, got {tuple(self.points.shape)}"
             )
 

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from vaelab.conditions import Condition
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 from vaelab.models import LatentModel
 from vaelab.plots.common import (
     CMAP,
@@ -88,7 +89,7 @@ def plot_label_samples(
     decoder means per label instead. z ~ N(0, I).
     """
     if condition.labels is None:
-        raise ValueError("samples per label need a label condition")
+        raise InputError("samples per label need a label condition")
     names = condition.labels
     if data.image_shape is not None:
         n = 10 if n_per_label is None else n_per_label
@@ -159,7 +160,7 @@ def plot_value_samples(
     samples per value. ``values``: (n,) or (n, C); default ``default_values``.
     """
     if condition.discrete:
-        raise ValueError("samples at several values need a continuous condition")
+        raise InputError("samples at several values need a continuous condition")
     vals = default_values(condition) if values is None else torch.as_tensor(values, dtype=torch.float32)
     if vals.ndim == 1:
         vals = vals[:, None]

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 from vaelab.models import LatentModel
 from vaelab.plots.common import (
     FigureSpec,
@@ -45,7 +46,7 @@ def tile(images: np.ndarray, ncols: int, pad: int = 1, pad_value: float = PAD_VA
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"tile expects images of shape (N, 1 or 3, H, W), got {images.shape}")
+        raise InputError(f"tile expects images of shape (N, 1 or 3, H, W), got {images.shape}")
     n, c, h, w = images.shape
     ncols = max(1, min(ncols, n)) if n else 1
     nrows = max(1, -(-n // ncols))
@@ -193,7 +194,7 @@ def plot_latent_classes(model: LatentModel, data: Dataset, *, steps: int = 15, s
     """For d = 2: encoded images (``source``, e.g. "test images") coloured by class (left) and
     the decoded manifold over [-span, span]² (right, same orientation: z₂ up)."""
     if model.latent_dim != 2 or data.image_shape is None:
-        raise ValueError("plot_latent_classes needs a model with 2 latent dimensions and image data")
+        raise InputError("plot_latent_classes needs a model with 2 latent dimensions and image data")
     dev = next(model.parameters()).device
     z = to_numpy(_code(model, data.x.to(dev)))
     canvas = tile(as_images(traversal_grid(model, (0, 1), steps=steps, span=span), data.image_shape), steps)
@@ -279,7 +280,7 @@ def _interpolations(ctx: PlotContext) -> Figure:
     data, source = _shown_data(ctx)
     pairs = min(6, len(data) // 2)
     if pairs == 0:
-        raise ValueError("interpolations need at least two images")
+        raise InputError("interpolations need at least two images")
     # Pair images of different classes where labels exist: those lines cross the most space.
     idx_a, idx_b = list(range(pairs)), []
     labels = None if data.labels is None else data.labels.tolist()

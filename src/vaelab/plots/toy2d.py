@@ -22,6 +22,7 @@ from matplotlib.patches import Circle, Ellipse
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.errors import InputError
 from vaelab.models import LatentModel
 from vaelab.objectives import iwae_bound
 from vaelab.plots.common import (
@@ -65,21 +66,21 @@ def _x(model: LatentModel, data: Dataset) -> Tensor:
 
 def _require_vae(model: LatentModel, what: str) -> None:
     if model.config.kind != "vae":
-        raise ValueError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
+        raise InputError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
 
 
 def _check_dims(model: LatentModel, dims: tuple[int, int]) -> tuple[int, int]:
     d = model.latent_dim
     i, j = dims
     if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
-        raise ValueError(f"dims={dims} is not a pair of different latent dimensions in 0..{d - 1}")
+        raise InputError(f"dims={dims} is not a pair of different latent dimensions in 0..{d - 1}")
     return i, j
 
 
 def _xy(x: np.ndarray) -> np.ndarray:
     """The first two data coordinates (N, 2) of points (N, D ≥ 2)."""
     if x.shape[1] < 2:
-        raise ValueError(f"this figure draws data in a plane and needs D ≥ 2 coordinates, got D = {x.shape[1]}")
+        raise InputError(f"this figure draws data in a plane and needs D ≥ 2 coordinates, got D = {x.shape[1]}")
     return x[:, :2]
 
 
@@ -384,7 +385,7 @@ def default_points(x: Tensor, m: int = 3) -> Tensor:
     """
     x = x[torch.isfinite(x).all(dim=1)][:1000]
     if len(x) == 0:
-        raise ValueError("no finite data points to choose from")
+        raise InputError("no finite data points to choose from")
     m = min(m, len(x))
     dist = torch.cdist(x.double(), x.double())  # (n, n)
     knn = dist.topk(min(11, len(x)), dim=1, largest=False).values[:, -1]  # 10th neighbour (self is 0)
@@ -698,7 +699,7 @@ def plot_density(
     density when the dataset knows it, otherwise beside the training data."""
     _require_vae(model, "the model-density figure")
     if data.dim != 2:
-        raise ValueError(f"the density image needs 2-D data, this data has D = {data.dim}")
+        raise InputError(f"the density image needs 2-D data, this data has D = {data.dim}")
     x = to_numpy(data.x)
     (x0, x1), (y0, y1) = view_limits(x)
     gx, gy = torch.linspace(x0, x1, grid), torch.linspace(y0, y1, grid)
