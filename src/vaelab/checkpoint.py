@@ -54,6 +54,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -485,7 +486,7 @@ def _parse_manifest(run_dir: Path, data: bytes) -> dict[str, Any]:
     if not ok:
         raise RunDirError(f"{run_dir / MANIFEST_FILE}: damaged (not a vaelab checkpoint manifest); restore it, or "
                           "delete it to load the files without their checksums")
-    return manifest  # type: ignore[no-any-return]
+    return manifest
 
 
 def _snapshot(run_dir: Path, names: Iterable[str], attempts: int = 500) -> _Snapshot:
@@ -621,9 +622,7 @@ def _lock_fd(fd: int) -> bool:
     The kernel releases the lock when its holder exits, however it exits, so the lock of a
     killed training is simply taken over: there is no stale lock to detect or clean up.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if sys.platform == "win32":  # no fcntl there
         import msvcrt
 
         try:
@@ -631,6 +630,8 @@ def _lock_fd(fd: int) -> bool:
         except OSError:
             return False
         return True
+    import fcntl
+
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -130,7 +129,7 @@ def _fetch_with_progress(data_cfg: Any) -> None:
 
     if data_cfg.path is not None or data_cfg.name not in images.MNIST_FAMILY:
         return
-    splits = ["test"] if data_cfg.image_split == "test-9k" else ["train", "test"]
+    splits: list[images.Split] = ["test"] if data_cfg.image_split == "test-9k" else ["train", "test"]
     folder = images.dataset_folder(data_cfg.name, data_cfg.data_dir)
     spec = images.MNIST_FAMILY[data_cfg.name]
     names = [r.filename for s in splits for r in spec.files(s)]
@@ -784,4 +783,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

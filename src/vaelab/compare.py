@@ -72,6 +72,11 @@ def _table(header: Sequence[str], rows: Sequence[tuple[str, list[Any]]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _prefixed(notify: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    """``notify`` with every message prefixed (e.g. by the run's label)."""
+    return lambda message: notify(f"{prefix}{message}")
+
+
 def write_comparison(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path,
@@ -103,7 +108,7 @@ def write_comparison(
             ctx,
             names,
             figures_dir=out_dir / "figures" / safe,
-            notify=None if notify is None else (lambda m, lab=label: notify(f"{lab}: {m}")),
+            notify=None if notify is None else _prefixed(notify, f"{label}: "),
         )
         per_run.append({e.name: e for e in entries})
         skipped.append(dict(skip))
@@ -125,14 +130,14 @@ def write_comparison(
     for name in shown:
         spec = specs[name]
         cells = []
-        for entries, skip in zip(per_run, skipped, strict=True):
-            e = entries.get(name)
+        for run_entries, run_skipped in zip(per_run, skipped, strict=True):
+            e = run_entries.get(name)
             if e is not None and e.png is not None:
                 cells.append(f'<td style="width:{width}"><img src="{png_data_uri(e.png)}" alt="{esc(name)}"></td>')
             elif e is not None:
                 cells.append(f'<td class="error">could not be drawn: {esc(e.error)}</td>')
             else:
-                cells.append(f'<td class="note">not drawn: {esc(skip.get(name, "not requested"))}</td>')
+                cells.append(f'<td class="note">not drawn: {esc(run_skipped.get(name, "not requested"))}</td>')
         header = "".join(f"<th>{esc(label)}</th>" for label in labels)
         parts.append(
             f'<h3 id="fig-{esc(name)}">{esc(spec.title or name)}</h3>'

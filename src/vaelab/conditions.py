@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from torch import Tensor
 
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
+
+if TYPE_CHECKING:
+    from vaelab.models import LatentModel
 
 KINDS = ("label", "radius", "column:NAME[,NAME...]")
 # Toy mixtures whose modes are known exactly: their samples are classified by nearest mode.
@@ -163,7 +166,8 @@ class Condition:
             stats = {k: [float(v) for v in data[k]] for k in ("low", "high", "mean", "std")}
             if not names or any(len(v) != len(names) for v in stats.values()):
                 raise InputError("names / low / high / mean / std have different lengths")
-            return cls(kind=kind, names=names, embed=[int(v) for v in data.get("embed", [])], **stats)
+            return cls(kind=kind, names=names, embed=[int(v) for v in data.get("embed", [])], low=stats["low"],
+                       high=stats["high"], mean=stats["mean"], std=stats["std"])
         except (KeyError, TypeError, ValueError) as err:
             raise ConditionError(f"not a valid condition record ({err!r}): {data!r}") from None
 
@@ -490,7 +494,7 @@ def label_classifier(train: Dataset, test: Dataset | None = None, *, max_train: 
 
 @torch.no_grad()
 def conditioning_accuracy(
-    model: torch.nn.Module, condition: Condition, classifier: LabelClassifier, *, n_per_class: int = 500,
+    model: LatentModel, condition: Condition, classifier: LabelClassifier, *, n_per_class: int = 500,
     generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """Share of samples drawn for label k that the classifier assigns to k, per label.
@@ -518,7 +522,7 @@ def conditioning_accuracy(
 
 @torch.no_grad()
 def radius_tracking(
-    model: torch.nn.Module, condition: Condition, radii: Sequence[float] | None = None, *,
+    model: LatentModel, condition: Condition, radii: Sequence[float] | None = None, *,
     n: int = 500, generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """Mean radius ‖x‖ of samples drawn at each requested radius (decoder means).
@@ -547,7 +551,7 @@ def radius_tracking(
 
 
 def conditional_metrics(
-    model: torch.nn.Module, condition: Condition, train: Dataset, test: Dataset, *, seed: int = 0,
+    model: LatentModel, condition: Condition, train: Dataset, test: Dataset, *, seed: int = 0,
     n_per_class: int = 500,
 ) -> dict[str, Any]:
     """What evaluation adds for a conditional run: ``condition`` (its description), and

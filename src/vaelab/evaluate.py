@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import LatentModel
+from vaelab.models import VAE, LatentModel
 from vaelab.objectives import importance_terms, kl_standard_normal
 
 if TYPE_CHECKING:
@@ -189,9 +189,10 @@ def evaluate(
         if not is_vae:
             recon_pts.append(-model.decode(model.embed(xb, cb), cb).log_prob(xb).double())  # (B,)
             continue
-        q_z = model.encode(xb, cb)
+        vae = cast(VAE, model)  # is_vae: config.kind == "vae", so build_model made a VAE
+        q_z = vae.encode(xb, cb)
         kl_d = kl_standard_normal(q_z).double()  # (B, d)
-        log_px, log_w = importance_terms(model, xb, cb, k=k, generator=generator,
+        log_px, log_w = importance_terms(vae, xb, cb, k=k, generator=generator,
                                          chunk=iwae_chunk(k, len(xb), width))  # (k, B) each
         recon_pts.append(-log_px.double().mean(0))
         kl_pts.append(kl_d)

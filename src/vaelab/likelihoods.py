@@ -12,6 +12,7 @@ names the step) rather than fail inside torch.distributions.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,14 @@ class Likelihood(nn.Module):
         return None
 
 
+def _normal_base(p_x: Distribution) -> Normal:
+    """The Normal inside a Gaussian head's p(x|z) = Independent(Normal, 1), as its ``forward`` builds it.
+
+    ``noise_std`` keeps the base class's ``Distribution`` parameter, so the type is stated here.
+    """
+    return cast("Independent[Normal]", p_x).base_dist
+
+
 class GaussianFixed(Likelihood):
     """N(x; μ(z), σ² I) with a fixed σ² = ``var``.
 
@@ -62,7 +71,8 @@ class GaussianFixed(Likelihood):
         return Independent(Normal(params, math.sqrt(self.var), validate_args=False), 1, validate_args=False)
 
     def noise_std(self, p_x: Distribution) -> Tensor:
-        return p_x.base_dist.scale.expand_as(p_x.base_dist.loc)
+        base = _normal_base(p_x)
+        return base.scale.expand_as(base.loc)
 
     def extra_repr(self) -> str:
         return f"var={self.var}"
@@ -98,7 +108,7 @@ class GaussianLearned(Likelihood):
         return f"min_var={self.min_var}"
 
     def noise_std(self, p_x: Distribution) -> Tensor:
-        return p_x.base_dist.scale
+        return _normal_base(p_x).scale
 
 
 class BernoulliLogits(Likelihood):

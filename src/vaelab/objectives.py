@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent
 
-from vaelab.models.vae import LatentModel, NormalLogVar, reparameterize
+from vaelab.models.vae import VAE, LatentModel, NormalLogVar, reparameterize
 
 
 @dataclass
@@ -47,7 +47,7 @@ def kl_standard_normal(q_z: Independent) -> Tensor:
 
 
 def elbo(
-    model: LatentModel, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0,
+    model: VAE, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> ObjectiveOutput:
     """β-ELBO with one reparameterised sample (Kingma & Welling 2014, eq. 10; Higgins et al. 2017):
@@ -78,7 +78,7 @@ def _sample_log_weights(
 
 
 def log_importance_weights(
-    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int,
+    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int,
     generator: torch.Generator | None = None, chunk: int | None = None,
 ) -> Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): (k, B).
@@ -92,7 +92,7 @@ def log_importance_weights(
 
 
 def importance_terms(
-    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int,
+    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int,
     generator: torch.Generator | None = None, chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """log p(x|z_i) and log w_i for z_1..z_k ~ q(z|x), decoded ``chunk`` samples at a time: (k, B) each."""
@@ -110,7 +110,7 @@ def importance_terms(
 
 
 def iwae_bound(
-    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int = 50,
+    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int = 50,
     generator: torch.Generator | None = None, chunk: int | None = None,
 ) -> Tensor:
     """The importance-weighted bound per point (Burda et al. 2016, eq. 8): (B,).
@@ -125,7 +125,7 @@ def iwae_bound(
 
 
 def iwae(
-    model: LatentModel, x: Tensor, c: Tensor | None = None, *, k: int = 8, beta: float = 1.0,
+    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int = 8, beta: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> ObjectiveOutput:
     """The (β-weighted) IWAE training objective: loss = -mean_x L_k^β(x), where

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -26,7 +27,7 @@ from vaelab.config import ConfigError, RunConfig, TrainConfig, check_settings, f
 from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.errors import InputError, VaelabError
-from vaelab.models import LatentModel, build_model
+from vaelab.models import VAE, LatentModel, build_model
 from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
 from vaelab.sizes import check_model_fits
 
@@ -83,9 +84,10 @@ def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConf
     """The training objective the config asks for (autoencoders always use reconstruction)."""
     if model.config.kind == "ae":
         return ae_loss(model, x, c)
+    vae = cast(VAE, model)  # every other kind is a VAE (see build_model)
     if config.objective == "iwae":
-        return iwae(model, x, c, k=config.k, beta=config.beta, generator=generator)
-    return elbo(model, x, c, beta=config.beta, generator=generator)
+        return iwae(vae, x, c, k=config.k, beta=config.beta, generator=generator)
+    return elbo(vae, x, c, beta=config.beta, generator=generator)
 
 
 @torch.no_grad()

@@ -301,10 +301,8 @@ def _download(
             # URLError, HTTPError and timeouts are OSErrors; ValueError is a malformed URL;
             # HTTPException covers protocol errors such as a bad status line.
             # HTTPError's str has the status code; other URLErrors wrap the socket error.
-            wrapped = isinstance(e, urllib.error.URLError) and not isinstance(
-                e, urllib.error.HTTPError
-            )
-            reason = e.reason if wrapped else e
+            wrapped = isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError)
+            reason = e.reason if isinstance(e, urllib.error.URLError) and wrapped else e
             # info, not warning: the next mirror may well work, and if none does the error
             # raised below lists every failure.
             logger.info("could not download %s: %s", url, reason)
@@ -557,9 +555,8 @@ def _read_image(path: Path) -> Tensor:
                 raise ImportError(
                     f"reading JPEG {path} needs Pillow (pip install pillow), or convert it to PNG"
                 ) from e
-            with Image.open(path) as im:
-                if im.mode not in ("L", "RGB"):
-                    im = im.convert("RGB")  # CMYK, palette, ... JPEGs
+            with Image.open(path) as opened:
+                im = opened if opened.mode in ("L", "RGB") else opened.convert("RGB")  # CMYK, palette, ... JPEGs
                 array = np.asarray(im, dtype=np.float32) / 255.0
     except ImportError:
         raise

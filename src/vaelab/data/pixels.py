@@ -57,7 +57,7 @@ def resolve_binarize(config: RunConfig, data: Dataset) -> Binarization:
             f"ranges over [{float(data.x.min()):.3g}, {float(data.x.max()):.3g}]; "
             "use --binarize none"
         )
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def is_binary(x: Tensor) -> bool:

@@ -16,7 +16,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from vaelab.config import ModelConfig
 from vaelab.errors import InputError
-from vaelab.likelihoods import build_likelihood, sample_observation
+from vaelab.likelihoods import Likelihood, build_likelihood, sample_observation
 from vaelab.nets import build_decoder, build_encoder, mlp
 from vaelab.nets.mlp import activation_layer
 
@@ -88,7 +88,7 @@ class LatentModel(nn.Module):
     x_dim: int
     cond_dim: int
     decoder: nn.Module
-    likelihood: nn.Module
+    likelihood: Likelihood
     # No class-level default for cond_net: nn.Module keeps submodules in _modules and finds
     # them through __getattr__, which a class attribute would shadow. Read it with getattr.
     cond_net: nn.Module | None

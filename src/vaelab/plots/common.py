@@ -182,7 +182,7 @@ def add_legend(ax: Axes, n_entries: int) -> None:
         framealpha=0.85,
     )
     for handle in leg.legend_handles:
-        if hasattr(handle, "set_sizes"):
+        if handle is not None and hasattr(handle, "set_sizes"):
             handle.set_sizes([36.0])
 
 

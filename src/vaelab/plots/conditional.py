@@ -18,6 +18,7 @@ run's PlotContext.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from matplotlib.figure import Figure
 from vaelab.conditions import Condition
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import LatentModel
+from vaelab.models import VAE, LatentModel
 from vaelab.plots.common import (
     CMAP,
     FigureSpec,
@@ -271,7 +272,8 @@ def plot_latent_by_condition(
         from vaelab.models import reparameterize
 
         gen = torch.Generator(device=x.device).manual_seed(seed)
-        z_probe, drawn = to_numpy(reparameterize(model.encode(x, c), generator=gen)), "z ~ q(z|x, c)"
+        q_z = cast(VAE, model).encode(x, c)  # config.kind == "vae": build_model made a VAE
+        z_probe, drawn = to_numpy(reparameterize(q_z, generator=gen)), "z ~ q(z|x, c)"
     else:
         z_probe, drawn = z, "z"
     target = to_numpy(raw) if condition.discrete else to_numpy(raw[:, 0] if raw.ndim == 2 else raw)

@@ -153,7 +153,7 @@ def plot_traversal(model: LatentModel, image_shape: Sequence[int], dims: tuple[i
     ``anchor`` (one image, (D,)) is given, at that image's code (right panel, titled with
     ``anchor_source``, e.g. "test image")."""
     i, j = dims
-    panels = [("others at 0", None)]
+    panels: list[tuple[str, Tensor | None]] = [("others at 0", None)]
     if anchor is not None and model.latent_dim > 2:
         code = _code(model, anchor[None].to(next(model.parameters()).device))[0]
         panels.append((f"others at an encoded {anchor_source}", code))
@@ -251,6 +251,13 @@ def _needs_images(ctx: PlotContext) -> str | None:
     return None if ctx.is_image else "not image data"
 
 
+def _image_shape(data: Dataset) -> tuple[int, int, int]:
+    """(C, H, W) of the images a figure shows (``_needs_images`` admits only image data)."""
+    if data.image_shape is None:
+        raise InputError(f"{data.name} is not image data")
+    return data.image_shape
+
+
 def _needs_two_dims(ctx: PlotContext) -> str | None:
     return None if ctx.model.latent_dim >= 2 else "a traversal needs at least 2 latent dimensions"
 
@@ -262,18 +269,18 @@ def _needs_d2(ctx: PlotContext) -> str | None:
 
 def _reconstructions(ctx: PlotContext) -> Figure:
     data, source = _shown_data(ctx)
-    return plot_reconstructions(ctx.model, data.x, data.image_shape, source=source)
+    return plot_reconstructions(ctx.model, data.x, _image_shape(data), source=source)
 
 
 def _samples(ctx: PlotContext) -> Figure:
-    return plot_image_samples(ctx.model, ctx.data.image_shape, generator=ctx.generator(11))
+    return plot_image_samples(ctx.model, _image_shape(ctx.data), generator=ctx.generator(11))
 
 
 def _traversal(ctx: PlotContext) -> Figure:
     data, source = _shown_data(ctx)
     # "test images" -> "test image"; the note in brackets stays as it is
     one = source.replace("images", "image", 1)
-    return plot_traversal(ctx.model, data.image_shape, ctx.dims, anchor=data.x[0], anchor_source=one)
+    return plot_traversal(ctx.model, _image_shape(data), ctx.dims, anchor=data.x[0], anchor_source=one)
 
 
 def _interpolations(ctx: PlotContext) -> Figure:
@@ -287,7 +294,7 @@ def _interpolations(ctx: PlotContext) -> Figure:
     for a in idx_a:
         others = [b for b in range(pairs, len(data)) if labels is None or labels[b] != labels[a]]
         idx_b.append(next((b for b in others if b not in idx_b), pairs + a))
-    return plot_interpolations(ctx.model, data.x[idx_a], data.x[idx_b], data.image_shape, source=source)
+    return plot_interpolations(ctx.model, data.x[idx_a], data.x[idx_b], _image_shape(data), source=source)
 
 
 def _latent_classes(ctx: PlotContext) -> Figure:

@@ -12,6 +12,7 @@ two chosen latent dimensions.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import LatentModel
+from vaelab.models import VAE, LatentModel
 from vaelab.objectives import iwae_bound
 from vaelab.plots.common import (
     CMAP,
@@ -64,9 +65,11 @@ def _x(model: LatentModel, data: Dataset) -> Tensor:
     return data.x.to(_device(model))
 
 
-def _require_vae(model: LatentModel, what: str) -> None:
+def _require_vae(model: LatentModel, what: str) -> VAE:
+    """``model`` as the VAE it must be; ``config.kind`` tells (build_model makes a VAE for "vae")."""
     if model.config.kind != "vae":
         raise InputError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
+    return cast(VAE, model)
 
 
 def _check_dims(model: LatentModel, dims: tuple[int, int]) -> tuple[int, int]:
@@ -194,9 +197,9 @@ def plot_latent_params(model: LatentModel, data: Dataset, *, dims: tuple[int, in
     A VAE whose KL term works keeps the means around 0 and the standard deviations below but
     near-ish 1; σ ≈ 1 with μ ≈ 0 for every x in a dimension means that dimension is unused.
     """
-    _require_vae(model, "the latent-parameter figure")
+    vae = _require_vae(model, "the latent-parameter figure")
     i, j = _check_dims(model, dims)
-    q_z = model.encode(_x(model, data))
+    q_z = vae.encode(_x(model, data))
     mu, sigma = to_numpy(q_z.mean), to_numpy(q_z.stddev)
     d = model.latent_dim
     if d == 1:
@@ -258,11 +261,11 @@ def plot_z_vs_eps(
 ) -> Figure:
     """One z ~ q(z|x) per data point beside as many ε ~ N(0, I): if the aggregate posterior
     matched the prior, the two panels would look alike."""
-    _require_vae(model, "the z-vs-ε figure")
+    vae = _require_vae(model, "the z-vs-ε figure")
     i, j = _check_dims(model, dims)
     from vaelab.models.vae import reparameterize
 
-    q_z = model.encode(_x(model, data))
+    q_z = vae.encode(_x(model, data))
     z = to_numpy(reparameterize(q_z, generator=generator))
     eps = to_numpy(torch.randn(z.shape, generator=generator, device=_device(model)))
     if model.latent_dim == 1:
@@ -275,7 +278,7 @@ def plot_z_vs_eps(
             (axes[0], z[:, 0], "encoded z ~ q(z|x) over the data", "C0"),
             (axes[1], eps[:, 0], "ε ~ N(0, 1)", "0.45"),
         ):
-            ax.hist(np.clip(finite(v), bins[0], bins[-1]), bins=bins, density=True, color=colour, alpha=0.75)
+            ax.hist(np.clip(finite(v), bins[0], bins[-1]), bins=list(bins), density=True, color=colour, alpha=0.75)
             ax.plot(grid, gaussian_pdf(grid, 0.0, 1.0), color="red", linestyle="--", label="N(0, 1) density")
             ax.set_title(title)
             ax.set_xlabel("z₁")
@@ -314,8 +317,9 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
     code = to_numpy(model.embed(_x(model, data)))
     x = to_numpy(data.x)
     what = "μ(x)" if model.config.kind == "vae" else "f(x)"
+    labels = None if data.labels is None else data.labels.cpu().numpy()
     colourings: list[tuple[str, str | int]] = []
-    if data.labels is not None:
+    if labels is not None:
         colourings.append(("label", "label"))
     if data.image_shape is None:
         colourings.append((x_label(0, x.shape[1]), 0))
@@ -332,14 +336,14 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
         ax.set_title(f"coloured by {name}" if name else "codes")
         if d == 1:
             z = code[:, 0]
-            if key == "label":
-                labels = data.labels.cpu().numpy()
-                bins = np.linspace(*np.percentile(finite(z), [0.5, 99.5]), 61)
+            if key == "label" and labels is not None:
+                lo, hi = np.percentile(finite(z), [0.5, 99.5])
+                bins = np.linspace(lo, hi, 61)
                 for k in np.unique(labels):
                     name_k = data.label_names[k] if data.label_names and k < len(data.label_names) else f"label {k}"
                     ax.hist(
                         np.clip(finite(z[labels == k]), bins[0], bins[-1]),
-                        bins=bins,
+                        bins=list(bins),
                         histtype="step",
                         linewidth=1.5,
                         label=name_k,
@@ -359,8 +363,8 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
             ax.set_xlabel(f"{what}  (z₁)")
             continue
         xy = code[:, [i, j]]
-        if key == "label":
-            scatter_labels(ax, xy, data.labels.cpu().numpy(), data.label_names)
+        if key == "label" and labels is not None:
+            scatter_labels(ax, xy, labels, data.label_names)
         elif key == "none":
             ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="C0", linewidths=0)
         else:
@@ -411,12 +415,12 @@ def plot_posterior_contours(
     figure comes from draws the second point's contour with its axes swapped; here each
     density is evaluated on the grid with the same (z_i, z_j) orientation.)
     """
-    _require_vae(model, "the q(z|x) figure")
+    vae = _require_vae(model, "the q(z|x) figure")
     i, j = _check_dims(model, dims)
     pts = default_points(data.x) if points is None else points.to(data.x.dtype)
-    q_pts = model.encode(pts.to(_device(model)))
+    q_pts = vae.encode(pts.to(_device(model)))
     mu_p, sd_p = to_numpy(q_pts.mean), to_numpy(q_pts.stddev)
-    mu_all = to_numpy(model.encode(_x(model, data)).mean)
+    mu_all = to_numpy(vae.encode(_x(model, data)).mean)
     x = to_numpy(data.x)
     p = to_numpy(pts)
     d = model.latent_dim
@@ -549,7 +553,7 @@ def plot_latent_grid(
             xy_data[:, 0], xy_data[:, 1], s=point_size(len(x)), color="0.75", linewidths=0, label="training data"
         )
         segs = np.stack([curve[:-1], curve[1:]], axis=1)
-        lc = LineCollection(segs, cmap=CMAP, linewidths=3)
+        lc = LineCollection(list(segs), cmap=CMAP, linewidths=3)
         lc.set_array(to_numpy(zs[:-1, 0]))
         ax.add_collection(lc)
         ticks = torch.arange(-3.0, 3.5, 1.0, device=dev)[:, None]
@@ -610,7 +614,7 @@ def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def aggregate_posterior(model: LatentModel, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
+def aggregate_posterior(model: VAE, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
     """q(z) = 1/N Σ_n q(z|x_n) marginalised onto (z_i, z_j), on the grid × grid: (G, G).
 
     Row a, column b holds q(z_i = grid[b], z_j = grid[a]) (rows = vertical axis, as imshow
@@ -639,10 +643,10 @@ def plot_aggregate_posterior(
     decoder never learned, which is where bad samples come from. Same colour scale in both
     panels (square-root scale so thin holes stay visible).
     """
-    _require_vae(model, "the aggregate-posterior figure")
+    vae = _require_vae(model, "the aggregate-posterior figure")
     i, j = _check_dims(model, dims)
     g = torch.linspace(-extent, extent, grid)
-    q = aggregate_posterior(model, data.x, g, (i, j)).numpy()
+    q = aggregate_posterior(vae, data.x, g, (i, j)).numpy()
     gn = g.numpy()
     prior_1d = gaussian_pdf(gn, 0.0, 1.0)
     d = model.latent_dim
@@ -681,7 +685,7 @@ def plot_aggregate_posterior(
 
 @torch.no_grad()
 def model_log_density(
-    model: LatentModel, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
+    model: VAE, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
 ) -> Tensor:
     """IWAE estimate of log p(x) (Burda et al. 2016, eq. 8) at the points x (M, D): (M,)."""
     dev = _device(model)
@@ -697,7 +701,7 @@ def plot_density(
 ) -> Figure:
     """The model density p(x) on a grid (IWAE estimate with k samples) beside the true
     density when the dataset knows it, otherwise beside the training data."""
-    _require_vae(model, "the model-density figure")
+    vae = _require_vae(model, "the model-density figure")
     if data.dim != 2:
         raise InputError(f"the density image needs 2-D data, this data has D = {data.dim}")
     x = to_numpy(data.x)
@@ -705,7 +709,7 @@ def plot_density(
     gx, gy = torch.linspace(x0, x1, grid), torch.linspace(y0, y1, grid)
     yy, xx = torch.meshgrid(gy, gx, indexing="ij")  # row a = gy[a], column b = gx[b]: imshow layout
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
-    log_p = model_log_density(model, pts, k=k, generator=generator).reshape(grid, grid)
+    log_p = model_log_density(vae, pts, k=k, generator=generator).reshape(grid, grid)
     p_model = torch.exp(log_p).numpy()
     p_true = None if data.log_prob is None else torch.exp(data.log_prob(pts).double()).reshape(grid, grid).numpy()
     vmax = (
