@@ -358,3 +358,24 @@ def test_config_round_trips_the_new_train_fields():
     cfg = tiny_config(train={"nonfinite": "skip", "max_skips": 4, "grad_clip": 1.5})
     back = RunConfig.from_dict(cfg.model_dump())
     assert (back.train.nonfinite, back.train.max_skips, back.train.grad_clip) == ("skip", 4, 1.5)
+
+
+def test_a_bernoulli_model_refuses_grey_training_data_unless_binarized_on_the_fly():
+    from vaelab.likelihoods import DataSupportError
+
+    cfg = tiny_config(model={"likelihood": "bernoulli"})
+    x = torch.rand(64, 2, generator=torch.Generator().manual_seed(0))  # grey levels in (0, 1)
+    model = build_model(cfg.model, 2, seed=0)
+    with pytest.raises(DataSupportError, match="the training data is not binary"):
+        fit(model, x, cfg.train)
+    fit(model, x, cfg.train.model_copy(update={"epochs": 1}), dynamic_binarization=True)  # draws {0, 1}
+    fit(model, (x > 0.5).float(), cfg.train.model_copy(update={"epochs": 1}))
+
+
+def test_train_run_refuses_a_bernoulli_model_on_real_valued_points_before_writing(tmp_path):
+    from vaelab.errors import InputError
+    from vaelab.train import train_run
+
+    with pytest.raises(InputError, match=r"Bernoulli likelihood is a distribution over \{0, 1\}, but ring"):
+        train_run(tiny_config(model={"likelihood": "bernoulli"}), tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -139,6 +139,10 @@ def fit(
     rescales the gradient to at most that norm before each step.
     """
     _check_training_data(model, x, c)
+    if not dynamic_binarization:  # dynamic draws are {0, 1} by construction
+        # Once per data set, not per step: a Bernoulli likelihood trained on grey levels would
+        # minimise a cross-entropy and report it as a likelihood.
+        model.likelihood.check_support(x, "the training data")
     n = x.shape[0]
     device = x.device
     history = history if history is not None else History()
