@@ -236,3 +236,13 @@ def test_every_error_class_of_vaelab_derives_from_vaelab_error():
                 found.append(obj)
                 assert issubclass(obj, VaelabError), f"{info.name}.{name} is not a VaelabError"
     assert len(found) >= 10
+
+
+def test_a_fixed_variance_far_below_the_reconstruction_error_is_pointed_out(tmp_path):
+    """Audit §3: `--recon-var 1e-12` trained to a loss of 2e11 and an NLL of 1.4e11 without a word."""
+    args = ["train", *TINY, "--likelihood", "gaussian", "--no-report", "--no-eval"]
+    tiny = invoke(*args, "--recon-var", "1e-12", "--out", tmp_path / "tiny")
+    assert tiny.exit_code == 0, tiny.output
+    assert "times smaller than the model's mean squared reconstruction error" in " ".join(tiny.output.split())
+    fine = invoke(*args, "--recon-var", "0.1", "--out", tmp_path / "fine")
+    assert fine.exit_code == 0 and "warning" not in fine.output

@@ -56,6 +56,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -339,7 +340,7 @@ def _read_json_record(path: Path, what: str, fix: str) -> dict[str, Any] | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise RunDirError(f"{path}: the {what} are not valid JSON ({err}); {fix}") from None
+        raise RunDirError(f"{path}: not valid JSON, so the {what} cannot be read ({err}); {fix}") from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path}: the {what} should be a JSON object, found {type(data).__name__}; {fix}")
     return data
@@ -909,16 +910,31 @@ def load_state(run_dir: str | Path) -> TrainState:
                              "or damaged, so the run cannot be resumed exactly. The model still loads; train again "
                              "with --overwrite to redo the run")
     try:
-        raw = torch.load(io.BytesIO(snap.files[STATE_FILE]), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says it all
+            warnings.simplefilter("ignore")
+            raw = torch.load(io.BytesIO(snap.files[STATE_FILE]), map_location="cpu", weights_only=True)
         # Fields missing from an older state.pt keep their defaults (an epoch-boundary state).
         state = TrainState(**{f.name: raw[f.name] for f in fields(TrainState) if f.name in raw})
         state.step, state.epoch, state.complete = int(raw["step"]), int(raw["epoch"]), bool(state.complete)
     except Exception as err:  # noqa: BLE001 (torch.load raises many types for a damaged or foreign file)
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        reason = _state_error_reason(err)
         raise RunDirError(f"{path}: cannot read the training state ({reason}); the file is damaged or was not "
                           "written by vaelab (nothing in it was run). The model still loads; train again with "
                           "--overwrite to redo the run") from None
     return state
+
+
+def _state_error_reason(err: Exception) -> str:
+    """A short reason why state.pt could not be read. torch's own message for a refused pickle
+    suggests loading it with ``weights_only=False``, which would run the file's code: that
+    advice is never passed on; only the line naming what was refused is."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported" in line or "GLOBAL" in line]
+    if named:
+        return named[0][:200]
+    if lines and "weights_only" not in lines[0]:
+        return lines[0][:200]
+    return f"{type(err).__name__}: not a state file vaelab can read without running code"
 
 
 def load_history(run_dir: str | Path) -> History:

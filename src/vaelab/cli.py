@@ -315,6 +315,13 @@ def train(
         console.print(f"done: {last['epoch']} epochs, {last['step']} steps in {last['seconds']:.1f} s; "
                       f"{_loss_name(run.config)} {last['loss']:.4f} (recon {last['recon']:.4f}, "
                       f"kl {last['kl']:.4f}, last epoch)", highlight=False)
+        ratio = _error_to_variance_ratio(run.config.model, run.model.x_dim, last["recon"])
+        if ratio is not None and ratio > 100:
+            err_console.print(
+                f"[bold yellow]warning:[/] the fixed σ² = {run.config.model.recon_var:g} is {ratio:.3g} times smaller "
+                "than the model's mean squared reconstruction error per dimension, so the reconstruction term and "
+                "the NLL are dominated by it. If that is not what you meant, use a larger --recon-var, or "
+                "--likelihood gaussian-learned to fit σ² to the data.", highlight=False, soft_wrap=True)
     if not no_eval:
         _run_eval(run.path, dev, k=None, n_test=None, seed=None)
     if not no_report:
@@ -370,6 +377,22 @@ class _StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float | None:
+    """For a fixed-σ² Gaussian likelihood: the mean squared error per dimension over σ².
+
+    The reconstruction term is -log p(x|z) = ‖x − μ‖² / (2σ²) + D/2 · log(2πσ²), so the squared
+    error follows from it. A well-chosen σ² is of the order of that error (ratio ≈ 1, the σ² a
+    learned variance would find); None for other likelihoods or a non-finite term.
+    """
+    import math
+
+    if model_cfg.likelihood != "gaussian" or not math.isfinite(recon):
+        return None
+    var = model_cfg.recon_var
+    squared_error = 2.0 * var * (recon - 0.5 * x_dim * math.log(2.0 * math.pi * var))
+    return squared_error / x_dim / var
 
 
 def _loss_name(cfg: Any) -> str:
@@ -508,6 +531,9 @@ def eval_cmd(
 ) -> None:
     """Evaluate a run on its held-out data. Writes RUN/metrics.json when evaluated with the run's own
     settings (or when it has none yet); with other --k / --n-test / --seed only with --save."""
+    from vaelab.config import check_seed_option
+
+    check_seed_option(seed, "--seed")
     metrics = _run_eval(run, pick_device(device), k, n_test, seed, save=save)
     if json_out:
         print(json.dumps(metrics))
@@ -529,7 +555,7 @@ def _load_model(run: Path, device: str) -> Any:
 def _read_matrix(path: Path, width: int, what: str) -> torch.Tensor:
     from vaelab.data.files import load_points
 
-    x = load_points(path).x
+    x = load_points(path, option="--input").x
     if x.shape[1] != width:
         raise InputError(f"{path}: has {x.shape[1]} columns, but this model's {what} has {width} dimensions")
     return x

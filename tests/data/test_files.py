@@ -79,3 +79,19 @@ def test_save_points_round_trip(tmp_path):
         np.testing.assert_allclose(back, arr, rtol=1e-6)
     with pytest.raises(DataFileError, match="use a .npy or .csv"):
         save_points(tmp_path / "o.json", arr)
+
+
+def test_a_relative_path_that_is_not_here_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """Audit E28: a 0.1.0 run stored --data as typed; evaluated from another folder it said only 'no such file'."""
+    from vaelab.config import DataConfig
+    from vaelab.data.registry import load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataFileError, match=r"in/points\.csv: no such file in the current folder .*relative"):
+        load_dataset(DataConfig(path="in/points.csv"), "test")
+
+
+def test_a_folder_given_for_points_is_named_as_a_folder_with_the_option(tmp_path):
+    """Audit N11: `encode -i FOLDER` said 'no such file' and named --data."""
+    with pytest.raises(DataFileError, match=r"is a folder; --input expects a \.npy, \.npz or \.csv file"):
+        load_points(tmp_path, option="--input")

@@ -96,7 +96,8 @@ def _read_csv(
 
 
 def load_points(
-    path: str | Path, *, label_column: str | None = None, condition_columns: Sequence[str] = ()
+    path: str | Path, *, label_column: str | None = None, condition_columns: Sequence[str] = (),
+    option: str = "--data",
 ) -> Dataset:
     """Read a user file of points into a Dataset with x of shape (N, D).
 
@@ -105,11 +106,16 @@ def load_points(
     a header column to use as class labels (any strings; sorted into label values), and
     ``condition_columns`` numeric header columns that are held out of x and kept as
     ``extras["column:NAME"]`` (N,), the continuous condition of a conditional model.
+    ``option`` names the command-line option the path came from, in errors.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataFileError(
+            f"{path}: is a folder; {option} expects a .npy, .npz or .csv file of points (N rows x D columns)"
+        )
     if not path.is_file():
         raise DataFileError(
-            f"{path}: no such file; --data expects a .npy, .npz or .csv file of points (N rows x D columns)"
+            f"{path}: no such file; {option} expects a .npy, .npz or .csv file of points (N rows x D columns)"
         )
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -169,7 +175,7 @@ def load_points(
         raise DataFileError(
             f"{path}: {int(bad.sum())} values are NaN or infinite (first at row {row}, column {col}) in float32, "
             "the precision vaelab computes in (values beyond ±3.4e38 overflow to inf); remove, impute or "
-            "rescale them before training"
+            "rescale them"
         )
     if labels is not None and labels.shape != (arr.shape[0],):
         raise DataFileError(f"{path}: 'labels' has shape {labels.shape}, expected ({arr.shape[0]},)")

@@ -17,7 +17,7 @@ import torch
 
 from vaelab.data import images, toy2d
 from vaelab.data.dataset import Dataset
-from vaelab.data.files import load_points
+from vaelab.data.files import DataFileError, load_points
 from vaelab.errors import InputError
 from vaelab.sizes import check_rows_fit
 
@@ -144,7 +144,15 @@ def dataset_names() -> list[str]:
 
 def _split_file(config: DataConfig, split: Split) -> Dataset:
     assert config.path is not None
-    if Path(config.path).expanduser().is_dir():
+    path = Path(config.path).expanduser()
+    if not path.is_absolute() and not path.exists():
+        # vaelab stores data paths absolute; a relative one comes from a hand-written config or
+        # a run of vaelab 0.1.0, which stored --data as typed.
+        raise DataFileError(
+            f"{config.path}: no such file in the current folder {Path.cwd()}; the path is relative (a run of "
+            "vaelab 0.1.0 stored --data as typed), so run the command from the folder the run was trained in"
+        )
+    if path.is_dir():
         full = images.load_image_folder(config.path, size=config.image_size)
     else:
         full = load_points(config.path, label_column=config.label_column,
