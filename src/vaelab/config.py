@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -376,7 +377,7 @@ def _data_name(config: RunConfig) -> str:
 # One rule per field: None where the setting changes what is trained / evaluated, else why
 # it would not and what to use instead. check_settings applies the rule of every field the
 # user set; tests/test_settings.py checks that every field has a rule and that each rule is right.
-_Rule = Any  # Callable[[RunConfig], str | None]
+_Rule = Callable[["RunConfig"], "str | None"]
 
 
 def _always(config: RunConfig) -> str | None:
@@ -387,7 +388,7 @@ SETTING_RULES: dict[str, _Rule] = {
     "data.name": lambda c: None if c.data.path is None else (
         f"a data file ({c.data.path}) is given, so the dataset name {c.data.name!r} would be unused; give only one"),
     "data.path": _always,
-    "data.label_column": lambda c: None if _data_kind(c) == "file" and c.data.path.lower().endswith(".csv") else (
+    "data.label_column": lambda c: None if _data_kind(c) == "file" and str(c.data.path).lower().endswith(".csv") else (
         f"it names a column of a CSV file, but the data is {_data_name(c)}; drop it (registered datasets "
         "and .npz files, with an array named 'labels', carry their own labels)"),
     "data.condition": _always,
@@ -450,9 +451,8 @@ SETTING_RULES: dict[str, _Rule] = {
     "train.seed": _always,
     "train.checkpoint_every": _always,
     "train.diversity_samples": _always,
-    # Room for the non-finite policy settings (see vaelab.train.fit).
-    "train.nonfinite": _always,
-    "train.max_skips": lambda c: None if getattr(c.train, "nonfinite", "skip") == "skip" else (
+    "train.nonfinite": _always,  # the non-finite policy (see vaelab.train.fit)
+    "train.max_skips": lambda c: None if c.train.nonfinite == "skip" else (
         "it bounds the skipped steps of --nonfinite skip; add --nonfinite skip"),
     "train.grad_clip": _always,
     "eval.k": lambda c: None if c.model.kind == "vae" else "an autoencoder has no likelihood bound to estimate; "
