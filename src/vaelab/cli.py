@@ -803,6 +803,57 @@ def compare(
     console.print(f"comparison: {path}", highlight=False)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+@user_errors
+def explore(
+    runs: list[Path] = typer.Argument(..., help="run directories (several: switch between them on the page)"),
+    port: int = typer.Option(8000, "--port", help="port to serve on"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind: 127.0.0.1 serves this machine only; "
+                             "any other address lets anyone on the network use it"),
+    open_browser: bool = typer.Option(False, "--open", help="open the page in the web browser"),
+) -> None:
+    """Serve the latent explorer: a local web page to decode, encode and traverse the latent space of runs."""
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {port}")
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from vaelab.explorer.app import create_app
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request: hovering sends many
+            pass
+
+    local = host in LOCAL_HOSTS
+    with console.status(f"loading {len(runs)} run(s)"):
+        flask_app = create_app(runs, check_host=local)
+    # werkzeug's threaded server (what Flask's app.run uses), bound before the URL is printed, so a
+    # port in use is reported instead of a dead link; no debugger, no reloader.
+    server = make_server(host, port, flask_app, threaded=True, request_handler=QuietHandler)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{server.server_port}/"
+    if not local:
+        err_console.print(
+            f"[bold red]WARNING:[/] binding to {escape(host)} instead of 127.0.0.1: anyone who can reach this "
+            "machine on the network can use the explorer and read the runs' held-out data. There is no "
+            "password. Use --host 127.0.0.1 unless you mean it.", highlight=False, soft_wrap=True,
+        )
+    console.print(f"latent explorer for {', '.join(p.name for p in runs)}: {url}  (Ctrl-C stops it)",
+                  highlight=False, soft_wrap=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url if host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{server.server_port}/")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped", highlight=False)
+    finally:
+        server.server_close()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

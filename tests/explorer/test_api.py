@@ -1,0 +1,307 @@
+"""The explorer's JSON API through Flask's test client, and `vaelab explore` as a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_config
+from vaelab import checkpoint as ckpt
+from vaelab.config import RunConfig
+
+pytest.importorskip("flask")
+
+from vaelab.explorer.app import MAX_ROWS, create_app  # noqa: E402
+
+
+def _digits_config(**data: object) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": {"name": "digits8", "limit_train": 128, "limit_test": 48, **data},
+        "model": {"hidden": [16], "latent_dim": 3, "likelihood": "bernoulli"},
+        "train": {"epochs": 1, "batch_size": 64, "diversity_samples": 16},
+        "eval": {"k": 4},
+    })
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Four tiny runs: 2-D points, an image VAE, a label-conditional ring, a 2-D autoencoder."""
+    from vaelab.evaluate import evaluate_run
+    from vaelab.train import train_run
+
+    root = tmp_path_factory.mktemp("explorer")
+    configs = {
+        "points": tiny_config(model={"latent_dim": 2, "likelihood": "gaussian"}),
+        "image": _digits_config(),
+        "cond": tiny_config(data={"condition": "label"}),
+        "ae": tiny_config(model={"kind": "ae"}),
+    }
+    for name, cfg in configs.items():
+        train_run(cfg, root / name)
+    evaluate_run(root / "points", write=True)  # metrics.json: the page shows the key metrics
+    return {name: root / name for name in configs}
+
+
+@pytest.fixture(scope="module")
+def client(runs: dict[str, Path]):
+    app = create_app([runs["points"], runs["image"], runs["cond"], runs["ae"]])
+    return app.test_client()
+
+
+POINTS, IMAGE, COND, AE = 0, 1, 2, 3
+
+
+def _post(client, path: str, body: object):
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+def test_runs_lists_every_folder(client) -> None:
+    got = client.get("/api/runs").get_json()
+    assert got == {"runs": [{"id": 0, "name": "points"}, {"id": 1, "name": "image"},
+                            {"id": 2, "name": "cond"}, {"id": 3, "name": "ae"}]}
+
+
+def test_run_metadata_of_a_2d_vae(client) -> None:
+    meta = client.get("/api/run?run=0").get_json()
+    assert meta["id"] == 0 and meta["kind"] == "points" and meta["family"] == "vae"
+    assert meta["x_dim"] == 2 and meta["image_shape"] is None and meta["latent_dim"] == 2
+    kl = meta["kl_per_dim"]
+    assert len(kl) == 2 and all(v >= 0 for v in kl)
+    assert sorted(meta["dim_order"]) == [0, 1] and kl[meta["dim_order"][0]] >= kl[meta["dim_order"][1]]
+    assert len(meta["active"]) == 2 and meta["noise"] is True  # a Gaussian decoder has observation noise
+    assert meta["condition"] is None
+    config = meta["config"]
+    assert config["model.hidden"] == [16, 16] and config["model.likelihood"] == "gaussian"
+    assert config["data.name"] == "ring"
+    assert "model.kind" not in config and "model.latent_dim" not in config  # defaults are not listed
+    metrics = meta["metrics"]
+    assert "iwae_nll" in metrics or "elbo" in metrics, metrics
+    assert all(isinstance(v, int | float) for v in metrics.values())
+
+
+def test_run_metadata_of_image_conditional_and_ae_runs(client) -> None:
+    image = client.get("/api/run?run=1").get_json()
+    assert image["kind"] == "image" and image["image_shape"] == [8, 8] and image["x_dim"] == 64
+    assert image["noise"] is False and image["labels"] == [str(d) for d in range(10)]
+    cond = client.get("/api/run?run=2").get_json()
+    assert cond["condition"]["kind"] == "label" and cond["condition"]["labels"] == cond["labels"]
+    ae = client.get("/api/run?run=3").get_json()
+    assert ae["family"] == "ae" and ae["kl_per_dim"] is None and len(ae["dim_order"]) == ae["latent_dim"]
+
+
+def test_points_are_the_encoded_held_out_set(client, runs) -> None:
+    got = client.get("/api/points?run=0").get_json()
+    run = ckpt.load(runs["points"])
+    x = torch.tensor(got["x"], dtype=torch.float32)
+    assert x.shape == (128, 2) and len(got["mu"]) == 128 and len(got["sigma"]) == 128
+    with torch.no_grad():
+        q_z = run.model.encode(x)
+    assert torch.allclose(torch.tensor(got["mu"]), q_z.mean, atol=1e-5)
+    assert torch.allclose(torch.tensor(got["sigma"]), q_z.stddev, atol=1e-5)
+    assert got["c"] is None
+    image = client.get("/api/points?run=1").get_json()
+    pixels = torch.tensor(image["x"])
+    assert pixels.shape == (48, 64) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
+    assert len(image["labels"]) == 48
+    cond = client.get("/api/points?run=2").get_json()
+    assert [row[0] for row in cond["c"]] == cond["labels"]
+    assert client.get("/api/points?run=3").get_json()["sigma"] is None
+
+
+@pytest.mark.parametrize("run_id", [POINTS, IMAGE, COND, AE])
+def test_decode_of_an_encoded_point_is_the_decoder_mean(client, runs, run_id) -> None:
+    name = ["points", "image", "cond", "ae"][run_id]
+    pts = client.get(f"/api/points?run={run_id}").get_json()
+    z = pts["mu"][:5]
+    c = None if pts["c"] is None else [row[0] for row in pts["c"][:5]]
+    res = _post(client, "/api/decode", {"run": run_id, "z": z, "c": c})
+    assert res.status_code == 200, res.get_json()
+    got = res.get_json()
+    run = ckpt.load(runs[name])
+    c_t = None if c is None else run.condition.encode(torch.tensor(c))
+    with torch.no_grad():
+        p_x = run.model.decode(torch.tensor(z), c_t)
+    assert torch.allclose(torch.tensor(got["mean"]), p_x.mean, atol=1e-5)
+    noise = run.model.likelihood.noise_std(p_x)
+    if noise is None:
+        assert got["std"] is None
+    else:
+        assert torch.allclose(torch.tensor(got["std"]), noise.expand_as(p_x.mean), atol=1e-6)
+
+
+def test_encode_matches_the_model_and_the_points(client) -> None:
+    pts = client.get("/api/points?run=0").get_json()
+    got = _post(client, "/api/encode", {"run": 0, "x": pts["x"][:3]}).get_json()
+    assert torch.allclose(torch.tensor(got["mu"]), torch.tensor(pts["mu"][:3]), atol=1e-5)
+    img = client.get("/api/points?run=1").get_json()
+    got = _post(client, "/api/encode", {"run": 1, "x": img["x"][:2]}).get_json()
+    assert len(got["mu"]) == 2 and len(got["mu"][0]) == 3 and len(got["sigma"][0]) == 3
+    ae = _post(client, "/api/encode", {"run": 3, "x": [[0.1, 0.2]]}).get_json()
+    assert ae["sigma"] is None and len(ae["mu"][0]) == 2
+
+
+def test_condition_by_name_index_and_per_row(client) -> None:
+    labels = client.get("/api/run?run=2").get_json()["labels"]
+    z = [[0.0, 0.0], [0.5, -0.5]]
+    by_index = _post(client, "/api/decode", {"run": COND, "z": z, "c": 1}).get_json()["mean"]
+    by_name = _post(client, "/api/decode", {"run": COND, "z": z, "c": labels[1]}).get_json()["mean"]
+    per_row = _post(client, "/api/decode", {"run": COND, "z": z, "c": [1, 1]}).get_json()["mean"]
+    other = _post(client, "/api/decode", {"run": COND, "z": z, "c": 0}).get_json()["mean"]
+    assert by_index == by_name == per_row and by_index != other
+
+
+BAD = [
+    ("decode not JSON", "/api/decode", "{not json", 400),
+    ("decode not an object", "/api/decode", [1, 2], 400),
+    ("unknown run", "/api/decode", {"run": 9, "z": [[0, 0]]}, 404),
+    ("run not an int", "/api/decode", {"run": "zero", "z": [[0, 0]]}, 400),
+    ("no run", "/api/decode", {"z": [[0, 0]]}, 400),
+    ("no z", "/api/decode", {"run": 0}, 400),
+    ("z not rows", "/api/decode", {"run": 0, "z": [0, 0]}, 400),
+    ("z empty", "/api/decode", {"run": 0, "z": []}, 400),
+    ("z wrong width", "/api/decode", {"run": 0, "z": [[0, 0, 0]]}, 400),
+    ("z ragged", "/api/decode", {"run": 0, "z": [[0, 0], [0]]}, 400),
+    ("z strings", "/api/decode", {"run": 0, "z": [["a", 0]]}, 400),
+    ("z bools", "/api/decode", {"run": 0, "z": [[True, 0]]}, 400),
+    ("z NaN", "/api/decode", '{"run": 0, "z": [[NaN, 0]]}', 400),
+    ("z infinity", "/api/decode", '{"run": 0, "z": [[Infinity, 0]]}', 400),
+    ("z beyond float32", "/api/decode", {"run": 0, "z": [[1e39, 0]]}, 400),
+    ("too many rows", "/api/decode", {"run": 0, "z": [[0, 0]] * (MAX_ROWS + 1)}, 413),
+    ("c for an unconditional run", "/api/decode", {"run": 0, "z": [[0, 0]], "c": 1}, 400),
+    ("no c for a conditional run", "/api/decode", {"run": COND, "z": [[0, 0]]}, 400),
+    ("unknown label", "/api/decode", {"run": COND, "z": [[0, 0]], "c": "no such mode"}, 400),
+    ("label index out of range", "/api/decode", {"run": COND, "z": [[0, 0]], "c": 99}, 400),
+    ("c count differs", "/api/decode", {"run": COND, "z": [[0, 0]], "c": [0, 1]}, 400),
+    ("c a float label", "/api/decode", {"run": COND, "z": [[0, 0]], "c": 0.5}, 400),
+    ("encode wrong width", "/api/encode", {"run": 1, "x": [[0.5] * 63]}, 400),
+    ("encode pixels outside [0, 1]", "/api/encode", {"run": 1, "x": [[2.0] * 64]}, 400),
+    ("encode no x", "/api/encode", {"run": 0}, 400),
+    ("payload over 2 MB", "/api/decode", '{"run": 0, "z": [' + ",".join(["[0.000001, 0.000001]"] * 110_000) + "]}",
+     413),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_requests_answer_4xx_json(client, path, body, status) -> None:
+    data = body if isinstance(body, str) else json.dumps(body)
+    res = client.post(path, data=data, content_type="application/json")
+    assert res.status_code == status, res.get_data(as_text=True)[:300]
+    error = res.get_json()["error"]
+    assert isinstance(error, str) and error and "Traceback" not in error
+    assert client.get("/api/runs").status_code == 200  # the server keeps serving
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("get", "/api/run", 400), ("get", "/api/run?run=7", 404), ("get", "/api/run?run=-1", 400),
+    ("get", "/api/points?run=x", 400), ("get", "/api/decode", 405), ("post", "/api/runs", 405),
+    ("get", "/api/nothing", 404),
+])
+def test_bad_gets_answer_4xx_json(client, method, path, status) -> None:
+    res = getattr(client, method)(path)
+    assert res.status_code == status and "error" in res.get_json()
+
+
+def test_a_body_that_is_not_declared_json_is_refused(client) -> None:
+    res = client.post("/api/decode", data=json.dumps({"run": 0, "z": [[0, 0]]}), content_type="text/plain")
+    assert res.status_code == 415 and "application/json" in res.get_json()["error"]
+
+
+@pytest.mark.parametrize("path", [
+    "/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/%2e%2e%2fapp.py",
+    "/static/../../checkpoint.py", "/static//etc/passwd", "/static/%2fetc%2fpasswd", "/app.py",
+    "/static/", "/static/nothing.js", "/../pyproject.toml",
+])
+def test_no_path_reaches_the_file_system(client, path) -> None:
+    res = client.get(path)
+    assert res.status_code == 404, path
+    assert b"import" not in res.get_data() and b"root:" not in res.get_data()
+
+
+def test_static_files_are_served_with_their_types(client) -> None:
+    static = Path(__file__).resolve().parents[2] / "src" / "vaelab" / "explorer" / "static"
+    if not (static / "index.html").is_file():
+        pytest.skip("the page's static files are not there yet")
+    res = client.get("/")
+    assert res.status_code == 200 and res.mimetype == "text/html"
+    assert res.get_data() == (static / "index.html").read_bytes()
+    for path in static.iterdir():
+        assert client.get(f"/static/{path.name}").get_data() == path.read_bytes()
+
+
+def test_another_host_header_is_refused(client) -> None:
+    res = client.get("/api/runs", headers={"Host": "evil.example:8000"})
+    assert res.status_code == 403 and "local" in res.get_json()["error"]
+    assert client.get("/api/runs", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+
+
+def test_a_bad_run_folder_is_named(tmp_path) -> None:
+    from vaelab.errors import VaelabError
+
+    with pytest.raises(VaelabError, match="nothing"):
+        create_app([tmp_path / "nothing"])
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _explore(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "vaelab", "explore", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bytes:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as res:
+                return res.read()
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+
+
+def test_explore_serves_the_runs_on_a_free_port(runs) -> None:
+    port = _free_port()
+    proc = _explore([str(runs["points"]), str(runs["image"]), "--port", str(port)])
+    try:
+        body = _wait_for(f"http://127.0.0.1:{port}/api/runs", proc)
+        assert json.loads(body) == {"runs": [{"id": 0, "name": "points"}, {"id": 1, "name": "image"}]}
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in out
+    assert "WARNING" not in out.upper()
+
+
+def test_explore_warns_when_bound_beyond_this_machine(runs) -> None:
+    port = _free_port()
+    proc = _explore([str(runs["points"]), "--host", "0.0.0.0", "--port", str(port)])
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/api/runs", proc)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "warning" in out.lower() and "anyone" in out.lower()
+
+
+def test_explore_names_a_bad_folder(tmp_path) -> None:
+    proc = _explore([str(tmp_path / "missing"), "--port", str(_free_port())])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "missing" in out and "Traceback" not in out
