@@ -33,8 +33,9 @@ SHOTS = Path("/tmp")
 
 
 def make_runs(root: Path) -> list[Path]:
-    """Three small runs: a label-conditional 2-D VAE, an image VAE (MNIST where the test split is
-    at hand, else scikit-learn's 8×8 digits), a 2-D autoencoder with a 1-D latent."""
+    """Four small runs: a label-conditional 2-D VAE, an image VAE (MNIST where the test split is
+    at hand, else scikit-learn's 8×8 digits), a 2-D autoencoder with a 1-D latent, and a 2-D VAE
+    with a 3-D latent conditioned on the radius (a continuous condition)."""
     from vaelab.evaluate import evaluate_run
     from vaelab.train import train_run
 
@@ -62,8 +63,15 @@ def make_runs(root: Path) -> list[Path]:
         "model": {"kind": "ae", "hidden": [32, 32], "latent_dim": 1},
         "train": {"epochs": 20, "batch_size": 128, "diversity_samples": 64, "lr": 3e-3},
     })
+    radius = RunConfig.from_dict({
+        "data": {"name": "ring", "n_train": 512, "n_test": 300, "condition": "radius"},
+        "model": {"hidden": [32, 32], "latent_dim": 3},
+        "train": {"epochs": 10, "batch_size": 128, "diversity_samples": 64, "lr": 3e-3},
+        "eval": {"k": 8},
+    })
     out = []
-    for name, cfg in (("points-2gmm-cond", points), ("image-" + str(data["name"]), image), ("ae-ring-1d", ae)):
+    for name, cfg in (("points-2gmm-cond", points), ("image-" + str(data["name"]), image), ("ae-ring-1d", ae),
+                      ("ring-radius-3d", radius)):
         train_run(cfg, root / name)
         evaluate_run(root / name, write=True)   # metrics.json, as `vaelab train` leaves it
         out.append(root / name)
@@ -151,12 +159,15 @@ def drawn_pixels(page: Any, sel: str) -> int:
 
 
 def point_position(page: Any, k: int = 0) -> tuple[float, float]:
-    """Page coordinates of the k-th held-out point farthest apart from point 0 (k=1) or point 0 (k=0)."""
+    """Page coordinates of held-out point 0 (k=0), or of the point farthest from it in latent space (k=1)."""
     xy = page.evaluate("""k => {
         const c = document.getElementById('plane'), r = c.getBoundingClientRect();
         const mu = S.pts.mu;
         let i = 0;
-        if (k) { let best = -1; mu.forEach((m, j) => { const d = dist2(m, mu[0]); if (d > best) { best = d; i = j; } }); }
+        if (k) {
+            let best = -1;
+            mu.forEach((m, j) => { const d = dist2(m, mu[0]); if (d > best) { best = d; i = j; } });
+        }
         const [u, v] = latentXY(mu[i], i), [px, py] = toPx(S.view, c.width, c.height, u, v);
         return [r.left + px * r.width / c.width, r.top + py * r.height / c.height];
     }""", k)
@@ -211,7 +222,7 @@ def slider_changes_output(w: Watched) -> None:
 def test_points_run(server: str, browser: Any) -> None:
     w = Watched(browser, server)
     p = w.open(0)
-    assert p.is_visible("#run-select"), "three runs were given: the run selector should show"
+    assert p.is_visible("#run-select"), "four runs were given: the run selector should show"
     assert drawn_pixels(p, "#plane") > 2000, "the latent plane shows no points"
     assert p.is_visible("#cond-label"), "a label-conditional run shows its condition selector"
     assert p.locator("#metrics tr").count() > 4 and p.locator("#config tr").count() > 0
@@ -276,3 +287,26 @@ def test_api_error_is_shown(server: str, browser: Any) -> None:
     assert "/api/decode" in w.status()
     # the 400 answer logs one console error in Chromium; nothing else went wrong
     assert all("400" in e for e in w.errors), w.errors
+
+
+def test_continuous_condition_run(server: str, browser: Any) -> None:
+    """A radius-conditional run: a slider over the condition's range re-decodes the output."""
+    w = Watched(browser, server)
+    p = w.open(3)
+    assert p.is_visible("#cond-value") and not p.is_visible("#cond-label")
+    assert p.locator("#sliders input").count() == 3
+    low, high = (float(p.get_attribute("#cond-value", a) or "nan") for a in ("min", "max"))
+    assert low < high
+    p.mouse.move(5, 5)
+    p.wait_for_timeout(200)
+    before, n = w.canvas("#output"), w.decodes()
+    p.locator("#cond-value").fill(str(high))
+    w.wait_decoded(n)
+    p.wait_for_timeout(200)
+    assert w.canvas("#output") != before, "moving the condition slider did not change the decoded output"
+    assert "radius" in p.inner_text("#cond-show")
+    # choosing another pair of plane axes redraws the plane
+    plane = w.canvas("#plane")
+    p.select_option("#dim-y", str(p.eval_on_selector("#dim-y", "s => s.options[2].value")))
+    assert w.canvas("#plane") != plane
+    w.check_clean()
