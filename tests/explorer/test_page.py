@@ -1,8 +1,8 @@
 """The explorer page end to end: the real server on a free port, driven in headless Chromium.
 
 Skips (saying why) where the Python ``playwright`` package or Debian's ``/usr/bin/chromium`` is
-missing. Screenshots go to /tmp/explorer-points.png, /tmp/explorer-image.png and
-/tmp/explorer-ae1d.png for a person to look at.
+missing. Screenshots go to /tmp/explorer-points.png, /tmp/explorer-image.png,
+/tmp/explorer-ae1d.png and /tmp/explorer-radius.png for a person to look at.
 """
 
 from __future__ import annotations
@@ -116,6 +116,9 @@ class Watched:
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: None if r.url.startswith(base) or r.url.startswith("data:")
                      else self.foreign.append(r.url))
+        self.refused: list[str] = []   # 4xx answers with the request that caused them, for the message
+        self.page.on("response", lambda r: self.refused.append(
+            f"{r.status} {r.url} {r.request.post_data} -> {r.text()}") if r.status >= 400 else None)
 
     def open(self, run: int = 0) -> Any:
         p = self.page
@@ -143,7 +146,7 @@ class Watched:
         return str(self.page.inner_text("#status"))
 
     def check_clean(self) -> None:
-        assert self.errors == [], self.errors
+        assert self.errors == [], (self.errors, self.refused)
         assert self.foreign == [], f"requests to another host: {self.foreign}"
         assert "error" not in self.page.eval_on_selector("#status", "e => e.className"), self.status()
 
@@ -309,4 +312,15 @@ def test_continuous_condition_run(server: str, browser: Any) -> None:
     plane = w.canvas("#plane")
     p.select_option("#dim-y", str(p.eval_on_selector("#dim-y", "s => s.options[2].value")))
     assert w.canvas("#plane") != plane
+    # colour by the condition: the legend shows its range
+    plane = w.canvas("#plane")
+    p.select_option("#colour-by", "c")
+    assert w.canvas("#plane") != plane and "radius" in p.inner_text("#legend")
+    # a prior sample moves z away from the prior mean: the output changes
+    before, n = w.canvas("#output"), w.decodes()
+    p.click("#prior-sample")
+    w.wait_decoded(n)
+    p.wait_for_timeout(200)
+    assert w.canvas("#output") != before, "a prior sample did not change the decoded output"
+    p.screenshot(path=str(SHOTS / "explorer-radius.png"), full_page=True)
     w.check_clean()

@@ -117,16 +117,18 @@ async function init() {
 
 async function loadRun(id) {
   S.gen++;
-  S.runId = Number(id);
+  clearTimeout(travTimer);
+  const runId = Number(id);
   status("loading run…");
   document.body.dataset.ready = "";
   const got = await guarded(async () => {
-    const meta = await api(`/api/run?run=${S.runId}`);
-    const pts = await api(`/api/points?run=${S.runId}`);
+    const meta = await api(`/api/run?run=${runId}`);
+    const pts = await api(`/api/points?run=${runId}`);
     return { meta, pts };
   });
   if (!got) return;
-  S.meta = got.meta; S.pts = got.pts;
+  // S.runId changes together with S.meta: a request built meanwhile matches the run it names
+  S.runId = runId; S.meta = got.meta; S.pts = got.pts;
   S.a = S.b = null; S.drawn = null; S.interp = null; S.live = null;
   const m = S.meta;
   $("run-title").textContent = `${m.name} · ${m.family.toUpperCase()} · ${m.kind} · latent ${m.latent_dim}`;
@@ -135,7 +137,7 @@ async function loadRun(id) {
   S.dims = [order[0], m.latent_dim > 1 ? order[1] : order[0]];
   S.cond = m.condition ? (m.condition.kind === "label" ? 0 : (m.condition.low + m.condition.high) / 2) : null;
   S.z = restZ();
-  buildDimSelects(); buildSliders(); buildCondition(); buildSidePanel();
+  buildDimSelects(); buildSliders(); buildCondition(); buildSidePanel(); buildColourSelect();
   $("pad-box").hidden = m.kind !== "image";
   $("prior-sample").textContent = m.family === "vae" ? "prior sample" : "sample (Gaussian fit to codes)";
   $("selection").hidden = true; $("interp").hidden = true;
@@ -192,6 +194,7 @@ function bindControls() {
   $("dim-x").addEventListener("change", (e) => { S.dims[0] = Number(e.target.value); computeViews(); drawPlane(); });
   $("dim-y").addEventListener("change", (e) => { S.dims[1] = Number(e.target.value); computeViews(); drawPlane(); });
   $("trav-dim").addEventListener("change", updateTraversal);
+  $("colour-by").addEventListener("change", (e) => { S.colourBy = e.target.value; drawLegend(); redrawAll(); });
   $("slerp").addEventListener("change", updateInterp);
   $("prior-sample").addEventListener("click", () => {
     const st = codeStats();
@@ -316,24 +319,46 @@ function addRow(table, k, v) {
 }
 
 // ---------------------------------------------------------------- colours
+// Colour the points by their label, their condition, a data coordinate (2-D data) or their ink (images).
+function colourChoices() {
+  const p = S.pts, m = S.meta, out = [];
+  if (p.labels) out.push(["label", "label"]);
+  if (p.c && m.condition && m.condition.kind === "continuous") out.push(["c", m.condition.name]);
+  if (m.kind === "points") for (let k = 0; k < Math.min(m.x_dim, 4); k++) out.push([`x${k}`, `data x${k}`]);
+  else out.push(["ink", "mean pixel"]);
+  return out;
+}
+
+function colourValue(i) {      // the number a continuous colouring maps onto the ramp
+  const by = S.colourBy, p = S.pts;
+  if (by === "c") { const c = pointCond(i); return Array.isArray(c) ? c[0] : c; }
+  if (by === "ink") { const x = p.x[i]; let s = 0; for (const v of x) s += v; return s / x.length; }
+  return p.x[i][Number(by.slice(1))];
+}
+
 function pointColour(i) {
   const p = S.pts;
-  if (p.labels) return PALETTE[p.labels[i] % PALETTE.length];
-  if (!S.x0range) {
+  if (S.colourBy === "label") return PALETTE[p.labels[i] % PALETTE.length];
+  if (!S.colourRange) {
     let lo = Infinity, hi = -Infinity;
-    for (const r of p.x) { lo = Math.min(lo, r[0]); hi = Math.max(hi, r[0]); }
-    S.x0range = [lo, hi];
+    for (let j = 0; j < p.x.length; j++) { const v = colourValue(j); lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    S.colourRange = [lo, hi];
   }
-  const [lo, hi] = S.x0range;
-  return viridis(hi > lo ? (p.x[i][0] - lo) / (hi - lo) : 0.5);
+  const [lo, hi] = S.colourRange;
+  return viridis(hi > lo ? (colourValue(i) - lo) / (hi - lo) : 0.5);
+}
+
+function buildColourSelect() {
+  const sel = $("colour-by"); sel.innerHTML = "";
+  for (const [v, name] of colourChoices()) sel.add(new Option(name, v));
+  S.colourBy = sel.value;
 }
 
 function drawLegend() {
-  S.x0range = null;
+  S.colourRange = null;
   const box = $("legend"); box.innerHTML = "";
   const names = S.meta.labels;
-  if (S.pts.labels) {
-    $("colour-note").textContent = "colour: label";
+  if (S.colourBy === "label") {
     const seen = [...new Set(S.pts.labels)].sort((a, b) => a - b);
     for (const l of seen) {
       const s = document.createElement("span");
@@ -341,8 +366,15 @@ function drawLegend() {
       s.textContent = names && names[l] !== undefined ? names[l] : String(l);
       box.append(s);
     }
-  } else {
-    $("colour-note").textContent = "colour: first data coordinate (x₀)";
+  } else if (S.pts.x.length) {
+    pointColour(0);   // fills S.colourRange
+    const [lo, hi] = S.colourRange;
+    for (const [t, v] of [[0, lo], [1, hi]]) {
+      const s = document.createElement("span");
+      s.style.setProperty("--c", viridis(t));
+      s.textContent = `${$("colour-by").selectedOptions[0].text} ${fmt(Number(v.toPrecision(3)))}`;
+      box.append(s);
+    }
   }
 }
 
@@ -352,6 +384,7 @@ function computeViews() {
   const [x0, x1] = dimRange(dx);
   const [y0, y1] = S.meta.latent_dim > 1 ? dimRange(dy) : [-1, 1];
   S.view = { x0, x1, y0, y1 };
+  $("plane").height = S.meta.latent_dim > 1 ? 520 : 200;   // a 1-D latent is a line: no tall empty plane
   if (S.meta.kind === "points" && S.pts.x.length) {
     let a0 = Infinity, a1 = -Infinity, b0 = Infinity, b1 = -Infinity;
     for (const r of S.pts.x) {
@@ -485,6 +518,15 @@ function onPlaneClick(e) {
   if (e.shiftKey && S.a !== null && i !== S.a) { S.b = i; updateInterp(); }
   else { S.a = i; S.b = null; S.interp = null; $("interp").hidden = true; selectPoint(i); }
   drawPlane();
+}
+
+// Everything drawn with the point colours, after the colouring changed.
+function redrawAll() {
+  drawPlane();
+  drawOutput(S.live);
+  if (S.a !== null) selectPoint(S.a);
+  if (S.b !== null) updateInterp();
+  updateTraversal();
 }
 
 // ---------------------------------------------------------------- drawing decoded outputs
