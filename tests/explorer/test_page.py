@@ -65,8 +65,8 @@ def make_runs(root: Path) -> list[Path]:
     })
     radius = RunConfig.from_dict({
         "data": {"name": "ring", "n_train": 512, "n_test": 300, "condition": "radius"},
-        "model": {"hidden": [32, 32], "latent_dim": 3},
-        "train": {"epochs": 10, "batch_size": 128, "diversity_samples": 64, "lr": 3e-3},
+        "model": {"hidden": [32, 32], "latent_dim": 3, "likelihood": "gaussian", "recon_var": 0.02},
+        "train": {"epochs": 40, "batch_size": 128, "diversity_samples": 64, "lr": 5e-3},
         "eval": {"k": 8},
     })
     out = []

@@ -252,7 +252,7 @@ function buildSliders() {
     Object.assign(input, { type: "range", min: lo, max: hi, step: (hi - lo) / 400, value: S.z[d] });
     input.dataset.dim = d;
     input.setAttribute("aria-label", `latent dimension ${d}`);
-    const out = document.createElement("output"); out.textContent = fmt(Number(S.z[d].toFixed(3)));
+    const out = document.createElement("output"); out.textContent = S.z[d].toFixed(2);
     input.addEventListener("input", () => {
       const z = S.z.slice(); z[d] = Number(input.value); setZ(z);
     });
@@ -265,7 +265,7 @@ function syncSliders(z) {
   for (const d of S.order) {
     const s = S.sliders[d];
     if (document.activeElement !== s.input) s.input.value = z[d];
-    s.out.textContent = fmt(Number(z[d].toFixed(3)));
+    s.out.textContent = z[d].toFixed(2);
   }
 }
 
