@@ -818,20 +818,14 @@ def explore(
     """Serve the latent explorer: a local web page to decode, encode and traverse the latent space of runs."""
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
-    from werkzeug.serving import WSGIRequestHandler, make_server
-
-    from vaelab.explorer.app import create_app
-
-    class QuietHandler(WSGIRequestHandler):
-        def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request: hovering sends many
-            pass
+    from vaelab.explorer.app import create_app, make_server
 
     local = host in LOCAL_HOSTS
     with console.status(f"loading {len(runs)} run(s)"):
         flask_app = create_app(runs, check_host=local)
     # werkzeug's threaded server (what Flask's app.run uses), bound before the URL is printed, so a
     # port in use is reported instead of a dead link; no debugger, no reloader.
-    server = make_server(host, port, flask_app, threaded=True, request_handler=QuietHandler)
+    server = make_server(flask_app, host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{server.server_port}/"
     if not local:

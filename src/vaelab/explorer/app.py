@@ -1,8 +1,10 @@
 """The explorer's server: a small JSON API over loaded runs, and the page's own static files.
 
 Every run is loaded once, its held-out set encoded once; requests then only decode or encode
-a batch under ``torch.no_grad()`` (one lock around model calls: the models are tiny and torch
-is not re-entrant per module). The API (run = index into the runs given, 0-based):
+a batch under ``torch.no_grad()``, one at a time (a lock around model calls: the models are
+tiny, and one call at a time keeps torch's thread pool from being oversubscribed).
+
+The API (run = index into the runs given, 0-based):
 
 - ``GET /api/runs``: ``{"runs": [{"id", "name"}]}``
 - ``GET /api/run?run=ID``: metadata (kind, family, sizes, KL per dim, labels, condition, metrics, config)
@@ -23,6 +25,7 @@ import json
 import math
 import mimetypes
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,6 +265,11 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
     loaded = [_load(Path(d)) for d in run_dirs]
     static_files = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
     lock = threading.Lock()
+
+    def call(fn: Callable[[], Any]) -> Any:
+        """Run fn (a model call) under the lock and no_grad, and return its result."""
+        with lock, torch.no_grad():
+            return fn()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
 
@@ -355,11 +363,13 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
         model = r.run.model
         z = _matrix(body.get("z"), "z", model.latent_dim, "one latent code per row")
         c = _condition(r, body.get("c"), len(z))
-        with lock, torch.no_grad():
+        def run() -> tuple[torch.Tensor, torch.Tensor | None]:
             p_x = model.decode(z, c)
             mean = p_x.mean  # (B, D)
-            std = model.likelihood.noise_std(p_x)
-            std = None if std is None else std.expand_as(mean)
+            std = model.likelihood.noise_std(p_x)  # (B, D) observation noise, or None
+            return mean, None if std is None else std.expand_as(mean)
+
+        mean, std = call(run)
         return _finite({"mean": mean.tolist(), "std": None if std is None else std.tolist()})
 
     @app.post("/api/encode")
@@ -372,12 +382,13 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
         if r.meta["kind"] == "image" and (bool((x < 0).any()) or bool((x > 1).any())):
             raise RequestError("x holds pixels outside [0, 1]; send grey levels scaled to [0, 1]")
         c = _condition(r, body.get("c"), len(x))
-        with lock, torch.no_grad():
+        def run() -> tuple[torch.Tensor, torch.Tensor | None]:
             if isinstance(model, VAE):
                 q_z = model.encode(x, c)
-                mu, sigma = q_z.mean, q_z.stddev  # (B, d) each
-            else:
-                mu, sigma = model.embed(x, c), None
+                return q_z.mean, q_z.stddev  # (B, d) each
+            return model.embed(x, c), None
+
+        mu, sigma = call(run)
         return _finite({"mu": mu.tolist(), "sigma": None if sigma is None else sigma.tolist()})
 
     def _finite(data: dict[str, Any]) -> Response:
@@ -387,3 +398,20 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
             return _error("the model gave NaN or infinity for this input (a diverged run?); nothing to show", 422)
 
     return app
+
+
+def make_server(app: Flask, host: str, port: int) -> Any:
+    """werkzeug's threaded server (what ``app.run`` uses) bound to host:port, without a line per
+    request (hovering sends many); ``serve_forever()`` serves, ``server_port`` is the bound port."""
+    from werkzeug.serving import WSGIRequestHandler
+    from werkzeug.serving import make_server as _make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        # werkzeug writes the headers and the body apart: without TCP_NODELAY the body can wait
+        # for the client's delayed acknowledgement of the headers (tens of ms on small answers).
+        disable_nagle_algorithm = True
+
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return _make_server(host, port, app, threaded=True, request_handler=QuietHandler)
