@@ -324,3 +324,31 @@ def test_continuous_condition_run(server: str, browser: Any) -> None:
     assert w.canvas("#output") != before, "a prior sample did not change the decoded output"
     p.screenshot(path=str(SHOTS / "explorer-radius.png"), full_page=True)
     w.check_clean()
+
+
+def test_live_decoding_is_throttled(server: str, browser: Any) -> None:
+    """A fast sweep over the plane: at most one live decode in flight, fewer requests than mouse
+    events, and the output ends on the cursor's last z (the latest wins)."""
+    w = Watched(browser, server)
+    p = w.open(1)
+    p.evaluate("""() => {
+        window.__live = { now: 0, max: 0, sent: 0 };
+        const plain = window.fetch;
+        window.fetch = async (url, opts) => {
+            const one = url === '/api/decode' && opts && JSON.parse(opts.body).z.length === 1;
+            if (one) { __live.sent++; __live.now++; __live.max = Math.max(__live.max, __live.now); }
+            try { return await plain(url, opts); } finally { if (one) __live.now--; }
+        };
+        window.__moves = 0;
+        document.getElementById('plane').addEventListener('mousemove', () => __moves++);
+    }""")
+    box = p.locator("#plane").bounding_box()
+    assert box is not None
+    p.mouse.move(box["x"] + 20, box["y"] + 20)
+    p.mouse.move(box["x"] + box["width"] - 20, box["y"] + box["height"] - 40, steps=60)
+    p.wait_for_function("__live.now === 0 && live.next === null && !live.busy")
+    stats = p.evaluate("({...__live, moves: __moves, last: S.live.z, hover: S.hover})")
+    assert stats["max"] == 1, stats
+    assert stats["sent"] < stats["moves"], stats
+    assert stats["last"] == stats["hover"], "the output is not the decode of the cursor's last z"
+    w.check_clean()
