@@ -34,7 +34,8 @@ def _digits_config(**data: object) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Four tiny runs: 2-D points, an image VAE, a label-conditional ring, a 2-D autoencoder."""
+    """Five tiny runs: 2-D points, an image VAE, a label-conditional ring, a 2-D autoencoder and a
+    ring conditioned on the radius (a continuous condition)."""
     from vaelab.evaluate import evaluate_run
     from vaelab.train import train_run
 
@@ -44,6 +45,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "image": _digits_config(),
         "cond": tiny_config(data={"condition": "label"}),
         "ae": tiny_config(model={"kind": "ae"}),
+        "radius": tiny_config(data={"condition": "radius"}),
     }
     for name, cfg in configs.items():
         train_run(cfg, root / name)
@@ -53,11 +55,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def client(runs: dict[str, Path]):
-    app = create_app([runs["points"], runs["image"], runs["cond"], runs["ae"]])
+    app = create_app([runs["points"], runs["image"], runs["cond"], runs["ae"], runs["radius"]])
     return app.test_client()
 
 
-POINTS, IMAGE, COND, AE = 0, 1, 2, 3
+POINTS, IMAGE, COND, AE, RADIUS = 0, 1, 2, 3, 4
 
 
 def _post(client, path: str, body: object):
@@ -67,7 +69,7 @@ def _post(client, path: str, body: object):
 def test_runs_lists_every_folder(client) -> None:
     got = client.get("/api/runs").get_json()
     assert got == {"runs": [{"id": 0, "name": "points"}, {"id": 1, "name": "image"},
-                            {"id": 2, "name": "cond"}, {"id": 3, "name": "ae"}]}
+                            {"id": 2, "name": "cond"}, {"id": 3, "name": "ae"}, {"id": 4, "name": "radius"}]}
 
 
 def test_run_metadata_of_a_2d_vae(client) -> None:
@@ -147,6 +149,29 @@ def test_encode_matches_the_model_and_the_points(client) -> None:
     assert len(got["mu"]) == 2 and len(got["mu"][0]) == 3 and len(got["sigma"][0]) == 3
     ae = _post(client, "/api/encode", {"run": 3, "x": [[0.1, 0.2]]}).get_json()
     assert ae["sigma"] is None and len(ae["mu"][0]) == 2
+
+
+def test_a_continuous_condition(client, runs) -> None:
+    meta = client.get(f"/api/run?run={RADIUS}").get_json()
+    cond = meta["condition"]
+    assert cond["kind"] == "continuous" and cond["name"] == "radius" and 0 <= cond["low"] < cond["high"]
+    pts = client.get(f"/api/points?run={RADIUS}").get_json()
+    radius = torch.tensor(pts["x"]).norm(dim=1)
+    assert torch.allclose(torch.tensor(pts["c"])[:, 0], radius, atol=1e-5)  # the raw value, not standardised
+    z = [[0.0, 0.0], [0.3, 0.1]]
+    one = _post(client, "/api/decode", {"run": RADIUS, "z": z, "c": cond["high"]}).get_json()["mean"]
+    per_row = _post(client, "/api/decode", {"run": RADIUS, "z": z, "c": [cond["high"]] * 2}).get_json()["mean"]
+    low = _post(client, "/api/decode", {"run": RADIUS, "z": z, "c": cond["low"]}).get_json()["mean"]
+    assert torch.allclose(torch.tensor(one), torch.tensor(per_row), atol=1e-6)
+    assert not torch.allclose(torch.tensor(one), torch.tensor(low), atol=1e-3)
+    run = ckpt.load(runs["radius"])
+    with torch.no_grad():
+        want = run.model.decode(torch.tensor(z), run.condition.encode(torch.tensor([[cond["high"]]]))).mean
+    assert torch.allclose(torch.tensor(one), want, atol=1e-5)
+    for bad in ("big", [1.0], [[1.0, 2.0], [1.0, 2.0]], True, float("nan")):
+        res = client.post("/api/decode", data=json.dumps({"run": RADIUS, "z": z, "c": bad}),
+                          content_type="application/json")
+        assert res.status_code == 400 and "send c as" in res.get_json()["error"], bad
 
 
 def test_condition_by_name_index_and_per_row(client) -> None:
