@@ -3,9 +3,9 @@
 Two runs are trained first (a few seconds): an MNIST MLP VAE (the ``mnist-mlp-bernoulli``
 preset, 784-400-20, one epoch on the 9,000-image split of the MNIST test files; scikit-learn's
 digits at 28x28 when ``../shared/data/mnist`` is absent) and a 2-D VAE on the ring. The explorer
-is served by werkzeug's threaded server (the one ``vaelab explore`` runs) in a thread of this
-process; each request opens a connection (TCP_NODELAY, as browsers set it), sends one z (what hovering sends) or
-a batch of 64, and reads the whole JSON answer.
+is served by ``vaelab explore`` (werkzeug's threaded server) in a process of its own; each
+request opens a connection (TCP_NODELAY, as browsers set it), sends one z (what hovering
+sends) or a batch of 64, and reads the whole JSON answer.
 
 Reference, measured in the same run: the model's own ``decode`` of the same z in-process, so
 the ratio shows what HTTP + JSON add. Aim (issue 10): p50 < 20 ms and p95 < 50 ms for one z.
@@ -20,16 +20,17 @@ import argparse
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vaelab.config import RunConfig
-from vaelab.explorer.app import create_app, make_server
 from vaelab.presets import apply_preset
 from vaelab.train import train_run
 
@@ -56,6 +57,24 @@ def image_config(data_dir: Path) -> tuple[str, RunConfig]:
 def points_config() -> RunConfig:
     return RunConfig.from_dict({"data": {"name": "ring", "n_train": 2000, "n_test": 1000},
                                 "train": {"epochs": 2}})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(port: int, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=2):
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > end:
+                raise SystemExit("vaelab explore did not start") from None
+            time.sleep(0.2)
 
 
 def percentiles(ms: list[float]) -> tuple[float, float]:
@@ -100,7 +119,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--requests", type=int, default=300, help="timed requests per case")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # tiny matrices: more threads cost synchronisation, and the server is threaded
+    torch.set_num_threads(1)  # the in-process reference: tiny matrices, where more threads cost synchronisation
 
     image_name, image_cfg = image_config(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,11 +127,13 @@ def main() -> None:
         image_run = train_run(image_cfg, Path(tmp) / "mnist")
         points_run = train_run(points_config(), Path(tmp) / "ring")
         print(f"trained both runs in {time.perf_counter() - start:.1f} s")
-        app = create_app([image_run.path, points_run.path])
-        server = make_server(app, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        port = server.server_port
+        port = free_port()
+        # The real command in its own process: a server thread inside this process would share
+        # the GIL with the timing client and add its 5 ms switch interval to small answers.
+        server = subprocess.Popen([sys.executable, "-m", "vaelab", "explore", str(image_run.path),
+                                   str(points_run.path), "--port", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(port, server)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.requests} requests per case, "
               "a new connection each\n")
         print(f"{'run':58s} {'batch':>5s} {'HTTP p50':>9s} {'p95':>7s} {'decode p50':>11s} {'ratio':>6s}")
@@ -125,7 +146,8 @@ def main() -> None:
                 ref_p50, _ = percentiles(in_process(run.model, z, args.requests))
                 print(f"{name:58s} {batch:5d} {http_p50:8.2f}ms {http_p95:6.2f}ms {ref_p50:10.3f}ms "
                       f"{http_p50 / ref_p50:5.0f}x")
-        server.shutdown()
+        server.terminate()
+        server.wait(timeout=30)
     print("\naim for one z: p50 < 20 ms, p95 < 50 ms (issue 10)")
 
 

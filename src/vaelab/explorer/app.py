@@ -407,8 +407,8 @@ def make_server(app: Flask, host: str, port: int) -> Any:
     from werkzeug.serving import make_server as _make_server
 
     class QuietHandler(WSGIRequestHandler):
-        # werkzeug writes the headers and the body apart: without TCP_NODELAY the body can wait
-        # for the client's delayed acknowledgement of the headers (tens of ms on small answers).
+        # werkzeug writes the headers and the body apart: without TCP_NODELAY the body may wait
+        # for the client's (delayed) acknowledgement of the headers.
         disable_nagle_algorithm = True
 
         def log_request(self, *args: Any, **kwargs: Any) -> None:
