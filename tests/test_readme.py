@@ -86,7 +86,7 @@ def _needs_download(args: list[str]) -> bool:
 def _validate_only(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Parse a training command and validate the config it builds, without data or training."""
     from vaelab.cli import app
-    from vaelab.config import check_settings
+    from vaelab.settings import check_settings
 
     seen = {}
 

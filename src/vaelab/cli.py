@@ -256,7 +256,7 @@ def train(
         out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     dev = pick_device(device)
     if not resume:  # refuse a setting that would change nothing before any output or download
-        from vaelab.config import check_settings
+        from vaelab.settings import check_settings
 
         check_settings(cfg)
         _fetch_with_progress(cfg.data)

@@ -36,7 +36,6 @@ that say which labels or widths the model knows.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaelab.config import parse_kind
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
 
@@ -60,7 +60,6 @@ GMM_DATASETS = ("2gmm", "radial_gmm", "ring")
 # "far outside" and draws a warning (values a little past the edge are still data-like).
 RANGE_MARGIN = 0.1
 
-_COLUMN = re.compile(r"^column:(.+)$")
 
 
 class ConditionError(InputError):
@@ -69,25 +68,6 @@ class ConditionError(InputError):
 
 class ConditionRangeWarning(UserWarning):
     """A continuous condition far outside the range the model was trained on."""
-
-
-def parse_kind(kind: str) -> tuple[str, list[str]]:
-    """Check a condition kind and return (normalised kind, CSV column names).
-
-    ``"label"`` and ``"radius"`` have no columns; ``"column:a, b"`` -> ``("column:a,b", ["a", "b"])``.
-    """
-    text = kind.strip()
-    if text in ("label", "radius"):
-        return text, []
-    match = _COLUMN.match(text)
-    if match:
-        names = [n.strip() for n in match.group(1).split(",")]
-        if all(names) and len(set(names)) == len(names):
-            return "column:" + ",".join(names), names
-    raise ConditionError(
-        f"unknown condition {kind!r}; use label (class labels), radius (‖x‖ of 2D points) "
-        "or column:NAME[,NAME...] (numeric CSV columns used as a continuous condition)"
-    )
 
 
 def _format(values: Sequence[float]) -> str:

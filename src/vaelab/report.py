@@ -181,7 +181,8 @@ class Reproduction:
 
 def _accepted(base: RunConfig, changed: tuple[tuple[str, str], ...], current: dict[str, Any]) -> bool:
     """Whether the re-run's settings (``changed`` given explicitly over ``base``) pass the CLI's check."""
-    from vaelab.config import ConfigError, check_settings
+    from vaelab.config import ConfigError
+    from vaelab.settings import check_settings
 
     overrides: dict[str, dict[str, Any]] = {}
     for section, key in changed:

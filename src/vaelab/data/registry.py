@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from vaelab.config import lookup
 from vaelab.data import images, toy2d
 from vaelab.data.dataset import Dataset
 from vaelab.data.files import DataFileError, load_points
@@ -181,10 +182,8 @@ def load_dataset(config: DataConfig, split: Split = "train", *, expect_dim: int 
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if config.path is not None:
         data = _split_file(config, split)
-    elif config.name not in DATASETS:
-        raise InputError(f"unknown dataset {config.name!r}; choose one of: {', '.join(DATASETS)}")
     else:
-        data = DATASETS[config.name].load(config, split)
+        data = lookup(DATASETS, config.name, "data.name", "dataset").load(config, split)
     if expect_dim is not None and data.dim != expect_dim:
         raise InputError(
             f"{config.path or config.name}: the data now have {data.dim} columns, but the run was trained on "
