@@ -76,6 +76,11 @@ for _spec in (
                 _toy(toy2d.radial_gmm)),
     DatasetSpec("ring", "8 isotropic Gaussians (std 0.15) on a radius-2 circle; exact log p(x); 8 labels",
                 _toy(toy2d.ring)),
+    DatasetSpec("pinwheel", "5 curved arms (swirled Gaussians); exact log p(x); 5 labels", _toy(toy2d.pinwheel)),
+    DatasetSpec("banana", "one bent Gaussian ridge x2 = y2 + 0.5 (y1² - 1.44); exact log p(x); 2 labels (halves)",
+                _toy(toy2d.banana)),
+    DatasetSpec("spiral", "10 Gaussians (std 0.1) along a spiral arm; exact log p(x); 10 labels",
+                _toy(toy2d.spiral)),
 ):
     register(_spec)
 
