@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable
 
 import torch
-from sklearn import datasets as skd
 from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
@@ -107,6 +106,8 @@ def _mixture_dataset(
 def moons(n: int, *, generator: torch.Generator | None = None) -> Dataset:
     """scikit-learn's two interleaving half circles, noise 0.05; labels = which moon."""
     _check_n(n)
+    from sklearn import datasets as skd  # imported here: it costs ~1 s at `import vaelab` otherwise
+
     x, y = skd.make_moons(n, noise=MOONS_NOISE, random_state=_sklearn_seed(generator))
     return _with_radius(
         Dataset("moons", torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64),
@@ -117,6 +118,8 @@ def moons(n: int, *, generator: torch.Generator | None = None) -> Dataset:
 def circles(n: int, *, generator: torch.Generator | None = None) -> Dataset:
     """scikit-learn's two concentric circles, noise 0.05, inner radius factor 0.5; labels = circle."""
     _check_n(n)
+    from sklearn import datasets as skd
+
     x, y = skd.make_circles(n, noise=CIRCLES_NOISE, factor=CIRCLES_FACTOR, random_state=_sklearn_seed(generator))
     return _with_radius(
         Dataset("circles", torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64),
