@@ -74,7 +74,7 @@ def parsed_config(monkeypatch, command: str) -> RunConfig:
     import vaelab.train  # noqa: F401 (the package's `train` attribute is a function)
 
     monkeypatch.setattr(sys.modules["vaelab.train"], "train_run", fake_train_run)
-    monkeypatch.setattr(sys.modules["vaelab.cli"], "_fetch_with_progress", lambda data_cfg: None)
+    monkeypatch.setattr(sys.modules["vaelab.cli.commands"], "_fetch_with_progress", lambda data_cfg: None)
     result = runner.invoke(app, shlex.split(command)[1:])
     assert isinstance(result.exception, Stop), result.output
     return captured["config"]
