@@ -167,7 +167,7 @@ def test_cli_conv_on_mnist_test_file(tmp_path):
 
 def test_cli_missing_mnist_says_where(tmp_path, monkeypatch):
     # No network in tests: a data folder without the files and mirrors that refuse at once.
-    from vaelab.data import images
+    from vaelab.data import mnist as images
 
     spec = dataclasses.replace(images.MNIST_FAMILY["kmnist"], base_urls=("http://127.0.0.1:9/",))
     monkeypatch.setitem(images.MNIST_FAMILY, "kmnist", spec)
@@ -207,7 +207,7 @@ def test_cli_downloads_from_local_mirror(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from vaelab.data import images
+    from vaelab.data import mnist as images
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SHARED / "mnist"))
     handler.log_message = lambda *a, **k: None

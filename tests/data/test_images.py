@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vaelab.data import images as images_module
+from vaelab.data import mnist as images_module
 from vaelab.data.idx import IdxError, write_idx
-from vaelab.data.images import (
+from vaelab.data.mnist import (
     DATA_DIR_ENV,
     MNIST_FAMILY,
     ChecksumError,
@@ -420,7 +420,7 @@ def test_download_module_never_prints(
     with pytest.raises(ChecksumError):
         load_mnist_family("mnist", "test", data_dir=tmp_path, base_urls=[base + "/good/"])
     assert capsys.readouterr() == ("", "")
-    assert images_module.logger.name == "vaelab.data.images"
+    assert images_module.logger.name == "vaelab.data.mnist"
 
 
 # --- scikit-learn digits ---------------------------------------------------------------------

@@ -125,7 +125,7 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
 
 def _fetch_with_progress(data_cfg: Any) -> None:
     """Download missing MNIST-family files before training, drawing a progress bar per file."""
-    from vaelab.data import images
+    from vaelab.data import mnist as images
 
     if data_cfg.path is not None or data_cfg.name not in images.MNIST_FAMILY:
         return

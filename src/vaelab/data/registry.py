@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from vaelab.data import images, toy2d
+from vaelab.data import mnist as images, toy2d
 from vaelab.data.dataset import Dataset
 from vaelab.data.files import DataFileError, load_points
 from vaelab.errors import InputError
