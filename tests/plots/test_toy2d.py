@@ -23,7 +23,7 @@ from vaelab.models import build_model
 from vaelab.plots import check_names, plan, registry, render
 from vaelab.plots.common import PlotContext, view_limits
 from vaelab.plots.curves import plot_training_curves
-from vaelab.plots.toy2d import (
+from vaelab.plots.latent import (
     aggregate_posterior,
     default_points,
     plot_density,
