@@ -14,13 +14,13 @@ err_console = Console(stderr=True)
 
 def _fetch_with_progress(data_cfg: Any) -> None:
     """Download missing MNIST-family files before training, drawing a progress bar per file."""
-    from vaelab.data import mnist as images
+    from vaelab.data import download, mnist
 
-    if data_cfg.path is not None or data_cfg.name not in images.MNIST_FAMILY:
+    if data_cfg.path is not None or data_cfg.name not in mnist.MNIST_FAMILY:
         return
-    splits: list[images.Split] = ["test"] if data_cfg.image_split == "test-9k" else ["train", "test"]
-    folder = images.dataset_folder(data_cfg.name, data_cfg.data_dir)
-    spec = images.MNIST_FAMILY[data_cfg.name]
+    splits: list[mnist.Split] = ["test"] if data_cfg.image_split == "test-9k" else ["train", "test"]
+    folder = download.dataset_folder(data_cfg.name, data_cfg.data_dir)
+    spec = mnist.MNIST_FAMILY[data_cfg.name]
     names = [r.filename for s in splits for r in spec.files(s)]
     if all((folder / n).is_file() or (folder / n.removesuffix(".gz")).is_file() for n in names):
         return
@@ -34,7 +34,7 @@ def _fetch_with_progress(data_cfg: Any) -> None:
             progress.update(tasks[name], completed=done, total=total)
 
         for split in splits:
-            images.load_mnist_family(data_cfg.name, split, data_dir=data_cfg.data_dir, progress=on_bytes)
+            mnist.load_mnist_family(data_cfg.name, split, data_dir=data_cfg.data_dir, progress=on_bytes)
 
 
 def _print_condition_metrics(metrics: dict[str, Any]) -> None:
