@@ -16,10 +16,10 @@ from matplotlib.image import imsave
 from matplotlib.patches import Ellipse
 
 from vaelab.analysis import aggregate_posterior, default_points
-from vaelab.checkpoint import History
 from vaelab.config import ModelConfig
 from vaelab.data import toy2d
 from vaelab.data.dataset import Dataset
+from vaelab.history import History
 from vaelab.models import build_model
 from vaelab.plots import check_names, plan, registry, render
 from vaelab.plots.common import PlotContext, view_limits

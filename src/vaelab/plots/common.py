@@ -37,9 +37,10 @@ from vaelab.errors import InputError
 from vaelab.models import VAE, LatentModel
 
 if TYPE_CHECKING:
-    from vaelab.checkpoint import History, Run
+    from vaelab.checkpoint import Run
     from vaelab.conditions import Condition
     from vaelab.config import RunConfig
+    from vaelab.history import History
     from vaelab.models import LatentModel
 
 log = logging.getLogger(__name__)
