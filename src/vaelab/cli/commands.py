@@ -592,8 +592,8 @@ def compare(
 ) -> None:
     """Put runs side by side: differing options, one metrics table, the same figures in columns."""
     from vaelab.compare import comparison_table, write_comparison
+    from vaelab.html import fmt_number
     from vaelab.plots import parse_names
-    from vaelab.report import fmt_number
 
     names = parse_names(figures)
     labels, rows = comparison_table(runs)
