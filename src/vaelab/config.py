@@ -137,7 +137,7 @@ class DataConfig(_Section):
     n_test: int = Field(2000, gt=0, description="held-out points drawn for evaluation")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of a user file held out for evaluation")
     seed: int = Field(0, description="seed of the data draw / split")
-    # Images (see vaelab.data.images and vaelab.data.pixels).
+    # Images (see vaelab.data.mnist, vaelab.data.download and vaelab.data.pixels).
     data_dir: str | None = Field(
         None, description="root folder of downloaded image datasets (else $VAELAB_DATA_DIR, then ~/.cache/vaelab)"
     )
@@ -335,7 +335,7 @@ class RunConfig(_Section):
         Which fields the user set (each section's ``model_fields_set``) is kept: those of
         ``self``, plus the overridden ones when ``explicit`` (flags, a TOML file). A preset
         passes ``explicit=False``: its values are starting values, like the defaults, and
-        never make ``check_settings`` refuse a run.
+        never make ``settings.check_settings`` refuse a run.
         """
         data: dict[str, Any] = self.model_dump()
         user_set = {name: set(getattr(self, name).model_fields_set) for name in SECTIONS}

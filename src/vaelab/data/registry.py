@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from vaelab.config import lookup
-from vaelab.data import images, toy2d
+from vaelab.data import digits, folders, mnist, toy2d
 from vaelab.data.dataset import Dataset
 from vaelab.data.files import DataFileError, load_points
 from vaelab.errors import InputError
@@ -103,17 +103,17 @@ def take(data: Dataset, idx: torch.Tensor | slice) -> Dataset:
 def _mnist_family(name: str) -> Callable[[DataConfig, Split], Dataset]:
     def load(config: DataConfig, split: Split) -> Dataset:
         if config.image_split == "test-9k":
-            full = images.load_mnist_family(name, "test", data_dir=config.data_dir)
+            full = mnist.load_mnist_family(name, "test", data_dir=config.data_dir)
             rows = slice(0, TEST_9K_TRAIN) if split == "train" else slice(TEST_9K_TRAIN, None)
             return take(full, rows)
-        return images.load_mnist_family(name, split, data_dir=config.data_dir)
+        return mnist.load_mnist_family(name, split, data_dir=config.data_dir)
 
     return load
 
 
 def _digits(size: int) -> Callable[[DataConfig, Split], Dataset]:
     def load(config: DataConfig, split: Split) -> Dataset:
-        return images.load_digits(
+        return digits.load_digits(
             split, size=size, test_fraction=config.test_fraction, seed=config.seed
         )
 
@@ -159,7 +159,7 @@ def _split_file(config: DataConfig, split: Split) -> Dataset:
             "vaelab 0.1.0 stored --data as typed), so run the command from the folder the run was trained in"
         )
     if path.is_dir():
-        full = images.load_image_folder(config.path, size=config.image_size)
+        full = folders.load_image_folder(config.path, size=config.image_size)
     else:
         full = load_points(config.path, label_column=config.label_column,
                            condition_columns=config.condition_columns)
