@@ -233,12 +233,40 @@ class TrainConfig(_Section):
         None, gt=0, allow_inf_nan=False,
         description="clip the gradient norm (over all parameters) to this value before each step; unset: off",
     )
+    # KL schedules and free bits (vaelab.schedules.beta_at, vaelab.objectives.free_bits_kl; docs/objectives.md).
+    beta_schedule: Literal["constant", "warmup", "cyclical"] = Field(
+        "constant", description="β over the step budget: constant; warmup (linear from 0 over warmup_epochs or "
+        "warmup_steps); cyclical (Fu et al. 2019: `cycles` ramps, each rising over `cycle_ratio` of its cycle)",
+    )
+    warmup_epochs: int | None = Field(None, gt=0, description="epochs over which β grows from 0 (beta_schedule warmup)")
+    warmup_steps: int | None = Field(None, gt=0, description="steps over which β grows from 0 (beta_schedule warmup)")
+    cycles: int = Field(4, gt=0, description="number M of annealing cycles over the budget (beta_schedule cyclical)")
+    cycle_ratio: float = Field(
+        0.5, gt=0, le=1, description="share R of each cycle over which β rises from 0 (beta_schedule cyclical)"
+    )
+    free_bits: float = Field(
+        0.0, ge=0, description="free bits λ (nats): the ELBO's KL of each group is floored at λ, averaged over the "
+        "batch (Kingma et al. 2016); 0: off",
+    )
+    free_bits_group: Literal["dim", "all"] = Field(
+        "dim", description="what λ floors: the KL of each latent dimension (dim), or the whole latent's KL (all)"
+    )
 
     @model_validator(mode="after")
     def _skips_need_the_skip_policy(self) -> TrainConfig:
         if self.max_skips is not None and self.nonfinite != "skip":
             raise InputError(f"max_skips = {self.max_skips} only applies with nonfinite = 'skip' "
                              "(--nonfinite skip); remove it or choose the skip policy")
+        return self
+
+    @model_validator(mode="after")
+    def _one_warmup_length(self) -> TrainConfig:
+        if self.warmup_epochs is not None and self.warmup_steps is not None:
+            raise InputError(f"warmup_epochs = {self.warmup_epochs} and warmup_steps = {self.warmup_steps} both "
+                             "give the warm-up length; give only one (--warmup-epochs or --warmup-steps)")
+        if self.beta_schedule == "warmup" and self.warmup_epochs is None and self.warmup_steps is None:
+            raise InputError("beta_schedule = 'warmup' needs its length: give --warmup-epochs N or "
+                             "--warmup-steps N (warmup_epochs / warmup_steps in [train])")
         return self
 
     @property
@@ -384,6 +412,19 @@ def _always(config: RunConfig) -> str | None:
     return None
 
 
+# Helpers of the training-aids block of SETTING_RULES (KL schedules, free bits).
+def _no_kl(config: RunConfig) -> str | None:
+    """Training aids weigh or floor the KL term: refused for a model without one."""
+    return None if config.model.kind == "vae" else "an autoencoder has no KL term; drop it or use --model vae"
+
+
+def _needs_schedule(config: RunConfig, schedule: str, what: str) -> str | None:
+    if config.train.beta_schedule == schedule:
+        return None
+    return f"it is {what} of --beta-schedule {schedule}, but the schedule is {config.train.beta_schedule}; " \
+        f"add --beta-schedule {schedule} or drop it"
+
+
 SETTING_RULES: dict[str, _Rule] = {
     "data.name": lambda c: None if c.data.path is None else (
         f"a data file ({c.data.path}) is given, so the dataset name {c.data.name!r} would be unused; give only one"),
@@ -455,6 +496,21 @@ SETTING_RULES: dict[str, _Rule] = {
     "train.max_skips": lambda c: None if c.train.nonfinite == "skip" else (
         "it bounds the skipped steps of --nonfinite skip; add --nonfinite skip"),
     "train.grad_clip": _always,
+    **{  # ----- training aids (issue 9): KL schedules and free bits; one block, moved as a whole -----
+        "train.beta_schedule": lambda c: _no_kl(c) or (
+            f"β = {c.train.beta:g}: a schedule of β = 0 is 0 at every step; give --beta > 0 or drop it"
+            if c.train.beta == 0 and c.train.beta_schedule != "constant" else None),
+        "train.warmup_epochs": lambda c: _no_kl(c) or _needs_schedule(c, "warmup", "the warm-up length"),
+        "train.warmup_steps": lambda c: _no_kl(c) or _needs_schedule(c, "warmup", "the warm-up length"),
+        "train.cycles": lambda c: _no_kl(c) or _needs_schedule(c, "cyclical", "the number of annealing cycles"),
+        "train.cycle_ratio": lambda c: _no_kl(c) or _needs_schedule(c, "cyclical", "the rising share of a cycle"),
+        "train.free_bits": lambda c: _no_kl(c) or (
+            "free bits floor the KL term of the ELBO, which the IWAE bound does not have; add --objective elbo"
+            if c.train.objective == "iwae" else None),
+        "train.free_bits_group": lambda c: _no_kl(c) or (
+            "it chooses what the free-bits floor applies to, but there is no floor; add --free-bits λ (nats)"
+            if c.train.free_bits == 0 else None),
+    },  # ----- end of the training-aids block -----
     "eval.k": lambda c: None if c.model.kind == "vae" else "an autoencoder has no likelihood bound to estimate; "
     "drop it or use --model vae",
     "eval.batch_size": _always,
