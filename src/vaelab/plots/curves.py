@@ -118,7 +118,7 @@ def _draw_beta(ax: Any, history: History, epoch: np.ndarray, marker: str | None)
     Not drawn for runs without a KL term (an autoencoder: KL 0 throughout) or histories
     written before the column existed (NaN).
     """
-    beta = np.array(history.column("beta"), dtype=float)
+    beta = np.array([float(r.get("beta", math.nan)) for r in history.rows], dtype=float)  # rows may predate it
     kl = np.array(history.column("kl"), dtype=float)
     ok = np.isfinite(beta)
     if not ok.any() or np.all(kl[np.isfinite(kl)] == 0):
