@@ -61,6 +61,13 @@ def test_schedules_that_cannot_work_in_the_budget_are_refused():
         fit(build_model(cfg.model, 2, seed=0), load_dataset(cfg.data).x, cfg.train)
 
 
+def test_train_run_refuses_an_impossible_schedule_before_writing(tmp_path):
+    cfg = tiny_config(train={"beta_schedule": "cyclical", "cycles": 13, "epochs": 3})  # 12 steps
+    with pytest.raises(ConfigError, match="--cycles 13 over a budget of 12 steps"):
+        train_run(cfg, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
 def test_fit_trains_each_step_with_beta_at_and_records_the_epoch_mean(monkeypatch):
     import vaelab.train
 

@@ -492,6 +492,9 @@ def train_run(
             # The condition spec (label list / training range) comes from the training split
             # only; a resumed run keeps the one it saved.
             condition = fit_condition(config.data.condition, data, config.model.cond_embed)
+        # A schedule the budget cannot hold is refused before the run directory is taken.
+        n_train = len(data)
+        check_schedule(config.train, math.ceil(n_train / config.train.batch_size), total_steps(config.train, n_train))
         cond_width = 0 if condition is None else condition.width
         cond_embed = () if condition is None else condition.embed_widths
         check_model_fits(config.model, config.train, data.dim, cond_width, cond_embed)

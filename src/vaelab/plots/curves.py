@@ -175,12 +175,14 @@ def loss_label(ctx: PlotContext) -> str:
         return "total loss (training objective)"
     if cfg.train.objective == "iwae":
         return f"total loss = −L_k, the IWAE bound (k = {cfg.train.k}),\nnot reconstruction + KL"
-    per = "dimension" if cfg.train.free_bits_group == "dim" else "latent"
-    kl = "KL" if cfg.train.free_bits == 0 else f"max(λ, KL) (free bits λ = {cfg.train.free_bits:g} per {per})"
-    if cfg.train.beta_schedule != "constant":
-        return f"total loss = reconstruction + β_t·{kl},\nβ_t: {cfg.train.beta_schedule} to {cfg.train.beta:g} (dashed)"
-    return f"total loss = −ELBO = reconstruction + β·{kl} (β = {cfg.train.beta:g})" if cfg.train.free_bits == 0 else (
-        f"total loss = reconstruction + β·{kl} (β = {cfg.train.beta:g})")
+    t = cfg.train
+    if t.free_bits == 0 and t.beta_schedule == "constant":
+        return f"total loss = −ELBO = reconstruction + β·KL (β = {t.beta:g})"
+    weight = "β" if t.beta_schedule == "constant" else "β_t"
+    per = "dimension" if t.free_bits_group == "dim" else "latent"
+    kl = "KL" if t.free_bits == 0 else f"max(λ, KL) (λ = {t.free_bits:g} nats per {per})"
+    note = f"β = {t.beta:g}" if t.beta_schedule == "constant" else f"β_t: {t.beta_schedule} to {t.beta:g} (dashed)"
+    return f"total loss = reconstruction + {weight}·{kl},\n{note}"
 
 
 def _training_curves(ctx: PlotContext) -> Figure:
