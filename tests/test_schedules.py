@@ -195,3 +195,19 @@ def test_training_curves_draw_the_beta_used():
     ae = tiny_config(model={"kind": "ae"})
     ae_hist = fit(build_model(ae.model, 2, seed=0), load_dataset(ae.data).x, ae.train)
     assert not [ax for ax in plot_training_curves(ae_hist).axes if ax.get_ylabel() == "β used"]  # no KL term
+
+
+def test_the_loss_label_names_the_schedule_and_the_floor():
+    from types import SimpleNamespace
+
+    from vaelab.plots.curves import loss_label
+
+    def label(**train):
+        cfg = RunConfig.from_dict({"train": train})
+        return loss_label(SimpleNamespace(config=cfg, model=SimpleNamespace(config=cfg.model)))  # type: ignore[arg-type]
+
+    assert label(objective="elbo", beta=2.0) == "total loss = −ELBO = reconstruction + β·KL (β = 2)"
+    assert label(objective="elbo", beta_schedule="warmup", warmup_steps=3) == (
+        "total loss = reconstruction + β_t·KL,\nβ_t: warmup to 1 (dashed)")
+    assert label(objective="elbo", free_bits=0.5, free_bits_group="all") == (
+        "total loss = reconstruction + β·max(λ, KL) (λ = 0.5 nats per latent),\nβ = 1")
