@@ -211,3 +211,12 @@ def test_the_loss_label_names_the_schedule_and_the_floor():
         "total loss = reconstruction + β_t·KL,\nβ_t: warmup to 1 (dashed)")
     assert label(objective="elbo", free_bits=0.5, free_bits_group="all") == (
         "total loss = reconstruction + β·max(λ, KL) (λ = 0.5 nats per latent),\nβ = 1")
+
+
+def test_describe_says_the_kl_weighting_in_words():
+    from vaelab.schedules import describe
+
+    assert describe(TrainConfig(beta=4.0)) == "β = 4"
+    assert describe(TrainConfig(beta_schedule="warmup", warmup_epochs=10)) == "β warm-up to 1 over 10 epochs"
+    assert describe(TrainConfig(beta_schedule="cyclical", beta=2.0, free_bits=0.5, objective="elbo")) == (
+        "β cyclical to 2 (4 cycles, ratio 0.5), free bits λ = 0.5 nats per dimension")

@@ -409,12 +409,17 @@ def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float 
 
 def _loss_name(cfg: Any) -> str:
     """What the training loss is, in words: it is recon + β·KL only for the ELBO."""
+    from vaelab.schedules import describe
+
     if cfg.model.kind == "ae":
         return "loss (reconstruction)"
+    weighting = cfg.train.beta_schedule != "constant" or cfg.train.free_bits > 0
     if cfg.train.objective == "iwae":
-        if cfg.train.beta != 1:
-            return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, β={cfg.train.beta:g})"
+        if cfg.train.beta != 1 or weighting:
+            return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, {describe(cfg.train)})"
         return f"loss (−IWAE bound, k={cfg.train.k})"
+    if weighting:
+        return f"loss (ELBO objective: {describe(cfg.train)})"
     return f"loss (−ELBO, β={cfg.train.beta:g})"
 
 

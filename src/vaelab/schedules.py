@@ -77,3 +77,20 @@ def beta_at(step: int, config: TrainConfig, steps_per_epoch: int, budget: int) -
         tau = (step % length) / length  # Fu et al. (2019) §3's τ, with 0-based t and ⌈T/M⌉ below
         return beta * min(1.0, tau / config.cycle_ratio)
     return beta
+
+
+def describe(config: TrainConfig) -> str:
+    """The KL weighting in words, for the report and the console: "β = 4", "β warm-up to 1 over
+    10 epochs", "β cyclical to 1 (4 cycles, ratio 0.5)", with ", free bits λ = 0.5 nats per dimension"."""
+    if config.beta_schedule == "warmup":
+        length = (f"{config.warmup_steps} steps" if config.warmup_steps is not None
+                  else f"{config.warmup_epochs} epochs")
+        text = f"β warm-up to {config.beta:g} over {length}"
+    elif config.beta_schedule == "cyclical":
+        text = f"β cyclical to {config.beta:g} ({config.cycles} cycles, ratio {config.cycle_ratio:g})"
+    else:
+        text = f"β = {config.beta:g}"
+    if config.free_bits > 0:
+        per = "dimension" if config.free_bits_group == "dim" else "latent"
+        text += f", free bits λ = {config.free_bits:g} nats per {per}"
+    return text
