@@ -115,3 +115,24 @@ def test_the_page_states_the_formulas_these_tests_check():
     for formula in ("MSE = recon · 2σ²/D − σ² log(2πσ²)", "BCE = recon / D", "β = β'·D/(2σ²)", "β = β'·D",
                     "β_t = β · min(1, t / N)", "τ_t = (t mod L) / L", "Σ_{j=1..d} max(λ, (1/B) Σ_b KL_j(x_b))"):
         assert formula in text, formula
+
+
+def test_lambda_rec_trades_against_beta():
+    """recon + β·kl at λ_rec is λ_rec × (recon + (β/λ_rec)·kl at λ_rec = 1) + a constant: proportional gradients."""
+    lam, beta = 1 / SIGMA2, 2.0
+    net, x, _, out = _run("gaussian", beta, recon_var=SIGMA2)
+    net1, _, _, out1 = _run("gaussian", beta / lam, recon_var=1.0)  # same weights, same z
+    for a, b in zip(_grads(net, out.loss), _grads(net1, out1.loss), strict=True):
+        assert torch.allclose(a, lam * b, rtol=1e-4, atol=1e-6)
+
+
+def test_free_bits_raise_the_logged_loss_by_at_most_beta_groups_lambda():
+    beta, lam = 1.5, 0.4
+    for group, groups in (("dim", 3), ("all", 1)):
+        cfg = tiny_config(model={"latent_dim": 3}, train={"objective": "elbo"})
+        net = build_model(cfg.model, 2, seed=0)
+        x = load_dataset(cfg.data).x[:48]
+        out = elbo(net, x, beta=beta, generator=torch.Generator().manual_seed(3), free_bits=lam,
+                   free_bits_group=group)
+        excess = (out.loss - (out.recon + beta * out.kl)).item()
+        assert 0 < excess <= beta * groups * lam + 1e-6
