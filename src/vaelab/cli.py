@@ -397,13 +397,19 @@ def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float 
 
 def _loss_name(cfg: Any) -> str:
     """What the training loss is, in words: it is recon + β·KL only for the ELBO."""
-    if cfg.model.kind == "ae":
+    from vaelab.models import family
+
+    cls = family(cfg.model.kind)  # the objective train.objective_name picks for this family
+    objective = cfg.train.objective if cfg.train.objective in cls.objectives else cls.default_objective
+    if objective == "ae":
         return "loss (reconstruction)"
-    if cfg.train.objective == "iwae":
+    if objective == "iwae":
         if cfg.train.beta != 1:
             return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, β={cfg.train.beta:g})"
         return f"loss (−IWAE bound, k={cfg.train.k})"
-    return f"loss (−ELBO, β={cfg.train.beta:g})"
+    if objective == "elbo":
+        return f"loss (−ELBO, β={cfg.train.beta:g})"
+    return f"loss ({objective})"
 
 
 def _run_eval(
@@ -492,6 +498,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     labels = {
         "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
+        "kl_estimator": "  KL estimated by",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
         "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
         "active_units": "active units", "true_nll": "true NLL (entropy of the data)",
@@ -613,6 +620,7 @@ def encode(
 ) -> None:
     """Encode points: writes the posterior means μ and standard deviations σ (N x 2d)."""
     from vaelab.data.files import save_points
+    from vaelab.models import has_normal_posterior
 
     _check_output(out)
     r = _load_model(run, device)
@@ -622,7 +630,7 @@ def encode(
     c = None if c is None else c.to(dev)
     d = r.model.latent_dim
     with torch.no_grad():
-        if r.config.model.kind == "vae":
+        if has_normal_posterior(r.model):  # μ and σ of q(z|x) = N(μ, diag σ²)
             q_z = r.model.encode(x, c)
             values = torch.cat([q_z.mean, q_z.stddev], dim=1)
             cols = [f"mu{i + 1}" for i in range(d)] + [f"std{i + 1}" for i in range(d)]

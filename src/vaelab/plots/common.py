@@ -288,7 +288,10 @@ class PlotContext:
     # What the model and data are, for the applicability checks.
     @property
     def is_vae(self) -> bool:
-        return self.model.config.kind == "vae"
+        """Whether the model has an inference network q(z|x) (a VariationalModel)."""
+        from vaelab.models import VariationalModel
+
+        return isinstance(self.model, VariationalModel)
 
     @property
     def is_conditional(self) -> bool:
@@ -372,7 +375,25 @@ def all_of(*checks: Callable[[PlotContext], str | None]) -> Callable[[PlotContex
 
 
 def needs_vae(ctx: PlotContext) -> str | None:
-    return None if ctx.is_vae else "the autoencoder has no posterior q(z|x)"
+    """The figure needs q(z|x) (any VariationalModel)."""
+    return None if ctx.is_vae else f"the {ctx.model.config.kind} model has no posterior q(z|x)"
+
+
+def needs_normal_posterior(ctx: PlotContext) -> str | None:
+    """The figure reads μ(x), σ(x) of q(z|x) = N(μ, diag σ²) (μ/σ panels, ellipses)."""
+    from vaelab.models import has_normal_posterior
+
+    if not ctx.is_vae:
+        return needs_vae(ctx)
+    return None if has_normal_posterior(ctx.model) else (
+        f"the {ctx.model.config.kind} model's q(z|x) is not a factorised Normal N(μ, diag σ²)")
+
+
+def needs_standard_prior(ctx: PlotContext) -> str | None:
+    """The figure draws the prior as N(0, I) (its 1σ / 2σ circles, ε ~ N(0, I))."""
+    from vaelab.models import has_standard_prior
+
+    return None if has_standard_prior(ctx.model) else f"the {ctx.model.config.kind} model's prior is not N(0, I)"
 
 
 def unconditional(ctx: PlotContext) -> str | None:

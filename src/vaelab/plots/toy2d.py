@@ -12,7 +12,6 @@ two chosen latent dimensions.
 from __future__ import annotations
 
 import math
-from typing import cast
 
 import numpy as np
 import torch
@@ -23,8 +22,9 @@ from matplotlib.patches import Circle, Ellipse
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.distributions import rsample
 from vaelab.errors import InputError
-from vaelab.models import VAE, LatentModel
+from vaelab.models import LatentModel, VariationalModel, has_normal_posterior
 from vaelab.objectives import iwae_bound
 from vaelab.plots.common import (
     CMAP,
@@ -39,7 +39,9 @@ from vaelab.plots.common import (
     gaussian_pdf,
     label_colour,
     needs_2d_data,
+    needs_normal_posterior,
     needs_point_data,
+    needs_standard_prior,
     needs_vae,
     new_figure,
     outside,
@@ -65,11 +67,11 @@ def _x(model: LatentModel, data: Dataset) -> Tensor:
     return data.x.to(_device(model))
 
 
-def _require_vae(model: LatentModel, what: str) -> VAE:
-    """``model`` as the VAE it must be; ``config.kind`` tells (build_model makes a VAE for "vae")."""
-    if model.config.kind != "vae":
+def _require_vae(model: LatentModel, what: str) -> VariationalModel:
+    """``model`` as the VariationalModel (a model with q(z|x)) it must be."""
+    if not isinstance(model, VariationalModel):
         raise InputError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
-    return cast(VAE, model)
+    return model
 
 
 def _check_dims(model: LatentModel, dims: tuple[int, int]) -> tuple[int, int]:
@@ -126,7 +128,7 @@ def plot_samples(
     """
     n = len(data) if n is None else n
     x = to_numpy(data.x)
-    z = torch.randn(n, model.latent_dim, generator=generator, device=_device(model))
+    z = rsample(model.prior(), (n,), generator)  # (n, d): z ~ p(z)
     p_x = model.decode(z)
     mean = to_numpy(p_x.mean)
     from vaelab.likelihoods import sample_observation
@@ -172,7 +174,7 @@ def plot_reconstructions(model: LatentModel, data: Dataset, *, generator: torch.
     colour = x[:, 0]
     vmin, vmax = np.percentile(finite(colour), [1, 99]) if np.isfinite(colour).any() else (0.0, 1.0)
     lims = view_limits(_xy(x))
-    what = "z ~ q(z|x), x̂ ~ p(x|z)" if model.config.kind == "vae" else "x̂ ~ p(x|f(x))"
+    what = "z ~ q(z|x), x̂ ~ p(x|z)" if isinstance(model, VariationalModel) else "x̂ ~ p(x|f(x))"
     fig, axes = new_figure(3, title="Reconstructions, coloured by the data coordinate x₁ of each input point")
     mappable = None
     for ax, pts, title in zip(
@@ -263,10 +265,8 @@ def plot_z_vs_eps(
     matched the prior, the two panels would look alike."""
     vae = _require_vae(model, "the z-vs-ε figure")
     i, j = _check_dims(model, dims)
-    from vaelab.models.vae import reparameterize
-
     q_z = vae.encode(_x(model, data))
-    z = to_numpy(reparameterize(q_z, generator=generator))
+    z = to_numpy(rsample(q_z, (), generator))
     eps = to_numpy(torch.randn(z.shape, generator=generator, device=_device(model)))
     if model.latent_dim == 1:
         fig, axes = new_figure(2, title="Encoded z ~ q(z|x) vs ε ~ N(0, 1)")
@@ -316,7 +316,7 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
     i, j = _check_dims(model, dims)
     code = to_numpy(model.embed(_x(model, data)))
     x = to_numpy(data.x)
-    what = "μ(x)" if model.config.kind == "vae" else "f(x)"
+    what = "μ(x)" if has_normal_posterior(model) else ("E[z|x]" if isinstance(model, VariationalModel) else "f(x)")
     labels = None if data.labels is None else data.labels.cpu().numpy()
     colourings: list[tuple[str, str | int]] = []
     if labels is not None:
@@ -614,7 +614,7 @@ def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def aggregate_posterior(model: VAE, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
+def aggregate_posterior(model: VariationalModel, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
     """q(z) = 1/N Σ_n q(z|x_n) marginalised onto (z_i, z_j), on the grid × grid: (G, G).
 
     Row a, column b holds q(z_i = grid[b], z_j = grid[a]) (rows = vertical axis, as imshow
@@ -685,7 +685,7 @@ def plot_aggregate_posterior(
 
 @torch.no_grad()
 def model_log_density(
-    model: VAE, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
+    model: VariationalModel, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
 ) -> Tensor:
     """IWAE estimate of log p(x) (Burda et al. 2016, eq. 8) at the points x (M, D): (M,)."""
     dev = _device(model)
@@ -776,6 +776,7 @@ def _density(ctx: PlotContext) -> Figure:
 
 _points = all_of(unconditional, needs_point_data)
 _posterior = all_of(unconditional, needs_vae)
+_normal_posterior = all_of(unconditional, needs_normal_posterior)  # reads μ(x), σ(x)
 
 FIGURES = [
     FigureSpec(
@@ -799,7 +800,7 @@ FIGURES = [
         _latent_params,
         "Encoder means μ(x) and standard deviations σ(x) against the prior's (0, …) and (1, …): σ ≈ 1 with "
         "μ ≈ 0 for every point means the dimension is unused (collapsed).",
-        _posterior,
+        all_of(_normal_posterior, needs_standard_prior),
         title="Latent parameters μ(x), σ(x)",
     ),
     FigureSpec(
@@ -807,7 +808,7 @@ FIGURES = [
         _z_vs_eps,
         "One z ~ q(z|x) per data point beside as many ε ~ N(0, I): the closer the two panels look, the "
         "better the prior describes the codes the decoder was trained on.",
-        _posterior,
+        all_of(_posterior, needs_standard_prior),
         title="Encoded z vs ε ~ N(0, I)",
     ),
     FigureSpec(
@@ -823,7 +824,7 @@ FIGURES = [
         _posterior_contours,
         "q(z|x) of a few data points (1σ and 2σ contours): distant points should get separate, "
         "narrow Gaussians inside the prior's 2σ circle.",
-        all_of(_posterior, needs_point_data),
+        all_of(_normal_posterior, needs_standard_prior, needs_point_data),
         title="Posterior q(z|x) of chosen points",
     ),
     FigureSpec(
@@ -839,7 +840,7 @@ FIGURES = [
         _aggregate_posterior,
         "The mixture of all encoded Gaussians q(z) beside the prior N(0, I): dark holes in q(z) inside "
         "the prior's circles are regions whose samples decode to nonsense.",
-        _posterior,
+        all_of(_normal_posterior, needs_standard_prior),
         title="Aggregate posterior vs prior",
     ),
     FigureSpec(
