@@ -73,7 +73,7 @@ def rsample(
     """
     shape = tuple(sample_shape)
     for cls in type(dist).__mro__:
-        fn = _RSAMPLERS.get(cls)  # type: ignore[arg-type]
+        fn = _RSAMPLERS.get(cls)
         if fn is not None:
             return fn(dist, shape, generator)
     raise UnsupportedDistribution(

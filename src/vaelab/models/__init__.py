@@ -63,10 +63,10 @@ def build_model(
     # take no continuous conditions keep the plain (config, x_dim, cond_dim) signature.
     extra = {"cond_embed": tuple(cond_embed)} if cond_dim and cond_embed else {}
     if seed is None:
-        return cls(config, x_dim, cond_dim, **extra)  # type: ignore[call-arg]
+        return cls(config, x_dim, cond_dim, **extra)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(config, x_dim, cond_dim, **extra)  # type: ignore[call-arg]
+        return cls(config, x_dim, cond_dim, **extra)
 
 
 __all__ = ["AE", "FAMILIES", "VAE", "LatentModel", "VariationalModel", "build_model", "condition_embedding", "family",
