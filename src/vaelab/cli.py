@@ -279,7 +279,7 @@ def train(
             if info.step == 1 or info.step % 20 == 0 or info.step == info.total_steps:
                 progress.update(task, total=info.total_steps, completed=info.step,
                                 description=f"epoch {info.epoch} loss {info.loss:.3f} "
-                                            f"recon {info.recon:.3f} kl {info.kl:.3f}")
+                                            + " ".join(f"{name} {v:.3f}" for name, v in info.terms.items()))
 
         try:
             with _StopOnSignal() as stop:
