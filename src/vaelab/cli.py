@@ -398,9 +398,9 @@ def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float 
 def _loss_name(cfg: Any) -> str:
     """What the training loss is, in words: it is recon + β·KL only for the ELBO."""
     from vaelab.models import family
+    from vaelab.objectives import objective_for
 
-    cls = family(cfg.model.kind)  # the objective train.objective_name picks for this family
-    objective = cfg.train.objective if cfg.train.objective in cls.objectives else cls.default_objective
+    objective = objective_for(family(cfg.model.kind), cfg.train.objective)
     if objective == "ae":
         return "loss (reconstruction)"
     if objective == "iwae":

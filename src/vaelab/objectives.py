@@ -94,6 +94,14 @@ def get_objective(name: str) -> Objective:
         raise InputError(f"unknown objective {name!r}; use one of: {', '.join(OBJECTIVES)}") from None
 
 
+def objective_for(family: type[LatentModel], requested: str) -> str:
+    """The objective a family trains with when ``train.objective`` is ``requested``: that one if
+    the family lists it in ``objectives``, else the family's ``default_objective`` (an
+    autoencoder always uses "ae"; the config's setting rules refuse a requested objective the
+    family cannot use, so nothing the user gave is replaced silently)."""
+    return requested if requested in family.objectives else family.default_objective
+
+
 def kl_standard_normal(q_z: Distribution) -> Tensor:
     """Closed-form KL(N(μ, diag σ²) ‖ N(0, I)) per latent dimension: (B, d).
 

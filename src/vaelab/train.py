@@ -27,7 +27,7 @@ from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.errors import InputError, VaelabError
 from vaelab.models import LatentModel, build_model
-from vaelab.objectives import ObjectiveOutput, get_objective
+from vaelab.objectives import ObjectiveOutput, get_objective, objective_for
 from vaelab.sizes import check_model_fits
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,7 @@ def objective_name(model: LatentModel, config: TrainConfig) -> str:
     """The objective a model trains with: ``config.objective`` where the family supports it,
     else the family's ``default_objective`` (an autoencoder always uses reconstruction; the
     config's setting rules refuse an objective the user gave that the family cannot use)."""
-    family = type(model)
-    return config.objective if config.objective in family.objectives else family.default_objective
+    return objective_for(type(model), config.objective)
 
 
 def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConfig,
