@@ -136,11 +136,13 @@ def evaluate(
     Every VAE number comes from the same ``k`` samples z_1..z_k ~ q(z|x) per point (default
     1000): ``iwae_nll`` = −L_k (Burda et al. 2016, eq. 8; an upper bound on −log p(x) that
     tightens with k), ``recon`` = −(1/k) Σ_i log p(x|z_i), ``kl`` = KL(q(z|x) ‖ p(z)) in
-    closed form, ``elbo`` = −(recon + kl). Each has a standard error over the points
-    (``*_se`` = std / √N), which covers both the spread of the data and the Monte Carlo
-    noise left after averaging k samples; the ELBO's Monte Carlo noise per point is 1/√k of
-    a one-sample estimate's. Also ``kl_per_dim``, ``active_units``, ``latent_dim``,
-    ``iwae_k``, ``eval_seed``.
+    closed form where torch has one for the pair (else the Monte Carlo mean of log q − log p
+    over k further draws of q, and ``kl_estimator`` says so), ``elbo`` = −(recon + kl). Each
+    has a standard error over the points (``*_se`` = std / √N), which covers both the spread
+    of the data and the Monte Carlo noise left after averaging k samples; the ELBO's Monte
+    Carlo noise per point is 1/√k of a one-sample estimate's. Also ``kl_per_dim`` (only where
+    q and p both factorise over the latent dimensions), ``active_units`` (from the spread of
+    ``model.embed``), ``latent_dim``, ``iwae_k``, ``eval_seed``.
 
     True density: without ``c``, ``data.log_prob`` (when known) gives ``true_nll`` =
     −mean log p(x) and ``nll_gap`` = iwae_nll − true_nll (paired over the points, ≥ 0 up to

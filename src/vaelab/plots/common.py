@@ -376,7 +376,8 @@ def all_of(*checks: Callable[[PlotContext], str | None]) -> Callable[[PlotContex
 
 def needs_vae(ctx: PlotContext) -> str | None:
     """The figure needs q(z|x) (any VariationalModel)."""
-    return None if ctx.is_vae else f"the {ctx.model.config.kind} model has no posterior q(z|x)"
+    # A LatentModel without q(z|x) has a deterministic encoder: an autoencoder, whatever its family name.
+    return None if ctx.is_vae else "the autoencoder has no posterior q(z|x)"
 
 
 def needs_normal_posterior(ctx: PlotContext) -> str | None:
