@@ -39,6 +39,7 @@ METRIC_LABELS = {
     "recon_se": "  ± standard error",
     "kl": "KL(q(z|x) ‖ p(z))",
     "kl_se": "  ± standard error",
+    "kl_estimator": "  KL estimated by",  # present only where the KL has no closed form
     "iwae_nll": "IWAE NLL (nats / point)",
     "iwae_nll_se": "  ± standard error",
     "iwae_k": "  importance samples k (also behind ELBO and reconstruction)",

@@ -230,6 +230,7 @@ def test_sample_draws_from_the_prior(case):
 def test_a_runtime_family_trains_evaluates_saves_loads_and_plots(kind, tmp_path):
     from vaelab import evaluate_run, train_run
     from vaelab.plots import load_context, make_figures, plan
+    from vaelab.report import metrics_table
 
     # Only settings every family takes: the rules that refuse settings a family cannot use
     # (train.objective, eval.k) still compare model.kind with "vae" until they read capabilities.
@@ -241,6 +242,7 @@ def test_a_runtime_family_trains_evaluates_saves_loads_and_plots(kind, tmp_path)
     metrics = evaluate_run(run.path)
     assert math.isfinite(metrics["iwae_nll"]) and metrics["kl"] > 0
     assert metrics["kl_estimator"].startswith("Monte Carlo")  # no closed form for either family
+    assert "KL estimated by</td><td class=\"num\">Monte Carlo" in metrics_table(metrics)
     loaded = ckpt.load(run.path)
     assert type(loaded.model) is TEST_FAMILIES[kind]
     x = torch.zeros(3, 2)
