@@ -70,18 +70,20 @@ def test_train_run_refuses_an_impossible_schedule_before_writing(tmp_path):
 
 
 def test_fit_trains_each_step_with_beta_at_and_records_the_epoch_mean(monkeypatch):
-    import vaelab.train
+    import dataclasses
+
+    from vaelab.objectives import OBJECTIVES
 
     cfg = tiny_config(train={"objective": "elbo", "beta": 2.0, "beta_schedule": "warmup", "warmup_epochs": 2,
                              "epochs": 3})  # 256 points, batches of 64: 4 steps per epoch, N = 8
     used: list[float] = []
-    real_elbo = vaelab.train.elbo
+    real_elbo = OBJECTIVES["elbo"].fn
 
     def spy(*args, **kw):
         used.append(kw["beta"])
         return real_elbo(*args, **kw)
 
-    monkeypatch.setattr(vaelab.train, "elbo", spy)
+    monkeypatch.setitem(OBJECTIVES, "elbo", dataclasses.replace(OBJECTIVES["elbo"], fn=spy))
     hist = fit(build_model(cfg.model, 2, seed=0), load_dataset(cfg.data).x, cfg.train)
     assert used == [beta_at(t, cfg.train, 4, 12) for t in range(12)] == [t / 4 if t < 8 else 2.0 for t in range(12)]
     expected = [sum(used[4 * e:4 * e + 4]) / 4 for e in range(3)]
@@ -205,7 +207,8 @@ def test_the_loss_label_names_the_schedule_and_the_floor():
 
     def label(**train):
         cfg = RunConfig.from_dict({"train": train})
-        return loss_label(SimpleNamespace(config=cfg, model=SimpleNamespace(config=cfg.model)))  # type: ignore[arg-type]
+        model = build_model(cfg.model, 2, seed=0)
+        return loss_label(SimpleNamespace(config=cfg, model=model, is_vae=True))  # type: ignore[arg-type]
 
     assert label(objective="elbo", beta=2.0) == "total loss = −ELBO = reconstruction + β·KL (β = 2)"
     assert label(objective="elbo", beta_schedule="warmup", warmup_steps=3) == (

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from vaelab.errors import InputError
-from vaelab.models import VAE, LatentModel
+from vaelab.models import LatentModel, VariationalModel
 from vaelab.objectives import iwae_bound
 
 
@@ -51,7 +51,7 @@ def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def aggregate_posterior(model: VAE, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
+def aggregate_posterior(model: VariationalModel, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
     """q(z) = 1/N Σ_n q(z|x_n) marginalised onto (z_i, z_j), on the grid × grid: (G, G).
 
     Row a, column b holds q(z_i = grid[b], z_j = grid[a]) (rows = vertical axis, as imshow
@@ -72,7 +72,7 @@ def aggregate_posterior(model: VAE, x: Tensor, grid: Tensor, dims: tuple[int, in
 
 @torch.no_grad()
 def model_log_density(
-    model: VAE, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
+    model: VariationalModel, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
 ) -> Tensor:
     """IWAE estimate of log p(x) (Burda et al. 2016, eq. 8) at the points x (M, D): (M,)."""
     dev = _device(model)

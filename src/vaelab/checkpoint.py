@@ -210,7 +210,7 @@ class TrainState:
     skips: int = 0  # steps skipped by nonfinite = "skip" so far: the learning rate is scaled by 0.5**skips
     epoch_rng: torch.Tensor | None = None  # generator state at the start of the unfinished epoch
     batch: int = 0  # batches of the unfinished epoch already done
-    epoch_sums: torch.Tensor | None = None  # (3,) float64: Σ loss, recon, kl weighted by batch size
+    epoch_sums: torch.Tensor | None = None  # (1 + terms,) float64: Σ loss and each term, weighted by batch size
     epoch_seen: int = 0  # points behind epoch_sums
     epoch_skipped: int = 0
     epoch_seconds: float = 0.0

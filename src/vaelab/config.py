@@ -177,7 +177,7 @@ class ModelConfig(_Section):
     with different values.
     """
 
-    kind: str = Field("vae", description="model family: vae, or ae (plain autoencoder baseline)")
+    kind: str = Field("vae", description="model family (vaelab.models.FAMILIES): vae, or ae (autoencoder baseline)")
     net: str = Field("mlp", description="encoder/decoder body: mlp, or conv (square images; ignores hidden)")
     channels: list[int] = Field(
         default_factory=lambda: [8, 16, 32], description="channels of the stride-2 convolutions (net=conv)"

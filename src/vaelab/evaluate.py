@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 
 from vaelab.data.dataset import Dataset
+from vaelab.distributions import kl as kl_qp
+from vaelab.distributions import kl_is_closed_form, kl_per_dim, rsample
 from vaelab.errors import InputError
-from vaelab.models import VAE, LatentModel
-from vaelab.objectives import importance_terms, kl_standard_normal
+from vaelab.models import LatentModel, VariationalModel
+from vaelab.objectives import importance_terms
 
 if TYPE_CHECKING:
     from vaelab.checkpoint import Run
@@ -134,11 +136,13 @@ def evaluate(
     Every VAE number comes from the same ``k`` samples z_1..z_k ~ q(z|x) per point (default
     1000): ``iwae_nll`` = −L_k (Burda et al. 2016, eq. 8; an upper bound on −log p(x) that
     tightens with k), ``recon`` = −(1/k) Σ_i log p(x|z_i), ``kl`` = KL(q(z|x) ‖ p(z)) in
-    closed form, ``elbo`` = −(recon + kl). Each has a standard error over the points
-    (``*_se`` = std / √N), which covers both the spread of the data and the Monte Carlo
-    noise left after averaging k samples; the ELBO's Monte Carlo noise per point is 1/√k of
-    a one-sample estimate's. Also ``kl_per_dim``, ``active_units``, ``latent_dim``,
-    ``iwae_k``, ``eval_seed``.
+    closed form where torch has one for the pair (else the Monte Carlo mean of log q − log p
+    over k further draws of q, and ``kl_estimator`` says so), ``elbo`` = −(recon + kl). Each
+    has a standard error over the points (``*_se`` = std / √N), which covers both the spread
+    of the data and the Monte Carlo noise left after averaging k samples; the ELBO's Monte
+    Carlo noise per point is 1/√k of a one-sample estimate's. Also ``kl_per_dim`` (only where
+    q and p both factorise over the latent dimensions), ``active_units`` (from the spread of
+    ``model.embed``), ``latent_dim``, ``iwae_k``, ``eval_seed``.
 
     True density: without ``c``, ``data.log_prob`` (when known) gives ``true_nll`` =
     −mean log p(x) and ``nll_gap`` = iwae_nll − true_nll (paired over the points, ≥ 0 up to
@@ -157,7 +161,7 @@ def evaluate(
     """
     data = _as_dataset(data)
     batch_size = _positive_int(batch_size, "batch_size")
-    is_vae = model.config.kind == "vae"
+    is_vae = isinstance(model, VariationalModel)
     if not is_vae and (k is not None or seed is not None):
         raise EvaluationError("an autoencoder's evaluation is deterministic: k and seed do not apply; drop them")
     k = _positive_int(DEFAULT_K if k is None else k, "k")
@@ -181,6 +185,8 @@ def evaluate(
     width = decoder_width(model, c)
     recon_pts: list[Tensor] = []
     kl_pts: list[Tensor] = []
+    kl_dim_pts: list[Tensor] = []
+    kl_exact = per_dim = True  # every batch's KL closed form / split per latent dimension
     nll_pts: list[Tensor] = []
     means: list[Tensor] = []
     for start in range(0, n, batch_size):
@@ -189,22 +195,30 @@ def evaluate(
         if not is_vae:
             recon_pts.append(-model.decode(model.embed(xb, cb), cb).log_prob(xb).double())  # (B,)
             continue
-        vae = cast(VAE, model)  # is_vae: config.kind == "vae", so build_model made a VAE
-        q_z = vae.encode(xb, cb)
-        kl_d = kl_standard_normal(q_z).double()  # (B, d)
+        vae = cast(VariationalModel, model)
+        q_z, prior = vae.encode(xb, cb), vae.prior(cb)
+        kl_d = kl_per_dim(q_z, prior)  # (B, d), or None where q or p does not factorise
+        if kl_d is not None:
+            kl_dim_pts.append(kl_d.double())
+            kl_pts.append(kl_d.double().sum(1))
+        else:
+            per_dim = False
+            # No closed form per dimension: the KL itself (closed form where one is registered,
+            # else Monte Carlo from k draws of q, made before the importance samples).
+            kl_exact = kl_exact and kl_is_closed_form(q_z, prior)
+            z = None if kl_is_closed_form(q_z, prior) else rsample(q_z, (k,), generator)  # (k, B, d)
+            kl_pts.append(kl_qp(q_z, prior, z).double())
         log_px, log_w = importance_terms(vae, xb, cb, k=k, generator=generator,
                                          chunk=iwae_chunk(k, len(xb), width))  # (k, B) each
         recon_pts.append(-log_px.double().mean(0))
-        kl_pts.append(kl_d)
-        means.append(q_z.mean.double())
+        means.append(vae.embed(xb, cb).double() if kl_d is None else q_z.mean.double())
         nll_pts.append(-(torch.logsumexp(log_w.double(), dim=0) - math.log(k)))
     recon = torch.cat(recon_pts)
     recon_mean, recon_se = _mean_se(recon)
     metrics: dict[str, Any] = {"n": n, "recon": recon_mean, "recon_se": recon_se}
     if not is_vae:
         return metrics
-    kl_dims = torch.cat(kl_pts)  # (n, d)
-    kl = kl_dims.sum(1)
+    kl = torch.cat(kl_pts)  # (n,)
     nll = torch.cat(nll_pts)
     mu = torch.cat(means)
     unit_var = mu.var(dim=0) if n > 1 else torch.zeros_like(mu[0])
@@ -214,10 +228,12 @@ def evaluate(
     metrics.update(
         kl=kl_mean, kl_se=kl_se, elbo=elbo_mean, elbo_se=elbo_se,
         iwae_k=k, iwae_nll=nll_mean, iwae_nll_se=nll_se, eval_seed=seed,
-        kl_per_dim=kl_dims.mean(0).tolist(),
+        **({"kl_per_dim": torch.cat(kl_dim_pts).mean(0).tolist()} if per_dim else {}),
         active_units=int((unit_var > ACTIVE_UNIT_THRESHOLD).sum()),
         latent_dim=model.latent_dim,
     )
+    if not kl_exact:  # say how the KL was estimated where it is not exact
+        metrics["kl_estimator"] = f"Monte Carlo, {k} draws of q(z|x) per point"
     if data.image_shape is not None:
         metrics.update(bits_per_dim(metrics, data.dim))
     if true_log_prob is None and c is None and data.log_prob is not None:
@@ -315,7 +331,7 @@ def evaluate_run(
     else:
         run = ckpt.load(run, "cpu" if device is None else device)
     model = run.model
-    is_vae = model.config.kind == "vae"
+    is_vae = isinstance(model, VariationalModel)
     if not is_vae and (k is not None or seed is not None):
         raise EvaluationError("an autoencoder run's evaluation is deterministic: k and seed do not apply; "
                               "drop them")

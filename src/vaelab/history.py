@@ -17,6 +17,8 @@ class History:
     (over all parameters, before any clipping; NaN when a step had a non-finite gradient),
     ``beta`` the mean over the epoch's steps of the KL weight β the schedule gave
     (``vaelab.schedules.beta_at``; skipped steps included; an autoencoder has no KL to weight).
+    Every named term of the objective is a column: "recon" and "kl" always, and any a
+    family adds (e.g. "kl_1", "codebook") after the fixed ones, in the order first seen.
     """
 
     COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds", "lr", "skipped", "grad_norm", "beta")
@@ -35,9 +37,15 @@ class History:
 
     def column(self, name: str) -> list[float]:
         """All values of one column, in epoch order."""
-        if name not in self.COLUMNS:
-            raise KeyError(f"unknown history column {name!r}; columns are {', '.join(self.COLUMNS)}")
+        if name not in self.columns:
+            raise KeyError(f"unknown history column {name!r}; columns are {', '.join(self.columns)}")
         return [float(r[name]) for r in self.rows]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The fixed COLUMNS, then every extra term column the rows hold (first seen first)."""
+        extra = dict.fromkeys(k for r in self.rows for k in r if k not in self.COLUMNS)
+        return self.COLUMNS + tuple(extra)
 
     @property
     def last(self) -> dict[str, float] | None:
@@ -49,11 +57,12 @@ class History:
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self.COLUMNS), lineterminator="\n")
+        columns = self.columns
+        writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: (int(row[k]) if k in self.INT_COLUMNS else repr(float(row[k])))
-                             for k in self.COLUMNS})
+        for row in self.rows:  # a term missing from a row (not in that epoch's objective) is NaN
+            writer.writerow({k: (int(row[k]) if k in self.INT_COLUMNS else repr(float(row.get(k, math.nan))))
+                             for k in columns})
         return buf.getvalue()
 
     @classmethod
@@ -63,12 +72,13 @@ class History:
         missing = [k for k in cls.COLUMNS if k not in (reader.fieldnames or []) and k not in cls.LATER_COLUMNS]
         if missing:
             raise InputError(f"missing column(s) {', '.join(missing)}; expected {','.join(cls.COLUMNS)}")
+        columns = cls.COLUMNS + tuple(k for k in reader.fieldnames or [] if k not in cls.COLUMNS)
         rows = []
         for line, raw in enumerate(reader, start=2):
             for name, default in cls.LATER_COLUMNS.items():  # a history.csv written before these columns
                 raw.setdefault(name, repr(default))
             try:
-                rows.append({k: (int(raw[k]) if k in cls.INT_COLUMNS else float(raw[k])) for k in cls.COLUMNS})
+                rows.append({k: (int(raw[k]) if k in cls.INT_COLUMNS else float(raw[k])) for k in columns})
             except (TypeError, ValueError):
                 raise InputError(f"line {line} holds a value that is not a number") from None
         return cls(rows)

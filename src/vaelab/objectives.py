@@ -1,50 +1,125 @@
-"""Training objectives and bounds, as functions of a model and a batch.
+"""Training objectives and bounds, as functions of a model and a batch, in one registry.
 
 Conventions: every per-point quantity is in nats and summed over data / latent dimensions;
 the returned scalars are averaged over the batch. ``recon`` is the reconstruction term
--E_q[log p(x|z)] (a positive number for densities that are small), ``kl`` is KL(q(z|x) ‖ p(z)).
+-E_q[log p(x|z)] (a positive number for densities that are small), ``kl`` is KL(q(z|x) ‖ p(z)),
+closed form where torch has one for the pair and Monte Carlo otherwise (``distributions.kl``).
+
+``OBJECTIVES`` maps a name (``train.objective``) to an ``Objective``: a function
+``(model, x, c, *, beta, k, generator) -> ObjectiveOutput`` and what it needs of the model.
+A family adds its own with ``register_objective``; its named terms ("kl_1", "codebook", ...)
+reach the history, the progress bar and the report without further changes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.distributions import Independent
+from torch.distributions import Distribution
 
+from vaelab.config import lookup
+from vaelab.distributions import kl as kl_divergence_qp
+from vaelab.distributions import kl_per_dim, rsample, standard_normal
 from vaelab.errors import InputError
-from vaelab.models.vae import VAE, LatentModel, NormalLogVar, reparameterize
+from vaelab.models.base import LatentModel, VariationalModel
 
 
 @dataclass
 class ObjectiveOutput:
     """What one evaluation of an objective on a batch gives.
 
-    loss: scalar to minimise. recon: mean -log p(x|z) over the batch (nats). kl: mean
-    KL(q(z|x) ‖ p(z)) (nats; 0 for the autoencoder). elbo: mean ELBO with β = 1, or None
-    for the autoencoder, which has no ELBO.
+    loss: scalar to minimise. terms: named batch-mean scalars (nats), at least "recon"
+    (mean -log p(x|z)) and "kl" (mean KL(q(z|x) ‖ p(z)); 0 for the autoencoder), plus what a
+    family adds. elbo: mean ELBO with β = 1, or None for a model without one (the autoencoder).
     """
 
     loss: Tensor
-    recon: Tensor
-    kl: Tensor
-    elbo: Tensor | None
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    elbo: Tensor | None = None
+
+    @property
+    def recon(self) -> Tensor:
+        return self.terms["recon"]
+
+    @property
+    def kl(self) -> Tensor:
+        return self.terms["kl"]
 
 
-def kl_standard_normal(q_z: Independent) -> Tensor:
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective. ``fn`` computes it; ``variational``: it needs q(z|x) (a
+    ``VariationalModel``); ``uses_beta`` / ``uses_k`` / ``uses_free_bits``: whether train.beta,
+    train.k and train.free_bits change it."""
+
+    name: str
+    fn: Callable[..., ObjectiveOutput]
+    variational: bool = True
+    uses_beta: bool = True
+    uses_k: bool = False
+    uses_free_bits: bool = False
+
+    def __call__(self, model: LatentModel, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0, k: int = 1,
+                 generator: torch.Generator | None = None, free_bits: float = 0.0,
+                 free_bits_group: str = "dim") -> ObjectiveOutput:
+        if self.variational and not isinstance(model, VariationalModel):
+            raise InputError(f"objective {self.name!r} needs a model with q(z|x); {type(model).__name__} has none "
+                             f"(use objective {type(model).default_objective!r})")
+        kwargs: dict[str, object] = {}
+        if self.uses_beta:
+            kwargs["beta"] = beta
+        if self.uses_k:
+            kwargs["k"] = k
+        if self.variational:
+            kwargs["generator"] = generator
+        if free_bits and not self.uses_free_bits:
+            raise InputError(f"free bits floor the KL term of the ELBO; objective {self.name!r} has none to floor "
+                             "(use objective 'elbo', or free_bits = 0)")
+        if self.uses_free_bits:
+            kwargs["free_bits"], kwargs["free_bits_group"] = free_bits, free_bits_group
+        return self.fn(model, x, c, **kwargs)
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Add ``objective`` to ``OBJECTIVES`` under its name (refused if the name is taken)."""
+    if objective.name in OBJECTIVES and OBJECTIVES[objective.name] != objective:
+        raise InputError(f"an objective named {objective.name!r} is already registered")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    """The objective registered as ``name``; an InputError naming the known ones otherwise."""
+    return lookup(OBJECTIVES, name, "train.objective", "objective")
+
+
+def objective_for(family: type[LatentModel], requested: str) -> str:
+    """The objective a family trains with when ``train.objective`` is ``requested``: that one if
+    the family lists it in ``objectives``, else the family's ``default_objective`` (an
+    autoencoder always uses "ae"; the config's setting rules refuse a requested objective the
+    family cannot use, so nothing the user gave is replaced silently)."""
+    return requested if requested in family.objectives else family.default_objective
+
+
+def kl_standard_normal(q_z: Distribution) -> Tensor:
     """Closed-form KL(N(μ, diag σ²) ‖ N(0, I)) per latent dimension: (B, d).
 
-    KL_j = ½ (μ_j² + σ_j² - 1 - log σ_j²)   (Kingma & Welling 2014, Appendix B).
-    Summed over j this equals ``torch.distributions.kl_divergence(q_z, prior)``; per
-    dimension it gives the "KL per latent unit" used to count active units. When the encoder
-    outputs h = log σ² (``NormalLogVar``), KL_j = ½ (μ_j² + e^h_j - 1 - h_j) is computed from h
-    directly: log(exp(h/2)) loses precision and overflows where exp(h/2) does.
+    KL_j = ½ (μ_j² + σ_j² - 1 - log σ_j²)   (Kingma & Welling 2014, Appendix B); from h = log σ²
+    directly when the encoder outputs it (``NormalLogVar``). Summed over j it equals
+    ``kl(q_z, prior)``; per dimension it gives the "KL per latent unit" used to count active units.
     """
-    base = q_z.base_dist
-    log_var = base.log_var if isinstance(base, NormalLogVar) else 2.0 * torch.log(base.scale)
-    return 0.5 * (base.loc.square() + torch.exp(log_var) - 1.0 - log_var)
+    loc = q_z.mean
+    per_dim = kl_per_dim(q_z, standard_normal(loc.shape[-1], loc))
+    if per_dim is None:
+        raise InputError(f"KL per dimension needs a factorised Normal q(z|x), got {type(q_z).__name__}")
+    return per_dim
 
 
 FREE_BITS_GROUPS = ("dim", "all")
@@ -91,42 +166,40 @@ def free_bits_kl(kl_per_dim: Tensor | None, floor: float, group: str = "dim", *,
 
 
 def elbo(
-    model: VAE, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0,
+    model: VariationalModel, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0,
     generator: torch.Generator | None = None, free_bits: float = 0.0, free_bits_group: str = "dim",
 ) -> ObjectiveOutput:
     """β-ELBO with one reparameterised sample (Kingma & Welling 2014, eq. 10; Higgins et al. 2017):
 
         L_β(x) = E_q(z|x)[log p(x|z)] - β · KL(q(z|x) ‖ p(z)),   loss = -mean_x L_β(x).
 
-    With ``free_bits`` λ > 0 the loss uses the floored KL of :func:`free_bits_kl` (times β);
-    the reported ``kl`` stays the true KL. ``elbo`` in the output is always the β = 1 value
-    without a floor, the bound on log p(x).
+    The KL is closed form where torch has one for (q, p), else the one-sample Monte Carlo
+    estimate log q(z|x) − log p(z) at the same z (``distributions.kl``). With ``free_bits``
+    λ > 0 the loss uses the floored KL of :func:`free_bits_kl` (times β); the reported ``kl``
+    stays the true KL. ``elbo`` in the output is always the β = 1 value without a floor, the
+    bound on log p(x).
     """
     q_z = model.encode(x, c)
-    z = reparameterize(q_z, generator=generator)  # (B, d)
+    z = rsample(q_z, (), generator)  # (B, d)
     log_px = model.decode(z, c).log_prob(x)  # (B,)
-    kl_dims = kl_standard_normal(q_z)  # (B, d)
-    kl = kl_dims.sum(-1)  # (B,)
+    prior = model.prior(c)
+    kl = kl_divergence_qp(q_z, prior, z)  # (B,)
     recon = -log_px.mean()
     kl_mean = kl.mean()
-    kl_loss = free_bits_kl(kl_dims, free_bits, free_bits_group, kl=kl)
-    return ObjectiveOutput(loss=recon + beta * kl_loss, recon=recon, kl=kl_mean, elbo=-(recon + kl_mean))
+    # Free bits floor each dimension's KL where the KL factorises; otherwise only the whole latent.
+    kl_loss = kl_mean if free_bits == 0 else free_bits_kl(kl_per_dim(q_z, prior), free_bits, free_bits_group, kl=kl)
+    return ObjectiveOutput(loss=recon + beta * kl_loss, terms={"recon": recon, "kl": kl_mean},
+                           elbo=-(recon + kl_mean))
 
 
-def _sample_log_weights(
-    model: LatentModel, q_z: Independent, x: Tensor, c: Tensor | None, k: int,
-    generator: torch.Generator | None, beta: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """Draw z_1..z_k ~ q(z|x); return log p(x|z_i) and
-    log w_i = log p(x|z_i) - β (log q(z_i|x) - log p(z_i)), each (k, B) (β = 1: log p(x, z_i) / q(z_i|x))."""
-    z = reparameterize(q_z, (k,), generator)  # (k, B, d)
-    cc = None if c is None else c.expand(k, *c.shape)
-    log_px = model.decode(z, cc).log_prob(x)  # (k, B): x broadcasts over the samples
-    return log_px, log_px - beta * (q_z.log_prob(z) - model.prior().log_prob(z))
+def _decode_log_px(model: LatentModel, z: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
+    """log p(x|z_i) for z (k, B, d): (k, B); x broadcasts over the samples, c is repeated."""
+    cc = None if c is None else c.expand(len(z), *c.shape)
+    return model.decode(z, cc).log_prob(x)
 
 
 def log_importance_weights(
-    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int,
+    model: VariationalModel, x: Tensor, c: Tensor | None = None, *, k: int,
     generator: torch.Generator | None = None, chunk: int | None = None,
 ) -> Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): (k, B).
@@ -140,25 +213,21 @@ def log_importance_weights(
 
 
 def importance_terms(
-    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int,
+    model: VariationalModel, x: Tensor, c: Tensor | None = None, *, k: int,
     generator: torch.Generator | None = None, chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """log p(x|z_i) and log w_i for z_1..z_k ~ q(z|x), decoded ``chunk`` samples at a time: (k, B) each."""
     q_z = model.encode(x, c)
-    z = reparameterize(q_z, (k,), generator)  # (k, B, d): drawn at once, so chunking changes no draw
+    z = rsample(q_z, (k,), generator)  # (k, B, d): drawn at once, so chunking changes no draw
     log_q = q_z.log_prob(z)  # (k, B)
     chunk = k if chunk is None else max(1, chunk)
-    log_px = []
-    for start in range(0, k, chunk):
-        zs = z[start:start + chunk]  # (m, B, d)
-        cc = None if c is None else c.expand(len(zs), *c.shape)
-        log_px.append(model.decode(zs, cc).log_prob(x))  # (m, B): x broadcasts over the samples
+    log_px = [_decode_log_px(model, z[start:start + chunk], x, c) for start in range(0, k, chunk)]  # (m, B) each
     log_px_all = torch.cat(log_px, dim=0)
-    return log_px_all, log_px_all + model.prior().log_prob(z) - log_q
+    return log_px_all, log_px_all + model.prior(c).log_prob(z) - log_q
 
 
 def iwae_bound(
-    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int = 50,
+    model: VariationalModel, x: Tensor, c: Tensor | None = None, *, k: int = 50,
     generator: torch.Generator | None = None, chunk: int | None = None,
 ) -> Tensor:
     """The importance-weighted bound per point (Burda et al. 2016, eq. 8): (B,).
@@ -173,7 +242,7 @@ def iwae_bound(
 
 
 def iwae(
-    model: VAE, x: Tensor, c: Tensor | None = None, *, k: int = 8, beta: float = 1.0,
+    model: VariationalModel, x: Tensor, c: Tensor | None = None, *, k: int = 8, beta: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> ObjectiveOutput:
     """The (β-weighted) IWAE training objective: loss = -mean_x L_k^β(x), where
@@ -183,24 +252,28 @@ def iwae(
     β = 1 is the IWAE bound of Burda et al. (2016, eq. 8). With k = 1 its expectation is
     E_q[log p(x|z)] - β KL(q ‖ p), the β-ELBO (Higgins et al. 2017), so β weighs the
     prior-matching term exactly as in the β-VAE; for k > 1 and β ≠ 1 it is no longer a bound
-    on log p(x) (held-out evaluation always uses β = 1). ``recon`` and ``kl`` report the mean
-    reconstruction over the k samples and the analytic KL, for the progress display; ``elbo``
-    is their β = 1 combination.
+    on log p(x) (held-out evaluation always uses β = 1). The terms ``recon`` and ``kl`` report
+    the mean reconstruction over the k samples and the KL (closed form, else the Monte Carlo
+    estimate over the same k draws), for the progress display; ``elbo`` is their β = 1 combination.
     """
     q_z = model.encode(x, c)
-    log_px, log_w = _sample_log_weights(model, q_z, x, c, k, generator, beta)
+    prior = model.prior(c)
+    z = rsample(q_z, (k,), generator)  # (k, B, d)
+    log_px = _decode_log_px(model, z, x, c)  # (k, B)
+    log_w = log_px - beta * (q_z.log_prob(z) - prior.log_prob(z))  # (k, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)
     recon = -log_px.mean()
-    kl = kl_standard_normal(q_z).sum(-1).mean()
-    return ObjectiveOutput(loss=-bound.mean(), recon=recon, kl=kl, elbo=-(recon + kl))
+    kl = kl_divergence_qp(q_z, prior, z).mean()
+    return ObjectiveOutput(loss=-bound.mean(), terms={"recon": recon, "kl": kl}, elbo=-(recon + kl))
 
 
 def ae_loss(model: LatentModel, x: Tensor, c: Tensor | None = None) -> ObjectiveOutput:
-    """Autoencoder reconstruction loss -log p(x|f(x)) averaged over the batch; no KL, no ELBO."""
+    """Autoencoder reconstruction loss -log p(x|f(x)) averaged over the batch; no ELBO. Its
+    "kl" term is 0 (there is no posterior), kept so every run has the same two columns."""
     recon = -model.decode(model.embed(x, c), c).log_prob(x).mean()
-    return ObjectiveOutput(loss=recon, recon=recon, kl=torch.zeros_like(recon), elbo=None)
+    return ObjectiveOutput(loss=recon, terms={"recon": recon, "kl": torch.zeros_like(recon)}, elbo=None)
 
 
-# The training objectives of variational models by name (train.objective); an autoencoder
-# trains on ``ae_loss``.
-OBJECTIVES = {"elbo": elbo, "iwae": iwae}
+register_objective(Objective("elbo", elbo, uses_free_bits=True))
+register_objective(Objective("iwae", iwae, uses_k=True))
+register_objective(Objective("ae", ae_loss, variational=False, uses_beta=False))

@@ -36,6 +36,7 @@ METRIC_LABELS = {
     "recon_se": "  ± standard error",
     "kl": "KL(q(z|x) ‖ p(z))",
     "kl_se": "  ± standard error",
+    "kl_estimator": "  KL estimated by",  # present only where the KL has no closed form
     "iwae_nll": "IWAE NLL (nats / point)",
     "iwae_nll_se": "  ± standard error",
     "iwae_k": "  importance samples k (also behind ELBO and reconstruction)",
@@ -97,11 +98,13 @@ def history_table(history: ckpt.History) -> str:
     if len(history) == 0:
         return '<p class="note">No training history recorded.</p>'
     rows = history_rows(history)
-    head = "".join(f"<th>{esc(c)}</th>" for c in history.COLUMNS)
+    columns = history.columns  # the fixed ones and every term the run's objective has
+    terms = [c for c in columns if c not in ckpt.History.COLUMNS]
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for r in rows:
-        bad = not all(math.isfinite(float(r[c])) for c in ("loss", "recon", "kl"))
-        cells = "".join(f'<td class="num">{esc(fmt_number(r[c]))}</td>' for c in history.COLUMNS)
+        bad = not all(math.isfinite(float(r.get(c, 0.0))) for c in ("loss", "recon", "kl", *terms))
+        cells = "".join(f'<td class="num">{esc(fmt_number(r.get(c, math.nan)))}</td>' for c in columns)
         row_class = ' class="bad"' if bad else ""
         body.append(f"<tr{row_class}>{cells}</tr>")
     note = ""
@@ -148,9 +151,12 @@ def summary_line(run: ckpt.Run) -> str:
     trained = (
         f"{int(last['epoch'])} epochs, {int(last['step'])} steps, {last['seconds']:.1f} s" if last else "untrained"
     )
+    from vaelab.models import VariationalModel
     from vaelab.schedules import describe
+    from vaelab.train import objective_name
 
-    objective = "reconstruction" if c.model.kind == "ae" else f"{c.train.objective}, {describe(c.train)}"
+    objective = (f"{objective_name(run.model, c.train)}, {describe(c.train)}"
+                 if isinstance(run.model, VariationalModel) else "reconstruction")
     return (
         f"{c.model.kind.upper()} on <b>{esc(data)}</b> · latent d = {c.model.latent_dim} · "
         f"likelihood {esc(c.model.likelihood)} · {esc(objective)} · {esc(trained)}"

@@ -15,9 +15,9 @@ from pathlib import Path
 from vaelab.config import ConfigError, RunConfig, flag_name, lookup, parse_kind
 from vaelab.data.registry import DATASETS
 from vaelab.likelihoods import LIKELIHOODS
-from vaelab.models import MODEL_CLASSES, LatentModel
+from vaelab.models import FAMILIES, VAE, LatentModel, VariationalModel
 from vaelab.nets import ACTIVATIONS, NETS
-from vaelab.objectives import OBJECTIVES
+from vaelab.objectives import OBJECTIVES, Objective, objective_for
 
 
 def check_names(config: RunConfig) -> None:
@@ -28,7 +28,7 @@ def check_names(config: RunConfig) -> None:
     """
     if config.data.path is None:
         lookup(DATASETS, config.data.name, "data.name", "dataset")
-    lookup(MODEL_CLASSES, config.model.kind, "model.kind", "model family")
+    lookup(FAMILIES, config.model.kind, "model.kind", "model family")
     lookup(NETS, config.model.net, "model.net", "net")
     lookup(ACTIVATIONS, config.model.activation, "model.activation", "activation")
     lookup(LIKELIHOODS, config.model.likelihood, "model.likelihood", "likelihood")
@@ -36,12 +36,26 @@ def check_names(config: RunConfig) -> None:
 
 
 def _family_class(config: RunConfig) -> type[LatentModel]:
-    return lookup(MODEL_CLASSES, config.model.kind, "model.kind", "model family")
+    return lookup(FAMILIES, config.model.kind, "model.kind", "model family")
 
 
 def _has_posterior(config: RunConfig) -> bool:
     """Whether the family has an inference network q(z|x): a KL term, samples of z, a bound to estimate."""
-    return hasattr(_family_class(config), "encode")
+    return issubclass(_family_class(config), VariationalModel)
+
+
+def _objective(config: RunConfig) -> Objective:
+    """The objective the run trains with (the family's own where it cannot take the requested one)."""
+    return OBJECTIVES[objective_for(_family_class(config), config.train.objective)]
+
+
+def _objective_rule(config: RunConfig) -> str | None:
+    cls = _family_class(config)
+    if config.train.objective in cls.objectives:
+        return None
+    if cls.objectives == (cls.default_objective,):
+        return f"{_family(config)} always trains on its {cls.default_objective!r} objective; drop it"
+    return f"{_family(config)} trains with {' or '.join(cls.objectives)}; use one of them"
 
 
 def _family(config: RunConfig) -> str:
@@ -126,8 +140,9 @@ SETTING_RULES: dict[str, _Rule] = {
     "(or --net mlp)",
     "model.activation": _always,
     "model.latent_dim": _always,
-    "model.scale": lambda c: None if _has_posterior(c) else (
-        f"{_family(c)} has no encoder distribution q(z|x) to scale; drop it or use --model vae"),
+    "model.scale": lambda c: None if issubclass(_family_class(c), VAE) else (
+        f"it parameterises the Normal q(z|x) of the VAE family, which {_family(c)} does not have; drop it "
+        "or use --model vae"),
     "model.likelihood": _always,
     "model.recon_var": lambda c: None if c.model.likelihood == "gaussian" else (
         f"it is σ² (λ_rec = 1/σ²) of the fixed-variance gaussian likelihood, but the likelihood is "
@@ -140,13 +155,12 @@ SETTING_RULES: dict[str, _Rule] = {
     "model.min_var": lambda c: None if c.model.likelihood == "gaussian-learned" else (
         f"it floors the learned variance of gaussian-learned, but the likelihood is {c.model.likelihood}"
         + ("; use --recon-var for the fixed σ²" if c.model.likelihood == "gaussian" else "; drop it")),
-    "train.objective": lambda c: None if _has_posterior(c) else (
-        f"{_family(c)} always trains on the reconstruction; drop it or use --model vae"),
-    "train.beta": lambda c: None if _has_posterior(c) else (
+    "train.objective": _objective_rule,
+    "train.beta": lambda c: None if _objective(c).uses_beta else (
         f"{_family(c)} has no KL term to weight; drop it or use --model vae"),
-    "train.k": lambda c: None if _has_posterior(c) and c.train.objective == "iwae" else (
+    "train.k": lambda c: None if _objective(c).uses_k else (
         f"{_family(c)} draws no samples; drop it or use --model vae" if not _has_posterior(c)
-        else "the ELBO uses one sample; use --objective iwae for k importance samples"),
+        else f"the {_objective(c).name} objective uses one sample; use --objective iwae for k importance samples"),
     "train.lr": _always,
     "train.lr_schedule": _always,
     "train.epochs": lambda c: None if c.train.steps is None else (
@@ -169,8 +183,8 @@ SETTING_RULES: dict[str, _Rule] = {
         "train.cycles": lambda c: _no_kl(c) or _needs_schedule(c, "cyclical", "the number of annealing cycles"),
         "train.cycle_ratio": lambda c: _no_kl(c) or _needs_schedule(c, "cyclical", "the rising share of a cycle"),
         "train.free_bits": lambda c: _no_kl(c) or (
-            "free bits floor the KL term of the ELBO, which the IWAE bound does not have; add --objective elbo"
-            if c.train.objective == "iwae" else None),
+            f"free bits floor the KL term of the ELBO, which the {_objective(c).name.upper()} objective does not "
+            "have; add --objective elbo" if not _objective(c).uses_free_bits else None),
         "train.free_bits_group": lambda c: _no_kl(c) or (
             "it chooses what the free-bits floor applies to, but there is no floor; add --free-bits λ (nats)"
             if c.train.free_bits == 0 else None),

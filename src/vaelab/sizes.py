@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -88,7 +88,10 @@ def check_model_fits(
     # The diversity column decodes diversity_samples prior draws at once after every epoch.
     check_fits(float(train.diversity_samples) * (_activation_width(model) + x_dim) * FLOAT_BYTES,
                f"diversity_samples = {train.diversity_samples} decoded at once", "use fewer diversity_samples")
-    samples = train.k if config.kind == "vae" and train.objective == "iwae" else 1
+    from vaelab.models import LatentModel
+    from vaelab.train import objective_name
+
+    samples = train.k if objective_name(cast(LatentModel, model), train) == "iwae" else 1
     rows = train.batch_size * samples
     # x2: the forward activations and their gradients.
     check_fits(2.0 * rows * (_activation_width(model) + x_dim) * FLOAT_BYTES,

@@ -13,9 +13,8 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
 from torch import Tensor
@@ -28,8 +27,8 @@ from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.errors import InputError, VaelabError
 from vaelab.history import History
-from vaelab.models import VAE, LatentModel, build_model
-from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
+from vaelab.models import LatentModel, build_model
+from vaelab.objectives import ObjectiveOutput, get_objective, objective_for
 from vaelab.schedules import beta_at, check_schedule
 from vaelab.settings import check_settings
 from vaelab.sizes import check_model_fits
@@ -69,7 +68,11 @@ class TrainingDataError(InputError):
 
 @dataclass
 class StepInfo:
-    """Passed to the progress callback after every optimizer step (and every skipped one)."""
+    """Passed to the progress callback after every optimizer step (and every skipped one).
+
+    ``terms`` holds every named term of the objective this step ("recon", "kl", and whatever
+    the family adds); ``recon`` and ``kl`` repeat the first two for callers that show only those.
+    """
 
     step: int
     total_steps: int
@@ -80,25 +83,29 @@ class StepInfo:
     lr: float = math.nan  # the learning rate of this step (for a skipped step: the one it would have used)
     skipped: bool = False  # nonfinite = "skip" skipped this step
     grad_norm: float = math.nan  # gradient norm over all parameters, before clipping
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+def objective_name(model: LatentModel, config: TrainConfig) -> str:
+    """The objective a model trains with: ``config.objective`` where the family supports it,
+    else the family's ``default_objective`` (an autoencoder always uses reconstruction; the
+    config's setting rules refuse an objective the user gave that the family cannot use)."""
+    return objective_for(type(model), config.objective)
 
 
 def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConfig,
               generator: torch.Generator, beta: float | None = None) -> ObjectiveOutput:
-    """The training objective the config asks for (autoencoders always use reconstruction).
+    """The training objective the config asks for, from ``vaelab.objectives.OBJECTIVES``.
 
     ``beta``: the KL weight of this step (``vaelab.schedules.beta_at``); None: ``config.beta``.
     """
-    if model.config.kind == "ae":
-        return ae_loss(model, x, c)
-    vae = cast(VAE, model)  # every other kind is a VAE (see build_model)
-    beta = config.beta if beta is None else beta
-    if config.objective == "iwae":
-        if config.free_bits > 0:
-            raise ConfigError("free bits floor the ELBO's KL term, which the IWAE bound does not have; "
-                              "use objective = 'elbo' (--objective elbo) or free_bits = 0")
-        return iwae(vae, x, c, k=config.k, beta=beta, generator=generator)
-    return elbo(vae, x, c, beta=beta, generator=generator, free_bits=config.free_bits,
-                free_bits_group=config.free_bits_group)
+    name = objective_name(model, config)
+    if config.free_bits > 0 and not get_objective(name).uses_free_bits:
+        raise ConfigError(f"free bits floor the ELBO's KL term, which the {name} objective does not have; "
+                          "use objective = 'elbo' (--objective elbo) or free_bits = 0")
+    return get_objective(name)(model, x, c, beta=config.beta if beta is None else beta, k=config.k,
+                               generator=generator, free_bits=config.free_bits,
+                               free_bits_group=config.free_bits_group)
 
 
 @torch.no_grad()
@@ -192,11 +199,13 @@ def fit(
         return TrainState(step=state.step, epoch=state.epoch, optimizer=optimizer.state_dict(),
                           rng=generator.get_state(), complete=complete, skips=state.skips)
 
+    names = ["recon", "kl"]  # the objective's term names; every step's output sets them
     model.train()
     while state.step < budget:
         start = time.perf_counter()
         first_batch, seen, skipped, grad_norm_max, lr = 0, 0, 0, 0.0, learning_rate(state.step)
-        sums = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, recon, kl weighted by batch size
+        # Σ loss and each named term, weighted by batch size; sized by the first step's terms.
+        sums = torch.zeros(0, device=device, dtype=torch.float64)
         if state.epoch_rng is not None:  # resuming in the middle of an epoch
             epoch_rng, rng = state.epoch_rng, generator.get_state()
             generator.set_state(epoch_rng)
@@ -235,15 +244,18 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            values = torch.stack([out.loss.detach(), out.recon.detach(), out.kl.detach()])
-            loss, recon, kl, norm = torch.cat([values, grad_norm.reshape(1).to(values)]).tolist()  # one sync
+            names = list(out.terms)
+            values = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])
+            loss, *term_values, norm = torch.cat([values, grad_norm.reshape(1).to(values)]).tolist()  # one sync
+            terms = dict(zip(names, term_values, strict=True))
+            recon, kl = terms.get("recon", math.nan), terms.get("kl", math.nan)
             state.step += 1
             lr = learning_rate(state.step - 1)
-            if not all(math.isfinite(v) for v in (loss, recon, kl, norm)):
-                term = _nonfinite_term(loss, recon, kl, norm)
+            if not all(math.isfinite(v) for v in (loss, *term_values, norm)):
+                term = _nonfinite_term(loss, terms, norm)
                 if state.skips >= skip_limit:
                     # Record the failing epoch so the report can show it; the last checkpoint stays.
-                    history.append(_row(state.epoch + 1, state.step, values.double() * len(idx), len(idx),
+                    history.append(_row(state.epoch + 1, state.step, names, values.double() * len(idx), len(idx),
                                         math.nan, elapsed + time.perf_counter() - start, lr, skipped, norm,
                                         beta_mean(epoch_first_step, state.step)))
                     model.eval()
@@ -254,18 +266,18 @@ def fit(
                 state.skips += 1
                 skipped += 1
                 if on_step is not None:
-                    on_step(StepInfo(state.step, budget, state.epoch + 1, loss, recon, kl, lr, True, norm))
+                    on_step(StepInfo(state.step, budget, state.epoch + 1, loss, recon, kl, lr, True, norm, terms))
                 continue
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(params, config.grad_clip, grad_norm)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()
-            sums += values.double() * len(idx)
+            sums = values.double() * len(idx) if sums.numel() == 0 else sums + values.double() * len(idx)
             seen += len(idx)
             grad_norm_max = max(grad_norm_max, norm)
             if on_step is not None:
-                on_step(StepInfo(state.step, budget, state.epoch + 1, loss, recon, kl, lr, False, norm))
+                on_step(StepInfo(state.step, budget, state.epoch + 1, loss, recon, kl, lr, False, norm, terms))
         state.epoch += 1
         model.eval()
         div_gen = torch.Generator(device=device).manual_seed((config.seed * 1_000_003 + state.epoch) % 2**64)
@@ -274,7 +286,7 @@ def fit(
                                                                 device=device)])
         model.train()
         elapsed += time.perf_counter() - start
-        history.append(_row(state.epoch, state.step, sums, seen, div, elapsed, lr, skipped, grad_norm_max,
+        history.append(_row(state.epoch, state.step, names, sums, seen, div, elapsed, lr, skipped, grad_norm_max,
                             beta_mean(epoch_first_step, state.step)))
         done = state.step >= budget
         if on_checkpoint is not None and (done or state.epoch % config.checkpoint_every == 0):
@@ -313,10 +325,11 @@ def _check_training_data(model: LatentModel, x: Tensor, c: Tensor | None) -> Non
             )
 
 
-def _nonfinite_term(loss: float, recon: float, kl: float, grad_norm: float) -> str:
-    """Which part of a step went non-finite: the reconstruction or KL term, the objective
-    built from finite terms (β·KL, the IWAE bound), or only the gradients."""
-    bad = [name for name, v in (("reconstruction", recon), ("KL", kl)) if not math.isfinite(v)]
+def _nonfinite_term(loss: float, terms: dict[str, float], grad_norm: float) -> str:
+    """Which part of a step went non-finite: the reconstruction, KL or another named term, the
+    objective built from finite terms (β·KL, the IWAE bound), or only the gradients."""
+    words = {"recon": "reconstruction", "kl": "KL"}
+    bad = [words.get(name, name) for name, v in terms.items() if not math.isfinite(v)]
     if bad:
         return " and ".join(bad)
     return "loss" if not math.isfinite(loss) else "gradients"
@@ -326,7 +339,7 @@ def _divergence_advice(term: str, model: LatentModel, config: TrainConfig) -> st
     """What to change when training stops on a non-finite value. A setting that is itself
     infinite is named first: no learning rate fixes β = inf or σ² = inf."""
     mcfg = model.config
-    uses_beta = mcfg.kind != "ae" and config.objective == "elbo"
+    uses_beta = objective_name(model, config) == "elbo"
     gaussian_fixed = mcfg.likelihood == "gaussian"
     if not math.isfinite(config.lr):
         return f"train.lr (--lr) is {config.lr}: use a finite learning rate such as 1e-3."
@@ -351,11 +364,12 @@ def _divergence_advice(term: str, model: LatentModel, config: TrainConfig) -> st
     return "Try " + ", ".join(tips[:-1]) + f" or {tips[-1]}."
 
 
-def _row(epoch: int, step: int, sums: Tensor, seen: int, div: float, seconds: float, lr: float, skipped: int,
-         grad_norm: float, beta: float) -> dict[str, float]:
+def _row(epoch: int, step: int, names: list[str], sums: Tensor, seen: int, div: float, seconds: float, lr: float,
+         skipped: int, grad_norm: float, beta: float) -> dict[str, float]:
+    """One history row: the batch-size-weighted means of the loss and of every named term."""
     # An epoch whose every step was skipped has no loss to report: NaN, not 0.
-    loss, recon, kl = (sums / seen).tolist() if seen else (math.nan,) * 3
-    return {"epoch": epoch, "step": step, "loss": loss, "recon": recon, "kl": kl, "diversity": div,
+    loss, *means = (sums / seen).tolist() if seen else (math.nan,) * (1 + len(names))
+    return {"epoch": epoch, "step": step, "loss": loss, **dict(zip(names, means, strict=True)), "diversity": div,
             "seconds": seconds, "lr": lr, "skipped": skipped, "grad_norm": grad_norm, "beta": beta}
 
 

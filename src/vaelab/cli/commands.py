@@ -211,7 +211,7 @@ def train(
             if info.step == 1 or info.step % 20 == 0 or info.step == info.total_steps:
                 progress.update(task, total=info.total_steps, completed=info.step,
                                 description=f"epoch {info.epoch} loss {info.loss:.3f} "
-                                            f"recon {info.recon:.3f} kl {info.kl:.3f}")
+                                            + " ".join(f"{name} {v:.3f}" for name, v in info.terms.items()))
 
         try:
             with _StopOnSignal() as stop:
@@ -329,18 +329,23 @@ def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float 
 
 def _loss_name(cfg: Any) -> str:
     """What the training loss is, in words: it is recon + β·KL only for the ELBO."""
+    from vaelab.models import family
+    from vaelab.objectives import objective_for
     from vaelab.schedules import describe
 
-    if cfg.model.kind == "ae":
+    objective = objective_for(family(cfg.model.kind), cfg.train.objective)
+    if objective == "ae":
         return "loss (reconstruction)"
     weighting = cfg.train.beta_schedule != "constant" or cfg.train.free_bits > 0
-    if cfg.train.objective == "iwae":
+    if objective == "iwae":
         if cfg.train.beta != 1 or weighting:
             return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, {describe(cfg.train)})"
         return f"loss (−IWAE bound, k={cfg.train.k})"
-    if weighting:
-        return f"loss (ELBO objective: {describe(cfg.train)})"
-    return f"loss (−ELBO, β={cfg.train.beta:g})"
+    if objective == "elbo":
+        if weighting:
+            return f"loss (ELBO objective: {describe(cfg.train)})"
+        return f"loss (−ELBO, β={cfg.train.beta:g})"
+    return f"loss ({objective})"
 
 
 @app.command("eval")
@@ -439,6 +444,7 @@ def encode(
 ) -> None:
     """Encode points: writes the posterior means μ and standard deviations σ (N x 2d)."""
     from vaelab.data.files import save_points
+    from vaelab.models import has_normal_posterior
 
     _check_output(out)
     r = _load_model(run, device)
@@ -448,7 +454,7 @@ def encode(
     c = None if c is None else c.to(dev)
     d = r.model.latent_dim
     with torch.no_grad():
-        if r.config.model.kind == "vae":
+        if has_normal_posterior(r.model):  # μ and σ of q(z|x) = N(μ, diag σ²)
             q_z = r.model.encode(x, c)
             values = torch.cat([q_z.mean, q_z.stddev], dim=1)
             cols = [f"mu{i + 1}" for i in range(d)] + [f"std{i + 1}" for i in range(d)]

@@ -69,6 +69,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     labels = {
         "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
+        "kl_estimator": "  KL estimated by",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
         "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
         "active_units": "active units", "true_nll": "true NLL (entropy of the data)",

@@ -36,7 +36,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from vaelab.errors import InputError, VaelabError
-from vaelab.models import VAE
+from vaelab.models import has_normal_posterior
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_POINTS = 2000  # held-out points sent to the page
@@ -108,7 +108,7 @@ def _load(run_dir: Path) -> _Loaded:
     """Load a run, encode (at most MAX_POINTS of) its held-out set and describe it."""
     from vaelab import checkpoint as ckpt
     from vaelab.data.registry import load_dataset, take
-    from vaelab.objectives import kl_standard_normal
+    from vaelab.distributions import kl_per_dim as kl_by_dim
 
     run = ckpt.load(run_dir, "cpu")
     model = run.model.eval()
@@ -120,14 +120,21 @@ def _load(run_dir: Path) -> _Loaded:
         raw_c = run.condition.values(data)  # (N,) labels or (N, C) values
         c = run.condition.encode(raw_c)  # (N, width)
     family = run.config.model.kind
-    if isinstance(model, VAE):  # what the model can do decides: an inference network gives q(z|x)
+    # What the model can do decides: a factorised Normal q(z|x) gives μ, σ and, against a
+    # factorised prior, the KL of each latent dimension.
+    kl_d, sigma = None, None
+    if has_normal_posterior(model):
         q_z = model.encode(data.x, c)
         mu, sigma = q_z.mean, q_z.stddev  # (N, d) each
-        kl = kl_standard_normal(q_z).mean(dim=0)  # (d,): KL of each latent dimension, averaged over x
-        kl_per_dim: list[float] | None = kl.tolist()
+        kl_d = kl_by_dim(q_z, model.prior(c))  # (N, d), or None for a prior that does not factorise
+    else:
+        mu = model.embed(data.x, c)
+    kl_per_dim: list[float] | None = None
+    if kl_d is not None:
+        kl = kl_d.mean(dim=0)  # (d,): KL of each latent dimension, averaged over x
+        kl_per_dim = kl.tolist()
         order = sorted(range(model.latent_dim), key=lambda j: -kl[j].item())
     else:
-        mu, sigma, kl_per_dim = model.embed(data.x, c), None, None
         spread = mu.var(dim=0) if len(mu) > 1 else torch.zeros(model.latent_dim)
         order = sorted(range(model.latent_dim), key=lambda j: -spread[j].item())
     active = (mu.var(dim=0) > ACTIVE_THRESHOLD).tolist() if len(mu) > 1 else [True] * model.latent_dim
@@ -383,7 +390,7 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
             raise RequestError("x holds pixels outside [0, 1]; send grey levels scaled to [0, 1]")
         c = _condition(r, body.get("c"), len(x))
         def run() -> tuple[torch.Tensor, torch.Tensor | None]:
-            if isinstance(model, VAE):
+            if has_normal_posterior(model):
                 q_z = model.encode(x, c)
                 return q_z.mean, q_z.stddev  # (B, d) each
             return model.embed(x, c), None

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from vaelab.config import ModelConfig
-from vaelab.likelihoods import sample_observation
-from vaelab.models.vae import LatentModel
+from vaelab.models.base import LatentModel
 
 
 class AE(LatentModel):
@@ -30,11 +28,3 @@ class AE(LatentModel):
         """The code z = f(x): (B, D) -> (B, d)."""
         self._check_width(x, self.x_dim, "x", "x_dim")
         return self.encoder(self._with_condition(x, c))
-
-    @torch.no_grad()
-    def reconstruct(
-        self, x: Tensor, c: Tensor | None = None, *, generator: torch.Generator | None = None,
-        stochastic: bool = False,
-    ) -> Tensor:
-        p_x = self.decode(self.embed(x, c), c)
-        return sample_observation(p_x, generator) if stochastic else p_x.mean

@@ -22,7 +22,7 @@ import math
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -34,7 +34,7 @@ from torch import Tensor
 from vaelab.analysis import _device
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import VAE, LatentModel
+from vaelab.models import LatentModel, VariationalModel
 
 if TYPE_CHECKING:
     from vaelab.checkpoint import Run
@@ -291,7 +291,10 @@ class PlotContext:
     # What the model and data are, for the applicability checks.
     @property
     def is_vae(self) -> bool:
-        return self.model.config.kind == "vae"
+        """Whether the model has an inference network q(z|x) (a VariationalModel)."""
+        from vaelab.models import VariationalModel
+
+        return isinstance(self.model, VariationalModel)
 
     @property
     def is_conditional(self) -> bool:
@@ -375,7 +378,26 @@ def all_of(*checks: Callable[[PlotContext], str | None]) -> Callable[[PlotContex
 
 
 def needs_vae(ctx: PlotContext) -> str | None:
+    """The figure needs q(z|x) (any VariationalModel)."""
+    # A LatentModel without q(z|x) has a deterministic encoder: an autoencoder, whatever its family name.
     return None if ctx.is_vae else "the autoencoder has no posterior q(z|x)"
+
+
+def needs_normal_posterior(ctx: PlotContext) -> str | None:
+    """The figure reads μ(x), σ(x) of q(z|x) = N(μ, diag σ²) (μ/σ panels, ellipses)."""
+    from vaelab.models import has_normal_posterior
+
+    if not ctx.is_vae:
+        return needs_vae(ctx)
+    return None if has_normal_posterior(ctx.model) else (
+        f"the {ctx.model.config.kind} model's q(z|x) is not a factorised Normal N(μ, diag σ²)")
+
+
+def needs_standard_prior(ctx: PlotContext) -> str | None:
+    """The figure draws the prior as N(0, I) (its 1σ / 2σ circles, ε ~ N(0, I))."""
+    from vaelab.models import has_standard_prior
+
+    return None if has_standard_prior(ctx.model) else f"the {ctx.model.config.kind} model's prior is not N(0, I)"
 
 
 def unconditional(ctx: PlotContext) -> str | None:
@@ -416,11 +438,11 @@ def _x(model: LatentModel, data: Dataset) -> Tensor:
     return data.x.to(_device(model))
 
 
-def _require_vae(model: LatentModel, what: str) -> VAE:
-    """``model`` as the VAE it must be; ``config.kind`` tells (build_model makes a VAE for "vae")."""
-    if model.config.kind != "vae":
+def _require_vae(model: LatentModel, what: str) -> VariationalModel:
+    """``model`` as the VariationalModel (a model with q(z|x)) it must be."""
+    if not isinstance(model, VariationalModel):
         raise InputError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
-    return cast(VAE, model)
+    return model
 
 
 def _xy(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ run's PlotContext.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from matplotlib.figure import Figure
 from vaelab.conditions import Condition
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import VAE, LatentModel
+from vaelab.models import LatentModel, VariationalModel
 from vaelab.plots.common import (
     CMAP,
     FigureSpec,
@@ -268,12 +267,11 @@ def plot_latent_by_condition(
     z = to_numpy(model.embed(x, c))
     # The probe reads one draw z ~ q(z|x, c), not the mean: means can differ by label while
     # σ ≈ 1 drowns the difference (a collapsed posterior), and then z carries nothing.
-    if model.config.kind == "vae":
-        from vaelab.models import reparameterize
+    if isinstance(model, VariationalModel):
+        from vaelab.distributions import rsample
 
         gen = torch.Generator(device=x.device).manual_seed(seed)
-        q_z = cast(VAE, model).encode(x, c)  # config.kind == "vae": build_model made a VAE
-        z_probe, drawn = to_numpy(reparameterize(q_z, generator=gen)), "z ~ q(z|x, c)"
+        z_probe, drawn = to_numpy(rsample(model.encode(x, c), (), gen)), "z ~ q(z|x, c)"
     else:
         z_probe, drawn = z, "z"
     target = to_numpy(raw) if condition.discrete else to_numpy(raw[:, 0] if raw.ndim == 2 else raw)

@@ -142,8 +142,10 @@ def expected_noise_variance(
     Gaussian heads: Σ_i σ_i²(z) (D·σ² for a fixed σ²); Bernoulli: Σ_i p_i(z)(1 − p_i(z)).
     ``c``: (n, C) conditions for a conditional model, one per draw.
     """
-    ref = next(model.parameters())
-    z = torch.randn(n, model.latent_dim, generator=generator, device=ref.device, dtype=ref.dtype)  # (n, d)
+    from vaelab.distributions import rsample
+
+    prior = model.prior(c)
+    z = rsample(prior, (n,) if prior.batch_shape == torch.Size() else (), generator)  # (n, d): z ~ p(z|c)
     p_x = model.decode(z, c)
     return float(p_x.variance.double().sum(dim=-1).mean())  # variance: (n, D)
 
@@ -168,13 +170,18 @@ def data_variance(ctx: PlotContext) -> float:
 
 def loss_label(ctx: PlotContext) -> str:
     """What the history's loss column is for this run (it is recon + β·KL only for the ELBO)."""
+    from vaelab.train import objective_name
+
     cfg = ctx.config
-    if ctx.model.config.kind == "ae":
+    if not ctx.is_vae:
         return "total loss = reconstruction (autoencoder)"
     if cfg is None:
         return "total loss (training objective)"
-    if cfg.train.objective == "iwae":
+    objective = objective_name(ctx.model, cfg.train)
+    if objective == "iwae":
         return f"total loss = −L_k, the IWAE bound (k = {cfg.train.k}),\nnot reconstruction + KL"
+    if objective != "elbo":
+        return f"total loss ({objective})"
     t = cfg.train
     if t.free_bits == 0 and t.beta_schedule == "constant":
         return f"total loss = −ELBO = reconstruction + β·KL (β = {t.beta:g})"

@@ -13,10 +13,11 @@ import torch
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from vaelab.analysis import _device, model_log_density
+from vaelab.analysis import model_log_density
 from vaelab.data.dataset import Dataset
+from vaelab.distributions import rsample
 from vaelab.errors import InputError
-from vaelab.models import LatentModel
+from vaelab.models import LatentModel, VariationalModel
 from vaelab.plots.common import (
     DENSITY_CMAP,
     FigureSpec,
@@ -64,7 +65,7 @@ def plot_samples(
     """
     n = len(data) if n is None else n
     x = to_numpy(data.x)
-    z = torch.randn(n, model.latent_dim, generator=generator, device=_device(model))
+    z = rsample(model.prior(), (n,), generator)  # (n, d): z ~ p(z)
     p_x = model.decode(z)
     mean = to_numpy(p_x.mean)
     from vaelab.likelihoods import sample_observation
@@ -110,7 +111,7 @@ def plot_reconstructions(model: LatentModel, data: Dataset, *, generator: torch.
     colour = x[:, 0]
     vmin, vmax = np.percentile(finite(colour), [1, 99]) if np.isfinite(colour).any() else (0.0, 1.0)
     lims = view_limits(_xy(x))
-    what = "z ~ q(z|x), x̂ ~ p(x|z)" if model.config.kind == "vae" else "x̂ ~ p(x|f(x))"
+    what = "z ~ q(z|x), x̂ ~ p(x|z)" if isinstance(model, VariationalModel) else "x̂ ~ p(x|f(x))"
     fig, axes = new_figure(3, title="Reconstructions, coloured by the data coordinate x₁ of each input point")
     mappable = None
     for ax, pts, title in zip(

@@ -23,8 +23,9 @@ from torch import Tensor
 
 from vaelab.analysis import _device, aggregate_posterior, default_points
 from vaelab.data.dataset import Dataset
+from vaelab.distributions import rsample
 from vaelab.errors import InputError
-from vaelab.models import LatentModel
+from vaelab.models import LatentModel, VariationalModel, has_normal_posterior
 from vaelab.plots.common import (
     CMAP,
     DENSITY_CMAP,
@@ -43,7 +44,9 @@ from vaelab.plots.common import (
     finite,
     gaussian_pdf,
     label_colour,
+    needs_normal_posterior,
     needs_point_data,
+    needs_standard_prior,
     new_figure,
     point_size,
     scatter_labels,
@@ -155,10 +158,8 @@ def plot_z_vs_eps(
     matched the prior, the two panels would look alike."""
     vae = _require_vae(model, "the z-vs-ε figure")
     i, j = _check_dims(model, dims)
-    from vaelab.models.vae import reparameterize
-
     q_z = vae.encode(_x(model, data))
-    z = to_numpy(reparameterize(q_z, generator=generator))
+    z = to_numpy(rsample(q_z, (), generator))
     eps = to_numpy(torch.randn(z.shape, generator=generator, device=_device(model)))
     if model.latent_dim == 1:
         fig, axes = new_figure(2, title="Encoded z ~ q(z|x) vs ε ~ N(0, 1)")
@@ -208,7 +209,7 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
     i, j = _check_dims(model, dims)
     code = to_numpy(model.embed(_x(model, data)))
     x = to_numpy(data.x)
-    what = "μ(x)" if model.config.kind == "vae" else "f(x)"
+    what = "μ(x)" if has_normal_posterior(model) else ("E[z|x]" if isinstance(model, VariationalModel) else "f(x)")
     labels = None if data.labels is None else data.labels.cpu().numpy()
     colourings: list[tuple[str, str | int]] = []
     if labels is not None:
@@ -549,13 +550,15 @@ def _aggregate_posterior(ctx: PlotContext) -> Figure:
     return plot_aggregate_posterior(ctx.model, ctx.data, dims=ctx.dims)
 
 
+_normal_posterior = all_of(unconditional, needs_normal_posterior)  # reads μ(x), σ(x)
+
 FIGURES = [
     FigureSpec(
         "latent_params",
         _latent_params,
         "Encoder means μ(x) and standard deviations σ(x) against the prior's (0, …) and (1, …): σ ≈ 1 with "
         "μ ≈ 0 for every point means the dimension is unused (collapsed).",
-        _posterior,
+        all_of(_normal_posterior, needs_standard_prior),
         title="Latent parameters μ(x), σ(x)",
     ),
     FigureSpec(
@@ -563,7 +566,7 @@ FIGURES = [
         _z_vs_eps,
         "One z ~ q(z|x) per data point beside as many ε ~ N(0, I): the closer the two panels look, the "
         "better the prior describes the codes the decoder was trained on.",
-        _posterior,
+        all_of(_posterior, needs_standard_prior),
         title="Encoded z vs ε ~ N(0, I)",
     ),
     FigureSpec(
@@ -579,7 +582,7 @@ FIGURES = [
         _posterior_contours,
         "q(z|x) of a few data points (1σ and 2σ contours): distant points should get separate, "
         "narrow Gaussians inside the prior's 2σ circle.",
-        all_of(_posterior, needs_point_data),
+        all_of(_normal_posterior, needs_standard_prior, needs_point_data),
         title="Posterior q(z|x) of chosen points",
     ),
     FigureSpec(
@@ -595,7 +598,7 @@ FIGURES = [
         _aggregate_posterior,
         "The mixture of all encoded Gaussians q(z) beside the prior N(0, I): dark holes in q(z) inside "
         "the prior's circles are regions whose samples decode to nonsense.",
-        _posterior,
+        all_of(_normal_posterior, needs_standard_prior),
         title="Aggregate posterior vs prior",
     ),
 ]

@@ -1,0 +1,227 @@
+"""The distributions layer every family shares: generator-aware draws and KL(q ‖ p).
+
+``rsample(dist, sample_shape, generator)`` is ``dist.rsample(sample_shape)`` with an explicit
+``torch.Generator``, so training, evaluation and figures are reproducible without touching
+the global RNG. ``kl(q_z, p_z, z)`` is torch's ``kl_divergence`` where a closed form is
+registered and the Monte Carlo estimate log q(z) − log p(z) otherwise. A family whose q or
+prior is a new distribution type adds its draw with ``@register_rsample(MyType)`` and, if it
+has one, its closed-form KL with ``torch.distributions.kl.register_kl``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+from torch.distributions import (
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+    TransformedDistribution,
+    kl_divergence,
+    register_kl,
+)
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
+from torch.distributions.utils import clamp_probs
+
+from vaelab.errors import VaelabError
+
+Shape = tuple[int, ...]
+Sampler = Callable[..., Tensor]
+D = TypeVar("D", bound=Distribution)
+DrawFn = Callable[[D, Shape, "torch.Generator | None"], Tensor]
+
+_RSAMPLERS: dict[type[Distribution], Sampler] = {}
+
+
+class UnsupportedDistribution(VaelabError, TypeError):
+    """A distribution type that ``rsample`` has no generator-aware draw for."""
+
+
+class KLNeedsSamples(VaelabError, ValueError):
+    """``kl`` has no closed form for this pair and was given no z for the Monte Carlo estimate."""
+
+
+def register_rsample(cls: type[D]) -> Callable[[DrawFn[D]], DrawFn[D]]:
+    """Decorator: ``fn(dist, sample_shape, generator) -> Tensor`` draws from ``cls`` (and its
+    subclasses, unless one registers its own). The draw must be reparameterised (gradients flow
+    to the parameters) and take all its noise from ``generator``."""
+
+    def deco(fn: DrawFn[D]) -> DrawFn[D]:
+        _RSAMPLERS[cls] = fn
+        return fn
+
+    return deco
+
+
+def rsample(
+    dist: Distribution, sample_shape: Shape | torch.Size = (), generator: torch.Generator | None = None
+) -> Tensor:
+    """A reparameterised draw of ``dist`` whose noise comes from ``generator``.
+
+    Shape: sample_shape + dist.batch_shape + dist.event_shape, as ``dist.rsample``. The most
+    specific registered type in ``type(dist)``'s MRO is used (``NormalLogVar`` draws as a Normal,
+    ``RelaxedOneHotCategorical`` as a TransformedDistribution). Never uses the global RNG.
+
+    Raises:
+        UnsupportedDistribution: no draw is registered for the type (register one with
+            ``@register_rsample(Type)``).
+    """
+    shape = tuple(sample_shape)
+    for cls in type(dist).__mro__:
+        fn = _RSAMPLERS.get(cls)
+        if fn is not None:
+            return fn(dist, shape, generator)
+    raise UnsupportedDistribution(
+        f"vaelab.distributions.rsample has no generator-aware draw for {type(dist).__name__}; register one with "
+        f"@vaelab.distributions.register_rsample({type(dist).__name__}) on a function (dist, sample_shape, "
+        f"generator) -> Tensor (supported: {', '.join(sorted(c.__name__ for c in _RSAMPLERS))})"
+    )
+
+
+def _noise_like(t: Tensor, shape: Shape, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(shape, generator=generator, device=t.device, dtype=t.dtype)
+
+
+@register_rsample(Normal)
+def _rsample_normal(dist: Normal, shape: Shape, generator: torch.Generator | None) -> Tensor:
+    # z = μ + σ ⊙ ε, ε ~ N(0, I): the reparameterisation trick (Kingma & Welling 2014, eq. 4).
+    loc = dist.loc
+    return loc + dist.scale * _noise_like(loc, shape + tuple(dist.batch_shape), generator)
+
+
+@register_rsample(Independent)
+def _rsample_independent(dist: Independent, shape: Shape, generator: torch.Generator | None) -> Tensor:
+    return rsample(dist.base_dist, shape, generator)  # reinterpreting batch dims changes no value
+
+
+@register_rsample(TransformedDistribution)
+def _rsample_transformed(dist: TransformedDistribution, shape: Shape, generator: torch.Generator | None) -> Tensor:
+    # A flow: z_0 ~ base, then z_K = f_K ∘ … ∘ f_1 (z_0) (Rezende & Mohamed 2015, eq. 7).
+    z = rsample(dist.base_dist, shape, generator)
+    for transform in dist.transforms:
+        z = transform(z)
+    return z
+
+
+@register_rsample(MixtureSameFamily)
+def _rsample_mixture(dist: MixtureSameFamily, shape: Shape, generator: torch.Generator | None) -> Tensor:
+    """Draw a component index i ~ Categorical(π) (with the generator), then z ~ component i.
+
+    Gradients flow through the chosen components' parameters (their draws are
+    reparameterised) but not through the mixing weights π: the index is discrete.
+    """
+    probs = dist.mixture_distribution.probs  # batch + (K,)
+    batch = tuple(dist.batch_shape)
+    n = math.prod(shape)
+    flat = probs.reshape(-1, probs.shape[-1]).expand(max(1, math.prod(batch)), -1)  # (prod batch, K)
+    idx = torch.multinomial(flat, n, replacement=True, generator=generator)  # (prod batch, n)
+    idx = idx.T.reshape(shape + batch)  # sample + batch
+    comps = rsample(dist.component_distribution, shape, generator)  # sample + batch + (K,) + event
+    event = tuple(dist.event_shape)
+    index = idx.reshape(shape + batch + (1,) + (1,) * len(event)).expand(shape + batch + (1,) + event)
+    return comps.gather(len(shape) + len(batch), index).squeeze(len(shape) + len(batch))
+
+
+@register_rsample(ExpRelaxedCategorical)
+def _rsample_exp_relaxed(dist: ExpRelaxedCategorical, shape: Shape, generator: torch.Generator | None) -> Tensor:
+    # Gumbel-softmax in log space (Jang et al. 2017 eq. 1; Maddison et al. 2017):
+    # log y = (log π + g) / τ − logsumexp(·), g = −log(−log u), u ~ U(0, 1).
+    logits = dist.logits
+    full = shape + tuple(dist.batch_shape) + tuple(dist.event_shape)
+    u = clamp_probs(torch.rand(full, generator=generator, device=logits.device, dtype=logits.dtype))
+    scores = (logits - (-u.log()).log()) / dist.temperature
+    return scores - scores.logsumexp(dim=-1, keepdim=True)
+
+
+class NormalLogVar(Normal):
+    """N(μ, σ²) parameterised by h = log σ²: it keeps h, so log σ² (log-density, KL) is h
+    itself and not log(exp(h/2))², which loses precision and overflows for large |h|."""
+
+    def __init__(self, loc: Tensor, log_var: Tensor, validate_args: bool | None = False) -> None:
+        super().__init__(loc, torch.exp(0.5 * log_var), validate_args=validate_args)
+        self.log_var = log_var
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        # log N(x; μ, e^h) = -(x-μ)² e^{-h} / 2 - h/2 - ½ log 2π
+        return -0.5 * ((value - self.loc).square() * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))
+
+    def entropy(self) -> Tensor:
+        return 0.5 * (1.0 + math.log(2 * math.pi) + self.log_var)
+
+
+@register_kl(NormalLogVar, Normal)
+def _kl_normal_logvar_normal(q: NormalLogVar, p: Normal) -> Tensor:
+    """KL(N(μ, e^h) ‖ N(m, s²)) = ½ ((μ − m)²/s² + e^h/s² − 1 − h + log s²), from h = log σ²
+    directly (log(exp(h/2)) loses precision and overflows where exp(h/2) does). For the
+    standard Normal (m = 0, s = 1) it is ½ (μ² + e^h − 1 − h), Kingma & Welling 2014, App. B."""
+    var_p = p.scale.square()
+    return 0.5 * ((q.loc - p.loc).square() / var_p + torch.exp(q.log_var) / var_p - 1.0 - q.log_var + var_p.log())
+
+
+def _closed_form(q_z: Distribution, p_z: Distribution) -> Tensor | None:
+    """torch's registered KL(q ‖ p), batch shape; None where no closed form is registered
+    (an Independent pair is registered even when its base pair is not, so try it)."""
+    try:
+        return kl_divergence(q_z, p_z)
+    except NotImplementedError:
+        return None
+
+
+def kl_is_closed_form(q_z: Distribution, p_z: Distribution) -> bool:
+    """Whether ``kl(q_z, p_z)`` is exact (a registered closed form) rather than Monte Carlo."""
+    return _closed_form(q_z, p_z) is not None
+
+
+def kl(q_z: Distribution, p_z: Distribution, z: Tensor | None = None) -> Tensor:
+    """KL(q(z|x) ‖ p(z)) per point: batch shape, e.g. (B,).
+
+    Closed form where torch has one registered for the pair (Normal vs Normal, Independent of
+    those, ``NormalLogVar`` vs Normal, ...): ``z`` is then not used. Otherwise the Monte Carlo
+    estimate from the given draws z ~ q (shape (..., B, d)): mean over the leading sample dims
+    of log q(z) − log p(z), unbiased for the KL (one draw per point: noisy but unbiased).
+
+    Raises:
+        KLNeedsSamples: no closed form and ``z`` is None.
+    """
+    exact = _closed_form(q_z, p_z)
+    if exact is not None:
+        return exact
+    if z is None:
+        raise KLNeedsSamples(
+            f"KL({type(q_z).__name__} ‖ {type(p_z).__name__}) has no closed form registered in torch: pass the "
+            f"draws z ~ q(z|x) (shape (..., B, d)) for the Monte Carlo estimate log q(z) − log p(z)"
+        )
+    sample_dims = z.dim() - len(q_z.batch_shape) - len(q_z.event_shape)
+    log_ratio = q_z.log_prob(z) - p_z.log_prob(z)  # (..., B)
+    return log_ratio.mean(dim=tuple(range(sample_dims))) if sample_dims > 0 else log_ratio
+
+
+def kl_per_dim(q_z: Distribution, p_z: Distribution) -> Tensor | None:
+    """KL of each latent dimension, (B, d), where both sides factorise over the dimensions:
+    Independent over one reinterpreted dim of bases with a registered KL (its sum over d is
+    ``kl(q_z, p_z)``). None otherwise (a flow, a mixture prior: the KL does not split per dim)."""
+    if not (isinstance(q_z, Independent) and isinstance(p_z, Independent)):
+        return None
+    if q_z.reinterpreted_batch_ndims != 1 or p_z.reinterpreted_batch_ndims != 1:
+        return None
+    per_dim = _closed_form(q_z.base_dist, p_z.base_dist)
+    if per_dim is None:
+        return None
+    return per_dim.expand(q_z.base_dist.batch_shape) if per_dim.shape != q_z.base_dist.batch_shape else per_dim
+
+
+def is_factorised_normal(dist: Distribution) -> bool:
+    """Whether ``dist`` is N(μ, diag σ²): an Independent Normal over one dimension (μ/σ panels,
+    ellipses and per-dimension KL read its ``base_dist.loc`` / ``.scale``)."""
+    return isinstance(dist, Independent) and isinstance(dist.base_dist, Normal) and dist.reinterpreted_batch_ndims == 1
+
+
+def standard_normal(latent_dim: int, like: Tensor) -> Independent:
+    """The prior p(z) = N(0, I_d) on ``like``'s device and dtype: batch shape (), event (d,)."""
+    zeros = torch.zeros(latent_dim, device=like.device, dtype=like.dtype)
+    return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
