@@ -421,6 +421,7 @@ def _run_eval(
     run = ckpt.load(run_dir, device)
     metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False)
     _print_metrics(metrics)
+    _print_collapse_verdict(metrics)
     _print_condition_metrics(metrics)
     if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed):
         path = save_metrics(run, metrics)
@@ -430,6 +431,16 @@ def _run_eval(
         console.print(f"{run_dir / ckpt.METRICS_FILE} kept as it was: these numbers use {differ}; "
                       "add --save to replace the run's recorded metrics with them", highlight=False)
     return metrics
+
+
+def _print_collapse_verdict(metrics: dict[str, Any]) -> None:
+    """Say in words whether the posterior has collapsed (and what to try); nothing for an autoencoder."""
+    from vaelab.diagnostics import collapse_verdict
+
+    verdict = collapse_verdict(metrics)
+    if verdict is not None:
+        style = "bold yellow" if verdict.collapsed else "green"
+        console.print(f"[{style}]{escape(verdict.text)}[/]", highlight=False, soft_wrap=True)
 
 
 def _print_condition_metrics(metrics: dict[str, Any]) -> None:
@@ -494,14 +505,15 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
         "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
-        "active_units": "active units", "true_nll": "true NLL (entropy of the data)",
+        "active_units": "active units", "mutual_info": "mutual information I(x; z)",
+        "marginal_kl": "marginal KL(q(z) ‖ p(z))", "true_nll": "true NLL (entropy of the data)",
         "nll_gap": "gap: IWAE NLL − true NLL",
         "nll_gap_se": "  ± standard error",
         "eval_seed": "  evaluation seed",
     }
     # A standard error is printed under the value it belongs to.
     ses = {"elbo": "elbo_se", "recon": "recon_se", "kl": "kl_se", "elbo_bpd": "elbo_bpd_se",
-           "iwae_bpd": "iwae_bpd_se"}
+           "iwae_bpd": "iwae_bpd_se", "mutual_info": "mutual_info_se", "marginal_kl": "marginal_kl_se"}
     for key, label in labels.items():
         if key in metrics:
             v = metrics[key]

@@ -50,6 +50,10 @@ METRIC_LABELS = {
     "iwae_bpd_se": "  ± standard error",
     "binarization": "test pixels binarized",
     "active_units": "active units",
+    "mutual_info": "mutual information I(x; z) under the aggregate posterior",
+    "mutual_info_se": "  ± standard error",
+    "marginal_kl": "marginal KL(q(z) ‖ p(z))",
+    "marginal_kl_se": "  ± standard error",
     "latent_dim": "latent dimensions",
     "true_nll": "true NLL (entropy of the data)",
     "nll_gap": "gap: IWAE NLL − true NLL",
@@ -279,6 +283,7 @@ th { background: #f2f2f2; } tr.bad td { background: #fde2e2; } td.changed { font
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { color: #333; margin-top: 0.3rem; } figcaption b { color: #000; }
 .failure { border: 2px solid #c00; background: #fff0f0; padding: 0.6rem 1rem; color: #900; }
+.warning { border: 2px solid #c80; background: #fff8e6; padding: 0.6rem 1rem; color: #740; }
 .ok { color: #060; font-weight: bold; } .failed { color: #c00; font-weight: bold; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; border: 1px solid #ddd; white-space: pre-wrap; }
 .note { color: #555; font-size: 0.9rem; } .error { color: #c00; }
@@ -336,6 +341,18 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         for name, value in _flatten(label, metrics[key]):
             rows.append(f'<tr><td>{esc(name)}</td><td class="num">{esc(fmt_number(value))}</td></tr>')
     return "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"
+
+
+def collapse_html(metrics: dict[str, Any]) -> str:
+    """The posterior-collapse verdict in words under the metrics ("" for a run without a posterior)."""
+    from vaelab.diagnostics import collapse_verdict
+
+    verdict = collapse_verdict(metrics)
+    if verdict is None:
+        return ""
+    if verdict.collapsed:
+        return f'<div class="warning" id="collapse">{esc(verdict.text)}</div>'
+    return f'<p class="note" id="collapse">{esc(verdict.text)}</p>'
 
 
 def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
@@ -487,7 +504,7 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
             f'<div class="failure" id="failure"><b>Training failed:</b> {esc(failure)}. '
             "The figures below show the last good checkpoint.</div>"
         )
-    parts += ['<h2 id="metrics">Held-out metrics</h2>', metrics_table(run.metrics)]
+    parts += ['<h2 id="metrics">Held-out metrics</h2>', metrics_table(run.metrics), collapse_html(run.metrics)]
     parts.append('<h2 id="figures">Figures</h2>')
     if entries:
         parts.append(
