@@ -186,7 +186,8 @@ def elbo_surgery(
             c1 = c0 + block.shape[1]
             # The diagonal log q(z_i|x_i) comes from the same matrix, so a posterior that ignores x
             # gives t_i = 0 exactly rather than up to rounding differences.
-            i = torch.arange(max(r0, c0), min(r1, c1), device=z_all.device)
+            lo = max(r0, c0)
+            i = torch.arange(lo, max(lo, min(r1, c1)), device=z_all.device)  # rows that are also columns
             log_q_own[i] = block[i - r0, i - c0]
             partial.append(torch.logsumexp(block, dim=1))
             c0 = c1
