@@ -236,3 +236,49 @@ def test_eval_command_and_report_say_whether_it_collapsed(trained_run: Path, tmp
     assert 'id="collapse"' in html and "posterior has collapsed" in html
     assert "--beta-schedule warmup" in html and "--free-bits" in html
     assert "mutual information I(x; z) under the aggregate posterior" in html
+
+
+@pytest.mark.parametrize("scale", ["plain", "logvar"])
+def test_normal_shortcut_equals_log_prob(scale):
+    from vaelab.models.vae import NormalLogVar
+
+    g = torch.Generator().manual_seed(13)
+    loc = 3 * torch.randn(40, 5, generator=g)  # (C, d)
+    h = 4 * torch.randn(40, 5, generator=g)  # log σ² from e^-8 to e^8: small and large scales
+    base = NormalLogVar(loc, h) if scale == "logvar" else Normal(loc, torch.exp(0.5 * h))
+    q_z = Independent(base, 1)
+    z = 3 * torch.randn(30, 5, generator=g)  # (R, d)
+    z[:5] = loc[:5] + 1e-3 * torch.randn(5, 5, generator=g)  # draws right next to their own posterior
+    # the same distribution's log_prob, in float64 so that the comparison sees the shortcut's own error
+    reference = Independent(Normal(loc.double(), base.scale.double()), 1).log_prob(z.double().unsqueeze(1))
+    shortcut = diagnostics._log_q_block(q_z, z)
+    assert shortcut.shape == (30, 40) and shortcut.dtype == DT
+    torch.testing.assert_close(shortcut, reference, rtol=1e-9, atol=1e-6)
+
+
+class FullCovariance(LinearGaussian):
+    """The same posterior as a MultivariateNormal: not an Independent Normal, so the estimator
+    goes through the distribution's own log_prob (as it does for flows and mixtures)."""
+
+    def encode(self, x: Tensor, c: Tensor | None = None) -> MultivariateNormal:  # type: ignore[override]
+        loc = x @ self.a.T + self.b  # (B, d)
+        return MultivariateNormal(loc, scale_tril=torch.diag(self.s).expand(len(loc), 2, 2))
+
+
+def test_any_family_through_its_log_prob(monkeypatch):
+    def draw(q_z, generator):  # z = μ + L ε, until vaelab.distributions.rsample draws any family
+        eps = torch.randn(q_z.loc.shape, generator=generator, dtype=q_z.loc.dtype)
+        return q_z.loc + (q_z.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+    monkeypatch.setattr(diagnostics, "_draw", draw)
+    x = draw_x(1500, 14)
+    generic = surgery(FullCovariance(A, B, S_DIAG), x, seed=5)
+    true_mi, true_mkl = closed_form(A)
+    assert abs(generic.mutual_info.value - true_mi) < 4 * generic.mutual_info.se
+    assert abs(generic.marginal_kl.value - true_mkl) < 4 * generic.marginal_kl.se
+    # the same draws through the diagonal-Normal shortcut give the same numbers
+    monkeypatch.setattr(diagnostics, "_draw", lambda q_z, generator: draw(
+        MultivariateNormal(q_z.mean, scale_tril=torch.diag_embed(q_z.stddev)), generator))
+    shortcut = surgery(LinearGaussian(A, B, S_DIAG), x, seed=5)
+    assert shortcut.mutual_info.value == pytest.approx(generic.mutual_info.value, abs=1e-9)
+    assert shortcut.marginal_kl.value == pytest.approx(generic.marginal_kl.value, abs=1e-9)
