@@ -120,7 +120,11 @@ def test_lambda_rec_is_the_inverse_of_recon_var(tmp_path):
         (["--latent-dim", "0"], "model.latent_dim"),
         (["--epochs", "0"], "train.epochs"),
         (["--batch-size", "-4"], "train.batch_size"),
-        (["--likelihood", "poisson"], "'gaussian', 'gaussian-learned' or 'bernoulli'"),
+        (["--likelihood", "poisson"],
+         "model.likelihood (--likelihood): unknown likelihood 'poisson'; choose one of: gaussian, gaussian-learned"),
+        (["--model", "vea"], "model.kind (--model): unknown model family 'vea'; choose one of: vae, ae"),
+        (["--objective", "elbow"], "train.objective (--objective): unknown objective 'elbow'; choose one of: elbo"),
+        (["--net", "resnet"], "model.net (--net): unknown net 'resnet'; choose one of: mlp, conv"),
     ],
 )
 def test_bad_options_name_the_field(tmp_path, args, message):

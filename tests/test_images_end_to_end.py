@@ -167,10 +167,10 @@ def test_cli_conv_on_mnist_test_file(tmp_path):
 
 def test_cli_missing_mnist_says_where(tmp_path, monkeypatch):
     # No network in tests: a data folder without the files and mirrors that refuse at once.
-    from vaelab.data import images
+    from vaelab.data import mnist
 
-    spec = dataclasses.replace(images.MNIST_FAMILY["kmnist"], base_urls=("http://127.0.0.1:9/",))
-    monkeypatch.setitem(images.MNIST_FAMILY, "kmnist", spec)
+    spec = dataclasses.replace(mnist.MNIST_FAMILY["kmnist"], base_urls=("http://127.0.0.1:9/",))
+    monkeypatch.setitem(mnist.MNIST_FAMILY, "kmnist", spec)
     result = runner.invoke(app, ["train", "--data", "kmnist", "--data-dir", str(tmp_path), "--epochs", "1",
                                  "--device", "cpu", "--no-report", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
@@ -207,7 +207,7 @@ def test_cli_downloads_from_local_mirror(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from vaelab.data import images
+    from vaelab.data import mnist
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SHARED / "mnist"))
     handler.log_message = lambda *a, **k: None
@@ -216,13 +216,13 @@ def test_cli_downloads_from_local_mirror(tmp_path, monkeypatch):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         # The shared copies were re-gzipped, so their MD5s differ from the published ones.
-        spec = images.MNIST_FAMILY["mnist"]
+        spec = mnist.MNIST_FAMILY["mnist"]
         def md5(name: str) -> str:
             return hashlib.md5((SHARED / "mnist" / name).read_bytes()).hexdigest()
 
-        local = {key: images.IdxResource(r.filename, md5(r.filename))
+        local = {key: mnist.IdxResource(r.filename, md5(r.filename))
                  for key, r in (("test_images", spec.test_images), ("test_labels", spec.test_labels))}
-        monkeypatch.setitem(images.MNIST_FAMILY, "mnist", dataclasses.replace(spec, base_urls=(url,), **local))
+        monkeypatch.setitem(mnist.MNIST_FAMILY, "mnist", dataclasses.replace(spec, base_urls=(url,), **local))
         result = runner.invoke(app, ["train", "--data", "mnist", "--data-dir", str(tmp_path / "data"),
                                      "--image-split", "test-9k", "--steps", "2", "--limit-train", "128",
                                      "--limit-test", "16", "--eval-k", "2", "--no-report", "--device", "cpu",

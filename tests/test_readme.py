@@ -86,7 +86,7 @@ def _needs_download(args: list[str]) -> bool:
 def _validate_only(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Parse a training command and validate the config it builds, without data or training."""
     from vaelab.cli import app
-    from vaelab.config import check_settings
+    from vaelab.settings import check_settings
 
     seen = {}
 
@@ -102,7 +102,7 @@ def _validate_only(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
 
     with monkeypatch.context() as m:
         m.setattr(sys.modules["vaelab.train"], "train_run", fake_train_run)
-        m.setattr(sys.modules["vaelab.cli"], "_fetch_with_progress", lambda data_cfg: None)
+        m.setattr(sys.modules["vaelab.cli.commands"], "_fetch_with_progress", lambda data_cfg: None)
         result = CliRunner().invoke(app, args[1:])
     assert isinstance(result.exception, Parsed), f"{shlex.join(args)}\n{result.output}"
     assert seen["config"].data.name == args[args.index("--data") + 1]

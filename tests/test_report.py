@@ -20,7 +20,8 @@ from vaelab.cli import app
 from vaelab.compare import write_comparison
 from vaelab.config import RunConfig
 from vaelab.plots import PlotContext, plan
-from vaelab.report import REPRODUCE_FILE, config_toml, reproduce_command, train_flags, write_report
+from vaelab.report import write_report
+from vaelab.reproduce import REPRODUCE_FILE, config_toml, reproduce_command, train_flags
 
 FAST = {"density_k": 4, "density_grid": 16, "n_points": 200}
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "wbr", "source"}

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from vaelab import checkpoint as ckpt
 from vaelab.cli import app
 from vaelab.config import RunConfig
-from vaelab.report import (
+from vaelab.report import write_report
+from vaelab.reproduce import (
     DATA_ARGUMENT,
     REPRODUCE_FILE,
     TOML_ONLY,
@@ -29,7 +30,6 @@ from vaelab.report import (
     reproduce_command,
     reproduce_toml,
     train_flags,
-    write_report,
 )
 
 runner = CliRunner()
@@ -52,7 +52,7 @@ def test_every_config_field_has_a_flag_or_a_toml_fallback():
         else:
             assert flags[field] in options, (
                 f"config field {'.'.join(field)} has no `vaelab train` flag {flags[field]}: add the flag, "
-                "rename it in report.FLAG_RENAMES, or list the field in report.TOML_ONLY"
+                "rename it in reproduce.FLAG_RENAMES, or list the field in reproduce.TOML_ONLY"
             )
     assert len(set(flags.values())) == len(flags), "two config fields map to one flag"
     assert set(TOML_ONLY) <= set(config_fields()) and "--condition" in flags.values()
@@ -74,7 +74,7 @@ def parsed_config(monkeypatch, command: str) -> RunConfig:
     import vaelab.train  # noqa: F401 (the package's `train` attribute is a function)
 
     monkeypatch.setattr(sys.modules["vaelab.train"], "train_run", fake_train_run)
-    monkeypatch.setattr(sys.modules["vaelab.cli"], "_fetch_with_progress", lambda data_cfg: None)
+    monkeypatch.setattr(sys.modules["vaelab.cli.commands"], "_fetch_with_progress", lambda data_cfg: None)
     result = runner.invoke(app, shlex.split(command)[1:])
     assert isinstance(result.exception, Stop), result.output
     return captured["config"]

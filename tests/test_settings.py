@@ -17,19 +17,18 @@ import torch
 
 from vaelab.config import (
     SECTIONS,
-    SETTING_RULES,
     ConfigError,
     DataConfig,
     EvalConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
-    check_settings,
 )
 from vaelab.data.registry import load_dataset
 from vaelab.evaluate import evaluate
 from vaelab.models import build_model
 from vaelab.presets import PRESETS, apply_preset
+from vaelab.settings import SETTING_RULES, check_settings
 from vaelab.train import fit, train_run
 
 SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -198,7 +197,7 @@ def _with(overrides: dict[str, Any], dotted: str, value: Any, csv: str) -> RunCo
 def test_every_field_has_a_rule_and_a_case():
     missing_rule = [f for f in ALL_FIELDS if f not in SETTING_RULES]
     missing_case = [f for f in ALL_FIELDS if f not in CASES]
-    assert not missing_rule, f"add a rule to vaelab.config.SETTING_RULES for {missing_rule}"
+    assert not missing_rule, f"add a rule to vaelab.settings.SETTING_RULES for {missing_rule}"
     assert not missing_case, f"add a case to tests/test_settings.py CASES for {missing_case}"
     for field, (applies, _, _, refused, _) in CASES.items():
         assert applies is not None or refused is not None, field

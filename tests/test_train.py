@@ -6,8 +6,8 @@ import torch
 
 from helpers import tiny_config
 from vaelab import checkpoint as ckpt
-from vaelab.checkpoint import History
 from vaelab.data.registry import load_dataset
+from vaelab.history import History
 from vaelab.models import build_model
 from vaelab.train import TrainingDiverged, fit, train_run
 

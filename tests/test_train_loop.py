@@ -11,9 +11,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from helpers import tiny_config
 from vaelab import checkpoint as ckpt
-from vaelab.checkpoint import History, TrainState
+from vaelab.checkpoint import TrainState
 from vaelab.config import ConfigError, RunConfig
 from vaelab.data.registry import load_dataset
+from vaelab.history import History
 from vaelab.models import build_model
 from vaelab.train import TrainingDiverged, TrainingInterrupted, fit, train_run
 

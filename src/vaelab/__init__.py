@@ -12,11 +12,12 @@ A notebook session::
 
 import logging
 
-from vaelab.checkpoint import History, Run, load, save
+from vaelab.checkpoint import Run, load, save
 from vaelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from vaelab.data.registry import dataset_names as datasets
 from vaelab.data.registry import load_dataset
 from vaelab.evaluate import evaluate, evaluate_run
+from vaelab.history import History
 from vaelab.models import build_model
 from vaelab.train import fit, train_run
 

@@ -14,15 +14,12 @@ from typing import Any
 
 from vaelab import checkpoint as ckpt
 from vaelab.errors import InputError
+from vaelab.html import esc, fmt_number, page, png_data_uri
 from vaelab.report import (
     METRIC_LABELS,
     FigureEntry,
     collect_figures,
-    esc,
     failure_of,
-    fmt_number,
-    page,
-    png_data_uri,
     summary_line,
 )
 

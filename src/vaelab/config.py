@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vaelab.errors import InputError
 
-Activation = Literal["relu", "silu", "tanh", "elu", "leaky_relu", "gelu", "softplus"]
+# Names that a registry defines (datasets, families, nets, activations, likelihoods,
+# objectives) are plain strings here: this module is a leaf (it imports nothing else from
+# vaelab but its error types), so each name is checked at use against the one registry that
+# implements it, with ``lookup`` below (see vaelab.settings.check_names). The choices that
+# are not registries, but options of one piece of code, stay Literal types.
 ScaleParam = Literal["logvar", "softplus", "exp"]
-LikelihoodName = Literal["gaussian", "gaussian-learned", "bernoulli"]
-NetName = Literal["mlp", "conv"]
 ImageSplit = Literal["official", "test-9k"]
 BinarizeName = Literal["auto", "none", "dynamic", "fixed"]
 
@@ -63,6 +66,45 @@ def check_seed_option(value: int | None, option: str) -> None:
 FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
 
 
+_COLUMN = re.compile(r"^column:(.+)$")
+
+
+def parse_kind(kind: str) -> tuple[str, list[str]]:
+    """Check a condition kind and return (normalised kind, CSV column names).
+
+    ``"label"`` and ``"radius"`` have no columns; ``"column:a, b"`` -> ``("column:a,b", ["a", "b"])``.
+    This is the syntax of the ``data.condition`` setting; what a condition means lives in
+    vaelab.conditions.
+    """
+    text = kind.strip()
+    if text in ("label", "radius"):
+        return text, []
+    match = _COLUMN.match(text)
+    if match:
+        names = [n.strip() for n in match.group(1).split(",")]
+        if all(names) and len(set(names)) == len(names):
+            return "column:" + ",".join(names), names
+    raise ConfigError(
+        f"unknown condition {kind!r}; use label (class labels), radius (‖x‖ of 2D points) "
+        "or column:NAME[,NAME...] (numeric CSV columns used as a continuous condition)"
+    )
+
+
+T = TypeVar("T")
+
+
+def lookup(table: Mapping[str, T], name: str, dotted: str, what: str) -> T:
+    """``table[name]``, or a ConfigError that names the setting, the bad value and the choices.
+
+    Every registry (datasets, model families, nets, activations, likelihoods, objectives)
+    looks its names up with this one function, so a typo gets the same message wherever it
+    is found: when the settings are checked (vaelab.settings) or when the piece is built.
+    """
+    if isinstance(name, str) and name in table:
+        return table[name]
+    raise ConfigError(f"{flag_name(dotted)}: unknown {what} {name!r}; choose one of: {', '.join(table)}")
+
+
 class _Section(BaseModel):
     # strict: a TOML ``epochs = true`` or ``lr = "1e-3"`` is refused, not read as 1 epoch /
     # coerced; an int is still accepted for a float field.
@@ -95,7 +137,7 @@ class DataConfig(_Section):
     n_test: int = Field(2000, gt=0, description="held-out points drawn for evaluation")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of a user file held out for evaluation")
     seed: int = Field(0, description="seed of the data draw / split")
-    # Images (see vaelab.data.images and vaelab.data.pixels).
+    # Images (see vaelab.data.mnist, vaelab.data.download and vaelab.data.pixels).
     data_dir: str | None = Field(
         None, description="root folder of downloaded image datasets (else $VAELAB_DATA_DIR, then ~/.cache/vaelab)"
     )
@@ -115,27 +157,14 @@ class DataConfig(_Section):
 
     _seed = field_validator("seed")(_check_seed)
 
-    @field_validator("name")
-    @classmethod
-    def _known_name(cls, value: str) -> str:
-        from vaelab.data.registry import DATASETS
-
-        if value not in DATASETS:
-            raise InputError(f"unknown dataset {value!r}; choose one of: {', '.join(DATASETS)}")
-        return value
-
     @field_validator("condition")
     @classmethod
     def _known_condition(cls, value: str | None) -> str | None:
-        from vaelab.conditions import parse_kind
-
         return None if value is None else parse_kind(value)[0]
 
     @property
     def condition_columns(self) -> list[str]:
         """CSV columns named by ``condition = "column:NAME,..."``: held out of x as condition."""
-        from vaelab.conditions import parse_kind
-
         return [] if self.condition is None else parse_kind(self.condition)[1]
 
 
@@ -148,16 +177,16 @@ class ModelConfig(_Section):
     with different values.
     """
 
-    kind: Literal["vae", "ae"] = Field("vae", description="vae, or ae (plain autoencoder baseline)")
-    net: NetName = Field("mlp", description="encoder/decoder body: mlp, or conv (square images; ignores hidden)")
+    kind: str = Field("vae", description="model family: vae, or ae (plain autoencoder baseline)")
+    net: str = Field("mlp", description="encoder/decoder body: mlp, or conv (square images; ignores hidden)")
     channels: list[int] = Field(
         default_factory=lambda: [8, 16, 32], description="channels of the stride-2 convolutions (net=conv)"
     )
     hidden: list[int] = Field(default_factory=lambda: [128, 128], description="hidden layer sizes of each MLP")
-    activation: Activation = "tanh"
+    activation: str = Field("tanh", description="activation of the hidden layers")
     latent_dim: int = Field(2, gt=0, description="dimension of z")
     scale: ScaleParam = Field("logvar", description="encoder scale parameterisation")
-    likelihood: LikelihoodName = "gaussian-learned"
+    likelihood: str = Field("gaussian-learned", description="p(x|z): gaussian, gaussian-learned or bernoulli")
     recon_var: float = Field(0.1, gt=0, description="σ² of the fixed-variance Gaussian likelihood")
     min_var: float = Field(
         1e-6, gt=0,
@@ -206,7 +235,7 @@ class TrainConfig(_Section):
     is then the tighter posterior fit that the ELBO rewards).
     """
 
-    objective: Literal["elbo", "iwae"] = Field("iwae", description="training objective (ae always uses reconstruction)")
+    objective: str = Field("iwae", description="training objective (ae always uses reconstruction)")
     beta: float = Field(
         1.0, ge=0, description="weight β of the KL term (β-VAE); with iwae it weighs log q - log p in every log w_i"
     )
@@ -306,7 +335,7 @@ class RunConfig(_Section):
         Which fields the user set (each section's ``model_fields_set``) is kept: those of
         ``self``, plus the overridden ones when ``explicit`` (flags, a TOML file). A preset
         passes ``explicit=False``: its values are starting values, like the defaults, and
-        never make ``check_settings`` refuse a run.
+        never make ``settings.check_settings`` refuse a run.
         """
         data: dict[str, Any] = self.model_dump()
         user_set = {name: set(getattr(self, name).model_fields_set) for name in SECTIONS}
@@ -351,137 +380,6 @@ def flag_name(dotted: str) -> str:
     if dotted in _NO_FLAG:
         return f"{dotted} ([{section}] {field} in --config)"
     return f"{dotted} ({_FLAGS.get(dotted, '--' + field.replace('_', '-'))})"
-
-
-def _data_kind(config: RunConfig) -> str:
-    """toy, file (a table of points), folder (images), digits or mnist (downloaded image sets)."""
-    from vaelab.data.registry import DATASETS
-
-    if config.data.path is not None:
-        return "folder" if Path(config.data.path).expanduser().is_dir() else "file"
-    if config.data.name in ("digits", "digits8"):
-        return "digits"
-    return "mnist" if DATASETS[config.data.name].kind == "image" else "toy"
-
-
-def _continuous_condition(config: RunConfig) -> bool:
-    from vaelab.conditions import parse_kind
-
-    return config.data.condition is not None and parse_kind(config.data.condition)[0] != "label"
-
-
-def _data_name(config: RunConfig) -> str:
-    return config.data.path or config.data.name
-
-
-# One rule per field: None where the setting changes what is trained / evaluated, else why
-# it would not and what to use instead. check_settings applies the rule of every field the
-# user set; tests/test_settings.py checks that every field has a rule and that each rule is right.
-_Rule = Callable[["RunConfig"], "str | None"]
-
-
-def _always(config: RunConfig) -> str | None:
-    return None
-
-
-SETTING_RULES: dict[str, _Rule] = {
-    "data.name": lambda c: None if c.data.path is None else (
-        f"a data file ({c.data.path}) is given, so the dataset name {c.data.name!r} would be unused; give only one"),
-    "data.path": _always,
-    "data.label_column": lambda c: None if _data_kind(c) == "file" and str(c.data.path).lower().endswith(".csv") else (
-        f"it names a column of a CSV file, but the data is {_data_name(c)}; drop it (registered datasets "
-        "and .npz files, with an array named 'labels', carry their own labels)"),
-    "data.condition": _always,
-    "data.n_train": lambda c: None if _data_kind(c) == "toy" else (
-        f"it is the number of points drawn from a toy distribution, but {_data_name(c)} is read as it is; "
-        "use --limit-train to train on fewer points"),
-    "data.n_test": lambda c: None if _data_kind(c) == "toy" else (
-        f"it is the number of points drawn from a toy distribution, but {_data_name(c)} has its own test split; "
-        "use --limit-test (or --test-fraction for a file)"),
-    "data.test_fraction": lambda c: None if _data_kind(c) in ("file", "folder", "digits") else (
-        f"it splits a user file, an image folder or digits, but {_data_name(c)} has its own test set; "
-        "use --n-test for toy data, --image-split test-9k or --limit-test for MNIST-family sets"),
-    "data.seed": lambda c: None if _data_kind(c) != "mnist" or c.data.binarize == "fixed" else (
-        f"{c.data.name} is read from its official files, so there is no draw or split to seed; "
-        "use --seed for the training noise"),
-    "data.data_dir": lambda c: None if _data_kind(c) == "mnist" else (
-        f"it is where MNIST-family files are downloaded, but the data is {_data_name(c)}; drop it"),
-    "data.image_split": lambda c: None if _data_kind(c) == "mnist" else (
-        f"it chooses the files of an MNIST-family set, but the data is {_data_name(c)}; use --test-fraction"),
-    "data.image_size": lambda c: None if _data_kind(c) == "folder" else (
-        f"it resizes the images of a folder, but the data is {_data_name(c)}; drop it"),
-    "data.binarize": _always,  # checked against the values of the data when they are loaded
-    "data.limit_train": _always,
-    "data.limit_test": _always,
-    "model.kind": _always,
-    "model.net": _always,
-    "model.channels": lambda c: None if c.model.net == "conv" else "it sets the conv nets' channels; add --net conv "
-    "or set --hidden for the MLP",
-    "model.hidden": lambda c: None if c.model.net == "mlp" else "conv nets have no hidden MLP layers; use --channels "
-    "(or --net mlp)",
-    "model.activation": _always,
-    "model.latent_dim": _always,
-    "model.scale": lambda c: None if c.model.kind == "vae" else "an autoencoder has no encoder scale; drop it or "
-    "use --model vae",
-    "model.likelihood": _always,
-    "model.recon_var": lambda c: None if c.model.likelihood == "gaussian" else (
-        f"it is σ² (λ_rec = 1/σ²) of the fixed-variance gaussian likelihood, but the likelihood is "
-        f"{c.model.likelihood}; use --likelihood gaussian" + (
-            ", or --min-var to bound the learned variance" if c.model.likelihood == "gaussian-learned" else "")),
-    "model.cond_embed": lambda c: None if _continuous_condition(c) else (
-        "it embeds a continuous condition (radius or column:NAME), but "
-        + ("there is no condition" if c.data.condition is None else "labels are one-hot encoded")
-        + "; drop it"),
-    "model.min_var": lambda c: None if c.model.likelihood == "gaussian-learned" else (
-        f"it floors the learned variance of gaussian-learned, but the likelihood is {c.model.likelihood}"
-        + ("; use --recon-var for the fixed σ²" if c.model.likelihood == "gaussian" else "; drop it")),
-    "train.objective": lambda c: None if c.model.kind == "vae" else "an autoencoder always trains on the "
-    "reconstruction; drop it or use --model vae",
-    "train.beta": lambda c: None if c.model.kind == "vae" else "an autoencoder has no KL term to weight; drop it "
-    "or use --model vae",
-    "train.k": lambda c: None if c.model.kind == "vae" and c.train.objective == "iwae" else (
-        "an autoencoder draws no samples; drop it or use --model vae" if c.model.kind != "vae"
-        else "the ELBO uses one sample; use --objective iwae for k importance samples"),
-    "train.lr": _always,
-    "train.lr_schedule": _always,
-    "train.epochs": lambda c: None if c.train.steps is None else (
-        "--steps is given and replaces the epoch budget; give only one of --epochs and --steps"),
-    "train.steps": _always,
-    "train.batch_size": _always,
-    "train.seed": _always,
-    "train.checkpoint_every": _always,
-    "train.diversity_samples": _always,
-    "train.nonfinite": _always,  # the non-finite policy (see vaelab.train.fit)
-    "train.max_skips": lambda c: None if c.train.nonfinite == "skip" else (
-        "it bounds the skipped steps of --nonfinite skip; add --nonfinite skip"),
-    "train.grad_clip": _always,
-    "eval.k": lambda c: None if c.model.kind == "vae" else "an autoencoder has no likelihood bound to estimate; "
-    "drop it or use --model vae",
-    "eval.batch_size": _always,
-    "eval.seed": lambda c: None if c.model.kind == "vae" or c.data.condition is not None else (
-        "the evaluation of an unconditional autoencoder draws no noise; drop it"),
-}
-
-
-def check_settings(config: RunConfig) -> None:
-    """Refuse a config in which a setting the user gave would change nothing.
-
-    Only the fields in each section's ``model_fields_set`` are checked (flags, a TOML file,
-    keyword arguments), so defaults and presets never trigger a refusal.
-
-    Raises:
-        ConfigError: one line per setting that does not apply, saying why and what to use.
-    """
-    problems = []
-    for dotted in config.user_settings():
-        rule = SETTING_RULES.get(dotted)
-        if rule is None:
-            raise ConfigError(f"{dotted}: no applicability rule (add one to vaelab.config.SETTING_RULES)")
-        why = rule(config)
-        if why is not None:
-            problems.append(f"  {flag_name(dotted)} does not apply here: {why}")
-    if problems:
-        raise ConfigError("settings that would change nothing:\n" + "\n".join(problems))
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -12,12 +12,14 @@ names the step) rather than fail inside torch.distributions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import cast
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from vaelab.config import lookup
 from vaelab.errors import InputError
 
 
@@ -130,15 +132,17 @@ class BernoulliLogits(Likelihood):
             )
 
 
+# The likelihoods by name (model.likelihood): each built from (recon_var, min_var).
+LIKELIHOODS: dict[str, Callable[[float, float], Likelihood]] = {
+    "gaussian": lambda recon_var, min_var: GaussianFixed(recon_var),
+    "gaussian-learned": lambda recon_var, min_var: GaussianLearned(min_var),
+    "bernoulli": lambda recon_var, min_var: BernoulliLogits(),
+}
+
+
 def build_likelihood(name: str, recon_var: float = 1.0, min_var: float = 1e-6) -> Likelihood:
     """``gaussian`` (fixed σ² = recon_var), ``gaussian-learned`` (σ² ≥ min_var) or ``bernoulli``."""
-    if name == "gaussian":
-        return GaussianFixed(recon_var)
-    if name == "gaussian-learned":
-        return GaussianLearned(min_var)
-    if name == "bernoulli":
-        return BernoulliLogits()
-    raise InputError(f"unknown likelihood {name!r}; choose gaussian, gaussian-learned or bernoulli")
+    return lookup(LIKELIHOODS, name, "model.likelihood", "likelihood")(recon_var, min_var)
 
 
 def sample_observation(p_x: Distribution, generator: torch.Generator | None = None) -> Tensor:

@@ -151,3 +151,8 @@ def ae_loss(model: LatentModel, x: Tensor, c: Tensor | None = None) -> Objective
     """Autoencoder reconstruction loss -log p(x|f(x)) averaged over the batch; no KL, no ELBO."""
     recon = -model.decode(model.embed(x, c), c).log_prob(x).mean()
     return ObjectiveOutput(loss=recon, recon=recon, kl=torch.zeros_like(recon), elbo=None)
+
+
+# The training objectives of variational models by name (train.objective); an autoencoder
+# trains on ``ae_loss``.
+OBJECTIVES = {"elbo": elbo, "iwae": iwae}

@@ -71,5 +71,5 @@ def preset_overrides(name: str) -> Preset:
 
 def apply_preset(config: RunConfig, name: str) -> RunConfig:
     """``config`` with preset ``name`` laid over it. Its values are starting values, like the
-    defaults: they do not count as settings the user gave (see ``config.check_settings``)."""
+    defaults: they do not count as settings the user gave (see ``settings.check_settings``)."""
     return config.with_overrides(preset_overrides(name), explicit=False, source=f"preset {name}")

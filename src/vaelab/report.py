@@ -12,12 +12,8 @@ data URIs; styles are inline; there is no script and no external URL.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 import os
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,9 +22,10 @@ from typing import Any
 
 from vaelab import checkpoint as ckpt
 from vaelab.config import RunConfig
+from vaelab.html import esc, figure_png, fmt_number, page, png_data_uri
+from vaelab.reproduce import REPRODUCE_FILE, reproduce_command, reproduce_toml
 
 REPORT_FILE = ckpt.REPORT_FILE
-REPRODUCE_FILE = ckpt.REPRODUCE_FILE
 HISTORY_ROWS = 25  # longer histories show an evenly spaced subset plus the last row
 
 METRIC_LABELS = {
@@ -65,269 +62,8 @@ METRIC_LABELS = {
     "radius_tracking": "radius tracking",
 }
 
-# How `vaelab train` takes each config field (section, field): a flag named like the field
-# (``n_train`` -> ``--n-train``) unless renamed here, the --data argument, or only a TOML file.
-# tests/test_reproduce.py walks every config field against the CLI's options, so a new field
-# without a flag must be listed in TOML_ONLY (and is then reproduced through --config).
-FLAG_RENAMES: dict[tuple[str, str], str] = {
-    ("data", "seed"): "--data-seed",
-    ("model", "kind"): "--model",
-    ("eval", "k"): "--eval-k",
-}
-DATA_ARGUMENT = (("data", "name"), ("data", "path"))  # both given as --data NAME_OR_PATH
-TOML_ONLY: frozenset[tuple[str, str]] = frozenset({
-    ("train", "diversity_samples"),
-    ("eval", "batch_size"),
-    ("eval", "seed"),
-})
-
-
-def config_fields() -> list[tuple[str, str]]:
-    """Every (section, field) of a RunConfig, in declaration order."""
-    return [
-        (section, key)
-        for section, info in RunConfig.model_fields.items()
-        for key in info.annotation.model_fields  # type: ignore[union-attr]
-    ]
-
-
-def train_flags() -> dict[tuple[str, str], str]:
-    """(section, field) -> the ``vaelab train`` flag that sets it, for every field that has one."""
-    return {
-        field: FLAG_RENAMES.get(field, "--" + field[1].replace("_", "-"))
-        for field in config_fields()
-        if field not in TOML_ONLY and field not in DATA_ARGUMENT
-    }
-
-
-# Reproduction -------------------------------------------------------------------------------
-
-
-def _flag_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def config_toml(config: RunConfig, base: RunConfig | None = None) -> str:
-    """The config as TOML that ``vaelab train --config`` reads back to the same config.
-
-    With ``base``, only the values that differ from it are written (what a ``--config`` file
-    laid over that base must say). None values are left out (every optional field defaults
-    to None); nested tables are written as ``[section.field]``.
-    """
-    lines: list[str] = []
-    reference = None if base is None else base.model_dump()
-
-    def table(name: str, values: dict[str, Any]) -> None:
-        plain = {k: v for k, v in values.items() if v is not None and not isinstance(v, dict)}
-        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in plain.items())
-        lines.append("")
-        for k, v in nested.items():
-            table(f"{name}.{k}", v)
-
-    for section, values in config.model_dump().items():
-        if reference is not None:
-            values = {k: v for k, v in values.items() if v != reference[section].get(k)}
-            if not values:
-                continue
-        table(section, values)
-    return "\n".join(lines)
-
-
-def _is_file_arg(data: str) -> bool:
-    """How ``vaelab train --data`` tells a path from a dataset name (the same rule as the CLI)."""
-    return Path(data).suffix.lower() in (".npy", ".npz", ".csv") or os.sep in data
-
-
-@dataclass(frozen=True)
-class Reproduction:
-    """How ``vaelab train`` rebuilds a config: the preset it starts from and what differs.
-
-    preset: the preset the command starts from (None: the library defaults).
-    preset_flag: whether ``--preset`` must be given (image data start from the default image
-        preset without it, unless ``--config`` is given).
-    changed: the (section, field) whose values differ from that starting point.
-    needs_toml: some change has no flag, so the command reads a TOML file instead.
-    """
-
-    preset: str | None
-    preset_flag: bool
-    base: RunConfig
-    changed: tuple[tuple[str, str], ...]
-    needs_toml: bool
-
-
-def _accepted(base: RunConfig, changed: tuple[tuple[str, str], ...], current: dict[str, Any]) -> bool:
-    """Whether the re-run's settings (``changed`` given explicitly over ``base``) pass the CLI's check."""
-    from vaelab.config import ConfigError, check_settings
-
-    overrides: dict[str, dict[str, Any]] = {}
-    for section, key in changed:
-        overrides.setdefault(section, {})[key] = current[section][key]
-    try:
-        check_settings(base.with_overrides(overrides))
-    except (ConfigError, ValueError):
-        return False
-    return True
-
-
-def reproduction(config: RunConfig) -> Reproduction:
-    """The cheapest way ``vaelab train`` rebuilds ``config``: the starting point (defaults or a
-    preset, as the CLI applies them) with the fewest differences, then flags or a TOML file."""
-    from vaelab.data.registry import is_image_config
-    from vaelab.presets import DEFAULT_IMAGE_PRESET, PRESETS, apply_preset
-
-    defaults = RunConfig()
-    image = is_image_config(config.data)
-    # (preset, flag needed, base). Without --preset and --config the CLI starts image data from
-    # the default image preset, and other data from the library defaults.
-    # With --config the CLI applies no preset: image data then start from the library defaults
-    # too, through a TOML file (the last resort, for configs no flag command can give).
-    starts: list[tuple[str | None, bool, RunConfig]] = [(None, False, defaults)]
-    starts += [(name, not (image and name == DEFAULT_IMAGE_PRESET), apply_preset(defaults, name)) for name in PRESETS]
-    current = config.model_dump()
-    flags = train_flags()
-    best: Reproduction | None = None
-    best_key: tuple[bool, bool, int, bool] = (True, True, 0, True)
-    for preset, flag, base in starts:
-        reference = base.model_dump()
-        changed = tuple(f for f in config_fields() if current[f[0]][f[1]] != reference[f[0]][f[1]])
-        needs_toml = any(
-            f not in flags and f not in DATA_ARGUMENT or isinstance(current[f[0]][f[1]], bool) for f in changed
-        )
-        if config.data.path is not None and (not _is_file_arg(config.data.path) or ("data", "name") in changed):
-            needs_toml = True  # --data takes either a name or a path that looks like one
-        if image and preset is None:
-            needs_toml = True
-        option = Reproduction(preset, flag, base, changed, needs_toml)
-        # Prefer a start the CLI accepts (a preset can make a setting explicit that the run had
-        # by default, e.g. --epochs beside --steps), then a command of flags alone, then the
-        # fewest changes, then no --preset.
-        key = (not _accepted(base, changed, current), needs_toml, len(changed), flag)
-        if best is None or key < best_key:
-            best, best_key = option, key
-    assert best is not None
-    return best
-
-
-def reproduce_toml(config: RunConfig) -> str:
-    """The TOML file that :func:`reproduce_command` reads when some option has no flag."""
-    return config_toml(config, base=reproduction(config).base)
-
-
-def reproduce_command(config: RunConfig, out: str | Path) -> tuple[str, bool]:
-    """The ``vaelab train`` command that trains this config again into ``out``.
-
-    Returns (command, needs_toml). The command starts where the CLI starts (the library
-    defaults, the default image preset for image data, or ``--preset NAME``) and gives a
-    flag for every option that differs from there. When some differing option has no flag,
-    the command reads ``out/reproduce.toml`` instead (write it with :func:`reproduce_toml`)
-    and needs_toml is True. Running the command writes the same config.json.
-    """
-    plan = reproduction(config)
-    current = config.model_dump()
-    if plan.needs_toml:
-        cmd = ["vaelab", "train"]
-        if plan.preset is not None:  # with --config, the CLI applies no preset unless told
-            cmd += ["--preset", plan.preset]
-        cmd += ["--config", str(Path(out) / REPRODUCE_FILE), "--out", str(out)]
-        return " ".join(shlex.quote(p) for p in cmd), True
-    cmd = ["vaelab", "train", "--data", str(config.data.path or config.data.name)]
-    if plan.preset_flag:
-        cmd += ["--preset", str(plan.preset)]
-    flags = train_flags()
-    for section, key in plan.changed:
-        if (section, key) in flags:
-            cmd += [flags[(section, key)], _flag_value(current[section][key])]
-    cmd += ["--out", str(out)]
-    return " ".join(shlex.quote(p) for p in cmd), False
-
 
 # HTML pieces --------------------------------------------------------------------------------
-
-CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1200px;
-       padding: 1rem 2rem 3rem; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; margin-top: 2rem; }
-nav a { margin-right: 1rem; } .summary { color: #444; }
-table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.92rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #f2f2f2; } tr.bad td { background: #fde2e2; } td.changed { font-weight: bold; }
-figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
-figcaption { color: #333; margin-top: 0.3rem; } figcaption b { color: #000; }
-.failure { border: 2px solid #c00; background: #fff0f0; padding: 0.6rem 1rem; color: #900; }
-.warning { border: 2px solid #c80; background: #fff8e6; padding: 0.6rem 1rem; color: #740; }
-.ok { color: #060; font-weight: bold; } .failed { color: #c00; font-weight: bold; }
-pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; border: 1px solid #ddd; white-space: pre-wrap; }
-.note { color: #555; font-size: 0.9rem; } .error { color: #c00; }
-.compare td { vertical-align: top; } .compare img { max-width: 100%; }
-"""
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def fmt_number(value: Any) -> str:
-    """Numbers for tables: ints as is, floats with 4 significant digits, NaN / inf spelled out."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "∞" if value > 0 else "−∞"
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
-    if isinstance(value, list | tuple):
-        return ", ".join(fmt_number(v) for v in value)
-    return str(value)
-
-
-def png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def figure_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def page(title: str, body: str) -> str:
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
@@ -573,3 +309,4 @@ def write_report(
             f"{path}: cannot write the report ({err.strerror or err}); choose a writable --out"
         ) from None
     return path
+

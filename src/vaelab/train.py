@@ -21,14 +21,16 @@ import torch
 from torch import Tensor
 
 from vaelab import checkpoint as ckpt
-from vaelab.checkpoint import History, TrainState
+from vaelab.checkpoint import TrainState
 from vaelab.conditions import Condition, fit_condition
-from vaelab.config import ConfigError, RunConfig, TrainConfig, check_settings, flag_name
+from vaelab.config import ConfigError, RunConfig, TrainConfig, flag_name
 from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.errors import InputError, VaelabError
+from vaelab.history import History
 from vaelab.models import VAE, LatentModel, build_model
 from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
+from vaelab.settings import check_settings
 from vaelab.sizes import check_model_fits
 
 log = logging.getLogger(__name__)

@@ -24,19 +24,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vaelab.data import images as images_module
+from vaelab.data import download
+from vaelab.data.digits import load_digits
+from vaelab.data.download import DATA_DIR_ENV, ChecksumError, DatasetNotFoundError, resolve_data_dir
+from vaelab.data.folders import load_image_folder
 from vaelab.data.idx import IdxError, write_idx
-from vaelab.data.images import (
-    DATA_DIR_ENV,
-    MNIST_FAMILY,
-    ChecksumError,
-    DatasetNotFoundError,
-    IdxResource,
-    load_digits,
-    load_image_folder,
-    load_mnist_family,
-    resolve_data_dir,
-)
+from vaelab.data.mnist import MNIST_FAMILY, IdxResource, load_mnist_family
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 N_TRAIN, N_TEST = 11, 7  # different, so a mixed-up split shows
@@ -420,7 +413,7 @@ def test_download_module_never_prints(
     with pytest.raises(ChecksumError):
         load_mnist_family("mnist", "test", data_dir=tmp_path, base_urls=[base + "/good/"])
     assert capsys.readouterr() == ("", "")
-    assert images_module.logger.name == "vaelab.data.images"
+    assert download.logger.name == "vaelab.data.download"
 
 
 # --- scikit-learn digits ---------------------------------------------------------------------

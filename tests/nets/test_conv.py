@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vaelab.config import ModelConfig, TrainConfig
-from vaelab.data.images import load_digits
+from vaelab.data.digits import load_digits
 from vaelab.models import build_model
 from vaelab.nets import ConvDecoder, ConvEncoder, build_decoder, build_encoder, image_shape_for
 from vaelab.nets.conv import conv_sizes

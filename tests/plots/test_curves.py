@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from vaelab.checkpoint import History
 from vaelab.config import DataConfig, ModelConfig, RunConfig
 from vaelab.data.registry import load_dataset
 from vaelab.data.toy2d import ring
+from vaelab.history import History
 from vaelab.models import build_model
 from vaelab.plots import render
 from vaelab.plots.common import PlotContext, subset

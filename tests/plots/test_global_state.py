@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     import vaelab.plots as plots
     assert matplotlib.get_backend() == "svg", f"import switched the backend to {matplotlib.get_backend()}"
 
-    from vaelab.checkpoint import History
+    from vaelab.history import History
     from vaelab.conditions import fit_condition
     from vaelab.config import ModelConfig
     from vaelab.data.registry import load_dataset

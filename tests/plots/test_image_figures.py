@@ -99,7 +99,7 @@ def test_image_figures_say_they_show_test_images(digits_run):
 def test_missing_test_split_falls_back_to_training_images_and_says_so(digits_run, monkeypatch):
     """Only a missing dataset is expected; the figures then say they show training images."""
     import vaelab.data.registry as registry_module
-    from vaelab.data.images import DatasetNotFoundError
+    from vaelab.data.download import DatasetNotFoundError
     from vaelab.plots import load_context, render
 
     ctx = load_context(digits_run)

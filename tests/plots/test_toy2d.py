@@ -15,21 +15,17 @@ from matplotlib.collections import PathCollection
 from matplotlib.image import imsave
 from matplotlib.patches import Ellipse
 
-from vaelab.checkpoint import History
+from vaelab.analysis import aggregate_posterior, default_points
 from vaelab.config import ModelConfig
 from vaelab.data import toy2d
 from vaelab.data.dataset import Dataset
+from vaelab.history import History
 from vaelab.models import build_model
 from vaelab.plots import check_names, plan, registry, render
 from vaelab.plots.common import PlotContext, view_limits
 from vaelab.plots.curves import plot_training_curves
-from vaelab.plots.toy2d import (
-    aggregate_posterior,
-    default_points,
-    plot_density,
-    plot_latent_grid,
-    plot_posterior_contours,
-)
+from vaelab.plots.data_space import plot_density
+from vaelab.plots.latent import plot_latent_grid, plot_posterior_contours
 
 TOY_FIGURES = ["samples", "reconstructions", "latent_params", "z_vs_eps", "latent_space",
                "posterior_contours", "latent_grid", "aggregate_posterior", "density", "training_curves"]

@@ -11,7 +11,7 @@ values in C order, big-endian (http://yann.lecun.com/exdb/mnist/, "FILE FORMATS"
 The files are usually distributed gzipped. We detect gzip by its magic bytes (1f 8b) rather
 than by the file name, so a renamed or un-gzipped file reads all the same.
 
-This module only touches local files; downloading lives in :mod:`vaelab.data.images`.
+This module only touches local files; downloading lives in :mod:`vaelab.data.download`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from vaelab.data import images, toy2d
+from vaelab.config import lookup
+from vaelab.data import digits, folders, mnist, toy2d
 from vaelab.data.dataset import Dataset
 from vaelab.data.files import DataFileError, load_points
 from vaelab.errors import InputError
@@ -75,6 +76,11 @@ for _spec in (
                 _toy(toy2d.radial_gmm)),
     DatasetSpec("ring", "8 isotropic Gaussians (std 0.15) on a radius-2 circle; exact log p(x); 8 labels",
                 _toy(toy2d.ring)),
+    DatasetSpec("pinwheel", "5 curved arms (swirled Gaussians); exact log p(x); 5 labels", _toy(toy2d.pinwheel)),
+    DatasetSpec("banana", "one bent Gaussian ridge x2 = y2 + 0.5 (y1² - 1.44); exact log p(x); 2 labels (halves)",
+                _toy(toy2d.banana)),
+    DatasetSpec("spiral", "10 Gaussians (std 0.1) along a spiral arm; exact log p(x); 10 labels",
+                _toy(toy2d.spiral)),
 ):
     register(_spec)
 
@@ -97,17 +103,17 @@ def take(data: Dataset, idx: torch.Tensor | slice) -> Dataset:
 def _mnist_family(name: str) -> Callable[[DataConfig, Split], Dataset]:
     def load(config: DataConfig, split: Split) -> Dataset:
         if config.image_split == "test-9k":
-            full = images.load_mnist_family(name, "test", data_dir=config.data_dir)
+            full = mnist.load_mnist_family(name, "test", data_dir=config.data_dir)
             rows = slice(0, TEST_9K_TRAIN) if split == "train" else slice(TEST_9K_TRAIN, None)
             return take(full, rows)
-        return images.load_mnist_family(name, split, data_dir=config.data_dir)
+        return mnist.load_mnist_family(name, split, data_dir=config.data_dir)
 
     return load
 
 
 def _digits(size: int) -> Callable[[DataConfig, Split], Dataset]:
     def load(config: DataConfig, split: Split) -> Dataset:
-        return images.load_digits(
+        return digits.load_digits(
             split, size=size, test_fraction=config.test_fraction, seed=config.seed
         )
 
@@ -153,7 +159,7 @@ def _split_file(config: DataConfig, split: Split) -> Dataset:
             "vaelab 0.1.0 stored --data as typed), so run the command from the folder the run was trained in"
         )
     if path.is_dir():
-        full = images.load_image_folder(config.path, size=config.image_size)
+        full = folders.load_image_folder(config.path, size=config.image_size)
     else:
         full = load_points(config.path, label_column=config.label_column,
                            condition_columns=config.condition_columns)
@@ -181,10 +187,8 @@ def load_dataset(config: DataConfig, split: Split = "train", *, expect_dim: int 
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if config.path is not None:
         data = _split_file(config, split)
-    elif config.name not in DATASETS:
-        raise InputError(f"unknown dataset {config.name!r}; choose one of: {', '.join(DATASETS)}")
     else:
-        data = DATASETS[config.name].load(config, split)
+        data = lookup(DATASETS, config.name, "data.name", "dataset").load(config, split)
     if expect_dim is not None and data.dim != expect_dim:
         raise InputError(
             f"{config.path or config.name}: the data now have {data.dim} columns, but the run was trained on "

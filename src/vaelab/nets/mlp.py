@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from vaelab.errors import InputError
+from vaelab.config import lookup
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -21,9 +21,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 def activation_layer(name: str) -> nn.Module:
     """A fresh activation module by name (the names of ``ACTIVATIONS``)."""
-    if name not in ACTIVATIONS:
-        raise InputError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    return lookup(ACTIVATIONS, name, "model.activation", "activation")()
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu") -> nn.Sequential:

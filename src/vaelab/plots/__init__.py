@@ -4,7 +4,7 @@ Use it three ways:
 
 - in a notebook, call a plot function directly; each returns a ``matplotlib.figure.Figure``::
 
-      from vaelab.plots.toy2d import plot_samples
+      from vaelab.plots.data_space import plot_samples
       plot_samples(run.model, dataset)
 
 - by name, for a loaded run: ``render(PlotContext.from_run(run), "latent_grid")``;
@@ -38,7 +38,8 @@ FORMATS = ("png", "svg", "pdf")
 
 # Modules whose ``FIGURES`` lists are registered, in report order. Add yours here.
 FIGURE_MODULES: list[str] = [
-    "vaelab.plots.toy2d", "vaelab.plots.images", "vaelab.plots.conditional", "vaelab.plots.curves",
+    "vaelab.plots.data_space", "vaelab.plots.latent", "vaelab.plots.images", "vaelab.plots.conditional",
+    "vaelab.plots.curves",
 ]
 
 _REGISTRY: dict[str, FigureSpec] = {}

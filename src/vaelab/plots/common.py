@@ -22,7 +22,7 @@ import math
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 import numpy as np
@@ -31,13 +31,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vaelab.analysis import _device
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
+from vaelab.models import VAE, LatentModel
 
 if TYPE_CHECKING:
-    from vaelab.checkpoint import History, Run
+    from vaelab.checkpoint import Run
     from vaelab.conditions import Condition
     from vaelab.config import RunConfig
+    from vaelab.history import History
     from vaelab.models import LatentModel
 
 log = logging.getLogger(__name__)
@@ -407,3 +410,32 @@ def colorbar(fig: Figure, mappable: Any, ax: Axes | Sequence[Axes], label: str) 
 
 def gaussian_pdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
     return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
+def _x(model: LatentModel, data: Dataset) -> Tensor:
+    return data.x.to(_device(model))
+
+
+def _require_vae(model: LatentModel, what: str) -> VAE:
+    """``model`` as the VAE it must be; ``config.kind`` tells (build_model makes a VAE for "vae")."""
+    if model.config.kind != "vae":
+        raise InputError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
+    return cast(VAE, model)
+
+
+def _xy(x: np.ndarray) -> np.ndarray:
+    """The first two data coordinates (N, 2) of points (N, D ≥ 2)."""
+    if x.shape[1] < 2:
+        raise InputError(f"this figure draws data in a plane and needs D ≥ 2 coordinates, got D = {x.shape[1]}")
+    return x[:, :2]
+
+
+def _label_data_axes(ax, x_dim: int) -> None:
+    ax.set_xlabel(x_label(0, x_dim))
+    ax.set_ylabel(x_label(1, x_dim))
+
+
+_points = all_of(unconditional, needs_point_data)
+
+
+_posterior = all_of(unconditional, needs_vae)

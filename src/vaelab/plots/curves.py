@@ -23,7 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vaelab.checkpoint import History
+from vaelab.history import History
 from vaelab.models import LatentModel
 from vaelab.plots.common import FigureSpec, PlotContext, needs_history, new_figure, text_panel
 

@@ -235,7 +235,7 @@ def _shown_data(ctx: PlotContext) -> tuple[Dataset, str]:
     """
     if ctx.config is None:
         return ctx.data, "training images"
-    from vaelab.data.images import DatasetNotFoundError
+    from vaelab.data.download import DatasetNotFoundError
     from vaelab.data.pixels import eval_view
     from vaelab.data.registry import load_dataset
 

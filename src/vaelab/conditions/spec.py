@@ -31,36 +31,32 @@ The :class:`Condition` spec is what a run saves (``condition.json``); ``fit_cond
 builds it from the training split, ``Condition.tensor`` turns a dataset into c and
 ``Condition.parse`` / ``read_condition_file`` turn what a user types into c, with errors
 that say which labels or widths the model knows.
+
+This module holds the spec; ``read_condition_file`` is in :mod:`vaelab.conditions.user_input`,
+and the metrics of how well samples follow their condition in :mod:`vaelab.conditions.metrics`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from vaelab.config import parse_kind
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
 
-if TYPE_CHECKING:
-    from vaelab.models import LatentModel
-
 KINDS = ("label", "radius", "column:NAME[,NAME...]")
-# Toy mixtures whose modes are known exactly: their samples are classified by nearest mode.
-GMM_DATASETS = ("2gmm", "radial_gmm", "ring")
 # A continuous value more than this share of the training span outside [low, high] is
 # "far outside" and draws a warning (values a little past the edge are still data-like).
 RANGE_MARGIN = 0.1
 
-_COLUMN = re.compile(r"^column:(.+)$")
 
 
 class ConditionError(InputError):
@@ -69,25 +65,6 @@ class ConditionError(InputError):
 
 class ConditionRangeWarning(UserWarning):
     """A continuous condition far outside the range the model was trained on."""
-
-
-def parse_kind(kind: str) -> tuple[str, list[str]]:
-    """Check a condition kind and return (normalised kind, CSV column names).
-
-    ``"label"`` and ``"radius"`` have no columns; ``"column:a, b"`` -> ``("column:a,b", ["a", "b"])``.
-    """
-    text = kind.strip()
-    if text in ("label", "radius"):
-        return text, []
-    match = _COLUMN.match(text)
-    if match:
-        names = [n.strip() for n in match.group(1).split(",")]
-        if all(names) and len(set(names)) == len(names):
-            return "column:" + ",".join(names), names
-    raise ConditionError(
-        f"unknown condition {kind!r}; use label (class labels), radius (‖x‖ of 2D points) "
-        "or column:NAME[,NAME...] (numeric CSV columns used as a continuous condition)"
-    )
 
 
 def _format(values: Sequence[float]) -> str:
@@ -326,6 +303,8 @@ class Condition:
         """A CLI ``--condition`` argument -> raw conditions: a file of conditions (one per
         line / row) if ``text`` names an existing file, otherwise a single value (a name
         with a data-file suffix that does not exist is reported as a missing file)."""
+        from vaelab.conditions.user_input import read_condition_file  # it imports this module
+
         path = Path(text)
         if path.is_file():
             return read_condition_file(path, self)
@@ -392,176 +371,3 @@ def fit_condition(kind: str, data: Dataset, embed: Sequence[int] = (16, 16)) -> 
                      high=values.max(0).values.tolist(), mean=values.mean(0).tolist(), std=std.tolist(),
                      embed=[int(w) for w in embed])
 
-
-def read_condition_file(path: str | Path, condition: Condition) -> Tensor:
-    """Conditions from a file, one per sample / point: raw labels (N,) or values (N, C).
-
-    ``.npy``: an (N,) or (N, C) array. Text (``.csv``, ``.txt``, other): one condition per
-    line; blank lines and ``#`` comments are skipped. For continuous conditions a first line
-    that is not numbers is taken as a header; a line holds C comma-separated numbers.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConditionError(f"{path}: no such file of conditions")
-    if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ConditionError(f"{path}: cannot be read as .npy ({err})") from None
-        if arr.ndim == 2 and arr.shape[1] == 1 and condition.discrete:
-            arr = arr[:, 0]
-        if arr.ndim not in (1, 2) or (condition.discrete and arr.ndim != 1):
-            raise ConditionError(f"{path}: expected an (N,) array of labels or an (N, C) array of values, "
-                                 f"got shape {arr.shape}")
-        if arr.ndim == 1:
-            items: list[str] = [str(int(v)) if float(v).is_integer() else str(v) for v in arr.tolist()]
-        else:
-            items = [",".join(repr(float(u)) for u in row) for row in arr.tolist()]
-    else:
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        items = [ln for ln in lines if ln and not ln.startswith("#")]
-        if items and not condition.discrete:
-            try:
-                [float(v) for v in items[0].split(",")]
-            except ValueError:
-                items = items[1:]  # header row
-    if not items:
-        raise ConditionError(f"{path}: holds no conditions; expected one per line")
-    try:
-        return condition.parse(items)
-    except ConditionError as err:
-        raise ConditionError(f"{path}: {err}") from None
-
-
-# -- evaluation --------------------------------------------------------------------------
-
-
-@dataclass
-class LabelClassifier:
-    """A classifier of data points used to check that samples follow their label.
-
-    predict: x (M, D) -> predicted labels (M,). test_accuracy: its accuracy on held-out
-    data, the ceiling of any conditioning accuracy measured with it.
-    """
-
-    description: str
-    predict: Callable[[Tensor], Tensor]
-    test_accuracy: float | None = None
-
-
-def label_classifier(train: Dataset, test: Dataset | None = None, *, max_train: int = 10_000) -> LabelClassifier:
-    """The classifier for conditioning accuracy on ``train``'s labels.
-
-    The toy Gaussian mixtures (2gmm, radial_gmm, ring) use the exact nearest mode, with
-    no training. Images use multinomial logistic regression on the pixels; other points a
-    5-nearest-neighbour vote; both are fitted on the training split (scikit-learn), on a
-    fixed random subset of ``max_train`` points when it is larger (MNIST: 60,000 -> 10,000,
-    which changes the classifier's accuracy little and its fitting time a lot).
-    """
-    if train.labels is None:
-        raise ConditionError(f"{train.name}: has no labels, so there is nothing to classify")
-    if train.name in GMM_DATASETS and train.dim == 2:
-        from vaelab.data.toy2d import mode_means
-
-        means = mode_means(train.name)  # (K, 2)
-
-        def nearest(x: Tensor) -> Tensor:
-            return torch.cdist(x.float().cpu(), means).argmin(dim=1)
-
-        clf = LabelClassifier("nearest mode of the mixture", nearest)
-    else:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.neighbors import KNeighborsClassifier
-
-        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:max_train]
-        xs, ys = train.x[rows].double().cpu().numpy(), train.labels[rows].cpu().numpy()
-        if train.image_shape is not None:
-            model: Any = LogisticRegression(max_iter=300, C=0.1)
-            description = "logistic regression on pixels (training split)"
-        else:
-            model = KNeighborsClassifier(n_neighbors=min(5, len(xs)))
-            description = "5-nearest-neighbour vote (training split)"
-        model.fit(xs, ys)
-
-        def fitted(x: Tensor) -> Tensor:
-            return torch.as_tensor(model.predict(x.double().cpu().numpy()), dtype=torch.int64)
-
-        clf = LabelClassifier(description, fitted)
-    if test is not None and test.labels is not None and len(test):
-        clf.test_accuracy = float((clf.predict(test.x) == test.labels.cpu()).double().mean())
-    return clf
-
-
-@torch.no_grad()
-def conditioning_accuracy(
-    model: LatentModel, condition: Condition, classifier: LabelClassifier, *, n_per_class: int = 500,
-    generator: torch.Generator | None = None,
-) -> dict[str, Any]:
-    """Share of samples drawn for label k that the classifier assigns to k, per label.
-
-    For every label k: z ~ N(0, I), x = decoder mean of p(x|z, c = onehot(k)) (n_per_class
-    of them), then the classifier's verdict. Returns ``overall`` (mean over labels),
-    ``per_class`` {label name: share}, ``classifier`` and ``n_per_class``.
-    """
-    if condition.labels is None:
-        raise ConditionError("conditioning accuracy needs a label condition")
-    ref = next(model.parameters())
-    per_class: dict[str, float] = {}
-    for k, name in enumerate(condition.labels):
-        c = condition.encode(torch.tensor([k])).to(ref.device)  # (1, K), broadcast over samples
-        x = model.sample(n_per_class, c, generator=generator)
-        per_class[name] = float((classifier.predict(x) == k).double().mean())
-    out: dict[str, Any] = {
-        "overall": float(np.mean(list(per_class.values()))), "per_class": per_class,
-        "classifier": classifier.description, "n_per_class": n_per_class,
-    }
-    if classifier.test_accuracy is not None:
-        out["classifier_test_accuracy"] = classifier.test_accuracy
-    return out
-
-
-@torch.no_grad()
-def radius_tracking(
-    model: LatentModel, condition: Condition, radii: Sequence[float] | None = None, *,
-    n: int = 500, generator: torch.Generator | None = None,
-) -> dict[str, Any]:
-    """Mean radius ‖x‖ of samples drawn at each requested radius (decoder means).
-
-    ``radii`` default to 6 values evenly over the middle 90% of the training range.
-    Returns ``requested``, ``mean_radius``, ``std_radius`` (lists) and ``mean_abs_error``
-    = mean over requested r of |mean radius - r|.
-    """
-    if condition.kind != "radius":
-        raise ConditionError(f"radius tracking needs a radius condition, this run has {condition.kind}")
-    assert condition.low is not None and condition.high is not None
-    if radii is None:
-        lo, hi = condition.low[0], condition.high[0]
-        pad = 0.05 * (hi - lo)
-        radii = torch.linspace(lo + pad, hi - pad, 6).tolist()
-    ref = next(model.parameters())
-    means, stds = [], []
-    for r in radii:
-        c = condition.encode(torch.tensor([[float(r)]])).to(ref.device)
-        radius = model.sample(n, c, generator=generator).norm(dim=1)
-        means.append(float(radius.mean()))
-        stds.append(float(radius.std()))
-    errors = [abs(m - r) for m, r in zip(means, radii, strict=True)]
-    return {"requested": [float(r) for r in radii], "mean_radius": means, "std_radius": stds,
-            "mean_abs_error": float(np.mean(errors))}
-
-
-def conditional_metrics(
-    model: LatentModel, condition: Condition, train: Dataset, test: Dataset, *, seed: int = 0,
-    n_per_class: int = 500,
-) -> dict[str, Any]:
-    """What evaluation adds for a conditional run: ``condition`` (its description), and
-    ``conditioning_accuracy`` (labels) or ``radius_tracking`` (radius)."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    out: dict[str, Any] = {"condition": condition.describe()}
-    if condition.labels is not None:
-        classifier = label_classifier(train, test)
-        out["conditioning_accuracy"] = conditioning_accuracy(
-            model, condition, classifier, n_per_class=n_per_class, generator=generator)
-    elif condition.kind == "radius":
-        out["radius_tracking"] = radius_tracking(model, condition, n=n_per_class, generator=generator)
-    return out

@@ -1,4 +1,4 @@
-"""The ``vaelab`` command line: parse, call the library, print. All console output lives here."""
+"""The ``vaelab`` commands: parse the options, call the library, print what it returns."""
 
 from __future__ import annotations
 
@@ -7,82 +7,27 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 
-from vaelab.errors import InputError, VaelabError
-
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    help="Train, evaluate and explore variational autoencoders.",
-)
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn vaelab's own errors (``VaelabError``) and the operating system's errors about the
-    user's files (``OSError``: a missing folder, a full disk) into a one-paragraph message and
-    exit code 2. Anything else is a bug in vaelab and keeps its traceback.
-
-    Set VAELAB_DEBUG=1 to see the full traceback of a user error too.
-    """
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (VaelabError, OSError) as err:
-            if os.environ.get("VAELAB_DEBUG"):
-                raise
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, then mps, else cpu; otherwise the named device, checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def _split_ints(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise InputError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None
+from vaelab.cli import app
+from vaelab.cli.common import _split_ints, pick_device, user_errors
+from vaelab.cli.console import _fetch_with_progress, _notice, console, err_console
+from vaelab.cli.evaluation import _condition_arg, _run_eval
+from vaelab.errors import InputError
 
 
 def _is_file_arg(data: str) -> bool:
@@ -121,31 +66,6 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"{config}: cannot read the config file ({err})") from None
     return base.with_overrides(raw, source=str(config))
-
-
-def _fetch_with_progress(data_cfg: Any) -> None:
-    """Download missing MNIST-family files before training, drawing a progress bar per file."""
-    from vaelab.data import images
-
-    if data_cfg.path is not None or data_cfg.name not in images.MNIST_FAMILY:
-        return
-    splits: list[images.Split] = ["test"] if data_cfg.image_split == "test-9k" else ["train", "test"]
-    folder = images.dataset_folder(data_cfg.name, data_cfg.data_dir)
-    spec = images.MNIST_FAMILY[data_cfg.name]
-    names = [r.filename for s in splits for r in spec.files(s)]
-    if all((folder / n).is_file() or (folder / n.removesuffix(".gz")).is_file() for n in names):
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console) as progress:
-        tasks: dict[str, Any] = {}
-
-        def on_bytes(done: int, total: int | None, name: str) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(f"downloading {name}", total=total)
-            progress.update(tasks[name], completed=done, total=total)
-
-        for split in splits:
-            images.load_mnist_family(data_cfg.name, split, data_dir=data_cfg.data_dir, progress=on_bytes)
 
 
 @app.command()
@@ -256,7 +176,7 @@ def train(
         out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     dev = pick_device(device)
     if not resume:  # refuse a setting that would change nothing before any output or download
-        from vaelab.config import check_settings
+        from vaelab.settings import check_settings
 
         check_settings(cfg)
         _fetch_with_progress(cfg.data)
@@ -404,129 +324,6 @@ def _loss_name(cfg: Any) -> str:
             return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, β={cfg.train.beta:g})"
         return f"loss (−IWAE bound, k={cfg.train.k})"
     return f"loss (−ELBO, β={cfg.train.beta:g})"
-
-
-def _run_eval(
-    run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None,
-    save: bool = False,
-) -> dict[str, Any]:
-    """Evaluate with the library's ``evaluate_run``, print, then write metrics.json when due.
-
-    The metrics are printed before anything is written, so a run folder that cannot be
-    written still shows its numbers.
-    """
-    from vaelab import checkpoint as ckpt
-    from vaelab.evaluate import evaluate_run, save_metrics, settings_differ, should_write_metrics
-
-    run = ckpt.load(run_dir, device)
-    metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False)
-    _print_metrics(metrics)
-    _print_collapse_verdict(metrics)
-    _print_condition_metrics(metrics)
-    if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed):
-        path = save_metrics(run, metrics)
-        console.print(f"wrote {path}", highlight=False)
-    else:
-        differ = "; ".join(settings_differ(run, k=k, n_test=n_test, seed=seed))
-        console.print(f"{run_dir / ckpt.METRICS_FILE} kept as it was: these numbers use {differ}; "
-                      "add --save to replace the run's recorded metrics with them", highlight=False)
-    return metrics
-
-
-def _print_collapse_verdict(metrics: dict[str, Any]) -> None:
-    """Say in words whether the posterior has collapsed (and what to try); nothing for an autoencoder."""
-    from vaelab.diagnostics import collapse_verdict
-
-    verdict = collapse_verdict(metrics)
-    if verdict is not None:
-        style = "bold yellow" if verdict.collapsed else "green"
-        console.print(f"[{style}]{escape(verdict.text)}[/]", highlight=False, soft_wrap=True)
-
-
-def _print_condition_metrics(metrics: dict[str, Any]) -> None:
-    """Conditioning accuracy per label, or the radius each requested radius gets."""
-    if "condition" in metrics:
-        console.print(f"condition {metrics['condition']}", highlight=False)
-    acc = metrics.get("conditioning_accuracy")
-    if acc is not None:
-        table = Table(title=f"conditioning accuracy ({acc['classifier']}; {acc['n_per_class']} samples per label)")
-        table.add_column("label")
-        table.add_column("share classified as its label", justify="right")
-        for name, value in acc["per_class"].items():
-            table.add_row(name, f"{value:.3f}")
-        table.add_row("[bold]overall[/]", f"[bold]{acc['overall']:.3f}[/]")
-        if "classifier_test_accuracy" in acc:
-            table.add_row("(classifier on test data)", f"{acc['classifier_test_accuracy']:.3f}")
-        console.print(table)
-    track = metrics.get("radius_tracking")
-    if track is not None:
-        table = Table(title="radius tracking: mean ‖x‖ of samples at each requested radius")
-        for col in ("requested", "mean ‖x‖", "std ‖x‖"):
-            table.add_column(col, justify="right")
-        for r, m, s in zip(track["requested"], track["mean_radius"], track["std_radius"], strict=True):
-            table.add_row(f"{r:.3f}", f"{m:.3f}", f"{s:.3f}")
-        console.print(table)
-        console.print(f"mean |mean ‖x‖ − requested| = {track['mean_abs_error']:.4f}", highlight=False)
-
-
-def _condition_arg(r: Any, arg: str | None, n_rows: int | None) -> torch.Tensor | None:
-    """c for a loaded run from ``--condition`` (one value, or a file with one per row).
-
-    Required for a conditional model, refused for an unconditional one. A single value is
-    repeated for all ``n_rows``; a file must have ``n_rows`` rows (any number when None).
-    Range warnings are shown on the console, and the command goes on.
-    """
-    import warnings
-
-    cond = r.condition
-    if cond is None:
-        if arg is not None:
-            raise InputError(f"{r.path}: this model was trained without a condition; drop --condition")
-        return None
-    if arg is None:
-        raise InputError(f"{r.path}: this model is conditional ({cond.describe()}); pass --condition VALUE "
-                         "or --condition FILE with one condition per row")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        raw = cond.from_arg(arg)
-    for w in caught:
-        err_console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
-    if n_rows is not None and len(raw) not in (1, n_rows):
-        raise InputError(f"{arg}: holds {len(raw)} conditions for {n_rows} rows; give one per row, or a single value")
-    c = cond.encode(raw)
-    return c.expand(n_rows, -1) if n_rows is not None and len(c) == 1 else c
-
-
-def _print_metrics(metrics: dict[str, Any]) -> None:
-    table = Table(title="held-out evaluation (nats per point)", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    labels = {
-        "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
-        "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
-        "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
-        "active_units": "active units", "mutual_info": "mutual information I(x; z)",
-        "marginal_kl": "marginal KL(q(z) ‖ p(z))", "true_nll": "true NLL (entropy of the data)",
-        "nll_gap": "gap: IWAE NLL − true NLL",
-        "nll_gap_se": "  ± standard error",
-        "eval_seed": "  evaluation seed",
-    }
-    # A standard error is printed under the value it belongs to.
-    ses = {"elbo": "elbo_se", "recon": "recon_se", "kl": "kl_se", "elbo_bpd": "elbo_bpd_se",
-           "iwae_bpd": "iwae_bpd_se", "mutual_info": "mutual_info_se", "marginal_kl": "marginal_kl_se"}
-    for key, label in labels.items():
-        if key in metrics:
-            v = metrics[key]
-            table.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v))
-            if key in ses and ses[key] in metrics:
-                table.add_row("  ± standard error", f"{metrics[ses[key]]:.4f}")
-    if "nll_gap_note" in metrics:
-        table.add_row("gap: IWAE NLL − true NLL", "omitted (see below)")
-    if "kl_per_dim" in metrics:
-        table.add_row("KL per latent dim", ", ".join(f"{v:.3f}" for v in metrics["kl_per_dim"]))
-    console.print(table)
-    if "nll_gap_note" in metrics:
-        console.print(metrics["nll_gap_note"], highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -693,10 +490,6 @@ def datasets() -> None:
                "or none; resized to --image-size)")
 
 
-def _notice(message: str) -> None:
-    console.print(f"[dim]{message}[/]", highlight=False, soft_wrap=True)
-
-
 def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int) -> dict[str, Any]:
     """PlotContext options from the plot / report / compare flags (dims are 1-based here)."""
     from vaelab.config import check_seed_option
@@ -799,8 +592,8 @@ def compare(
 ) -> None:
     """Put runs side by side: differing options, one metrics table, the same figures in columns."""
     from vaelab.compare import comparison_table, write_comparison
+    from vaelab.html import fmt_number
     from vaelab.plots import parse_names
-    from vaelab.report import fmt_number
 
     names = parse_names(figures)
     labels, rows = comparison_table(runs)
@@ -859,11 +652,3 @@ def explore(
     finally:
         server.server_close()
 
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

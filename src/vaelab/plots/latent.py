@@ -1,18 +1,17 @@
-"""Figures of a VAE on points (2-D toy data, or the first two coordinates of user data).
+"""Latent-space figures of a VAE on points (2-D toy data, or the first two coordinates of user data).
 
 Every ``plot_*`` function takes the pieces it needs (a model, a Dataset, options) and returns
 a ``matplotlib.figure.Figure``, so it works in a notebook as well as in the report. Latent
 dimensions ``dims`` are 0-based (axis labels are z₁, z₂ …). Figures that need q(z|x) refuse
-an autoencoder; the registry at the bottom says which figure applies to which run.
+an autoencoder; the registry at the bottom says which figure applies to which run. The
+data-space figures (samples, reconstructions, density) are in :mod:`vaelab.plots.data_space`,
+the computations they share (aggregate posterior, model density) in :mod:`vaelab.analysis`.
 
 Shapes: x (N, D) data, z (N, d) latent codes; figures show data coordinates 1 and 2 and the
 two chosen latent dimensions.
 """
 
 from __future__ import annotations
-
-import math
-from typing import cast
 
 import numpy as np
 import torch
@@ -22,27 +21,30 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Ellipse
 from torch import Tensor
 
+from vaelab.analysis import _device, aggregate_posterior, default_points
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import VAE, LatentModel
-from vaelab.objectives import iwae_bound
+from vaelab.models import LatentModel
 from vaelab.plots.common import (
     CMAP,
     DENSITY_CMAP,
     LABEL_MARKERS,
     FigureSpec,
     PlotContext,
+    _label_data_axes,
+    _points,
+    _posterior,
+    _require_vae,
+    _x,
+    _xy,
     add_legend,
     all_of,
     colorbar,
     finite,
     gaussian_pdf,
     label_colour,
-    needs_2d_data,
     needs_point_data,
-    needs_vae,
     new_figure,
-    outside,
     point_size,
     scatter_labels,
     scatter_values,
@@ -57,47 +59,12 @@ from vaelab.plots.common import (
 PRIOR_STYLE = {"color": "0.25", "linestyle": "--", "linewidth": 1.0, "fill": False}
 
 
-def _device(model: LatentModel) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _x(model: LatentModel, data: Dataset) -> Tensor:
-    return data.x.to(_device(model))
-
-
-def _require_vae(model: LatentModel, what: str) -> VAE:
-    """``model`` as the VAE it must be; ``config.kind`` tells (build_model makes a VAE for "vae")."""
-    if model.config.kind != "vae":
-        raise InputError(f"{what} needs q(z|x), which an autoencoder does not have; use a VAE run")
-    return cast(VAE, model)
-
-
 def _check_dims(model: LatentModel, dims: tuple[int, int]) -> tuple[int, int]:
     d = model.latent_dim
     i, j = dims
     if d >= 2 and not (0 <= i < d and 0 <= j < d and i != j):
         raise InputError(f"dims={dims} is not a pair of different latent dimensions in 0..{d - 1}")
     return i, j
-
-
-def _xy(x: np.ndarray) -> np.ndarray:
-    """The first two data coordinates (N, 2) of points (N, D ≥ 2)."""
-    if x.shape[1] < 2:
-        raise InputError(f"this figure draws data in a plane and needs D ≥ 2 coordinates, got D = {x.shape[1]}")
-    return x[:, :2]
-
-
-def _outside_note(xy: np.ndarray, lims: tuple[tuple[float, float], tuple[float, float]]) -> str:
-    """A second title line saying how many points fall outside the view, or nothing."""
-    out = outside(xy, lims)
-    if out == 0:
-        return ""
-    return f"\n({out} of {len(xy)} point{'s' if out > 1 else ''} outside the view)"
-
-
-def _label_data_axes(ax, x_dim: int) -> None:
-    ax.set_xlabel(x_label(0, x_dim))
-    ax.set_ylabel(x_label(1, x_dim))
 
 
 def _coloured(fig: Figure, ax, xy: np.ndarray, data: Dataset, *, legend: bool = True, cbar: bool = True) -> None:
@@ -110,81 +77,6 @@ def _coloured(fig: Figure, ax, xy: np.ndarray, data: Dataset, *, legend: bool = 
             colorbar(fig, sc, ax, f"data coordinate {x_label(0, data.dim)}")
     else:
         ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="C0", linewidths=0)
-
-
-# 1. data vs model -----------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def plot_samples(
-    model: LatentModel, data: Dataset, *, n: int | None = None, generator: torch.Generator | None = None
-) -> Figure:
-    """Training data | decoded prior samples E[x|z] | samples x ~ p(x|z), on shared axes.
-
-    The middle panel shows what the decoder mean alone can produce; the right one adds the
-    likelihood's observation noise σ. Same number of points in every panel (n, default N).
-    """
-    n = len(data) if n is None else n
-    x = to_numpy(data.x)
-    z = torch.randn(n, model.latent_dim, generator=generator, device=_device(model))
-    p_x = model.decode(z)
-    mean = to_numpy(p_x.mean)
-    from vaelab.likelihoods import sample_observation
-
-    noisy = to_numpy(sample_observation(p_x, generator))
-    std = model.likelihood.noise_std(p_x)
-    if std is None:
-        noise_title = "x ~ p(x|z)"
-    elif model.config.likelihood == "gaussian":
-        noise_title = f"x ~ p(x|z), σ = {float(std.flatten()[0]):.3g}"
-    else:
-        noise_title = f"x ~ p(x|z), learned σ(z) (mean {float(std.mean()):.3g})"
-    fig, axes = new_figure(3, title="Data vs model: does the model put its samples where the data is?")
-    lims = view_limits(_xy(x))
-    panels = [
-        (x, f"training data (N = {len(x)})", "0.2"),
-        (mean, "decoded prior samples E[x|z], z ~ N(0, I)", "C0"),
-        (noisy, noise_title, "C1"),
-    ]
-    for ax, (pts, title, colour) in zip(axes, panels, strict=True):
-        xy = _xy(pts)
-        ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color=colour, alpha=0.6, linewidths=0)
-        ax.set_title(title + _outside_note(xy, lims), fontsize="medium")
-        set_view(ax, lims)
-        _label_data_axes(ax, x.shape[1])
-    return fig
-
-
-# 2. reconstructions ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def plot_reconstructions(model: LatentModel, data: Dataset, *, generator: torch.Generator | None = None) -> Figure:
-    """Data | reconstruction (decoder mean at the posterior mean) | stochastic reconstruction.
-
-    Every point keeps its colour (its data coordinate x₁) in all three panels, so one can
-    follow where each point goes: a good reconstruction keeps the colour gradient in place.
-    """
-    xt = _x(model, data)
-    x = to_numpy(xt)
-    rec = to_numpy(model.reconstruct(xt))
-    rec_s = to_numpy(model.reconstruct(xt, generator=generator, stochastic=True))
-    colour = x[:, 0]
-    vmin, vmax = np.percentile(finite(colour), [1, 99]) if np.isfinite(colour).any() else (0.0, 1.0)
-    lims = view_limits(_xy(x))
-    what = "z ~ q(z|x), x̂ ~ p(x|z)" if model.config.kind == "vae" else "x̂ ~ p(x|f(x))"
-    fig, axes = new_figure(3, title="Reconstructions, coloured by the data coordinate x₁ of each input point")
-    mappable = None
-    for ax, pts, title in zip(
-        axes, (x, rec, rec_s), ("data x", "mean reconstruction E[x|z = μ(x)]", f"stochastic: {what}"), strict=True
-    ):
-        xy = _xy(pts)
-        mappable = scatter_values(ax, xy, colour, vmin=vmin, vmax=vmax)
-        ax.set_title(title + _outside_note(xy, lims), fontsize="medium")
-        set_view(ax, lims)
-        _label_data_axes(ax, x.shape[1])
-    colorbar(fig, mappable, axes, f"input {x_label(0, x.shape[1])}")
-    return fig
 
 
 # 4. latent parameters -------------------------------------------------------------------------
@@ -377,31 +269,6 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
 
 
 # 7. q(z|x) for chosen points ------------------------------------------------------------------
-
-
-def default_points(x: Tensor, m: int = 3) -> Tensor:
-    """m well-separated *typical* data points (m, D), chosen deterministically.
-
-    Candidates are the densest half of (up to 1000 of) the points, by the distance to their
-    10th nearest neighbour, so that outliers are never chosen; among them, farthest-point
-    sampling starts from the candidate nearest the mean and adds the candidate farthest
-    from those already chosen.
-    """
-    x = x[torch.isfinite(x).all(dim=1)][:1000]
-    if len(x) == 0:
-        raise InputError("no finite data points to choose from")
-    m = min(m, len(x))
-    dist = torch.cdist(x.double(), x.double())  # (n, n)
-    knn = dist.topk(min(11, len(x)), dim=1, largest=False).values[:, -1]  # 10th neighbour (self is 0)
-    cand = x[knn <= knn.median()]
-    first = int((cand - cand.mean(0)).norm(dim=1).argmin())
-    chosen = [first]
-    far = (cand - cand[first]).norm(dim=1)
-    for _ in range(min(m, len(cand)) - 1):
-        nxt = int(far.argmax())
-        chosen.append(nxt)
-        far = torch.minimum(far, (cand - cand[nxt]).norm(dim=1))
-    return cand[chosen]
 
 
 @torch.no_grad()
@@ -608,31 +475,6 @@ def plot_latent_grid(
 # 9. aggregate posterior vs prior --------------------------------------------------------------
 
 
-def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
-    """N(grid_g; μ_n, σ_n²) for every grid value and every point: (G,) x (N,) -> (G, N)."""
-    return torch.exp(-0.5 * ((grid[:, None] - mu[None]) / sd[None]) ** 2) / (sd[None] * math.sqrt(2 * math.pi))
-
-
-@torch.no_grad()
-def aggregate_posterior(model: VAE, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
-    """q(z) = 1/N Σ_n q(z|x_n) marginalised onto (z_i, z_j), on the grid × grid: (G, G).
-
-    Row a, column b holds q(z_i = grid[b], z_j = grid[a]) (rows = vertical axis, as imshow
-    expects). q(z|x) is diagonal, so each term factorises and the whole image is one matrix
-    product of two (G, N) tables of 1-D normal densities. A 1-D latent gives (G,).
-    """
-    q_z = model.encode(x.to(_device(model)))
-    mu, sd = q_z.mean.double().cpu(), q_z.stddev.double().cpu()
-    grid = grid.double().cpu()
-    n = mu.shape[0]
-    if model.latent_dim == 1:
-        return _normal_table(grid, mu[:, 0], sd[:, 0]).mean(1)
-    i, j = dims
-    a_i = _normal_table(grid, mu[:, i], sd[:, i])  # (G, N) over z_i
-    a_j = _normal_table(grid, mu[:, j], sd[:, j])  # (G, N) over z_j
-    return a_j @ a_i.T / n  # (G over z_j, G over z_i)
-
-
 @torch.no_grad()
 def plot_aggregate_posterior(
     model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), grid: int = 150, extent: float = 3.5
@@ -680,70 +522,7 @@ def plot_aggregate_posterior(
     return fig
 
 
-# 10. model density p(x) -----------------------------------------------------------------------
-
-
-@torch.no_grad()
-def model_log_density(
-    model: VAE, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
-) -> Tensor:
-    """IWAE estimate of log p(x) (Burda et al. 2016, eq. 8) at the points x (M, D): (M,)."""
-    dev = _device(model)
-    parts = [
-        iwae_bound(model, x[s : s + batch].to(dev), k=k, generator=generator).cpu() for s in range(0, len(x), batch)
-    ]
-    return torch.cat(parts)
-
-
-@torch.no_grad()
-def plot_density(
-    model: LatentModel, data: Dataset, *, grid: int = 80, k: int = 100, generator: torch.Generator | None = None
-) -> Figure:
-    """The model density p(x) on a grid (IWAE estimate with k samples) beside the true
-    density when the dataset knows it, otherwise beside the training data."""
-    vae = _require_vae(model, "the model-density figure")
-    if data.dim != 2:
-        raise InputError(f"the density image needs 2-D data, this data has D = {data.dim}")
-    x = to_numpy(data.x)
-    (x0, x1), (y0, y1) = view_limits(x)
-    gx, gy = torch.linspace(x0, x1, grid), torch.linspace(y0, y1, grid)
-    yy, xx = torch.meshgrid(gy, gx, indexing="ij")  # row a = gy[a], column b = gx[b]: imshow layout
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
-    log_p = model_log_density(vae, pts, k=k, generator=generator).reshape(grid, grid)
-    p_model = torch.exp(log_p).numpy()
-    p_true = None if data.log_prob is None else torch.exp(data.log_prob(pts).double()).reshape(grid, grid).numpy()
-    vmax = (
-        float(np.nanmax(p_true)) if p_true is not None else float(np.nanmax(p_model[np.isfinite(p_model)], initial=1.0))
-    )
-    norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)
-    ext = (x0, x1, y0, y1)
-    fig, axes = new_figure(
-        2, title=f"Density p(x): model (IWAE, k = {k}) vs {'true density' if p_true is not None else 'data'}"
-    )
-    im = axes[0].imshow(p_model, origin="lower", extent=ext, cmap=DENSITY_CMAP, norm=norm, interpolation="bilinear")
-    axes[0].set_title("model p(x), importance-weighted estimate")
-    if p_true is not None:
-        axes[1].imshow(p_true, origin="lower", extent=ext, cmap=DENSITY_CMAP, norm=norm, interpolation="bilinear")
-        axes[1].set_title("true density of the data distribution")
-    else:
-        axes[1].scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.2", linewidths=0)
-        axes[1].set_title("training data (no closed-form density)")
-    for ax in axes:
-        set_view(ax, ((x0, x1), (y0, y1)))
-        _label_data_axes(ax, 2)
-    colorbar(fig, im, axes, "p(x) (square-root colour scale)")
-    return fig
-
-
 # registry entries -----------------------------------------------------------------------------
-
-
-def _samples(ctx: PlotContext) -> Figure:
-    return plot_samples(ctx.model, ctx.data, generator=ctx.generator(1))
-
-
-def _reconstructions(ctx: PlotContext) -> Figure:
-    return plot_reconstructions(ctx.model, ctx.data, generator=ctx.generator(2))
 
 
 def _latent_params(ctx: PlotContext) -> Figure:
@@ -770,30 +549,7 @@ def _aggregate_posterior(ctx: PlotContext) -> Figure:
     return plot_aggregate_posterior(ctx.model, ctx.data, dims=ctx.dims)
 
 
-def _density(ctx: PlotContext) -> Figure:
-    return plot_density(ctx.model, ctx.data, grid=ctx.density_grid, k=ctx.density_k, generator=ctx.generator(4))
-
-
-_points = all_of(unconditional, needs_point_data)
-_posterior = all_of(unconditional, needs_vae)
-
 FIGURES = [
-    FigureSpec(
-        "samples",
-        _samples,
-        "Training data, decoded prior samples and samples with observation noise on the same axes: the "
-        "model's samples should cover every part of the data and nothing else.",
-        _points,
-        title="Data vs model samples",
-    ),
-    FigureSpec(
-        "reconstructions",
-        _reconstructions,
-        "Each point keeps the colour of its input x₁: a good model keeps the colour gradient in place; "
-        "colours mixing or points pulled to a curve show what the code forgets.",
-        _points,
-        title="Reconstructions",
-    ),
     FigureSpec(
         "latent_params",
         _latent_params,
@@ -842,12 +598,5 @@ FIGURES = [
         _posterior,
         title="Aggregate posterior vs prior",
     ),
-    FigureSpec(
-        "density",
-        _density,
-        "Model density p(x) (importance-weighted estimate) beside the true density or the data: mass "
-        "between the modes shows where the model blurs them together.",
-        all_of(_posterior, needs_2d_data),
-        title="Model density p(x)",
-    ),
 ]
+

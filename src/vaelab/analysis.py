@@ -1,0 +1,82 @@
+"""Computations the figures share: the aggregate posterior q(z) on a grid, the model's
+log-density log p(x) at points, and a choice of typical data points. No plotting here.
+
+Shapes: x (N, D) data, z (N, d) latent codes, grid (G,) values of one latent coordinate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from vaelab.errors import InputError
+from vaelab.models import VAE, LatentModel
+from vaelab.objectives import iwae_bound
+
+
+def _device(model: LatentModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def default_points(x: Tensor, m: int = 3) -> Tensor:
+    """m well-separated *typical* data points (m, D), chosen deterministically.
+
+    Candidates are the densest half of (up to 1000 of) the points, by the distance to their
+    10th nearest neighbour, so that outliers are never chosen; among them, farthest-point
+    sampling starts from the candidate nearest the mean and adds the candidate farthest
+    from those already chosen.
+    """
+    x = x[torch.isfinite(x).all(dim=1)][:1000]
+    if len(x) == 0:
+        raise InputError("no finite data points to choose from")
+    m = min(m, len(x))
+    dist = torch.cdist(x.double(), x.double())  # (n, n)
+    knn = dist.topk(min(11, len(x)), dim=1, largest=False).values[:, -1]  # 10th neighbour (self is 0)
+    cand = x[knn <= knn.median()]
+    first = int((cand - cand.mean(0)).norm(dim=1).argmin())
+    chosen = [first]
+    far = (cand - cand[first]).norm(dim=1)
+    for _ in range(min(m, len(cand)) - 1):
+        nxt = int(far.argmax())
+        chosen.append(nxt)
+        far = torch.minimum(far, (cand - cand[nxt]).norm(dim=1))
+    return cand[chosen]
+
+
+def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
+    """N(grid_g; μ_n, σ_n²) for every grid value and every point: (G,) x (N,) -> (G, N)."""
+    return torch.exp(-0.5 * ((grid[:, None] - mu[None]) / sd[None]) ** 2) / (sd[None] * math.sqrt(2 * math.pi))
+
+
+@torch.no_grad()
+def aggregate_posterior(model: VAE, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
+    """q(z) = 1/N Σ_n q(z|x_n) marginalised onto (z_i, z_j), on the grid × grid: (G, G).
+
+    Row a, column b holds q(z_i = grid[b], z_j = grid[a]) (rows = vertical axis, as imshow
+    expects). q(z|x) is diagonal, so each term factorises and the whole image is one matrix
+    product of two (G, N) tables of 1-D normal densities. A 1-D latent gives (G,).
+    """
+    q_z = model.encode(x.to(_device(model)))
+    mu, sd = q_z.mean.double().cpu(), q_z.stddev.double().cpu()
+    grid = grid.double().cpu()
+    n = mu.shape[0]
+    if model.latent_dim == 1:
+        return _normal_table(grid, mu[:, 0], sd[:, 0]).mean(1)
+    i, j = dims
+    a_i = _normal_table(grid, mu[:, i], sd[:, i])  # (G, N) over z_i
+    a_j = _normal_table(grid, mu[:, j], sd[:, j])  # (G, N) over z_j
+    return a_j @ a_i.T / n  # (G over z_j, G over z_i)
+
+
+@torch.no_grad()
+def model_log_density(
+    model: VAE, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
+) -> Tensor:
+    """IWAE estimate of log p(x) (Burda et al. 2016, eq. 8) at the points x (M, D): (M,)."""
+    dev = _device(model)
+    parts = [
+        iwae_bound(model, x[s : s + batch].to(dev), k=k, generator=generator).cpu() for s in range(0, len(x), batch)
+    ]
+    return torch.cat(parts)

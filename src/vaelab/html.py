@@ -1,0 +1,68 @@
+"""Generic HTML pieces of the run report and the comparison page: escaping, number format,
+embedded PNG figures and the page around a body. Standard library only; no script, no URL."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from typing import Any
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 1rem 2rem 3rem; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; margin-top: 2rem; }
+nav a { margin-right: 1rem; } .summary { color: #444; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.92rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f2f2f2; } tr.bad td { background: #fde2e2; } td.changed { font-weight: bold; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { color: #333; margin-top: 0.3rem; } figcaption b { color: #000; }
+.failure { border: 2px solid #c00; background: #fff0f0; padding: 0.6rem 1rem; color: #900; }
+.warning { border: 2px solid #c80; background: #fff8e6; padding: 0.6rem 1rem; color: #740; }
+.ok { color: #060; font-weight: bold; } .failed { color: #c00; font-weight: bold; }
+pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; border: 1px solid #ddd; white-space: pre-wrap; }
+.note { color: #555; font-size: 0.9rem; } .error { color: #c00; }
+.compare td { vertical-align: top; } .compare img { max-width: 100%; }
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt_number(value: Any) -> str:
+    """Numbers for tables: ints as is, floats with 4 significant digits, NaN / inf spelled out."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt_number(v) for v in value)
+    return str(value)
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )

@@ -1,0 +1,177 @@
+"""Which settings of a run apply: names checked against their registries, and one rule per field.
+
+vaelab.config only describes and type-checks a configuration (it is a leaf module); this
+module knows what the settings mean. ``check_settings`` runs before anything is trained:
+every name (dataset, model family, net, activation, likelihood, objective) must be one its
+registry defines, and every setting the user gave must change what happens, else the run is
+refused with a message naming the setting and what to use instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from vaelab.config import ConfigError, RunConfig, flag_name, lookup, parse_kind
+from vaelab.data.registry import DATASETS
+from vaelab.likelihoods import LIKELIHOODS
+from vaelab.models import MODEL_CLASSES, LatentModel
+from vaelab.nets import ACTIVATIONS, NETS
+from vaelab.objectives import OBJECTIVES
+
+
+def check_names(config: RunConfig) -> None:
+    """Refuse a name that no registry defines, naming the setting, its flag and the choices.
+
+    Raises:
+        ConfigError: for the first unknown name.
+    """
+    if config.data.path is None:
+        lookup(DATASETS, config.data.name, "data.name", "dataset")
+    lookup(MODEL_CLASSES, config.model.kind, "model.kind", "model family")
+    lookup(NETS, config.model.net, "model.net", "net")
+    lookup(ACTIVATIONS, config.model.activation, "model.activation", "activation")
+    lookup(LIKELIHOODS, config.model.likelihood, "model.likelihood", "likelihood")
+    lookup(OBJECTIVES, config.train.objective, "train.objective", "objective")
+
+
+def _family_class(config: RunConfig) -> type[LatentModel]:
+    return lookup(MODEL_CLASSES, config.model.kind, "model.kind", "model family")
+
+
+def _has_posterior(config: RunConfig) -> bool:
+    """Whether the family has an inference network q(z|x): a KL term, samples of z, a bound to estimate."""
+    return hasattr(_family_class(config), "encode")
+
+
+def _family(config: RunConfig) -> str:
+    """How a message names the model family."""
+    return f"the {config.model.kind} model ({_family_class(config).__name__})"
+
+
+def _data_kind(config: RunConfig) -> str:
+    """toy, file (a table of points), folder (images), digits or mnist (downloaded image sets)."""
+    if config.data.path is not None:
+        return "folder" if Path(config.data.path).expanduser().is_dir() else "file"
+    if config.data.name in ("digits", "digits8"):
+        return "digits"
+    return "mnist" if DATASETS[config.data.name].kind == "image" else "toy"
+
+
+def _continuous_condition(config: RunConfig) -> bool:
+    return config.data.condition is not None and parse_kind(config.data.condition)[0] != "label"
+
+
+def _data_name(config: RunConfig) -> str:
+    return config.data.path or config.data.name
+
+
+# One rule per field: None where the setting changes what is trained / evaluated, else why
+# it would not and what to use instead. check_settings applies the rule of every field the
+# user set; tests/test_settings.py checks that every field has a rule and that each rule is right.
+_Rule = Callable[[RunConfig], "str | None"]
+
+
+def _always(config: RunConfig) -> str | None:
+    return None
+
+
+SETTING_RULES: dict[str, _Rule] = {
+    "data.name": lambda c: None if c.data.path is None else (
+        f"a data file ({c.data.path}) is given, so the dataset name {c.data.name!r} would be unused; give only one"),
+    "data.path": _always,
+    "data.label_column": lambda c: None if _data_kind(c) == "file" and str(c.data.path).lower().endswith(".csv") else (
+        f"it names a column of a CSV file, but the data is {_data_name(c)}; drop it (registered datasets "
+        "and .npz files, with an array named 'labels', carry their own labels)"),
+    "data.condition": _always,
+    "data.n_train": lambda c: None if _data_kind(c) == "toy" else (
+        f"it is the number of points drawn from a toy distribution, but {_data_name(c)} is read as it is; "
+        "use --limit-train to train on fewer points"),
+    "data.n_test": lambda c: None if _data_kind(c) == "toy" else (
+        f"it is the number of points drawn from a toy distribution, but {_data_name(c)} has its own test split; "
+        "use --limit-test (or --test-fraction for a file)"),
+    "data.test_fraction": lambda c: None if _data_kind(c) in ("file", "folder", "digits") else (
+        f"it splits a user file, an image folder or digits, but {_data_name(c)} has its own test set; "
+        "use --n-test for toy data, --image-split test-9k or --limit-test for MNIST-family sets"),
+    "data.seed": lambda c: None if _data_kind(c) != "mnist" or c.data.binarize == "fixed" else (
+        f"{c.data.name} is read from its official files, so there is no draw or split to seed; "
+        "use --seed for the training noise"),
+    "data.data_dir": lambda c: None if _data_kind(c) == "mnist" else (
+        f"it is where MNIST-family files are downloaded, but the data is {_data_name(c)}; drop it"),
+    "data.image_split": lambda c: None if _data_kind(c) == "mnist" else (
+        f"it chooses the files of an MNIST-family set, but the data is {_data_name(c)}; use --test-fraction"),
+    "data.image_size": lambda c: None if _data_kind(c) == "folder" else (
+        f"it resizes the images of a folder, but the data is {_data_name(c)}; drop it"),
+    "data.binarize": _always,  # checked against the values of the data when they are loaded
+    "data.limit_train": _always,
+    "data.limit_test": _always,
+    "model.kind": _always,
+    "model.net": _always,
+    "model.channels": lambda c: None if c.model.net == "conv" else "it sets the conv nets' channels; add --net conv "
+    "or set --hidden for the MLP",
+    "model.hidden": lambda c: None if c.model.net == "mlp" else "conv nets have no hidden MLP layers; use --channels "
+    "(or --net mlp)",
+    "model.activation": _always,
+    "model.latent_dim": _always,
+    "model.scale": lambda c: None if _has_posterior(c) else (
+        f"{_family(c)} has no encoder distribution q(z|x) to scale; drop it or use --model vae"),
+    "model.likelihood": _always,
+    "model.recon_var": lambda c: None if c.model.likelihood == "gaussian" else (
+        f"it is σ² (λ_rec = 1/σ²) of the fixed-variance gaussian likelihood, but the likelihood is "
+        f"{c.model.likelihood}; use --likelihood gaussian" + (
+            ", or --min-var to bound the learned variance" if c.model.likelihood == "gaussian-learned" else "")),
+    "model.cond_embed": lambda c: None if _continuous_condition(c) else (
+        "it embeds a continuous condition (radius or column:NAME), but "
+        + ("there is no condition" if c.data.condition is None else "labels are one-hot encoded")
+        + "; drop it"),
+    "model.min_var": lambda c: None if c.model.likelihood == "gaussian-learned" else (
+        f"it floors the learned variance of gaussian-learned, but the likelihood is {c.model.likelihood}"
+        + ("; use --recon-var for the fixed σ²" if c.model.likelihood == "gaussian" else "; drop it")),
+    "train.objective": lambda c: None if _has_posterior(c) else (
+        f"{_family(c)} always trains on the reconstruction; drop it or use --model vae"),
+    "train.beta": lambda c: None if _has_posterior(c) else (
+        f"{_family(c)} has no KL term to weight; drop it or use --model vae"),
+    "train.k": lambda c: None if _has_posterior(c) and c.train.objective == "iwae" else (
+        f"{_family(c)} draws no samples; drop it or use --model vae" if not _has_posterior(c)
+        else "the ELBO uses one sample; use --objective iwae for k importance samples"),
+    "train.lr": _always,
+    "train.lr_schedule": _always,
+    "train.epochs": lambda c: None if c.train.steps is None else (
+        "--steps is given and replaces the epoch budget; give only one of --epochs and --steps"),
+    "train.steps": _always,
+    "train.batch_size": _always,
+    "train.seed": _always,
+    "train.checkpoint_every": _always,
+    "train.diversity_samples": _always,
+    "train.nonfinite": _always,  # the non-finite policy (see vaelab.train.fit)
+    "train.max_skips": lambda c: None if c.train.nonfinite == "skip" else (
+        "it bounds the skipped steps of --nonfinite skip; add --nonfinite skip"),
+    "train.grad_clip": _always,
+    "eval.k": lambda c: None if _has_posterior(c) else (
+        f"{_family(c)} has no likelihood bound to estimate; drop it or use --model vae"),
+    "eval.batch_size": _always,
+    "eval.seed": lambda c: None if _has_posterior(c) or c.data.condition is not None else (
+        f"the evaluation of an unconditional {c.model.kind} model draws no noise; drop it"),
+}
+
+
+def check_settings(config: RunConfig) -> None:
+    """Refuse a config in which a setting the user gave would change nothing.
+
+    Only the fields in each section's ``model_fields_set`` are checked (flags, a TOML file,
+    keyword arguments), so defaults and presets never trigger a refusal.
+
+    Raises:
+        ConfigError: one line per setting that does not apply, saying why and what to use.
+    """
+    check_names(config)
+    problems = []
+    for dotted in config.user_settings():
+        rule = SETTING_RULES.get(dotted)
+        if rule is None:
+            raise ConfigError(f"{dotted}: no applicability rule (add one to vaelab.settings.SETTING_RULES)")
+        why = rule(config)
+        if why is not None:
+            problems.append(f"  {flag_name(dotted)} does not apply here: {why}")
+    if problems:
+        raise ConfigError("settings that would change nothing:\n" + "\n".join(problems))
