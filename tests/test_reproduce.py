@@ -99,6 +99,10 @@ def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
          "model": {"net": "conv", "channels": [4, 8]}},
         {"data": {"path": str(tmp_path / "images"), "image_size": 16}, "model": {"kind": "ae"},
          "train": {"objective": "elbo"}},  # an autoencoder run as the CLI makes it: no IWAE objective
+        {"train": {"objective": "elbo", "beta_schedule": "warmup", "warmup_epochs": 2, "free_bits": 0.25,
+                   "free_bits_group": "all"}},
+        {"train": {"beta_schedule": "warmup", "warmup_steps": 5}},
+        {"train": {"beta_schedule": "cyclical", "cycles": 3, "cycle_ratio": 0.25}},
     ]
     covered = set()
     for raw in configs:

@@ -177,6 +177,18 @@ CASES: dict[str, Case] = {
     "train.max_skips": ({"train": {"lr": 1e3, "steps": 6, "nonfinite": "skip"}}, 1, divergence_outcome,
                         {"train": {"nonfinite": "stop"}}, 3),
     "train.grad_clip": ({}, 1e-3, train_outcome, None, None),
+    # training aids: warm-up lengths need --beta-schedule warmup, whose own case needs a length, so
+    # their effect on training is shown in tests/test_schedules.py
+    "train.beta_schedule": ({"train": {"steps": 8}}, "cyclical", train_outcome, {"model": {"kind": "ae"}},
+                            "cyclical"),
+    "train.warmup_epochs": (None, None, None, {}, 2),
+    "train.warmup_steps": (None, None, None, {"train": {"beta_schedule": "cyclical"}}, 2),
+    "train.cycles": ({"train": {"beta_schedule": "cyclical", "steps": 8}}, 2, train_outcome, {}, 2),
+    "train.cycle_ratio": ({"train": {"beta_schedule": "cyclical", "steps": 8}}, 1.0, train_outcome,
+                          {}, 0.25),
+    "train.free_bits": ({"train": {"objective": "elbo"}}, 0.5, train_outcome, {}, 0.5),
+    "train.free_bits_group": ({"train": {"objective": "elbo", "free_bits": 0.5}}, "all", train_outcome,
+                              {"train": {"objective": "elbo"}}, "all"),
     "eval.k": ({}, 8, eval_outcome, {"model": {"kind": "ae"}}, 8),
     "eval.batch_size": ({}, 7, eval_outcome, None, None),
     "eval.seed": ({}, 3, eval_outcome, {"model": {"kind": "ae"}}, 3),

@@ -262,12 +262,40 @@ class TrainConfig(_Section):
         None, gt=0, allow_inf_nan=False,
         description="clip the gradient norm (over all parameters) to this value before each step; unset: off",
     )
+    # KL schedules and free bits (vaelab.schedules.beta_at, vaelab.objectives.free_bits_kl; docs/objectives.md).
+    beta_schedule: Literal["constant", "warmup", "cyclical"] = Field(
+        "constant", description="β over the step budget: constant; warmup (linear from 0 over warmup_epochs or "
+        "warmup_steps); cyclical (Fu et al. 2019: `cycles` ramps, each rising over `cycle_ratio` of its cycle)",
+    )
+    warmup_epochs: int | None = Field(None, gt=0, description="epochs over which β grows from 0 (beta_schedule warmup)")
+    warmup_steps: int | None = Field(None, gt=0, description="steps over which β grows from 0 (beta_schedule warmup)")
+    cycles: int = Field(4, gt=0, description="number M of annealing cycles over the budget (beta_schedule cyclical)")
+    cycle_ratio: float = Field(
+        0.5, gt=0, le=1, description="share R of each cycle over which β rises from 0 (beta_schedule cyclical)"
+    )
+    free_bits: float = Field(
+        0.0, ge=0, description="free bits λ (nats): the ELBO's KL of each group is floored at λ, averaged over the "
+        "batch (Kingma et al. 2016); 0: off",
+    )
+    free_bits_group: Literal["dim", "all"] = Field(
+        "dim", description="what λ floors: the KL of each latent dimension (dim), or the whole latent's KL (all)"
+    )
 
     @model_validator(mode="after")
     def _skips_need_the_skip_policy(self) -> TrainConfig:
         if self.max_skips is not None and self.nonfinite != "skip":
             raise InputError(f"max_skips = {self.max_skips} only applies with nonfinite = 'skip' "
                              "(--nonfinite skip); remove it or choose the skip policy")
+        return self
+
+    @model_validator(mode="after")
+    def _one_warmup_length(self) -> TrainConfig:
+        if self.warmup_epochs is not None and self.warmup_steps is not None:
+            raise InputError(f"warmup_epochs = {self.warmup_epochs} and warmup_steps = {self.warmup_steps} both "
+                             "give the warm-up length; give only one (--warmup-epochs or --warmup-steps)")
+        if self.beta_schedule == "warmup" and self.warmup_epochs is None and self.warmup_steps is None:
+            raise InputError("beta_schedule = 'warmup' needs its length: give --warmup-epochs N or "
+                             "--warmup-steps N (warmup_epochs / warmup_steps in [train])")
         return self
 
     @property

@@ -14,13 +14,15 @@ class History:
 
     ``lr`` is the learning rate of the epoch's last step, ``skipped`` the steps of the epoch
     that ``nonfinite = "skip"`` skipped, ``grad_norm`` the largest gradient norm of the epoch
-    (over all parameters, before any clipping; NaN when a step had a non-finite gradient).
+    (over all parameters, before any clipping; NaN when a step had a non-finite gradient),
+    ``beta`` the mean over the epoch's steps of the KL weight β the schedule gave
+    (``vaelab.schedules.beta_at``; skipped steps included; an autoencoder has no KL to weight).
     """
 
-    COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds", "lr", "skipped", "grad_norm")
+    COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds", "lr", "skipped", "grad_norm", "beta")
     INT_COLUMNS = ("epoch", "step", "skipped")
     # Columns added after 0.1.0, and what a history.csv written before them reads as.
-    LATER_COLUMNS = {"lr": math.nan, "skipped": 0, "grad_norm": math.nan}
+    LATER_COLUMNS = {"lr": math.nan, "skipped": 0, "grad_norm": math.nan, "beta": math.nan}
 
     def __init__(self, rows: list[dict[str, float]] | None = None) -> None:
         self.rows: list[dict[str, float]] = list(rows or [])

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent
 
+from vaelab.errors import InputError
 from vaelab.models.vae import VAE, LatentModel, NormalLogVar, reparameterize
 
 
@@ -46,23 +47,70 @@ def kl_standard_normal(q_z: Independent) -> Tensor:
     return 0.5 * (base.loc.square() + torch.exp(log_var) - 1.0 - log_var)
 
 
+FREE_BITS_GROUPS = ("dim", "all")
+
+
+def free_bits_kl(kl_per_dim: Tensor | None, floor: float, group: str = "dim", *, kl: Tensor | None = None) -> Tensor:
+    """The KL term with free bits λ = ``floor`` (Kingma et al. 2016, IAF paper, appendix C.8), a scalar.
+
+    The batch-averaged KL of each group is floored at λ nats, so the optimiser stops pushing a
+    group's KL down once it is below λ (its gradient there is 0) and the posterior keeps using it:
+
+        group "dim":  Σ_j max(λ, mean_B KL_j)           (each latent dimension j is a group)
+        group "all":  max(λ, mean_B Σ_j KL_j)           (the whole latent is one group)
+
+    λ = 0 gives the plain KL term mean_B Σ_j KL_j exactly (same floating-point sum).
+
+    Args:
+        kl_per_dim: (B, d) KL of each latent dimension per point, or None for a posterior
+            whose KL does not factorise over dimensions (a flow): then only "all" applies.
+        floor: λ ≥ 0 in nats.
+        group: "dim" or "all".
+        kl: (B,) total KL per point; used (and needed) when ``kl_per_dim`` is None.
+
+    Raises:
+        InputError: an unknown group, or "dim" for a posterior without a per-dimension KL.
+    """
+    if group not in FREE_BITS_GROUPS:
+        raise InputError(f"free_bits_group must be one of {', '.join(FREE_BITS_GROUPS)}, got {group!r}")
+    if kl_per_dim is None:
+        if group == "dim":
+            raise InputError("free_bits_group = 'dim' floors the KL of each latent dimension, but this posterior's "
+                             "KL does not factorise over dimensions; use --free-bits-group all")
+        if kl is None:
+            raise InputError("free_bits_kl needs kl_per_dim (B, d) or the total KL per point kl (B,)")
+        per_point = kl  # (B,)
+    else:
+        per_point = kl_per_dim.sum(-1)  # (B,)
+    if floor == 0:
+        return per_point.mean()
+    if group == "all":
+        return per_point.mean().clamp(min=floor)
+    assert kl_per_dim is not None
+    return kl_per_dim.mean(0).clamp(min=floor).sum()  # Σ_j max(λ, mean_B KL_j)
+
+
 def elbo(
     model: VAE, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, free_bits: float = 0.0, free_bits_group: str = "dim",
 ) -> ObjectiveOutput:
     """β-ELBO with one reparameterised sample (Kingma & Welling 2014, eq. 10; Higgins et al. 2017):
 
         L_β(x) = E_q(z|x)[log p(x|z)] - β · KL(q(z|x) ‖ p(z)),   loss = -mean_x L_β(x).
 
-    ``elbo`` in the output is always the β = 1 value, the bound on log p(x).
+    With ``free_bits`` λ > 0 the loss uses the floored KL of :func:`free_bits_kl` (times β);
+    the reported ``kl`` stays the true KL. ``elbo`` in the output is always the β = 1 value
+    without a floor, the bound on log p(x).
     """
     q_z = model.encode(x, c)
     z = reparameterize(q_z, generator=generator)  # (B, d)
     log_px = model.decode(z, c).log_prob(x)  # (B,)
-    kl = kl_standard_normal(q_z).sum(-1)  # (B,)
+    kl_dims = kl_standard_normal(q_z)  # (B, d)
+    kl = kl_dims.sum(-1)  # (B,)
     recon = -log_px.mean()
     kl_mean = kl.mean()
-    return ObjectiveOutput(loss=recon + beta * kl_mean, recon=recon, kl=kl_mean, elbo=-(recon + kl_mean))
+    kl_loss = free_bits_kl(kl_dims, free_bits, free_bits_group, kl=kl)
+    return ObjectiveOutput(loss=recon + beta * kl_loss, recon=recon, kl=kl_mean, elbo=-(recon + kl_mean))
 
 
 def _sample_log_weights(

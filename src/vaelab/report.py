@@ -164,7 +164,9 @@ def summary_line(run: ckpt.Run) -> str:
     trained = (
         f"{int(last['epoch'])} epochs, {int(last['step'])} steps, {last['seconds']:.1f} s" if last else "untrained"
     )
-    objective = "reconstruction" if c.model.kind == "ae" else f"{c.train.objective}, β = {c.train.beta:g}"
+    from vaelab.schedules import describe
+
+    objective = "reconstruction" if c.model.kind == "ae" else f"{c.train.objective}, {describe(c.train)}"
     return (
         f"{c.model.kind.upper()} on <b>{esc(data)}</b> · latent d = {c.model.latent_dim} · "
         f"likelihood {esc(c.model.likelihood)} · {esc(objective)} · {esc(trained)}"

@@ -76,6 +76,19 @@ def _always(config: RunConfig) -> str | None:
     return None
 
 
+# Helpers of the training-aids block of SETTING_RULES (KL schedules, free bits).
+def _no_kl(config: RunConfig) -> str | None:
+    """Training aids weigh or floor the KL term: refused for a model without one."""
+    return None if _has_posterior(config) else f"{_family(config)} has no KL term; drop it or use --model vae"
+
+
+def _needs_schedule(config: RunConfig, schedule: str, what: str) -> str | None:
+    if config.train.beta_schedule == schedule:
+        return None
+    return f"it is {what} of --beta-schedule {schedule}, but the schedule is {config.train.beta_schedule}; " \
+        f"add --beta-schedule {schedule} or drop it"
+
+
 SETTING_RULES: dict[str, _Rule] = {
     "data.name": lambda c: None if c.data.path is None else (
         f"a data file ({c.data.path}) is given, so the dataset name {c.data.name!r} would be unused; give only one"),
@@ -147,6 +160,21 @@ SETTING_RULES: dict[str, _Rule] = {
     "train.max_skips": lambda c: None if c.train.nonfinite == "skip" else (
         "it bounds the skipped steps of --nonfinite skip; add --nonfinite skip"),
     "train.grad_clip": _always,
+    **{  # ----- training aids (issue 9): KL schedules and free bits; one block, moved as a whole -----
+        "train.beta_schedule": lambda c: _no_kl(c) or (
+            f"β = {c.train.beta:g}: a schedule of β = 0 is 0 at every step; give --beta > 0 or drop it"
+            if c.train.beta == 0 and c.train.beta_schedule != "constant" else None),
+        "train.warmup_epochs": lambda c: _no_kl(c) or _needs_schedule(c, "warmup", "the warm-up length"),
+        "train.warmup_steps": lambda c: _no_kl(c) or _needs_schedule(c, "warmup", "the warm-up length"),
+        "train.cycles": lambda c: _no_kl(c) or _needs_schedule(c, "cyclical", "the number of annealing cycles"),
+        "train.cycle_ratio": lambda c: _no_kl(c) or _needs_schedule(c, "cyclical", "the rising share of a cycle"),
+        "train.free_bits": lambda c: _no_kl(c) or (
+            "free bits floor the KL term of the ELBO, which the IWAE bound does not have; add --objective elbo"
+            if c.train.objective == "iwae" else None),
+        "train.free_bits_group": lambda c: _no_kl(c) or (
+            "it chooses what the free-bits floor applies to, but there is no floor; add --free-bits λ (nats)"
+            if c.train.free_bits == 0 else None),
+    },  # ----- end of the training-aids block -----
     "eval.k": lambda c: None if _has_posterior(c) else (
         f"{_family(c)} has no likelihood bound to estimate; drop it or use --model vae"),
     "eval.batch_size": _always,

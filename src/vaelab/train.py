@@ -30,6 +30,7 @@ from vaelab.errors import InputError, VaelabError
 from vaelab.history import History
 from vaelab.models import VAE, LatentModel, build_model
 from vaelab.objectives import ObjectiveOutput, ae_loss, elbo, iwae
+from vaelab.schedules import beta_at, check_schedule
 from vaelab.settings import check_settings
 from vaelab.sizes import check_model_fits
 
@@ -82,14 +83,22 @@ class StepInfo:
 
 
 def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConfig,
-              generator: torch.Generator) -> ObjectiveOutput:
-    """The training objective the config asks for (autoencoders always use reconstruction)."""
+              generator: torch.Generator, beta: float | None = None) -> ObjectiveOutput:
+    """The training objective the config asks for (autoencoders always use reconstruction).
+
+    ``beta``: the KL weight of this step (``vaelab.schedules.beta_at``); None: ``config.beta``.
+    """
     if model.config.kind == "ae":
         return ae_loss(model, x, c)
     vae = cast(VAE, model)  # every other kind is a VAE (see build_model)
+    beta = config.beta if beta is None else beta
     if config.objective == "iwae":
-        return iwae(vae, x, c, k=config.k, beta=config.beta, generator=generator)
-    return elbo(vae, x, c, beta=config.beta, generator=generator)
+        if config.free_bits > 0:
+            raise ConfigError("free bits floor the ELBO's KL term, which the IWAE bound does not have; "
+                              "use objective = 'elbo' (--objective elbo) or free_bits = 0")
+        return iwae(vae, x, c, k=config.k, beta=beta, generator=generator)
+    return elbo(vae, x, c, beta=beta, generator=generator, free_bits=config.free_bits,
+                free_bits_group=config.free_bits_group)
 
 
 @torch.no_grad()
@@ -165,6 +174,11 @@ def fit(
     bs = config.batch_size
     n_batches = math.ceil(n / bs)
     skip_limit = config.skip_limit if config.nonfinite == "skip" else 0
+    check_schedule(config, n_batches, budget)
+
+    def beta_mean(first: int, stop: int) -> float:
+        """The history's β: the mean of beta_at over the steps first..stop-1 of an epoch."""
+        return sum(beta_at(t, config, n_batches, budget) for t in range(first, stop)) / max(1, stop - first)
 
     def learning_rate(step: int) -> float:
         """Adam's step size at optimizer step ``step`` (0-based): constant, or cosine decay to 0,
@@ -202,6 +216,7 @@ def fit(
                 sums = state.epoch_sums.to(device=device, dtype=torch.float64)
             start -= state.epoch_seconds
             state.epoch_rng = None
+        epoch_first_step = state.step - first_batch  # every batch of an epoch is one step, skipped or not
         for b in range(first_batch, n_batches):
             if state.step >= budget:
                 break
@@ -216,7 +231,7 @@ def fit(
                 raise TrainingInterrupted(state.step, state.epoch + 1, mid, history)
             idx = perm[b * bs:(b + 1) * bs]
             xb, cb = x_epoch[idx], (None if c is None else c[idx])
-            out = objective(model, xb, cb, config, generator)
+            out = objective(model, xb, cb, config, generator, beta_at(state.step, config, n_batches, budget))
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
@@ -229,7 +244,8 @@ def fit(
                 if state.skips >= skip_limit:
                     # Record the failing epoch so the report can show it; the last checkpoint stays.
                     history.append(_row(state.epoch + 1, state.step, values.double() * len(idx), len(idx),
-                                        math.nan, elapsed + time.perf_counter() - start, lr, skipped, norm))
+                                        math.nan, elapsed + time.perf_counter() - start, lr, skipped, norm,
+                                        beta_mean(epoch_first_step, state.step)))
                     model.eval()
                     raise TrainingDiverged(state.step, state.epoch + 1, history, term=term,
                                            advice=_divergence_advice(term, model, config), skips=state.skips)
@@ -258,7 +274,8 @@ def fit(
                                                                 device=device)])
         model.train()
         elapsed += time.perf_counter() - start
-        history.append(_row(state.epoch, state.step, sums, seen, div, elapsed, lr, skipped, grad_norm_max))
+        history.append(_row(state.epoch, state.step, sums, seen, div, elapsed, lr, skipped, grad_norm_max,
+                            beta_mean(epoch_first_step, state.step)))
         done = state.step >= budget
         if on_checkpoint is not None and (done or state.epoch % config.checkpoint_every == 0):
             model.eval()
@@ -335,11 +352,11 @@ def _divergence_advice(term: str, model: LatentModel, config: TrainConfig) -> st
 
 
 def _row(epoch: int, step: int, sums: Tensor, seen: int, div: float, seconds: float, lr: float, skipped: int,
-         grad_norm: float) -> dict[str, float]:
+         grad_norm: float, beta: float) -> dict[str, float]:
     # An epoch whose every step was skipped has no loss to report: NaN, not 0.
     loss, recon, kl = (sums / seen).tolist() if seen else (math.nan,) * 3
     return {"epoch": epoch, "step": step, "loss": loss, "recon": recon, "kl": kl, "diversity": div,
-            "seconds": seconds, "lr": lr, "skipped": skipped, "grad_norm": grad_norm}
+            "seconds": seconds, "lr": lr, "skipped": skipped, "grad_norm": grad_norm, "beta": beta}
 
 
 # What may change when a run is resumed: the budget, the step size, how often it is
@@ -477,6 +494,9 @@ def train_run(
             # The condition spec (label list / training range) comes from the training split
             # only; a resumed run keeps the one it saved.
             condition = fit_condition(config.data.condition, data, config.model.cond_embed)
+        # A schedule the budget cannot hold is refused before the run directory is taken.
+        n_train = len(data)
+        check_schedule(config.train, math.ceil(n_train / config.train.batch_size), total_steps(config.train, n_train))
         cond_width = 0 if condition is None else condition.width
         cond_embed = () if condition is None else condition.embed_widths
         check_model_fits(config.model, config.train, data.dim, cond_width, cond_embed)

@@ -114,6 +114,16 @@ def train(
                                   "and halve the learning rate"),
     max_skips: int = typer.Option(None, help="steps --nonfinite skip may skip before training stops (default 10)"),
     grad_clip: float = typer.Option(None, help="clip the gradient norm to this value before each step (default off)"),
+    beta_schedule: str = typer.Option(None, help="β over training: constant (default), warmup (linear from 0) or "
+                                      "cyclical (Fu et al. 2019); see docs/objectives.md"),
+    warmup_epochs: int = typer.Option(None, help="warm-up length in epochs (--beta-schedule warmup)"),
+    warmup_steps: int = typer.Option(None, help="warm-up length in optimizer steps (--beta-schedule warmup)"),
+    cycles: int = typer.Option(None, help="annealing cycles over the budget (--beta-schedule cyclical; default 4)"),
+    cycle_ratio: float = typer.Option(None, help="share of each cycle over which β rises from 0 (cyclical; "
+                                      "default 0.5)"),
+    free_bits: float = typer.Option(None, help="free bits λ in nats: floor on the batch-averaged KL of each "
+                                    "group (--objective elbo; default 0, off)"),
+    free_bits_group: str = typer.Option(None, help="what λ floors: dim (each latent dimension, default) or all"),
     eval_k: int = typer.Option(None, help="importance samples for the evaluation NLL"),
     config: Path = typer.Option(None, "--config", help="TOML file with [data] [model] [train] [eval] tables"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory (default runs/<data>-<time>)"),
@@ -164,7 +174,9 @@ def train(
         "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "lr_schedule": lr_schedule,
                   "epochs": epochs, "steps": steps, "batch_size": batch_size, "seed": seed,
                   "checkpoint_every": checkpoint_every, "nonfinite": nonfinite, "max_skips": max_skips,
-                  "grad_clip": grad_clip},
+                  "grad_clip": grad_clip, "beta_schedule": beta_schedule, "warmup_epochs": warmup_epochs,
+                  "warmup_steps": warmup_steps, "cycles": cycles, "cycle_ratio": cycle_ratio,
+                  "free_bits": free_bits, "free_bits_group": free_bits_group},
         "eval": {"k": eval_k},
     }, source="command-line options" if config is None else f"{config} and the command-line options")
     if data is not None and _is_file_arg(data):
@@ -317,12 +329,17 @@ def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float 
 
 def _loss_name(cfg: Any) -> str:
     """What the training loss is, in words: it is recon + β·KL only for the ELBO."""
+    from vaelab.schedules import describe
+
     if cfg.model.kind == "ae":
         return "loss (reconstruction)"
+    weighting = cfg.train.beta_schedule != "constant" or cfg.train.free_bits > 0
     if cfg.train.objective == "iwae":
-        if cfg.train.beta != 1:
-            return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, β={cfg.train.beta:g})"
+        if cfg.train.beta != 1 or weighting:
+            return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, {describe(cfg.train)})"
         return f"loss (−IWAE bound, k={cfg.train.k})"
+    if weighting:
+        return f"loss (ELBO objective: {describe(cfg.train)})"
     return f"loss (−ELBO, β={cfg.train.beta:g})"
 
 

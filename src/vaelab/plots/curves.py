@@ -51,6 +51,9 @@ def plot_training_curves(
 ) -> Figure:
     """Four panels against epoch: loss, reconstruction -E log p(x|z), KL (log y) and diversity.
 
+    The loss panel carries, on a twin axis, the β the KL schedule used in each epoch ("β used",
+    the history's ``beta`` column) for runs with a KL term.
+
     Diversity is Var(E[x|z]), z ~ p(z), summed over coordinates. ``data_variance`` is Var(x)
     of the training data (summed over coordinates) and ``noise_variance`` the model's
     E_z tr Cov(x|z) (see :func:`expected_noise_variance`). A model whose samples match the
@@ -96,6 +99,8 @@ def plot_training_curves(
             ax.axhline(data_variance, color="0.55", linestyle=":", linewidth=1.2,
                        label="Var(x) of the data (includes noise)")
             ax.legend(fontsize="x-small", loc="lower right")
+        if col == "loss":
+            _draw_beta(ax, history, epoch, marker)
         if bad is not None:
             ax.axvline(bad, color="red", linewidth=1.5, linestyle=":")
     if bad is not None:
@@ -105,6 +110,25 @@ def plot_training_curves(
             fontsize="large",
         )
     return fig
+
+
+def _draw_beta(ax: Any, history: History, epoch: np.ndarray, marker: str | None) -> None:
+    """β used (the history's per-epoch mean of the schedule) on a twin axis of the loss panel.
+
+    Not drawn for runs without a KL term (an autoencoder: KL 0 throughout) or histories
+    written before the column existed (NaN).
+    """
+    beta = np.array([float(r.get("beta", math.nan)) for r in history.rows], dtype=float)  # rows may predate it
+    kl = np.array(history.column("kl"), dtype=float)
+    ok = np.isfinite(beta)
+    if not ok.any() or np.all(kl[np.isfinite(kl)] == 0):
+        return
+    twin = ax.twinx()
+    twin.plot(epoch[ok], beta[ok], color="C1", linestyle="--", marker=marker, markersize=2, label="β used")
+    twin.set_ylabel("β used", color="C1")
+    twin.tick_params(axis="y", colors="C1")
+    twin.set_ylim(bottom=0, top=max(1e-12, float(beta[ok].max())) * 1.05)
+    twin.legend(fontsize="x-small", loc="upper right")
 
 
 @torch.no_grad()
@@ -151,7 +175,14 @@ def loss_label(ctx: PlotContext) -> str:
         return "total loss (training objective)"
     if cfg.train.objective == "iwae":
         return f"total loss = −L_k, the IWAE bound (k = {cfg.train.k}),\nnot reconstruction + KL"
-    return f"total loss = −ELBO = reconstruction + β·KL (β = {cfg.train.beta:g})"
+    t = cfg.train
+    if t.free_bits == 0 and t.beta_schedule == "constant":
+        return f"total loss = −ELBO = reconstruction + β·KL (β = {t.beta:g})"
+    weight = "β" if t.beta_schedule == "constant" else "β_t"
+    per = "dimension" if t.free_bits_group == "dim" else "latent"
+    kl = "KL" if t.free_bits == 0 else f"max(λ, KL) (λ = {t.free_bits:g} nats per {per})"
+    note = f"β = {t.beta:g}" if t.beta_schedule == "constant" else f"β_t: {t.beta_schedule} to {t.beta:g} (dashed)"
+    return f"total loss = reconstruction + {weight}·{kl},\n{note}"
 
 
 def _training_curves(ctx: PlotContext) -> Figure:

@@ -1,0 +1,96 @@
+"""KL weight schedules: the β of the ELBO's KL term at each optimizer step.
+
+``beta_at`` is a pure function of the 0-based optimizer step t (with the budget T and the
+number of steps per epoch), so a resumed run uses exactly the β an uninterrupted one would.
+With β the configured ``train.beta``:
+
+- constant:  β_t = β.
+- warmup:    β_t = β · min(1, t / N), N the warm-up length in steps (``warmup_steps``, or
+  ``warmup_epochs`` × steps per epoch). Step 0 trains with β_0 = 0, step t with β·t/N, and
+  from step N on β_t = β.
+- cyclical:  Fu et al. (2019), "Cyclical Annealing Schedule" (NAACL), §3: the budget T is cut into
+  M = ``cycles`` cycles of L = ⌈T / M⌉ steps (the last one shorter when M does not divide T);
+  within a cycle τ_t = (t mod L) / L ∈ [0, 1) and β_t = β · min(1, τ_t / R), R = ``cycle_ratio``.
+  Every cycle starts at β = 0, rises linearly over its first R·L steps and stays at β for the
+  rest (with R = 1 it rises over the whole cycle and ends at β·(L−1)/L). Fu et al. write
+  τ = mod(t−1, ⌈T/M⌉) / (T/M) with 1-based t; dividing by L = ⌈T/M⌉ instead keeps τ < 1, so
+  every cycle, the last included, starts again at β = 0.
+
+The schedule depends on the budget T (cyclical) and on the steps per epoch (warm-up in epochs):
+a resumed run given a larger budget re-spaces its cycles, like the cosine learning rate does.
+See docs/objectives.md for what β does to each term.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vaelab.config import ConfigError, TrainConfig
+
+
+def warmup_length(config: TrainConfig, steps_per_epoch: int) -> int:
+    """N, the warm-up length in optimizer steps (``warmup_steps`` or ``warmup_epochs`` × steps per epoch)."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    if config.warmup_epochs is None:
+        raise ConfigError("beta_schedule = 'warmup' needs --warmup-epochs or --warmup-steps")
+    return config.warmup_epochs * steps_per_epoch
+
+
+def cycle_length(config: TrainConfig, budget: int) -> int:
+    """L = ⌈T / M⌉, the steps of one annealing cycle (T the step budget, M = ``cycles``)."""
+    return math.ceil(budget / config.cycles)
+
+
+def check_schedule(config: TrainConfig, steps_per_epoch: int, budget: int) -> None:
+    """Refuse a schedule that cannot do what it says within the budget of ``budget`` steps.
+
+    A warm-up at least as long as the budget never reaches β (the last step has β·(T−1)/N);
+    cycles of one step keep β = 0 throughout. Raises ConfigError naming the setting.
+    """
+    if config.beta_schedule == "warmup":
+        n = warmup_length(config, steps_per_epoch)
+        if n >= budget:
+            given = (f"--warmup-steps {config.warmup_steps}" if config.warmup_steps is not None
+                     else f"--warmup-epochs {config.warmup_epochs} ({n} steps)")
+            raise ConfigError(f"{given} is not shorter than the budget of {budget} steps, so β would never reach "
+                              f"{config.beta:g}; give a shorter warm-up or a larger budget")
+    elif config.beta_schedule == "cyclical" and cycle_length(config, budget) < 2:
+        raise ConfigError(f"--cycles {config.cycles} over a budget of {budget} steps leaves cycles of one step, "
+                          f"in which β stays 0; use at most {budget // 2} cycles or a larger budget")
+
+
+def beta_at(step: int, config: TrainConfig, steps_per_epoch: int, budget: int) -> float:
+    """β of the KL term at the 0-based optimizer step ``step`` (see the module docstring).
+
+    Args:
+        step: t, counted from 0 over the whole run (resumed runs included).
+        config: the run's TrainConfig (``beta``, ``beta_schedule`` and its settings).
+        steps_per_epoch: ⌈n / batch_size⌉, which turns ``warmup_epochs`` into steps.
+        budget: T, the run's total number of optimizer steps (cycle lengths).
+    """
+    beta = config.beta
+    if config.beta_schedule == "warmup":
+        return beta * min(1.0, step / warmup_length(config, steps_per_epoch))
+    if config.beta_schedule == "cyclical":
+        length = cycle_length(config, budget)
+        tau = (step % length) / length  # Fu et al. (2019) §3's τ, with 0-based t and ⌈T/M⌉ below
+        return beta * min(1.0, tau / config.cycle_ratio)
+    return beta
+
+
+def describe(config: TrainConfig) -> str:
+    """The KL weighting in words, for the report and the console: "β = 4", "β warm-up to 1 over
+    10 epochs", "β cyclical to 1 (4 cycles, ratio 0.5)", with ", free bits λ = 0.5 nats per dimension"."""
+    if config.beta_schedule == "warmup":
+        length = (f"{config.warmup_steps} steps" if config.warmup_steps is not None
+                  else f"{config.warmup_epochs} epochs")
+        text = f"β warm-up to {config.beta:g} over {length}"
+    elif config.beta_schedule == "cyclical":
+        text = f"β cyclical to {config.beta:g} ({config.cycles} cycles, ratio {config.cycle_ratio:g})"
+    else:
+        text = f"β = {config.beta:g}"
+    if config.free_bits > 0:
+        per = "dimension" if config.free_bits_group == "dim" else "latent"
+        text += f", free bits λ = {config.free_bits:g} nats per {per}"
+    return text
