@@ -20,6 +20,7 @@ from torch.distributions import (
     Distribution,
     Independent,
     MixtureSameFamily,
+    MultivariateNormal,
     Normal,
     TransformedDistribution,
     kl_divergence,
@@ -97,6 +98,13 @@ def _rsample_normal(dist: Normal, shape: Shape, generator: torch.Generator | Non
 @register_rsample(Independent)
 def _rsample_independent(dist: Independent, shape: Shape, generator: torch.Generator | None) -> Tensor:
     return rsample(dist.base_dist, shape, generator)  # reinterpreting batch dims changes no value
+
+
+@register_rsample(MultivariateNormal)
+def _rsample_multivariate_normal(dist: MultivariateNormal, shape: Shape, generator: torch.Generator | None) -> Tensor:
+    # z = μ + L ε with L Lᵀ = Σ (a full-covariance posterior, e.g. q(z|x) = N(μ(x), L(x) L(x)ᵀ)).
+    eps = _noise_like(dist.loc, shape + tuple(dist.batch_shape) + tuple(dist.event_shape), generator)
+    return dist.loc + (dist.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
 
 
 @register_rsample(TransformedDistribution)

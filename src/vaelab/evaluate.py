@@ -142,7 +142,11 @@ def evaluate(
     of the data and the Monte Carlo noise left after averaging k samples; the ELBO's Monte
     Carlo noise per point is 1/√k of a one-sample estimate's. Also ``kl_per_dim`` (only where
     q and p both factorise over the latent dimensions), ``active_units`` (from the spread of
-    ``model.embed``), ``latent_dim``, ``iwae_k``, ``eval_seed``.
+    ``model.embed``), ``latent_dim``, ``iwae_k``, ``eval_seed``, and the posterior-collapse
+    diagnostics of every model with a posterior: ``mutual_info`` I_q(x; z) and ``marginal_kl``
+    KL(q(z) ‖ p(z)) under the aggregate posterior of the N test points, with
+    ``mutual_info_se`` and ``marginal_kl_se`` (see ``vaelab.diagnostics.elbo_surgery``; the
+    mutual information cannot exceed log N).
 
     True density: without ``c``, ``data.log_prob`` (when known) gives ``true_nll`` =
     −mean log p(x) and ``nll_gap`` = iwae_nll − true_nll (paired over the points, ≥ 0 up to
@@ -234,6 +238,11 @@ def evaluate(
     )
     if not kl_exact:  # say how the KL was estimated where it is not exact
         metrics["kl_estimator"] = f"Monte Carlo, {k} draws of q(z|x) per point"
+    if isinstance(model, VariationalModel):  # a posterior to diagnose (an autoencoder has none)
+        from vaelab.diagnostics import elbo_surgery
+
+        # Drawn after the importance samples, so adding these keys left the other numbers as they were.
+        metrics.update(elbo_surgery(model, x, c, generator=generator, batch_size=batch_size).as_metrics())
     if data.image_shape is not None:
         metrics.update(bits_per_dim(metrics, data.dim))
     if true_log_prob is None and c is None and data.log_prob is not None:

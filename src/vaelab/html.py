@@ -21,6 +21,7 @@ th { background: #f2f2f2; } tr.bad td { background: #fde2e2; } td.changed { font
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { color: #333; margin-top: 0.3rem; } figcaption b { color: #000; }
 .failure { border: 2px solid #c00; background: #fff0f0; padding: 0.6rem 1rem; color: #900; }
+.warning { border: 2px solid #c80; background: #fff8e6; padding: 0.6rem 1rem; color: #740; }
 .ok { color: #060; font-weight: bold; } .failed { color: #c00; font-weight: bold; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; border: 1px solid #ddd; white-space: pre-wrap; }
 .note { color: #555; font-size: 0.9rem; } .error { color: #c00; }

@@ -48,6 +48,10 @@ METRIC_LABELS = {
     "iwae_bpd_se": "  ± standard error",
     "binarization": "test pixels binarized",
     "active_units": "active units",
+    "mutual_info": "mutual information I(x; z) under the aggregate posterior",
+    "mutual_info_se": "  ± standard error",
+    "marginal_kl": "marginal KL(q(z) ‖ p(z))",
+    "marginal_kl_se": "  ± standard error",
     "latent_dim": "latent dimensions",
     "true_nll": "true NLL (entropy of the data)",
     "nll_gap": "gap: IWAE NLL − true NLL",
@@ -74,6 +78,18 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         for name, value in _flatten(label, metrics[key]):
             rows.append(f'<tr><td>{esc(name)}</td><td class="num">{esc(fmt_number(value))}</td></tr>')
     return "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"
+
+
+def collapse_html(metrics: dict[str, Any]) -> str:
+    """The posterior-collapse verdict in words under the metrics ("" for a run without a posterior)."""
+    from vaelab.diagnostics import collapse_verdict
+
+    verdict = collapse_verdict(metrics)
+    if verdict is None:
+        return ""
+    if verdict.collapsed:
+        return f'<div class="warning" id="collapse">{esc(verdict.text)}</div>'
+    return f'<p class="note" id="collapse">{esc(verdict.text)}</p>'
 
 
 def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
@@ -232,7 +248,7 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
             f'<div class="failure" id="failure"><b>Training failed:</b> {esc(failure)}. '
             "The figures below show the last good checkpoint.</div>"
         )
-    parts += ['<h2 id="metrics">Held-out metrics</h2>', metrics_table(run.metrics)]
+    parts += ['<h2 id="metrics">Held-out metrics</h2>', metrics_table(run.metrics), collapse_html(run.metrics)]
     parts.append('<h2 id="figures">Figures</h2>')
     if entries:
         parts.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -63,6 +64,16 @@ def _print_condition_metrics(metrics: dict[str, Any]) -> None:
         console.print(f"mean |mean ‖x‖ − requested| = {track['mean_abs_error']:.4f}", highlight=False)
 
 
+def _print_collapse_verdict(metrics: dict[str, Any]) -> None:
+    """Say in words whether the posterior has collapsed (and what to try); nothing for an autoencoder."""
+    from vaelab.diagnostics import collapse_verdict
+
+    verdict = collapse_verdict(metrics)
+    if verdict is not None:
+        style = "bold yellow" if verdict.collapsed else "green"
+        console.print(f"[{style}]{escape(verdict.text)}[/]", highlight=False, soft_wrap=True)
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
     table = Table(title="held-out evaluation (nats per point)", show_header=True)
     table.add_column("metric")
@@ -72,14 +83,15 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         "kl_estimator": "  KL estimated by",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
         "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
-        "active_units": "active units", "true_nll": "true NLL (entropy of the data)",
+        "active_units": "active units", "mutual_info": "mutual information I(x; z)",
+        "marginal_kl": "marginal KL(q(z) ‖ p(z))", "true_nll": "true NLL (entropy of the data)",
         "nll_gap": "gap: IWAE NLL − true NLL",
         "nll_gap_se": "  ± standard error",
         "eval_seed": "  evaluation seed",
     }
     # A standard error is printed under the value it belongs to.
     ses = {"elbo": "elbo_se", "recon": "recon_se", "kl": "kl_se", "elbo_bpd": "elbo_bpd_se",
-           "iwae_bpd": "iwae_bpd_se"}
+           "iwae_bpd": "iwae_bpd_se", "mutual_info": "mutual_info_se", "marginal_kl": "marginal_kl_se"}
     for key, label in labels.items():
         if key in metrics:
             v = metrics[key]

@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
-from vaelab.cli.console import _print_condition_metrics, _print_metrics, console, err_console
+from vaelab.cli.console import (
+    _print_collapse_verdict,
+    _print_condition_metrics,
+    _print_metrics,
+    console,
+    err_console,
+)
 from vaelab.errors import InputError
 
 
@@ -27,6 +33,7 @@ def _run_eval(
     run = ckpt.load(run_dir, device)
     metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False)
     _print_metrics(metrics)
+    _print_collapse_verdict(metrics)
     _print_condition_metrics(metrics)
     if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed):
         path = save_metrics(run, metrics)
