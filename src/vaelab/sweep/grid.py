@@ -258,7 +258,9 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b or (isinstance(a, int | float) and isinstance(b, int | float) and a == b)
 
 
-def make_grid(base: RunConfig, lists: Mapping[str, Sequence[Any]], *, seeds: int | None = None) -> tuple[RunConfig, Grid]:
+def make_grid(
+    base: RunConfig, lists: Mapping[str, Sequence[Any]], *, seeds: int | None = None
+) -> tuple[RunConfig, Grid]:
     """Split the given settings into the base every member shares and the axes of the grid.
 
     ``lists``: {dotted setting: values}; a single value is applied to ``base``. ``seeds`` N

@@ -34,7 +34,7 @@ def _configuration(row: MemberRow) -> tuple[Any, ...]:
     return tuple(str(v) for d, v in row.values.items() if d != SEED_AXIS)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if arr.size == 0:
         return math.nan, math.nan
@@ -68,9 +68,9 @@ def rate_distortion_figure(rows: Sequence[MemberRow]) -> Figure | None:
         return None
     fig = Figure(figsize=(6.5, 4.8), dpi=110, layout="constrained")
     ax = fig.subplots()
-    for (kl, kl_sd), (recon, recon_sd), label in points:
-        ax.errorbar(kl, recon, xerr=kl_sd, yerr=recon_sd, fmt="o", capsize=3)
-        ax.annotate(label, (kl, recon), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    for (rate, rate_sd), (distortion, distortion_sd), label in points:
+        ax.errorbar(rate, distortion, xerr=rate_sd, yerr=distortion_sd, fmt="o", capsize=3)
+        ax.annotate(label, (rate, distortion), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     ax.set_xlabel("rate: KL(q(z|x) ‖ p(z)) [nats]")
     ax.set_ylabel("distortion: −E log p(x|z) [nats]")
     ax.set_title("rate–distortion plane (held-out; error bars: ± 1 sd over seeds)")
@@ -163,10 +163,11 @@ def samples_figure(rows: Sequence[MemberRow], *, n: int = 500, seed: int = 0) ->
             x = run.model.sample(16, c, generator=generator)
             show(ax, tile(as_images(x, test.image_shape), 4), row.name)
             continue
-        x = run.model.sample(n, c, generator=generator, noise=True).numpy()
+        points = run.model.sample(n, c, generator=generator, noise=True).numpy()  # (n, D)
         data = test.x[:n].numpy()
-        ax.scatter(data[:, 0], data[:, 1 if data.shape[1] > 1 else 0], s=2, c="0.75", label="held-out data")
-        ax.scatter(x[:, 0], x[:, 1 if x.shape[1] > 1 else 0], s=2, label="samples")
+        second = 1 if data.shape[1] > 1 else 0  # 1-D data: along the diagonal
+        ax.scatter(data[:, 0], data[:, second], s=2, c="0.75", label="held-out data")
+        ax.scatter(points[:, 0], points[:, second], s=2, label="samples")
         ax.set_title(row.name, fontsize="x-small")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -34,13 +34,14 @@ import torch
 from vaelab import checkpoint as ckpt
 from vaelab.config import RunConfig
 from vaelab.history import History
+from vaelab.models import LatentModel
 from vaelab.sweep.grid import Grid, GridError, Member, expand
 
 # The engine: the one line to change when vaelab.sweep.stack lands is
 #     from vaelab.sweep.stack import MemberResult, can_stack, fit_stack as _fit_group
 from vaelab.sweep.solo import MemberResult, can_stack
 from vaelab.sweep.solo import fit_members as _fit_group
-from vaelab.train import StepInfo
+from vaelab.train import StepInfo, TrainingInterrupted
 
 SWEEP_FILE = "sweep.json"
 METRICS_CSV = "metrics.csv"
@@ -164,7 +165,6 @@ def train_group(
     from vaelab.conditions import fit_condition
     from vaelab.data.pixels import fixed_binarization, resolve_binarize
     from vaelab.data.registry import load_dataset
-    from vaelab.evaluate import evaluate_run
     from vaelab.models import build_model
     from vaelab.schedules import check_schedule
     from vaelab.sizes import check_model_fits
@@ -184,10 +184,13 @@ def train_group(
             condition = (None if config.data.condition is None
                          else fit_condition(config.data.condition, data, config.model.cond_embed))
             c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
-            models, states, histories, dirs = [], [], [], []
+            models: list[LatentModel] = []
+            states: list[ckpt.TrainState | None] = []
+            histories: list[History | None] = []
+            dirs: list[Path] = []
             for m in todo:
-                train_cfg = m.config.train
-                check_schedule(train_cfg, math.ceil(len(data) / train_cfg.batch_size), total_steps(train_cfg, len(data)))
+                train_cfg, n = m.config.train, len(data)
+                check_schedule(train_cfg, math.ceil(n / train_cfg.batch_size), total_steps(train_cfg, n))
                 check_model_fits(m.config.model, train_cfg, data.dim, 0 if condition is None else condition.width,
                                  () if condition is None else condition.embed_widths)
             for m in todo:
@@ -212,7 +215,7 @@ def train_group(
                     histories.append(None)
                 dirs.append(run_dir)
 
-            def on_checkpoint(i: int, model: Any, history: History, state: ckpt.TrainState) -> None:
+            def on_checkpoint(i: int, model: LatentModel, history: History, state: ckpt.TrainState) -> None:
                 ckpt.write_checkpoint(dirs[i], model, todo[i].config, history=history, state=state,
                                       condition=condition)
 
@@ -220,10 +223,19 @@ def train_group(
                 if on_progress is not None:
                     on_progress(todo[i].name, info)
 
-            results: list[MemberResult] = _fit_group(
-                models, x, [m.config.train for m in todo], c=c, states=states, histories=histories,
-                on_checkpoint=on_checkpoint, on_step=on_step, dynamic_binarization=pixels == "dynamic",
-                should_stop=should_stop)
+            try:
+                results: list[MemberResult] = _fit_group(
+                    models, x, [m.config.train for m in todo], c=c, states=states, histories=histories,
+                    on_checkpoint=on_checkpoint, on_step=on_step, dynamic_binarization=pixels == "dynamic",
+                    should_stop=should_stop)
+            except TrainingInterrupted:
+                # Members that finished before the interruption are evaluated now, so that a
+                # resumed sweep leaves their folders exactly as they are.
+                for lock in locks:
+                    lock.release()
+                locks = []
+                _evaluate_done(out, members, device)
+                raise
             for run_dir, result in zip(dirs, results, strict=True):
                 if result.error is not None:  # as train_run records it: the history and what went wrong
                     err = result.error
@@ -233,15 +245,22 @@ def train_group(
         for lock in locks:
             lock.release()
         locks = []
-        for m in members:  # members done but not yet evaluated (new ones, or a sweep cut off before)
-            run_dir = member_dir(out, m.name)
-            if member_status(run_dir) == "done":
-                run = ckpt.load(run_dir, device)
-                if not run.metrics:
-                    evaluate_run(run, write=True)
+        _evaluate_done(out, members, device)
     finally:
         for lock in locks:
             lock.release()
+
+
+def _evaluate_done(out: Path, members: Sequence[Member], device: str | torch.device) -> None:
+    """Evaluate the members that finished training and have no metrics yet (metrics.json)."""
+    from vaelab.evaluate import evaluate_run
+
+    for m in members:
+        run_dir = member_dir(out, m.name)
+        if member_status(run_dir) == "done":
+            run = ckpt.load(run_dir, device)
+            if not run.metrics:
+                evaluate_run(run, write=True)
 
 
 def _group_worker(out: str, configs: list[str], names: list[str], values: list[dict[str, Any]], device: str,
@@ -336,3 +355,11 @@ def metrics_csv(rows: Sequence[MemberRow]) -> str:
         writer.writerow(["" if v is None else ("-".join(map(str, v)) if isinstance(v, list) else v)
                          for v in table_values(row)])
     return buf.getvalue()
+
+
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories with every sweep folder among them replaced by its members' runs (grid order)."""
+    expanded: list[Path] = []
+    for path in paths:
+        expanded.extend(member_dirs(path) if is_sweep_dir(path) else [Path(path)])
+    return expanded
