@@ -98,10 +98,12 @@ def sweep(
             raise typer.Exit(again.exit_code) from None
     from vaelab.html import fmt_number
 
+    # The member's name repeats its swept values: the console table leaves it out for width,
+    # and folds (never cuts) what does not fit; metrics.csv has every column.
     result = Table(title=f"sweep {out}", show_header=True)
-    for column in table_columns(rows):
-        result.add_column(column, justify="left" if column in ("name", "status") else "right")
+    for column in table_columns(rows)[1:]:
+        result.add_column(column, justify="left" if column == "status" else "right", overflow="fold")
     for row in rows:
-        result.add_row(*("—" if v is None else fmt_number(v) for v in table_values(row)))
+        result.add_row(*("—" if v is None else fmt_number(v) for v in table_values(row)[1:]))
     console.print(result)
     console.print(f"sweep folder: {out} (metrics.csv, sweep.html, runs/)", highlight=False)
