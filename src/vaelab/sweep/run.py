@@ -223,25 +223,41 @@ def train_group(
                 if on_progress is not None:
                     on_progress(todo[i].name, info)
 
-            try:
-                results: list[MemberResult] = _fit_group(
-                    models, x, [m.config.train for m in todo], c=c, states=states, histories=histories,
-                    on_checkpoint=on_checkpoint, on_step=on_step, dynamic_binarization=pixels == "dynamic",
-                    should_stop=should_stop)
-            except TrainingInterrupted:
-                # Members that finished before the interruption are evaluated now, so that a
-                # resumed sweep leaves their folders exactly as they are.
-                for lock in locks:
-                    lock.release()
-                locks = []
-                _evaluate_done(out, members, device)
-                raise
-            for run_dir, result in zip(dirs, results, strict=True):
-                if result.error is not None:  # as train_run records it: the history and what went wrong
-                    err = result.error
-                    ckpt.write_history(run_dir, err.history)
-                    ckpt.write_json(run_dir / ckpt.FAILURE_FILE,
-                                    {"step": err.step, "epoch": err.epoch, "term": err.term, "message": str(err)})
+            # A stack trains members that stand at the same step; members of one group stand at
+            # different steps only when a sweep was cut off between their first checkpoints (or
+            # an earlier engine trained them one by one): each step then trains as its own stack.
+            batches: dict[int, list[int]] = {}
+            for i, begun in enumerate(states):
+                batches.setdefault(0 if begun is None else begun.step, []).append(i)
+            for idx in batches.values():
+
+                def batch_checkpoint(j: int, m: LatentModel, h: History, s: ckpt.TrainState,
+                                     idx: list[int] = idx) -> None:
+                    on_checkpoint(idx[j], m, h, s)
+
+                def batch_step(j: int, info: StepInfo, idx: list[int] = idx) -> None:
+                    on_step(idx[j], info)
+
+                try:
+                    results: list[MemberResult] = _fit_group(
+                        [models[i] for i in idx], x, [todo[i].config.train for i in idx], c=c,
+                        states=[states[i] for i in idx], histories=[histories[i] for i in idx],
+                        on_checkpoint=batch_checkpoint, on_step=batch_step,
+                        dynamic_binarization=pixels == "dynamic", should_stop=should_stop)
+                except TrainingInterrupted:
+                    # Members that finished before the interruption are evaluated now, so that a
+                    # resumed sweep leaves their folders exactly as they are.
+                    for lock in locks:
+                        lock.release()
+                    locks = []
+                    _evaluate_done(out, members, device)
+                    raise
+                for i, result in zip(idx, results, strict=True):
+                    if result.error is not None:  # as train_run records it: the history and what went wrong
+                        err = result.error
+                        ckpt.write_history(dirs[i], err.history)
+                        ckpt.write_json(dirs[i] / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch,
+                                                                      "term": err.term, "message": str(err)})
         for lock in locks:
             lock.release()
         locks = []
