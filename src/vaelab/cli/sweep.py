@@ -42,7 +42,7 @@ def sweep(
     resume: bool = typer.Option(False, help="continue the sweep in --out: finished members are kept"),
 ) -> None:
     from vaelab.errors import InputError
-    from vaelab.sweep.grid import make_grid, parse_flags, read_sweep_toml, sweep_table
+    from vaelab.sweep.grid import expand, make_grid, parse_flags, read_sweep_toml, sweep_table
     from vaelab.sweep.run import load_sweep, run_sweep, table_columns, table_values
     from vaelab.train import TrainingInterrupted
 
@@ -68,6 +68,7 @@ def sweep(
         toml_lists, toml_seeds = sweep_table(table, f"{config} [sweep]")
         base, grid = make_grid(base, {**toml_lists, **lists}, seeds=seeds if seeds is not None else toml_seeds)
         _fetch_with_progress(base.data)
+    expand(base, grid)  # every member checked (run_sweep checks again) before the first line is printed
     dev = pick_device(device)
     console.print(f"sweep of {grid.size} members -> {out} (device {dev})", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
