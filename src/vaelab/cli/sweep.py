@@ -15,17 +15,17 @@ from vaelab.cli.commands import _base_config, _is_file_arg, _SignalAgain, _StopO
 from vaelab.cli.common import pick_device, user_errors
 from vaelab.cli.console import _fetch_with_progress, console, err_console
 
-SWEEP_HELP = """Train every combination of the given values and compare them in one folder.
-
-Give any `vaelab train` flag as a comma list (list-valued ones like --hidden separated by /):
---beta 0.25,0.5,1,2,4 --recon-var 0.01,0.1,1 --latent-dim 1,2 --seeds 3. A flag with one value
-applies to every member. The grid can also come from a [sweep] table of --config
-(seeds = N, [sweep.train] beta = [...], [sweep.model] latent_dim = [...]).
-
-Writes OUT/runs/<member>/ (ordinary runs: vaelab eval / report / explore / compare take them),
-OUT/metrics.csv, OUT/sweep.html, OUT/sweep.json. Members that share shapes train as one group;
---jobs N trains N groups at once. --resume continues an interrupted sweep.
-"""
+# One line per paragraph (typer re-wraps them); "\\[" keeps rich from reading [sweep] as markup.
+SWEEP_HELP = (
+    "Train every combination of the given values and compare them in one folder.\n\n"
+    "Give any `vaelab train` flag as a comma list (list-valued ones like --hidden separated by /): "
+    "--beta 0.25,0.5,1,2,4 --recon-var 0.01,0.1,1 --latent-dim 1,2 --seeds 3. A flag with one value applies "
+    "to every member. The grid can also come from a \\[sweep] table of --config: seeds = N, "
+    "\\[sweep.train] beta = [...], \\[sweep.model] latent_dim = [...].\n\n"
+    "Writes OUT/runs/<member>/ (ordinary runs: vaelab eval / report / explore / compare take them), "
+    "OUT/metrics.csv, OUT/sweep.html and OUT/sweep.json. Members that share shapes train as one group; "
+    "--jobs N trains N groups at once. --resume continues an interrupted sweep."
+)
 
 
 @app.command(help=SWEEP_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -36,7 +36,8 @@ def sweep(
     data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file"),
     seeds: int = typer.Option(None, "--seeds", help="train every configuration with N seeds: seed ... seed + N - 1"),
     jobs: int = typer.Option(1, "--jobs", help="groups of members trained at once, in separate processes"),
-    config: Path = typer.Option(None, "--config", help="TOML file with [data] [model] [train] [eval] and [sweep]"),
+    config: Path = typer.Option(None, "--config",
+                                help="TOML file with \\[data] \\[model] \\[train] \\[eval] and \\[sweep] tables"),
     preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
     resume: bool = typer.Option(False, help="continue the sweep in --out: finished members are kept"),
