@@ -248,6 +248,10 @@ def test_cli_sweep_prints_the_table_and_compare_takes_the_folder(tmp_path):
     assert [(c[0], c[1]) for c in cells if c[1] == "done"] == [("0", "done"), ("4", "done")], result.output
     assert "sweep.html" in result.output
     assert (out / METRICS_CSV).is_file() and (out / REPORT_FILE).is_file()
+    before = {p.name: _files(p) for p in (out / "runs").iterdir()}
+    result = _cli("sweep", "--out", out, "--resume")  # a finished sweep resumes to the same folder
+    assert result.exit_code == 0, result.output
+    assert {p.name: _files(p) for p in (out / "runs").iterdir()} == before
     result = _cli("compare", out, "--out", tmp_path / "cmp", "--figures", "samples")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "cmp" / "compare.html").read_text()

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from vaelab import checkpoint as ckpt
-from vaelab.config import RunConfig
+from vaelab.config import SECTIONS, RunConfig
 from vaelab.history import History
 from vaelab.models import LatentModel
 from vaelab.sweep.grid import Grid, GridError, Member, expand
@@ -94,7 +94,14 @@ def read_sweep(out: str | Path) -> dict[str, Any]:
 def load_sweep(out: str | Path) -> tuple[RunConfig, Grid]:
     """The base config and grid a sweep folder was started with (to resume it as it was)."""
     data = read_sweep(out)
-    return RunConfig.from_dict(data["base"], f"{out}/{SWEEP_FILE}"), Grid.from_dict(data["grid"])
+    base = RunConfig.from_dict(data["base"], f"{out}/{SWEEP_FILE}")
+    # Only the settings the user gave count as given (check_settings reads them), not every
+    # field the record spells out.
+    given = set(data.get("given", []))
+    for section in SECTIONS:
+        part = getattr(base, section)
+        part.__pydantic_fields_set__ = {f for f in type(part).model_fields if f"{section}.{f}" in given}
+    return base, Grid.from_dict(data["grid"])
 
 
 def member_dirs(out: str | Path) -> list[Path]:
@@ -105,6 +112,7 @@ def member_dirs(out: str | Path) -> list[Path]:
 
 def _record(base: RunConfig, grid: Grid, members: Sequence[Member]) -> dict[str, Any]:
     return {"format": SWEEP_FORMAT, "grid": grid.to_dict(), "base": json.loads(base.to_json()),
+            "given": base.user_settings(),
             "members": [{"name": m.name, "values": m.values, "dir": f"{RUNS_DIR}/{m.name}"} for m in members]}
 
 
