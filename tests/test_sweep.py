@@ -231,8 +231,12 @@ def test_a_diverging_member_does_not_stop_the_others(tmp_path):
 
 
 def test_jobs_train_groups_in_processes_with_the_same_result(sweep_2x2, tmp_path):
+    from vaelab.sweep.run import SweepInterrupted
+
     base, grid, full, _ = sweep_2x2
-    rows = run_sweep(base, grid, tmp_path / "s", jobs=2)
+    with pytest.raises(SweepInterrupted, match="resume with"):  # the children are stopped wherever they are
+        run_sweep(base, grid, tmp_path / "s", jobs=2, should_stop=lambda: True)
+    rows = run_sweep(base, grid, tmp_path / "s", jobs=2, resume=True)
     for row in rows:
         a, b = ckpt.load(row.path).model.state_dict(), ckpt.load(member_dir(full, row.name)).model.state_dict()
         for key in a:

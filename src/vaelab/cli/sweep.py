@@ -44,7 +44,7 @@ def sweep(
 ) -> None:
     from vaelab.errors import InputError
     from vaelab.sweep.grid import expand, make_grid, parse_flags, read_sweep_toml, sweep_table
-    from vaelab.sweep.run import load_sweep, run_sweep, table_columns, table_values
+    from vaelab.sweep.run import SweepInterrupted, load_sweep, run_sweep, table_columns, table_values
     from vaelab.train import TrainingInterrupted
 
     lists = parse_flags(ctx.args)  # the grid's flags are checked before anything else is read
@@ -86,12 +86,16 @@ def sweep(
                 try:
                     rows = run_sweep(base, grid, out, resume=resume, jobs=jobs, device=dev,
                                      on_progress=on_progress if jobs == 1 else None,
-                                     should_stop=stop.requested if jobs == 1 else None)
+                                     should_stop=stop.requested)
                 except TrainingInterrupted as err:
                     progress.stop()
                     err_console.print(f"interrupted ({stop.name}) at step {err.step}: the member in training saved "
                                       f"a checkpoint\nresume with: vaelab sweep --out {out} --resume",
                                       highlight=False, soft_wrap=True)
+                    raise typer.Exit(stop.exit_code) from None
+                except SweepInterrupted as err:  # --jobs: the child processes were stopped
+                    progress.stop()
+                    err_console.print(f"interrupted ({stop.name}); {err}", highlight=False, soft_wrap=True)
                     raise typer.Exit(stop.exit_code) from None
         except _SignalAgain as again:
             progress.stop()

@@ -22,8 +22,8 @@ import csv
 import io
 import json
 import math
+import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,6 +33,7 @@ import torch
 
 from vaelab import checkpoint as ckpt
 from vaelab.config import SECTIONS, RunConfig
+from vaelab.errors import VaelabError
 from vaelab.history import History
 from vaelab.models import LatentModel
 from vaelab.sweep.grid import Grid, GridError, Member, expand
@@ -55,6 +56,11 @@ METRIC_COLUMNS = ("elbo", "recon", "kl", "iwae_nll", "active_units", "mutual_inf
 
 class SweepError(GridError):
     """The sweep folder cannot be written or resumed as asked; the message says what to do."""
+
+
+class SweepInterrupted(VaelabError):
+    """``should_stop`` stopped a sweep trained in child processes (``jobs`` > 1); every member
+    keeps its last checkpoint, and ``resume`` continues them."""
 
 
 @dataclass
@@ -287,6 +293,12 @@ def _evaluate_done(out: Path, members: Sequence[Member], device: str | torch.dev
                 evaluate_run(run, write=True)
 
 
+def _ignore_interrupts() -> None:
+    """In a child process of ``jobs`` > 1: Ctrl-C reaches the whole process group, but the
+    parent decides (``should_stop``) and stops the children itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _group_worker(out: str, configs: list[str], names: list[str], values: list[dict[str, Any]], device: str,
                   threads: int) -> None:
     """A group trained in a child process (``jobs`` > 1): configs travel as JSON."""
@@ -305,9 +317,9 @@ def run_sweep(
 
     Every member config is checked before the folder is touched. ``resume`` continues the
     sweep in ``out`` (the same grid and base: see ``load_sweep``). ``jobs`` > 1 trains that
-    many groups at once in child processes (``on_progress`` and ``should_stop`` then apply
-    only with ``jobs`` = 1; interrupting the command stops the children, and ``resume``
-    continues them from their last checkpoints). ``on_progress(member name, StepInfo)`` after
+    many groups at once in child processes (``on_progress`` then does not apply; when
+    ``should_stop`` returns True the children are stopped and SweepInterrupted is raised:
+    ``resume`` continues their members from their last checkpoints). ``on_progress(member name, StepInfo)`` after
     every step; ``should_stop`` as in ``train.fit`` (raises TrainingInterrupted).
     Writes metrics.csv and sweep.html once every member has finished.
     """
@@ -316,9 +328,8 @@ def run_sweep(
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise GridError(f"--jobs is the number of groups trained at once, a positive integer; got {jobs!r}")
-    if jobs > 1 and (on_progress is not None or should_stop is not None):
-        raise GridError("on_progress and should_stop apply to a sweep trained in this process; use jobs = 1 "
-                        "for them")
+    if jobs > 1 and on_progress is not None:
+        raise GridError("on_progress reports the steps of a sweep trained in this process; use jobs = 1 for it")
     out = Path(out)
     base = resolve_paths(base)
     members = expand(base, grid)
@@ -329,11 +340,25 @@ def run_sweep(
             train_group(out, group, device=device, on_progress=on_progress, should_stop=should_stop)
     else:
         threads = max(1, torch.get_num_threads() // min(jobs, len(groups)))
-        with ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_group_worker, str(out), [m.config.to_json() for m in g], [m.name for m in g],
-                                   [m.values for m in g], str(device), threads) for g in groups]
-            for future in futures:
-                future.result()  # a child's error is raised here, with its message
+        pool = get_context("spawn").Pool(min(jobs, len(groups)), initializer=_ignore_interrupts)
+        try:
+            pending = [pool.apply_async(_group_worker, (str(out), [m.config.to_json() for m in g],
+                                                        [m.name for m in g], [m.values for m in g], str(device),
+                                                        threads)) for g in groups]
+            while pending:
+                pending[0].wait(0.2)
+                for job in [j for j in pending if j.ready()]:
+                    job.get()  # a child's error is raised here, with its message
+                    pending.remove(job)
+                if pending and should_stop is not None and should_stop():
+                    pool.terminate()  # every checkpoint is written atomically: each member keeps its last one
+                    raise SweepInterrupted(
+                        f"sweep interrupted: {len(pending)} group(s) stopped at their last checkpoint; "
+                        f"resume with: vaelab sweep --out {out} --resume")
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
     rows = sweep_rows(out)
     ckpt.atomic_write_text(out / METRICS_CSV, metrics_csv(rows))
     write_sweep_report(out)
