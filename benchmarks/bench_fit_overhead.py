@@ -40,7 +40,7 @@ def bare_loop(cfg: RunConfig, x: torch.Tensor, steps: int) -> float:
     encoder, decoder, min_var = model.encoder, model.decoder, model.likelihood.min_var
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    n, bs, k, d = x.shape[0], cfg.train.batch_size, cfg.train.k, cfg.model.latent_dim
+    n, bs, k = x.shape[0], cfg.train.batch_size, cfg.train.k
     step = 0
     start = time.perf_counter()
     while step < steps:

@@ -43,7 +43,8 @@ def _history_values(history) -> list[tuple]:
 PINNED = {
     # the default 2-D run (IWAE k = 4, cosine lr 3e-3, batch 256) for 30 steps on moons
     "default": ({"steps": 30},
-                "0bf8a3093b198f0a1d790ab84f15b8bd5f6f3bc57272ffd90db629f8c8e4c7f7", 1.9018543163935344, 1.4283199310302734),
+                "0bf8a3093b198f0a1d790ab84f15b8bd5f6f3bc57272ffd90db629f8c8e4c7f7", 1.9018543163935344,
+                1.4283199310302734),
     # the ELBO with gradient clipping and another seed
     "elbo-clip": ({"steps": 30, "objective": "elbo", "grad_clip": 1.0, "seed": 3},
                   "13986e430b8e5a26e95df50e58a87fc7bd74d43876d28be224bbb3b408d93162", 1.9595786531766255,
