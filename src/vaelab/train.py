@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from vaelab.conditions import Condition, fit_condition
 from vaelab.config import ConfigError, RunConfig, TrainConfig, flag_name
 from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
+from vaelab.distributions import NoiseTape
 from vaelab.errors import InputError, VaelabError
 from vaelab.history import History
 from vaelab.models import LatentModel, build_model
@@ -114,10 +116,58 @@ def step_objective(model: LatentModel, config: TrainConfig,
                           "use objective = 'elbo' (--objective elbo) or free_bits = 0")
     k, free_bits, group = config.k, config.free_bits, config.free_bits_group
 
-    def run(x: Tensor, c: Tensor | None, beta: float) -> ObjectiveOutput:
-        return obj(model, x, c, beta=beta, k=k, generator=generator, free_bits=free_bits, free_bits_group=group)
+    def run(x: Tensor, c: Tensor | None, beta: float | Tensor, noise: NoiseTape | None = None) -> ObjectiveOutput:
+        draws = cast("torch.Generator", noise) if noise is not None else generator  # a tape stands in for it
+        # β may be a 0-d tensor (the compiled step): it only multiplies tensors
+        return obj(model, x, c, beta=cast("float", beta), k=k, generator=draws, free_bits=free_bits,
+                   free_bits_group=group)
 
     return run
+
+
+class CompileError(VaelabError):
+    """``train.compile``: torch.compile could not compile the training step."""
+
+
+def compiled_objective(run: Callable[..., ObjectiveOutput],
+                       generator: torch.Generator) -> Callable[[Tensor, Tensor | None, float], ObjectiveOutput]:
+    """``run`` (from ``step_objective``) compiled with ``torch.compile`` (inductor), forward and backward.
+
+    torch.compile cannot trace a ``torch.Generator``, so the first batch of each shape runs
+    eagerly and records the shapes of its N(0, I) draws (``distributions.NoiseTape``); later
+    batches draw those from ``generator`` outside the compiled graph, in the same order, and
+    pass them in. The draws, and so the generator state a checkpoint saves, are the eager
+    path's; the weights differ from eager only by float rounding (tests/test_train_speed.py).
+    β goes in as a tensor, so a β schedule does not recompile the step.
+    """
+    plans: dict[tuple[tuple[int, ...], tuple[int, ...] | None], tuple[list[tuple[tuple[int, ...], torch.dtype]],
+                                                                     list[str]]] = {}
+
+    def traced(x: Tensor, c: Tensor | None, beta: Tensor, noise: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        out = run(x, c, beta, NoiseTape(noise))
+        return out.loss, list(out.terms.values())
+
+    compiled = torch.compile(traced, fullgraph=True, dynamic=False)
+
+    def step(x: Tensor, c: Tensor | None, beta: float) -> ObjectiveOutput:
+        key = (tuple(x.shape), None if c is None else tuple(c.shape))
+        plan = plans.get(key)
+        if plan is None:  # the first batch of this shape: eager, noting the draws it makes
+            tape = NoiseTape(record=generator)
+            out = run(x, c, beta, tape)
+            plans[key] = (tape.shapes, list(out.terms))
+            return out
+        shapes, names = plan
+        noise = [torch.randn(shape, generator=generator, device=x.device, dtype=dtype) for shape, dtype in shapes]
+        try:
+            loss, terms = compiled(x, c, torch.tensor(beta, dtype=x.dtype, device=x.device), noise)
+        except Exception as err:  # torch's compiler errors share no base class; none is swallowed
+            raise CompileError(f"train.compile: torch.compile could not compile the training step "
+                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                               "train without it (train.compile = false, drop --compile)") from err
+        return ObjectiveOutput(loss=loss, terms=dict(zip(names, terms, strict=True)))
+
+    return step
 
 
 @torch.no_grad()
@@ -213,6 +263,8 @@ def fit(
 
     names = ["recon", "kl"]  # the objective's term names; every step's output sets them
     run_objective = step_objective(model, config, generator)
+    if config.compile:
+        run_objective = compiled_objective(run_objective, generator)
     model.train()
     while state.step < budget:
         start = time.perf_counter()
@@ -391,7 +443,7 @@ def _row(epoch: int, step: int, names: list[str], sums: list[float], seen: int, 
 
 # What may change when a run is resumed: the budget, the step size, how often it is
 # saved, and how it is evaluated. Everything else defines the model or its data.
-RESUMABLE = frozenset({"train.epochs", "train.steps", "train.lr", "train.checkpoint_every",
+RESUMABLE = frozenset({"train.epochs", "train.steps", "train.lr", "train.checkpoint_every", "train.compile",
                        "eval.k", "eval.batch_size", "eval.seed"})
 
 
