@@ -12,7 +12,9 @@ same initial weights on the same 2,000 points, timed in the same run:
 * **fit --compile** (with ``--compile``): ``fit`` with ``train.compile = true``.
 
 Each is timed ``--repeats`` times, interleaved so that other load on the machine hits all
-alike; the median per-step time of each is reported with its ratio to the bare loop.
+alike; the median per-step time of each is reported with its ratio to the bare loop. Times
+are CPU seconds of this process (``time.process_time``), which other processes on a shared
+machine disturb less than wall time; with ``--threads 1`` they equal the step's own work.
 Targets: fit / bare ≤ 1.1, compiled fit / bare ≤ 0.5.
 Run: ``python benchmarks/bench_fit_overhead.py [--steps 800] [--repeats 3] [--threads 1] [--compile]``.
 """
@@ -42,7 +44,7 @@ def bare_loop(cfg: RunConfig, x: torch.Tensor, steps: int) -> float:
     generator = torch.Generator().manual_seed(cfg.train.seed)
     n, bs, k = x.shape[0], cfg.train.batch_size, cfg.train.k
     step = 0
-    start = time.perf_counter()
+    start = time.process_time()
     while step < steps:
         perm = torch.randperm(n, generator=generator)
         for b in range(math.ceil(n / bs)):
@@ -62,16 +64,16 @@ def bare_loop(cfg: RunConfig, x: torch.Tensor, steps: int) -> float:
             loss.backward()
             optimizer.step()
             step += 1
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def fit_loop(cfg: RunConfig, x: torch.Tensor, steps: int, compile_step: bool = False) -> float:
     """Seconds for ``steps`` steps of ``vaelab.train.fit`` with ``cfg`` (all its bookkeeping included)."""
     model = build_model(cfg.model, x.shape[1], seed=cfg.train.seed)
     train = cfg.train.model_copy(update={"steps": steps, "compile": compile_step})
-    start = time.perf_counter()
+    start = time.process_time()
     fit(model, x, train)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main() -> None:
