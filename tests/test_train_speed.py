@@ -112,3 +112,19 @@ def test_compiled_step_gives_the_eager_weights_within_rounding():
     assert [r["step"] for r in comp_history.rows] == [r["step"] for r in eager_history.rows]
     for a, b in zip(comp_history.rows, eager_history.rows, strict=True):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
+
+
+def test_a_step_that_cannot_compile_is_refused_with_the_way_back(monkeypatch):
+    """No silent eager fallback: a compiler failure stops training and says how to train without it."""
+    from vaelab.errors import VaelabError
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = _tiny(steps=3, compile=True)
+    model = build_model(cfg.model, 2, seed=0)
+    with pytest.raises(VaelabError, match=r"RuntimeError: no C\+\+ compiler found.*train\.compile = false"):
+        fit(model, load_dataset(cfg.data, "train").x, cfg.train)
