@@ -11,7 +11,8 @@
 
 Each is timed ``--repeats`` times, interleaved so that other load on the machine hits all
 three alike; the best time of each is reported. Targets: vaelab / floor ≤ 1.3 and
-reference / vaelab ≥ 3. Run: ``python benchmarks/bench_mnist_speed.py [--data-dir DIR]``.
+reference / vaelab ≥ 3. Run: ``python benchmarks/bench_mnist_speed.py [--data-dir DIR] [--threads 1]
+[--compile]`` (``--compile`` adds fit with ``train.compile = true``).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 N_TRAIN = 9000
 
 
-def vaelab_epoch(cfg: RunConfig, x: torch.Tensor, seed: int) -> float:
+def vaelab_epoch(cfg: RunConfig, x: torch.Tensor, seed: int, compile_step: bool = False) -> float:
     model = build_model(cfg.model, x.shape[1], seed=seed)
-    train_cfg = cfg.train.model_copy(update={"epochs": 1, "seed": seed})
+    train_cfg = cfg.train.model_copy(update={"epochs": 1, "seed": seed, "compile": compile_step})
     start = time.perf_counter()
     fit(model, x, train_cfg, dynamic_binarization=True)
     return time.perf_counter() - start
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each (best is reported)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); 1 gives stable numbers on a busy machine")
+    parser.add_argument("--compile", action="store_true", help="also time fit with train.compile = true "
+                        "(its two batch shapes compile once, in the warm-up)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -89,18 +92,28 @@ def main() -> None:
           f"batch 128, {math.ceil(N_TRAIN / 128)} steps per epoch", flush=True)
 
     vaelab_epoch(cfg, x, seed=99)  # warm-up: first-call allocations, lazy imports
+    if args.compile:
+        vaelab_epoch(cfg, x, seed=99, compile_step=True)  # compiles (cached for the timed epochs)
     matmul_floor(N_TRAIN)
     times: dict[str, list[float]] = {"floor": [], "vaelab": [], "reference": []}
+    if args.compile:
+        times["vaelab --compile"] = []
     for r in range(args.repeats):
         times["floor"].append(matmul_floor(N_TRAIN))
         times["vaelab"].append(vaelab_epoch(cfg, x, seed=r))
         times["reference"].append(reference_epoch(images, labels, seed=r))
+        if args.compile:
+            times["vaelab --compile"].append(vaelab_epoch(cfg, x, seed=r, compile_step=True))
         print(f"  round {r + 1}: " + "  ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True)
     best = {k: min(v) for k, v in times.items()}
     print(f"best epoch: floor {best['floor']:.3f} s, vaelab {best['vaelab']:.3f} s, "
           f"reference {best['reference']:.3f} s")
     print(f"vaelab / floor     = {best['vaelab'] / best['floor']:.2f}   (target ≤ 1.3)")
     print(f"reference / vaelab = {best['reference'] / best['vaelab']:.2f}   (target ≥ 3)")
+    if args.compile:
+        comp = best["vaelab --compile"]
+        print(f"compiled: epoch {comp:.3f} s, / floor = {comp / best['floor']:.2f}, "
+              f"reference / compiled = {best['reference'] / comp:.2f}")
 
 
 if __name__ == "__main__":

@@ -202,17 +202,22 @@ def test_a_second_ctrl_c_leaves_at_once_and_the_run_still_loads(tmp_path, monkey
 def test_cli_skip_policy_says_when_it_skips_and_records_it(tmp_path, monkeypatch):
     import vaelab.train as train_mod
 
-    real_objective = train_mod.objective
+    real_step_objective = train_mod.step_objective
     calls = []
 
-    def nan_on_the_third_step(*args, **kwargs):
-        calls.append(1)
-        out = real_objective(*args, **kwargs)
-        if len(calls) == 3:
-            out.loss = out.loss * float("nan")
-        return out
+    def nan_on_the_third_step(*setup):  # fit resolves its objective once, then calls it every step
+        run = real_step_objective(*setup)
 
-    monkeypatch.setattr(train_mod, "objective", nan_on_the_third_step)
+        def step(*args, **kwargs):
+            calls.append(1)
+            out = run(*args, **kwargs)
+            if len(calls) == 3:
+                out.loss = out.loss * float("nan")
+            return out
+
+        return step
+
+    monkeypatch.setattr(train_mod, "step_objective", nan_on_the_third_step)
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", *FLAGS, "--epochs", "2", "--out", str(out), "--nonfinite", "skip",
                                       "--max-skips", "2", "--grad-clip", "5"])

@@ -177,6 +177,8 @@ CASES: dict[str, Case] = {
     "train.max_skips": ({"train": {"lr": 1e3, "steps": 6, "nonfinite": "skip"}}, 1, divergence_outcome,
                         {"train": {"nonfinite": "stop"}}, 3),
     "train.grad_clip": ({}, 1e-3, train_outcome, None, None),
+    # the compiled step's weights equal eager's only up to float rounding (tests/test_train_speed.py)
+    "train.compile": ({"train": {"steps": 4}}, True, train_outcome, None, None),
     # training aids: warm-up lengths need --beta-schedule warmup, whose own case needs a length, so
     # their effect on training is shown in tests/test_schedules.py
     "train.beta_schedule": ({"train": {"steps": 8}}, "cyclical", train_outcome, {"model": {"kind": "ae"}},

@@ -84,7 +84,35 @@ def rsample(
     )
 
 
-def _noise_like(t: Tensor, shape: Shape, generator: torch.Generator | None) -> Tensor:
+class NoiseTape:
+    """Standard-normal draws made ahead of time, handed out in order in place of a generator.
+
+    ``torch.compile`` cannot trace a ``torch.Generator``, so a compiled training step
+    (``train.compile``) draws its ε ~ N(0, I) from the run's generator outside the compiled
+    function, in the order and shapes the eager step would, and passes them in on a tape:
+    the compiled step then sees exactly the eager step's noise. ``record`` makes the tape's
+    plan: with a generator it draws (like ``torch.randn``) and notes each shape.
+    """
+
+    def __init__(self, noise: list[Tensor] | None = None, *, record: torch.Generator | None = None) -> None:
+        self.noise = [] if noise is None else noise
+        self.record = record
+        self.shapes: list[tuple[Shape, torch.dtype]] = []
+        self.used = 0
+
+    def normal(self, shape: Shape, like: Tensor) -> Tensor:
+        """The next ε of ``shape`` (on ``like``'s device and dtype)."""
+        if self.record is not None:
+            self.shapes.append((shape, like.dtype))
+            return torch.randn(shape, generator=self.record, device=like.device, dtype=like.dtype)
+        eps = self.noise[self.used]
+        self.used += 1
+        return eps
+
+
+def _noise_like(t: Tensor, shape: Shape, generator: torch.Generator | NoiseTape | None) -> Tensor:
+    if isinstance(generator, NoiseTape):
+        return generator.normal(shape, t)
     return torch.randn(shape, generator=generator, device=t.device, dtype=t.dtype)
 
 

@@ -255,6 +255,7 @@ def iwae(
     on log p(x) (held-out evaluation always uses β = 1). The terms ``recon`` and ``kl`` report
     the mean reconstruction over the k samples and the KL (closed form, else the Monte Carlo
     estimate over the same k draws), for the progress display; ``elbo`` is their β = 1 combination.
+    These three are reported, not trained on: they carry no gradient (only ``loss`` does).
     """
     q_z = model.encode(x, c)
     prior = model.prior(c)
@@ -262,8 +263,9 @@ def iwae(
     log_px = _decode_log_px(model, z, x, c)  # (k, B)
     log_w = log_px - beta * (q_z.log_prob(z) - prior.log_prob(z))  # (k, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)
-    recon = -log_px.mean()
-    kl = kl_divergence_qp(q_z, prior, z).mean()
+    with torch.no_grad():  # reported only, never differentiated: no autograd records for them
+        recon = -log_px.mean()
+        kl = kl_divergence_qp(q_z, prior, z).mean()
     return ObjectiveOutput(loss=-bound.mean(), terms={"recon": recon, "kl": kl}, elbo=-(recon + kl))
 
 

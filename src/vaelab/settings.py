@@ -174,6 +174,7 @@ SETTING_RULES: dict[str, _Rule] = {
     "train.max_skips": lambda c: None if c.train.nonfinite == "skip" else (
         "it bounds the skipped steps of --nonfinite skip; add --nonfinite skip"),
     "train.grad_clip": _always,
+    "train.compile": _always,  # every objective's step compiles (vaelab.train.compiled_objective)
     **{  # ----- training aids (issue 9): KL schedules and free bits; one block, moved as a whole -----
         "train.beta_schedule": lambda c: _no_kl(c) or (
             f"β = {c.train.beta:g}: a schedule of β = 0 is 0 at every step; give --beta > 0 or drop it"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from vaelab.conditions import Condition, fit_condition
 from vaelab.config import ConfigError, RunConfig, TrainConfig, flag_name
 from vaelab.data.pixels import binarize, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
+from vaelab.distributions import NoiseTape
 from vaelab.errors import InputError, VaelabError
 from vaelab.history import History
 from vaelab.models import LatentModel, build_model
@@ -99,13 +101,73 @@ def objective(model: LatentModel, x: Tensor, c: Tensor | None, config: TrainConf
 
     ``beta``: the KL weight of this step (``vaelab.schedules.beta_at``); None: ``config.beta``.
     """
+    return step_objective(model, config, generator)(x, c, config.beta if beta is None else beta)
+
+
+def step_objective(model: LatentModel, config: TrainConfig,
+                   generator: torch.Generator) -> Callable[[Tensor, Tensor | None, float], ObjectiveOutput]:
+    """``(x, c, beta) -> ObjectiveOutput``: the training objective with the name lookup, the
+    free-bits check and the settings resolved once, not on every step (a 2-D step is ~40 small
+    kernels, so per-step Python shows in the time: benchmarks/bench_fit_overhead.py)."""
     name = objective_name(model, config)
-    if config.free_bits > 0 and not get_objective(name).uses_free_bits:
+    obj = get_objective(name)
+    if config.free_bits > 0 and not obj.uses_free_bits:
         raise ConfigError(f"free bits floor the ELBO's KL term, which the {name} objective does not have; "
                           "use objective = 'elbo' (--objective elbo) or free_bits = 0")
-    return get_objective(name)(model, x, c, beta=config.beta if beta is None else beta, k=config.k,
-                               generator=generator, free_bits=config.free_bits,
-                               free_bits_group=config.free_bits_group)
+    k, free_bits, group = config.k, config.free_bits, config.free_bits_group
+
+    def run(x: Tensor, c: Tensor | None, beta: float | Tensor, noise: NoiseTape | None = None) -> ObjectiveOutput:
+        draws = cast("torch.Generator", noise) if noise is not None else generator  # a tape stands in for it
+        # β may be a 0-d tensor (the compiled step): it only multiplies tensors
+        return obj(model, x, c, beta=cast("float", beta), k=k, generator=draws, free_bits=free_bits,
+                   free_bits_group=group)
+
+    return run
+
+
+class CompileError(VaelabError):
+    """``train.compile``: torch.compile could not compile the training step."""
+
+
+def compiled_objective(run: Callable[..., ObjectiveOutput],
+                       generator: torch.Generator) -> Callable[[Tensor, Tensor | None, float], ObjectiveOutput]:
+    """``run`` (from ``step_objective``) compiled with ``torch.compile`` (inductor), forward and backward.
+
+    torch.compile cannot trace a ``torch.Generator``, so the first batch of each shape runs
+    eagerly and records the shapes of its N(0, I) draws (``distributions.NoiseTape``); later
+    batches draw those from ``generator`` outside the compiled graph, in the same order, and
+    pass them in. The draws, and so the generator state a checkpoint saves, are the eager
+    path's; the weights differ from eager only by float rounding (tests/test_train_speed.py).
+    β goes in as a tensor, so a β schedule does not recompile the step.
+    """
+    plans: dict[tuple[tuple[int, ...], tuple[int, ...] | None], tuple[list[tuple[tuple[int, ...], torch.dtype]],
+                                                                     list[str]]] = {}
+
+    def traced(x: Tensor, c: Tensor | None, beta: Tensor, noise: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        out = run(x, c, beta, NoiseTape(noise))
+        return out.loss, list(out.terms.values())
+
+    compiled = torch.compile(traced, fullgraph=True, dynamic=False)
+
+    def step(x: Tensor, c: Tensor | None, beta: float) -> ObjectiveOutput:
+        key = (tuple(x.shape), None if c is None else tuple(c.shape))
+        plan = plans.get(key)
+        if plan is None:  # the first batch of this shape: eager, noting the draws it makes
+            tape = NoiseTape(record=generator)
+            out = run(x, c, beta, tape)
+            plans[key] = (tape.shapes, list(out.terms))
+            return out
+        shapes, names = plan
+        noise = [torch.randn(shape, generator=generator, device=x.device, dtype=dtype) for shape, dtype in shapes]
+        try:
+            loss, terms = compiled(x, c, torch.tensor(beta, dtype=x.dtype, device=x.device), noise)
+        except Exception as err:  # torch's compiler errors share no base class; none is swallowed
+            raise CompileError(f"train.compile: torch.compile could not compile the training step "
+                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                               "train without it (train.compile = false, drop --compile)") from err
+        return ObjectiveOutput(loss=loss, terms=dict(zip(names, terms, strict=True)))
+
+    return step
 
 
 @torch.no_grad()
@@ -200,12 +262,16 @@ def fit(
                           rng=generator.get_state(), complete=complete, skips=state.skips)
 
     names = ["recon", "kl"]  # the objective's term names; every step's output sets them
+    run_objective = step_objective(model, config, generator)
+    if config.compile:
+        run_objective = compiled_objective(run_objective, generator)
     model.train()
     while state.step < budget:
         start = time.perf_counter()
         first_batch, seen, skipped, grad_norm_max, lr = 0, 0, 0, 0.0, learning_rate(state.step)
-        # Σ loss and each named term, weighted by batch size; sized by the first step's terms.
-        sums = torch.zeros(0, device=device, dtype=torch.float64)
+        # Σ loss and each named term, weighted by batch size, in float64 on the host (the values
+        # are read every step anyway); sized by the first step's terms.
+        sums: list[float] = []
         if state.epoch_rng is not None:  # resuming in the middle of an epoch
             epoch_rng, rng = state.epoch_rng, generator.get_state()
             generator.set_state(epoch_rng)
@@ -222,7 +288,7 @@ def fit(
             first_batch, seen, skipped = state.batch, state.epoch_seen, state.epoch_skipped
             grad_norm_max = state.grad_norm_max
             if state.epoch_sums is not None:
-                sums = state.epoch_sums.to(device=device, dtype=torch.float64)
+                sums = state.epoch_sums.double().tolist()
             start -= state.epoch_seconds
             state.epoch_rng = None
         epoch_first_step = state.step - first_batch  # every batch of an epoch is one step, skipped or not
@@ -231,7 +297,7 @@ def fit(
                 break
             if should_stop is not None and should_stop():
                 mid = snapshot(False)
-                mid.epoch_rng, mid.batch, mid.epoch_sums = epoch_rng, b, sums.cpu().clone()
+                mid.epoch_rng, mid.batch, mid.epoch_sums = epoch_rng, b, torch.tensor(sums, dtype=torch.float64)
                 mid.epoch_seen, mid.epoch_skipped = seen, skipped
                 mid.epoch_seconds, mid.grad_norm_max = time.perf_counter() - start, grad_norm_max
                 model.eval()
@@ -240,14 +306,16 @@ def fit(
                 raise TrainingInterrupted(state.step, state.epoch + 1, mid, history)
             idx = perm[b * bs:(b + 1) * bs]
             xb, cb = x_epoch[idx], (None if c is None else c[idx])
-            out = objective(model, xb, cb, config, generator, beta_at(state.step, config, n_batches, budget))
+            out = run_objective(xb, cb, beta_at(state.step, config, n_batches, budget))
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             names = list(out.terms)
-            values = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])
-            loss, *term_values, norm = torch.cat([values, grad_norm.reshape(1).to(values)]).tolist()  # one sync
+            with torch.no_grad():  # one kernel and one host read for the loss, every term and the norm
+                values = torch.stack([out.loss, *out.terms.values(), grad_norm.to(out.loss.dtype)]).tolist()
+            loss, *term_values, norm = values
             terms = dict(zip(names, term_values, strict=True))
+            step_sums = [v * len(idx) for v in values[:-1]]  # float64, as the history's means
             recon, kl = terms.get("recon", math.nan), terms.get("kl", math.nan)
             state.step += 1
             lr = learning_rate(state.step - 1)
@@ -255,7 +323,7 @@ def fit(
                 term = _nonfinite_term(loss, terms, norm)
                 if state.skips >= skip_limit:
                     # Record the failing epoch so the report can show it; the last checkpoint stays.
-                    history.append(_row(state.epoch + 1, state.step, names, values.double() * len(idx), len(idx),
+                    history.append(_row(state.epoch + 1, state.step, names, step_sums, len(idx),
                                         math.nan, elapsed + time.perf_counter() - start, lr, skipped, norm,
                                         beta_mean(epoch_first_step, state.step)))
                     model.eval()
@@ -273,7 +341,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()
-            sums = values.double() * len(idx) if sums.numel() == 0 else sums + values.double() * len(idx)
+            sums = step_sums if not sums else [a + b for a, b in zip(sums, step_sums, strict=True)]
             seen += len(idx)
             grad_norm_max = max(grad_norm_max, norm)
             if on_step is not None:
@@ -364,18 +432,18 @@ def _divergence_advice(term: str, model: LatentModel, config: TrainConfig) -> st
     return "Try " + ", ".join(tips[:-1]) + f" or {tips[-1]}."
 
 
-def _row(epoch: int, step: int, names: list[str], sums: Tensor, seen: int, div: float, seconds: float, lr: float,
+def _row(epoch: int, step: int, names: list[str], sums: list[float], seen: int, div: float, seconds: float, lr: float,
          skipped: int, grad_norm: float, beta: float) -> dict[str, float]:
     """One history row: the batch-size-weighted means of the loss and of every named term."""
     # An epoch whose every step was skipped has no loss to report: NaN, not 0.
-    loss, *means = (sums / seen).tolist() if seen else (math.nan,) * (1 + len(names))
+    loss, *means = [v / seen for v in sums] if seen else (math.nan,) * (1 + len(names))
     return {"epoch": epoch, "step": step, "loss": loss, **dict(zip(names, means, strict=True)), "diversity": div,
             "seconds": seconds, "lr": lr, "skipped": skipped, "grad_norm": grad_norm, "beta": beta}
 
 
 # What may change when a run is resumed: the budget, the step size, how often it is
 # saved, and how it is evaluated. Everything else defines the model or its data.
-RESUMABLE = frozenset({"train.epochs", "train.steps", "train.lr", "train.checkpoint_every",
+RESUMABLE = frozenset({"train.epochs", "train.steps", "train.lr", "train.checkpoint_every", "train.compile",
                        "eval.k", "eval.batch_size", "eval.seed"})
 
 

@@ -124,6 +124,8 @@ def train(
     free_bits: float = typer.Option(None, help="free bits λ in nats: floor on the batch-averaged KL of each "
                                     "group (--objective elbo; default 0, off)"),
     free_bits_group: str = typer.Option(None, help="what λ floors: dim (each latent dimension, default) or all"),
+    compile_step: bool = typer.Option(None, "--compile/--no-compile", help="compile the training step with "
+                                      "torch.compile: faster steps after a one-time compilation (default off)"),
     eval_k: int = typer.Option(None, help="importance samples for the evaluation NLL"),
     config: Path = typer.Option(None, "--config", help="TOML file with [data] [model] [train] [eval] tables"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory (default runs/<data>-<time>)"),
@@ -176,7 +178,7 @@ def train(
                   "checkpoint_every": checkpoint_every, "nonfinite": nonfinite, "max_skips": max_skips,
                   "grad_clip": grad_clip, "beta_schedule": beta_schedule, "warmup_epochs": warmup_epochs,
                   "warmup_steps": warmup_steps, "cycles": cycles, "cycle_ratio": cycle_ratio,
-                  "free_bits": free_bits, "free_bits_group": free_bits_group},
+                  "free_bits": free_bits, "free_bits_group": free_bits_group, "compile": compile_step},
         "eval": {"k": eval_k},
     }, source="command-line options" if config is None else f"{config} and the command-line options")
     if data is not None and _is_file_arg(data):
