@@ -331,3 +331,43 @@ def test_evaluation_builds_no_autograd_graph(trained_run):
     finally:
         handle.remove()
     assert seen and not any(seen)
+
+
+def test_evaluation_encodes_each_batch_once_and_keeps_the_numbers(trained_run):
+    # One encoder pass per batch feeds the KL, the importance samples and the collapse diagnostics;
+    # the numbers are those of the functions that encode for themselves, drawn in the same order.
+    from vaelab.diagnostics import elbo_surgery
+    from vaelab.objectives import log_importance_weights
+
+    run = ckpt.load(trained_run)
+    model = run.model.eval()
+    x = load_dataset(run.config.data, "test").x  # 128 points
+    calls = []
+    handle = model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        got = evaluate(model, x, k=16, batch_size=50, seed=3)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # 128 points in batches of 50
+
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        log_w = torch.cat([log_importance_weights(model, x[s:s + 50], k=16, generator=g)
+                           for s in range(0, 128, 50)], dim=1)  # (16, 128)
+        surgery = elbo_surgery(model, x, generator=g, batch_size=50)
+    nll = -(torch.logsumexp(log_w.double(), dim=0) - math.log(16))
+    assert got["iwae_nll"] == float(nll.mean())
+    assert got["mutual_info"] == surgery.mutual_info.value
+    assert got["marginal_kl"] == surgery.marginal_kl.value
+
+
+def test_elbo_surgery_refuses_posteriors_of_other_batches(trained_run):
+    from vaelab.diagnostics import elbo_surgery
+    from vaelab.errors import InputError
+
+    run = ckpt.load(trained_run)
+    x = load_dataset(run.config.data, "test").x[:100]
+    with torch.no_grad():
+        q_z = run.model.encode(x)
+    with pytest.raises(InputError, match="posteriors holds 1 batches; 100 points in batches of 50 make 2"):
+        elbo_surgery(run.model, x, generator=torch.Generator(), batch_size=50, posteriors=[q_z])

@@ -118,7 +118,7 @@ def _mean_se(values: Tensor) -> Estimate:
 @torch.no_grad()
 def elbo_surgery(
     model: VariationalModel, x: Tensor, c: Tensor | None = None, *, generator: torch.Generator,
-    batch_size: int = 500,
+    batch_size: int = 500, posteriors: list[Distribution] | None = None,
 ) -> Surgery:
     """Estimate I_q(x; z) and KL(q(z) ‖ p(z)) on the N points ``x`` (N, D) (Hoffman & Johnson 2016).
 
@@ -149,6 +149,10 @@ def elbo_surgery(
     ``mutual_info`` is I_q((x, c); z); ``marginal_kl`` is E[log q(z) − log p(z|c)], which is
     KL(q(z) ‖ p(z)) when the prior ignores c (and can be negative when it does not).
 
+    ``posteriors``: the caller's q(z|x) of the consecutive batches of ``batch_size`` points
+    (``model.encode`` of each), when it has them already (``evaluate`` does), so the encoder
+    does not run again; the numbers are the same as without.
+
     Raises:
         InputError: no points, c that does not give one row per point, a model without
             ``encode`` (an autoencoder has no posterior), a batch_size that is not positive.
@@ -163,6 +167,9 @@ def elbo_surgery(
         raise InputError("x has no points: the collapse diagnostics need held-out points")
     if c is not None and c.shape[0] != n:
         raise InputError(f"c has {c.shape[0]} rows for {n} points; give one condition per point")
+    if posteriors is not None and len(posteriors) != -(-n // batch_size):
+        raise InputError(f"posteriors holds {len(posteriors)} batches; {n} points in batches of {batch_size} "
+                         f"make {-(-n // batch_size)}")
 
     # Encode once per point; keep each batch's q(z|x_n) (its parameters are only B x d numbers).
     q_batches: list[Distribution] = []
@@ -171,7 +178,7 @@ def elbo_surgery(
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size]
         cb = None if c is None else c[start:start + batch_size]
-        q_z = model.encode(xb, cb)
+        q_z = model.encode(xb, cb) if posteriors is None else posteriors[start // batch_size]
         z = _draw(q_z, generator)  # (B, d)
         q_batches.append(q_z)
         z_parts.append(z)

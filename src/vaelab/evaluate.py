@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from vaelab.data.dataset import Dataset
 from vaelab.distributions import kl as kl_qp
@@ -193,6 +194,7 @@ def evaluate(
     kl_exact = per_dim = True  # every batch's KL closed form / split per latent dimension
     nll_pts: list[Tensor] = []
     means: list[Tensor] = []
+    posteriors: list[Distribution] = []  # q(z|x) of each batch: encoded once, shared with elbo_surgery
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size]
         cb = None if c is None else c[start:start + batch_size]
@@ -201,6 +203,7 @@ def evaluate(
             continue
         vae = cast(VariationalModel, model)
         q_z, prior = vae.encode(xb, cb), vae.prior(cb)
+        posteriors.append(q_z)
         kl_d = kl_per_dim(q_z, prior)  # (B, d), or None where q or p does not factorise
         if kl_d is not None:
             kl_dim_pts.append(kl_d.double())
@@ -212,7 +215,7 @@ def evaluate(
             kl_exact = kl_exact and kl_is_closed_form(q_z, prior)
             z = None if kl_is_closed_form(q_z, prior) else rsample(q_z, (k,), generator)  # (k, B, d)
             kl_pts.append(kl_qp(q_z, prior, z).double())
-        log_px, log_w = importance_terms(vae, xb, cb, k=k, generator=generator,
+        log_px, log_w = importance_terms(vae, xb, cb, k=k, generator=generator, q_z=q_z,
                                          chunk=iwae_chunk(k, len(xb), width))  # (k, B) each
         recon_pts.append(-log_px.double().mean(0))
         means.append(vae.embed(xb, cb).double() if kl_d is None else q_z.mean.double())
@@ -242,7 +245,8 @@ def evaluate(
         from vaelab.diagnostics import elbo_surgery
 
         # Drawn after the importance samples, so adding these keys left the other numbers as they were.
-        metrics.update(elbo_surgery(model, x, c, generator=generator, batch_size=batch_size).as_metrics())
+        metrics.update(elbo_surgery(model, x, c, generator=generator, batch_size=batch_size,
+                                    posteriors=posteriors).as_metrics())
     if data.image_shape is not None:
         metrics.update(bits_per_dim(metrics, data.dim))
     if true_log_prob is None and c is None and data.log_prob is not None:

@@ -214,10 +214,14 @@ def log_importance_weights(
 
 def importance_terms(
     model: VariationalModel, x: Tensor, c: Tensor | None = None, *, k: int,
-    generator: torch.Generator | None = None, chunk: int | None = None,
+    generator: torch.Generator | None = None, chunk: int | None = None, q_z: Distribution | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """log p(x|z_i) and log w_i for z_1..z_k ~ q(z|x), decoded ``chunk`` samples at a time: (k, B) each."""
-    q_z = model.encode(x, c)
+    """log p(x|z_i) and log w_i for z_1..z_k ~ q(z|x), decoded ``chunk`` samples at a time: (k, B) each.
+
+    ``q_z``: the caller's ``model.encode(x, c)`` when it has one already (evaluation encodes
+    each batch once for all its metrics); the encoder is deterministic, so the numbers are the same.
+    """
+    q_z = model.encode(x, c) if q_z is None else q_z
     z = rsample(q_z, (k,), generator)  # (k, B, d): drawn at once, so chunking changes no draw
     log_q = q_z.log_prob(z)  # (k, B)
     chunk = k if chunk is None else max(1, chunk)

@@ -8,9 +8,8 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 from rich.markup import escape
 from rich.progress import (
@@ -28,6 +27,9 @@ from vaelab.cli.common import _split_ints, pick_device, user_errors
 from vaelab.cli.console import _fetch_with_progress, _notice, console, err_console
 from vaelab.cli.evaluation import _condition_arg, _run_eval
 from vaelab.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported by the commands that use it: `vaelab --help` needs none
+    import torch
 
 
 def _is_file_arg(data: str) -> bool:
@@ -445,6 +447,8 @@ def encode(
     device: str = typer.Option("auto"),
 ) -> None:
     """Encode points: writes the posterior means μ and standard deviations σ (N x 2d)."""
+    import torch
+
     from vaelab.data.files import save_points
     from vaelab.models import has_normal_posterior
 
@@ -480,6 +484,8 @@ def decode(
     device: str = typer.Option("auto"),
 ) -> None:
     """Decode latent codes z to data space (given a condition, for conditional models)."""
+    import torch
+
     from vaelab.config import check_seed_option
     from vaelab.data.files import save_points
     from vaelab.evaluate import generator_for
@@ -517,6 +523,8 @@ def datasets() -> None:
 
 def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int) -> dict[str, Any]:
     """PlotContext options from the plot / report / compare flags (dims are 1-based here)."""
+    import torch
+
     from vaelab.config import check_seed_option
 
     check_seed_option(seed, "--seed")

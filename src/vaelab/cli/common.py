@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 import typer
 from rich.markup import escape
 
 from vaelab.cli.console import err_console
 from vaelab.errors import InputError, VaelabError
+
+if TYPE_CHECKING:
+    import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +42,8 @@ def user_errors(fn: F) -> F:
 
 def pick_device(name: str) -> torch.device:
     """``auto`` -> cuda if available, then mps, else cpu; otherwise the named device, checked."""
+    import torch  # here, not at the top: commands that need no device start without torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -4,9 +4,7 @@ and the condition a loaded run is given from ``--condition``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vaelab.cli.console import (
     _print_collapse_verdict,
@@ -16,6 +14,9 @@ from vaelab.cli.console import (
     err_console,
 )
 from vaelab.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _run_eval(

@@ -13,17 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from vaelab.config import lookup
-from vaelab.data import digits, folders, mnist, toy2d
-from vaelab.data.dataset import Dataset
-from vaelab.data.files import DataFileError, load_points
 from vaelab.errors import InputError
-from vaelab.sizes import check_rows_fit
 
 if TYPE_CHECKING:
+    import torch
+
     from vaelab.config import DataConfig
+    from vaelab.data.dataset import Dataset
+
+# The names and descriptions here import nothing heavy (`vaelab datasets` and the CLI's help list
+# them without torch); each loader imports its module when it is called.
 
 Split = Literal["train", "test"]
 
@@ -43,12 +42,20 @@ class DatasetSpec:
 
 
 def _split_generator(config: DataConfig, split: Split) -> torch.Generator:
+    import torch
+
     seed = config.seed + (_TEST_SEED_OFFSET if split == "test" else 0)
     return torch.Generator().manual_seed(seed)
 
 
-def _toy(fn: Callable[..., Dataset]) -> Callable[[DataConfig, Split], Dataset]:
+def _toy(fn_name: str) -> Callable[[DataConfig, Split], Dataset]:
+    """The loader of the toy distribution ``vaelab.data.toy2d.<fn_name>``."""
+
     def load(config: DataConfig, split: Split) -> Dataset:
+        from vaelab.data import toy2d
+        from vaelab.sizes import check_rows_fit
+
+        fn = getattr(toy2d, fn_name)
         n = config.n_train if split == "train" else config.n_test
         flag = "--n-train" if split == "train" else "--n-test"
         check_rows_fit(n, 2, f"{flag} {n} (points of 2 coordinates)", f"use a smaller {flag}")
@@ -68,19 +75,19 @@ def register(spec: DatasetSpec) -> None:
 
 
 for _spec in (
-    DatasetSpec("moons", "two interleaving half circles (sklearn, noise 0.05); 2 labels", _toy(toy2d.moons)),
-    DatasetSpec("circles", "two concentric circles (sklearn, noise 0.05, factor 0.5); 2 labels", _toy(toy2d.circles)),
+    DatasetSpec("moons", "two interleaving half circles (sklearn, noise 0.05); 2 labels", _toy("moons")),
+    DatasetSpec("circles", "two concentric circles (sklearn, noise 0.05, factor 0.5); 2 labels", _toy("circles")),
     DatasetSpec("2gmm", "two anisotropic Gaussians, weights 1/3 and 2/3; exact log p(x); 2 labels",
-                _toy(toy2d.two_gmm)),
+                _toy("two_gmm")),
     DatasetSpec("radial_gmm", "8 Gaussians on a radius-3 circle, elongated radially; exact log p(x); 8 labels",
-                _toy(toy2d.radial_gmm)),
+                _toy("radial_gmm")),
     DatasetSpec("ring", "8 isotropic Gaussians (std 0.15) on a radius-2 circle; exact log p(x); 8 labels",
-                _toy(toy2d.ring)),
-    DatasetSpec("pinwheel", "5 curved arms (swirled Gaussians); exact log p(x); 5 labels", _toy(toy2d.pinwheel)),
+                _toy("ring")),
+    DatasetSpec("pinwheel", "5 curved arms (swirled Gaussians); exact log p(x); 5 labels", _toy("pinwheel")),
     DatasetSpec("banana", "one bent Gaussian ridge x2 = y2 + 0.5 (y1² - 1.44); exact log p(x); 2 labels (halves)",
-                _toy(toy2d.banana)),
+                _toy("banana")),
     DatasetSpec("spiral", "10 Gaussians (std 0.1) along a spiral arm; exact log p(x); 10 labels",
-                _toy(toy2d.spiral)),
+                _toy("spiral")),
 ):
     register(_spec)
 
@@ -92,6 +99,8 @@ TEST_9K_TRAIN = 9000
 
 def take(data: Dataset, idx: torch.Tensor | slice) -> Dataset:
     """The rows ``idx`` of a dataset, with its labels and extras."""
+    from vaelab.data.dataset import Dataset
+
     return Dataset(
         name=data.name, x=data.x[idx], labels=None if data.labels is None else data.labels[idx],
         label_names=data.label_names, log_prob=data.log_prob,
@@ -102,6 +111,8 @@ def take(data: Dataset, idx: torch.Tensor | slice) -> Dataset:
 
 def _mnist_family(name: str) -> Callable[[DataConfig, Split], Dataset]:
     def load(config: DataConfig, split: Split) -> Dataset:
+        from vaelab.data import mnist
+
         if config.image_split == "test-9k":
             full = mnist.load_mnist_family(name, "test", data_dir=config.data_dir)
             rows = slice(0, TEST_9K_TRAIN) if split == "train" else slice(TEST_9K_TRAIN, None)
@@ -113,6 +124,8 @@ def _mnist_family(name: str) -> Callable[[DataConfig, Split], Dataset]:
 
 def _digits(size: int) -> Callable[[DataConfig, Split], Dataset]:
     def load(config: DataConfig, split: Split) -> Dataset:
+        from vaelab.data import digits
+
         return digits.load_digits(
             split, size=size, test_fraction=config.test_fraction, seed=config.seed
         )
@@ -149,6 +162,11 @@ def dataset_names() -> list[str]:
 
 
 def _split_file(config: DataConfig, split: Split) -> Dataset:
+    import torch
+
+    from vaelab.data import folders
+    from vaelab.data.files import DataFileError, load_points
+
     assert config.path is not None
     path = Path(config.path).expanduser()
     if not path.is_absolute() and not path.exists():
@@ -183,6 +201,8 @@ def load_dataset(config: DataConfig, split: Split = "train", *, expect_dim: int 
     ``expect_dim`` (a trained model's data dimension) refuses data whose width differs, naming
     the file: a user file may have changed since the run was trained.
     """
+    from vaelab.config import lookup
+
     if split not in ("train", "test"):
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if config.path is not None:

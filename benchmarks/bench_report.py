@@ -1,0 +1,91 @@
+"""Time of ``vaelab report`` on the default 2-D run (issue 12, target 4: under 4 s).
+
+A default run (``RunConfig()``: radial_gmm, 2x128 tanh MLPs) is trained for ``--steps``
+optimizer steps first (default 200: the report's work does not depend on how long the model
+trained, only on its sizes). Then, median of ``--repeats`` (default 3):
+
+* ``vaelab report RUN`` as a user runs it, in a fresh process (imports included), and
+* ``write_report`` in this process, split into what each figure costs to compute and draw
+  (``spec.make``) and to encode as PNG (``savefig``), beside loading the run and writing HTML.
+
+Reference, measured in the same run: ``python -c "import torch"`` (what any command that
+touches a model pays first). A benchmark prints; it asserts nothing. On a shared machine the
+figures are noisy.
+
+Run: ``python benchmarks/bench_report.py [--steps 200] [--repeats 3] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from vaelab import checkpoint as ckpt
+from vaelab.config import RunConfig
+from vaelab.html import figure_png
+from vaelab.plots import PlotContext, render_all
+from vaelab.train import train_run
+
+
+def fresh_process(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def in_process(run_dir: Path) -> dict[str, float]:
+    """Seconds per phase of one report, drawn in this process."""
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    run = ckpt.load(run_dir)
+    ctx = PlotContext.from_run(run)
+    phases["load run + context"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    for item in render_all(ctx):  # a generator: the time up to each yield is that figure's make()
+        made = time.perf_counter()
+        phases[f"make {item.spec.name}"] = made - t
+        if item.figure is not None:
+            figure_png(item.figure)
+        t = time.perf_counter()
+        phases[f"png  {item.spec.name}"] = t - made
+    return phases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in this process (default torch's)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); median of {args.repeats}")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "default"
+        cfg = RunConfig()
+        train_run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": args.steps})}), run_dir)
+        cli, ref = [], []
+        phases: dict[str, list[float]] = defaultdict(list)
+        for _ in range(args.repeats):  # interleaved: load on a shared machine hits each alike
+            ref.append(fresh_process([sys.executable, "-c", "import torch"]))
+            cli.append(fresh_process([sys.executable, "-m", "vaelab", "report", str(run_dir)]))
+            for name, seconds in in_process(run_dir).items():
+                phases[name].append(seconds)
+    r, c = statistics.median(ref), statistics.median(cli)
+    print(f"vaelab report (fresh process)   {c:6.2f} s   = {c / r:4.1f}x  python -c 'import torch' ({r:.2f} s)")
+    total = sum(statistics.median(v) for v in phases.values())
+    print(f"in process, by phase (total {total:.2f} s):")
+    for name, values in sorted(phases.items(), key=lambda kv: -statistics.median(kv[1])):
+        print(f"  {name:<36} {statistics.median(values):6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
