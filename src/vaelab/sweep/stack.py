@@ -284,9 +284,10 @@ def fit_stack(
         if state.rng is not None:
             generator.set_state(state.rng)
         optimizers.append(optimizer)
-    params = [[p for p in model.parameters() if p.requires_grad] for model in models]
     names = [name for name, p in template.named_parameters() if p.requires_grad]
-    buffers = [dict(model.named_buffers()) for model in models]
+    params = [[dict(model.named_parameters())[name] for name in names] for model in models]  # in names' order
+    buffer_names = [name for name, _ in template.named_buffers()]
+    buffers = [[dict(model.named_buffers())[name] for name in buffer_names] for model in models]
     elapsed = [h.last["seconds"] if h.last else 0.0 for h in run_histories]
     last_saved = [copy.copy(s) for s in run_states]  # each member's last checkpoint (its MemberResult.state)
     errors: list[TrainingDiverged | None] = [None] * m
@@ -389,9 +390,10 @@ def fit_stack(
             cb = None if c is None else c[idx]  # (M', B, C)
             beta = torch.tensor([beta_at(step, configs[i], n_batches, budget) for i in active], dtype=dtype,
                                 device=device)  # (M',)
-            p = {"model." + name: torch.stack([dict(models[i].named_parameters())[name] for i in active])
-                 for name in names}  # (M', ...) each: gradients flow back to each member's own leaves
-            p.update({"model." + name: torch.stack([buffers[i][name] for i in active]) for name in buffers[0]})
+            # (M', ...) each: torch.stack is differentiable, so gradients land on each member's own leaves.
+            p = {"model." + name: torch.stack([params[i][j] for i in active]) for j, name in enumerate(names)}
+            p.update({"model." + name: torch.stack([buffers[i][j] for i in active])
+                      for j, name in enumerate(buffer_names)})
             index = torch.arange(len(active), device=device)
             draws_from[:] = [generators[i] for i in active]
             out = vmap(member_objective, in_dims=(0, 0, None if cb is None else 0, 0, 0 if member_scale else None, 0),
