@@ -4,7 +4,7 @@ In one process: the wall time of ``train.fit`` of the default RunConfig (radial_
 ``vaelab.sweep.fit_stack`` of the same model with 8 (and 32) values of β, the same epochs, and
 the ratio of each to the single run (target: at most 2.5x for 8 members on a 2-core CPU).
 Each ratio is the median over ``--repeats`` alternations, so a busy machine shifts it less.
-Run: ``python benchmarks/bench_sweep.py [--epochs 400] [--repeats 3] [--sizes 8,32]``.
+Run: ``python benchmarks/bench_sweep.py [--epochs 400] [--repeats 3] [--sizes 8,32] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=400, help="epochs of every run (default: the default 400)")
     parser.add_argument("--repeats", type=int, default=3, help="alternations; ratios are their medians")
     parser.add_argument("--sizes", default="8,32", help="stack sizes to time, comma-separated")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     cfg = RunConfig().with_overrides({"train": {"epochs": args.epochs}})
     x = load_dataset(cfg.data, "train").x

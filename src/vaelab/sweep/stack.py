@@ -253,6 +253,7 @@ def fit_stack(
     policy does (its history ends with the failing epoch; ``MemberResult.error`` holds the
     TrainingDiverged); the others go on. ``should_stop`` (asked before every step) hands every
     running member's checkpoint of this step to ``on_checkpoint`` and raises StackInterrupted.
+    The history's ``seconds`` column counts the stack's wall time (the members train together).
 
     Returns:
         One MemberResult per member, in the order of ``models``.
@@ -313,7 +314,9 @@ def fit_stack(
 
     def snapshot(i: int, complete: bool) -> TrainState:
         s = run_states[i]
-        return TrainState(step=s.step, epoch=s.epoch, optimizer=optimizers[i].state_dict(),
+        # A copy: Adam updates its moments in place, and a diverged member's result is the state
+        # of a checkpoint taken steps before it stopped.
+        return TrainState(step=s.step, epoch=s.epoch, optimizer=copy.deepcopy(optimizers[i].state_dict()),
                           rng=generators[i].get_state(), complete=complete, skips=0)
 
     def results() -> list[MemberResult]:
