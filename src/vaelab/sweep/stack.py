@@ -360,7 +360,8 @@ def fit_stack(
                 generator.set_state(state.epoch_rng)
             else:
                 epoch_rngs[i] = generator.get_state()
-            x_epochs.append(binarize(x, generator) if dynamic_binarization else x)
+            # A binarized x is {0, 1}: kept as bool, a quarter of float32's memory for M copies.
+            x_epochs.append(binarize(x, generator).bool() if dynamic_binarization else x)
             perms.append(torch.randperm(n, generator=generator, device=device))
             if state.epoch_rng is not None:
                 generator.set_state(rng)
@@ -371,7 +372,7 @@ def fit_stack(
                 state.epoch_rng = None
         member_of = list(active)  # row r of perms / x_epochs belongs to member member_of[r]
         perm = torch.stack(perms)  # (M', N)
-        x_all = torch.stack(x_epochs) if dynamic_binarization else None  # (M', N, D)
+        x_all = torch.stack(x_epochs) if dynamic_binarization else None  # (M', N, D) bool
         epoch_first_step = step - first_batch
         for b in range(first_batch, n_batches):
             if step >= budget or not active:
@@ -389,7 +390,7 @@ def fit_stack(
                     model.eval()
                 raise StackInterrupted(step, run_states[active[0]].epoch + 1, results())
             idx = perm[rows, b * bs:(b + 1) * bs]  # (M', B)
-            xb = x_all[rows.unsqueeze(1), idx] if x_all is not None else x[idx]  # (M', B, D)
+            xb = x_all[rows.unsqueeze(1), idx].to(x.dtype) if x_all is not None else x[idx]  # (M', B, D)
             cb = None if c is None else c[idx]  # (M', B, C)
             beta = torch.tensor([beta_at(step, configs[i], n_batches, budget) for i in active], dtype=dtype,
                                 device=device)  # (M',)
