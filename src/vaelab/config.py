@@ -410,6 +410,14 @@ def flag_name(dotted: str) -> str:
     return f"{dotted} ({_FLAGS.get(dotted, '--' + field.replace('_', '-'))})"
 
 
+def cli_flag(dotted: str) -> str | None:
+    """The command-line flag that sets a field (``model.latent_dim`` -> ``--latent-dim``), or
+    None for a field set only through a --config file."""
+    if dotted in _NO_FLAG:
+        return None
+    return _FLAGS.get(dotted, "--" + dotted.split(".", 1)[1].replace("_", "-"))
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per bad field: ``section.field: message (got value)``."""
     lines = [f"invalid configuration in {source}:"]

@@ -74,7 +74,7 @@ def test_runs_lists_every_folder(client) -> None:
 
 def test_run_metadata_of_a_2d_vae(client) -> None:
     meta = client.get("/api/run?run=0").get_json()
-    assert meta["id"] == 0 and meta["kind"] == "points" and meta["family"] == "vae"
+    assert meta["id"] == 0 and meta["kind"] == "points" and meta["family"] == "vae" and meta["standard_prior"] is True
     assert meta["x_dim"] == 2 and meta["image_shape"] is None and meta["latent_dim"] == 2
     kl = meta["kl_per_dim"]
     assert len(kl) == 2 and all(v >= 0 for v in kl)
@@ -97,7 +97,8 @@ def test_run_metadata_of_image_conditional_and_ae_runs(client) -> None:
     cond = client.get("/api/run?run=2").get_json()
     assert cond["condition"]["kind"] == "label" and cond["condition"]["labels"] == cond["labels"]
     ae = client.get("/api/run?run=3").get_json()
-    assert ae["family"] == "ae" and ae["kl_per_dim"] is None and len(ae["dim_order"]) == ae["latent_dim"]
+    assert ae["family"] == "ae" and ae["standard_prior"] is False
+    assert ae["kl_per_dim"] is None and len(ae["dim_order"]) == ae["latent_dim"]
 
 
 def test_points_are_the_encoded_held_out_set(client, runs) -> None:

@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # Registers every command on ``app``; after ``app`` exists, since the commands module imports it.
-from vaelab.cli import commands  # noqa: E402, F401
+from vaelab.cli import commands, sweep  # noqa: E402, F401
 
 
 def main() -> None:

@@ -606,7 +606,7 @@ def report(
 @app.command(cls=_FigureHelp)
 @user_errors
 def compare(
-    runs: list[Path] = typer.Argument(..., help="two or more run directories"),
+    runs: list[Path] = typer.Argument(..., help="two or more run directories, or sweep folders (their members)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for compare.html and the figures"),
     figures: str = typer.Option(None, "--figures", help=_FIGURES_HELP),
     dims: str = typer.Option(None, "--dims", help=_DIMS_HELP),
@@ -617,8 +617,10 @@ def compare(
     from vaelab.compare import comparison_table, write_comparison
     from vaelab.html import fmt_number
     from vaelab.plots import parse_names
+    from vaelab.sweep.run import expand_run_dirs
 
     names = parse_names(figures)
+    runs = expand_run_dirs(runs)
     labels, rows = comparison_table(runs)
     table = Table(title="runs compared", show_header=True)
     table.add_column("")

@@ -36,7 +36,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from vaelab.errors import InputError, VaelabError
-from vaelab.models import has_normal_posterior
+from vaelab.models import VariationalModel, has_normal_posterior, has_standard_prior
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_POINTS = 2000  # held-out points sent to the page
@@ -149,6 +149,9 @@ def _load(run_dir: Path) -> _Loaded:
     p_x = model.decode(mu[:1], None if c is None else c[:1])
     meta = {
         "name": run_dir.name, "kind": "image" if image_shape is not None else "points", "family": family,
+        # N(0, I) prior: the page draws prior samples itself; any other prior (or none, for an
+        # autoencoder) gets samples from a Gaussian fitted to the codes, labelled as such.
+        "standard_prior": isinstance(model, VariationalModel) and has_standard_prior(model),
         "x_dim": model.x_dim, "image_shape": image_shape, "latent_dim": model.latent_dim,
         "kl_per_dim": kl_per_dim, "dim_order": order, "active": active,
         "noise": model.likelihood.noise_std(p_x) is not None, "labels": labels,

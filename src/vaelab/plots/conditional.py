@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from vaelab.conditions import Condition
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import LatentModel, VariationalModel
+from vaelab.models import LatentModel, VariationalModel, has_standard_prior
 from vaelab.plots.common import (
     CMAP,
     FigureSpec,
@@ -303,17 +303,21 @@ def plot_latent_by_condition(
     else:
         sc = scatter_values(ax, xy, target, cmap=CMAP)
         colorbar(fig, sc, ax, what)
-    prior = np.linspace(0, 2 * np.pi, 200)
-    for r in (1.0, 2.0):
-        ax.plot(r * np.cos(prior), r * np.sin(prior), ls=":", lw=0.8, color="0.5")
+    # The circles are those of N(0, I) (the prior, or for an autoencoder the distribution its
+    # samples are decoded from); a model with another prior gets none rather than wrong ones.
+    circles = has_standard_prior(model)
+    if circles:
+        prior = np.linspace(0, 2 * np.pi, 200)
+        for r in (1.0, 2.0):
+            ax.plot(r * np.cos(prior), r * np.sin(prior), ls=":", lw=0.8, color="0.5")
     # The view always holds the prior's 2σ circle: a collapsed code (all means near 0) must look
     # like a dot at the centre, not like clusters blown up to fill the panel.
-    set_view(ax, including_prior(view_limits(xy)))
+    set_view(ax, including_prior(view_limits(xy)) if circles else view_limits(xy))
     ax.locator_params(nbins=5)  # collapsed codes have long tick labels (0.005 …): keep them apart
     ax.set_xlabel(z_label(i))
     ax.set_ylabel(z_label(j))
-    ax.set_title(f"E[z|x, c] of {len(z)} training points (dotted: 1σ, 2σ of the prior)\n{probe}",
-                 fontsize="medium")
+    note = " (dotted: 1σ, 2σ of the prior)" if circles else ""
+    ax.set_title(f"E[z|x, c] of {len(z)} training points{note}\n{probe}", fontsize="medium")
     return fig
 
 

@@ -139,7 +139,7 @@ async function loadRun(id) {
   S.z = restZ();
   buildDimSelects(); buildSliders(); buildCondition(); buildSidePanel(); buildColourSelect();
   $("pad-box").hidden = m.kind !== "image";
-  $("prior-sample").textContent = m.family === "vae" ? "prior sample" : "sample (Gaussian fit to codes)";
+  $("prior-sample").textContent = m.standard_prior ? "prior sample" : "sample (Gaussian fit to codes)";
   $("selection").hidden = true; $("interp").hidden = true;
   clearPad();
   computeViews();
@@ -154,7 +154,7 @@ async function loadRun(id) {
 
 // The resting z: the prior mean for a VAE, the mean code for an autoencoder.
 function restZ() {
-  if (S.meta.family === "vae" || !S.pts.mu.length) return new Array(S.meta.latent_dim).fill(0);
+  if (S.meta.standard_prior || !S.pts.mu.length) return new Array(S.meta.latent_dim).fill(0);
   return codeStats().mean.slice();
 }
 
@@ -174,7 +174,7 @@ function codeStats() {     // per-dim mean / std / min / max of the encoded held
 // Slider range of a latent dim: the prior's ±3.5 (VAE), widened to cover the codes.
 function dimRange(d) {
   const st = codeStats();
-  let lo = S.meta.family === "vae" ? -3.5 : Infinity, hi = S.meta.family === "vae" ? 3.5 : -Infinity;
+  let lo = S.meta.standard_prior ? -3.5 : Infinity, hi = S.meta.standard_prior ? 3.5 : -Infinity;
   if (S.pts.mu.length) { lo = Math.min(lo, st.lo[d]); hi = Math.max(hi, st.hi[d]); }
   if (!isFinite(lo) || !isFinite(hi) || hi - lo < 1e-6) { lo = -1; hi = 1; }
   const pad = 0.05 * (hi - lo);
@@ -198,7 +198,7 @@ function bindControls() {
   $("slerp").addEventListener("change", updateInterp);
   $("prior-sample").addEventListener("click", () => {
     const st = codeStats();
-    setZ(S.z.map((_, d) => (S.meta.family === "vae" ? gaussian() : st.mean[d] + st.std[d] * gaussian())));
+    setZ(S.z.map((_, d) => (S.meta.standard_prior ? gaussian() : st.mean[d] + st.std[d] * gaussian())));
   });
   $("reset").addEventListener("click", () => {
     S.a = S.b = null; S.interp = null; S.drawn = null;

@@ -1,0 +1,115 @@
+"""``vaelab sweep``: train a grid of configurations into a sweep folder and print its table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vaelab.cli import app
+from vaelab.cli.commands import _base_config, _is_file_arg, _SignalAgain, _StopOnSignal
+from vaelab.cli.common import pick_device, user_errors
+from vaelab.cli.console import _fetch_with_progress, console, err_console
+
+# One line per paragraph (typer re-wraps them); "\\[" keeps rich from reading [sweep] as markup.
+SWEEP_HELP = (
+    "Train every combination of the given values and compare them in one folder.\n\n"
+    "Give any `vaelab train` flag as a comma list (list-valued ones like --hidden separated by /): "
+    "--beta 0.25,0.5,1,2,4 --recon-var 0.01,0.1,1 --latent-dim 1,2 --seeds 3. A flag with one value applies "
+    "to every member. The grid can also come from a \\[sweep] table of --config: seeds = N, "
+    "\\[sweep.train] beta = [...], \\[sweep.model] latent_dim = [...].\n\n"
+    "Writes OUT/runs/<member>/ (ordinary runs: vaelab eval / report / explore / compare take them), "
+    "OUT/metrics.csv, OUT/sweep.html and OUT/sweep.json. Members that share shapes train as one group; "
+    "--jobs N trains N groups at once. --resume continues an interrupted sweep."
+)
+
+
+@app.command(help=SWEEP_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", "-o", help="the sweep folder (new, or the one to --resume)"),
+    data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file"),
+    seeds: int = typer.Option(None, "--seeds", help="train every configuration with N seeds: seed ... seed + N - 1"),
+    jobs: int = typer.Option(1, "--jobs", help="groups of members trained at once, in separate processes"),
+    config: Path = typer.Option(None, "--config",
+                                help="TOML file with \\[data] \\[model] \\[train] \\[eval] and \\[sweep] tables"),
+    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    resume: bool = typer.Option(False, help="continue the sweep in --out: finished members are kept"),
+) -> None:
+    from vaelab.errors import InputError
+    from vaelab.sweep.grid import expand, make_grid, parse_flags, read_sweep_toml, sweep_table
+    from vaelab.sweep.run import SweepInterrupted, load_sweep, run_sweep, table_columns, table_values
+    from vaelab.train import TrainingInterrupted
+
+    lists = parse_flags(ctx.args)  # the grid's flags are checked before anything else is read
+    if resume:
+        if lists or data is not None or config is not None or preset is not None or seeds is not None:
+            raise InputError("--resume continues the sweep in --out with its own grid and settings; give only "
+                             "--out, --resume and optionally --jobs / --device")
+        base, grid = load_sweep(out)
+    else:
+        table: dict[str, Any] = {}
+        if config is not None:
+            rest, table = read_sweep_toml(config)
+            base = _base_config(None, preset, None).with_overrides(rest, source=str(config))
+        else:
+            base = _base_config(None, preset, data)
+        if data is not None:
+            over = ({"path": str(Path(data).expanduser().resolve())} if _is_file_arg(data)
+                    else {"name": data, "path": None})
+            base = base.with_overrides({"data": over})
+            if _is_file_arg(data):
+                base.data.__pydantic_fields_set__.discard("name")
+        toml_lists, toml_seeds = sweep_table(table, f"{config} [sweep]")
+        base, grid = make_grid(base, {**toml_lists, **lists}, seeds=seeds if seeds is not None else toml_seeds)
+        _fetch_with_progress(base.data)
+    expand(base, grid)  # every member checked (run_sweep checks again) before the first line is printed
+    dev = pick_device(device)
+    console.print(f"sweep of {grid.size} members -> {out} (device {dev})", highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not console.is_terminal and bool(os.environ.get("CI"))) as progress:
+        task = progress.add_task("members", total=None)
+
+        def on_progress(name: str, info: Any) -> None:
+            if info.step == 1 or info.step % 20 == 0 or info.step == info.total_steps:
+                progress.update(task, total=info.total_steps, completed=info.step,
+                                description=f"{name}: epoch {info.epoch} loss {info.loss:.3f}")
+
+        try:
+            with _StopOnSignal() as stop:
+                try:
+                    rows = run_sweep(base, grid, out, resume=resume, jobs=jobs, device=dev,
+                                     on_progress=on_progress if jobs == 1 else None,
+                                     should_stop=stop.requested)
+                except TrainingInterrupted as err:
+                    progress.stop()
+                    err_console.print(f"interrupted ({stop.name}) at step {err.step}: the member in training saved "
+                                      f"a checkpoint\nresume with: vaelab sweep --out {out} --resume",
+                                      highlight=False, soft_wrap=True)
+                    raise typer.Exit(stop.exit_code) from None
+                except SweepInterrupted as err:  # --jobs: the child processes were stopped
+                    progress.stop()
+                    err_console.print(f"interrupted ({stop.name}); {err}", highlight=False, soft_wrap=True)
+                    raise typer.Exit(stop.exit_code) from None
+        except _SignalAgain as again:
+            progress.stop()
+            err_console.print(f"stopped at once ({again.name} again); resume with: vaelab sweep --out {out} "
+                              "--resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(again.exit_code) from None
+    from vaelab.html import fmt_number
+
+    # The member's name repeats its swept values: the console table leaves it out for width,
+    # and folds (never cuts) what does not fit; metrics.csv has every column.
+    result = Table(title=f"sweep {out}", show_header=True)
+    for column in table_columns(rows)[1:]:
+        result.add_column(column, justify="left" if column == "status" else "right", overflow="fold")
+    for row in rows:
+        result.add_row(*("—" if v is None else fmt_number(v) for v in table_values(row)[1:]))
+    console.print(result)
+    console.print(f"sweep folder: {out} (metrics.csv, sweep.html, runs/)", highlight=False)
