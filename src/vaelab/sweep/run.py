@@ -38,10 +38,10 @@ from vaelab.history import History
 from vaelab.models import LatentModel
 from vaelab.sweep.grid import Grid, GridError, Member, expand
 
-# The engine: the one line to change when vaelab.sweep.stack lands is
-#     from vaelab.sweep.stack import MemberResult, can_stack, fit_stack as _fit_group
-from vaelab.sweep.solo import MemberResult, can_stack
-from vaelab.sweep.solo import fit_members as _fit_group
+# The engine: stackable members train as one vmapped model (vaelab.sweep.stack);
+# vaelab.sweep.solo.fit_members trains them one by one with the same interface.
+from vaelab.sweep.stack import MemberResult, can_stack
+from vaelab.sweep.stack import fit_stack as _fit_group
 from vaelab.train import StepInfo, TrainingInterrupted
 
 SWEEP_FILE = "sweep.json"
