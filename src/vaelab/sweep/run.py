@@ -38,10 +38,10 @@ from vaelab.history import History
 from vaelab.models import LatentModel
 from vaelab.sweep.grid import Grid, GridError, Member, expand
 
-# The engine: stackable members train as one vmapped model (vaelab.sweep.stack);
-# vaelab.sweep.solo.fit_members trains them one by one with the same interface.
-from vaelab.sweep.stack import MemberResult, can_stack
-from vaelab.sweep.stack import fit_stack as _fit_group
+# The engines: stackable members train as one vmapped model (vaelab.sweep.stack); a member
+# that cannot be stacked trains alone with train.fit (vaelab.sweep.solo), same interface.
+from vaelab.sweep.solo import fit_members
+from vaelab.sweep.stack import MemberResult, can_stack, fit_stack
 from vaelab.train import StepInfo, TrainingInterrupted
 
 SWEEP_FILE = "sweep.json"
@@ -253,7 +253,10 @@ def train_group(
                     on_step(idx[j], info)
 
                 try:
-                    results: list[MemberResult] = _fit_group(
+                    # A group of one member that cannot stack (e.g. nonfinite = "skip") trains with fit.
+                    stackable = can_stack([todo[i].config.model for i in idx],
+                                          [todo[i].config.train for i in idx]) is None
+                    results: list[MemberResult] = (fit_stack if stackable else fit_members)(
                         [models[i] for i in idx], x, [todo[i].config.train for i in idx], c=c,
                         states=[states[i] for i in idx], histories=[histories[i] for i in idx],
                         on_checkpoint=batch_checkpoint, on_step=batch_step,

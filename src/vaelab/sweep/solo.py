@@ -8,45 +8,15 @@ diverges is reported in its ``MemberResult`` and the next one trains.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from vaelab.checkpoint import TrainState
-from vaelab.config import ModelConfig, TrainConfig
+from vaelab.config import TrainConfig
 from vaelab.history import History
 from vaelab.models import LatentModel
+from vaelab.sweep.stack import MemberResult
 from vaelab.train import StepInfo, TrainingDiverged, fit
-
-
-@dataclass
-class MemberResult:
-    """How one member ended: its history, a state that resumes it, and its divergence if any."""
-
-    history: History
-    state: TrainState
-    error: TrainingDiverged | None
-
-
-# What must be equal for members to share one stacked model: shapes, the objective's form,
-# and the batches (one shared data order needs one batch size and one budget).
-_SHARED_TRAIN = ("objective", "k", "batch_size", "epochs", "steps", "checkpoint_every", "diversity_samples",
-                 "nonfinite", "max_skips")
-_VARYING_MODEL = ("recon_var",)
-
-
-def can_stack(model_configs: Sequence[ModelConfig], train_configs: Sequence[TrainConfig]) -> str | None:
-    """None when these members could train as one stacked model, else the reason."""
-    first_m, first_t = model_configs[0], train_configs[0]
-    for m in model_configs[1:]:
-        for field in type(m).model_fields:
-            if field not in _VARYING_MODEL and getattr(m, field) != getattr(first_m, field):
-                return f"model settings differ ({field})"
-    for t in train_configs[1:]:
-        for field in _SHARED_TRAIN:
-            if getattr(t, field) != getattr(first_t, field):
-                return f"train settings differ ({field})"
-    return None
 
 
 def fit_members(

@@ -421,7 +421,8 @@ def fit_stack(
                 if not all(math.isfinite(v) for v in (loss, *term_values, norm)):
                     # fit's "stop": record the failing epoch, stop this member alone.
                     term = _nonfinite_term(loss, terms, norm)
-                    run_histories[i].append(_row(state.epoch + 1, step, term_names, values[r].double() * batch_size,
+                    weighted = (values[r].double() * batch_size).tolist()
+                    run_histories[i].append(_row(state.epoch + 1, step, term_names, weighted,
                                                  batch_size, math.nan, elapsed[i] + time.perf_counter() - starts[i],
                                                  lr, 0, norm, beta_mean(i, epoch_first_step, step)))
                     errors[i] = TrainingDiverged(step, state.epoch + 1, run_histories[i], term=term,
@@ -453,7 +454,8 @@ def fit_stack(
                                                                     device=device)])
             models[i].train()
             elapsed[i] += time.perf_counter() - starts[i]
-            run_histories[i].append(_row(state.epoch, step, term_names, sums.get(i, torch.zeros(0)), seen[i], div,
+            epoch_sums = sums.get(i, torch.zeros(0)).tolist()
+            run_histories[i].append(_row(state.epoch, step, term_names, epoch_sums, seen[i], div,
                                          elapsed[i], learning_rate(i, step - 1), 0, norm_max[i],
                                          beta_mean(i, epoch_first_step, step)))
             done = step >= budget
