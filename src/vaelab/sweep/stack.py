@@ -421,8 +421,8 @@ def fit_stack(
                 if not all(math.isfinite(v) for v in (loss, *term_values, norm)):
                     # fit's "stop": record the failing epoch, stop this member alone.
                     term = _nonfinite_term(loss, terms, norm)
-                    weighted = (values[r].double() * batch_size).tolist()
-                    run_histories[i].append(_row(state.epoch + 1, step, term_names, weighted,
+                    step_sums = (values[r].double() * batch_size).tolist()
+                    run_histories[i].append(_row(state.epoch + 1, step, term_names, step_sums,
                                                  batch_size, math.nan, elapsed[i] + time.perf_counter() - starts[i],
                                                  lr, 0, norm, beta_mean(i, epoch_first_step, step)))
                     errors[i] = TrainingDiverged(step, state.epoch + 1, run_histories[i], term=term,
