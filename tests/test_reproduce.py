@@ -102,7 +102,7 @@ def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
         {"train": {"objective": "elbo", "beta_schedule": "warmup", "warmup_epochs": 2, "free_bits": 0.25,
                    "free_bits_group": "all"}},
         {"train": {"beta_schedule": "warmup", "warmup_steps": 5}},
-        {"train": {"beta_schedule": "cyclical", "cycles": 3, "cycle_ratio": 0.25}},
+        {"train": {"beta_schedule": "cyclical", "cycles": 3, "cycle_ratio": 0.25, "compile": True}},
     ]
     covered = set()
     for raw in configs:

@@ -171,9 +171,7 @@ def reproduction(config: RunConfig) -> Reproduction:
     for preset, flag, base in starts:
         reference = base.model_dump()
         changed = tuple(f for f in config_fields() if current[f[0]][f[1]] != reference[f[0]][f[1]])
-        needs_toml = any(
-            f not in flags and f not in DATA_ARGUMENT or isinstance(current[f[0]][f[1]], bool) for f in changed
-        )
+        needs_toml = any(f not in flags and f not in DATA_ARGUMENT for f in changed)
         if config.data.path is not None and (not _is_file_arg(config.data.path) or ("data", "name") in changed):
             needs_toml = True  # --data takes either a name or a path that looks like one
         if image and preset is None:
@@ -217,6 +215,10 @@ def reproduce_command(config: RunConfig, out: str | Path) -> tuple[str, bool]:
     flags = train_flags()
     for section, key in plan.changed:
         if (section, key) in flags:
-            cmd += [flags[(section, key)], _flag_value(current[section][key])]
+            flag, value = flags[(section, key)], current[section][key]
+            if isinstance(value, bool):  # typer's on/off pair: --compile / --no-compile
+                cmd.append(flag if value else "--no-" + flag.removeprefix("--"))
+            else:
+                cmd += [flag, _flag_value(value)]
     cmd += ["--out", str(out)]
     return " ".join(shlex.quote(p) for p in cmd), False
