@@ -350,14 +350,7 @@ class RunConfig(_Section):
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
         """Read a TOML file with optional tables [data], [model], [train], [eval]."""
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read the config file ({err})") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({err})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_toml(path), str(path))
 
     def with_overrides(
         self, overrides: dict[str, Any], *, explicit: bool = True, source: str = "command-line options"
@@ -396,6 +389,17 @@ class RunConfig(_Section):
 
 
 SECTIONS = ("data", "model", "train", "eval")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML config file; a ConfigError naming the file if it cannot be read or parsed."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
 
 # Fields whose command-line flag is not simply ``--`` + the field name with dashes.
 _FLAGS = {

@@ -43,9 +43,7 @@ def _is_file_arg(data: str) -> bool:
 
 def _base_config(config: Path | None, preset: str | None, data: str | None) -> Any:
     """Defaults < preset < --config file; image data without either get the default image preset."""
-    import tomllib
-
-    from vaelab.config import ConfigError, DataConfig, RunConfig
+    from vaelab.config import DataConfig, RunConfig, read_toml
     from vaelab.data.registry import is_image_config
     from vaelab.presets import DEFAULT_IMAGE_PRESET, apply_preset
 
@@ -63,11 +61,7 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
     base = apply_preset(RunConfig(), preset)
     if config is None:
         return base
-    try:
-        raw = tomllib.loads(config.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{config}: cannot read the config file ({err})") from None
-    return base.with_overrides(raw, source=str(config))
+    return base.with_overrides(read_toml(config), source=str(config))
 
 
 @app.command()

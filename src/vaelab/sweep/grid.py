@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaelab.config import SECTIONS, ConfigError, RunConfig, cli_flag
+from vaelab.config import SECTIONS, ConfigError, RunConfig, cli_flag, read_toml
 from vaelab.errors import InputError
 
 
@@ -161,13 +160,7 @@ def parse_flags(args: Sequence[str]) -> dict[str, list[Any]]:
 
 def read_sweep_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a TOML config: (its run tables, its ``[sweep]`` table or {})."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    raw = read_toml(path)
     table = raw.pop("sweep", {})
     if not isinstance(table, dict):
         raise GridError(f"{path}: sweep must be a table ([sweep]), got {table!r}")
