@@ -260,3 +260,17 @@ def test_cli_sweep_prints_the_table_and_compare_takes_the_folder(tmp_path):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert "beta=0.0" in page and "beta=4.0" in page
+
+
+def test_active_units_axis_has_whole_number_ticks(tmp_path):
+    """Active units is a count: the axis must not read 1.900 … 2.100 when every member has 2."""
+    from vaelab.sweep.report import SEED_AXIS, axis_figure
+    from vaelab.sweep.run import MemberRow
+
+    rows = [MemberRow(name=f"m{i}", values={"train.beta": b, SEED_AXIS: 0}, status="done",
+                      metrics={"iwae_nll": 1.0 + b, "active_units": 2}, seconds=1.0, path=tmp_path)
+            for i, b in enumerate((0.5, 1.0, 2.0))]
+    fig = axis_figure(rows, "train.beta")
+    assert fig is not None
+    ticks = fig.axes[1].get_yticks()
+    assert len(ticks) > 0 and all(float(t).is_integer() for t in ticks)

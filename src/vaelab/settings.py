@@ -15,7 +15,7 @@ from pathlib import Path
 from vaelab.config import ConfigError, RunConfig, flag_name, lookup, parse_kind
 from vaelab.data.registry import DATASETS
 from vaelab.likelihoods import LIKELIHOODS
-from vaelab.models import FAMILIES, VAE, LatentModel, VariationalModel
+from vaelab.models import VAE, LatentModel, VariationalModel, family
 from vaelab.nets import ACTIVATIONS, NETS
 from vaelab.objectives import OBJECTIVES, Objective, objective_for
 
@@ -28,7 +28,7 @@ def check_names(config: RunConfig) -> None:
     """
     if config.data.path is None:
         lookup(DATASETS, config.data.name, "data.name", "dataset")
-    lookup(FAMILIES, config.model.kind, "model.kind", "model family")
+    family(config.model.kind)
     lookup(NETS, config.model.net, "model.net", "net")
     lookup(ACTIVATIONS, config.model.activation, "model.activation", "activation")
     lookup(LIKELIHOODS, config.model.likelihood, "model.likelihood", "likelihood")
@@ -36,7 +36,7 @@ def check_names(config: RunConfig) -> None:
 
 
 def _family_class(config: RunConfig) -> type[LatentModel]:
-    return lookup(FAMILIES, config.model.kind, "model.kind", "model family")
+    return family(config.model.kind)
 
 
 def _has_posterior(config: RunConfig) -> bool:

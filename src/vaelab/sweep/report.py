@@ -81,6 +81,7 @@ def axis_figure(rows: Sequence[MemberRow], dotted: str) -> Figure | None:
     """Held-out IWAE NLL and active units against the values of one swept setting: one line per
     combination of the other settings (seeds averaged, ± 1 sd)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     values = list(dict.fromkeys(str(r.values[dotted]) for r in rows))
     others: dict[tuple[Any, ...], dict[str, list[MemberRow]]] = defaultdict(lambda: defaultdict(list))
@@ -100,6 +101,12 @@ def axis_figure(rows: Sequence[MemberRow], dotted: str) -> Figure | None:
         ax.set_xticks(range(len(values)), values)
         ax.set_xlabel(dotted.split(".", 1)[1])
         ax.set_title(title)
+    # A count of units: the axis runs from 0 to the most active units seen, with whole-number
+    # ticks (a mean over seeds may still sit between them).
+    counts = [v for r in rows if (v := r.metrics.get("active_units")) is not None and math.isfinite(v)]
+    if counts:
+        axes[1].set_ylim(-0.25, max(counts) + 0.25)
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
     if any(others):
         axes[0].legend(fontsize="x-small")
     return fig
