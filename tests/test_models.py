@@ -8,7 +8,7 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 from vaelab import checkpoint as ckpt
 from vaelab.config import ModelConfig, RunConfig
-from vaelab.likelihoods import GaussianFixed, sample_observation
+from vaelab.likelihoods import GaussianFixed, build_likelihood, sample_observation
 from vaelab.models import build_model
 
 CASES = [
@@ -103,3 +103,24 @@ def test_condition_checks():
     with pytest.raises(ValueError, match="width 2"):
         cond.embed(torch.randn(3, 2), torch.randn(3, 2))
     assert cond.embed(torch.randn(3, 2), torch.randn(3, 3)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("logit_shape, x_shape",
+                         [((5, 4, 784), (4, 784)), ((4, 784), (4, 784)), ((2, 3, 6), (2, 3, 6))])
+def test_bernoulli_log_prob_is_the_bernoulli_mass_for_samples_and_batches(logit_shape, x_shape):
+    """p(x|z) = Π_d σ(ℓ_d)^x_d (1 − σ(ℓ_d))^(1 − x_d): the fast form Σ_d x_d ℓ_d − softplus(ℓ_d)
+    agrees with torch's Bernoulli (float64 reference) whether x is shared by k decoded samples
+    (importance weights) or matches the logits one to one (training), with its gradient x − σ(ℓ)."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(logit_shape, generator=g) * 6).requires_grad_()
+    x = (torch.rand(x_shape, generator=g) > 0.4).float()
+    p = build_likelihood("bernoulli")(logits)
+    got = p.log_prob(x)
+    expected = Independent(Bernoulli(logits=logits.detach().double()), 1).log_prob(x.double())
+    assert got.shape == expected.shape == logit_shape[:-1]
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-4)
+    (grad,) = torch.autograd.grad(got.sum(), logits)
+    torch.testing.assert_close(grad, (x - torch.sigmoid(logits.detach())).expand_as(grad))
+    # the rest of the distribution is torch's: mean, and the event/batch shapes
+    torch.testing.assert_close(p.mean, torch.sigmoid(logits.detach()))
+    assert p.event_shape == logit_shape[-1:] and p.batch_shape == logit_shape[:-1]
