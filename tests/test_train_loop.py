@@ -81,10 +81,11 @@ def test_fit_refuses_data_with_nan_instead_of_blaming_the_learning_rate():  # A3
     assert _equal(before, _weights(model))
 
 
-def test_fit_refuses_infinite_data():  # T20: 1e39 becomes inf in float32
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")])
+def test_fit_refuses_infinite_data(value):  # T20: 1e39 becomes inf in float32
     cfg, x, model = _setup()
     x = x.clone()
-    x[3, 0] = float("inf")
+    x[3, 0] = value
     with pytest.raises(ValueError, match=r"row 3, column 0"):
         fit(model, x, cfg.train)
 
