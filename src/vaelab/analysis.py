@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel
@@ -51,14 +52,18 @@ def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def aggregate_posterior(model: VariationalModel, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
+def aggregate_posterior(
+    model: VariationalModel, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1), *,
+    q_z: Distribution | None = None,
+) -> Tensor:
     """q(z) = 1/N Σ_n q(z|x_n) marginalised onto (z_i, z_j), on the grid × grid: (G, G).
 
     Row a, column b holds q(z_i = grid[b], z_j = grid[a]) (rows = vertical axis, as imshow
     expects). q(z|x) is diagonal, so each term factorises and the whole image is one matrix
     product of two (G, N) tables of 1-D normal densities. A 1-D latent gives (G,).
+    ``q_z``: the caller's ``model.encode(x)`` when it has it already (x is then not encoded again).
     """
-    q_z = model.encode(x.to(_device(model)))
+    q_z = model.encode(x.to(_device(model))) if q_z is None else q_z
     mu, sd = q_z.mean.double().cpu(), q_z.stddev.double().cpu()
     grid = grid.double().cpu()
     n = mu.shape[0]

@@ -287,3 +287,36 @@ def test_density_grid_in_chunks_matches_the_one_pass_estimate(monkeypatch):
         expected = iwae_bound(ctx.model, grid_pts, k=9, generator=torch.Generator().manual_seed(7)).exp()
     image = np.asarray(panels(fig)[0].images[0].get_array())
     np.testing.assert_allclose(image.reshape(-1), expected.double().numpy(), rtol=1e-5)
+
+
+def test_figures_of_one_context_encode_the_data_once_and_draw_what_direct_calls_draw():
+    """A report's figures share one q(z|x) of the data (PlotContext.posterior / codes); each
+    figure shows the same numbers as the plot function called on its own."""
+    from vaelab.plots.data_space import plot_reconstructions
+    from vaelab.plots.latent import plot_aggregate_posterior, plot_latent_params, plot_latent_space
+
+    ctx = context(2)
+    n = len(ctx.data)
+    encoded = []
+    original = ctx.model.encode
+    ctx.model.encode = lambda x, c=None: (encoded.append(len(x)), original(x, c))[1]
+    figures = {name: render(ctx, name) for name in
+               ("latent_params", "z_vs_eps", "latent_space", "posterior_contours", "aggregate_posterior",
+                "reconstructions")}
+    del ctx.model.encode
+    # the shared posterior once, and the stochastic reconstruction's own draw z ~ q(z|x) (model.reconstruct)
+    assert encoded.count(n) == 2, encoded
+
+    def offsets(fig, panel: int) -> list[np.ndarray]:
+        return [np.asarray(c.get_offsets()) for c in panels(fig)[panel].collections if isinstance(c, PathCollection)]
+
+    for name, direct, panel in (
+        ("latent_params", plot_latent_params(ctx.model, ctx.data), 1),
+        ("latent_space", plot_latent_space(ctx.model, ctx.data), 0),
+        ("reconstructions", plot_reconstructions(ctx.model, ctx.data), 1),
+    ):
+        for shared, alone in zip(offsets(figures[name], panel), offsets(direct, panel), strict=True):
+            np.testing.assert_array_equal(shared, alone)
+    q_shared = np.asarray(panels(figures["aggregate_posterior"])[0].images[0].get_array())
+    q_alone = np.asarray(panels(plot_aggregate_posterior(ctx.model, ctx.data))[0].images[0].get_array())
+    np.testing.assert_array_equal(q_shared, q_alone)
