@@ -10,7 +10,10 @@ trained, only on its sizes). Then, median of ``--repeats`` (default 3):
 
 Reference, measured in the same run: ``python -c "import torch"`` (what any command that
 touches a model pays first). A benchmark prints; it asserts nothing. On a shared machine the
-figures are noisy.
+figures are noisy: the in-process report also prints its CPU seconds, which other processes'
+load disturbs less than the wall clock, and ``--threads N`` sets the torch threads of this
+process and (through ``OMP_NUM_THREADS``) of the fresh processes, since two threads waiting on
+each other on a busy machine can be several times slower than one.
 
 Run: ``python benchmarks/bench_report.py [--steps 200] [--repeats 3] [--threads N]``.
 """
@@ -18,6 +21,7 @@ Run: ``python benchmarks/bench_report.py [--steps 200] [--repeats 3] [--threads 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -35,15 +39,16 @@ from vaelab.plots import PlotContext, render_all
 from vaelab.train import train_run
 
 
-def fresh_process(cmd: list[str]) -> float:
+def fresh_process(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - t0
 
 
 def in_process(run_dir: Path) -> dict[str, float]:
     """Seconds per phase of one report, drawn in this process."""
     phases: dict[str, float] = {}
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     run = ckpt.load(run_dir)
     ctx = PlotContext.from_run(run)
@@ -56,6 +61,7 @@ def in_process(run_dir: Path) -> dict[str, float]:
             figure_png(item.figure)
         t = time.perf_counter()
         phases[f"png  {item.spec.name}"] = t - made
+    phases["(CPU seconds of all of the above)"] = time.process_time() - cpu0
     return phases
 
 
@@ -65,8 +71,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads in this process (default torch's)")
     args = parser.parse_args()
+    env = dict(os.environ)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+        env["OMP_NUM_THREADS"] = str(args.threads)  # the fresh processes' torch threads
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); median of {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "default"
@@ -75,14 +83,15 @@ def main() -> None:
         cli, ref = [], []
         phases: dict[str, list[float]] = defaultdict(list)
         for _ in range(args.repeats):  # interleaved: load on a shared machine hits each alike
-            ref.append(fresh_process([sys.executable, "-c", "import torch"]))
-            cli.append(fresh_process([sys.executable, "-m", "vaelab", "report", str(run_dir)]))
+            ref.append(fresh_process([sys.executable, "-c", "import torch"], env))
+            cli.append(fresh_process([sys.executable, "-m", "vaelab", "report", str(run_dir)], env))
             for name, seconds in in_process(run_dir).items():
                 phases[name].append(seconds)
     r, c = statistics.median(ref), statistics.median(cli)
     print(f"vaelab report (fresh process)   {c:6.2f} s   = {c / r:4.1f}x  python -c 'import torch' ({r:.2f} s)")
+    cpu = statistics.median(phases.pop("(CPU seconds of all of the above)"))
     total = sum(statistics.median(v) for v in phases.values())
-    print(f"in process, by phase (total {total:.2f} s):")
+    print(f"in process, by phase (total {total:.2f} s wall, {cpu:.2f} s CPU):")
     for name, values in sorted(phases.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"  {name:<36} {statistics.median(values):6.2f} s")
 

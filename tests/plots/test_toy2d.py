@@ -261,3 +261,62 @@ def test_view_limits_ignore_a_far_outlier_but_keep_ordinary_range():
     (x0, x1), _ = view_limits(np.vstack([pts, [[1e6, 0.0]]]))
     assert x1 < 100
     assert math.isfinite(x0)
+
+
+def test_density_grid_in_chunks_matches_the_one_pass_estimate(monkeypatch):
+    """The density image decoded in small chunks of k has the values of the old path (each block of
+    points scored by iwae_bound in one pass): same draws, float tolerance only."""
+    from vaelab import analysis
+    from vaelab.objectives import iwae_bound
+
+    ctx = context(2)
+    pts = torch.rand(40, 2, generator=torch.Generator().manual_seed(3)) * 6 - 3
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(7)
+        old = torch.cat([iwae_bound(ctx.model, pts[s:s + 16], k=9, generator=g) for s in range(0, 40, 16)])
+    monkeypatch.setattr(analysis, "DENSITY_CHUNK_FLOATS", 16 * 16 * 2)  # 2 of the 9 samples per chunk
+    new = analysis.model_log_density(ctx.model, pts, k=9, generator=torch.Generator().manual_seed(7), batch=16)
+    assert new.shape == (40,)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+    # and the figure shows exactly that estimate at each grid point
+    fig = plot_density(ctx.model, ctx.data, grid=6, k=9, generator=torch.Generator().manual_seed(7))
+    x0, x1, y0, y1 = panels(fig)[0].images[0].get_extent()
+    yy, xx = torch.meshgrid(torch.linspace(y0, y1, 6), torch.linspace(x0, x1, 6), indexing="ij")
+    grid_pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+    with torch.no_grad():
+        expected = iwae_bound(ctx.model, grid_pts, k=9, generator=torch.Generator().manual_seed(7)).exp()
+    image = np.asarray(panels(fig)[0].images[0].get_array())
+    np.testing.assert_allclose(image.reshape(-1), expected.double().numpy(), rtol=1e-5)
+
+
+def test_figures_of_one_context_encode_the_data_once_and_draw_what_direct_calls_draw():
+    """A report's figures share one q(z|x) of the data (PlotContext.posterior / codes); each
+    figure shows the same numbers as the plot function called on its own."""
+    from vaelab.plots.data_space import plot_reconstructions
+    from vaelab.plots.latent import plot_aggregate_posterior, plot_latent_params, plot_latent_space
+
+    ctx = context(2)
+    n = len(ctx.data)
+    encoded = []
+    original = ctx.model.encode
+    ctx.model.encode = lambda x, c=None: (encoded.append(len(x)), original(x, c))[1]
+    figures = {name: render(ctx, name) for name in
+               ("latent_params", "z_vs_eps", "latent_space", "posterior_contours", "aggregate_posterior",
+                "reconstructions")}
+    del ctx.model.encode
+    # the shared posterior once, and the stochastic reconstruction's own draw z ~ q(z|x) (model.reconstruct)
+    assert encoded.count(n) == 2, encoded
+
+    def offsets(fig, panel: int) -> list[np.ndarray]:
+        return [np.asarray(c.get_offsets()) for c in panels(fig)[panel].collections if isinstance(c, PathCollection)]
+
+    for name, direct, panel in (
+        ("latent_params", plot_latent_params(ctx.model, ctx.data), 1),
+        ("latent_space", plot_latent_space(ctx.model, ctx.data), 0),
+        ("reconstructions", plot_reconstructions(ctx.model, ctx.data), 1),
+    ):
+        for shared, alone in zip(offsets(figures[name], panel), offsets(direct, panel), strict=True):
+            np.testing.assert_array_equal(shared, alone)
+    q_shared = np.asarray(panels(figures["aggregate_posterior"])[0].images[0].get_array())
+    q_alone = np.asarray(panels(plot_aggregate_posterior(ctx.model, ctx.data))[0].images[0].get_array())
+    np.testing.assert_array_equal(q_shared, q_alone)

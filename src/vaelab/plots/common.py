@@ -30,6 +30,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
+from torch.distributions import Distribution
 
 from vaelab.analysis import _device
 from vaelab.data.dataset import Dataset
@@ -245,6 +246,9 @@ class PlotContext:
     density_k: int = 100
     latent_grid: int = 15
     condition: Condition | None = None
+    # What several figures compute from the same model and data, computed once per context
+    # (a report draws every figure from one context): see posterior() and codes().
+    _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from vaelab.config import check_seed_option
@@ -312,6 +316,27 @@ class PlotContext:
         """A fresh generator on the model's device: every figure draws the same noise each time."""
         # Reduced mod 2^64: torch takes 64-bit seeds, and seed · 7919 overflows them for large seeds.
         return torch.Generator(device=self.device).manual_seed((self.seed * 7919 + offset) % 2**64)
+
+    def posterior(self) -> Distribution:
+        """q(z|x) of the context's data (batch shape (N,), event shape (d,)), encoded once and
+        shared by every figure drawn from this context (the encoder is deterministic, so each
+        figure sees exactly what encoding the data itself would give)."""
+        if "q_z" not in self._shared:
+            vae = _require_vae(self.model, "this figure")
+            with torch.no_grad():
+                self._shared["q_z"] = vae.encode(_x(self.model, self.data))
+        return self._shared["q_z"]
+
+    def codes(self) -> Tensor:
+        """The codes embed(x) of the context's data, (N, d): μ(x) of a VAE, f(x) of an
+        autoencoder; computed once and shared like :meth:`posterior`."""
+        if "code" not in self._shared:
+            if isinstance(self.model, VariationalModel) and type(self.model).embed is VariationalModel.embed:
+                self._shared["code"] = self.posterior().mean  # this family's embed(x) is E_q[z|x]
+            else:
+                with torch.no_grad():
+                    self._shared["code"] = self.model.embed(_x(self.model, self.data))
+        return self._shared["code"]
 
     @property
     def labels(self) -> np.ndarray | None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from vaelab.analysis import model_log_density
 from vaelab.data.dataset import Dataset
@@ -98,15 +99,19 @@ def plot_samples(
 
 
 @torch.no_grad()
-def plot_reconstructions(model: LatentModel, data: Dataset, *, generator: torch.Generator | None = None) -> Figure:
+def plot_reconstructions(
+    model: LatentModel, data: Dataset, *, generator: torch.Generator | None = None, codes: Tensor | None = None
+) -> Figure:
     """Data | reconstruction (decoder mean at the posterior mean) | stochastic reconstruction.
 
     Every point keeps its colour (its data coordinate x₁) in all three panels, so one can
     follow where each point goes: a good reconstruction keeps the colour gradient in place.
+    ``codes``: embed(x) of ``data`` (N, d) when the caller has it already.
     """
     xt = _x(model, data)
     x = to_numpy(xt)
-    rec = to_numpy(model.reconstruct(xt))
+    # the mean reconstruction is model.reconstruct(x) = E[x|z = embed(x)], from the shared code
+    rec = to_numpy(model.reconstruct(xt) if codes is None else model.decode(codes).mean)
     rec_s = to_numpy(model.reconstruct(xt, generator=generator, stochastic=True))
     colour = x[:, 0]
     vmin, vmax = np.percentile(finite(colour), [1, 99]) if np.isfinite(colour).any() else (0.0, 1.0)
@@ -177,7 +182,7 @@ def _samples(ctx: PlotContext) -> Figure:
 
 
 def _reconstructions(ctx: PlotContext) -> Figure:
-    return plot_reconstructions(ctx.model, ctx.data, generator=ctx.generator(2))
+    return plot_reconstructions(ctx.model, ctx.data, generator=ctx.generator(2), codes=ctx.codes())
 
 
 def _density(ctx: PlotContext) -> Figure:

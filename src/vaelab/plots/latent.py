@@ -20,6 +20,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Ellipse
 from torch import Tensor
+from torch.distributions import Distribution
 
 from vaelab.analysis import _device, aggregate_posterior, default_points
 from vaelab.data.dataset import Dataset
@@ -86,15 +87,18 @@ def _coloured(fig: Figure, ax, xy: np.ndarray, data: Dataset, *, legend: bool = 
 
 
 @torch.no_grad()
-def plot_latent_params(model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1)) -> Figure:
+def plot_latent_params(
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), q_z: Distribution | None = None
+) -> Figure:
     """The encoder's outputs over the data: μ(x) and σ(x), against the prior's (0, …) and (1, …).
 
     A VAE whose KL term works keeps the means around 0 and the standard deviations below but
     near-ish 1; σ ≈ 1 with μ ≈ 0 for every x in a dimension means that dimension is unused.
+    ``q_z``: q(z|x) of ``data`` (batch (N,)) when the caller has it already; else it is encoded here.
     """
     vae = _require_vae(model, "the latent-parameter figure")
     i, j = _check_dims(model, dims)
-    q_z = vae.encode(_x(model, data))
+    q_z = vae.encode(_x(model, data)) if q_z is None else q_z
     mu, sigma = to_numpy(q_z.mean), to_numpy(q_z.stddev)
     d = model.latent_dim
     if d == 1:
@@ -152,13 +156,15 @@ def plot_latent_params(model: LatentModel, data: Dataset, *, dims: tuple[int, in
 
 @torch.no_grad()
 def plot_z_vs_eps(
-    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), generator: torch.Generator | None = None
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), generator: torch.Generator | None = None,
+    q_z: Distribution | None = None,
 ) -> Figure:
     """One z ~ q(z|x) per data point beside as many ε ~ N(0, I): if the aggregate posterior
-    matched the prior, the two panels would look alike."""
+    matched the prior, the two panels would look alike. ``q_z``: q(z|x) of ``data`` (batch (N,))
+    when the caller has it already."""
     vae = _require_vae(model, "the z-vs-ε figure")
     i, j = _check_dims(model, dims)
-    q_z = vae.encode(_x(model, data))
+    q_z = vae.encode(_x(model, data)) if q_z is None else q_z
     z = to_numpy(rsample(q_z, (), generator))
     eps = to_numpy(torch.randn(z.shape, generator=generator, device=_device(model)))
     if model.latent_dim == 1:
@@ -203,11 +209,14 @@ def plot_z_vs_eps(
 
 
 @torch.no_grad()
-def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1)) -> Figure:
+def plot_latent_space(
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), codes: Tensor | None = None
+) -> Figure:
     """Encoded means μ(x) (a VAE) or codes f(x) (an autoencoder), coloured by label (mode)
-    and by data coordinate: neighbouring data should land on neighbouring codes."""
+    and by data coordinate: neighbouring data should land on neighbouring codes. ``codes``:
+    embed(x) of ``data`` (N, d) when the caller has it already."""
     i, j = _check_dims(model, dims)
-    code = to_numpy(model.embed(_x(model, data)))
+    code = to_numpy(model.embed(_x(model, data)) if codes is None else codes)
     x = to_numpy(data.x)
     what = "μ(x)" if has_normal_posterior(model) else ("E[z|x]" if isinstance(model, VariationalModel) else "f(x)")
     labels = None if data.labels is None else data.labels.cpu().numpy()
@@ -274,21 +283,23 @@ def plot_latent_space(model: LatentModel, data: Dataset, *, dims: tuple[int, int
 
 @torch.no_grad()
 def plot_posterior_contours(
-    model: LatentModel, data: Dataset, *, points: Tensor | None = None, dims: tuple[int, int] = (0, 1)
+    model: LatentModel, data: Dataset, *, points: Tensor | None = None, dims: tuple[int, int] = (0, 1),
+    q_z: Distribution | None = None,
 ) -> Figure:
     """q(z|x) of a few data points: the points in data space, their Gaussians in latent space.
 
     q(z|x) = N(μ(x), diag σ²(x)) has axis-aligned elliptical contours: drawn at 1σ (solid)
     and 2σ (dashed) with half-widths σ_i along z_i and σ_j along z_j. (The course code this
     figure comes from draws the second point's contour with its axes swapped; here each
-    density is evaluated on the grid with the same (z_i, z_j) orientation.)
+    density is evaluated on the grid with the same (z_i, z_j) orientation.) ``q_z``: q(z|x) of
+    ``data`` (batch (N,)) when the caller has it already (its means are the grey background).
     """
     vae = _require_vae(model, "the q(z|x) figure")
     i, j = _check_dims(model, dims)
     pts = default_points(data.x) if points is None else points.to(data.x.dtype)
     q_pts = vae.encode(pts.to(_device(model)))
     mu_p, sd_p = to_numpy(q_pts.mean), to_numpy(q_pts.stddev)
-    mu_all = to_numpy(vae.encode(_x(model, data)).mean)
+    mu_all = to_numpy((vae.encode(_x(model, data)) if q_z is None else q_z).mean)
     x = to_numpy(data.x)
     p = to_numpy(pts)
     d = model.latent_dim
@@ -478,18 +489,20 @@ def plot_latent_grid(
 
 @torch.no_grad()
 def plot_aggregate_posterior(
-    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), grid: int = 150, extent: float = 3.5
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), grid: int = 150, extent: float = 3.5,
+    q_z: Distribution | None = None,
 ) -> Figure:
     """The aggregate posterior q(z) (the mixture of all encoded Gaussians) beside the prior.
 
     Samples z ~ p(z) that land where q(z) is nearly empty ("holes") decode to points the
     decoder never learned, which is where bad samples come from. Same colour scale in both
-    panels (square-root scale so thin holes stay visible).
+    panels (square-root scale so thin holes stay visible). ``q_z``: q(z|x) of ``data`` (batch
+    (N,)) when the caller has it already.
     """
     vae = _require_vae(model, "the aggregate-posterior figure")
     i, j = _check_dims(model, dims)
     g = torch.linspace(-extent, extent, grid)
-    q = aggregate_posterior(vae, data.x, g, (i, j)).numpy()
+    q = aggregate_posterior(vae, data.x, g, (i, j), q_z=q_z).numpy()
     gn = g.numpy()
     prior_1d = gaussian_pdf(gn, 0.0, 1.0)
     d = model.latent_dim
@@ -527,19 +540,19 @@ def plot_aggregate_posterior(
 
 
 def _latent_params(ctx: PlotContext) -> Figure:
-    return plot_latent_params(ctx.model, ctx.data, dims=ctx.dims)
+    return plot_latent_params(ctx.model, ctx.data, dims=ctx.dims, q_z=ctx.posterior())
 
 
 def _z_vs_eps(ctx: PlotContext) -> Figure:
-    return plot_z_vs_eps(ctx.model, ctx.data, dims=ctx.dims, generator=ctx.generator(3))
+    return plot_z_vs_eps(ctx.model, ctx.data, dims=ctx.dims, generator=ctx.generator(3), q_z=ctx.posterior())
 
 
 def _latent_space(ctx: PlotContext) -> Figure:
-    return plot_latent_space(ctx.model, ctx.data, dims=ctx.dims)
+    return plot_latent_space(ctx.model, ctx.data, dims=ctx.dims, codes=ctx.codes())
 
 
 def _posterior_contours(ctx: PlotContext) -> Figure:
-    return plot_posterior_contours(ctx.model, ctx.data, points=ctx.points, dims=ctx.dims)
+    return plot_posterior_contours(ctx.model, ctx.data, points=ctx.points, dims=ctx.dims, q_z=ctx.posterior())
 
 
 def _latent_grid(ctx: PlotContext) -> Figure:
@@ -547,7 +560,7 @@ def _latent_grid(ctx: PlotContext) -> Figure:
 
 
 def _aggregate_posterior(ctx: PlotContext) -> Figure:
-    return plot_aggregate_posterior(ctx.model, ctx.data, dims=ctx.dims)
+    return plot_aggregate_posterior(ctx.model, ctx.data, dims=ctx.dims, q_z=ctx.posterior())
 
 
 _normal_posterior = all_of(unconditional, needs_normal_posterior)  # reads μ(x), σ(x)
