@@ -86,3 +86,26 @@ def test_evaluate_stays_the_function_after_its_module_is_imported() -> None:
     got = _modules_after("import vaelab.evaluate\nimport vaelab\nresult = callable(vaelab.evaluate) and "
                          "vaelab.evaluate.__name__ == 'evaluate' and not hasattr(vaelab.evaluate, 'evaluate_run')")
     assert got["result"] is True
+
+
+def test_a_toy_run_never_imports_sympy() -> None:
+    """torch.broadcast_shapes (MultivariateNormal's constructor, among others) imports sympy on its
+    first call: ~1 s at the start of a command. Loading every exact-density toy set, its exact
+    density, a model's held-out evaluation and a conditional model's forward pass must not pay
+    for it (training does, through torch.optim's import of torch._dynamo)."""
+    code = """
+import torch
+from vaelab.config import DataConfig, ModelConfig
+from vaelab.data.registry import load_dataset
+from vaelab.models import build_model
+from vaelab.evaluate import evaluate
+for name in ("2gmm", "radial_gmm", "ring", "spiral", "pinwheel", "banana"):
+    ds = load_dataset(DataConfig(name=name), "train")
+    ds.log_prob(ds.x[:10]); ds.log_prob_given_label(ds.x[:10], ds.labels[:10])
+evaluate(build_model(ModelConfig(), 2, seed=0), ds.x[:50], k=8, seed=0, true_log_prob=ds.log_prob(ds.x[:50]))
+cond = build_model(ModelConfig(), 2, cond_dim=3, seed=0)
+cond.embed(torch.randn(4, 2), torch.randn(1, 3))
+import sys
+result = "sympy" in sys.modules
+"""
+    assert _modules_after(code)["result"] is False

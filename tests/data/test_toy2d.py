@@ -155,3 +155,20 @@ def test_pinwheel_arms_bend():
     slope = float(((r - r.mean()) * (angle - angle.mean())).sum() / (r - r.mean()).square().sum())
     assert abs(slope - toy2d.PINWHEEL_SWIRL) < 0.05
 
+
+
+@pytest.mark.parametrize("params", ["two_gmm_params", "radial_gmm_params", "ring_params", "spiral_params",
+                                    "pinwheel_params", "banana_params"])
+def test_hand_written_mixture_density_is_torchs(params):
+    """gmm_log_prob / gaussian_log_probs (written out to keep sympy out of start-up) agree with
+    torch's MixtureSameFamily of MultivariateNormals and with each component's log_prob."""
+    from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+    weights, means, covs = getattr(toy2d, params)()
+    chol = torch.linalg.cholesky(covs)
+    y = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    components = MultivariateNormal(means, covariance_matrix=covs)
+    mix = MixtureSameFamily(Categorical(probs=weights), components)
+    torch.testing.assert_close(toy2d.gaussian_log_probs(y, means, chol), components.log_prob(y[:, None, :]),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(toy2d.gmm_log_prob(y, weights, means, chol), mix.log_prob(y), rtol=1e-12, atol=1e-12)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
@@ -61,9 +60,25 @@ def _check_n(n: int) -> None:
         raise InputError(f"number of points n must be a positive integer, got {n!r}")
 
 
-def _gmm(weights: Tensor, means: Tensor, covs: Tensor) -> MixtureSameFamily:
-    """A torch mixture of full-covariance Gaussians: weights (K,), means (K, 2), covs (K, 2, 2)."""
-    return MixtureSameFamily(Categorical(probs=weights), MultivariateNormal(means, covariance_matrix=covs))
+def gaussian_log_probs(y: Tensor, means: Tensor, chol: Tensor) -> Tensor:
+    """log N(y; μ_k, Σ_k) of every point under every component: y (M, 2), means (K, 2), chol (K, 2, 2)
+    the lower Cholesky factors L_k of Σ_k -> (M, K).
+
+        log N(y; μ, LLᵀ) = −½ ‖L⁻¹(y − μ)‖² − Σ_i log L_ii − (D/2) log 2π,
+
+    what torch's ``MultivariateNormal.log_prob`` computes. It is written out here because that
+    class's constructor calls ``torch.broadcast_shapes``, whose first call imports sympy: about
+    a second at the start of every command that loads a toy data set.
+    """
+    diff = (y[:, None, :] - means).unsqueeze(-1)  # (M, K, 2, 1)
+    white = torch.linalg.solve_triangular(chol, diff, upper=False).squeeze(-1)  # L_k⁻¹(y − μ_k): (M, K, 2)
+    half_log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # ½ log |Σ_k| = Σ_i log L_ii: (K,)
+    return -0.5 * white.square().sum(-1) - half_log_det - 0.5 * means.shape[-1] * math.log(2 * math.pi)
+
+
+def gmm_log_prob(y: Tensor, weights: Tensor, means: Tensor, chol: Tensor) -> Tensor:
+    """log Σ_k w_k N(y; μ_k, L_k L_kᵀ): y (M, 2) -> (M,)."""
+    return torch.logsumexp(weights.log() + gaussian_log_probs(y, means, chol), dim=1)
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -87,15 +102,13 @@ def _mixture_dataset(
     chol = torch.linalg.cholesky(covs)  # (K, 2, 2)
     eps = torch.randn(n, 2, 1, generator=generator, dtype=means.dtype)
     x = warp(means[labels] + (chol[labels] @ eps).squeeze(-1))
-    mix = _gmm(weights, means, covs)
-    components = MultivariateNormal(means, covariance_matrix=covs)  # batch (K,): one Gaussian per label
 
     def log_prob(x: Tensor) -> Tensor:  # (M, 2) -> (M,)
-        return mix.log_prob(unwarp(x.double())).to(x.dtype)
+        return gmm_log_prob(unwarp(x.double()), weights, means, chol).to(x.dtype)
 
     def log_prob_given_label(x: Tensor, label: Tensor) -> Tensor:
         # log p(x | label = k) = log N(unwarp(x); μ_k, Σ_k): the component's own density, (M, 2), (M,) -> (M,).
-        per_component = components.log_prob(unwarp(x.double())[:, None, :])  # (M, K)
+        per_component = gaussian_log_probs(unwarp(x.double()), means, chol)  # (M, K)
         return per_component.gather(1, label.long().reshape(-1, 1).cpu()).squeeze(1).to(x.dtype)
 
     return _with_radius(

@@ -107,10 +107,11 @@ class LatentModel(nn.Module):
             raise InputError(f"this model is conditional: pass c with shape (B, {self.cond_dim})")
         if c.shape[-1] != self.cond_dim:
             raise InputError(f"condition has width {c.shape[-1]}, the model expects {self.cond_dim}")
-        try:  # c may be one row shared by all (1, cond_dim), or one row per point
-            shared = torch.broadcast_shapes(c.shape[:-1], h.shape[:-1]) == h.shape[:-1]
-        except RuntimeError:
-            shared = False
+        # c may be one row shared by all (1, cond_dim), or one row per point: its leading shape must
+        # broadcast to h's (compared by hand: torch.broadcast_shapes imports sympy on first use).
+        lead_c, lead_h = c.shape[:-1], h.shape[:-1]
+        shared = len(lead_c) <= len(lead_h) and all(
+            a in (1, b) for a, b in zip(reversed(lead_c), reversed(lead_h), strict=False))
         if not shared:
             raise InputError(f"c has shape {tuple(c.shape)} for inputs of shape {tuple(h.shape)}: give one "
                              f"condition per row (shape {(*h.shape[:-1], self.cond_dim)}) or a single row "
