@@ -224,6 +224,28 @@ class NormalLogVar(Normal):
         return 0.5 * (1.0 + math.log(2 * math.pi) + self.log_var)
 
 
+class StandardNormal(Normal):
+    """N(0, 1) in each dimension: a ``Normal`` whose log-density constants 2σ² and log σ are
+    computed once, not on every call.
+
+    ``log_prob`` makes the same floating-point operations as ``Normal.log_prob``, in the same
+    order, on the same values: −(z − 0)² / (2σ²) − log σ − log √(2π) with σ = 1. The prior is
+    evaluated at every training step (IWAE: log w = log p(x|z) + log p(z) − log q(z|x)), so
+    the two small ops it saves each time show at 2-D sizes. Build it only with loc 0 and scale 1
+    (``standard_normal`` does): its registered KL assumes them.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        consts = self.__dict__.get("_consts")
+        if consts is None:  # computed on first use (``expand`` builds instances without __init__)
+            consts = self._consts = (2 * self.scale**2, self.scale.log())
+        two_var, log_scale = consts
+        return -((value - self.loc) ** 2) / two_var - log_scale - _LOG_SQRT_2PI
+
+
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant of Normal.log_prob, computed as torch does
+
+
 @register_kl(NormalLogVar, Normal)
 def _kl_normal_logvar_normal(q: NormalLogVar, p: Normal) -> Tensor:
     """KL(N(μ, e^h) ‖ N(m, s²)) = ½ ((μ − m)²/s² + e^h/s² − 1 − h + log s²), from h = log σ²
@@ -231,6 +253,14 @@ def _kl_normal_logvar_normal(q: NormalLogVar, p: Normal) -> Tensor:
     standard Normal (m = 0, s = 1) it is ½ (μ² + e^h − 1 − h), Kingma & Welling 2014, App. B."""
     var_p = p.scale.square()
     return 0.5 * ((q.loc - p.loc).square() / var_p + torch.exp(q.log_var) / var_p - 1.0 - q.log_var + var_p.log())
+
+
+@register_kl(NormalLogVar, StandardNormal)
+def _kl_normal_logvar_standard(q: NormalLogVar, p: StandardNormal) -> Tensor:
+    """KL(N(μ, e^h) ‖ N(0, 1)) = ½ (μ² + e^h − 1 − h) (Kingma & Welling 2014, App. B): the formula
+    above with m = 0, s = 1, where μ − 0, division by s² = 1 and adding log s² = 0 are exact,
+    so it gives the same floats (and gradients) with five fewer ops on every training step."""
+    return 0.5 * (q.loc.square() + torch.exp(q.log_var) - 1.0 - q.log_var)
 
 
 def _closed_form(q_z: Distribution, p_z: Distribution) -> Tensor | None:
@@ -291,25 +321,6 @@ def is_factorised_normal(dist: Distribution) -> bool:
     return isinstance(dist, Independent) and isinstance(dist.base_dist, Normal) and dist.reinterpreted_batch_ndims == 1
 
 
-class StandardNormal(Normal):
-    """N(0, 1) in each dimension: a ``Normal`` whose log-density constants 2σ² and log σ are
-    computed once, not on every call.
-
-    ``log_prob`` makes the same floating-point operations as ``Normal.log_prob``, in the same
-    order, on the same values: −(z − 0)² / (2σ²) − log σ − log √(2π) with σ = 1. The prior is
-    evaluated at every training step (IWAE: log w = log p(x|z) + log p(z) − log q(z|x)), so
-    the two small ops it saves each time show at 2-D sizes.
-    """
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        consts = self.__dict__.get("_consts")
-        if consts is None:  # computed on first use (``expand`` builds instances without __init__)
-            consts = self._consts = (2 * self.scale**2, self.scale.log())
-        two_var, log_scale = consts
-        return -((value - self.loc) ** 2) / two_var - log_scale - _LOG_SQRT_2PI
-
-
-_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant of Normal.log_prob, computed as torch does
 # (latent_dim, device, dtype, inference mode) -> N(0, I_d). Inference-mode tensors cannot be saved for
 # backward, so a prior made under torch.inference_mode() is kept apart from the one training uses.
 _STANDARD_NORMALS: dict[tuple[int, torch.device, torch.dtype, bool], Independent] = {}
