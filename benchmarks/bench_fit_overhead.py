@@ -9,7 +9,9 @@ same initial weights on the same 2,000 points, timed in the same run:
   backward, fused Adam, nothing else (one randperm per epoch to batch the data);
 * **fit**: ``vaelab.train.fit`` with the default config (history, diversity samples, the
   non-finite check, the β and learning-rate schedules, the objective registry);
-* **fit --compile** (with ``--compile``): ``fit`` with ``train.compile = true``.
+* **fit --compile** (with ``--compile``): ``fit`` with ``train.compile = true``;
+* **mm+tanh floor**: only the step's matrix multiplies (forward and both backward products)
+  and tanh (forward and backward), at the same sizes: what no step, compiled or not, can beat.
 
 Each is timed ``--repeats`` times, interleaved so that other load on the machine hits all
 alike; the median per-step time of each is reported with its ratio to the bare loop. Times
@@ -67,6 +69,34 @@ def bare_loop(cfg: RunConfig, x: torch.Tensor, steps: int) -> float:
     return time.process_time() - start
 
 
+def kernel_floor(cfg: RunConfig, x: torch.Tensor, steps: int) -> float:
+    """Seconds for ``steps`` steps' worth of only the matrix multiplies and tanh of the step.
+
+    Per layer of each MLP (encoder on B rows, decoder on k·B rows): the forward product, the
+    two backward products (input and weight gradients), and tanh with its backward. No step
+    can take less than this with these kernels, compiled or not; a compiled step at 0.5x of
+    the bare loop needs this floor to be well under half of it.
+    """
+    bs, k, hidden = cfg.train.batch_size, cfg.train.k, cfg.model.hidden
+    d, latent = x.shape[1], cfg.model.latent_dim
+    widths = {"enc": [d, *hidden, 2 * latent], "dec": [latent, *hidden, 2 * d]}
+    gen = torch.Generator().manual_seed(0)
+    mats, acts = [], []
+    for net, rows in (("enc", bs), ("dec", k * bs)):
+        w = widths[net]
+        for i, o in zip(w[:-1], w[1:], strict=True):
+            mats.append((torch.randn(rows, i, generator=gen), torch.randn(i, o, generator=gen),
+                         torch.randn(rows, o, generator=gen)))
+        acts += [torch.randn(rows, h, generator=gen) for h in hidden]
+    start = time.process_time()
+    for _ in range(steps):
+        for a, w_, grad_out in mats:
+            torch.mm(a, w_), torch.mm(grad_out, w_.T), torch.mm(a.T, grad_out)
+        for a in acts:
+            torch.ops.aten.tanh_backward(a, torch.tanh(a))
+    return time.process_time() - start
+
+
 def fit_loop(cfg: RunConfig, x: torch.Tensor, steps: int, compile_step: bool = False) -> float:
     """Seconds for ``steps`` steps of ``vaelab.train.fit`` with ``cfg`` (all its bookkeeping included)."""
     model = build_model(cfg.model, x.shape[1], seed=cfg.train.seed)
@@ -90,7 +120,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.data}, {x.shape[0]} points, "
           f"batch {cfg.train.batch_size}, k {cfg.train.k}, {args.steps} steps per loop, median of {args.repeats}",
           flush=True)
-    loops = {"bare": lambda: bare_loop(cfg, x, args.steps), "fit": lambda: fit_loop(cfg, x, args.steps)}
+    loops = {"bare": lambda: bare_loop(cfg, x, args.steps), "fit": lambda: fit_loop(cfg, x, args.steps),
+             "mm+tanh floor": lambda: kernel_floor(cfg, x, args.steps)}
     if args.compile:
         loops["fit --compile"] = lambda: fit_loop(cfg, x, args.steps, compile_step=True)
     for run in loops.values():  # warm-up: lazy imports, first-call allocations, compilation caches
@@ -102,7 +133,7 @@ def main() -> None:
         print(f"  round {r + 1}: " + "  ".join(f"{k} {v[-1]:.3f} ms/step" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, ms in med.items():
-        print(f"{name:<14} {ms:.3f} ms/step   {ms / med['bare']:.2f}x bare")
+        print(f"{name:<15} {ms:.3f} ms/step   {ms / med['bare']:.2f}x bare")
     print("targets: fit / bare <= 1.1, fit --compile / bare <= 0.5")
 
 

@@ -29,6 +29,7 @@ from vaelab.distributions import (
     kl,
     kl_is_closed_form,
     kl_per_dim,
+    normal,
     register_rsample,
     rsample,
     standard_normal,
@@ -176,3 +177,74 @@ def test_kl_per_dim_only_where_both_sides_factorise():
     assert kl_per_dim(TransformedDistribution(q, [ExpTransform()]), p) is None
     assert kl_per_dim(Independent(Normal(torch.zeros(2, 2), torch.ones(2, 2)), 2),
                       Independent(Normal(torch.zeros(2, 2), torch.ones(2, 2)), 2)) is None
+
+
+def _values_and_grads(make, *leaves):
+    """The output of ``make(*leaves)`` and the gradients of its sum, for exact comparison."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    out = make(*leaves)
+    return (out.detach(), *torch.autograd.grad(out.sum(), leaves))
+
+
+def _bits_equal(a: tuple, b: tuple) -> bool:
+    return all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_the_cached_standard_normal_prior_gives_torchs_floats_and_gradients_exactly():
+    """The training loop's speed-ups (issue 12) must not move a bit: the cached N(0, I) prior and
+    its cached log-density constants, the KL against it and the Normal built without broadcasting
+    give exactly the values and gradients of the torch.distributions objects they replace."""
+    z = torch.randn(4, 64, 3, generator=_gen(1)) * 3
+    prior = standard_normal(3, z)
+    assert standard_normal(3, z) is prior  # built once
+    torch_prior = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+    assert _bits_equal(_values_and_grads(prior.log_prob, z), _values_and_grads(torch_prior.log_prob, z))
+
+    mu, h = torch.randn(64, 3, generator=_gen(2)) * 2, torch.randn(64, 3, generator=_gen(3)) * 3
+    general = Normal(torch.zeros(3), torch.ones(3))  # the (NormalLogVar, Normal) formula
+    fast = _values_and_grads(lambda m, v: kl_divergence(NormalLogVar(m, v), prior.base_dist), mu, h)
+    assert _bits_equal(fast, _values_and_grads(lambda m, v: kl_divergence(NormalLogVar(m, v), general), mu, h))
+
+    scale = h.exp()
+    assert _bits_equal(_values_and_grads(lambda m, v: normal(m, v).log_prob(z), mu, scale),
+                       _values_and_grads(lambda m, v: Normal(m, v).log_prob(z), mu, scale))
+    # q(z|x) = NormalLogVar draws z = μ + exp(h/2) ε as Normal(μ, exp(h/2)) does
+    assert _bits_equal(_values_and_grads(lambda m, v: rsample(NormalLogVar(m, v), (4,), _gen(5)), mu, h),
+                       _values_and_grads(lambda m, v: rsample(Normal(m, (0.5 * v).exp()), (4,), _gen(5)), mu, h))
+    assert normal(mu, scale).batch_shape == Normal(mu, scale).batch_shape == (64, 3)
+    assert normal(mu, torch.tensor(2.0)).scale.shape == (64, 3)  # other shapes still broadcast
+
+
+def test_a_prior_made_under_inference_mode_does_not_leak_into_training():
+    """Inference tensors cannot be saved for backward: the prior cached under
+    torch.inference_mode() (evaluation) is not the one a training step then differentiates through."""
+    like = torch.zeros(5)
+    with torch.inference_mode():
+        frozen = standard_normal(5, like)
+        frozen.log_prob(torch.zeros(2, 5))  # its constants are made under inference mode too
+    z = torch.randn(2, 5, generator=_gen(), requires_grad=True)
+    prior = standard_normal(5, like)
+    assert prior is not frozen
+    prior.log_prob(z).sum().backward()  # would raise if the inference-mode tensors were used
+    torch.testing.assert_close(z.grad, -z.detach())
+
+
+def test_rsample_lookup_per_type_follows_a_later_more_specific_registration():
+    class Wide(Uniform):
+        pass
+
+    class Wider(Wide):
+        pass
+
+    @register_rsample(Wide)
+    def _wide(dist: Wide, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        return torch.zeros(shape)
+
+    d = Wider(torch.tensor(0.0), torch.tensor(1.0))
+    assert float(rsample(d, (2,), _gen()).sum()) == 0.0  # looked up (and remembered) through Wide
+
+    @register_rsample(Wider)
+    def _wider(dist: Wider, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        return torch.ones(shape)
+
+    assert float(rsample(d, (2,), _gen()).sum()) == 2.0

@@ -136,3 +136,15 @@ def test_a_step_that_cannot_compile_is_refused_with_the_way_back(monkeypatch):
     model = build_model(cfg.model, 2, seed=0)
     with pytest.raises(VaelabError, match=r"RuntimeError: no C\+\+ compiler found.*train\.compile = false"):
         fit(model, load_dataset(cfg.data, "train").x, cfg.train)
+
+
+def test_the_gradient_norm_is_get_total_norms_float():
+    """fit's gradient norm skips get_total_norm's grouping but must give its exact float (the
+    history's grad_norm, and the norm grad_clip scales by)."""
+    from vaelab.train import _total_norm
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=g) * s for shape, s in (((128, 2), 1e-3), ((128,), 10.0), ((4, 128), 1.0))]
+    assert torch.equal(_total_norm(grads), torch.nn.utils.get_total_norm(grads))
+    grads[1][3] = math.inf
+    assert torch.equal(_total_norm(grads), torch.nn.utils.get_total_norm(grads))

@@ -249,7 +249,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(256, gt=0)
     seed: int = Field(0, description="seed of weight init, shuffling and sampling noise")
     checkpoint_every: int = Field(50, gt=0, description="save a checkpoint every N epochs (and at the end)")
-    diversity_samples: int = Field(2048, gt=0, description="prior samples used for the diversity column")
+    # 1024: the variance estimate's relative error is ~4 % (√(2/n)), enough to see a collapse, and the
+    # per-epoch decode stays under 5 % of training on the default 2-D run (benchmarks/bench_fit_overhead.py)
+    diversity_samples: int = Field(1024, gt=0, description="prior samples used for the diversity column")
     # Non-finite values and gradient clipping (vaelab.train.fit).
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="on a NaN/inf loss or gradient: stop (name the step and term), or skip the step "

@@ -37,6 +37,8 @@ D = TypeVar("D", bound=Distribution)
 DrawFn = Callable[[D, Shape, "torch.Generator | None"], Tensor]
 
 _RSAMPLERS: dict[type[Distribution], Sampler] = {}
+# type(dist) -> its draw, the MRO walk of ``rsample`` done once per type
+_RSAMPLE_DISPATCH: dict[type[Distribution], Sampler] = {}
 
 
 class UnsupportedDistribution(VaelabError, TypeError):
@@ -54,6 +56,7 @@ def register_rsample(cls: type[D]) -> Callable[[DrawFn[D]], DrawFn[D]]:
 
     def deco(fn: DrawFn[D]) -> DrawFn[D]:
         _RSAMPLERS[cls] = fn
+        _RSAMPLE_DISPATCH.clear()  # a new registration may be more specific for a type already looked up
         return fn
 
     return deco
@@ -73,9 +76,13 @@ def rsample(
             ``@register_rsample(Type)``).
     """
     shape = tuple(sample_shape)
+    fn = _RSAMPLE_DISPATCH.get(type(dist))
+    if fn is not None:  # this type was looked up before (every training step draws from the same types)
+        return fn(dist, shape, generator)
     for cls in type(dist).__mro__:
         fn = _RSAMPLERS.get(cls)
         if fn is not None:
+            _RSAMPLE_DISPATCH[type(dist)] = fn
             return fn(dist, shape, generator)
     raise UnsupportedDistribution(
         f"vaelab.distributions.rsample has no generator-aware draw for {type(dist).__name__}; register one with "
@@ -174,12 +181,39 @@ def _rsample_exp_relaxed(dist: ExpRelaxedCategorical, shape: Shape, generator: t
     return scores - scores.logsumexp(dim=-1, keepdim=True)
 
 
+def normal(loc: Tensor, scale: Tensor) -> Normal:
+    """``Normal(loc, scale, validate_args=False)``, built without broadcasting when loc and
+    scale already have the same shape.
+
+    Normal's constructor passes both through ``torch.broadcast_tensors``, which adds two
+    view ops (and their autograd nodes) per distribution even when the shapes agree; a
+    training step builds q(z|x) and p(x|z) every time, and at 2-D sizes each op shows in
+    the step time (benchmarks/bench_fit_overhead.py). The result is the same Normal, with
+    the same tensors, as the constructor's.
+    """
+    if loc.shape != scale.shape:
+        return Normal(loc, scale, validate_args=False)
+    dist = Normal.__new__(Normal)
+    _set_normal(dist, loc, scale)
+    return dist
+
+
+def _set_normal(dist: Normal, loc: Tensor, scale: Tensor) -> None:
+    """What ``Normal.__init__`` sets, for loc and scale of one shape (nothing to broadcast)."""
+    dist.loc, dist.scale = loc, scale
+    Distribution.__init__(dist, loc.shape, validate_args=False)
+
+
 class NormalLogVar(Normal):
     """N(μ, σ²) parameterised by h = log σ²: it keeps h, so log σ² (log-density, KL) is h
     itself and not log(exp(h/2))², which loses precision and overflows for large |h|."""
 
     def __init__(self, loc: Tensor, log_var: Tensor, validate_args: bool | None = False) -> None:
-        super().__init__(loc, torch.exp(0.5 * log_var), validate_args=validate_args)
+        scale = torch.exp(0.5 * log_var)
+        if validate_args or loc.shape != log_var.shape:
+            super().__init__(loc, scale, validate_args=validate_args)
+        else:  # the same shape (the encoder's two halves): nothing to broadcast, see ``normal``
+            _set_normal(self, loc, scale)
         self.log_var = log_var
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -190,6 +224,28 @@ class NormalLogVar(Normal):
         return 0.5 * (1.0 + math.log(2 * math.pi) + self.log_var)
 
 
+class StandardNormal(Normal):
+    """N(0, 1) in each dimension: a ``Normal`` whose log-density constants 2σ² and log σ are
+    computed once, not on every call.
+
+    ``log_prob`` makes the same floating-point operations as ``Normal.log_prob``, in the same
+    order, on the same values: −(z − 0)² / (2σ²) − log σ − log √(2π) with σ = 1. The prior is
+    evaluated at every training step (IWAE: log w = log p(x|z) + log p(z) − log q(z|x)), so
+    the two small ops it saves each time show at 2-D sizes. Build it only with loc 0 and scale 1
+    (``standard_normal`` does): its registered KL assumes them.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        consts = self.__dict__.get("_consts")
+        if consts is None:  # computed on first use (``expand`` builds instances without __init__)
+            consts = self._consts = (2 * self.scale**2, self.scale.log())
+        two_var, log_scale = consts
+        return -((value - self.loc) ** 2) / two_var - log_scale - _LOG_SQRT_2PI
+
+
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant of Normal.log_prob, computed as torch does
+
+
 @register_kl(NormalLogVar, Normal)
 def _kl_normal_logvar_normal(q: NormalLogVar, p: Normal) -> Tensor:
     """KL(N(μ, e^h) ‖ N(m, s²)) = ½ ((μ − m)²/s² + e^h/s² − 1 − h + log s²), from h = log σ²
@@ -197,6 +253,14 @@ def _kl_normal_logvar_normal(q: NormalLogVar, p: Normal) -> Tensor:
     standard Normal (m = 0, s = 1) it is ½ (μ² + e^h − 1 − h), Kingma & Welling 2014, App. B."""
     var_p = p.scale.square()
     return 0.5 * ((q.loc - p.loc).square() / var_p + torch.exp(q.log_var) / var_p - 1.0 - q.log_var + var_p.log())
+
+
+@register_kl(NormalLogVar, StandardNormal)
+def _kl_normal_logvar_standard(q: NormalLogVar, p: StandardNormal) -> Tensor:
+    """KL(N(μ, e^h) ‖ N(0, 1)) = ½ (μ² + e^h − 1 − h) (Kingma & Welling 2014, App. B): the formula
+    above with m = 0, s = 1, where μ − 0, division by s² = 1 and adding log s² = 0 are exact,
+    so it gives the same floats (and gradients) with five fewer ops on every training step."""
+    return 0.5 * (q.loc.square() + torch.exp(q.log_var) - 1.0 - q.log_var)
 
 
 def _closed_form(q_z: Distribution, p_z: Distribution) -> Tensor | None:
@@ -257,7 +321,25 @@ def is_factorised_normal(dist: Distribution) -> bool:
     return isinstance(dist, Independent) and isinstance(dist.base_dist, Normal) and dist.reinterpreted_batch_ndims == 1
 
 
+# (latent_dim, device, dtype, inference mode) -> N(0, I_d). Inference-mode tensors cannot be saved for
+# backward, so a prior made under torch.inference_mode() is kept apart from the one training uses.
+_STANDARD_NORMALS: dict[tuple[int, torch.device, torch.dtype, bool], Independent] = {}
+
+
 def standard_normal(latent_dim: int, like: Tensor) -> Independent:
-    """The prior p(z) = N(0, I_d) on ``like``'s device and dtype: batch shape (), event (d,)."""
-    zeros = torch.zeros(latent_dim, device=like.device, dtype=like.dtype)
-    return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
+    """The prior p(z) = N(0, I_d) on ``like``'s device and dtype: batch shape (), event (d,).
+
+    Built once per (d, device, dtype) and then reused: its tensors are constants (no
+    gradient), and the training loop asks for it at every step. Distribution objects are
+    not changed after construction, so sharing one is safe.
+    """
+    # torch.compile cannot trace is_inference_mode_enabled; a traced step takes the ordinary prior,
+    # which is valid under inference mode too (the hazard is only the other way round)
+    inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+    key = (latent_dim, like.device, like.dtype, inference)
+    prior = _STANDARD_NORMALS.get(key)
+    if prior is None:
+        zeros = torch.zeros(latent_dim, device=like.device, dtype=like.dtype)
+        base = StandardNormal(zeros, torch.ones_like(zeros), validate_args=False)
+        prior = _STANDARD_NORMALS[key] = Independent(base, 1, validate_args=False)
+    return prior

@@ -21,6 +21,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.nn import functional as F
 
 from vaelab.config import lookup
+from vaelab.distributions import normal
 from vaelab.errors import InputError
 
 
@@ -105,7 +106,7 @@ class GaussianLearned(Likelihood):
     def forward(self, params: Tensor) -> Distribution:
         mean, h = params.chunk(2, dim=-1)
         var = self.min_var + torch.exp(h)
-        return Independent(Normal(mean, var.sqrt(), validate_args=False), 1, validate_args=False)
+        return Independent(normal(mean, var.sqrt()), 1, validate_args=False)
 
     def extra_repr(self) -> str:
         return f"min_var={self.min_var}"

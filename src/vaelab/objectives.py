@@ -265,7 +265,9 @@ def iwae(
     prior = model.prior(c)
     z = rsample(q_z, (k,), generator)  # (k, B, d)
     log_px = _decode_log_px(model, z, x, c)  # (k, B)
-    log_w = log_px - beta * (q_z.log_prob(z) - prior.log_prob(z))  # (k, B)
+    log_ratio = q_z.log_prob(z) - prior.log_prob(z)  # (k, B)
+    # β = 1 (the IWAE bound): 1·t is t exactly, so the multiply (and its backward) is skipped
+    log_w = log_px - (log_ratio if isinstance(beta, float) and beta == 1.0 else beta * log_ratio)  # (k, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)
     with torch.no_grad():  # reported only, never differentiated: no autograd records for them
         recon = -log_px.mean()

@@ -261,6 +261,8 @@ def fit(
         return TrainState(step=state.step, epoch=state.epoch, optimizer=optimizer.state_dict(),
                           rng=generator.get_state(), complete=complete, skips=state.skips)
 
+    # One device and dtype (the usual case): the gradient norm skips get_total_norm's grouping.
+    total_norm = _total_norm if len({(p.device, p.dtype) for p in params}) == 1 else torch.nn.utils.get_total_norm
     names = ["recon", "kl"]  # the objective's term names; every step's output sets them
     run_objective = step_objective(model, config, generator)
     if config.compile:
@@ -309,7 +311,7 @@ def fit(
             out = run_objective(xb, cb, beta_at(state.step, config, n_batches, budget))
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            grad_norm = total_norm([p.grad for p in params if p.grad is not None])
             names = list(out.terms)
             with torch.no_grad():  # one kernel and one host read for the loss, every term and the norm
                 values = torch.stack([out.loss, *out.terms.values(), grad_norm.to(out.loss.dtype)]).tolist()
@@ -363,6 +365,19 @@ def fit(
             model.train()
     model.eval()
     return history
+
+
+def _total_norm(grads: list[Tensor]) -> Tensor:
+    """‖g‖₂ over all gradients (tensors of one device and dtype): the norm of their per-tensor norms.
+
+    The same calls as ``torch.nn.utils.get_total_norm`` (``_foreach_norm``, then the norm of
+    the stacked norms), so the same float, without its grouping of the tensors by device and
+    dtype, which costs as much as the norms themselves at 2-D sizes.
+    """
+    if not grads or grads[0].device.type not in ("cpu", "cuda") or grads[0].is_sparse:
+        return torch.nn.utils.get_total_norm(grads)
+    with torch.no_grad():
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
 
 
 def _check_training_data(model: LatentModel, x: Tensor, c: Tensor | None) -> None:
