@@ -27,7 +27,7 @@ from vaelab.history import History
 from vaelab.models import LatentModel
 from vaelab.plots.common import FigureSpec, PlotContext, needs_history, new_figure, text_panel
 
-NOISE_SAMPLES = 2048  # prior draws for E_z tr Cov(x|z); the same count the diversity column uses
+NOISE_SAMPLES = 2048  # prior draws for E_z tr Cov(x|z): once per figure, more than the per-epoch diversity column
 
 
 def failure_epoch(history: History, failure: dict[str, Any] | None = None) -> int | None:
