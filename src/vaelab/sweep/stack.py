@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from torch.func import functional_call, vmap
+from torch.optim.adam import adam
 from torch.overrides import TorchFunctionMode
 
 from vaelab.checkpoint import TrainState
@@ -195,6 +196,12 @@ class _StackedObjective(nn.Module):
             self.model.likelihood = likelihood
 
 
+def _fused(model: nn.Module) -> bool:
+    """Whether fit's Adam for this model is the fused one (float32 / float64 parameters on CPU or CUDA)."""
+    return all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+               for p in model.parameters())
+
+
 def _check_members(models: Sequence[LatentModel], configs: Sequence[TrainConfig],
                    states: Sequence[TrainState | None] | None,
                    histories: Sequence[History | None] | None) -> None:
@@ -277,9 +284,9 @@ def fit_stack(
     generators = [torch.Generator(device=device).manual_seed(cfg.seed) for cfg in configs]
     optimizers = []
     for model, state, generator, config in zip(models, run_states, generators, configs, strict=True):
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
-                    for p in model.parameters())
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)  # fit's optimizer
+        # fit's optimizer, kept for its settings and its state_dict format: the steps themselves
+        # run on the stacked tensors below (``adam_step``).
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=_fused(model) or None)
         if state.optimizer is not None:
             optimizer.load_state_dict(state.optimizer)
         if state.rng is not None:
@@ -288,7 +295,32 @@ def fit_stack(
     names = [name for name, p in template.named_parameters() if p.requires_grad]
     params = [[dict(model.named_parameters())[name] for name in names] for model in models]  # in names' order
     buffer_names = [name for name, _ in template.named_buffers()]
-    buffers = [[dict(model.named_buffers())[name] for name in buffer_names] for model in models]
+    # The members' parameters live stacked for the whole training: one (M, ...) leaf per
+    # parameter, so the forward needs no torch.stack and the backward no unbind, and one fused
+    # Adam call updates every member (Adam is elementwise: row i of a stacked update is member
+    # i's own update with its own lr). models[i] gets its rows back (``sync``) where fit's
+    # model would be read: the diversity column, checkpoints, a stop, the end.
+    stacked = [torch.stack([params[i][j].detach() for i in range(m)]).requires_grad_() for j in range(len(names))]
+    stacked_buffers = {"model." + name: torch.stack([dict(model.named_buffers())[name] for model in models])
+                       for name in buffer_names}
+    # Adam's moments, stacked the same way; the step count is shared (members train in lockstep).
+    exp_avgs = [torch.zeros_like(t) for t in stacked]
+    exp_avg_sqs = [torch.zeros_like(t) for t in stacked]
+    adam_steps = {0}
+    for i, optimizer in enumerate(optimizers):
+        for j, q in enumerate(params[i]):
+            moments = optimizer.state.get(q)
+            if moments:
+                exp_avgs[j][i].copy_(moments["exp_avg"])
+                exp_avg_sqs[j][i].copy_(moments["exp_avg_sq"])
+                adam_steps.add(int(moments["step"]))
+        optimizer.state.clear()  # the stacked moments are the live ones; ``adam_state`` writes them back
+    adam_step = max(adam_steps)
+    fused = _fused(template)
+    group0 = optimizers[0].param_groups[0]
+    beta1, beta2 = group0["betas"]
+    eps = group0["eps"]
+    last_lr = [optimizer.param_groups[0]["lr"] for optimizer in optimizers]  # fit's group lr
     elapsed = [h.last["seconds"] if h.last else 0.0 for h in run_histories]
     last_saved = [copy.copy(s) for s in run_states]  # each member's last checkpoint (its MemberResult.state)
     errors: list[TrainingDiverged | None] = [None] * m
@@ -297,7 +329,7 @@ def fit_stack(
     # One template module evaluates every member: its parameters are replaced by the stacked
     # ones in functional_call; a fixed-variance Gaussian with per-member σ² gets σ as a tensor.
     token = torch.Generator(device=device)  # placeholder: _MemberDraws replaces it by each member's
-    stacked = _StackedObjective(copy.deepcopy(template), config0, token)
+    stacked_objective = _StackedObjective(copy.deepcopy(template), config0, token)
     recon_vars = [model.config.recon_var for model in models]
     member_scale = isinstance(template.likelihood, GaussianFixed) and len(set(recon_vars)) > 1
     scales = torch.tensor([math.sqrt(v) for v in recon_vars], dtype=torch.float64).to(device=device, dtype=dtype)
@@ -316,8 +348,29 @@ def fit_stack(
         s = run_states[i]
         # A copy: Adam updates its moments in place, and a diverged member's result is the state
         # of a checkpoint taken steps before it stopped.
-        return TrainState(step=s.step, epoch=s.epoch, optimizer=copy.deepcopy(optimizers[i].state_dict()),
+        return TrainState(step=s.step, epoch=s.epoch, optimizer=adam_state(i),
                           rng=generators[i].get_state(), complete=complete, skips=0)
+
+    def adam_state(i: int) -> dict[str, Any]:
+        """Member i's Adam state_dict, as fit's torch.optim.Adam would hold it: its rows of the
+        stacked moments (copies), the shared step count and its last learning rate."""
+        optimizer = optimizers[i]
+        if adam_step > 0:
+            for j, q in enumerate(params[i]):
+                optimizer.state[q] = {
+                    "step": torch.tensor(float(adam_step), dtype=torch.float32, device=q.device if fused else "cpu"),
+                    "exp_avg": exp_avgs[j][i].clone(), "exp_avg_sq": exp_avg_sqs[j][i].clone()}
+        for group in optimizer.param_groups:
+            group["lr"] = last_lr[i]
+        saved = copy.deepcopy(optimizer.state_dict())
+        optimizer.state.clear()
+        return saved
+
+    @torch.no_grad()
+    def sync(i: int) -> None:
+        """models[i] gets its rows of the stacked parameters."""
+        for j, q in enumerate(params[i]):
+            q.copy_(stacked[j][i])
 
     def results() -> list[MemberResult]:
         # The last checkpoint of each member: the final one, the interrupted step's, or, for a
@@ -335,9 +388,36 @@ def fit_stack(
                          index: Tensor) -> dict[str, Tensor]:
         """One member's objective: parameters p, batch xb (B, D); returns loss () and values (1 + T,)."""
         with _MemberDraws(token, draws_from, index):
-            out = functional_call(stacked, p, (xb, cb, beta, scale))
+            out = functional_call(stacked_objective, p, (xb, cb, beta, scale))
         term_names[:] = list(out.terms)
         return {"loss": out.loss, "values": torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])}
+
+    @torch.no_grad()
+    def clip_and_step(stepped: list[int], grads: list[Tensor], norms: Tensor) -> None:
+        """fit's gradient clipping and Adam step for the members ``stepped``; grads (M, ...) each, norms (M,)."""
+        nonlocal adam_step
+        if any(configs[i].grad_clip is not None for i in stepped):
+            # clip_grads_with_norm_: g · min(1, max_norm / (‖g‖ + 1e-6)), computed as torch does
+            # (reciprocal, then times max_norm); a member without clipping gets max_norm = inf: factor 1.
+            max_norm = torch.tensor([math.inf if cfg.grad_clip is None else cfg.grad_clip for cfg in configs],
+                                    dtype=norms.dtype, device=device)  # (M,)
+            factor = torch.clamp((norms + 1e-6).reciprocal() * max_norm, max=1.0)  # (M,)
+            for g in grads:
+                g.mul_(factor.view(m, *[1] * (g.dim() - 1)))
+        by_lr: dict[float, list[int]] = {}
+        for i in stepped:
+            by_lr.setdefault(last_lr[i], []).append(i)
+        if len(stepped) == m and len(by_lr) == 1:  # every member, one lr: one call on the stacked tensors
+            calls = [(last_lr[0], stacked, grads, exp_avgs, exp_avg_sqs)]
+        else:  # one call per learning rate, on the members' rows (views: updated in place)
+            calls = [(lr, *([t[i] for i in members for t in ts] for ts in (stacked, grads, exp_avgs, exp_avg_sqs)))
+                     for lr, members in by_lr.items()]
+        for lr, ps, gs, ms, vs in calls:
+            steps = [torch.tensor(float(adam_step), dtype=torch.float32, device=device if fused else "cpu")
+                     for _ in ps]  # incremented in place by adam, as each of fit's parameters' step
+            adam(ps, gs, ms, vs, [], steps, foreach=None, fused=fused or None, amsgrad=False,
+                 beta1=beta1, beta2=beta2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
+        adam_step += 1
 
     term_names: list[str] = ["recon", "kl"]  # the objective's term names; every step sets them
     draws_from: list[torch.Generator] = []  # the running members' generators, in stack order
@@ -350,7 +430,7 @@ def fit_stack(
         # The epoch's draws, member by member in fit's order: [binarization,] permutation.
         epoch_rngs: dict[int, Tensor] = {}
         perms, x_epochs = [], []
-        sums: dict[int, Tensor] = {}
+        sums: dict[int, list[float]] = {}  # Σ batch size · (loss, terms...), float64 on the host as fit's
         seen, norm_max, starts = dict.fromkeys(active, 0), dict.fromkeys(active, 0.0), dict.fromkeys(active, start)
         first_batch = run_states[active[0]].batch if run_states[active[0]].epoch_rng is not None else 0
         for i in active:
@@ -367,7 +447,7 @@ def fit_stack(
                 generator.set_state(rng)
                 seen[i], norm_max[i] = state.epoch_seen, state.grad_norm_max
                 if state.epoch_sums is not None:
-                    sums[i] = state.epoch_sums.to(device=device, dtype=torch.float64)
+                    sums[i] = state.epoch_sums.double().tolist()
                 starts[i] = start - state.epoch_seconds
                 state.epoch_rng = None
         member_of = list(active)  # row r of perms / x_epochs belongs to member member_of[r]
@@ -380,37 +460,45 @@ def fit_stack(
             rows = torch.tensor([member_of.index(i) for i in active], device=device)
             if should_stop is not None and should_stop():
                 for i in active:
+                    sync(i)
                     mid = snapshot(i, False)
                     mid.epoch_rng, mid.batch = epoch_rngs[i], b
-                    mid.epoch_sums = sums[i].cpu().clone() if i in sums else torch.zeros(0, dtype=torch.float64)
+                    mid.epoch_sums = torch.tensor(sums.get(i, []), dtype=torch.float64)
                     mid.epoch_seen, mid.epoch_skipped = seen[i], 0
                     mid.epoch_seconds, mid.grad_norm_max = time.perf_counter() - starts[i], norm_max[i]
                     checkpoint(i, mid)
                 for model in models:
                     model.eval()
                 raise StackInterrupted(step, run_states[active[0]].epoch + 1, results())
+            rows_all = torch.tensor(active, device=device)  # the running members' rows of the stacked tensors
             idx = perm[rows, b * bs:(b + 1) * bs]  # (M', B)
             xb = x_all[rows.unsqueeze(1), idx].to(x.dtype) if x_all is not None else x[idx]  # (M', B, D)
             cb = None if c is None else c[idx]  # (M', B, C)
             beta = torch.tensor([beta_at(step, configs[i], n_batches, budget) for i in active], dtype=dtype,
                                 device=device)  # (M',)
-            # (M', ...) each: torch.stack is differentiable, so gradients land on each member's own leaves.
-            p = {"model." + name: torch.stack([params[i][j] for i in active]) for j, name in enumerate(names)}
-            p.update({"model." + name: torch.stack([buffers[i][j] for i in active])
-                      for j, name in enumerate(buffer_names)})
+            everyone = len(active) == m
+            # (M', ...) each: all rows while every member runs, else the running members' rows
+            # (indexing is differentiable: their gradients land in their rows of the leaves).
+            p = {"model." + name: t if everyone else t[rows_all] for name, t in zip(names, stacked, strict=True)}
+            p.update({name: t if everyone else t[rows_all] for name, t in stacked_buffers.items()})
             index = torch.arange(len(active), device=device)
             draws_from[:] = [generators[i] for i in active]
             out = vmap(member_objective, in_dims=(0, 0, None if cb is None else 0, 0, 0 if member_scale else None, 0),
                        randomness="same")(p, xb, cb, beta, scales[active] if member_scale else None, index)
-            for i in active:
-                optimizers[i].zero_grad(set_to_none=True)
-            out["loss"].sum().backward()  # Σ_i loss_i: member i's parameters get ∂loss_i alone
-            grad_norms = torch.stack([torch.nn.utils.get_total_norm([q.grad for q in params[i] if q.grad is not None])
-                                      for i in active])  # (M',)
+            for t in stacked:
+                t.grad = None
+            out["loss"].sum().backward()  # Σ_i loss_i: member i's rows get ∂loss_i alone
+            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in stacked]  # (M, ...) each
+            # Each member's gradient norm (fit's get_total_norm: the 2-norm of the per-tensor 2-norms).
+            norms = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.reshape(m, -1), dim=1) for g in grads]), dim=0)  # (M,)
+            grad_norms = norms if everyone else norms[rows_all]  # (M',)
             values = out["values"]  # (M', 1 + T)
             host = torch.cat([values, grad_norms.unsqueeze(1).to(values)], dim=1).tolist()  # one sync
             step += 1
             batch_size = idx.shape[1]
+            stepped: list[int] = []  # members updated this step, in stack order
+            infos: list[StepInfo] = []
             for r, i in enumerate(list(active)):
                 loss, *term_values, norm = host[r]
                 terms = dict(zip(term_names, term_values, strict=True))
@@ -418,34 +506,34 @@ def fit_stack(
                 state = run_states[i]
                 state.step = step
                 lr = learning_rate(i, step - 1)
+                step_sums = [v * batch_size for v in host[r][:-1]]  # float64, as fit's
                 if not all(math.isfinite(v) for v in (loss, *term_values, norm)):
-                    # fit's "stop": record the failing epoch, stop this member alone.
+                    # fit's "stop": record the failing epoch, stop this member alone (no update).
                     term = _nonfinite_term(loss, terms, norm)
-                    step_sums = (values[r].double() * batch_size).tolist()
                     run_histories[i].append(_row(state.epoch + 1, step, term_names, step_sums,
                                                  batch_size, math.nan, elapsed[i] + time.perf_counter() - starts[i],
                                                  lr, 0, norm, beta_mean(i, epoch_first_step, step)))
                     errors[i] = TrainingDiverged(step, state.epoch + 1, run_histories[i], term=term,
                                                  advice=_divergence_advice(term, models[i], configs[i]))
-                    optimizers[i].zero_grad(set_to_none=True)
+                    sync(i)  # its model holds the weights before the failing step, as fit's does
                     models[i].eval()
                     active.remove(i)
                     continue
-                grad_clip = configs[i].grad_clip
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grads_with_norm_(params[i], grad_clip, grad_norms[r])
-                for group in optimizers[i].param_groups:
-                    group["lr"] = lr
-                optimizers[i].step()
-                weighted = values[r].double() * batch_size
-                sums[i] = weighted if i not in sums or sums[i].numel() == 0 else sums[i] + weighted
+                stepped.append(i)
+                last_lr[i] = lr
+                sums[i] = step_sums if not sums.get(i) else [s + t for s, t in zip(sums[i], step_sums, strict=True)]
                 seen[i] += batch_size
                 norm_max[i] = max(norm_max[i], norm)
-                if on_step is not None:
-                    on_step(i, StepInfo(step, budget, state.epoch + 1, loss, recon, kl, lr, False, norm, terms))
+                infos.append(StepInfo(step, budget, state.epoch + 1, loss, recon, kl, lr, False, norm, terms))
+            if stepped:
+                clip_and_step(stepped, grads, norms)
+            if on_step is not None:  # after the update, as fit calls it
+                for i, info in zip(stepped, infos, strict=True):
+                    on_step(i, info)
         for i in active:
             state, config = run_states[i], configs[i]
             state.epoch += 1
+            sync(i)
             models[i].eval()
             # fit's diversity column: its own generator per member and epoch.
             div_gen = torch.Generator(device=device).manual_seed((config.seed * 1_000_003 + state.epoch) % 2**64)
@@ -454,7 +542,7 @@ def fit_stack(
                                                                     device=device)])
             models[i].train()
             elapsed[i] += time.perf_counter() - starts[i]
-            epoch_sums = sums.get(i, torch.zeros(0)).tolist()
+            epoch_sums = sums.get(i, [])
             run_histories[i].append(_row(state.epoch, step, term_names, epoch_sums, seen[i], div,
                                          elapsed[i], learning_rate(i, step - 1), 0, norm_max[i],
                                          beta_mean(i, epoch_first_step, step)))
