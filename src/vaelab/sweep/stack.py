@@ -45,6 +45,7 @@ from torch.overrides import TorchFunctionMode
 from vaelab.checkpoint import TrainState
 from vaelab.config import ModelConfig, TrainConfig, flag_name
 from vaelab.data.pixels import binarize
+from vaelab.distributions import NoiseTape
 from vaelab.errors import InputError
 from vaelab.history import History
 from vaelab.likelihoods import GaussianFixed, Likelihood
@@ -183,15 +184,18 @@ class _StackedObjective(nn.Module):
         super().__init__()
         self.model, self.config, self.token = model, config, token
 
-    def forward(self, x: Tensor, c: Tensor | None, beta: Tensor, scale: Tensor | None) -> ObjectiveOutput:
-        """x (B, D), c (B, C) or None, beta () and σ () of one member (vmap adds the M)."""
+    def forward(self, x: Tensor, c: Tensor | None, beta: Tensor, scale: Tensor | None,
+                noise: NoiseTape | None = None) -> ObjectiveOutput:
+        """x (B, D), c (B, C) or None, beta () and σ () of one member (vmap adds the M); ``noise``:
+        the member's N(0, I) draws on a tape, else draws come from the placeholder generator."""
         likelihood = self.model.likelihood
         if scale is not None:
             self.model.likelihood = _MemberGaussian(scale)
         try:
             # β is a 0-dim tensor (one value per member under vmap): the objectives only multiply
             # by it, and float32 · β gives the same number for β a float or a float32 tensor.
-            return objective(self.model, x, c, self.config, self.token, cast(float, beta))
+            generator = self.token if noise is None else cast(torch.Generator, noise)  # a tape stands in for it
+            return objective(self.model, x, c, self.config, generator, cast(float, beta))
         finally:
             self.model.likelihood = likelihood
 
@@ -319,7 +323,7 @@ def fit_stack(
     fused = _fused(template)
     group0 = optimizers[0].param_groups[0]
     beta1, beta2 = group0["betas"]
-    eps = group0["eps"]
+    adam_eps = group0["eps"]
     last_lr = [optimizer.param_groups[0]["lr"] for optimizer in optimizers]  # fit's group lr
     elapsed = [h.last["seconds"] if h.last else 0.0 for h in run_histories]
     last_saved = [copy.copy(s) for s in run_states]  # each member's last checkpoint (its MemberResult.state)
@@ -385,10 +389,18 @@ def fit_stack(
             models[i].train()
 
     def member_objective(p: dict[str, Tensor], xb: Tensor, cb: Tensor | None, beta: Tensor, scale: Tensor | None,
-                         index: Tensor) -> dict[str, Tensor]:
-        """One member's objective: parameters p, batch xb (B, D); returns loss () and values (1 + T,)."""
-        with _MemberDraws(token, draws_from, index):
-            out = functional_call(stacked_objective, p, (xb, cb, beta, scale))
+                         index: Tensor, noise: list[Tensor] | None) -> dict[str, Tensor]:
+        """One member's objective: parameters p, batch xb (B, D), its draws ``noise`` (or None:
+        drawn by ``_MemberDraws``); returns loss () and values (1 + T,)."""
+        if noise is not None:
+            tape = NoiseTape(noise)
+            out = functional_call(stacked_objective, p, (xb, cb, beta, scale, tape))
+            if tape.used != len(noise):
+                raise InputError(f"the objective drew {tape.used} of the {len(noise)} noise tensors planned for this "
+                                 "batch shape; train these members one by one with train.fit")
+        else:
+            with _MemberDraws(token, draws_from, index):
+                out = functional_call(stacked_objective, p, (xb, cb, beta, scale))
         term_names[:] = list(out.terms)
         return {"loss": out.loss, "values": torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])}
 
@@ -416,8 +428,26 @@ def fit_stack(
             steps = [torch.tensor(float(adam_step), dtype=torch.float32, device=device if fused else "cpu")
                      for _ in ps]  # incremented in place by adam, as each of fit's parameters' step
             adam(ps, gs, ms, vs, [], steps, foreach=None, fused=fused or None, amsgrad=False,
-                 beta1=beta1, beta2=beta2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
+                 beta1=beta1, beta2=beta2, lr=lr, weight_decay=0.0, eps=adam_eps, maximize=False)
         adam_step += 1
+
+    plans: dict[tuple[tuple[int, ...], tuple[int, ...] | None], list[tuple[tuple[int, ...], torch.dtype]] | None] = {}
+
+    def noise_plan(xb0: Tensor, cb0: Tensor | None) -> list[tuple[tuple[int, ...], torch.dtype]] | None:
+        """The shapes of the N(0, I) draws one member's objective makes on a batch like xb0 (B, D),
+        in order, from a dry run of the template with a throwaway generator; None where it draws
+        in another way (torch.rand, torch.multinomial), which ``_MemberDraws`` then replays."""
+        key = (tuple(xb0.shape), None if cb0 is None else tuple(cb0.shape))
+        if key not in plans:
+            tape = NoiseTape(record=torch.Generator(device=device).manual_seed(0))
+            try:
+                with torch.no_grad():
+                    stacked_objective(xb0, cb0, torch.tensor(config0.beta, dtype=dtype, device=device),
+                                      scales[0] if member_scale else None, tape)
+                plans[key] = tape.shapes
+            except TypeError:  # a draw the tape cannot stand in for: a torch.Generator argument got a tape
+                plans[key] = None
+        return plans[key]
 
     term_names: list[str] = ["recon", "kl"]  # the objective's term names; every step sets them
     draws_from: list[torch.Generator] = []  # the running members' generators, in stack order
@@ -483,8 +513,21 @@ def fit_stack(
             p.update({name: t if everyone else t[rows_all] for name, t in stacked_buffers.items()})
             index = torch.arange(len(active), device=device)
             draws_from[:] = [generators[i] for i in active]
-            out = vmap(member_objective, in_dims=(0, 0, None if cb is None else 0, 0, 0 if member_scale else None, 0),
-                       randomness="same")(p, xb, cb, beta, scales[active] if member_scale else None, index)
+            plan = noise_plan(xb[0], None if cb is None else cb[0])
+            noise: list[Tensor] | None = None
+            if plan is not None:
+                # Each member's reparameterisation noise from its own generator, in fit's order
+                # (member i's draws are the ones fit makes; members draw from separate generators).
+                noise = []
+                for shape, noise_dtype in plan:
+                    draws = torch.empty((len(active), *shape), dtype=noise_dtype, device=device)  # (M', ...)
+                    for r, i in enumerate(active):
+                        torch.randn(shape, generator=generators[i], out=draws[r])
+                    noise.append(draws)
+            out = vmap(member_objective,
+                       in_dims=(0, 0, None if cb is None else 0, 0, 0 if member_scale else None, 0,
+                                None if noise is None else 0),
+                       randomness="same")(p, xb, cb, beta, scales[active] if member_scale else None, index, noise)
             for t in stacked:
                 t.grad = None
             out["loss"].sum().backward()  # Σ_i loss_i: member i's rows get ∂loss_i alone
