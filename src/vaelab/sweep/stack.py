@@ -422,8 +422,11 @@ def fit_stack(
         if len(stepped) == m and len(by_lr) == 1:  # every member, one lr: one call on the stacked tensors
             calls = [(last_lr[0], stacked, grads, exp_avgs, exp_avg_sqs)]
         else:  # one call per learning rate, on the members' rows (views: updated in place)
-            calls = [(lr, *([t[i] for i in members for t in ts] for ts in (stacked, grads, exp_avgs, exp_avg_sqs)))
-                     for lr, members in by_lr.items()]
+            def rows(ts: list[Tensor], members: list[int]) -> list[Tensor]:
+                return [t[i] for i in members for t in ts]
+
+            calls = [(lr, rows(stacked, group), rows(grads, group), rows(exp_avgs, group), rows(exp_avg_sqs, group))
+                     for lr, group in by_lr.items()]
         for lr, ps, gs, ms, vs in calls:
             steps = [torch.tensor(float(adam_step), dtype=torch.float32, device=device if fused else "cpu")
                      for _ in ps]  # incremented in place by adam, as each of fit's parameters' step
