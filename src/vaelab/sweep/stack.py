@@ -321,6 +321,14 @@ def fit_stack(
         optimizer.state.clear()  # the stacked moments are the live ones; ``adam_state`` writes them back
     adam_step = max(adam_steps)
     fused = _fused(template)
+    n_params = len(stacked)
+    with torch.no_grad():  # views the optimizer updates in place, outside autograd
+        param_rows = [t.unbind(0) for t in stacked]  # [parameter][member]
+    avg_rows = [t.unbind(0) for t in exp_avgs]
+    sq_rows = [t.unbind(0) for t in exp_avg_sqs]
+    # Each member's step count per parameter, as fit's Adam holds it; adam increments them in place.
+    adam_steps_of = [[torch.tensor(float(adam_step), dtype=torch.float32, device=device if fused else "cpu")
+                      for _ in range(n_params)] for _ in range(m)]
     group0 = optimizers[0].param_groups[0]
     beta1, beta2 = group0["betas"]
     adam_eps = group0["eps"]
@@ -405,7 +413,7 @@ def fit_stack(
         return {"loss": out.loss, "values": torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])}
 
     @torch.no_grad()
-    def clip_and_step(stepped: list[int], grads: list[Tensor], norms: Tensor) -> None:
+    def clip_and_step(stepped: list[int], grads: list[Tensor | None], norms: Tensor) -> None:
         """fit's gradient clipping and Adam step for the members ``stepped``; grads (M, ...) each, norms (M,)."""
         nonlocal adam_step
         if any(configs[i].grad_clip is not None for i in stepped):
@@ -415,23 +423,25 @@ def fit_stack(
                                     dtype=norms.dtype, device=device)  # (M,)
             factor = torch.clamp((norms + 1e-6).reciprocal() * max_norm, max=1.0)  # (M,)
             for g in grads:
-                g.mul_(factor.view(m, *[1] * (g.dim() - 1)))
+                if g is not None:
+                    g.mul_(factor.view(m, *[1] * (g.dim() - 1)))
+        # One fused Adam call per learning rate over the members' rows (views: updated in place).
+        # Not one call on the whole (M, ...) tensors: the fused kernel computes a vector-width
+        # body and a scalar tail with different roundings (a 4-wide bias is all tail alone, all
+        # body stacked), which moves the last bit; on the rows each member's update is fit's, bit for bit.
+        used = [j for j, g in enumerate(grads) if g is not None]  # fit's Adam skips parameters without a gradient
+        grad_rows = {j: cast(Tensor, grads[j]).unbind(0) for j in used}
         by_lr: dict[float, list[int]] = {}
         for i in stepped:
             by_lr.setdefault(last_lr[i], []).append(i)
-        if len(stepped) == m and len(by_lr) == 1:  # every member, one lr: one call on the stacked tensors
-            calls = [(last_lr[0], stacked, grads, exp_avgs, exp_avg_sqs)]
-        else:  # one call per learning rate, on the members' rows (views: updated in place)
-            def rows(ts: list[Tensor], members: list[int]) -> list[Tensor]:
-                return [t[i] for i in members for t in ts]
-
-            calls = [(lr, rows(stacked, group), rows(grads, group), rows(exp_avgs, group), rows(exp_avg_sqs, group))
-                     for lr, group in by_lr.items()]
-        for lr, ps, gs, ms, vs in calls:
-            steps = [torch.tensor(float(adam_step), dtype=torch.float32, device=device if fused else "cpu")
-                     for _ in ps]  # incremented in place by adam, as each of fit's parameters' step
-            adam(ps, gs, ms, vs, [], steps, foreach=None, fused=fused or None, amsgrad=False,
-                 beta1=beta1, beta2=beta2, lr=lr, weight_decay=0.0, eps=adam_eps, maximize=False)
+        for lr, group in by_lr.items():
+            adam([param_rows[j][i] for i in group for j in used],
+                 [grad_rows[j][i] for i in group for j in used],
+                 [avg_rows[j][i] for i in group for j in used],
+                 [sq_rows[j][i] for i in group for j in used],
+                 [], [adam_steps_of[i][j] for i in group for j in used],
+                 foreach=None, fused=fused or None, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
+                 weight_decay=0.0, eps=adam_eps, maximize=False)
         adam_step += 1
 
     plans: dict[tuple[tuple[int, ...], tuple[int, ...] | None], list[tuple[tuple[int, ...], torch.dtype]] | None] = {}
@@ -534,10 +544,11 @@ def fit_stack(
             for t in stacked:
                 t.grad = None
             out["loss"].sum().backward()  # Σ_i loss_i: member i's rows get ∂loss_i alone
-            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in stacked]  # (M, ...) each
+            grads = [t.grad for t in stacked]  # (M, ...) each; None for a parameter the objective does not use
             # Each member's gradient norm (fit's get_total_norm: the 2-norm of the per-tensor 2-norms).
             norms = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.reshape(m, -1), dim=1) for g in grads]), dim=0)  # (M,)
+                torch.stack([torch.linalg.vector_norm(g.reshape(m, -1), dim=1) for g in grads if g is not None]),
+                dim=0)  # (M,)
             grad_norms = norms if everyone else norms[rows_all]  # (M',)
             values = out["values"]  # (M', 1 + T)
             host = torch.cat([values, grad_norms.unsqueeze(1).to(values)], dim=1).tolist()  # one sync
