@@ -307,9 +307,9 @@ def fit_stack(
     buffer_names = [name for name, _ in template.named_buffers()]
     # The members' parameters live stacked for the whole training: one (M, ...) leaf per
     # parameter, so the forward needs no torch.stack and the backward no unbind, and one fused
-    # Adam call updates every member (Adam is elementwise: row i of a stacked update is member
-    # i's own update with its own lr). models[i] gets its rows back (``sync``) where fit's
-    # model would be read: the diversity column, checkpoints, a stop, the end.
+    # Adam call per learning rate updates the members' rows (``clip_and_step``). models[i] gets
+    # its rows back (``sync``) where fit's model would be read: the diversity column,
+    # checkpoints, a stop, the end.
     stacked = [torch.stack([params[i][j].detach() for i in range(m)]).requires_grad_() for j in range(len(names))]
     stacked_buffers = {"model." + name: torch.stack([dict(model.named_buffers())[name] for model in models])
                        for name in buffer_names}
