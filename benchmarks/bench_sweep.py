@@ -61,6 +61,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default RunConfig on {cfg.data.name} "
           f"({x.shape[0]} points), {args.epochs} epochs, objective {cfg.train.objective} (k = {cfg.train.k}), "
           f"{args.repeats} repeats")
+    # One untimed epoch of each first: the first fit / fit_stack in a process pays one-time set-up
+    # (allocator, kernels' first calls, vmap's tracing caches) that would flatter the first ratio.
+    warm = cfg.with_overrides({"train": {"epochs": 1}})
+    time_single(warm, x)
+    for m in sizes:
+        time_stack(warm, x, m)
     ratios: dict[int, list[float]] = {m: [] for m in sizes}
     singles: list[float] = []
     for r in range(args.repeats):

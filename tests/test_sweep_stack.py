@@ -211,3 +211,29 @@ def solo_fit(model, x, train: TrainConfig) -> tuple[History, TrainState]:
 
 def fit_state_after(model, x, cfg: RunConfig) -> TrainState:
     return solo_fit(copy.deepcopy(model), x, cfg.train.model_copy(update={"epochs": 1}))[1]
+
+
+def test_members_whose_draws_no_tape_can_hold_equal_their_solo_runs(x, monkeypatch):
+    # An objective whose draws a NoiseTape cannot stand in for (torch.rand or torch.multinomial
+    # given the tape as generator raise TypeError) trains with the per-call replay of every
+    # member's generator instead: made to happen here by a tape that refuses to record.
+    import vaelab.sweep.stack as stack
+
+    class NoRecordTape(stack.NoiseTape):
+        def normal(self, shape, like):
+            if self.record is not None:
+                raise TypeError("this draw takes a torch.Generator")
+            return super().normal(shape, like)
+
+    monkeypatch.setattr(stack, "NoiseTape", NoRecordTape)
+    configs = members({"train": {"beta": 0.5}}, {"train": {"beta": 2.0, "seed": 4}}, epochs=2, objective="iwae")
+    stacked = models_for(configs, x)
+    solo = [copy.deepcopy(m) for m in stacked]
+    replays = []
+    monkeypatch.setattr(stack._MemberDraws, "__enter__",
+                        lambda self: (replays.append(1), stack.TorchFunctionMode.__enter__(self))[1])
+    fit_stack(stacked, x, [c.train for c in configs])
+    assert replays  # the replay path ran
+    for model, alone, cfg in zip(stacked, solo, configs, strict=True):
+        fit(alone, x, cfg.train)
+        assert_same_weights(model, alone)

@@ -4,26 +4,32 @@ Members share the architecture (family, nets, sizes, likelihood kind, objective,
 and budget) and may differ in β and its schedule, σ² (λ_rec), the learning rate and its
 schedule, the seed, gradient clipping, the diversity sample count and the checkpoint cadence.
 Each training step evaluates the objective of every member at once: the members' parameters
-are stacked along a new leading dimension (M, ...) and the one objective of
-``vaelab.objectives`` runs under ``torch.func.vmap`` over ``functional_call`` of a template
-model, so every member sees exactly the computation ``train.fit`` does, on its own batch.
+live stacked along a new leading dimension (one (M, ...) leaf per parameter, for the whole
+training) and the one objective of ``vaelab.objectives`` runs under ``torch.func.vmap`` over
+``functional_call`` of a template model, so every member sees exactly the computation
+``train.fit`` does, on its own batch.
 
 Exactness. ``fit_stack`` gives every member the weights ``train.fit`` gives it alone, within
 float tolerance (tests/test_sweep_stack.py), because each member keeps everything fit keeps:
 
 - its own ``torch.Generator`` seeded with its ``train.seed``, drawing in fit's order: the
-  epoch's binarization and permutation, then each step's reparameterisation noise. The noise
-  is drawn inside the vmapped objective by ``_MemberDraws``: a random call made with the
-  placeholder generator is repeated once per member with that member's generator (M draws
-  of the shape fit draws), and each member reads its own;
-- its own model (the stacked parameters are ``torch.stack`` of the members' own leaves, so
-  gradients land on ``models[i]``) and its own fused ``torch.optim.Adam``, stepped with its own
-  learning rate: the update is fit's, and the optimizer state resumes with ``train.fit``;
+  epoch's binarization and permutation, then each step's reparameterisation noise. One dry run
+  per batch shape records the shapes of the objective's N(0, I) draws (``NoiseTape``); each
+  step draws them from every member's generator into one (M, ...) tensor, and the vmapped
+  objective reads its member's row off the tape. An objective that draws otherwise
+  (``torch.rand``, ``torch.multinomial``) is replayed call by call by ``_MemberDraws``;
+- its own rows of the stacked parameters, copied back into ``models[i]`` wherever fit's
+  model would be read (the diversity column, checkpoints, a stop, the end), and its own
+  Adam: its rows of the stacked moments, stepped by the fused kernel on its row views with
+  its own learning rate (one call per distinct learning rate), which is fit's update bit for
+  bit; the state it hands out is a ``torch.optim.Adam`` state_dict that resumes with ``train.fit``;
 - its own history rows, diversity column, checkpoints and resume state.
 
-What is not bitwise equal: a batched matrix product (the vmapped ``nn.Linear``) may sum in
-another order than the unbatched one, a difference of about one float32 ulp per step that
-Adam carries on; after tens of steps the weights agree to ~1e-5 (see the test's tolerance).
+What is not bitwise equal: the vmapped forward and backward (batched matrix products, sums
+over the batch) may round in another order than the unbatched ones, about one float32 ulp
+per step that Adam carries on; after tens of steps the weights agree to ~1e-5 (see the
+test's tolerance). On the default 2-D run the gap grows with the steps where training is
+chaotic (small β: up to 2.8e-4 after 160 steps of 8 β values from 1/16 to 16).
 """
 
 from __future__ import annotations
@@ -39,11 +45,13 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from torch.func import functional_call, vmap
+from torch.optim.adam import adam
 from torch.overrides import TorchFunctionMode
 
 from vaelab.checkpoint import TrainState
 from vaelab.config import ModelConfig, TrainConfig, flag_name
 from vaelab.data.pixels import binarize
+from vaelab.distributions import NoiseTape
 from vaelab.errors import InputError
 from vaelab.history import History
 from vaelab.likelihoods import GaussianFixed, Likelihood
@@ -182,17 +190,26 @@ class _StackedObjective(nn.Module):
         super().__init__()
         self.model, self.config, self.token = model, config, token
 
-    def forward(self, x: Tensor, c: Tensor | None, beta: Tensor, scale: Tensor | None) -> ObjectiveOutput:
-        """x (B, D), c (B, C) or None, beta () and σ () of one member (vmap adds the M)."""
+    def forward(self, x: Tensor, c: Tensor | None, beta: Tensor, scale: Tensor | None,
+                noise: NoiseTape | None = None) -> ObjectiveOutput:
+        """x (B, D), c (B, C) or None, beta () and σ () of one member (vmap adds the M); ``noise``:
+        the member's N(0, I) draws on a tape, else draws come from the placeholder generator."""
         likelihood = self.model.likelihood
         if scale is not None:
             self.model.likelihood = _MemberGaussian(scale)
         try:
             # β is a 0-dim tensor (one value per member under vmap): the objectives only multiply
             # by it, and float32 · β gives the same number for β a float or a float32 tensor.
-            return objective(self.model, x, c, self.config, self.token, cast(float, beta))
+            generator = self.token if noise is None else cast(torch.Generator, noise)  # a tape stands in for it
+            return objective(self.model, x, c, self.config, generator, cast(float, beta))
         finally:
             self.model.likelihood = likelihood
+
+
+def _fused(model: nn.Module) -> bool:
+    """Whether fit's Adam for this model is the fused one (float32 / float64 parameters on CPU or CUDA)."""
+    return all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+               for p in model.parameters())
 
 
 def _check_members(models: Sequence[LatentModel], configs: Sequence[TrainConfig],
@@ -277,9 +294,9 @@ def fit_stack(
     generators = [torch.Generator(device=device).manual_seed(cfg.seed) for cfg in configs]
     optimizers = []
     for model, state, generator, config in zip(models, run_states, generators, configs, strict=True):
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
-                    for p in model.parameters())
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)  # fit's optimizer
+        # fit's optimizer, kept for its settings and its state_dict format: the steps themselves
+        # run on the stacked tensors below (``adam_step``).
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=_fused(model) or None)
         if state.optimizer is not None:
             optimizer.load_state_dict(state.optimizer)
         if state.rng is not None:
@@ -288,7 +305,40 @@ def fit_stack(
     names = [name for name, p in template.named_parameters() if p.requires_grad]
     params = [[dict(model.named_parameters())[name] for name in names] for model in models]  # in names' order
     buffer_names = [name for name, _ in template.named_buffers()]
-    buffers = [[dict(model.named_buffers())[name] for name in buffer_names] for model in models]
+    # The members' parameters live stacked for the whole training: one (M, ...) leaf per
+    # parameter, so the forward needs no torch.stack and the backward no unbind, and one fused
+    # Adam call per learning rate updates the members' rows (``clip_and_step``). models[i] gets
+    # its rows back (``sync``) where fit's model would be read: the diversity column,
+    # checkpoints, a stop, the end.
+    stacked = [torch.stack([params[i][j].detach() for i in range(m)]).requires_grad_() for j in range(len(names))]
+    stacked_buffers = {"model." + name: torch.stack([dict(model.named_buffers())[name] for model in models])
+                       for name in buffer_names}
+    # Adam's moments, stacked the same way; the step count is shared (members train in lockstep).
+    exp_avgs = [torch.zeros_like(t) for t in stacked]
+    exp_avg_sqs = [torch.zeros_like(t) for t in stacked]
+    adam_steps = {0}
+    for i, optimizer in enumerate(optimizers):
+        for j, q in enumerate(params[i]):
+            moments = optimizer.state.get(q)
+            if moments:
+                exp_avgs[j][i].copy_(moments["exp_avg"])
+                exp_avg_sqs[j][i].copy_(moments["exp_avg_sq"])
+                adam_steps.add(int(moments["step"]))
+        optimizer.state.clear()  # the stacked moments are the live ones; ``adam_state`` writes them back
+    adam_step = max(adam_steps)
+    fused = _fused(template)
+    n_params = len(stacked)
+    with torch.no_grad():  # views the optimizer updates in place, outside autograd
+        param_rows = [t.unbind(0) for t in stacked]  # [parameter][member]
+    avg_rows = [t.unbind(0) for t in exp_avgs]
+    sq_rows = [t.unbind(0) for t in exp_avg_sqs]
+    # Each member's step count per parameter, as fit's Adam holds it; adam increments them in place.
+    adam_steps_of = [[torch.tensor(float(adam_step), dtype=torch.float32, device=device if fused else "cpu")
+                      for _ in range(n_params)] for _ in range(m)]
+    group0 = optimizers[0].param_groups[0]
+    beta1, beta2 = group0["betas"]
+    adam_eps = group0["eps"]
+    last_lr = [optimizer.param_groups[0]["lr"] for optimizer in optimizers]  # fit's group lr
     elapsed = [h.last["seconds"] if h.last else 0.0 for h in run_histories]
     last_saved = [copy.copy(s) for s in run_states]  # each member's last checkpoint (its MemberResult.state)
     errors: list[TrainingDiverged | None] = [None] * m
@@ -297,7 +347,7 @@ def fit_stack(
     # One template module evaluates every member: its parameters are replaced by the stacked
     # ones in functional_call; a fixed-variance Gaussian with per-member σ² gets σ as a tensor.
     token = torch.Generator(device=device)  # placeholder: _MemberDraws replaces it by each member's
-    stacked = _StackedObjective(copy.deepcopy(template), config0, token)
+    stacked_objective = _StackedObjective(copy.deepcopy(template), config0, token)
     recon_vars = [model.config.recon_var for model in models]
     member_scale = isinstance(template.likelihood, GaussianFixed) and len(set(recon_vars)) > 1
     scales = torch.tensor([math.sqrt(v) for v in recon_vars], dtype=torch.float64).to(device=device, dtype=dtype)
@@ -316,8 +366,29 @@ def fit_stack(
         s = run_states[i]
         # A copy: Adam updates its moments in place, and a diverged member's result is the state
         # of a checkpoint taken steps before it stopped.
-        return TrainState(step=s.step, epoch=s.epoch, optimizer=copy.deepcopy(optimizers[i].state_dict()),
+        return TrainState(step=s.step, epoch=s.epoch, optimizer=adam_state(i),
                           rng=generators[i].get_state(), complete=complete, skips=0)
+
+    def adam_state(i: int) -> dict[str, Any]:
+        """Member i's Adam state_dict, as fit's torch.optim.Adam would hold it: its rows of the
+        stacked moments (copies), the shared step count and its last learning rate."""
+        optimizer = optimizers[i]
+        if adam_step > 0:
+            for j, q in enumerate(params[i]):
+                optimizer.state[q] = {
+                    "step": torch.tensor(float(adam_step), dtype=torch.float32, device=q.device if fused else "cpu"),
+                    "exp_avg": exp_avgs[j][i].clone(), "exp_avg_sq": exp_avg_sqs[j][i].clone()}
+        for group in optimizer.param_groups:
+            group["lr"] = last_lr[i]
+        saved = copy.deepcopy(optimizer.state_dict())
+        optimizer.state.clear()
+        return saved
+
+    @torch.no_grad()
+    def sync(i: int) -> None:
+        """models[i] gets its rows of the stacked parameters."""
+        for j, q in enumerate(params[i]):
+            q.copy_(stacked[j][i])
 
     def results() -> list[MemberResult]:
         # The last checkpoint of each member: the final one, the interrupted step's, or, for a
@@ -332,12 +403,70 @@ def fit_stack(
             models[i].train()
 
     def member_objective(p: dict[str, Tensor], xb: Tensor, cb: Tensor | None, beta: Tensor, scale: Tensor | None,
-                         index: Tensor) -> dict[str, Tensor]:
-        """One member's objective: parameters p, batch xb (B, D); returns loss () and values (1 + T,)."""
-        with _MemberDraws(token, draws_from, index):
-            out = functional_call(stacked, p, (xb, cb, beta, scale))
+                         index: Tensor, noise: list[Tensor] | None) -> dict[str, Tensor]:
+        """One member's objective: parameters p, batch xb (B, D), its draws ``noise`` (or None:
+        drawn by ``_MemberDraws``); returns loss () and values (1 + T,)."""
+        if noise is not None:
+            tape = NoiseTape(noise)
+            out = functional_call(stacked_objective, p, (xb, cb, beta, scale, tape))
+            if tape.used != len(noise):
+                raise InputError(f"the objective drew {tape.used} of the {len(noise)} noise tensors planned for this "
+                                 "batch shape; train these members one by one with train.fit")
+        else:
+            with _MemberDraws(token, draws_from, index):
+                out = functional_call(stacked_objective, p, (xb, cb, beta, scale))
         term_names[:] = list(out.terms)
         return {"loss": out.loss, "values": torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])}
+
+    @torch.no_grad()
+    def clip_and_step(stepped: list[int], grads: list[Tensor | None], norms: Tensor) -> None:
+        """fit's gradient clipping and Adam step for the members ``stepped``; grads (M, ...) each, norms (M,)."""
+        nonlocal adam_step
+        if any(configs[i].grad_clip is not None for i in stepped):
+            # clip_grads_with_norm_: g · min(1, max_norm / (‖g‖ + 1e-6)), computed as torch does
+            # (reciprocal, then times max_norm); a member without clipping gets max_norm = inf: factor 1.
+            max_norm = torch.tensor([math.inf if cfg.grad_clip is None else cfg.grad_clip for cfg in configs],
+                                    dtype=norms.dtype, device=device)  # (M,)
+            factor = torch.clamp((norms + 1e-6).reciprocal() * max_norm, max=1.0)  # (M,)
+            for g in grads:
+                if g is not None:
+                    g.mul_(factor.view(m, *[1] * (g.dim() - 1)))
+        # One fused Adam call per learning rate over the members' rows (views: updated in place).
+        # Not one call on the whole (M, ...) tensors: the fused kernel computes a vector-width
+        # body and a scalar tail with different roundings (a 4-wide bias is all tail alone, all
+        # body stacked), which moves the last bit; on the rows each member's update is fit's, bit for bit.
+        used = [j for j, g in enumerate(grads) if g is not None]  # fit's Adam skips parameters without a gradient
+        grad_rows = {j: cast(Tensor, grads[j]).unbind(0) for j in used}
+        by_lr: dict[float, list[int]] = {}
+        for i in stepped:
+            by_lr.setdefault(last_lr[i], []).append(i)
+        for lr, group in by_lr.items():
+            adam([param_rows[j][i] for i in group for j in used],
+                 [grad_rows[j][i] for i in group for j in used],
+                 [avg_rows[j][i] for i in group for j in used],
+                 [sq_rows[j][i] for i in group for j in used],
+                 [], [adam_steps_of[i][j] for i in group for j in used],
+                 foreach=None, fused=fused or None, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
+                 weight_decay=0.0, eps=adam_eps, maximize=False)
+        adam_step += 1
+
+    plans: dict[tuple[tuple[int, ...], tuple[int, ...] | None], list[tuple[tuple[int, ...], torch.dtype]] | None] = {}
+
+    def noise_plan(xb0: Tensor, cb0: Tensor | None) -> list[tuple[tuple[int, ...], torch.dtype]] | None:
+        """The shapes of the N(0, I) draws one member's objective makes on a batch like xb0 (B, D),
+        in order, from a dry run of the template with a throwaway generator; None where it draws
+        in another way (torch.rand, torch.multinomial), which ``_MemberDraws`` then replays."""
+        key = (tuple(xb0.shape), None if cb0 is None else tuple(cb0.shape))
+        if key not in plans:
+            tape = NoiseTape(record=torch.Generator(device=device).manual_seed(0))
+            try:
+                with torch.no_grad():
+                    stacked_objective(xb0, cb0, torch.tensor(config0.beta, dtype=dtype, device=device),
+                                      scales[0] if member_scale else None, tape)
+                plans[key] = tape.shapes
+            except TypeError:  # a draw the tape cannot stand in for: a torch.Generator argument got a tape
+                plans[key] = None
+        return plans[key]
 
     term_names: list[str] = ["recon", "kl"]  # the objective's term names; every step sets them
     draws_from: list[torch.Generator] = []  # the running members' generators, in stack order
@@ -350,7 +479,7 @@ def fit_stack(
         # The epoch's draws, member by member in fit's order: [binarization,] permutation.
         epoch_rngs: dict[int, Tensor] = {}
         perms, x_epochs = [], []
-        sums: dict[int, Tensor] = {}
+        sums: dict[int, list[float]] = {}  # Σ batch size · (loss, terms...), float64 on the host as fit's
         seen, norm_max, starts = dict.fromkeys(active, 0), dict.fromkeys(active, 0.0), dict.fromkeys(active, start)
         first_batch = run_states[active[0]].batch if run_states[active[0]].epoch_rng is not None else 0
         for i in active:
@@ -367,7 +496,7 @@ def fit_stack(
                 generator.set_state(rng)
                 seen[i], norm_max[i] = state.epoch_seen, state.grad_norm_max
                 if state.epoch_sums is not None:
-                    sums[i] = state.epoch_sums.to(device=device, dtype=torch.float64)
+                    sums[i] = state.epoch_sums.double().tolist()
                 starts[i] = start - state.epoch_seconds
                 state.epoch_rng = None
         member_of = list(active)  # row r of perms / x_epochs belongs to member member_of[r]
@@ -380,37 +509,59 @@ def fit_stack(
             rows = torch.tensor([member_of.index(i) for i in active], device=device)
             if should_stop is not None and should_stop():
                 for i in active:
+                    sync(i)
                     mid = snapshot(i, False)
                     mid.epoch_rng, mid.batch = epoch_rngs[i], b
-                    mid.epoch_sums = sums[i].cpu().clone() if i in sums else torch.zeros(0, dtype=torch.float64)
+                    mid.epoch_sums = torch.tensor(sums.get(i, []), dtype=torch.float64)
                     mid.epoch_seen, mid.epoch_skipped = seen[i], 0
                     mid.epoch_seconds, mid.grad_norm_max = time.perf_counter() - starts[i], norm_max[i]
                     checkpoint(i, mid)
                 for model in models:
                     model.eval()
                 raise StackInterrupted(step, run_states[active[0]].epoch + 1, results())
+            rows_all = torch.tensor(active, device=device)  # the running members' rows of the stacked tensors
             idx = perm[rows, b * bs:(b + 1) * bs]  # (M', B)
             xb = x_all[rows.unsqueeze(1), idx].to(x.dtype) if x_all is not None else x[idx]  # (M', B, D)
             cb = None if c is None else c[idx]  # (M', B, C)
             beta = torch.tensor([beta_at(step, configs[i], n_batches, budget) for i in active], dtype=dtype,
                                 device=device)  # (M',)
-            # (M', ...) each: torch.stack is differentiable, so gradients land on each member's own leaves.
-            p = {"model." + name: torch.stack([params[i][j] for i in active]) for j, name in enumerate(names)}
-            p.update({"model." + name: torch.stack([buffers[i][j] for i in active])
-                      for j, name in enumerate(buffer_names)})
+            everyone = len(active) == m
+            # (M', ...) each: all rows while every member runs, else the running members' rows
+            # (indexing is differentiable: their gradients land in their rows of the leaves).
+            p = {"model." + name: t if everyone else t[rows_all] for name, t in zip(names, stacked, strict=True)}
+            p.update({name: t if everyone else t[rows_all] for name, t in stacked_buffers.items()})
             index = torch.arange(len(active), device=device)
             draws_from[:] = [generators[i] for i in active]
-            out = vmap(member_objective, in_dims=(0, 0, None if cb is None else 0, 0, 0 if member_scale else None, 0),
-                       randomness="same")(p, xb, cb, beta, scales[active] if member_scale else None, index)
-            for i in active:
-                optimizers[i].zero_grad(set_to_none=True)
-            out["loss"].sum().backward()  # Σ_i loss_i: member i's parameters get ∂loss_i alone
-            grad_norms = torch.stack([torch.nn.utils.get_total_norm([q.grad for q in params[i] if q.grad is not None])
-                                      for i in active])  # (M',)
+            plan = noise_plan(xb[0], None if cb is None else cb[0])
+            noise: list[Tensor] | None = None
+            if plan is not None:
+                # Each member's reparameterisation noise from its own generator, in fit's order
+                # (member i's draws are the ones fit makes; members draw from separate generators).
+                noise = []
+                for shape, noise_dtype in plan:
+                    draws = torch.empty((len(active), *shape), dtype=noise_dtype, device=device)  # (M', ...)
+                    for r, i in enumerate(active):
+                        torch.randn(shape, generator=generators[i], out=draws[r])
+                    noise.append(draws)
+            out = vmap(member_objective,
+                       in_dims=(0, 0, None if cb is None else 0, 0, 0 if member_scale else None, 0,
+                                None if noise is None else 0),
+                       randomness="same")(p, xb, cb, beta, scales[active] if member_scale else None, index, noise)
+            for t in stacked:
+                t.grad = None
+            out["loss"].sum().backward()  # Σ_i loss_i: member i's rows get ∂loss_i alone
+            grads = [t.grad for t in stacked]  # (M, ...) each; None for a parameter the objective does not use
+            # Each member's gradient norm (fit's get_total_norm: the 2-norm of the per-tensor 2-norms).
+            norms = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.reshape(m, -1), dim=1) for g in grads if g is not None]),
+                dim=0)  # (M,)
+            grad_norms = norms if everyone else norms[rows_all]  # (M',)
             values = out["values"]  # (M', 1 + T)
             host = torch.cat([values, grad_norms.unsqueeze(1).to(values)], dim=1).tolist()  # one sync
             step += 1
             batch_size = idx.shape[1]
+            stepped: list[int] = []  # members updated this step, in stack order
+            infos: list[StepInfo] = []
             for r, i in enumerate(list(active)):
                 loss, *term_values, norm = host[r]
                 terms = dict(zip(term_names, term_values, strict=True))
@@ -418,34 +569,34 @@ def fit_stack(
                 state = run_states[i]
                 state.step = step
                 lr = learning_rate(i, step - 1)
+                step_sums = [v * batch_size for v in host[r][:-1]]  # float64, as fit's
                 if not all(math.isfinite(v) for v in (loss, *term_values, norm)):
-                    # fit's "stop": record the failing epoch, stop this member alone.
+                    # fit's "stop": record the failing epoch, stop this member alone (no update).
                     term = _nonfinite_term(loss, terms, norm)
-                    step_sums = (values[r].double() * batch_size).tolist()
                     run_histories[i].append(_row(state.epoch + 1, step, term_names, step_sums,
                                                  batch_size, math.nan, elapsed[i] + time.perf_counter() - starts[i],
                                                  lr, 0, norm, beta_mean(i, epoch_first_step, step)))
                     errors[i] = TrainingDiverged(step, state.epoch + 1, run_histories[i], term=term,
                                                  advice=_divergence_advice(term, models[i], configs[i]))
-                    optimizers[i].zero_grad(set_to_none=True)
+                    sync(i)  # its model holds the weights before the failing step, as fit's does
                     models[i].eval()
                     active.remove(i)
                     continue
-                grad_clip = configs[i].grad_clip
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grads_with_norm_(params[i], grad_clip, grad_norms[r])
-                for group in optimizers[i].param_groups:
-                    group["lr"] = lr
-                optimizers[i].step()
-                weighted = values[r].double() * batch_size
-                sums[i] = weighted if i not in sums or sums[i].numel() == 0 else sums[i] + weighted
+                stepped.append(i)
+                last_lr[i] = lr
+                sums[i] = step_sums if not sums.get(i) else [s + t for s, t in zip(sums[i], step_sums, strict=True)]
                 seen[i] += batch_size
                 norm_max[i] = max(norm_max[i], norm)
-                if on_step is not None:
-                    on_step(i, StepInfo(step, budget, state.epoch + 1, loss, recon, kl, lr, False, norm, terms))
+                infos.append(StepInfo(step, budget, state.epoch + 1, loss, recon, kl, lr, False, norm, terms))
+            if stepped:
+                clip_and_step(stepped, grads, norms)
+            if on_step is not None:  # after the update, as fit calls it
+                for i, info in zip(stepped, infos, strict=True):
+                    on_step(i, info)
         for i in active:
             state, config = run_states[i], configs[i]
             state.epoch += 1
+            sync(i)
             models[i].eval()
             # fit's diversity column: its own generator per member and epoch.
             div_gen = torch.Generator(device=device).manual_seed((config.seed * 1_000_003 + state.epoch) % 2**64)
@@ -454,7 +605,7 @@ def fit_stack(
                                                                     device=device)])
             models[i].train()
             elapsed[i] += time.perf_counter() - starts[i]
-            epoch_sums = sums.get(i, torch.zeros(0)).tolist()
+            epoch_sums = sums.get(i, [])
             run_histories[i].append(_row(state.epoch, step, term_names, epoch_sums, seen[i], div,
                                          elapsed[i], learning_rate(i, step - 1), 0, norm_max[i],
                                          beta_mean(i, epoch_first_step, step)))
