@@ -10,12 +10,21 @@ The seed setup: 2x128 ReLU MLPs, latent 2, fixed σ² = 0.1, β = 1, Adam 1e-3, 
 ``--gaps`` instead trains only vaelab's defaults on every built-in data set with an exact
 density and prints the gap per data set and the worst one: the defaults are chosen by their
 worst case, since users bring their own points. ``--gaps --threads 1`` is the README table.
+
+``--candidates NAME ...`` trains each named candidate of :data:`CANDIDATES` (overrides laid
+over the defaults; ``default`` is the defaults themselves) on ``--datasets`` (default: every
+exact-density data set) with ``--seeds``, and prints per candidate the mean train time, its
+ratio to ``default`` when that is among the candidates (same process, same load), and the gap
+per data set as mean ± SE over the seeds, then the worst. docs/defaults-2d.md records the
+results and the commands. Example (the screen):
+``python benchmarks/bench_toy2d.py --threads 1 --candidates default k16 --datasets pinwheel banana``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
@@ -35,6 +44,19 @@ SEED_SETUP = {
 
 # The built-in 2-D data sets whose exact log p(x) the evaluation compares against.
 EXACT_2D = ("2gmm", "radial_gmm", "ring", "spiral", "pinwheel", "banana")
+
+# Candidate 2-D defaults (--candidates): partial configs laid over RunConfig() defaults.
+CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "k16": {"train": {"k": 16}},
+    "k8": {"train": {"k": 8}},
+    "w256": {"model": {"hidden": [256, 256]}},
+    "d3": {"model": {"hidden": [128, 128, 128]}},
+    "silu": {"model": {"activation": "silu"}},
+    "lr1e-2": {"train": {"lr": 1e-2}},
+    "k16-w256": {"train": {"k": 16}, "model": {"hidden": [256, 256]}},
+    "epochs600": {"train": {"epochs": 600}},
+}
 
 
 def measure(name: str, cfg: RunConfig, seed: int) -> dict[str, float]:
@@ -56,9 +78,17 @@ def main() -> None:
     parser.add_argument("--gaps", action="store_true",
                         help="the defaults' gap on every built-in data set with an exact density")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=None,
+                        help="compare these candidate 2-D defaults (see CANDIDATES)")
+    parser.add_argument("--datasets", nargs="+", choices=EXACT_2D, default=list(EXACT_2D),
+                        help="data sets of --candidates (default: every exact-density one)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of --candidates")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.candidates:
+        candidates(args.candidates, args.datasets, args.seeds)
+        return
     if args.gaps:
         gaps()
         return
@@ -95,6 +125,40 @@ def gaps() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['gap']:.3f} | {r['seconds']:.1f} |")
     print(f"worst gap: {worst} {rows[worst]['gap']:.3f} nats/point (target <= 0.08)")
+
+
+def candidates(names: list[str], datasets: list[str], seeds: list[int]) -> None:
+    """Each candidate's train time and gap (mean ± SE over seeds) on each data set, and its worst."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seeds {seeds}, "
+          "2000 train / 2000 test per data set")
+    rows: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for name in names:
+        rows[name] = {}
+        for data in datasets:
+            overrides = {section: dict(values) for section, values in CANDIDATES[name].items()}
+            overrides.setdefault("data", {})["name"] = data
+            cfg = RunConfig.from_dict(overrides)
+            rows[name][data] = [measure(f"{name}/{data}", cfg, seed) for seed in seeds]
+
+    def seconds(name: str) -> float:
+        runs = [r["seconds"] for per in rows[name].values() for r in per]
+        return sum(runs) / len(runs)
+
+    def gap(runs: list[dict[str, float]]) -> tuple[float, float]:
+        """Mean gap over the seeds and its standard error (0 for one seed)."""
+        g = torch.tensor([r["gap"] for r in runs], dtype=torch.float64)
+        se = float(g.std() / len(g) ** 0.5) if len(g) > 1 else 0.0
+        return float(g.mean()), se
+
+    print()
+    print("| candidate | train (s) | vs default | " + " | ".join(datasets) + " | worst |")
+    print("|---" * (len(datasets) + 4) + "|")
+    for name in names:
+        ratio = f"{seconds(name) / seconds('default'):.2f}x" if "default" in rows else "-"
+        gaps_ = {data: gap(runs) for data, runs in rows[name].items()}
+        worst = max(gaps_, key=lambda d: gaps_[d][0])
+        cells = " | ".join(f"{m:.3f} ± {se:.3f}" if len(seeds) > 1 else f"{m:.3f}" for m, se in gaps_.values())
+        print(f"| {name} | {seconds(name):.1f} | {ratio} | {cells} | {worst} {gaps_[worst][0]:.3f} |")
 
 
 if __name__ == "__main__":
