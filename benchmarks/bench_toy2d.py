@@ -46,19 +46,28 @@ SEED_SETUP = {
 EXACT_2D = ("2gmm", "radial_gmm", "ring", "spiral", "pinwheel", "banana")
 
 # Candidate 2-D defaults (--candidates): partial configs laid over RunConfig(). Each names its
-# net and k in full, so that a name means the same run whatever the defaults are ("2x128-k4" is
-# the default before the worst-gap screen, docs/defaults-2d.md); "default" is the defaults.
-_W128, _W256 = {"hidden": [128, 128]}, {"hidden": [256, 256]}
+# nets, k and epochs in full, so that a name means the same run whatever the defaults are
+# ("2x128-k4" is the default before the worst-gap screen, docs/defaults-2d.md); "default" is
+# the defaults.
+
+
+def _candidate(hidden: list[int], k: int, epochs: int = 400, **model: Any) -> dict[str, dict[str, Any]]:
+    return {"model": {"hidden": hidden, **model}, "train": {"k": k, "epochs": epochs}}
+
+
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
-    "2x128-k4": {"model": _W128, "train": {"k": 4}},
-    "2x128-k8": {"model": _W128, "train": {"k": 8}},
-    "2x128-k16": {"model": _W128, "train": {"k": 16}},
-    "3x128-k4": {"model": {"hidden": [128, 128, 128]}, "train": {"k": 4}},
-    "2x128-k4-silu": {"model": {**_W128, "activation": "silu"}, "train": {"k": 4}},
-    "2x128-k4-600ep": {"model": _W128, "train": {"k": 4, "epochs": 600}},
-    "2x256-k4": {"model": _W256, "train": {"k": 4}},
-    "2x256-k16": {"model": _W256, "train": {"k": 16}},
+    "2x128-k4": _candidate([128, 128], 4),
+    "2x128-k8": _candidate([128, 128], 8),
+    "2x128-k16": _candidate([128, 128], 16),
+    "3x128-k4": _candidate([128, 128, 128], 4),
+    "2x128-k4-silu": _candidate([128, 128], 4, activation="silu"),
+    "2x128-k4-600ep": _candidate([128, 128], 4, 600),
+    "2x192-k4": _candidate([192, 192], 4),
+    "2x256-k4": _candidate([256, 256], 4),
+    "2x256-k4-300ep": _candidate([256, 256], 4, 300),
+    "2x256-k4-250ep": _candidate([256, 256], 4, 250),
+    "2x256-k16": _candidate([256, 256], 16),
 }
 
 
