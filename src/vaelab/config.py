@@ -250,7 +250,7 @@ class TrainConfig(_Section):
         "cosine", description="learning rate over the step budget: constant, or cosine decay to 0"
     )
     # 250 with the 2x256 nets: their steps cost ~1.8-2x those of 2x128, and 250 epochs keep the
-    # banana and pinwheel gains at ~1.2x the former 2x128 x 400-epoch time (docs/defaults-2d.md).
+    # banana gain (and most of pinwheel's) at ~1.2x the former 2x128 x 400-epoch time (docs/defaults-2d.md).
     epochs: int = Field(250, gt=0, description="passes over the training data")
     steps: int | None = Field(None, gt=0, description="optimizer steps; when set, replaces epochs as the budget")
     batch_size: int = Field(256, gt=0)
