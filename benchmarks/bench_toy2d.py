@@ -10,12 +10,21 @@ The seed setup: 2x128 ReLU MLPs, latent 2, fixed σ² = 0.1, β = 1, Adam 1e-3, 
 ``--gaps`` instead trains only vaelab's defaults on every built-in data set with an exact
 density and prints the gap per data set and the worst one: the defaults are chosen by their
 worst case, since users bring their own points. ``--gaps --threads 1`` is the README table.
+
+``--candidates NAME ...`` trains each named candidate of :data:`CANDIDATES` (overrides laid
+over the defaults; ``default`` is the defaults themselves) on ``--datasets`` (default: every
+exact-density data set) with ``--seeds``, and prints per candidate the mean train time, its
+ratio to the first candidate named (same process, same load), and the gap
+per data set as mean ± SE over the seeds, then the worst. docs/defaults-2d.md records the
+results and the commands. Example (the screen):
+``python benchmarks/bench_toy2d.py --threads 1 --candidates 2x128-k4 2x256-k4 --datasets pinwheel banana``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
@@ -35,6 +44,31 @@ SEED_SETUP = {
 
 # The built-in 2-D data sets whose exact log p(x) the evaluation compares against.
 EXACT_2D = ("2gmm", "radial_gmm", "ring", "spiral", "pinwheel", "banana")
+
+# Candidate 2-D defaults (--candidates): partial configs laid over RunConfig(). Each names its
+# nets, k and epochs in full, so that a name means the same run whatever the defaults are
+# ("2x128-k4" is the default before the worst-gap screen, docs/defaults-2d.md); "default" is
+# the defaults.
+
+
+def _candidate(hidden: list[int], k: int, epochs: int = 400, **model: Any) -> dict[str, dict[str, Any]]:
+    return {"model": {"hidden": hidden, **model}, "train": {"k": k, "epochs": epochs}}
+
+
+CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "2x128-k4": _candidate([128, 128], 4),
+    "2x128-k8": _candidate([128, 128], 8),
+    "2x128-k16": _candidate([128, 128], 16),
+    "3x128-k4": _candidate([128, 128, 128], 4),
+    "2x128-k4-silu": _candidate([128, 128], 4, activation="silu"),
+    "2x128-k4-600ep": _candidate([128, 128], 4, 600),
+    "2x192-k4": _candidate([192, 192], 4),
+    "2x256-k4": _candidate([256, 256], 4),
+    "2x256-k4-300ep": _candidate([256, 256], 4, 300),
+    "2x256-k4-250ep": _candidate([256, 256], 4, 250),
+    "2x256-k16": _candidate([256, 256], 16),
+}
 
 
 def measure(name: str, cfg: RunConfig, seed: int) -> dict[str, float]:
@@ -56,9 +90,17 @@ def main() -> None:
     parser.add_argument("--gaps", action="store_true",
                         help="the defaults' gap on every built-in data set with an exact density")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=None,
+                        help="compare these candidate 2-D defaults (see CANDIDATES)")
+    parser.add_argument("--datasets", nargs="+", choices=EXACT_2D, default=list(EXACT_2D),
+                        help="data sets of --candidates (default: every exact-density one)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of --candidates")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.candidates:
+        candidates(args.candidates, args.datasets, args.seeds)
+        return
     if args.gaps:
         gaps()
         return
@@ -95,6 +137,40 @@ def gaps() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['gap']:.3f} | {r['seconds']:.1f} |")
     print(f"worst gap: {worst} {rows[worst]['gap']:.3f} nats/point (target <= 0.08)")
+
+
+def candidates(names: list[str], datasets: list[str], seeds: list[int]) -> None:
+    """Each candidate's train time and gap (mean ± SE over seeds) on each data set, and its worst."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seeds {seeds}, "
+          "2000 train / 2000 test per data set")
+    rows: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for name in names:
+        rows[name] = {}
+        for data in datasets:
+            overrides = {section: dict(values) for section, values in CANDIDATES[name].items()}
+            overrides.setdefault("data", {})["name"] = data
+            cfg = RunConfig.from_dict(overrides)
+            rows[name][data] = [measure(f"{name}/{data}", cfg, seed) for seed in seeds]
+
+    def seconds(name: str) -> float:
+        runs = [r["seconds"] for per in rows[name].values() for r in per]
+        return sum(runs) / len(runs)
+
+    def gap(runs: list[dict[str, float]]) -> tuple[float, float]:
+        """Mean gap over the seeds and its standard error (0 for one seed)."""
+        g = torch.tensor([r["gap"] for r in runs], dtype=torch.float64)
+        se = float(g.std() / len(g) ** 0.5) if len(g) > 1 else 0.0
+        return float(g.mean()), se
+
+    print()
+    print(f"| candidate | train (s) | vs {names[0]} | " + " | ".join(datasets) + " | worst |")
+    print("|---" * (len(datasets) + 4) + "|")
+    for name in names:
+        ratio = f"{seconds(name) / seconds(names[0]):.2f}x"
+        gaps_ = {data: gap(runs) for data, runs in rows[name].items()}
+        worst = max(gaps_, key=lambda d: gaps_[d][0])
+        cells = " | ".join(f"{m:.3f} ± {se:.3f}" if len(seeds) > 1 else f"{m:.3f}" for m, se in gaps_.values())
+        print(f"| {name} | {seconds(name):.1f} | {ratio} | {cells} | {worst} {gaps_[worst][0]:.3f} |")
 
 
 if __name__ == "__main__":

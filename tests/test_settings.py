@@ -292,7 +292,7 @@ def test_assignment_of_a_bool_is_refused():
     cfg = RunConfig()
     with pytest.raises(ValueError):
         cfg.train.epochs = True
-    assert cfg.train.epochs == 400
+    assert cfg.train.epochs == TrainConfig.model_fields["epochs"].default
 
 
 @pytest.mark.parametrize("section", ["data", "train", "eval"])

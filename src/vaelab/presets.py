@@ -5,7 +5,7 @@ over the defaults; a config file and command-line flags then override it. ``vael
 applies :data:`DEFAULT_IMAGE_PRESET` when the data are images and neither ``--preset`` nor
 ``--config`` chose otherwise, because the library defaults are tuned for 2D points (a learned
 Gaussian variance on pixels that are exactly 0 lets the variance shrink without bound, and a
-400-epoch budget is meant for 2,000 points, not 60,000 images).
+250-epoch budget is meant for 2,000 points, not 60,000 images).
 
 Why Bernoulli + dynamic binarization by default: it is the setting in which the MNIST
 likelihoods of the VAE / IWAE literature are reported (≈ 85-90 nats with k = 5000 for
