@@ -556,3 +556,20 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"definitely not a png")
     with pytest.raises(ValueError, match="broken.png"):
         load_image_folder(tmp_path)
+
+
+def test_binarize_is_one_bernoulli_draw_in_xs_dtype() -> None:
+    """x_bin = 1[u < x] with u ~ U(0, 1) from the generator, in x's dtype: the bits of the draw
+    are those of torch.rand then a comparison (what every seeded binarized run was trained on),
+    and the mean of many draws is x."""
+    from vaelab.data.pixels import binarize
+
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(1))
+    x[0, :3] = torch.tensor([0.0, 1.0, 0.5])
+    bits = binarize(x, torch.Generator().manual_seed(7))
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(7))
+    assert bits.dtype == x.dtype
+    assert torch.equal(bits, (u < x).float())
+    assert bits[0, 0] == 0 and bits[0, 1] == 1
+    draws = torch.stack([binarize(x[:4], torch.Generator().manual_seed(i)) for i in range(4000)])
+    torch.testing.assert_close(draws.mean(0), x[:4], atol=0.04, rtol=0)
