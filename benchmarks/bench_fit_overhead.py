@@ -1,7 +1,7 @@
 """Per-step cost of ``vaelab.train.fit`` on the default 2-D run, against a bare torch loop of the same model.
 
-The default 2-D run (2x128 tanh MLPs, latent 2, learned-variance Gaussian p(x|z), IWAE k = 4,
-batch 256, cosine Adam 3e-3) is launch-bound: each step is ~40 small kernels, so Python and
+The default 2-D run (2x256 tanh MLPs, latent 2, learned-variance Gaussian p(x|z), IWAE k = 4,
+batch 256, cosine Adam 3e-3) is made of ~40 small kernels per step, so Python and
 host work around them show directly in the time. Three loops train the same model from the
 same initial weights on the same 2,000 points, timed in the same run:
 

@@ -1,6 +1,6 @@
 """Time of ``vaelab report`` on the default 2-D run (issue 12, target 4: under 4 s).
 
-A default run (``RunConfig()``: radial_gmm, 2x128 tanh MLPs) is trained for ``--steps``
+A default run (``RunConfig()``: radial_gmm, 2x256 tanh MLPs) is trained for ``--steps``
 optimizer steps first (default 200: the report's work does not depend on how long the model
 trained, only on its sizes). Then, median of ``--repeats`` (default 3):
 
