@@ -274,3 +274,25 @@ def test_active_units_axis_has_whole_number_ticks(tmp_path):
     assert fig is not None
     ticks = fig.axes[1].get_yticks()
     assert len(ticks) > 0 and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_long_run_of_stackable_members_is_cut_into_near_equal_stacks_of_at_most_the_limit():
+    """The default 2-D member's widest activation is 256 rows x k 4 x 256 floats: 8 members per
+    stack (beyond it the stack leaves the caches); 20 β values make stacks of 7, 7 and 6, in grid
+    order, and members of another shape stay apart."""
+    from vaelab.config import RunConfig
+    from vaelab.sweep.stack import stack_limit
+
+    base = RunConfig()
+    assert stack_limit(base.model, base.train) == 8
+    betas = ",".join(str(0.1 * (i + 1)) for i in range(20))
+    base, grid = make_grid(base, parse_flags(["--beta", betas]))
+    members = expand(base, grid)
+    groups = groups_of(members)
+    assert [len(g) for g in groups] == [7, 7, 6]
+    assert [m.name for g in groups for m in g] == [m.name for m in members]
+    # ELBO (one sample per point): 256 x 256 floats per member, so 32 share a stack
+    elbo = RunConfig.from_dict({"train": {"objective": "elbo"}})
+    assert stack_limit(elbo.model, elbo.train) == 32
+    base, grid = make_grid(_base(), parse_flags(["--beta", "0,4", "--latent-dim", "1,2"]))
+    assert len(groups_of(expand(base, grid))) == 2

@@ -9,9 +9,11 @@ A sweep folder::
     SWEEP/sweep.html     the sweep's page (vaelab.sweep.report)
 
 Members that can share one stacked model (``can_stack``: same shapes, objective, batches)
-train together as a group; groups run one after the other, or in ``jobs`` processes. Each
-group writes only its members' run directories. A member that diverges is recorded (its
-run keeps the failure record, like `vaelab train`) and the others go on. ``resume``
+train together as a group of at most ``stack_limit`` members (8 for the default 2-D run: a
+larger stack leaves the CPU's caches and costs more per member); groups run one after the
+other, or in ``jobs`` processes. Each group writes only its members' run directories. A
+member that diverges is recorded (its run keeps the failure record, like `vaelab train`)
+and the others go on. ``resume``
 continues a sweep: finished members are kept as they are (byte for byte), interrupted ones
 continue from their last checkpoint, the rest start.
 """
@@ -41,7 +43,7 @@ from vaelab.sweep.grid import Grid, GridError, Member, expand
 # The engines: stackable members train as one vmapped model (vaelab.sweep.stack); a member
 # that cannot be stacked trains alone with train.fit (vaelab.sweep.solo), same interface.
 from vaelab.sweep.solo import fit_members
-from vaelab.sweep.stack import MemberResult, can_stack, fit_stack
+from vaelab.sweep.stack import MemberResult, can_stack, fit_stack, stack_limit
 from vaelab.train import StepInfo, TrainingInterrupted
 
 SWEEP_FILE = "sweep.json"
@@ -153,16 +155,28 @@ def member_status(run_dir: Path) -> str:
 
 
 def groups_of(members: Sequence[Member]) -> list[list[Member]]:
-    """Members split into groups that can train as one stacked model (``can_stack``), in grid order."""
-    groups: list[list[Member]] = []
+    """Members split into groups that can train as one stacked model (``can_stack``), in grid order,
+    each at most ``stack_limit`` members (a larger stack leaves the caches: more time per member);
+    a longer run of stackable members is cut into near-equal groups."""
+    shapes: list[list[Member]] = []
     for member in members:
-        for group in groups:
+        for group in shapes:
             both = [*group, member]
             if can_stack([m.config.model for m in both], [m.config.train for m in both]) is None:
                 group.append(member)
                 break
         else:
-            groups.append([member])
+            shapes.append([member])
+    groups: list[list[Member]] = []
+    for group in shapes:
+        limit = stack_limit(group[0].config.model, group[0].config.train)
+        parts = math.ceil(len(group) / limit)
+        size, extra = divmod(len(group), parts)
+        start = 0
+        for i in range(parts):
+            stop = start + size + (1 if i < extra else 0)
+            groups.append(group[start:stop])
+            start = stop
     return groups
 
 

@@ -56,7 +56,7 @@ from vaelab.errors import InputError
 from vaelab.history import History
 from vaelab.likelihoods import GaussianFixed, Likelihood
 from vaelab.models import LatentModel
-from vaelab.objectives import ObjectiveOutput
+from vaelab.objectives import OBJECTIVES, ObjectiveOutput
 from vaelab.schedules import beta_at, check_schedule
 from vaelab.train import (
     StepInfo,
@@ -137,6 +137,25 @@ def can_stack(model_configs: Sequence[ModelConfig], train_configs: Sequence[Trai
         return ("nonfinite = 'skip' is not stacked (each skip halves one member's learning rate); "
                 "train these members one by one with train.fit, or use nonfinite = 'stop'")
     return None
+
+
+# The most floats one stacked hidden activation (members × rows × width) should hold. Beyond a
+# few MiB it leaves the CPU's caches and each member costs more than in a smaller stack:
+# benchmarks/bench_sweep.py, default 2-D run (rows 256 × k 4, width 256), 2 threads, time per
+# member as a fraction of a solo run: 0.73 for 4 members, 0.67 for 8, 0.77 for 16, 1.01 for 32.
+STACK_FLOATS = 2 ** 21
+
+
+def stack_limit(model: ModelConfig, train: TrainConfig) -> int:
+    """How many members of this shape to stack at most: STACK_FLOATS over the floats of one
+    member's widest hidden activation (batch rows, times k where the objective draws k samples
+    per point, times the widest hidden layer); 8 for the default 2-D run. Conv nets are not
+    capped (their activation sizes depend on the image)."""
+    if model.net != "mlp" or not model.hidden:
+        return 2 ** 31
+    objective = OBJECTIVES.get(train.objective)
+    rows = train.batch_size * (train.k if objective is not None and objective.uses_k else 1)
+    return max(1, STACK_FLOATS // (rows * max(model.hidden)))
 
 
 class _MemberDraws(TorchFunctionMode):
