@@ -307,7 +307,8 @@ def fit(
                     on_checkpoint(model, history, mid)
                 raise TrainingInterrupted(state.step, state.epoch + 1, mid, history)
             idx = perm[b * bs:(b + 1) * bs]
-            xb, cb = x_epoch[idx], (None if c is None else c[idx])
+            # index_select copies whole rows: the same values as x[idx], ~2x faster for 784-pixel rows
+            xb, cb = x_epoch.index_select(0, idx), (None if c is None else c.index_select(0, idx))
             out = run_objective(xb, cb, beta_at(state.step, config, n_batches, budget))
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
