@@ -9,7 +9,12 @@ Reference, measured in the same run: the floor of the evaluation's own matrix pr
 call of a Linear / Conv layer during one evaluation is recorded (its module and input shape),
 then replayed alone on random inputs of the same shapes; the sum is the floor. Aim: evaluation
 at most 1.5x that floor. Times are the median of ``--repeats`` runs (default 3).
-A benchmark prints; it asserts nothing. On a shared machine the figures are noisy.
+A benchmark prints; it asserts nothing. On a shared machine the figures are noisy: wall-clock
+time counts the time other processes hold the core, so the benchmark also prints the ratio of
+process CPU time (user + system, which includes the page faults of fresh tensors), the steadier
+figure with one thread. It also replays the likelihood's ``log_prob`` alone on logits of the
+recorded shapes (for the Bernoulli head: one softplus pass and one x·ℓ pass over the (k, B, D)
+logits), the largest cost outside the matrix products.
 
 Run: ``python benchmarks/bench_eval.py [--models mlp,conv] [--threads 1] [--repeats 3]``.
 """
@@ -64,12 +69,19 @@ def model_and_data(cfg: RunConfig, epochs: int) -> tuple[nn.Module, Any]:
     return model.eval(), test
 
 
-def recorded_calls(model: nn.Module, run: Any) -> list[tuple[nn.Module, torch.Size]]:
-    """(layer, input shape) of every Linear / Conv call that ``run()`` makes."""
-    calls: list[tuple[nn.Module, torch.Size]] = []
+Call = tuple[nn.Module, torch.Size, bool]
+
+
+def recorded_calls(model: nn.Module, run: Any) -> list[Call]:
+    """(layer, input shape, whether the input is channels-last) of every Linear / Conv call that
+    ``run()`` makes: the conv decoder decodes in channels-last layout without autograd, and a
+    replay in the default layout would time other (slower) kernels."""
+    calls: list[Call] = []
 
     def hook(module: nn.Module, inputs: Any, _output: Any) -> None:
-        calls.append((module, inputs[0].shape))
+        h = inputs[0]
+        calls.append((module, h.shape, h.dim() == 4 and not h.is_contiguous()
+                      and h.is_contiguous(memory_format=torch.channels_last)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, MATMUL_LAYERS)]
     try:
@@ -80,15 +92,45 @@ def recorded_calls(model: nn.Module, run: Any) -> list[tuple[nn.Module, torch.Si
     return calls
 
 
+def recorded_params(model: Any, run: Any) -> list[torch.Size]:
+    """Shape of the decoder output the likelihood turns into p(x|z) at every call ``run()`` makes."""
+    shapes: list[torch.Size] = []
+
+    def hook(_module: nn.Module, inputs: Any, _output: Any) -> None:
+        shapes.append(inputs[0].shape)
+
+    handle = model.likelihood.register_forward_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return shapes
+
+
 @torch.no_grad()
-def floor_seconds(calls: list[tuple[nn.Module, torch.Size]]) -> float:
-    """The recorded layer calls replayed alone on random inputs of the same shapes."""
+def log_prob_seconds(model: Any, shapes: list[torch.Size], x: torch.Tensor) -> float:
+    """The likelihood's log p(x|z) alone, on random decoder outputs of the recorded shapes (..., B, D)
+    scored against the first B test points."""
     g = torch.Generator().manual_seed(0)
-    inputs = {shape: torch.rand(shape, generator=g) for shape in {s for _, s in calls}}
-    t0 = time.perf_counter()
-    for module, shape in calls:
-        module(inputs[shape])
-    return time.perf_counter() - t0
+    params = {shape: torch.randn(shape, generator=g) for shape in set(shapes)}
+    t0 = time.process_time()
+    for shape in shapes:
+        model.likelihood(params[shape]).log_prob(x[:shape[-2]])
+    return time.process_time() - t0
+
+
+@torch.no_grad()
+def floor_seconds(calls: list[Call]) -> tuple[float, float]:
+    """The recorded layer calls replayed alone on random inputs of the same shapes and layouts:
+    (wall, CPU) seconds."""
+    g = torch.Generator().manual_seed(0)
+    inputs = {(shape, cl): torch.rand(shape, generator=g).contiguous(
+                  memory_format=torch.channels_last if cl else torch.contiguous_format)
+              for _, shape, cl in calls}
+    t0, c0 = time.perf_counter(), time.process_time()
+    for module, shape, cl in calls:
+        module(inputs[shape, cl])
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _evaluate_into(metrics: dict[str, Any], model: Any, test: Any, *, k: int, batch_size: int) -> None:
@@ -113,15 +155,20 @@ def main() -> None:
         metrics: dict[str, Any] = {}
         run = partial(_evaluate_into, metrics, model, test, k=args.k, batch_size=cfg.eval.batch_size)
         calls = recorded_calls(model, run)
-        evals, floors = [], []
+        params = recorded_params(model, run)
+        evals, floors, log_probs = [], [], []
         for _ in range(args.repeats):  # interleaved: load on a shared machine hits both alike
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run()
-            evals.append(time.perf_counter() - t0)
+            evals.append((time.perf_counter() - t0, time.process_time() - c0))
             floors.append(floor_seconds(calls))
-        ev, fl = statistics.median(evals), statistics.median(floors)
+            log_probs.append(log_prob_seconds(model, params, test.x))
+        ev, fl = (statistics.median(t[0] for t in evals), statistics.median(t[0] for t in floors))
+        ev_cpu, fl_cpu = (statistics.median(t[1] for t in evals), statistics.median(t[1] for t in floors))
         print(f"{PRESETS[key]:<22} evaluate {ev:7.2f} s   matmul floor {fl:7.2f} s   ratio {ev / fl:5.2f}x   "
               f"(iwae_nll {metrics['iwae_nll']:.3f}, {len(calls)} layer calls)")
+        print(f"{'':<22} CPU time {ev_cpu:7.2f} s   matmul floor {fl_cpu:7.2f} s   ratio {ev_cpu / fl_cpu:5.2f}x   "
+              f"(log p(x|z) alone {statistics.median(log_probs):.2f} s CPU)")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,27 @@ def test_bernoulli_log_prob_is_the_bernoulli_mass_for_samples_and_batches(logit_
     # the rest of the distribution is torch's: mean, and the event/batch shapes
     torch.testing.assert_close(p.mean, torch.sigmoid(logits.detach()))
     assert p.event_shape == logit_shape[-1:] and p.batch_shape == logit_shape[:-1]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_bernoulli_log_prob_without_grad_is_the_same_mass_as_with_grad(binary):
+    """Evaluation (no autograd) takes a different route for k samples sharing x (the terms
+    softplus(ℓ) − x·ℓ in place, not the batched matrix product training differentiates): the same
+    log-mass as torch's Bernoulli in float64 and as the gradient route, to float rounding, for
+    binary x and for grey levels (where it is the negative cross-entropy, as torch's Bernoulli
+    gives); the logits are left as they were."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 5, 784, generator=g) * 8
+    u = torch.rand(5, 784, generator=g)
+    x = (u > 0.5).float() if binary else u
+    expected = Independent(Bernoulli(logits=logits.double(), validate_args=False), 1).log_prob(x.double())
+    before = logits.clone()
+    with torch.no_grad():
+        fast = build_likelihood("bernoulli")(logits).log_prob(x)
+        one_to_one = build_likelihood("bernoulli")(logits[0]).log_prob(x)  # (B, D) against (B, D)
+    torch.testing.assert_close(one_to_one.double(), expected[0], rtol=1e-6, atol=1e-4)
+    assert torch.equal(logits, before)
+    differentiable = build_likelihood("bernoulli")(logits.clone().requires_grad_()).log_prob(x)
+    assert fast.shape == differentiable.shape == (7, 5)
+    torch.testing.assert_close(fast.double(), expected, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(fast, differentiable.detach(), rtol=1e-6, atol=1e-4)

@@ -124,13 +124,23 @@ class IndependentBernoulli(Independent):
     pass and one dot product per point instead of the several elementwise passes of
     ``binary_cross_entropy_with_logits``: the same number up to float rounding, with the same
     gradient x − σ(ℓ), about twice as fast on the (k, B, D) logits of importance sampling.
-    When x (B, D) is shared by k decoded samples (k, B, D), Σ_d x_d ℓ_d is one batched
-    matrix product and x is never expanded to (k, B, D).
+    When x (B, D) is shared by k decoded samples (k, B, D) and a gradient is wanted (IWAE
+    training), Σ_d x_d ℓ_d is one batched matrix product and x is never expanded to (k, B, D).
+    Without a gradient (evaluation) the terms softplus(ℓ_d) − x_d ℓ_d are formed in the softplus
+    output in place and summed once: no second (k, B, D) tensor, and no batched matrix product,
+    whose B matrix-vector products of k rows each run at a fraction of memory speed. The two
+    routes agree to float rounding.
     """
 
     def log_prob(self, value: Tensor) -> Tensor:  # value (..., D) broadcasting against the logits
         logits = cast(Bernoulli, self.base_dist).logits
-        if logits.dim() == 3 and value.dim() == 2 and value.shape == logits.shape[1:]:
+        wants_grad = torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad)
+        if not wants_grad and value.dtype == logits.dtype and \
+                torch.broadcast_shapes(value.shape, logits.shape) == logits.shape:
+            terms = F.softplus(logits)  # (..., D)
+            terms.addcmul_(logits, value, value=-1.0)  # softplus(ℓ) − x·ℓ, in place
+            return -terms.sum(-1)
+        if wants_grad and logits.dim() == 3 and value.dim() == 2 and value.shape == logits.shape[1:]:
             x_dot_logits = torch.einsum("kbd,bd->kb", logits, value)  # (k, B)
         else:
             x_dot_logits = torch.linalg.vecdot(logits, value)  # (...)

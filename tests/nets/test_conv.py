@@ -36,6 +36,24 @@ def test_decoder_restores_every_size(shape):
     assert out.shape == (2, c * h * w)
 
 
+@pytest.mark.parametrize("image_shape, params_per_dim", [((1, 28, 28), 1), ((3, 8, 8), 2)])
+def test_decoding_without_autograd_gives_the_numbers_of_the_autograd_path(image_shape, params_per_dim):
+    """Without autograd the decoder runs in channels-last layout (faster transposed convolutions):
+    the same values, flattened in the same channel-major order (P, C, H, W), as the default layout
+    that training differentiates, for grey and RGB images with one or two parameters per value."""
+    torch.manual_seed(0)
+    dec = ConvDecoder(6, image_shape, params_per_dim=params_per_dim, channels=(4, 8))
+    z = torch.randn(3, 40, 6)  # (k, B, d)
+    with torch.no_grad():
+        fast = dec(z)
+    reference = dec(z)  # autograd on: the default layout
+    assert reference.requires_grad and not fast.requires_grad
+    c, h, w = image_shape
+    assert fast.shape == reference.shape == (3, 40, params_per_dim * c * h * w)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, reference.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_leading_sample_dims_and_condition():
     enc = ConvEncoder((1, 8, 8), out_dim=4, extra_dim=10)
     dec = ConvDecoder(2 + 10, (1, 8, 8))

@@ -157,6 +157,14 @@ class ConvDecoder(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         lead = inputs.shape[:-1]
-        h = self.linear(inputs.reshape(-1, inputs.shape[-1]))  # (N, 512)
-        out = self.deconv(h.reshape(-1, *self.start))  # (N, P·C, H, W)
+        h = self.linear(inputs.reshape(-1, inputs.shape[-1])).reshape(-1, *self.start)  # (N, 32, 4, 4) at 28x28
+        if not torch.is_grad_enabled():
+            # Without autograd (evaluation, sampling), in channels-last layout: oneDNN's transposed
+            # convolutions run on it natively, while from the default layout each layer first copies
+            # its input; the same numbers (to float rounding; identical on the MNIST decoder), ~2x
+            # faster on the thousands of decoded z of IWAE evaluation. Training keeps the default
+            # layout: its backward rounds differently in channels-last (the seeded weights would
+            # change) and at batch 128 it gains nothing.
+            h = h.contiguous(memory_format=torch.channels_last)
+        out = self.deconv(h)  # (N, P·C, H, W)
         return out.reshape(*lead, -1)  # (..., P·C·H·W)
