@@ -223,3 +223,52 @@ def test_report_pngs_have_the_pixels_of_a_default_png(trained_run):
     assert fast != default  # another encoding ...
     np.testing.assert_array_equal(imread(io.BytesIO(fast)), imread(io.BytesIO(default)))  # ... same pixels
     assert len(fast) < 1.25 * len(default)
+
+
+def _savefig_png(fig) -> bytes:
+    import io
+
+    from vaelab.html import PNG_COMPRESS_LEVEL
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    return buf.getvalue()
+
+
+def test_figure_png_draws_once_and_writes_the_bytes_of_savefig(trained_run, monkeypatch):
+    # figure_png skips savefig's layout-only first draw: the same bytes for every report figure
+    # (fresh figures each side), in one draw instead of two, and the figure keeps its canvas.
+    from matplotlib.figure import Figure
+
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    names = [item.spec.name for item in render_all(ctx) if item.figure is not None]
+    assert len(names) >= 8
+    draws = []
+    real_draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda self, renderer: draws.append(1) or real_draw(self, renderer))
+    for name in names:
+        expected = _savefig_png(next(render_all(ctx, [name])).figure)
+        fig = next(render_all(ctx, [name])).figure
+        canvas = fig.canvas
+        draws.clear()
+        assert figure_png(fig) == expected, name
+        assert len(draws) == 1, name
+        assert fig.canvas is canvas
+
+
+def test_figure_png_follows_the_users_savefig_settings(trained_run):
+    # Where the caller's rcParams change what savefig writes, figure_png writes what savefig does.
+    import matplotlib
+
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    plain = figure_png(next(render_all(ctx, ["latent_space"])).figure)
+    with matplotlib.rc_context({"savefig.facecolor": "black", "savefig.dpi": 50}):
+        dark = figure_png(next(render_all(ctx, ["latent_space"])).figure)
+        expected = _savefig_png(next(render_all(ctx, ["latent_space"])).figure)
+    assert dark == expected and dark != plain
