@@ -77,7 +77,10 @@ def figure_png(fig: Any) -> bytes:
     buf = io.BytesIO()
     pil_kwargs = {"compress_level": PNG_COMPRESS_LEVEL}
     rc = matplotlib.rcParams
-    if any(rc[key] != value for key, value in _SAVEFIG_DEFAULTS.items()):
+    # The savefig settings under which savefig(format="png") adds nothing to the canvas's own
+    # print_png: the figure's dpi, face and edge colours, no transparency, no tight bounding box.
+    if (rc["savefig.dpi"] != "figure" or rc["savefig.facecolor"] != "auto" or rc["savefig.edgecolor"] != "auto"
+            or rc["savefig.transparent"] or rc["savefig.bbox"] is not None):
         fig.savefig(buf, format="png", pil_kwargs=pil_kwargs)
         return buf.getvalue()
     canvas = fig.canvas
@@ -86,14 +89,6 @@ def figure_png(fig: Any) -> bytes:
     finally:
         fig.set_canvas(canvas)
     return buf.getvalue()
-
-
-# The savefig settings under which Figure.savefig(format="png") adds nothing to the canvas's own
-# print_png: the figure's dpi, face and edge colours, no transparency, no tight bounding box.
-_SAVEFIG_DEFAULTS: dict[str, Any] = {
-    "savefig.dpi": "figure", "savefig.facecolor": "auto", "savefig.edgecolor": "auto",
-    "savefig.transparent": False, "savefig.bbox": None,
-}
 
 
 def page(title: str, body: str) -> str:
