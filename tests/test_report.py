@@ -272,3 +272,90 @@ def test_figure_png_follows_the_users_savefig_settings(trained_run):
         dark = figure_png(next(render_all(ctx, ["latent_space"])).figure)
         expected = _savefig_png(next(render_all(ctx, ["latent_space"])).figure)
     assert dark == expected and dark != plain
+
+
+def _figure_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "figures").glob("*.png"))}
+
+
+def test_report_drawn_in_a_second_process_has_the_same_bytes(run_copy, monkeypatch):
+    # The worker process delivers every PNG (none drawn here), byte for byte what drawing here
+    # gives, and leaves neither its process nor its temporary folder behind.
+    import vaelab.report as report_module
+    from vaelab import png_worker
+
+    workers: list[png_worker.PngWorker] = []
+    real_init = png_worker.PngWorker.__init__
+
+    def recording_init(self):
+        real_init(self)
+        workers.append(self)
+
+    monkeypatch.setattr(png_worker.PngWorker, "__init__", recording_init)
+    write_report(run_copy, background=False, **FAST)
+    here = _figure_bytes(run_copy)
+    assert len(here) >= 10 and not workers
+    shutil.rmtree(run_copy / "figures")
+    drawn_here: list[str] = []
+    real_png = report_module.figure_png
+    monkeypatch.setattr(report_module, "figure_png", lambda fig: drawn_here.append(1) or real_png(fig))
+    text = write_report(run_copy, background=True, **FAST).read_text()
+    assert _figure_bytes(run_copy) == here
+    assert not drawn_here  # every figure came from the worker
+    assert len(workers) == 1 and workers[0]._proc is not None and workers[0]._proc.poll() is not None
+    assert not workers[0].folder.exists()
+    names = [spec.name for spec in plan(PlotContext.from_run(ckpt.load(run_copy), **FAST))[0]]
+    assert [text.index(f'id="fig-{n}"') for n in names] == sorted(text.index(f'id="fig-{n}"') for n in names)
+
+
+def test_report_draws_here_what_the_worker_does_not_deliver(run_copy, monkeypatch):
+    # A worker that cannot start, or one that exits at once: the report is the same, drawn here.
+    from vaelab import png_worker
+
+    write_report(run_copy, background=False, **FAST)
+    here = _figure_bytes(run_copy)
+
+    def cannot_start(self):
+        raise OSError("no processes here")
+
+    with monkeypatch.context() as m:
+        m.setattr(png_worker.PngWorker, "__init__", cannot_start)
+        shutil.rmtree(run_copy / "figures")
+        write_report(run_copy, background=True, **FAST)
+        assert _figure_bytes(run_copy) == here
+    with monkeypatch.context() as m:
+        m.setattr(png_worker.sys, "executable", shutil.which("false") or "/bin/false")  # starts, then dies
+        shutil.rmtree(run_copy / "figures")
+        write_report(run_copy, background=True, **FAST)
+        assert _figure_bytes(run_copy) == here
+
+
+def test_worker_draws_with_the_callers_matplotlib_settings(trained_run):
+    # rcParams read at drawing time (here savefig.facecolor) reach the worker; the caller's stay as they were.
+    import matplotlib
+
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+    from vaelab.png_worker import PngWorker
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    before = dict(matplotlib.rcParams)
+    with matplotlib.rc_context({"savefig.facecolor": "black"}):
+        here = figure_png(next(render_all(ctx, ["latent_space"])).figure)
+        with PngWorker() as worker:
+            assert worker.submit("latent_space", next(render_all(ctx, ["latent_space"])).figure)
+            assert worker.submit("broken", lambda: None) is False  # cannot pickle: the caller draws it
+            there = worker.finish()
+    assert there == {"latent_space": here}
+    assert here != figure_png(next(render_all(ctx, ["latent_space"])).figure)  # black made a difference
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_heavy_figures_come_last_only_when_asked(trained_run):
+    from vaelab.plots import render_all
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    apply = [spec.name for spec in plan(ctx)[0]]
+    assert "density" in apply and apply[-1] != "density"
+    late = [item.spec.name for item in render_all(ctx, heavy_last=True)]
+    assert late == [n for n in apply if n != "density"] + ["density"]
