@@ -359,3 +359,13 @@ def test_heavy_figures_come_last_only_when_asked(trained_run):
     assert "density" in apply and apply[-1] != "density"
     late = [item.spec.name for item in render_all(ctx, heavy_last=True)]
     assert late == [n for n in apply if n != "density"] + ["density"]
+
+
+def test_worker_only_where_it_finds_a_cpu_of_its_own(monkeypatch):
+    from vaelab import png_worker
+
+    monkeypatch.setattr(png_worker, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(png_worker.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert png_worker.spare_cpu(1) and not png_worker.spare_cpu(2)  # torch on both CPUs: no room
+    monkeypatch.setattr(png_worker.os, "getloadavg", lambda: (1.8, 1.8, 1.8))
+    assert not png_worker.spare_cpu(1)  # another busy process: the worker would only take turns

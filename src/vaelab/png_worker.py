@@ -38,6 +38,22 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def spare_cpu(threads: int) -> bool:
+    """Whether a second process would find a CPU of its own beside this process's ``threads``
+    compute threads: the usable CPUs, less the 1-minute load average, leave room for them and
+    (most of) one more.
+
+    Without one, the worker only takes turns with this process: on a 2-CPU machine with one other
+    busy process, a report with the worker took 12.9 s against 10.8 s without (bench_report.py),
+    and torch's threads slow down badly when one of them must share its CPU.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows, or no load average available: assume idle
+        load = 0.0
+    return usable_cpus() - load >= threads + 0.5
+
+
 class PngWorker:
     """A child process that turns pickled figures into PNG bytes; use it as a context manager.
 

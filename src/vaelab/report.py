@@ -216,16 +216,19 @@ def collect_figures(
 
     ``background``: encode the PNGs in a second process (``vaelab.png_worker``) while this one
     builds the next figures, the heavy ones (the density image) last, so that drawing overlaps
-    computing; the PNG bytes are the same. None (the default) does so when this process may use
-    at least 2 CPUs; any figure the worker does not deliver (it cannot start, ...) is drawn here.
+    computing; the PNG bytes are the same. None (the default) does so where that process would
+    have a CPU of its own beside torch's threads (``png_worker.spare_cpu``); any figure the
+    worker does not deliver (it cannot start, it died, ...) is drawn here.
     Returns the entries (in registry order) and the (name, reason) of figures skipped.
     """
+    import torch
+
     from vaelab import plots
-    from vaelab.png_worker import PngWorker, usable_cpus
+    from vaelab.png_worker import PngWorker, spare_cpu
 
     apply, skipped = plots.plan(ctx, names)
     if background is None:
-        background = usable_cpus() >= 2
+        background = spare_cpu(torch.get_num_threads())
     worker = None
     if background and apply:
         try:
