@@ -369,3 +369,16 @@ def test_worker_only_where_it_finds_a_cpu_of_its_own(monkeypatch):
     assert png_worker.spare_cpu(1) and not png_worker.spare_cpu(2)  # torch on both CPUs: no room
     monkeypatch.setattr(png_worker.os, "getloadavg", lambda: (1.8, 1.8, 1.8))
     assert not png_worker.spare_cpu(1)  # another busy process: the worker would only take turns
+
+
+def test_plot_writes_the_png_bytes_of_savefig(trained_run, tmp_path):
+    # `vaelab plot` PNGs: drawn once, the bytes of a plain savefig (PIL's default compression).
+    import io
+
+    from vaelab.plots import render_all, save_figure
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    buf = io.BytesIO()
+    next(render_all(ctx, ["reconstructions"])).figure.savefig(buf, format="png")
+    path = save_figure(next(render_all(ctx, ["reconstructions"])).figure, tmp_path / "r.png")
+    assert path.read_bytes() == buf.getvalue()

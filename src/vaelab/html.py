@@ -60,8 +60,9 @@ def png_data_uri(png: bytes) -> str:
 PNG_COMPRESS_LEVEL = 1
 
 
-def figure_png(fig: Any) -> bytes:
-    """The PNG bytes of a matplotlib Figure: the bytes ``fig.savefig(buf, format="png")`` writes.
+def figure_png(fig: Any, compress_level: int | None = PNG_COMPRESS_LEVEL) -> bytes:
+    """The PNG bytes of a matplotlib Figure: the bytes ``fig.savefig(buf, format="png")`` writes
+    (zlib level ``compress_level``; None: PIL's default, exactly what a plain ``savefig`` writes).
 
     ``savefig`` draws a figure with a layout engine twice: once with drawing disabled, only to
     run the layout, then again for the pixels (with the layout switched off). Drawing once on an
@@ -75,7 +76,7 @@ def figure_png(fig: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     buf = io.BytesIO()
-    pil_kwargs = {"compress_level": PNG_COMPRESS_LEVEL}
+    pil_kwargs = {} if compress_level is None else {"compress_level": compress_level}
     rc = matplotlib.rcParams
     # The savefig settings under which savefig(format="png") adds nothing to the canvas's own
     # print_png: the figure's dpi, face and edge colours, no transparency, no tight bounding box.

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from vaelab import checkpoint as ckpt
 from vaelab.errors import InputError
+from vaelab.html import figure_png
 from vaelab.plots.common import FigureSpec, PlotContext
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,10 @@ def save_figure(fig: Figure, path: Path, fmt: str | None = None) -> Path:
     if fmt not in FORMATS:
         raise InputError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=fmt)
+    if fmt == "png":  # savefig's bytes, drawn once instead of twice (see vaelab.html.figure_png)
+        path.write_bytes(figure_png(fig, compress_level=None))
+    else:
+        fig.savefig(path, format=fmt)
     return path
 
 
