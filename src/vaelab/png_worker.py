@@ -3,7 +3,7 @@
 A report builds its figures here (they need the model, so torch), but most of a figure's cost is
 drawing it (matplotlib's constrained layout, text and rasterisation), which needs matplotlib only,
 and the report's heaviest computation (the density image's IWAE decode) uses no matplotlib at
-all. ``PngWorker`` starts ``python -m vaelab.png_worker FOLDER``: that process imports matplotlib
+all. ``PngWorker`` starts a Python process running ``serve(FOLDER)``: it imports matplotlib
 and ``vaelab.html`` (never torch), takes pickled figures and writes the PNG bytes of each with
 ``vaelab.html.figure_png``, the bytes this process would have written (tested).
 
@@ -75,13 +75,13 @@ class PngWorker:
             # Every setting except the backend (drawing goes through an Agg canvas of its own).
             rc = {key: value for key, value in matplotlib.rcParams.items() if key != "backend"}
             (self.folder / RC_FILE).write_bytes(pickle.dumps(rc, protocol=pickle.HIGHEST_PROTOCOL))
-            env = dict(os.environ)
-            # The child finds this very vaelab even when the caller put it on sys.path by hand.
+            # The folder holding this vaelab goes at the end of the child's sys.path, so that it
+            # finds vaelab even where the caller put it on sys.path by hand (a notebook), without
+            # putting site-packages ahead of the standard library.
             package_root = str(Path(vaelab.__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "vaelab.png_worker", str(self.folder)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=env,
+                [sys.executable, "-c", _CHILD, package_root, str(self.folder)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
             )
         except (OSError, pickle.PicklingError, TypeError, AttributeError):
             self.close()
@@ -143,12 +143,16 @@ class PngWorker:
         self.close()
 
 
-def _serve(folder: Path) -> None:
+_CHILD = "import sys; sys.path.append(sys.argv[1]); from vaelab.png_worker import serve; serve(sys.argv[2])"
+
+
+def serve(folder: str | Path) -> None:
     """The worker's loop: one figure name per line of stdin -> FOLDER/name.png."""
     import matplotlib
 
     from vaelab.html import figure_png
 
+    folder = Path(folder)
     matplotlib.rcParams.update(pickle.loads((folder / RC_FILE).read_bytes()))
     for line in sys.stdin:
         name = line.strip()
@@ -161,6 +165,3 @@ def _serve(folder: Path) -> None:
         tmp.write_bytes(png)
         os.replace(tmp, folder / f"{name}.png")
 
-
-if __name__ == "__main__":
-    _serve(Path(sys.argv[1]))
