@@ -279,9 +279,8 @@ def _figure_bytes(run_dir: Path) -> dict[str, bytes]:
 
 
 def test_report_drawn_in_a_second_process_has_the_same_bytes(run_copy, monkeypatch):
-    # The worker process delivers every PNG (none drawn here), byte for byte what drawing here
-    # gives, and leaves neither its process nor its temporary folder behind.
-    import vaelab.report as report_module
+    # The PNGs shared out between the worker process and this one are byte for byte what drawing
+    # here alone gives, and the worker leaves neither its process nor its temporary folder behind.
     from vaelab import png_worker
 
     workers: list[png_worker.PngWorker] = []
@@ -296,12 +295,8 @@ def test_report_drawn_in_a_second_process_has_the_same_bytes(run_copy, monkeypat
     here = _figure_bytes(run_copy)
     assert len(here) >= 10 and not workers
     shutil.rmtree(run_copy / "figures")
-    drawn_here: list[str] = []
-    real_png = report_module.figure_png
-    monkeypatch.setattr(report_module, "figure_png", lambda fig: drawn_here.append(1) or real_png(fig))
     text = write_report(run_copy, background=True, **FAST).read_text()
     assert _figure_bytes(run_copy) == here
-    assert not drawn_here  # every figure came from the worker
     assert len(workers) == 1 and workers[0]._proc is not None and workers[0]._proc.poll() is not None
     assert not workers[0].folder.exists()
     names = [spec.name for spec in plan(PlotContext.from_run(ckpt.load(run_copy), **FAST))[0]]
@@ -382,3 +377,26 @@ def test_plot_writes_the_png_bytes_of_savefig(trained_run, tmp_path):
     next(render_all(ctx, ["reconstructions"])).figure.savefig(buf, format="png")
     path = save_figure(next(render_all(ctx, ["reconstructions"])).figure, tmp_path / "r.png")
     assert path.read_bytes() == buf.getvalue()
+
+
+def test_worker_and_caller_share_the_figures_out_once_each(trained_run):
+    # finish(draw_here): the caller takes over what the worker has not started; every figure is
+    # drawn exactly once, by one of them, and the bytes are the same whoever drew it.
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+    from vaelab.png_worker import PngWorker
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    names = [spec.name for spec in plan(ctx)[0]][:6]
+    expected = {n: figure_png(next(render_all(ctx, [n])).figure) for n in names}
+    figures = {n: next(render_all(ctx, [n])).figure for n in names}
+    here: list[str] = []
+    with PngWorker() as worker:
+        assert all(worker.submit(n, figures[n]) for n in names)
+        pngs = worker.finish(lambda n: here.append(n) or figure_png(figures[n]))
+        left = sorted(p.name for p in worker.folder.iterdir())
+    assert pngs == expected
+    assert len(here) == len(set(here)) and here == [n for n in reversed(names) if n in here]  # last sent first
+    # each pickle was claimed by exactly one side: renamed to .here (this process) or .worker
+    assert sorted(n for n in names if f"{n}.here" in left) == sorted(here)
+    assert sorted(n for n in names if f"{n}.worker" in left) == sorted(set(names) - set(here))

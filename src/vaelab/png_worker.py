@@ -21,6 +21,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class PngWorker:
     """A child process that turns pickled figures into PNG bytes; use it as a context manager.
 
     ``submit(name, fig)`` hands a figure over (False when it cannot be: draw it yourself);
-    ``finish()`` waits for the drawings and returns ``{name: png bytes}`` for those delivered.
+    ``finish(draw_here)`` shares out what is left, waits, and returns ``{name: png bytes}``.
     Leaving the ``with`` block stops the process and removes the temporary folder.
     """
 
@@ -104,8 +105,26 @@ class PngWorker:
         self._sent.append(name)
         return True
 
-    def finish(self, timeout: float = FINISH_TIMEOUT) -> dict[str, bytes]:
-        """Wait for the worker to draw what was sent; the PNG bytes it delivered, by name."""
+    def finish(
+        self, draw_here: Callable[[str], bytes] | None = None, timeout: float = FINISH_TIMEOUT
+    ) -> dict[str, bytes]:
+        """The PNG bytes of the figures sent, by name, once the worker has drawn its share.
+
+        ``draw_here(name)``: the caller's own drawing of a figure it sent. With it, this process
+        takes over the figures the worker has not started yet, last sent first, while the worker
+        goes on from the front of the queue: each figure is claimed by renaming its pickle, which
+        succeeds for one process only, so none is drawn twice and neither process idles while
+        figures wait (the worker may also just be slow to start on a busy machine). Figures
+        neither delivered (the worker died) nor drawn here are missing from the result.
+        """
+        done = {}
+        if draw_here is not None:
+            for name in reversed(self._sent):
+                try:
+                    os.rename(self.folder / f"{name}.pkl", self.folder / f"{name}.here")
+                except OSError:  # the worker claimed it first
+                    continue
+                done[name] = draw_here(name)
         if self._proc is not None:
             try:
                 if self._proc.stdin is not None:
@@ -113,10 +132,9 @@ class PngWorker:
                 self._proc.wait(timeout)
             except (OSError, subprocess.TimeoutExpired):
                 self._stop()
-        done = {}
         for name in self._sent:
             path = self.folder / f"{name}.png"
-            if path.is_file():  # written under a temporary name and renamed: complete when present
+            if name not in done and path.is_file():  # written under a temporary name, then renamed
                 done[name] = path.read_bytes()
         return done
 
@@ -156,8 +174,13 @@ def serve(folder: str | Path) -> None:
     matplotlib.rcParams.update(pickle.loads((folder / RC_FILE).read_bytes()))
     for line in sys.stdin:
         name = line.strip()
+        claimed = folder / f"{name}.worker"
         try:
-            fig = pickle.loads((folder / f"{name}.pkl").read_bytes())
+            os.rename(folder / f"{name}.pkl", claimed)  # fails where the caller took it over (finish)
+        except OSError:
+            continue
+        try:
+            fig = pickle.loads(claimed.read_bytes())
             png = figure_png(fig)
         except Exception:  # noqa: BLE001 - the caller draws this figure itself and raises its error there
             continue

@@ -216,9 +216,10 @@ def collect_figures(
 
     ``background``: encode the PNGs in a second process (``vaelab.png_worker``) while this one
     builds the next figures, the heavy ones (the density image) last, so that drawing overlaps
-    computing; the PNG bytes are the same. None (the default) does so where that process would
-    have a CPU of its own beside torch's threads (``png_worker.spare_cpu``); any figure the
-    worker does not deliver (it cannot start, it died, ...) is drawn here.
+    computing; once the figures are built, this process takes over those the worker has not
+    started (``PngWorker.finish``). The PNG bytes are the same. None (the default) does so where
+    that process would have a CPU of its own beside torch's threads (``png_worker.spare_cpu``);
+    any figure the worker does not deliver (it cannot start, it died, ...) is drawn here.
     Returns the entries (in registry order) and the (name, reason) of figures skipped.
     """
     import torch
@@ -247,7 +248,7 @@ def collect_figures(
                 else:
                     entry.png = figure_png(item.figure)
             entries[spec.name] = entry
-        delivered = worker.finish() if worker is not None else {}
+        delivered = worker.finish(lambda name: figure_png(sent[name])) if worker is not None else {}
     finally:
         if worker is not None:
             worker.close()
