@@ -223,3 +223,180 @@ def test_report_pngs_have_the_pixels_of_a_default_png(trained_run):
     assert fast != default  # another encoding ...
     np.testing.assert_array_equal(imread(io.BytesIO(fast)), imread(io.BytesIO(default)))  # ... same pixels
     assert len(fast) < 1.25 * len(default)
+
+
+def _savefig_png(fig) -> bytes:
+    import io
+
+    from vaelab.html import PNG_COMPRESS_LEVEL
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    return buf.getvalue()
+
+
+def test_figure_png_draws_once_and_writes_the_bytes_of_savefig(trained_run, monkeypatch):
+    # figure_png skips savefig's layout-only first draw: the same bytes for every report figure
+    # (fresh figures each side), in one draw instead of two, and the figure keeps its canvas.
+    from matplotlib.figure import Figure
+
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    names = [item.spec.name for item in render_all(ctx) if item.figure is not None]
+    assert len(names) >= 8
+    draws = []
+    real_draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda self, renderer: draws.append(1) or real_draw(self, renderer))
+    for name in names:
+        expected = _savefig_png(next(render_all(ctx, [name])).figure)
+        fig = next(render_all(ctx, [name])).figure
+        canvas = fig.canvas
+        draws.clear()
+        assert figure_png(fig) == expected, name
+        assert len(draws) == 1, name
+        assert fig.canvas is canvas
+
+
+def test_figure_png_follows_the_users_savefig_settings(trained_run):
+    # Where the caller's rcParams change what savefig writes, figure_png writes what savefig does.
+    import matplotlib
+
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    plain = figure_png(next(render_all(ctx, ["latent_space"])).figure)
+    with matplotlib.rc_context({"savefig.facecolor": "black", "savefig.dpi": 50}):
+        dark = figure_png(next(render_all(ctx, ["latent_space"])).figure)
+        expected = _savefig_png(next(render_all(ctx, ["latent_space"])).figure)
+    assert dark == expected and dark != plain
+
+
+def _figure_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "figures").glob("*.png"))}
+
+
+def test_report_drawn_in_a_second_process_has_the_same_bytes(run_copy, monkeypatch):
+    # The PNGs shared out between the worker process and this one are byte for byte what drawing
+    # here alone gives, and the worker leaves neither its process nor its temporary folder behind.
+    from vaelab import png_worker
+
+    workers: list[png_worker.PngWorker] = []
+    real_init = png_worker.PngWorker.__init__
+
+    def recording_init(self):
+        real_init(self)
+        workers.append(self)
+
+    monkeypatch.setattr(png_worker.PngWorker, "__init__", recording_init)
+    write_report(run_copy, background=False, **FAST)
+    here = _figure_bytes(run_copy)
+    assert len(here) >= 10 and not workers
+    shutil.rmtree(run_copy / "figures")
+    text = write_report(run_copy, background=True, **FAST).read_text()
+    assert _figure_bytes(run_copy) == here
+    assert len(workers) == 1 and workers[0]._proc is not None and workers[0]._proc.poll() is not None
+    assert not workers[0].folder.exists()
+    names = [spec.name for spec in plan(PlotContext.from_run(ckpt.load(run_copy), **FAST))[0]]
+    assert [text.index(f'id="fig-{n}"') for n in names] == sorted(text.index(f'id="fig-{n}"') for n in names)
+
+
+def test_report_draws_here_what_the_worker_does_not_deliver(run_copy, monkeypatch):
+    # A worker that cannot start, or one that exits at once: the report is the same, drawn here.
+    from vaelab import png_worker
+
+    write_report(run_copy, background=False, **FAST)
+    here = _figure_bytes(run_copy)
+
+    def cannot_start(self):
+        raise OSError("no processes here")
+
+    with monkeypatch.context() as m:
+        m.setattr(png_worker.PngWorker, "__init__", cannot_start)
+        shutil.rmtree(run_copy / "figures")
+        write_report(run_copy, background=True, **FAST)
+        assert _figure_bytes(run_copy) == here
+    with monkeypatch.context() as m:
+        m.setattr(png_worker.sys, "executable", shutil.which("false") or "/bin/false")  # starts, then dies
+        shutil.rmtree(run_copy / "figures")
+        write_report(run_copy, background=True, **FAST)
+        assert _figure_bytes(run_copy) == here
+
+
+def test_worker_draws_with_the_callers_matplotlib_settings(trained_run):
+    # rcParams read at drawing time (here savefig.facecolor) reach the worker; the caller's stay as they were.
+    import matplotlib
+
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+    from vaelab.png_worker import PngWorker
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    before = dict(matplotlib.rcParams)
+    with matplotlib.rc_context({"savefig.facecolor": "black"}):
+        here = figure_png(next(render_all(ctx, ["latent_space"])).figure)
+        with PngWorker() as worker:
+            assert worker.submit("latent_space", next(render_all(ctx, ["latent_space"])).figure)
+            assert worker.submit("broken", lambda: None) is False  # cannot pickle: the caller draws it
+            there = worker.finish()
+    assert there == {"latent_space": here}
+    assert here != figure_png(next(render_all(ctx, ["latent_space"])).figure)  # black made a difference
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_heavy_figures_come_last_only_when_asked(trained_run):
+    from vaelab.plots import render_all
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    apply = [spec.name for spec in plan(ctx)[0]]
+    assert "density" in apply and apply[-1] != "density"
+    late = [item.spec.name for item in render_all(ctx, heavy_last=True)]
+    assert late == [n for n in apply if n != "density"] + ["density"]
+
+
+def test_worker_only_where_it_finds_a_cpu_of_its_own(monkeypatch):
+    from vaelab import png_worker
+
+    monkeypatch.setattr(png_worker, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(png_worker.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert png_worker.spare_cpu(1) and not png_worker.spare_cpu(2)  # torch on both CPUs: no room
+    monkeypatch.setattr(png_worker.os, "getloadavg", lambda: (1.8, 1.8, 1.8))
+    assert not png_worker.spare_cpu(1)  # another busy process: the worker would only take turns
+
+
+def test_plot_writes_the_png_bytes_of_savefig(trained_run, tmp_path):
+    # `vaelab plot` PNGs: drawn once, the bytes of a plain savefig (PIL's default compression).
+    import io
+
+    from vaelab.plots import render_all, save_figure
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    buf = io.BytesIO()
+    next(render_all(ctx, ["reconstructions"])).figure.savefig(buf, format="png")
+    path = save_figure(next(render_all(ctx, ["reconstructions"])).figure, tmp_path / "r.png")
+    assert path.read_bytes() == buf.getvalue()
+
+
+def test_worker_and_caller_share_the_figures_out_once_each(trained_run):
+    # finish(draw_here): the caller takes over what the worker has not started; every figure is
+    # drawn exactly once, by one of them, and the bytes are the same whoever drew it.
+    from vaelab.html import figure_png
+    from vaelab.plots import render_all
+    from vaelab.png_worker import PngWorker
+
+    ctx = PlotContext.from_run(ckpt.load(trained_run), **FAST)
+    names = [spec.name for spec in plan(ctx)[0]][:6]
+    expected = {n: figure_png(next(render_all(ctx, [n])).figure) for n in names}
+    figures = {n: next(render_all(ctx, [n])).figure for n in names}
+    here: list[str] = []
+    with PngWorker() as worker:
+        assert all(worker.submit(n, figures[n]) for n in names)
+        pngs = worker.finish(lambda n: here.append(n) or figure_png(figures[n]))
+        left = sorted(p.name for p in worker.folder.iterdir())
+    assert pngs == expected
+    assert len(here) == len(set(here)) and here == [n for n in reversed(names) if n in here]  # last sent first
+    # each pickle was claimed by exactly one side: renamed to .here (this process) or .worker
+    assert sorted(n for n in names if f"{n}.here" in left) == sorted(here)
+    assert sorted(n for n in names if f"{n}.worker" in left) == sorted(set(names) - set(here))

@@ -210,25 +210,57 @@ def collect_figures(
     *,
     figures_dir: Path | None = None,
     notify: Callable[[str], None] | None = None,
+    background: bool | None = None,
 ) -> tuple[list[FigureEntry], list[tuple[str, str]]]:
     """Draw every applicable figure to PNG (also saved into ``figures_dir`` when given).
 
+    ``background``: encode the PNGs in a second process (``vaelab.png_worker``) while this one
+    builds the next figures, the heavy ones (the density image) last, so that drawing overlaps
+    computing; once the figures are built, this process takes over those the worker has not
+    started (``PngWorker.finish``). The PNG bytes are the same. None (the default) does so where
+    that process would have a CPU of its own beside torch's threads (``png_worker.spare_cpu``);
+    any figure the worker does not deliver (it cannot start, it died, ...) is drawn here.
     Returns the entries (in registry order) and the (name, reason) of figures skipped.
     """
-    from vaelab import plots
+    import torch
 
-    _, skipped = plots.plan(ctx, names)
-    entries = []
-    for item in plots.render_all(ctx, names, notify=notify):
-        spec = item.spec
-        entry = FigureEntry(spec.name, spec.title or spec.name, spec.caption, error=item.error)
-        if item.figure is not None:
-            entry.png = figure_png(item.figure)
-            if figures_dir is not None:
+    from vaelab import plots
+    from vaelab.png_worker import PngWorker, spare_cpu
+
+    apply, skipped = plots.plan(ctx, names)
+    if background is None:
+        background = spare_cpu(torch.get_num_threads())
+    worker = None
+    if background and apply:
+        try:
+            worker = PngWorker()
+        except OSError:  # no second process here: draw everything in this one
+            worker = None
+    entries: dict[str, FigureEntry] = {}
+    sent: dict[str, Any] = {}  # figures handed to the worker, kept to draw here if it fails
+    try:
+        for item in plots.render_all(ctx, names, notify=notify, heavy_last=worker is not None):
+            spec = item.spec
+            entry = FigureEntry(spec.name, spec.title or spec.name, spec.caption, error=item.error)
+            if item.figure is not None:
+                if worker is not None and worker.submit(spec.name, item.figure):
+                    sent[spec.name] = item.figure
+                else:
+                    entry.png = figure_png(item.figure)
+            entries[spec.name] = entry
+        delivered = worker.finish(lambda name: figure_png(sent[name])) if worker is not None else {}
+    finally:
+        if worker is not None:
+            worker.close()
+    for name, fig in sent.items():
+        entries[name].png = delivered[name] if name in delivered else figure_png(fig)
+    ordered = [entries[spec.name] for spec in apply if spec.name in entries]
+    if figures_dir is not None:
+        for entry in ordered:
+            if entry.png is not None:
                 figures_dir.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_write_bytes(figures_dir / f"{spec.name}.png", entry.png)
-        entries.append(entry)
-    return entries, skipped
+                ckpt.atomic_write_bytes(figures_dir / f"{entry.name}.png", entry.png)
+    return ordered, skipped
 
 
 def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequence[tuple[str, str]] = ()) -> str:
@@ -287,12 +319,15 @@ def write_report(
     names: Sequence[str] | None = None,
     notify: Callable[[str], None] | None = None,
     save_figures: bool = True,
+    background: bool | None = None,
     **options: Any,
 ) -> Path:
     """Draw the figures and write ``RUN/report.html`` (or ``out``); returns the report's path.
 
     ``options`` go to ``PlotContext`` (dims, points, seed, n_points, density_k …). The
     figures are also saved as PNG into ``RUN/figures`` unless ``save_figures`` is False.
+    ``background``: whether a second process encodes the PNGs while this one computes (the same
+    bytes either way); None decides by the CPUs available (see ``collect_figures``).
     """
     from vaelab.plots import FIGURES_DIR, PlotContext, check_names
 
@@ -303,7 +338,8 @@ def write_report(
         run = ckpt.load(run)
     ctx = PlotContext.from_run(run, **options)
     entries, skipped = collect_figures(
-        ctx, names, figures_dir=run.path / FIGURES_DIR if save_figures else None, notify=notify
+        ctx, names, figures_dir=run.path / FIGURES_DIR if save_figures else None, notify=notify,
+        background=background,
     )
     _, needs_toml = reproduce_command(run.config, run.path)
     if needs_toml:

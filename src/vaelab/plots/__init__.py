@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from vaelab import checkpoint as ckpt
 from vaelab.errors import InputError
+from vaelab.html import figure_png
 from vaelab.plots.common import FigureSpec, PlotContext
 
 log = logging.getLogger(__name__)
@@ -129,15 +130,20 @@ class Rendered:
 
 
 def render_all(
-    ctx: PlotContext, names: Sequence[str] | None = None, notify: Callable[[str], None] | None = None
+    ctx: PlotContext, names: Sequence[str] | None = None, notify: Callable[[str], None] | None = None,
+    *, heavy_last: bool = False,
 ) -> Iterator[Rendered]:
     """Draw every requested figure that applies, one at a time (so memory stays flat).
 
     Figures that do not apply are announced through ``notify`` (one line each) and skipped.
     A figure that fails to draw (e.g. a model whose weights became NaN) is yielded with its
-    error instead of stopping the others; the caller shows it.
+    error instead of stopping the others; the caller shows it. Figures come in registry order,
+    or with ``heavy_last`` the ``FigureSpec.heavy`` ones after the others (each figure draws
+    its own noise from its own generator, so the order changes no figure).
     """
     apply, skip = plan(ctx, names)
+    if heavy_last:
+        apply = [s for s in apply if not s.heavy] + [s for s in apply if s.heavy]
     # One line per reason, so whole families that never apply (image, conditional) stay short.
     by_reason: dict[str, list[str]] = {}
     for name, reason in skip:
@@ -166,7 +172,10 @@ def save_figure(fig: Figure, path: Path, fmt: str | None = None) -> Path:
     if fmt not in FORMATS:
         raise InputError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=fmt)
+    if fmt == "png":  # savefig's bytes, drawn once instead of twice (see vaelab.html.figure_png)
+        path.write_bytes(figure_png(fig, compress_level=None))
+    else:
+        fig.savefig(path, format=fmt)
     return path
 
 

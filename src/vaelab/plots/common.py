@@ -380,6 +380,9 @@ class FigureSpec:
     skip_reason: PlotContext -> None when the figure applies to this run, otherwise a short
         reason it does not (shown as a one-line notice, e.g. "the autoencoder has no q(z|x)").
     title: a short human title for report headings.
+    heavy: make() computes for seconds, not milliseconds (the density image's IWAE grid): a
+        report drawing its PNGs in a second process makes such figures last, so that the
+        drawing of the others overlaps the computation (see ``vaelab.png_worker``).
     """
 
     name: str
@@ -387,6 +390,7 @@ class FigureSpec:
     caption: str
     skip_reason: Callable[[PlotContext], str | None]
     title: str = ""
+    heavy: bool = False
 
 
 def all_of(*checks: Callable[[PlotContext], str | None]) -> Callable[[PlotContext], str | None]:

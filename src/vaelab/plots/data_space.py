@@ -213,5 +213,6 @@ FIGURES = [
         "between the modes shows where the model blurs them together.",
         all_of(_posterior, needs_2d_data),
         title="Model density p(x)",
+        heavy=True,  # 80 x 80 points x k = 100 samples through the decoder
     ),
 ]
