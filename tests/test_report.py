@@ -400,3 +400,40 @@ def test_worker_and_caller_share_the_figures_out_once_each(trained_run):
     # each pickle was claimed by exactly one side: renamed to .here (this process) or .worker
     assert sorted(n for n in names if f"{n}.here" in left) == sorted(here)
     assert sorted(n for n in names if f"{n}.worker" in left) == sorted(set(names) - set(here))
+
+
+@pytest.mark.parametrize("user_threads", [False, True])
+def test_cli_report_gives_the_worker_a_cpu_by_running_torch_one_thread_fewer(trained_run, tmp_path, monkeypatch,
+                                                                              user_threads):
+    # Where torch's threads take every free CPU but one fewer would leave one to the PNG worker,
+    # `vaelab report` draws with the worker on torch's threads less one, and puts them back after;
+    # threads the user set (OMP_NUM_THREADS) are left as they are and the default policy decides.
+    import torch
+
+    from vaelab import png_worker, report
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    seen = []
+    real = report.write_report
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), kwargs.get("background")))
+        return real(*args, **{**kwargs, "background": False})  # the drawing itself is tested above
+
+    monkeypatch.setattr(report, "write_report", spy)
+    monkeypatch.setattr(png_worker, "spare_cpu", lambda threads: threads <= 1)
+    if user_threads:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = CliRunner().invoke(app, ["report", str(run), "--figures", "samples"])
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == ([(2, None)] if user_threads else [(1, True)])
+    assert after == 2
