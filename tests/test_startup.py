@@ -91,7 +91,7 @@ def test_evaluate_stays_the_function_after_its_module_is_imported() -> None:
 def test_a_toy_run_never_imports_sympy() -> None:
     """torch.broadcast_shapes (MultivariateNormal's constructor, among others) imports sympy on its
     first call: ~1 s at the start of a command. Loading every exact-density toy set, its exact
-    density, a model's held-out evaluation and a conditional model's forward pass must not pay
+    density, a model's held-out evaluation (Gaussian and Bernoulli) and a conditional model's forward pass must not pay
     for it (training does, through torch.optim's import of torch._dynamo)."""
     code = """
 import torch
@@ -105,6 +105,8 @@ for name in ("2gmm", "radial_gmm", "ring", "spiral", "pinwheel", "banana"):
 evaluate(build_model(ModelConfig(), 2, seed=0), ds.x[:50], k=8, seed=0, true_log_prob=ds.log_prob(ds.x[:50]))
 cond = build_model(ModelConfig(), 2, cond_dim=3, seed=0)
 cond.embed(torch.randn(4, 2), torch.randn(1, 3))
+bern = build_model(ModelConfig(likelihood="bernoulli", activation="relu"), 6, seed=0)
+evaluate(bern, (torch.rand(20, 6) < 0.5).float(), k=8, seed=0)  # the no-grad Bernoulli log_prob
 import sys
 result = "sympy" in sys.modules
 """

@@ -135,16 +135,24 @@ class IndependentBernoulli(Independent):
     def log_prob(self, value: Tensor) -> Tensor:  # value (..., D) broadcasting against the logits
         logits = cast(Bernoulli, self.base_dist).logits
         wants_grad = torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad)
-        if not wants_grad and value.dtype == logits.dtype and \
-                torch.broadcast_shapes(value.shape, logits.shape) == logits.shape:
+        if not wants_grad and value.dtype == logits.dtype and _broadcasts_to(value.shape, logits.shape):
             terms = F.softplus(logits)  # (..., D)
-            terms.addcmul_(logits, value, value=-1.0)  # softplus(ℓ) − x·ℓ, in place
+            # softplus(ℓ) − x·ℓ in the softplus output (sub_ rather than addcmul_, which vmap, as in a
+            # stacked sweep, runs through a slow fallback with a warning)
+            terms.sub_(logits * value)
             return -terms.sum(-1)
         if wants_grad and logits.dim() == 3 and value.dim() == 2 and value.shape == logits.shape[1:]:
             x_dot_logits = torch.einsum("kbd,bd->kb", logits, value)  # (k, B)
         else:
             x_dot_logits = torch.linalg.vecdot(logits, value)  # (...)
         return x_dot_logits - F.softplus(logits).sum(-1)
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without growing it. Written out because
+    ``torch.broadcast_shapes`` imports sympy on its first call (~1 s at the start of a command)."""
+    pairs = zip(reversed(shape), reversed(target), strict=False)  # aligned from the last dimension
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in pairs)
 
 
 class BernoulliLogits(Likelihood):
