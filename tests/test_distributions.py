@@ -248,3 +248,16 @@ def test_rsample_lookup_per_type_follows_a_later_more_specific_registration():
         return torch.ones(shape)
 
     assert float(rsample(d, (2,), _gen()).sum()) == 2.0
+
+
+def test_broadcasts_to_agrees_with_torch_broadcast_shapes():
+    from vaelab.distributions import broadcasts_to
+
+    shapes = [(), (1,), (3,), (1, 3), (2, 3), (2, 1), (4, 2, 3), (4, 1, 3), (5, 2, 3), (2, 2, 3)]
+    for s in shapes:
+        for t in shapes:
+            try:
+                grows_not = torch.broadcast_shapes(s, t) == torch.Size(t)
+            except RuntimeError:
+                grows_not = False
+            assert broadcasts_to(torch.Size(s), torch.Size(t)) == grows_not, (s, t)

@@ -181,6 +181,14 @@ def _rsample_exp_relaxed(dist: ExpRelaxedCategorical, shape: Shape, generator: t
     return scores - scores.logsumexp(dim=-1, keepdim=True)
 
 
+def broadcasts_to(shape: Shape, target: Shape) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without growing it (dimensions aligned from the
+    last; each equal or 1). Written out because ``torch.broadcast_shapes`` imports sympy on its
+    first call: about a second at the start of a command."""
+    pairs = zip(reversed(shape), reversed(target), strict=False)
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in pairs)
+
+
 def normal(loc: Tensor, scale: Tensor) -> Normal:
     """``Normal(loc, scale, validate_args=False)``, built without broadcasting when loc and
     scale already have the same shape.

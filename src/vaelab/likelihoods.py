@@ -21,7 +21,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.nn import functional as F
 
 from vaelab.config import lookup
-from vaelab.distributions import normal
+from vaelab.distributions import broadcasts_to, normal
 from vaelab.errors import InputError
 
 
@@ -135,7 +135,7 @@ class IndependentBernoulli(Independent):
     def log_prob(self, value: Tensor) -> Tensor:  # value (..., D) broadcasting against the logits
         logits = cast(Bernoulli, self.base_dist).logits
         wants_grad = torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad)
-        if not wants_grad and value.dtype == logits.dtype and _broadcasts_to(value.shape, logits.shape):
+        if not wants_grad and value.dtype == logits.dtype and broadcasts_to(value.shape, logits.shape):
             terms = F.softplus(logits)  # (..., D)
             # softplus(ℓ) − x·ℓ in the softplus output (sub_ rather than addcmul_, which vmap, as in a
             # stacked sweep, runs through a slow fallback with a warning)
@@ -146,13 +146,6 @@ class IndependentBernoulli(Independent):
         else:
             x_dot_logits = torch.linalg.vecdot(logits, value)  # (...)
         return x_dot_logits - F.softplus(logits).sum(-1)
-
-
-def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
-    """Whether ``shape`` broadcasts to ``target`` without growing it. Written out because
-    ``torch.broadcast_shapes`` imports sympy on its first call (~1 s at the start of a command)."""
-    pairs = zip(reversed(shape), reversed(target), strict=False)  # aligned from the last dimension
-    return len(shape) <= len(target) and all(s in (1, t) for s, t in pairs)
 
 
 class BernoulliLogits(Likelihood):

@@ -607,8 +607,8 @@ def report(
 
     # A report spends about as long drawing (matplotlib) as computing (torch). Where torch's
     # threads take every free CPU, one thread fewer gives the PNG worker a CPU of its own, and it
-    # draws while the density image is computed: 8.1 s instead of 10.4 s on an idle 2-core
-    # machine (benchmarks/bench_report.py). Threads the user chose (OMP_NUM_THREADS) are kept.
+    # draws while the density image is computed: 8.4 s instead of 10.9 s on an idle 2-core
+    # machine (`vaelab report RUN`, README Speed). Threads the user chose (OMP_NUM_THREADS) are kept.
     threads = torch.get_num_threads()
     one_fewer = (threads > 1 and "OMP_NUM_THREADS" not in os.environ
                  and not spare_cpu(threads) and spare_cpu(threads - 1))

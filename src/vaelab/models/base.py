@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vaelab.config import ModelConfig
-from vaelab.distributions import is_factorised_normal, rsample, standard_normal
+from vaelab.distributions import broadcasts_to, is_factorised_normal, rsample, standard_normal
 from vaelab.errors import InputError
 from vaelab.likelihoods import Likelihood, build_likelihood, sample_observation
 from vaelab.nets import build_decoder, build_encoder, mlp
@@ -108,11 +108,8 @@ class LatentModel(nn.Module):
         if c.shape[-1] != self.cond_dim:
             raise InputError(f"condition has width {c.shape[-1]}, the model expects {self.cond_dim}")
         # c may be one row shared by all (1, cond_dim), or one row per point: its leading shape must
-        # broadcast to h's (compared by hand: torch.broadcast_shapes imports sympy on first use).
-        lead_c, lead_h = c.shape[:-1], h.shape[:-1]
-        shared = len(lead_c) <= len(lead_h) and all(
-            a in (1, b) for a, b in zip(reversed(lead_c), reversed(lead_h), strict=False))
-        if not shared:
+        # broadcast to h's.
+        if not broadcasts_to(c.shape[:-1], h.shape[:-1]):
             raise InputError(f"c has shape {tuple(c.shape)} for inputs of shape {tuple(h.shape)}: give one "
                              f"condition per row (shape {(*h.shape[:-1], self.cond_dim)}) or a single row "
                              f"(1, {self.cond_dim}) shared by all")
