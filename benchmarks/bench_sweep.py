@@ -21,8 +21,7 @@ import torch
 from vaelab.config import RunConfig
 from vaelab.data.registry import load_dataset
 from vaelab.models import build_model
-from vaelab.sweep import fit_stack
-from vaelab.train import fit
+from vaelab.train import fit, fit_stack
 
 
 def betas(m: int) -> list[float]:

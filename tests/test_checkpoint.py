@@ -52,7 +52,8 @@ def _train_with_crash(monkeypatch, cfg, out, at):
     checkpoint (initial save, epoch 1, epoch 2 -> inside the epoch-2 commit). Returns True when
     it crashed (False: ``at`` is past the last operation, training finished)."""
     counts = {"commit": 0, "op": 0}
-    real_commit = ckpt._commit
+    journal = ckpt.journal  # where a checkpoint is committed: its own names are the ones to patch
+    real_commit = journal._commit
 
     def commit(*args, **kwargs):
         counts["commit"] += 1
@@ -68,10 +69,10 @@ def _train_with_crash(monkeypatch, cfg, out, at):
         return wrapped
 
     with monkeypatch.context() as m:
-        m.setattr(ckpt, "_commit", commit)
-        m.setattr(ckpt, "_write_new", point(ckpt._write_new))
+        m.setattr(journal, "_commit", commit)
+        m.setattr(journal, "_write_new", point(journal._write_new))
         for name in ("replace", "rename", "rmdir"):
-            m.setattr(ckpt.os, name, point(getattr(os, name)))
+            m.setattr(journal.os, name, point(getattr(os, name)))
         try:
             train_run(cfg, out)
         except Crash:
@@ -294,7 +295,7 @@ def test_overwrite_with_bad_data_keeps_the_old_run(trained_run, tmp_path):
 
 def test_overwrite_with_an_impossible_model_keeps_the_old_run(trained_run, tmp_path, monkeypatch):
     """T88b: the model is built before anything is removed (here its construction fails)."""
-    import vaelab.train as train_mod
+    import vaelab.train.run as train_mod  # the run preparation builds the model
 
     run = _copy(trained_run, tmp_path / "r")
     before = (run / ckpt.WEIGHTS_FILE).read_bytes()

@@ -215,7 +215,7 @@ def test_only_vaelabs_own_errors_become_one_line_messages(monkeypatch, tmp_path)
         raise KeyError("trian")
 
     monkeypatch.setattr(registry, "load_dataset", broken)
-    monkeypatch.setattr("vaelab.train.load_dataset", broken)
+    monkeypatch.setattr("vaelab.train.run.load_dataset", broken)
     result = runner.invoke(app, ["train", *TINY, "--out", str(tmp_path / "r")])
     assert isinstance(result.exception, KeyError)
     assert "error: trian" not in result.output
@@ -250,3 +250,12 @@ def test_a_fixed_variance_far_below_the_reconstruction_error_is_pointed_out(tmp_
     assert "times smaller than the model's mean squared reconstruction error" in " ".join(tiny.output.split())
     fine = invoke(*args, "--recon-var", "0.1", "--out", tmp_path / "fine")
     assert fine.exit_code == 0 and "warning" not in fine.output
+
+
+def test_printed_lines_are_not_wrapped_at_the_terminal_width(run_dir, tmp_path):
+    """conftest's `wide_console`: a line the CLI prints stays one line whatever the terminal's width or
+    the length of the temporary folder (rich would break this one at 80 columns)."""
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / ("deep-folder-" * 6) / "run"))
+    result = invoke("eval", run_dir, "--k", "4")
+    assert result.exit_code == 0, result.output
+    assert f"{run_dir / 'metrics.json'} kept as it was: these numbers use" in result.output, result.output

@@ -140,7 +140,7 @@ def test_signal_saves_the_current_step_says_how_to_resume_and_resumes_exactly(tm
 
 def test_sigint_in_process_checkpoints_the_current_step_and_restores_the_handlers(tmp_path, reference,
                                                                                   monkeypatch):
-    import vaelab.train as train_mod
+    import vaelab.train.loop as train_mod  # the loop draws the diversity column
 
     real_diversity = train_mod.diversity
     epochs_done = []
@@ -167,7 +167,7 @@ def test_sigint_in_process_checkpoints_the_current_step_and_restores_the_handler
 
 
 def test_a_second_ctrl_c_leaves_at_once_and_the_run_still_loads(tmp_path, monkeypatch):
-    import vaelab.train as train_mod
+    import vaelab.train.loop as train_mod  # the loop draws the diversity column
 
     real_diversity = train_mod.diversity
     calls = []
@@ -200,24 +200,19 @@ def test_a_second_ctrl_c_leaves_at_once_and_the_run_still_loads(tmp_path, monkey
 
 
 def test_cli_skip_policy_says_when_it_skips_and_records_it(tmp_path, monkeypatch):
-    import vaelab.train as train_mod
+    from vaelab.train import TrainStep
 
-    real_step_objective = train_mod.step_objective
+    real_forward = TrainStep.forward
     calls = []
 
-    def nan_on_the_third_step(*setup):  # fit resolves its objective once, then calls it every step
-        run = real_step_objective(*setup)
+    def nan_on_the_third_step(self, *args, **kwargs):  # every step runs the TrainStep's forward
+        calls.append(1)
+        out = real_forward(self, *args, **kwargs)
+        if len(calls) == 3:
+            out.loss = out.loss * float("nan")
+        return out
 
-        def step(*args, **kwargs):
-            calls.append(1)
-            out = run(*args, **kwargs)
-            if len(calls) == 3:
-                out.loss = out.loss * float("nan")
-            return out
-
-        return step
-
-    monkeypatch.setattr(train_mod, "step_objective", nan_on_the_third_step)
+    monkeypatch.setattr(TrainStep, "forward", nan_on_the_third_step)
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", *FLAGS, "--epochs", "2", "--out", str(out), "--nonfinite", "skip",
                                       "--max-skips", "2", "--grad-clip", "5"])

@@ -228,7 +228,7 @@ def test_eval_prints_the_metrics_before_a_failed_write(tmp_path, monkeypatch):
     def refuse(path, data):
         raise PermissionError(13, "Permission denied", str(path.parent / ".metrics.json.x.tmp"))
 
-    monkeypatch.setattr(ckpt, "write_json", refuse)
+    monkeypatch.setattr(ckpt.records, "write_json", refuse)  # how metrics.json is written
     result = runner.invoke(app, ["eval", str(run.path), "--device", "cpu"])
     assert result.exit_code == 2 and "IWAE NLL" in result.output
     assert "metrics.json: cannot write" in result.output.replace("\n", "") and ".tmp" not in result.output

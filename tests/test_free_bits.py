@@ -11,7 +11,7 @@ from vaelab.data.registry import load_dataset
 from vaelab.errors import InputError
 from vaelab.models import build_model
 from vaelab.objectives import elbo, free_bits_kl, kl_standard_normal
-from vaelab.train import objective
+from vaelab.train import TrainStep
 
 KL = torch.tensor([[0.1, 2.0, 0.5],
                    [0.3, 4.0, 0.1]])  # (B = 2, d = 3): batch means 0.2, 3.0, 0.3
@@ -99,7 +99,7 @@ def test_the_training_objective_refuses_free_bits_with_iwae():
     model, x = _model_and_batch()
     cfg = TrainConfig(objective="iwae", free_bits=0.5)  # what check_settings refuses for the CLI / train_run
     with pytest.raises(ConfigError, match="use objective = 'elbo'"):
-        objective(model, x, None, cfg, torch.Generator().manual_seed(0))
+        TrainStep(model, cfg)  # refused when the step is built, before any batch
 
 
 def test_free_bits_keep_a_dimension_in_use_during_training():

@@ -228,3 +228,28 @@ def test_kl_from_the_log_variance_stays_finite_where_the_scale_underflows():
     kl = kl_standard_normal(Independent(NormalLogVar(mu, h), 1))
     torch.testing.assert_close(kl, 0.5 * (torch.exp(h) - 1 - h))
     assert torch.isfinite(kl).all()
+
+
+def test_the_loss_is_described_once_from_the_objective_and_its_settings():
+    from vaelab.config import TrainConfig
+    from vaelab.models import AE, VAE
+    from vaelab.objectives import OBJECTIVES, Objective, describe_loss, register_objective
+
+    assert describe_loss(VAE, TrainConfig(objective="elbo")) == "−ELBO"
+    assert describe_loss(VAE, TrainConfig(objective="elbo", beta=4.0)) == "−β-ELBO (β = 4)"
+    assert describe_loss(VAE, TrainConfig(objective="elbo", beta_schedule="cyclical")) == (
+        "−β-ELBO (β cyclical to 1 (4 cycles, ratio 0.5))")
+    assert describe_loss(VAE, TrainConfig(objective="iwae", k=4)) == "−IWAE bound (k = 4)"
+    assert describe_loss(VAE, TrainConfig(objective="iwae", k=4, beta=4.0)) == (
+        "−β-weighted IWAE (k = 4, β = 4; a bound only at β = 1)")
+    # the autoencoder trains on its reconstruction whatever train.objective says
+    assert describe_loss(AE, TrainConfig(objective="iwae", beta=4.0)) == "reconstruction loss"
+    # an objective registered without a label is named from what it uses
+    register_objective(Objective("iwae_plain", iwae, uses_k=True, uses_beta=False))
+    try:
+        class PlainVAE(VAE):
+            objectives = ("iwae_plain",)
+
+        assert describe_loss(PlainVAE, TrainConfig(objective="iwae_plain", k=3, beta=2.0)) == "iwae_plain loss (k = 3)"
+    finally:
+        OBJECTIVES.pop("iwae_plain")

@@ -5,7 +5,8 @@ Each fenced block is taken from README.md and run in a fresh folder:
 * ``python`` blocks run in one namespace, in order (as in a notebook);
 * ``toml`` blocks are written to a file and trained with ``vaelab train --config``;
 * ``bash`` blocks run line by line: ``vaelab ...`` lines through the CLI in this process,
-  ``printf ... > file`` lines as the shell would.
+  ``printf ... > file`` lines as the shell would; a ``vaelab train --nproc`` line (it starts
+  torchrun) as a real command.
 
 What a user brings themselves (their own points, images, label files) is made by
 ``user_files`` below. Two kinds of lines cannot run on these machines and are checked as far as
@@ -16,8 +17,10 @@ configuration they build is validated, without training.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -122,6 +125,11 @@ def run_line(line: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert args[0] == "vaelab", f"README line the test does not know how to run: {line}"
     if args[1] == "train" and _needs_download(args):
         _validate_only(args, monkeypatch)
+        return
+    if "--nproc" in args:  # starts torchrun, whose processes run `python -m vaelab`: a real command line
+        done = subprocess.run([sys.executable, "-m", "vaelab", *args[1:]], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr[-3000:]}"
         return
     result = CliRunner().invoke(app, args[1:])
     assert result.exit_code == 0 and result.exception is None, f"{line}\n{result.output}"

@@ -145,7 +145,8 @@ def test_schedule_settings_are_not_resumable(tmp_path):
     ({"cycle_ratio": 0.3, "beta_schedule": "warmup", "warmup_steps": 3}, {}, r"train.cycle_ratio.*cyclical"),
     ({"beta_schedule": "cyclical"}, {"kind": "ae"}, r"train.beta_schedule.*ae model .AE. has no KL term"),
     ({"beta_schedule": "warmup", "warmup_steps": 3, "beta": 0.0}, {}, r"β = 0: a schedule of β = 0.*--beta > 0"),
-    ({"free_bits": 0.5}, {}, r"train.free_bits \(--free-bits\).*IWAE.*add --objective elbo"),
+    # free bits without a named objective make a β-VAE, which trains the β-ELBO (issue 20)
+    ({"free_bits": 0.5, "objective": "iwae"}, {}, r"train.free_bits \(--free-bits\).*IWAE.*add --objective elbo"),
     ({"free_bits": 0.5, "objective": "elbo"}, {"kind": "ae"}, r"train.free_bits.*has no KL term"),
     ({"free_bits_group": "all", "objective": "elbo"}, {}, r"train.free_bits_group.*add --free-bits"),
 ])
@@ -210,11 +211,14 @@ def test_the_loss_label_names_the_schedule_and_the_floor():
         model = build_model(cfg.model, 2, seed=0)
         return loss_label(SimpleNamespace(config=cfg, model=model, is_vae=True))  # type: ignore[arg-type]
 
-    assert label(objective="elbo", beta=2.0) == "total loss = −ELBO = reconstruction + β·KL (β = 2)"
+    assert label(objective="elbo") == "total loss = −ELBO"
+    assert label(objective="elbo", beta=2.0) == "total loss = −β-ELBO (β = 2)"
     assert label(objective="elbo", beta_schedule="warmup", warmup_steps=3) == (
-        "total loss = reconstruction + β_t·KL,\nβ_t: warmup to 1 (dashed)")
+        "total loss = −β-ELBO (β warm-up to 1 over 3 steps)")
     assert label(objective="elbo", free_bits=0.5, free_bits_group="all") == (
-        "total loss = reconstruction + β·max(λ, KL) (λ = 0.5 nats per latent),\nβ = 1")
+        "total loss = −β-ELBO (β = 1, free bits λ = 0.5 nats per latent)")
+    assert label(objective="iwae", k=4, beta=4.0) == (
+        "total loss = −β-weighted IWAE (k = 4, β = 4; a bound only at β = 1), not reconstruction + KL")
 
 
 def test_describe_says_the_kl_weighting_in_words():

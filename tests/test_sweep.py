@@ -4,6 +4,7 @@ sweep.html), resume after an interruption, divergence of one member, compare of 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from helpers import tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab.cli import app
 from vaelab.evaluate import evaluate_run
+from vaelab.sweep.folder import METRICS_CSV, REPORT_FILE, SWEEP_FILE, member_dir
 from vaelab.sweep.grid import GridError, expand, make_grid, parse_flags, sweep_table
-from vaelab.sweep.run import METRICS_CSV, REPORT_FILE, SWEEP_FILE, groups_of, member_dir, run_sweep
+from vaelab.sweep.run import groups_of, run_sweep
 from vaelab.train import TrainingInterrupted
 
 runner = CliRunner()
@@ -73,7 +75,7 @@ def test_cli_takes_the_grid_from_the_config_file_and_flags_win(tmp_path):
                    '[sweep.train]\nbeta = [0.0, 1.0, 2.0]\nlr = [0.001, 0.003]\n')
     result = _cli("sweep", "--config", cfg, "--beta", "0,4", "--out", tmp_path / "s")
     assert result.exit_code == 0, result.output
-    names = [m["name"] for m in ckpt.json.loads((tmp_path / "s" / SWEEP_FILE).read_text())["members"]]
+    names = [m["name"] for m in json.loads((tmp_path / "s" / SWEEP_FILE).read_text())["members"]]
     assert names == ["beta=0.0,lr=0.001", "beta=0.0,lr=0.003", "beta=4.0,lr=0.001", "beta=4.0,lr=0.003"]
 
 
@@ -262,18 +264,22 @@ def test_cli_sweep_prints_the_table_and_compare_takes_the_folder(tmp_path):
     assert "beta=0.0" in page and "beta=4.0" in page
 
 
-def test_active_units_axis_has_whole_number_ticks(tmp_path):
-    """Active units is a count: the axis must not read 1.900 … 2.100 when every member has 2."""
+def test_the_rate_axis_shows_mutual_information_beside_the_kl_from_zero(tmp_path):
+    """The sweep's second panel is the rate: I(x; z) (solid) beside the KL (dotted), from 0 (the
+    KL alone hides a collapse: the review's D5); it replaced an active-units count."""
+    from vaelab.sweep.folder import MemberRow
     from vaelab.sweep.report import SEED_AXIS, axis_figure
-    from vaelab.sweep.run import MemberRow
 
     rows = [MemberRow(name=f"m{i}", values={"train.beta": b, SEED_AXIS: 0}, status="done",
-                      metrics={"iwae_nll": 1.0 + b, "active_units": 2}, seconds=1.0, path=tmp_path)
+                      metrics={"iwae_nll": 1.0 + b, "mutual_info": 2.0 / (1 + b), "kl": 3.0 / (1 + b)},
+                      seconds=1.0, path=tmp_path)
             for i, b in enumerate((0.5, 1.0, 2.0))]
     fig = axis_figure(rows, "train.beta")
     assert fig is not None
-    ticks = fig.axes[1].get_yticks()
-    assert len(ticks) > 0 and all(float(t).is_integer() for t in ticks)
+    rate = fig.axes[1]
+    assert "I(x; z)" in rate.get_title() and rate.get_ylim()[0] == 0
+    drawn = sorted(round(float(y), 6) for line in rate.get_lines() for y in line.get_ydata())
+    assert drawn == sorted(round(v, 6) for b in (0.5, 1.0, 2.0) for v in (2.0 / (1 + b), 3.0 / (1 + b)))
 
 
 def test_a_long_run_of_stackable_members_is_cut_into_near_equal_stacks_of_at_most_the_limit():
@@ -281,7 +287,7 @@ def test_a_long_run_of_stackable_members_is_cut_into_near_equal_stacks_of_at_mos
     stack (beyond it the stack leaves the caches); 20 β values make stacks of 7, 7 and 6, in grid
     order, and members of another shape stay apart."""
     from vaelab.config import RunConfig
-    from vaelab.sweep.stack import stack_limit
+    from vaelab.train import stack_limit
 
     base = RunConfig()
     assert stack_limit(base.model, base.train) == 8
@@ -296,3 +302,21 @@ def test_a_long_run_of_stackable_members_is_cut_into_near_equal_stacks_of_at_mos
     assert stack_limit(elbo.model, elbo.train) == 32
     base, grid = make_grid(_base(), parse_flags(["--beta", "0,4", "--latent-dim", "1,2"]))
     assert len(groups_of(expand(base, grid))) == 2
+
+
+def test_a_beta_sweep_without_a_named_objective_trains_every_member_on_the_elbo():
+    """β ≠ 1 without --objective is a β-VAE (the β-ELBO); in a β sweep the β = 1 member trains the
+    plain ELBO too, so the members compare β-VAEs and stack as one group; a named objective stays."""
+    from vaelab.config import RunConfig
+    from vaelab.sweep.run import _with_objectives
+
+    def members(base: RunConfig, *flags: str) -> list:
+        shared, grid = make_grid(base, parse_flags(list(flags)))
+        return _with_objectives(shared, expand(shared, grid))
+
+    beta = members(RunConfig(), "--beta", "1,4")
+    assert [m.config.train.objective for m in beta] == ["elbo", "elbo"]
+    assert len(groups_of(beta)) == 1
+    assert [m.config.train.objective for m in members(RunConfig(), "--lr", "1e-3,3e-3")] == ["iwae", "iwae"]
+    named = RunConfig().with_overrides({"train": {"objective": "iwae"}})
+    assert [m.config.train.objective for m in members(named, "--beta", "1,4")] == ["iwae", "iwae"]

@@ -1,4 +1,4 @@
-"""Stacked training (vaelab.sweep.stack): every member equals its solo train.fit run."""
+"""Stacked training (vaelab.train.fit_stack): every member equals its solo train.fit run."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from vaelab.data.registry import load_dataset
 from vaelab.errors import InputError
 from vaelab.history import History
 from vaelab.models import build_model
-from vaelab.sweep import StackInterrupted, can_stack, fit_stack
-from vaelab.train import TrainingDiverged, TrainingInterrupted, fit
+from vaelab.train import TrainingDiverged, TrainingInterrupted, can_stack, fit, fit_stack
 
 # Tolerance of stacked against solo weights. The vmapped nn.Linear is a batched matrix product
 # whose float32 sums may run in another order than the unbatched one: ~1 ulp (6e-8 relative)
@@ -135,7 +134,7 @@ def test_interrupted_stack_resumes_exactly(x):
 
     stacked = models_for(configs, x)
     asked = iter(range(1000))
-    with pytest.raises(StackInterrupted) as err:  # stop in the middle of epoch 3 (4 steps per epoch)
+    with pytest.raises(TrainingInterrupted) as err:  # stop in the middle of epoch 3 (4 steps per epoch)
         fit_stack(stacked, x, trains, should_stop=lambda: next(asked) == 10)
     assert isinstance(err.value, TrainingInterrupted)
     results = err.value.results
@@ -152,7 +151,7 @@ def test_a_stacked_members_state_resumes_with_fit(x):
     stacked = models_for(configs, x)
     solo = copy.deepcopy(stacked[1])
     asked = iter(range(1000))
-    with pytest.raises(StackInterrupted) as err:
+    with pytest.raises(TrainingInterrupted) as err:
         fit_stack(stacked, x, [c.train for c in configs], should_stop=lambda: next(asked) == 9)
     member = err.value.results[1]
     fit(stacked[1], x, configs[1].train, state=member.state, history=member.history)
@@ -217,7 +216,7 @@ def test_members_whose_draws_no_tape_can_hold_equal_their_solo_runs(x, monkeypat
     # An objective whose draws a NoiseTape cannot stand in for (torch.rand or torch.multinomial
     # given the tape as generator raise TypeError) trains with the per-call replay of every
     # member's generator instead: made to happen here by a tape that refuses to record.
-    import vaelab.sweep.stack as stack
+    import vaelab.train.stacked as stack
 
     class NoRecordTape(stack.NoiseTape):
         def normal(self, shape, like):

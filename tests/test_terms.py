@@ -11,9 +11,17 @@ from helpers import tiny_config
 from vaelab.checkpoint import History
 from vaelab.errors import InputError
 from vaelab.models import VAE, build_model, family, register_family
-from vaelab.objectives import OBJECTIVES, Objective, ObjectiveOutput, elbo, get_objective, register_objective
+from vaelab.objectives import (
+    OBJECTIVES,
+    Objective,
+    ObjectiveOutput,
+    elbo,
+    get_objective,
+    objective_name,
+    register_objective,
+)
 from vaelab.report import history_table
-from vaelab.train import fit, objective_name
+from vaelab.train import fit
 
 
 def _elbo_with_entropy(model, x, c=None, *, beta=1.0, generator=None) -> ObjectiveOutput:

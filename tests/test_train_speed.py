@@ -146,7 +146,7 @@ def test_a_step_that_cannot_compile_is_refused_with_the_way_back(monkeypatch):
 def test_the_gradient_norm_is_get_total_norms_float():
     """fit's gradient norm skips get_total_norm's grouping but must give its exact float (the
     history's grad_norm, and the norm grad_clip scales by)."""
-    from vaelab.train import _total_norm
+    from vaelab.train.eager import total_norm as _total_norm
 
     g = torch.Generator().manual_seed(0)
     grads = [torch.randn(shape, generator=g) * s for shape, s in (((128, 2), 1e-3), ((128,), 10.0), ((4, 128), 1.0))]

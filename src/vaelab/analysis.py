@@ -7,14 +7,16 @@ Shapes: x (N, D) data, z (N, d) latent codes, grid (G,) values of one latent coo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
 from vaelab.errors import InputError
+from vaelab.evaluate import decoder_width
 from vaelab.models import LatentModel, VariationalModel
-from vaelab.objectives import iwae_bound
+from vaelab.objectives import iwae_bound, log_importance_weights
 
 
 def _device(model: LatentModel) -> torch.device:
@@ -44,6 +46,19 @@ def default_points(x: Tensor, m: int = 3) -> Tensor:
         chosen.append(nxt)
         far = torch.minimum(far, (cand - cand[nxt]).norm(dim=1))
     return cand[chosen]
+
+
+def points_per_label(x: Tensor, labels: Tensor, m: int = 6) -> Tensor:
+    """One typical point (``default_points``) of each of up to m labels (m, D), the labels spread
+    evenly over those present, so the chosen points come from different modes."""
+    present = torch.unique(labels)
+    chosen = present[torch.linspace(0, len(present) - 1, min(m, len(present))).round().long()]
+    return torch.cat([default_points(x[labels == k], 1) for k in chosen])
+
+
+def row_indices(x: Tensor, points: Tensor) -> Tensor:
+    """For each point (m, D), the index of the nearest row of x (N, D): (m,)."""
+    return torch.cdist(points.double(), x.double()).argmin(dim=1)
 
 
 def _normal_table(grid: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
@@ -93,8 +108,6 @@ def model_log_density(
     once (k, batch, d), so the result depends on ``batch`` and the generator only. Decoding is
     split along k into chunks of about ``DENSITY_CHUNK_FLOATS`` activations, which changes no draw.
     """
-    from vaelab.evaluate import decoder_width
-
     dev = _device(model)
     width = decoder_width(model)  # floats per decoded z at the widest layer
     parts = []
@@ -103,3 +116,46 @@ def model_log_density(
         chunk = max(1, DENSITY_CHUNK_FLOATS // (len(xb) * width))  # samples of k decoded at once
         parts.append(iwae_bound(model, xb, k=k, generator=generator, chunk=chunk).cpu())
     return torch.cat(parts)
+
+
+@torch.no_grad()
+def iwae_curve(
+    model: VariationalModel, x: Tensor, c: Tensor | None = None, *, ks: Sequence[int],
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The IWAE bound L_k (Burda et al. 2016, eq. 8) averaged over the points x (M, D), for each k
+    in ``ks``: (len(ks),) in nats.
+
+    One set of max(ks) draws z_1.. ~ q(z|x) per point; L_k uses the first k of them (nested), so
+    the curve is one consistent estimate: L_1 is the one-sample ELBO estimate log w_1, and
+    E[L_k] ≤ E[L_{k+1}] ≤ log p(x) (Burda et al., Theorem 1).
+    """
+    k_max = max(ks)
+    dev = _device(model)
+    x, c = x.to(dev), None if c is None else c.to(dev)
+    chunk = max(1, DENSITY_CHUNK_FLOATS // (len(x) * decoder_width(model, c)))  # samples of k decoded at once
+    log_w = log_importance_weights(model, x, c, k=k_max, generator=generator, chunk=chunk)  # (K, M)
+    log_w = log_w.double()
+    return torch.stack([(torch.logsumexp(log_w[:k], dim=0) - math.log(k)).mean() for k in ks]).cpu()
+
+
+@torch.no_grad()
+def true_posterior_grid(
+    model: LatentModel, x: Tensor, grid: Tensor, dims: tuple[int, int] = (0, 1), c: Tensor | None = None,
+) -> Tensor:
+    """The true posterior p(z|x) ∝ p(x|z) p(z) of one point x (D,) on the grid × grid of (z_i, z_j),
+    the other latent dimensions at 0: (G, G), normalised to integrate to 1 over the grid (Riemann
+    sum with the grid's cell area). Row a, column b is z_i = grid[b], z_j = grid[a] (imshow layout).
+    For a 2-D latent this is the exact posterior up to the grid's resolution and extent.
+    """
+    dev = _device(model)
+    g = grid.to(dev)
+    zj, zi = torch.meshgrid(g, g, indexing="ij")  # (G, G): row a is z_j = g[a], column b is z_i = g[b]
+    z = torch.zeros(*zi.shape, model.latent_dim, device=dev)
+    z[..., dims[0]], z[..., dims[1]] = zi, zj
+    z = z.reshape(-1, model.latent_dim)  # (G², d)
+    cc = None if c is None else c.to(dev).expand(len(z), -1)
+    log_joint = model.decode(z, cc).log_prob(x.to(dev)) + model.prior(cc).log_prob(z)  # (G²,)
+    cell = float((grid[1].double() - grid[0].double()) ** 2)
+    log_post = log_joint.double() - torch.logsumexp(log_joint.double(), 0) - math.log(cell)
+    return torch.exp(log_post).reshape(len(grid), len(grid)).cpu()

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from vaelab import checkpoint as ckpt
+from vaelab.config import RunConfig
+from vaelab.diagnostics import collapse_verdict
 from vaelab.errors import InputError
 from vaelab.html import esc, fmt_number, page, png_data_uri
+from vaelab.objectives import describe_loss
 from vaelab.report import (
     METRIC_LABELS,
     FigureEntry,
@@ -37,23 +40,41 @@ def run_labels(paths: Sequence[Path]) -> list[str]:
 
 
 def config_differences(runs: Sequence[ckpt.Run]) -> list[tuple[str, list[Any]]]:
-    """(``section.field``, value per run) for every option that is not the same in all runs."""
-    dumps = [r.config.model_dump() for r in runs]
+    """(``section.field``, value per run) for every option that is not the same in all runs; a
+    family's own options as ``model.NAME.FIELD`` (None where a run does not give it)."""
+    flats = [_settings(r.config) for r in runs]
+    names = dict.fromkeys(name for flat in flats for name in flat)
     out = []
-    for section, values in dumps[0].items():
-        for key in values:
-            column = [d[section].get(key) for d in dumps]
-            if any(v != column[0] for v in column[1:]):
-                out.append((f"{section}.{key}", column))
+    for name in names:
+        column = [flat.get(name) for flat in flats]
+        if any(v != column[0] for v in column[1:]):
+            out.append((name, column))
     return out
 
 
+def _settings(config: RunConfig) -> dict[str, Any]:
+    """``section.field`` -> value of a run's config, the [model.NAME] tables spelled out per option."""
+    flat: dict[str, Any] = {}
+    tables = config.model.family_tables
+    for section, values in config.model_dump().items():
+        for key, value in values.items():
+            if section == "model" and key in tables:
+                flat.update({f"model.{key}.{option}": v for option, v in tables[key].items()})
+            else:
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
 def metrics_rows(runs: Sequence[ckpt.Run]) -> list[tuple[str, list[Any]]]:
-    """(metric label, value per run) for every metric any run has, plus the final training loss."""
+    """(metric label, value per run) for every metric any run has, the objective each run trained,
+    and its final training −ELBO (β = 1): not its training loss, which differs by objective and
+    β (a β-weighted loss is no bound and not comparable across runs)."""
     keys: list[str] = [k for k in METRIC_LABELS if any(k in r.metrics for r in runs)]
     keys += sorted({k for r in runs for k in r.metrics} - set(keys))
     rows = [(METRIC_LABELS.get(k, k).strip(), [r.metrics.get(k) for r in runs]) for k in keys]
-    rows.append(("final training loss", [r.history.last["loss"] if r.history.last else None for r in runs]))
+    rows.append(("training objective", [describe_loss(r.model, r.config.train) for r in runs]))
+    rows.append(("final training −ELBO = reconstruction + KL (β = 1)",
+                 [r.history.last["recon"] + r.history.last["kl"] if r.history.last else None for r in runs]))
     rows.append(("epochs trained", [int(r.history.last["epoch"]) if r.history.last else 0 for r in runs]))
     return rows
 
@@ -98,8 +119,11 @@ def write_comparison(
     labels = run_labels([r.path for r in runs])
     per_run: list[dict[str, FigureEntry]] = []
     skipped: list[dict[str, str]] = []
-    for run, label in zip(runs, labels, strict=True):
-        ctx = PlotContext.from_run(run, **options)
+    contexts = [PlotContext.from_run(run, **options) for run in runs]
+    shared = shared_latent_view(contexts)
+    for ctx in contexts:
+        ctx.latent_lims = shared
+    for label, ctx in zip(labels, contexts, strict=True):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
         entries, skip = collect_figures(
             ctx,
@@ -116,36 +140,54 @@ def write_comparison(
     for run, label in zip(runs, labels, strict=True):
         failure = failure_of(run)
         bad = f' · <span class="failed">FAILED: {esc(failure)}</span>' if failure else ""
-        parts.append(f"<li><b>{esc(label)}</b> ({esc(run.path)}): {summary_line(run)}{bad}</li>")
+        verdict = collapse_verdict(run.metrics)
+        said = "" if verdict is None else f'<br><span class="note">{esc(verdict.text)}</span>'
+        parts.append(f"<li><b>{esc(label)}</b> ({esc(run.path)}): {summary_line(run)}{bad}{said}</li>")
     parts.append("</ul>")
     diffs = config_differences(runs)
     parts.append("<h2>Options that differ</h2>")
     parts.append(_table(["option", *labels], diffs) if diffs else "<p>All runs have the same configuration.</p>")
     parts += ["<h2>Metrics</h2>", _table(["metric", *labels], metrics_rows(runs))]
     parts.append("<h2>Figures</h2>")
-    width = f"{100 / len(runs):.2f}%"
+    if shared is not None:
+        parts.append('<p class="note">The latent-space panels of all runs share their limits.</p>')
     for name in shown:
         spec = specs[name]
-        cells = []
-        for run_entries, run_skipped in zip(per_run, skipped, strict=True):
+        # One run per row, each figure at full width: multi-panel figures stay readable.
+        rows = []
+        for label, run_entries, run_skipped in zip(labels, per_run, skipped, strict=True):
             e = run_entries.get(name)
             if e is not None and e.png is not None:
-                cells.append(f'<td style="width:{width}"><img src="{png_data_uri(e.png)}" alt="{esc(name)}"></td>')
+                cell = f'<img src="{png_data_uri(e.png)}" alt="{esc(name)} of {esc(label)}">'
             elif e is not None:
-                cells.append(f'<td class="error">could not be drawn: {esc(e.error)}</td>')
+                cell = f'<span class="error">could not be drawn: {esc(e.error)}</span>'
             else:
-                cells.append(f'<td class="note">not drawn: {esc(run_skipped.get(name, "not requested"))}</td>')
-        header = "".join(f"<th>{esc(label)}</th>" for label in labels)
+                cell = f'<span class="note">not drawn: {esc(run_skipped.get(name, "not requested"))}</span>'
+            rows.append(f"<tr><th>{esc(label)}</th></tr><tr><td>{cell}</td></tr>")
         parts.append(
             f'<h3 id="fig-{esc(name)}">{esc(spec.title or name)}</h3>'
             f'<p class="note">{esc(spec.caption)}</p>'
-            f'<table class="compare"><tr>{header}</tr><tr>{"".join(cells)}</tr></table>'
+            f'<table class="compare">{"".join(rows)}</table>'
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / COMPARE_FILE
     ckpt.atomic_write_text(path, page(f"vaelab comparison — {', '.join(labels)}", "\n".join(parts)))
     os.chmod(path, 0o644)
     return path
+
+
+def shared_latent_view(contexts: Sequence[Any]) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """One view of the latent plane for every run's latent-space figure: the union of each run's
+    own view (its codes, with the prior's 2σ disc), so codes of different runs compare on the
+    same scale. None unless all runs show two latent dimensions of the same kind."""
+    from vaelab.plots.common import including_prior, to_numpy, view_limits
+
+    if any(ctx.model.latent_dim < 2 for ctx in contexts):
+        return None
+    views = [including_prior(view_limits(to_numpy(ctx.codes())[:, list(ctx.dims)])) for ctx in contexts]
+    lo = min(min(v[0][0], v[1][0]) for v in views)
+    hi = max(max(v[0][1], v[1][1]) for v in views)
+    return (lo, hi), (lo, hi)
 
 
 def comparison_table(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, list[Any]]]]:

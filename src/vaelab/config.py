@@ -124,6 +124,46 @@ class _Section(BaseModel):
         return value
 
 
+class FamilyOptions(_Section):
+    """The options of one model family: the base of the class a family declares as ``options``.
+
+    A family registered as NAME (``vaelab.models.register_family``) with ``options = MyOptions``
+    takes them in a ``[model.NAME]`` TOML table and as ``vaelab train --model NAME --NAME-FIELD
+    value`` flags; ``vaelab sweep`` sweeps them like any flag. Strict like every section: an
+    unknown key is refused, an int is taken for a float but no string for a number, and floats
+    must be finite in float32. Each field's ``description`` is its flag's help. A field of
+    type int, float, bool, str, a Literal or a list of ints has a flag; any other (a nested
+    table) is set in TOML only. docs/families.md shows a whole family.
+    """
+
+
+FamilyOptionsT = TypeVar("FamilyOptionsT", bound=FamilyOptions)
+
+
+def parse_family_options(name: str, table: Mapping[str, Any], schema: type[FamilyOptionsT]) -> FamilyOptionsT:
+    """The ``[model.NAME]`` table validated against the family's options class, defaults filled in.
+
+    Raises:
+        ConfigError: an unknown key (naming the ones the family takes) or a bad value, each
+            named as ``model.NAME.FIELD (--NAME-FIELD)``.
+    """
+    unknown = [key for key in table if key not in schema.model_fields]
+    if unknown:
+        takes = ", ".join(schema.model_fields) or "no options"
+        raise ConfigError("\n".join(
+            f"{flag_name(f'model.{name}.{key}')}: unknown option of the {name} family; [model.{name}] takes {takes}"
+            for key in unknown))
+    try:
+        return schema.model_validate(dict(table))
+    except ValidationError as err:
+        lines = [f"invalid options of the {name} family ([model.{name}]):"]
+        for e in err.errors():
+            where = flag_name(f"model.{name}.{e['loc'][0]}") if e["loc"] else f"model.{name}"
+            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+            lines.append(f"  {where}: {e['msg'].removeprefix('Value error, ')}{got}")
+        raise ConfigError("\n".join(lines)) from None
+
+
 class DataConfig(_Section):
     """Which data to train and evaluate on."""
 
@@ -168,6 +208,9 @@ class DataConfig(_Section):
         return [] if self.condition is None else parse_kind(self.condition)[1]
 
 
+_NOT_A_TABLE, _GOT = ": unknown option; [model] takes ", "\x00got "
+
+
 class ModelConfig(_Section):
     """Architecture of the encoder / decoder and the likelihood p(x|z).
 
@@ -175,7 +218,21 @@ class ModelConfig(_Section):
     is the "reconstruction weight" of course material: -log p(x|z) = λ_rec/2 ‖x - μ(z)‖²
     + const, so raising λ_rec is the same knob as lowering σ². Give either name, not both
     with different values.
+
+    A family's own options are ``[model.NAME]`` tables (NAME: the family's registered kind, e.g.
+    ``[model.tempered]`` with ``tau_end = 0.5``), kept as given in ``family_tables``. This leaf
+    module cannot know the families (they register at runtime), so the tables are checked
+    against their ``FamilyOptions`` class where the registry is known: ``vaelab.settings``
+    (names, keys, values, and that only the run's own family has a table) and
+    ``vaelab.models.build_model``, which fill in the defaults. A key of [model] that is no
+    field must be such a table; any other is refused as an unknown option.
     """
+
+    # The [model.NAME] tables: pydantic keeps the keys that are no field here (its "extra"),
+    # each checked to be a table (a dict) by ``_tables_are_tables``; a scalar typo such as
+    # ``hiden = [8]`` is refused by that. (Not by annotating __pydantic_extra__: with
+    # validate_assignment, pydantic then keeps that name itself as an extra key on assignment.)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, strict=True)
 
     kind: str = Field("vae", description="model family (vaelab.models.FAMILIES): vae, or ae (autoencoder baseline)")
     net: str = Field("mlp", description="encoder/decoder body: mlp, or conv (square images; ignores hidden)")
@@ -201,6 +258,15 @@ class ModelConfig(_Section):
         description="widths of the MLP that embeds a continuous condition ([]: use it raw)",
     )
 
+    @model_validator(mode="after")
+    def _tables_are_tables(self) -> ModelConfig:
+        for key, value in (self.__pydantic_extra__ or {}).items():
+            if not isinstance(value, dict):
+                # format_validation_error shows it as ``model.KEY: unknown option ... (got VALUE)``
+                raise InputError(f"{key}{_NOT_A_TABLE}{', '.join(type(self).model_fields)}, and a family's options "
+                                 f"as a [model.NAME] table{_GOT}{value!r}")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _lambda_rec(cls, data: Any) -> Any:
@@ -225,6 +291,20 @@ class ModelConfig(_Section):
         if any(h <= 0 for h in value):
             raise InputError(f"every hidden layer size must be positive, got {value}")
         return value
+
+    @property
+    def family_tables(self) -> dict[str, dict[str, Any]]:
+        """The ``[model.NAME]`` tables as given: {family name: {option: value}}, no defaults."""
+        return {name: dict(table) for name, table in (self.__pydantic_extra__ or {}).items()}
+
+    def family_options(self, schema: type[FamilyOptionsT]) -> FamilyOptionsT:
+        """The options of this config's family (``kind``): its ``[model.KIND]`` table validated
+        against ``schema``, the family's ``options`` class, with the defaults filled in.
+
+        How a family reads its options, e.g. in ``__init__``:
+        ``opts = config.family_options(TemperedOptions)``. Raises ConfigError for a bad table.
+        """
+        return parse_family_options(self.kind, self.family_tables.get(self.kind, {}), schema)
 
 
 class TrainConfig(_Section):
@@ -319,6 +399,25 @@ class TrainConfig(_Section):
     _seed = field_validator("seed")(_check_seed)
 
 
+class ScheduleSpec(_Section):
+    """A named scalar over training (β, the learning rate, a family's temperature ...): which
+    schedule of ``vaelab.schedules.SCHEDULES`` and its numbers. ``vaelab.schedules.value_at``
+    turns it into the value at each optimizer step, a pure function of the step (exact resume).
+
+    value: the constant, the target of a warm-up / cyclical ramp, or the start of a decay.
+    end: where cosine and exponential decays arrive at the end of ``steps`` (default: the budget).
+    steps: length of a warm-up or decay in steps (warm-up: required).
+    cycles, ratio: the cyclical schedule (Fu et al. 2019).
+    """
+
+    kind: str = Field("constant", description="constant, warmup, cyclical, cosine or exponential")
+    value: float = Field(1.0, description="constant value, ramp target, or start of a decay")
+    end: float = Field(0.0, description="value a cosine / exponential decay reaches")
+    steps: int | None = Field(None, gt=0, description="steps of a warm-up or decay (default: the budget)")
+    cycles: int = Field(4, gt=0, description="cycles over the budget (cyclical)")
+    ratio: float = Field(0.5, gt=0, le=1, description="share of each cycle spent rising (cyclical)")
+
+
 class EvalConfig(_Section):
     """Held-out evaluation."""
 
@@ -382,6 +481,10 @@ class RunConfig(_Section):
             for key, value in values.items():
                 if value is None:
                     continue
+                if section == "model" and isinstance(value, dict) and key not in ModelConfig.model_fields:
+                    # A [model.NAME] table: its options are laid over those given before (a flag
+                    # over the --config file's table), each one given as a key of the table.
+                    value = {**data[section].get(key, {}), **{k: v for k, v in value.items() if v is not None}}
                 data[section][key] = value
                 if explicit:
                     user_set[section].add("recon_var" if key == "lambda_rec" else key)
@@ -393,8 +496,14 @@ class RunConfig(_Section):
         return config
 
     def user_settings(self) -> list[str]:
-        """The dotted names (``model.hidden``) of the fields set explicitly by the user."""
-        return [f"{name}.{field}" for name in SECTIONS for field in sorted(getattr(self, name).model_fields_set)]
+        """The dotted names (``model.hidden``) of the fields set explicitly by the user, then
+        those of the family options given (``model.tempered.tau_end``: every key of a
+        ``[model.NAME]`` table was given, as the table holds no defaults)."""
+        fields = [f"{name}.{field}" for name in SECTIONS for field in sorted(getattr(self, name).model_fields_set)
+                  if field in type(getattr(self, name)).model_fields]
+        options = [f"model.{family}.{key}" if key else f"model.{family}"  # an empty table: the table itself
+                   for family, table in self.model.family_tables.items() for key in (table or [""])]
+        return fields + options
 
 
 SECTIONS = ("data", "model", "train", "eval")
@@ -419,9 +528,29 @@ _FLAGS = {
 _NO_FLAG = {"train.diversity_samples", "eval.batch_size", "eval.seed"}
 
 
+def family_setting(dotted: str) -> tuple[str, str] | None:
+    """(family, option) of a family's option ``model.NAME.FIELD`` (option "" for the table
+    ``model.NAME`` itself); None for a field of a section (``model.hidden``)."""
+    section, _, rest = dotted.partition(".")
+    family, _, option = rest.partition(".")
+    if section != "model" or (not option and (family in ModelConfig.model_fields or family == "lambda_rec")):
+        return None
+    return family, option
+
+
+def family_flag(family: str, option: str) -> str:
+    """The flag of a family's option: ``--NAME-FIELD`` (``tempered``, ``tau_end`` -> ``--tempered-tau-end``)."""
+    return f"--{family}-{option}".replace("_", "-")
+
+
 def flag_name(dotted: str) -> str:
-    """How a field is named for the user: ``model.latent_dim (--latent-dim)``."""
+    """How a field is named for the user: ``model.latent_dim (--latent-dim)``; a family's
+    option ``model.tempered.tau_end (--tempered-tau-end)``."""
     section, field = dotted.split(".", 1)
+    family = family_setting(dotted)
+    if family is not None:
+        name, option = family
+        return f"{dotted} ({family_flag(name, option) if option else f'[model.{name}] or --{name}-* flags'})"
     if dotted in _NO_FLAG:
         return f"{dotted} ([{section}] {field} in --config)"
     return f"{dotted} ({_FLAGS.get(dotted, '--' + field.replace('_', '-'))})"
@@ -429,7 +558,11 @@ def flag_name(dotted: str) -> str:
 
 def cli_flag(dotted: str) -> str | None:
     """The command-line flag that sets a field (``model.latent_dim`` -> ``--latent-dim``), or
-    None for a field set only through a --config file."""
+    None for a field set only through a --config file. A family option ``model.NAME.FIELD``
+    has ``--NAME-FIELD`` (whether its type can be a flag is up to the caller)."""
+    family = family_setting(dotted)
+    if family is not None:
+        return family_flag(*family) if family[1] else None
     if dotted in _NO_FLAG:
         return None
     return _FLAGS.get(dotted, "--" + dotted.split(".", 1)[1].replace("_", "-"))
@@ -447,6 +580,12 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             section = str(e["loc"][0])
             known = ", ".join(RunConfig.model_fields[section].annotation.model_fields)  # type: ignore[union-attr]
             msg = f"unknown option; [{section}] takes {known}"
+        elif tuple(e["loc"]) == ("model",) and _NOT_A_TABLE in msg:
+            # A key of [model] that is no field is read as a family's [model.NAME] table.
+            key, msg = msg.split(_NOT_A_TABLE, 1)
+            msg, value = msg.split(_GOT, 1)
+            lines.append(f"  model.{key}: unknown option; [model] takes {msg} (got {value})")
+            continue
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
         lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)

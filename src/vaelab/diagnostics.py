@@ -232,21 +232,56 @@ def marginal_kl(
     return elbo_surgery(model, x, c, generator=generator, batch_size=batch_size).marginal_kl
 
 
+# A model whose held-out NLL is within this many nats of the true NLL (upper confidence limit
+# gap + 2·SE) fits the data: a z it leaves unused is then not needed, and nothing is to be fixed.
+GOOD_FIT_NATS = 0.02
+# The MI estimator's terms are each ≤ log N (the mixture holds q(z_i|x_i) itself): above this share
+# of log N the estimate is saturated, a lower bound, and the marginal KL = KL − MI is over-estimated.
+MI_SATURATION_SHARE = 0.9
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """Whether the posterior has collapsed, and the sentence that says so (with advice if it has)."""
+    """Whether the posterior has collapsed, and the sentence that says so (with advice if it has).
+
+    ``needed``: False when the code is unused but the model fits the data anyway (its held-out
+    NLL is at the true one: the condition and the observation noise explain the data), so the
+    unused z is an optimum, not a failure to fix.
+    """
 
     collapsed: bool
     text: str
+    needed: bool = True
+
+
+def _fits_the_data(metrics: Mapping[str, Any]) -> bool:
+    """Whether the held-out NLL is confidently within ``GOOD_FIT_NATS`` of the true NLL."""
+    gap, se = metrics.get("nll_gap"), metrics.get("nll_gap_se", 0.0)
+    if gap is None or not math.isfinite(float(gap)) or not math.isfinite(float(se)):
+        return False
+    return float(gap) + COLLAPSE_SE_FACTOR * float(se) < GOOD_FIT_NATS
+
+
+def mi_saturation_note(metrics: Mapping[str, Any]) -> str:
+    """A caveat when I(x; z) is near log N, the most the estimator can give on N points, else ""."""
+    n, mi = metrics.get("n"), metrics.get("mutual_info")
+    if not n or mi is None or int(n) < 2 or float(mi) <= MI_SATURATION_SHARE * math.log(int(n)):
+        return ""
+    return (f" I(x; z) = {float(mi):.3f} nats is near ln N = {math.log(int(n)):.3f}, the most this estimator can "
+            f"give on N = {int(n)} test points: it is a lower bound, and the marginal KL (= KL − I(x; z)) is "
+            "over-estimated by as much; evaluate on more points (--n-test, or a larger test split) to tighten both.")
 
 
 def collapse_verdict(metrics: Mapping[str, Any]) -> Verdict | None:
     """The collapse verdict for a run's metrics (``mutual_info``, ``mutual_info_se``, and
-    ``active_units`` / ``latent_dim`` when present); None when the metrics have no mutual
-    information (an autoencoder, or metrics written before these diagnostics).
+    ``active_units`` / ``latent_dim`` / ``nll_gap`` / ``condition`` / ``n`` when present); None
+    when the metrics have no mutual information (an autoencoder, or metrics written before
+    these diagnostics).
 
     Collapsed: no active unit (Burda et al. 2016: Cov_x E_q[z_u] > 0.01 for none of the units),
     or a mutual information confidently near 0, MI + 2·SE < ``MI_COLLAPSE_NATS`` (0.1 nats).
+    A collapsed model whose NLL is at the true NLL (``GOOD_FIT_NATS``) does not need z: the
+    verdict says so and gives no advice. An MI near ln N carries the estimator's caveat.
     """
     if "mutual_info" not in metrics:
         return None
@@ -260,10 +295,19 @@ def collapse_verdict(metrics: Mapping[str, Any]) -> Verdict | None:
     if mi + COLLAPSE_SE_FACTOR * se < MI_COLLAPSE_NATS:
         reasons.append(f"the code carries almost no information about x (I(x; z) = {mi:.3f} ± {se:.3f} nats, "
                        f"below {MI_COLLAPSE_NATS:g} nats)")
+    if reasons and _fits_the_data(metrics):
+        explains = "the condition c and the observation noise explain" if metrics.get("condition") else \
+            "the observation noise alone explains"
+        gap, gap_se = float(metrics["nll_gap"]), float(metrics.get("nll_gap_se", 0.0))
+        return Verdict(True, f"z is unused ({' and '.join(reasons)}) because it is not needed: {explains} the "
+                             f"data, and the held-out NLL is at the true one (gap {gap:.2g} ± {gap_se:.2g} nats). "
+                             "q(z|x) = p(z) is then the optimum of the ELBO; there is nothing to fix.",
+                       needed=False)
     if reasons:
         return Verdict(True, f"The posterior has collapsed: {' and '.join(reasons)}; q(z|x) is nearly the "
-                             f"same for every x, so the decoder ignores z. To fix it, {COLLAPSE_ADVICE}.")
+                             "same for every x (whatever its mean and spread: it need not be the prior N(0, I)), "
+                             f"so the decoder ignores z. To fix it, {COLLAPSE_ADVICE}.")
     units = f" with {active} of {metrics['latent_dim']} latent units active" if (
         active is not None and "latent_dim" in metrics) else ""
     return Verdict(False, f"No posterior collapse: the code carries I(x; z) = {mi:.3f} ± {se:.3f} nats about "
-                          f"x{units}.")
+                          f"x{units}.{mi_saturation_note(metrics)}")

@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from vaelab import checkpoint as ckpt
+from vaelab.checkpoint import METRICS_FILE, Run, RunDirError, write_metrics
+from vaelab.conditions import conditional_metrics
+from vaelab.config import check_seed_option
 from vaelab.data.dataset import Dataset
+from vaelab.data.pixels import eval_view
+from vaelab.data.registry import DATASETS, load_dataset
+from vaelab.diagnostics import elbo_surgery
 from vaelab.distributions import kl as kl_qp
 from vaelab.distributions import kl_is_closed_form, kl_per_dim, rsample
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel
 from vaelab.objectives import importance_terms
-
-if TYPE_CHECKING:
-    from vaelab.checkpoint import Run
 
 # Burda et al. (2016), section 5.2: a latent unit is active when Cov_x(E_q[z_u]) > 0.01.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -51,8 +55,6 @@ def generator_for(seed: int, device: torch.device | str = "cpu", *, option: str 
 
     ``option`` names the setting in the error (``--seed`` in the CLI).
     """
-    from vaelab.config import check_seed_option
-
     check_seed_option(seed, option)
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -242,8 +244,6 @@ def evaluate(
     if not kl_exact:  # say how the KL was estimated where it is not exact
         metrics["kl_estimator"] = f"Monte Carlo, {k} draws of q(z|x) per point"
     if isinstance(model, VariationalModel):  # a posterior to diagnose (an autoencoder has none)
-        from vaelab.diagnostics import elbo_surgery
-
         # Drawn after the importance samples, so adding these keys left the other numbers as they were.
         metrics.update(elbo_surgery(model, x, c, generator=generator, batch_size=batch_size,
                                     posteriors=posteriors).as_metrics())
@@ -260,8 +260,6 @@ def evaluate(
 
 def _test_config(run: Run, n_test: int | None) -> Any:
     """The run's data config, with ``n_test`` points drawn when given (toy datasets only)."""
-    from vaelab.data.registry import DATASETS
-
     data_cfg = run.config.data
     if n_test is None:
         return data_cfg
@@ -293,15 +291,11 @@ def should_write_metrics(run: Run, *, k: int | None = None, n_test: int | None =
     """Whether ``evaluate_run(write=None)`` replaces the run's ``metrics.json``: when the run has
     none yet, or when it is evaluated with its own settings. An evaluation with other settings
     (``vaelab eval RUN --k 5``) leaves the run's recorded metrics alone unless asked to write."""
-    from vaelab.checkpoint import METRICS_FILE
-
     return not (Path(run.path) / METRICS_FILE).is_file() or not settings_differ(run, k=k, n_test=n_test, seed=seed)
 
 
 def save_metrics(run: Run, metrics: dict[str, Any]) -> Path:
     """Write ``metrics`` to the run's ``metrics.json`` (atomically) and return its path."""
-    from vaelab.checkpoint import METRICS_FILE, RunDirError, write_metrics
-
     path = Path(run.path) / METRICS_FILE
     try:
         # Tagged with the checkpoint: metrics of an eval during training never pass for the result.
@@ -333,11 +327,7 @@ def evaluate_run(
     run has no metrics yet or is evaluated with its own settings (see ``should_write_metrics``).
     Returns the metrics dict (the content of ``metrics.json``).
     """
-    from vaelab import checkpoint as ckpt
-    from vaelab.data.pixels import eval_view
-    from vaelab.data.registry import load_dataset
-
-    if isinstance(run, ckpt.Run):
+    if isinstance(run, Run):
         if device is not None:
             raise EvaluationError("device applies when evaluate_run loads a run from its folder; a loaded Run "
                                   "is evaluated where its model is (move run.model first)")
@@ -364,8 +354,6 @@ def evaluate_run(
     if note is not None:
         metrics["nll_gap_note"] = note
     if run.condition is not None:
-        from vaelab.conditions import conditional_metrics
-
         metrics.update(conditional_metrics(model, run.condition, load_dataset(data_cfg, "train"), raw_test,
                                            seed=settings.get("seed", run.config.eval.seed)))
     if test.image_shape is not None:

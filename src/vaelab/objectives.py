@@ -21,11 +21,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from vaelab.config import lookup
+from vaelab.config import TrainConfig, lookup
 from vaelab.distributions import kl as kl_divergence_qp
 from vaelab.distributions import kl_per_dim, rsample, standard_normal
 from vaelab.errors import InputError
 from vaelab.models.base import LatentModel, VariationalModel
+from vaelab.schedules import describe
 
 
 @dataclass
@@ -62,6 +63,9 @@ class Objective:
     uses_beta: bool = True
     uses_k: bool = False
     uses_free_bits: bool = False
+    # The training loss in words for a TrainConfig ("−IWAE bound (k = 4)"), see ``describe_loss``;
+    # None: named from ``name`` and the settings the objective uses.
+    label: Callable[[TrainConfig], str] | None = None
 
     def __call__(self, model: LatentModel, x: Tensor, c: Tensor | None = None, *, beta: float = 1.0, k: int = 1,
                  generator: torch.Generator | None = None, free_bits: float = 0.0,
@@ -101,11 +105,88 @@ def get_objective(name: str) -> Objective:
 
 
 def objective_for(family: type[LatentModel], requested: str) -> str:
-    """The objective a family trains with when ``train.objective`` is ``requested``: that one if
-    the family lists it in ``objectives``, else the family's ``default_objective`` (an
-    autoencoder always uses "ae"; the config's setting rules refuse a requested objective the
-    family cannot use, so nothing the user gave is replaced silently)."""
+    """The objective a family trains with when ``requested``: that one if the family lists it in
+    ``objectives``, else the family's ``default_objective`` (an autoencoder always uses "ae";
+    the config's setting rules refuse a requested objective the family cannot use, so nothing
+    the user gave is replaced silently)."""
     return requested if requested in family.objectives else family.default_objective
+
+
+def weights_kl(train: TrainConfig) -> bool:
+    """Whether ``train`` makes a β-VAE: β ≠ 1, a β schedule or free bits change the KL term."""
+    return train.beta != 1 or train.beta_schedule != "constant" or train.free_bits > 0
+
+
+def requested_objective(train: TrainConfig) -> str:
+    """The objective ``train`` asks for: ``train.objective`` when the user named it (it is in the
+    section's ``model_fields_set``: a flag, a TOML key, or a saved run's config.json); else, for
+    a β-VAE run (β ≠ 1, a β schedule or free bits: :func:`weights_kl`), the β-ELBO ("elbo"),
+    which is what a β-VAE is (Higgins et al. 2017); else the default ``train.objective``.
+
+    Why not the default IWAE for a β-VAE: β weighting every log w_i is not a bound for β ≠ 1,
+    and it does not trade rate for distortion like the β-ELBO: at β = 4 or 50 the KL barely
+    falls while I(x; z) drops to ~0.1 nats, and q(z|x) collapses to a constant far from the
+    prior. It stays available when named (``--objective iwae``).
+    """
+    if "objective" in train.model_fields_set or not weights_kl(train):
+        return train.objective
+    return "elbo"
+
+
+def objective_name(model: LatentModel | type[LatentModel], train: TrainConfig) -> str:
+    """The objective a model (or family class) trains with under ``train``: the requested one
+    (:func:`requested_objective`) where the family supports it, else the family's
+    ``default_objective`` (see ``objective_for``)."""
+    family = model if isinstance(model, type) else type(model)
+    requested = requested_objective(train)
+    if requested not in family.objectives and requested != train.objective:
+        requested = train.objective  # a family without the β-ELBO keeps its own resolution
+    return objective_for(family, requested)
+
+
+def resolve_objective(train: TrainConfig, family: type[LatentModel] | None = None) -> TrainConfig:
+    """``train`` with the objective it trains with written out (and marked as given), so that a
+    saved config.json records it: a β-VAE run without a named objective gets "elbo". The
+    user's other explicit settings stay as they were. ``family``: resolve as that family would
+    (its own default where it cannot take the requested objective); None keeps the request."""
+    name = requested_objective(train) if family is None else objective_name(family, train)
+    given = set(train.model_fields_set) | {"objective"}
+    resolved = train.model_copy(update={"objective": name})
+    resolved.__pydantic_fields_set__ = given
+    return resolved
+
+
+def describe_loss(model: LatentModel | type[LatentModel], train: TrainConfig) -> str:
+    """The loss a model (or family class) trains with under ``train``, in words: the one
+    description the console, the training-curves figure and the report use.
+
+    "−ELBO", "−β-ELBO (β = 4)", "−IWAE bound (k = 4)", "−β-weighted IWAE (k = 4, β = 4; a bound
+    only at β = 1)", "reconstruction loss": the objective's ``label``. An objective registered
+    without one is named from its name and the settings it uses ("name loss (k = 4, β = 1)").
+    """
+    objective = get_objective(objective_name(model, train))
+    if objective.label is not None:
+        return objective.label(train)
+    uses = []
+    if objective.uses_k:
+        uses.append(f"k = {train.k}")
+    if objective.uses_beta:
+        uses.append(describe(train))
+    return f"{objective.name} loss" + (f" ({', '.join(uses)})" if uses else "")
+
+
+def _elbo_label(train: TrainConfig) -> str:
+    return f"−β-ELBO ({describe(train)})" if weights_kl(train) else "−ELBO"
+
+
+def _iwae_label(train: TrainConfig) -> str:
+    if weights_kl(train):
+        return f"−β-weighted IWAE (k = {train.k}, {describe(train)}; a bound only at β = 1)"
+    return f"−IWAE bound (k = {train.k})"
+
+
+def _ae_label(train: TrainConfig) -> str:
+    return "reconstruction loss"
 
 
 def kl_standard_normal(q_z: Distribution) -> Tensor:
@@ -282,6 +363,6 @@ def ae_loss(model: LatentModel, x: Tensor, c: Tensor | None = None) -> Objective
     return ObjectiveOutput(loss=recon, terms={"recon": recon, "kl": torch.zeros_like(recon)}, elbo=None)
 
 
-register_objective(Objective("elbo", elbo, uses_free_bits=True))
-register_objective(Objective("iwae", iwae, uses_k=True))
-register_objective(Objective("ae", ae_loss, variational=False, uses_beta=False))
+register_objective(Objective("elbo", elbo, uses_free_bits=True, label=_elbo_label))
+register_objective(Objective("iwae", iwae, uses_k=True, label=_iwae_label))
+register_objective(Objective("ae", ae_loss, variational=False, uses_beta=False, label=_ae_label))

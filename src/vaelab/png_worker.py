@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import vaelab
+from vaelab.html import figure_png
+
 # Seconds the worker may take, after the last figure was sent, to finish drawing; past this it is
 # stopped and the caller draws what is missing itself (a report's figures take well under 1 s each).
 FINISH_TIMEOUT = 120.0
@@ -65,8 +68,6 @@ class PngWorker:
 
     def __init__(self) -> None:
         import matplotlib
-
-        import vaelab
 
         self._dir = tempfile.TemporaryDirectory(prefix="vaelab-png-")
         self.folder = Path(self._dir.name)
@@ -167,8 +168,6 @@ _CHILD = "import sys; sys.path.append(sys.argv[1]); from vaelab.png_worker impor
 def serve(folder: str | Path) -> None:
     """The worker's loop: one figure name per line of stdin -> FOLDER/name.png."""
     import matplotlib
-
-    from vaelab.html import figure_png
 
     folder = Path(folder)
     matplotlib.rcParams.update(pickle.loads((folder / RC_FILE).read_bytes()))

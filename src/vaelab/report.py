@@ -22,7 +22,10 @@ from typing import Any
 
 from vaelab import checkpoint as ckpt
 from vaelab.config import RunConfig
+from vaelab.diagnostics import collapse_verdict, mi_saturation_note
 from vaelab.html import esc, figure_png, fmt_number, page, png_data_uri
+from vaelab.objectives import describe_loss, get_objective, objective_name, requested_objective, weights_kl
+from vaelab.png_worker import PngWorker, spare_cpu
 from vaelab.reproduce import REPRODUCE_FILE, reproduce_command, reproduce_toml
 
 REPORT_FILE = ckpt.REPORT_FILE
@@ -64,6 +67,31 @@ METRIC_LABELS = {
 }
 
 
+# A conditional run's held-out numbers are about p(x|c): its labels say so (the exact NLL of a
+# label-conditioned mixture is the entropy of one component, H(x|c), not the entropy of the data).
+CONDITIONAL_LABELS = {
+    "recon": "reconstruction −E log p(x|z, c)",
+    "kl": "KL(q(z|x, c) ‖ p(z|c))",
+    "elbo": "ELBO of log p(x|c) (nats / point)",
+    "iwae_nll": "IWAE −log p(x|c) (nats / point)",
+    "mutual_info": "mutual information I((x, c); z) under the aggregate posterior",
+    "true_nll": "true −log p(x|c) (conditional entropy H(x|c))",
+    "nll_gap": "gap: IWAE −log p(x|c) − true −log p(x|c)",
+    "nll_gap_note": "gap: IWAE −log p(x|c) − true −log p(x|c)",
+}
+
+
+def metric_label(key: str, metrics: dict[str, Any]) -> str:
+    """The words for a metric of this run: conditional runs read p(x|c), q(z|x, c); a saturated
+    mutual information is flagged as a lower bound (see ``diagnostics.mi_saturation_note``)."""
+    label = (CONDITIONAL_LABELS.get(key) if metrics.get("condition") else None) or METRIC_LABELS.get(key, key)
+    if mi_saturation_note(metrics) and key == "mutual_info":
+        label += " (near ln N: a lower bound)"
+    if mi_saturation_note(metrics) and key == "marginal_kl":
+        label += " (over-estimated: I(x; z) is saturated)"
+    return label
+
+
 # HTML pieces --------------------------------------------------------------------------------
 
 
@@ -73,7 +101,7 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     rows = []
     keys = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
     for key in keys:
-        label = METRIC_LABELS.get(key, key)
+        label = metric_label(key, metrics)
         # Nested results (conditioning accuracy per label, radius tracking): one row per entry.
         for name, value in _flatten(label, metrics[key]):
             rows.append(f'<tr><td>{esc(name)}</td><td class="num">{esc(fmt_number(value))}</td></tr>')
@@ -82,12 +110,10 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 
 def collapse_html(metrics: dict[str, Any]) -> str:
     """The posterior-collapse verdict in words under the metrics ("" for a run without a posterior)."""
-    from vaelab.diagnostics import collapse_verdict
-
     verdict = collapse_verdict(metrics)
     if verdict is None:
         return ""
-    if verdict.collapsed:
+    if verdict.collapsed and verdict.needed:
         return f'<div class="warning" id="collapse">{esc(verdict.text)}</div>'
     return f'<p class="note" id="collapse">{esc(verdict.text)}</p>'
 
@@ -132,21 +158,64 @@ def history_table(history: ckpt.History) -> str:
     return note + f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def not_applying(config: RunConfig) -> dict[str, str]:
+    """The settings of ``config`` (dotted names) that play no part in this run, with why: the
+    same rules ``vaelab.settings`` refuses a given setting by (a preset's or default's value of
+    such a setting, e.g. recon_var under a Bernoulli likelihood, is simply unused)."""
+    from vaelab.errors import InputError
+    from vaelab.settings import SETTING_RULES
+
+    unused = {}
+    for dotted, rule in SETTING_RULES.items():
+        try:
+            why = rule(config)
+        except (InputError, KeyError, ValueError):  # a rule that cannot judge this config: keep the row
+            why = None
+        if why is not None:
+            unused[dotted] = why
+    return unused
+
+
 def config_tables(config: RunConfig) -> str:
-    """One table per config section; values that differ from the defaults in bold."""
+    """One table per config section; values that differ from the defaults in bold. Settings
+    that do not apply to this run (``not_applying``) are left out and named in one line."""
     default = RunConfig().model_dump()
+    unused = not_applying(config)
     parts = []
     for section, values in config.model_dump().items():
         rows = []
         for key, value in values.items():
+            if f"{section}.{key}" in unused:
+                continue
             changed = value != default[section].get(key)
             cls = ' class="changed"' if changed else ""
             rows.append(f"<tr><td>{esc(key)}</td><td{cls}>{esc(fmt_number(value))}</td></tr>")
         parts.append(f'<table><tr><th colspan="2">[{esc(section)}]</th></tr>{"".join(rows)}</table>')
+    hidden = ""
+    if unused:
+        hidden = ('<p class="note">Not used by this run, so not listed: '
+                  + ", ".join(f'<span title="{esc(why)}">{esc(name)}</span>' for name, why in unused.items())
+                  + ".</p>")
     return (
         '<p class="note">Values that differ from the defaults are in bold.</p>'
-        '<div style="display:flex;flex-wrap:wrap;gap:1.5rem">' + "".join(parts) + "</div>"
+        '<div style="display:flex;flex-wrap:wrap;gap:1.5rem;align-items:flex-start">' + "".join(parts) + "</div>"
+        + hidden
     )
+
+
+def objective_note(run: ckpt.Run) -> str:
+    """One sentence on what the run trained, where β makes it something else than the bound:
+    a β-VAE on the β-ELBO, or the β-weighted IWAE named by the user ("" otherwise)."""
+    train = run.config.train
+    name = objective_name(run.model, train)
+    if not get_objective(name).uses_beta or not weights_kl(train):
+        return ""
+    if name == "elbo":
+        how = " (no objective was named, so β made it one)" if requested_objective(train) != train.objective else ""
+        return (f"This run is a β-VAE: it trained the β-ELBO{how}, reconstruction + β·KL, a bound on log p(x) "
+                "only at β = 1 (looser for β > 1). The held-out ELBO, NLL and curves' −ELBO are the β = 1 numbers.")
+    return (f"This run trained the {name.upper()} objective weighted by β: a weighted objective, a bound on log p(x) "
+            "only at β = 1, whose value is not comparable across β. The held-out numbers are the β = 1 bounds.")
 
 
 def failure_of(run: ckpt.Run) -> str | None:
@@ -167,15 +236,9 @@ def summary_line(run: ckpt.Run) -> str:
     trained = (
         f"{int(last['epoch'])} epochs, {int(last['step'])} steps, {last['seconds']:.1f} s" if last else "untrained"
     )
-    from vaelab.models import VariationalModel
-    from vaelab.schedules import describe
-    from vaelab.train import objective_name
-
-    objective = (f"{objective_name(run.model, c.train)}, {describe(c.train)}"
-                 if isinstance(run.model, VariationalModel) else "reconstruction")
     return (
         f"{c.model.kind.upper()} on <b>{esc(data)}</b> · latent d = {c.model.latent_dim} · "
-        f"likelihood {esc(c.model.likelihood)} · {esc(objective)} · {esc(trained)}"
+        f"likelihood {esc(c.model.likelihood)} · {esc(describe_loss(run.model, c.train))} · {esc(trained)}"
     )
 
 
@@ -224,9 +287,7 @@ def collect_figures(
     """
     import torch
 
-    from vaelab import plots
-    from vaelab.png_worker import PngWorker, spare_cpu
-
+    from vaelab import plots  # matplotlib: loaded only when figures are drawn
     apply, skipped = plots.plan(ctx, names)
     if background is None:
         background = spare_cpu(torch.get_num_threads())
@@ -272,6 +333,7 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
     parts = [
         f"<h1>vaelab run: {esc(name)}</h1>",
         f'<p class="summary">{summary_line(run)} · status: {status}</p>',
+        *([f'<p class="note" id="objective">{esc(objective_note(run))}</p>'] if objective_note(run) else []),
         '<nav><a href="#metrics">metrics</a><a href="#figures">figures</a><a href="#history">history</a>'
         '<a href="#config">configuration</a><a href="#reproduce">reproduce</a></nav>',
     ]
@@ -329,7 +391,7 @@ def write_report(
     ``background``: whether a second process encodes the PNGs while this one computes (the same
     bytes either way); None decides by the CPUs available (see ``collect_figures``).
     """
-    from vaelab.plots import FIGURES_DIR, PlotContext, check_names
+    from vaelab.plots import FIGURES_DIR, PlotContext, check_names  # matplotlib, as above
 
     names = None if names is None else check_names(names)
     if out is not None:  # never over a run's own files (config.json, weights ...), checked before any work

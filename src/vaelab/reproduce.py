@@ -2,7 +2,9 @@
 
 ``reproduction(config)`` says which config fields differ from the defaults and whether flags
 alone can give them; ``reproduce_command`` writes the command line, ``reproduce_toml`` /
-``config_toml`` the TOML file the command points at when flags cannot say everything.
+``config_toml`` the TOML file the command points at when flags cannot say everything. A
+family's own options (``[model.NAME]`` tables) are given as their ``--NAME-FIELD`` flags, or
+in the TOML file.
 """
 
 from __future__ import annotations
@@ -53,6 +55,23 @@ def train_flags() -> dict[tuple[str, str], str]:
         for field in config_fields()
         if field not in TOML_ONLY and field not in DATA_ARGUMENT
     }
+
+
+def family_flags(config: RunConfig) -> list[tuple[str, Any]] | None:
+    """(flag, value) of every family option the config gives (its ``[model.NAME]`` tables), or
+    None when one of them has no flag: a nested table, or a family not registered in this
+    process. The flags are those of the sweep's one flag table (vaelab.sweep.grid.flag_table)."""
+    from vaelab.sweep.grid import flag_table
+
+    flags = {dotted: flag for flag, dotted in flag_table().items()}
+    given: list[tuple[str, Any]] = []
+    for name, table in config.model.family_tables.items():
+        for option, value in table.items():
+            flag = flags.get(f"model.{name}.{option}")
+            if flag is None:
+                return None
+            given.append((flag, value))
+    return given
 
 
 def _flag_value(value: Any) -> str:
@@ -135,12 +154,14 @@ class Reproduction:
     needs_toml: bool
 
 
-def _accepted(base: RunConfig, changed: tuple[tuple[str, str], ...], current: dict[str, Any]) -> bool:
-    """Whether the re-run's settings (``changed`` given explicitly over ``base``) pass the CLI's check."""
+def _accepted(base: RunConfig, changed: tuple[tuple[str, str], ...], current: dict[str, Any],
+              tables: dict[str, dict[str, Any]]) -> bool:
+    """Whether the re-run's settings (``changed`` and the family ``tables`` given explicitly over
+    ``base``) pass the CLI's check."""
     from vaelab.config import ConfigError
     from vaelab.settings import check_settings
 
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, dict[str, Any]] = {"model": dict(tables)}
     for section, key in changed:
         overrides.setdefault(section, {})[key] = current[section][key]
     try:
@@ -166,12 +187,14 @@ def reproduction(config: RunConfig) -> Reproduction:
     starts += [(name, not (image and name == DEFAULT_IMAGE_PRESET), apply_preset(defaults, name)) for name in PRESETS]
     current = config.model_dump()
     flags = train_flags()
+    tables = config.model.family_tables
+    family_toml = family_flags(config) is None  # some family option has no flag
     best: Reproduction | None = None
     best_key: tuple[bool, bool, int, bool] = (True, True, 0, True)
     for preset, flag, base in starts:
         reference = base.model_dump()
         changed = tuple(f for f in config_fields() if current[f[0]][f[1]] != reference[f[0]][f[1]])
-        needs_toml = any(f not in flags and f not in DATA_ARGUMENT for f in changed)
+        needs_toml = family_toml or any(f not in flags and f not in DATA_ARGUMENT for f in changed)
         if config.data.path is not None and (not _is_file_arg(config.data.path) or ("data", "name") in changed):
             needs_toml = True  # --data takes either a name or a path that looks like one
         if image and preset is None:
@@ -180,7 +203,7 @@ def reproduction(config: RunConfig) -> Reproduction:
         # Prefer a start the CLI accepts (a preset can make a setting explicit that the run had
         # by default, e.g. --epochs beside --steps), then a command of flags alone, then the
         # fewest changes, then no --preset.
-        key = (not _accepted(base, changed, current), needs_toml, len(changed), flag)
+        key = (not _accepted(base, changed, current, tables), needs_toml, len(changed), flag)
         if best is None or key < best_key:
             best, best_key = option, key
     assert best is not None
@@ -220,5 +243,7 @@ def reproduce_command(config: RunConfig, out: str | Path) -> tuple[str, bool]:
                 cmd.append(flag if value else "--no-" + flag.removeprefix("--"))
             else:
                 cmd += [flag, _flag_value(value)]
+    for flag, value in family_flags(config) or []:  # a family's own options, after --model
+        cmd += [flag, _flag_value(value)]
     cmd += ["--out", str(out)]
     return " ".join(shlex.quote(p) for p in cmd), False

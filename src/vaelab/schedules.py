@@ -1,4 +1,22 @@
-"""KL weight schedules: the β of the ELBO's KL term at each optimizer step.
+"""Named scalar schedules: β, the learning rate and any scalar a family declares, per step.
+
+``SCHEDULES`` is the one registry of schedule kinds. A ``ScheduleSpec`` (vaelab.config) names
+a kind and its numbers; ``value_at(spec, t, T)`` is a pure function of the 0-based optimizer
+step t and the budget T, so a resumed run uses exactly the values an uninterrupted one would:
+
+- constant:     v_t = v.
+- warmup:       v_t = v · min(1, t / N), N = ``steps``.
+- cyclical:     Fu et al. (2019), below.
+- cosine:       v_t = e + (v − e) · ½ (1 + cos(π · min(1, t / N))), N = ``steps`` or T: v at t = 0,
+                e at t = N (the learning rate's cosine decay to e = 0).
+- exponential:  v_t = v · (e / v)^min(1, t / N): a geometric anneal from v to e over N steps
+                (Jang et al. 2017 anneal the Gumbel-softmax temperature this way).
+
+The training loop (vaelab.train) reads β from ``beta_spec(train config)``, the learning rate
+from ``lr_spec`` and a family's own scalars from the specs its model declares
+(``LatentModel.step_scalars``).
+
+The β of the ELBO's KL term at each optimizer step:
 
 ``beta_at`` is a pure function of the 0-based optimizer step t (with the budget T and the
 number of steps per epoch), so a resumed run uses exactly the β an uninterrupted one would.
@@ -24,8 +42,62 @@ See docs/objectives.md for what β does to each term.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from vaelab.config import ConfigError, TrainConfig
+from vaelab.config import ConfigError, ScheduleSpec, TrainConfig, lookup
+
+
+def total_steps(config: TrainConfig, n: int) -> int:
+    """The step budget T: ``steps`` if set, else epochs × ⌈n / batch_size⌉."""
+    return config.steps if config.steps is not None else config.epochs * math.ceil(n / config.batch_size)
+
+
+def _length(spec: ScheduleSpec, budget: int) -> int:
+    return spec.steps if spec.steps is not None else budget
+
+
+def _constant(spec: ScheduleSpec, step: int, budget: int) -> float:
+    return spec.value
+
+
+def _warmup(spec: ScheduleSpec, step: int, budget: int) -> float:
+    if spec.steps is None:
+        raise ConfigError("a warmup schedule needs its length in steps (steps = N)")
+    return spec.value * min(1.0, step / spec.steps)
+
+
+def _cyclical(spec: ScheduleSpec, step: int, budget: int) -> float:
+    length = math.ceil(budget / spec.cycles)  # L = ⌈T / M⌉
+    tau = (step % length) / length  # Fu et al. (2019) §3's τ, with 0-based t and ⌈T/M⌉ below
+    return spec.value * min(1.0, tau / spec.ratio)
+
+
+def _cosine(spec: ScheduleSpec, step: int, budget: int) -> float:
+    length = _length(spec, budget)
+    # π·t/N in this order: the learning rate's float is the one fit has always used
+    return spec.end + (spec.value - spec.end) * 0.5 * (1.0 + math.cos(math.pi * min(step, length) / length))
+
+
+def _exponential(spec: ScheduleSpec, step: int, budget: int) -> float:
+    if spec.value <= 0 or spec.end <= 0:
+        raise ConfigError(f"an exponential schedule runs between positive values; got {spec.value:g} -> {spec.end:g}")
+    return spec.value * (spec.end / spec.value) ** min(1.0, step / _length(spec, budget))
+
+
+# kind -> v(spec, t, T). The one list of schedule kinds: config checks and help read it.
+SCHEDULES: dict[str, Callable[[ScheduleSpec, int, int], float]] = {
+    "constant": _constant, "warmup": _warmup, "cyclical": _cyclical, "cosine": _cosine, "exponential": _exponential,
+}
+
+
+def value_at(spec: ScheduleSpec, step: int, budget: int) -> float:
+    """The scheduled scalar at the 0-based optimizer step ``step`` of a budget of ``budget`` steps."""
+    return lookup(SCHEDULES, spec.kind, "schedule.kind", "schedule")(spec, step, budget)
+
+
+def mean_over(spec: ScheduleSpec, first: int, stop: int, budget: int) -> float:
+    """The mean of the scalar over the steps first..stop-1 (the history's per-epoch β)."""
+    return sum(value_at(spec, t, budget) for t in range(first, stop)) / max(1, stop - first)
 
 
 def warmup_length(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -40,6 +112,25 @@ def warmup_length(config: TrainConfig, steps_per_epoch: int) -> int:
 def cycle_length(config: TrainConfig, budget: int) -> int:
     """L = ⌈T / M⌉, the steps of one annealing cycle (T the step budget, M = ``cycles``)."""
     return math.ceil(budget / config.cycles)
+
+
+# The specs below restate a TrainConfig's settings, which its own validation already checked
+# (model_construct: no second check, so a config built to test the non-finite policy keeps its β).
+def beta_spec(config: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
+    """β as a schedule: ``train.beta`` with ``beta_schedule`` and its settings."""
+    if config.beta_schedule == "warmup":
+        return ScheduleSpec.model_construct(kind="warmup", value=config.beta, end=0.0, cycles=4, ratio=0.5,
+                                            steps=warmup_length(config, steps_per_epoch))
+    if config.beta_schedule == "cyclical":
+        return ScheduleSpec.model_construct(kind="cyclical", value=config.beta, end=0.0, steps=None,
+                                            cycles=config.cycles, ratio=config.cycle_ratio)
+    return ScheduleSpec.model_construct(kind="constant", value=config.beta, end=0.0, steps=None, cycles=4, ratio=0.5)
+
+
+def lr_spec(config: TrainConfig) -> ScheduleSpec:
+    """Adam's step size as a schedule: constant, or cosine decay to 0 over the budget."""
+    return ScheduleSpec.model_construct(kind=config.lr_schedule, value=config.lr, end=0.0, steps=None, cycles=4,
+                                        ratio=0.5)
 
 
 def check_schedule(config: TrainConfig, steps_per_epoch: int, budget: int) -> None:
@@ -69,14 +160,7 @@ def beta_at(step: int, config: TrainConfig, steps_per_epoch: int, budget: int) -
         steps_per_epoch: ⌈n / batch_size⌉, which turns ``warmup_epochs`` into steps.
         budget: T, the run's total number of optimizer steps (cycle lengths).
     """
-    beta = config.beta
-    if config.beta_schedule == "warmup":
-        return beta * min(1.0, step / warmup_length(config, steps_per_epoch))
-    if config.beta_schedule == "cyclical":
-        length = cycle_length(config, budget)
-        tau = (step % length) / length  # Fu et al. (2019) §3's τ, with 0-based t and ⌈T/M⌉ below
-        return beta * min(1.0, tau / config.cycle_ratio)
-    return beta
+    return value_at(beta_spec(config, steps_per_epoch), step, budget)
 
 
 def describe(config: TrainConfig) -> str:

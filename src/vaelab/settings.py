@@ -4,31 +4,36 @@ vaelab.config only describes and type-checks a configuration (it is a leaf modul
 module knows what the settings mean. ``check_settings`` runs before anything is trained:
 every name (dataset, model family, net, activation, likelihood, objective) must be one its
 registry defines, and every setting the user gave must change what happens, else the run is
-refused with a message naming the setting and what to use instead.
+refused with a message naming the setting and what to use instead. A family's own options
+(``[model.NAME]``, ``--NAME-FIELD``) are checked against the family's options class, and
+apply only to a run of that family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from vaelab.config import ConfigError, RunConfig, flag_name, lookup, parse_kind
+from vaelab.config import ConfigError, RunConfig, family_setting, flag_name, lookup, parse_kind
 from vaelab.data.registry import DATASETS
 from vaelab.likelihoods import LIKELIHOODS
-from vaelab.models import VAE, LatentModel, VariationalModel, family
+from vaelab.models import FAMILIES, VAE, LatentModel, VariationalModel, check_family_tables, family, option_applies
 from vaelab.nets import ACTIVATIONS, NETS
-from vaelab.objectives import OBJECTIVES, Objective, objective_for
+from vaelab.objectives import OBJECTIVES, Objective, objective_name, requested_objective
 
 
 def check_names(config: RunConfig) -> None:
     """Refuse a name that no registry defines, naming the setting, its flag and the choices.
 
     Raises:
-        ConfigError: for the first unknown name.
+        ConfigError: for the first unknown name, or a family options table with an unknown
+            family, an unknown key or a bad value.
     """
     if config.data.path is None:
         lookup(DATASETS, config.data.name, "data.name", "dataset")
     family(config.model.kind)
+    check_family_tables(config.model)
     lookup(NETS, config.model.net, "model.net", "net")
     lookup(ACTIVATIONS, config.model.activation, "model.activation", "activation")
     lookup(LIKELIHOODS, config.model.likelihood, "model.likelihood", "likelihood")
@@ -45,8 +50,18 @@ def _has_posterior(config: RunConfig) -> bool:
 
 
 def _objective(config: RunConfig) -> Objective:
-    """The objective the run trains with (the family's own where it cannot take the requested one)."""
-    return OBJECTIVES[objective_for(_family_class(config), config.train.objective)]
+    """The objective the run trains with: the named one, the β-ELBO for a β-VAE run that names
+    none (``objectives.requested_objective``), the family's own where it cannot take either."""
+    return OBJECTIVES[objective_name(_family_class(config), config.train)]
+
+
+def _one_sample_why(config: RunConfig) -> str:
+    """Why k does not apply to a posterior model whose objective draws one sample."""
+    name = _objective(config).name
+    if name == "elbo" and requested_objective(config.train) != config.train.objective:
+        return ("β ≠ 1, a β schedule or free bits make this a β-VAE, which trains the β-ELBO (one sample); "
+                "add --objective iwae for the β-weighted IWAE with k samples (a bound only at β = 1)")
+    return f"the {name} objective uses one sample; use --objective iwae for k importance samples"
 
 
 def _objective_rule(config: RunConfig) -> str | None:
@@ -160,7 +175,7 @@ SETTING_RULES: dict[str, _Rule] = {
         f"{_family(c)} has no KL term to weight; drop it or use --model vae"),
     "train.k": lambda c: None if _objective(c).uses_k else (
         f"{_family(c)} draws no samples; drop it or use --model vae" if not _has_posterior(c)
-        else f"the {_objective(c).name} objective uses one sample; use --objective iwae for k importance samples"),
+        else _one_sample_why(c)),
     "train.lr": _always,
     "train.lr_schedule": _always,
     "train.epochs": lambda c: None if c.train.steps is None else (
@@ -198,6 +213,32 @@ SETTING_RULES: dict[str, _Rule] = {
 }
 
 
+def _family_option_rule(dotted: str) -> _Rule | None:
+    """The rule of a family's option ``model.NAME.FIELD`` (or of an empty ``[model.NAME]``
+    table): it applies to a run of the family NAME only."""
+    family = family_setting(dotted)
+    if family is None:
+        return None
+    return lambda c: option_applies(c.model, family[0])
+
+
+def setting_value(config: RunConfig, dotted: str) -> Any:
+    """The value of a setting by its dotted name: a field (``model.hidden``), or a family's option
+    (``model.tempered.tau_end``): as given in its table, else the family's default when the
+    config is of that family, else None (the option plays no part in the run)."""
+    family = family_setting(dotted)
+    if family is None:
+        section, field = dotted.split(".", 1)
+        return getattr(getattr(config, section), field)
+    name, option = family
+    table = config.model.family_tables.get(name, {})
+    if option in table or config.model.kind != name:
+        return table.get(option)
+    schema = FAMILIES[name].options if name in FAMILIES else None
+    return None if schema is None or option not in schema.model_fields else getattr(
+        config.model.family_options(schema), option)
+
+
 def check_settings(config: RunConfig) -> None:
     """Refuse a config in which a setting the user gave would change nothing.
 
@@ -210,7 +251,7 @@ def check_settings(config: RunConfig) -> None:
     check_names(config)
     problems = []
     for dotted in config.user_settings():
-        rule = SETTING_RULES.get(dotted)
+        rule = SETTING_RULES.get(dotted) or _family_option_rule(dotted)
         if rule is None:
             raise ConfigError(f"{dotted}: no applicability rule (add one to vaelab.settings.SETTING_RULES)")
         why = rule(config)

@@ -331,3 +331,297 @@ def test_explore_names_a_bad_folder(tmp_path) -> None:
     proc = _explore([str(tmp_path / "missing"), "--port", str(_free_port())])
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "missing" in out and "Traceback" not in out
+
+
+# -- 0.3: the work of one request is bounded, and small requests are never queued behind it --------
+
+
+def test_a_small_request_is_not_queued_behind_a_large_one(runs, monkeypatch) -> None:
+    """A large decode held inside the model must not stop a 1-row decode from being answered
+    (0.2 served every request behind one lock: a 4,096-row decode made a 1-row one wait 9.6 s)."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    armed = []
+    real_load = ckpt.load
+
+    def load(path, device="cpu"):
+        run = real_load(path, device)
+        forward = run.model.decoder.forward
+
+        def held(h):  # a request of many rows waits inside the decoder until released
+            if armed and h.shape[0] > 1 and not release.is_set():
+                entered.set()
+                release.wait(60)
+            return forward(h)
+
+        run.model.decoder.forward = held
+        return run
+
+    monkeypatch.setattr(ckpt, "load", load)
+    client = create_app([runs["points"]]).test_client()
+    armed.append(True)
+    answers: dict[str, object] = {}
+
+    def ask(name: str, rows: int) -> None:
+        answers[name] = _post(client, "/api/decode", {"run": 0, "z": [[0.1, 0.2]] * rows})
+
+    big = threading.Thread(target=ask, args=("big", 200))
+    big.start()
+    try:
+        assert entered.wait(30), "the large request never reached the decoder"
+        small = threading.Thread(target=ask, args=("small", 1))
+        small.start()
+        small.join(20)  # a liveness bound, not a timing: the large request is held until released below
+        assert not small.is_alive(), "a 1-row decode waited for a large request held in the model"
+        assert answers["small"].status_code == 200 and len(answers["small"].get_json()["mean"]) == 1
+        assert big.is_alive(), "the large request should still be held"
+    finally:
+        release.set()
+        big.join(30)
+    assert answers["big"].status_code == 200 and len(answers["big"].get_json()["mean"]) == 200
+
+
+def test_the_rows_of_one_request_are_bounded_by_the_numbers_it_asks_for(runs, monkeypatch) -> None:
+    from vaelab.explorer import app as explorer_app
+
+    assert explorer_app.max_rows_for(784) == explorer_app.MAX_VALUES // 784 < MAX_ROWS  # 28×28 images: 334 rows
+    assert explorer_app.max_rows_for(2) == MAX_ROWS
+    monkeypatch.setattr(explorer_app, "MAX_VALUES", 64 * 50)  # the 8×8 digits run: 50 rows per request
+    client = create_app([runs["image"], runs["points"]]).test_client()
+    assert client.get("/api/run?run=0").get_json()["max_rows"] == 50
+    assert client.get("/api/run?run=1").get_json()["max_rows"] == 64 * 50 // 2
+    ok = _post(client, "/api/decode", {"run": 0, "z": [[0.0, 0.0, 0.0]] * 50})
+    assert ok.status_code == 200 and len(ok.get_json()["mean"]) == 50
+    for path, body in (("/api/decode", {"run": 0, "z": [[0.0, 0.0, 0.0]] * 51}),
+                       ("/api/encode", {"run": 0, "x": [[0.0] * 64] * 51}),
+                       ("/api/prior", {"run": 0, "n": 51})):
+        res = _post(client, path, body)
+        assert res.status_code == 413, (path, res.get_json())
+        assert "50" in res.get_json()["error"], res.get_json()
+
+
+def test_answers_keep_float32_precision(client, runs) -> None:
+    """Numbers are sent with 7 significant digits (float32's precision): within 1e-6 relative."""
+    z = [[0.123456789, -3.98765432], [1e-5, 250.0]]
+    got = torch.tensor(_post(client, "/api/decode", {"run": POINTS, "z": z}).get_json()["mean"], dtype=torch.float64)
+    run = ckpt.load(runs["points"])
+    with torch.no_grad():
+        want = run.model.decode(torch.tensor(z)).mean.double()
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-12)
+
+
+# -- the prior: samples drawn by the server from the model's own prior() --------------------------
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory: pytest.TempPathFactory):
+    """A VAE whose prior is a learned Gaussian mixture (tests/models/families.py), not N(0, I), and
+    a run stopped after 3 of its steps (an interrupted training)."""
+    from models.families import MixturePriorVAE
+    from vaelab.models import FAMILIES, register_family
+    from vaelab.train import train_run
+    from vaelab.train.members import TrainingInterrupted
+
+    register_family("mogvae", MixturePriorVAE)
+    try:
+        root = tmp_path_factory.mktemp("explorer-families")
+        train_run(tiny_config(model={"kind": "mogvae", "latent_dim": 2}), root / "mog")
+        steps = iter(range(100))
+        with pytest.raises(TrainingInterrupted):
+            train_run(tiny_config(train={"epochs": 4}), root / "partial", should_stop=lambda: next(steps) >= 3)
+        yield {"mog": root / "mog", "partial": root / "partial"}
+    finally:
+        FAMILIES.pop("mogvae", None)
+
+
+@pytest.fixture(scope="module")
+def family_client(family_runs, runs):
+    from models.families import MixturePriorVAE
+    from vaelab.models import FAMILIES, register_family
+
+    register_family("mogvae", MixturePriorVAE)
+    try:
+        app = create_app([family_runs["mog"], family_runs["partial"], runs["points"]])
+        yield app.test_client()
+    finally:
+        FAMILIES.pop("mogvae", None)
+
+
+def _model_of(client, run_id: int):
+    """The model the app serves, loaded again from its folder."""
+    return ckpt.load(client.get(f"/api/run?run={run_id}").get_json()["path"])
+
+
+@pytest.mark.parametrize(("which", "run_id", "c"), [("mixture prior", 0, None), ("N(0, I)", 2, None),
+                                                   ("label condition", COND, 1)])
+def test_prior_samples_are_the_models_own(family_client, client, which, run_id, c) -> None:
+    from models.families import MixturePriorVAE
+    from vaelab.distributions import rsample
+    from vaelab.evaluate import generator_for
+    from vaelab.models import FAMILIES, register_family
+
+    register_family("mogvae", MixturePriorVAE)
+    try:
+        api = client if which == "label condition" else family_client
+        run = _model_of(api, run_id)
+        rng = torch.random.get_rng_state()
+        body = {"run": run_id, "n": 300, "seed": 7, "draws": True, **({"c": c} if c is not None else {})}
+        got = _post(api, "/api/prior", body).get_json()
+        assert torch.equal(torch.random.get_rng_state(), rng), "the global torch RNG was used"
+        c_t = None if c is None else run.condition.encode(torch.tensor([c])).expand(300, -1)
+        p_z = run.model.prior(c_t)
+        z = rsample(p_z, (300,) if p_z.batch_shape == torch.Size() else (), generator_for(7))
+        assert torch.allclose(torch.tensor(got["z"]), z, rtol=1e-6, atol=1e-6)
+        # the decoded means and draws are exactly what model.sample gives for the same seed
+        mean = run.model.sample(300, c_t, generator=generator_for(7))
+        draws = run.model.sample(300, c_t, generator=generator_for(7), noise=True)
+        assert torch.allclose(torch.tensor(got["mean"]), mean, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(torch.tensor(got["x"]), draws, rtol=1e-6, atol=1e-6)
+        again = _post(api, "/api/prior", body).get_json()
+        other = _post(api, "/api/prior", {**body, "seed": 8}).get_json()
+        assert again == got and other["z"] != got["z"]
+        if which == "mixture prior":  # not N(0, I): the draws follow the learned mixture
+            meta = api.get(f"/api/run?run={run_id}").get_json()
+            assert meta["standard_prior"] is False and meta["prior"] == {"standard": False, "trained": True}
+            assert got["prior"]["type"] == "MixtureSameFamily" and got["prior"]["loc"] is None
+            # the sample mean is within 4 standard errors of the mixture's mean
+            want_mean = p_z.mean.detach()
+            se = float(p_z.stddev.detach().max()) / 300**0.5
+            assert torch.allclose(torch.tensor(got["z"]).mean(0), want_mean, atol=4 * se)
+        else:
+            assert got["prior"]["type"] in ("Independent(Normal)", "Independent(StandardNormal)")
+            assert got["prior"]["loc"] == [0.0, 0.0] and got["prior"]["scale"] == [1.0, 1.0]
+    finally:
+        FAMILIES.pop("mogvae", None)
+
+
+PRIOR_BAD = [
+    ("no n", {"run": 0}, 400, "n"),
+    ("n zero", {"run": 0, "n": 0}, 400, "n must be"),
+    ("n a float", {"run": 0, "n": 2.5}, 400, "n must be"),
+    ("n a bool", {"run": 0, "n": True}, 400, "n must be"),
+    ("n over the run's rows", {"run": 0, "n": MAX_ROWS + 1}, 413, "n must be"),
+    ("negative seed", {"run": 0, "n": 2, "seed": -1}, 400, "seed"),
+    ("seed a string", {"run": 0, "n": 2, "seed": "1"}, 400, "seed"),
+    ("draws not a bool", {"run": 0, "n": 2, "draws": 1}, 400, "draws"),
+    ("draws without decoding", {"run": 0, "n": 2, "decode": False, "draws": True}, 400, "draws"),
+    ("unknown key", {"run": 0, "n": 2, "temperature": 0.5}, 400, "temperature"),
+    ("c on an unconditional run", {"run": 0, "n": 2, "c": 1}, 400, "no condition"),
+    ("no c on a conditional run", {"run": COND, "n": 2}, 400, "conditional"),
+    ("c count differs", {"run": COND, "n": 3, "c": [0, 1]}, 400, "3 rows"),
+    ("unknown run", {"run": 9, "n": 2}, 404, "unknown run"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [b[1:] for b in PRIOR_BAD], ids=[b[0] for b in PRIOR_BAD])
+def test_bad_prior_requests_answer_4xx_with_a_message(client, body, status, says) -> None:
+    res = _post(client, "/api/prior", body)
+    assert res.status_code == status, res.get_json()
+    assert says in res.get_json()["error"], res.get_json()
+
+
+def test_decode_draws_are_seeded_observations(client, runs) -> None:
+    from vaelab.evaluate import generator_for
+    from vaelab.likelihoods import sample_observation
+
+    z = [[0.2, -0.4]] * 30
+    got = _post(client, "/api/decode", {"run": POINTS, "z": z, "draws": True, "seed": 3}).get_json()
+    run = ckpt.load(runs["points"])
+    with torch.no_grad():
+        want = sample_observation(run.model.decode(torch.tensor(z)), generator_for(3))
+    assert torch.allclose(torch.tensor(got["x"]), want, rtol=1e-6, atol=1e-6)
+    assert len({tuple(r) for r in got["x"]}) == 30  # 30 different draws around one mean
+    image = _post(client, "/api/decode", {"run": IMAGE, "z": [[0.0, 0.0, 0.0]], "draws": True, "seed": 3}).get_json()
+    assert set(image["x"][0]) <= {0.0, 1.0}  # a Bernoulli decoder draws binary pixels
+    assert _post(client, "/api/decode", {"run": POINTS, "z": z}).get_json()["x"] is None
+    refused = _post(client, "/api/decode", {"run": POINTS, "z": z, "seed": 3})
+    assert refused.status_code == 400 and "seed applies only" in refused.get_json()["error"]
+
+
+# -- per-point statistics: vaelab's own numbers -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("which", "run_id"), [("closed-form KL", 2), ("Monte Carlo KL (mixture prior)", 0)])
+def test_per_point_statistics_are_vaelabs_own(family_client, which, run_id) -> None:
+    from models.families import MixturePriorVAE
+    from vaelab.distributions import kl
+    from vaelab.evaluate import evaluate
+    from vaelab.explorer.app import LOG_PX_K, STATS_SEED
+    from vaelab.models import FAMILIES, register_family
+
+    register_family("mogvae", MixturePriorVAE)
+    try:
+        meta = family_client.get(f"/api/run?run={run_id}").get_json()
+        pts = family_client.get(f"/api/points?run={run_id}").get_json()
+        model = _model_of(family_client, run_id).model
+        assert [s["key"] for s in meta["point_stats"]] == ["kl", "sigma", "recon", "log_px"]
+        x = torch.tensor(pts["x"], dtype=torch.float32)
+        stats = {k: torch.tensor(v, dtype=torch.float64) for k, v in pts["stats"].items()}
+        with torch.no_grad():
+            q_z = model.encode(x)
+            if which == "closed-form KL":  # the KL of each point, as the objectives compute it
+                assert torch.allclose(stats["kl"], kl(q_z, model.prior()).double(), atol=1e-5)
+            assert torch.allclose(stats["sigma"], q_z.stddev.mean(-1).double(), atol=1e-6)
+            x_hat = model.decode(q_z.mean).mean
+            assert torch.allclose(stats["recon"], ((x - x_hat) ** 2).mean(-1).double(), atol=1e-6)
+        # the means over the points are vaelab evaluate()'s own numbers for the same k and seed
+        metrics = evaluate(model, x, k=LOG_PX_K, seed=STATS_SEED)
+        assert abs(float(stats["kl"].mean()) - metrics["kl"]) < 1e-4 * max(1.0, abs(metrics["kl"]))
+        assert abs(float(stats["log_px"].mean()) + metrics["iwae_nll"]) < 1e-4 * max(1.0, abs(metrics["iwae_nll"]))
+    finally:
+        FAMILIES.pop("mogvae", None)
+
+
+def test_an_autoencoder_has_only_a_reconstruction_error(client) -> None:
+    meta = client.get(f"/api/run?run={AE}").get_json()
+    assert [s["key"] for s in meta["point_stats"]] == ["recon"]
+    stats = client.get(f"/api/points?run={AE}").get_json()["stats"]
+    assert set(stats) == {"recon"} and all(v >= 0 for v in stats["recon"])
+
+
+# -- what a run is: metrics as rows, training progress, unique names --------------------------------
+
+
+def test_metrics_are_rows_with_their_errors_and_units(client) -> None:
+    from vaelab.explorer.app import metric_rows
+
+    rows = client.get("/api/run?run=0").get_json()["metric_rows"]
+    by_key = {r["key"]: r for r in rows}
+    assert rows[0]["key"] == "elbo" and rows[0]["name"] == "ELBO" and rows[0]["unit"] == "nats"
+    assert rows[0]["se"] is not None and rows[0]["se"] > 0
+    assert by_key["kl"]["se"] is not None and "kl_se" not in by_key and "elbo_se" not in by_key
+    fake = {"elbo": -6.27, "elbo_se": 0.05, "n": 100, "active_units": 2, "latent_dim": 2, "mystery": 1.5,
+            "mystery_se": 0.1, "binarization": "none", "kl_per_dim": [0.1, 0.2]}
+    got = metric_rows(fake)
+    assert got[0] == {"key": "elbo", "name": "ELBO", "value": -6.27, "se": 0.05, "unit": "nats",
+                      "help": got[0]["help"]}
+    assert [r["key"] for r in got] == ["elbo", "active_units", "n", "mystery"]
+    assert got[1]["name"] == "active latent units (of 2)" and got[3]["se"] == 0.1
+
+
+def test_an_interrupted_run_says_so(family_client) -> None:
+    partial = family_client.get("/api/run?run=1").get_json()["progress"]
+    assert partial["finished"] is False and partial["step"] == 3 and partial["epochs"] == 4
+    assert partial["epoch"] == 0 and partial["failure"] is None
+    done = family_client.get("/api/run?run=2").get_json()["progress"]
+    assert done["finished"] is True and done["epoch"] == done["epochs"] == 3
+
+
+def test_runs_get_unique_names_and_a_folder_given_twice_is_refused(tmp_path, runs) -> None:
+    from vaelab.errors import InputError
+    from vaelab.explorer.app import run_names
+
+    a, b = tmp_path / "sweep-a" / "beta=4.0", tmp_path / "sweep-b" / "beta=4.0"
+    assert run_names([a, b, tmp_path / "other"]) == ["sweep-a/beta=4.0", "sweep-b/beta=4.0", "other"]
+    with pytest.raises(InputError, match="given twice"):
+        run_names([a, tmp_path / "sweep-a" / ".." / "sweep-a" / "beta=4.0"])
+    with pytest.raises(InputError, match="given twice"):
+        create_app([runs["points"], runs["points"]])
+
+
+def test_unknown_keys_are_refused(client) -> None:
+    res = _post(client, "/api/decode", {"run": 0, "z": [[0, 0]], "zz": 1})
+    assert res.status_code == 400 and "'zz'" in res.get_json()["error"] and "takes run, z, c" in res.get_json()["error"]
+    res = _post(client, "/api/encode", {"run": 0, "x": [[0, 0]], "draws": True})
+    assert res.status_code == 400 and "'draws'" in res.get_json()["error"]

@@ -3,8 +3,10 @@
 - ``CouplingFlowVAE``: q(z|x) is a TransformedDistribution: the VAE's N(μ, diag σ²) pushed
   through one affine coupling layer (Dinh et al. 2017, "Real NVP", eq. 4-6), whose inverse and
   log-determinant are exact. KL(q ‖ p) has no closed form, so objectives use Monte Carlo.
-- ``MixturePriorVAE``: the VAE's Normal q(z|x) with a learned two-component Gaussian-mixture
-  prior p(z) = Σ_i π_i N(m_i, diag s_i²) (a MixtureSameFamily); KL again by Monte Carlo.
+- ``MixturePriorVAE``: the VAE's Normal q(z|x) with a learned K-component Gaussian-mixture
+  prior p(z) = Σ_i π_i N(m_i, diag s_i²) (a MixtureSameFamily); KL again by Monte Carlo. It
+  declares options of its own (``MixturePriorOptions``: K, the modes' spread, whether π is
+  learned): the family options of tests/test_family_options.py.
 
 Neither touches anything outside this file: they are registered at runtime with
 ``vaelab.models.register_family`` and must train, evaluate, save, load and plot.
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 from torch.distributions import (
     Categorical,
@@ -28,7 +31,7 @@ from torch.distributions import (
     constraints,
 )
 
-from vaelab.config import ModelConfig
+from vaelab.config import FamilyOptions, ModelConfig
 from vaelab.models import VAE
 
 
@@ -89,19 +92,35 @@ class CouplingFlowVAE(VAE):
         return z
 
 
+class MixturePriorOptions(FamilyOptions):
+    """The ``[model.NAME]`` table of MixturePriorVAE (NAME: the name it is registered as)."""
+
+    components: int = Field(2, gt=0, description="number K of mixture components of p(z)")
+    spread: float = Field(1.5, gt=0, description="initial means of the components: evenly from -spread to "
+                          "spread along the first latent axis")
+    learn_weights: bool = Field(True, description="learn the weights π (else uniform, 1/K each)")
+
+
 class MixturePriorVAE(VAE):
-    """The VAE with p(z) = Σ_{i=1}^{2} π_i N(m_i, diag s_i²), all of π, m, s learned."""
+    """The VAE with p(z) = Σ_{i=1}^{K} π_i N(m_i, diag s_i²), m and s learned, π learned or 1/K."""
+
+    options = MixturePriorOptions
 
     def __init__(
         self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
     ) -> None:
         super().__init__(config, x_dim, cond_dim, cond_embed)
-        d = config.latent_dim
-        means = torch.zeros(2, d)
-        means[:, 0] = torch.tensor([-1.5, 1.5])  # two modes apart along the first axis
-        self.prior_logits = nn.Parameter(torch.zeros(2))
+        opts = config.family_options(MixturePriorOptions)  # validated, defaults filled in
+        k, d = opts.components, config.latent_dim
+        means = torch.zeros(k, d)
+        means[:, 0] = torch.linspace(-opts.spread, opts.spread, k)  # modes apart along the first axis
+        logits = torch.zeros(k)
+        if opts.learn_weights:
+            self.prior_logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("prior_logits", logits)
         self.prior_means = nn.Parameter(means)
-        self.prior_scale_raw = nn.Parameter(torch.zeros(2, d))
+        self.prior_scale_raw = nn.Parameter(torch.zeros(k, d))
 
     def prior(self, c: Tensor | None = None) -> Distribution:
         """p(z): batch shape (), event shape (d,)."""

@@ -42,7 +42,9 @@ SCRIPT = textwrap.dedent(
     radius = fit_condition("radius", points)
     contexts = [
         PlotContext(model=build_model(small, 2, seed=0), data=points, history=History(rows),
-                    density_k=2, density_grid=8),
+                    density_k=2, density_grid=8,
+                    metrics={"mutual_info": 0.5, "marginal_kl": 0.2, "kl": 0.7, "kl_per_dim": [0.4, 0.3]}),
+        PlotContext(model=build_model(small.model_copy(update={"latent_dim": 3}), 2, seed=0), data=points),
         PlotContext(model=build_model(small, 2, label.width, seed=0), data=points, condition=label),
         PlotContext(model=build_model(small, 2, radius.width, seed=0), data=points, condition=radius),
         PlotContext(model=build_model(small.model_copy(update={"likelihood": "bernoulli"}), 784, seed=0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -64,9 +65,115 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
     return base.with_overrides(read_toml(config), source=str(config))
 
 
-@app.command()
+def _family_flag_table() -> dict[str, str]:
+    """The ``--NAME-FIELD`` flags of the families' own options -> ``model.NAME.FIELD``: the
+    family part of the sweep's one flag table (vaelab.sweep.grid.flag_table)."""
+    from vaelab.sweep.grid import flag_table
+
+    return {flag: dotted for flag, dotted in flag_table().items() if dotted.count(".") == 2}
+
+
+def _family_flags(ctx: typer.Context) -> dict[str, dict[str, Any]]:
+    """The family options among the words typer left over (``ctx.args``): ``--tempered-tau-end
+    0.5`` -> ``{"tempered": {"tau_end": 0.5}}``, each value parsed with the option's type.
+
+    typer knows the static options only; the families' options come from their options classes
+    at run time, so `vaelab train` passes unknown words through to here. Any word that is no
+    family flag is refused with exit code 2, naming the close matches, as typer refuses them.
+    """
+    if not ctx.args:
+        return {}
+    from difflib import get_close_matches
+
+    from vaelab.sweep.grid import parse_value
+
+    flags = _family_flag_table()
+    own = {opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts)}
+    clash = sorted(set(flags) & own)
+    if clash:  # typer would take such a word for its own option: the family's would be lost
+        raise InputError(f"family options {', '.join(clash)} have the names of options of vaelab train; "
+                         "rename those options of the family")
+    tables: dict[str, dict[str, Any]] = {}
+    words = list(ctx.args)
+    i = 0
+    while i < len(words):
+        flag, has_value, text = words[i].partition("=")
+        if not flag.startswith("-"):
+            raise InputError(f"unexpected extra argument {words[i]!r}: vaelab train takes options only "
+                             "(see vaelab train --help)")
+        if flag not in flags:
+            close = get_close_matches(flag, sorted(own | set(flags)), n=3)
+            hint = (f"Did you mean {close[0]}?" if len(close) == 1 else f"(Possible options: {', '.join(close)})"
+                    if close else "See vaelab train --help.")
+            raise InputError(f"No such option: {flag} {hint}")
+        if not has_value:
+            if i + 1 >= len(words):
+                raise InputError(f"option {flag} requires a value: {flag} VALUE")
+            i += 1
+            text = words[i]
+        _, name, option = flags[flag].split(".")
+        if option in tables.get(name, {}):
+            raise InputError(f"option {flag} is given twice; give it once")
+        tables.setdefault(name, {})[option] = parse_value(flag, flags[flag], text)
+        i += 1
+    return tables
+
+
+class _TrainHelp(typer.core.TyperCommand):
+    """`vaelab train --help`, ending with the options of every family that declares some, one
+    group per family, from the families' options classes (names, types, descriptions, defaults).
+
+    The family registry imports torch, which help must not need (tests/test_startup.py): the
+    families listed are those of a registry already loaded, i.e. every family registered in this
+    process. The built-in families (vae, ae) declare no options.
+    """
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.epilog = _family_help() if "vaelab.models" in sys.modules else None
+        super().format_help(ctx, formatter)
+
+
+def _metavar(annotation: Any) -> str:
+    """How help shows what a flag takes: FLOAT, INTEGER, TEXT, true|false, a|b (a Literal), N,N,..."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(_metavar(a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin is list:
+        return "N,N,..."
+    names = {bool: "true|false", int: "INTEGER", float: "FLOAT", str: "TEXT"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _family_help() -> str | None:
+    """The help text of the family options (rich markup escaped), or None when no family has any."""
+    from vaelab.models import FAMILIES, option_schemas
+    from vaelab.sweep.grid import flag_table
+
+    schemas = option_schemas()
+    if not schemas:
+        return None
+    lines: dict[str, list[str]] = {name: [] for name in schemas}
+    for flag, dotted in flag_table().items():
+        if dotted.count(".") == 2:
+            _, name, option = dotted.split(".")
+            info = schemas[name].model_fields[option]
+            default = info.get_default(call_default_factory=True)
+            lines[name].append(f"  {flag} {_metavar(info.annotation)}: {info.description or option} "
+                               f"(default {default!r})")
+    groups = [f"--model {name} ({FAMILIES[name].__name__}):\n" + "\n".join(rows) for name, rows in lines.items()]
+    return escape("Options of a model family: with --model NAME, as --NAME-OPTION VALUE or in a [model.NAME] "
+                  "table of --config; `vaelab sweep` takes comma lists of them.\n\n" + "\n\n".join(groups))
+
+
+@app.command(cls=_TrainHelp, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def train(
+    ctx: typer.Context,
     data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file"),
     n_train: int = typer.Option(None, help="points drawn for training (toy data)"),
     n_test: int = typer.Option(None, help="held-out points drawn for evaluation (toy data)"),
@@ -130,11 +237,19 @@ def train(
     resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the held-out evaluation at the end"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the figures and RUN/report.html at the end"),
+    nproc: int = typer.Option(None, "--nproc", help="train on N processes of this machine: runs this command "
+                              "under torchrun --standalone --nproc-per-node N (gloo on CPU, nccl on CUDA)"),
 ) -> None:
-    """Train a model and write a run directory (config, weights, history, metrics, figures, report)."""
+    """Train a model and write a run directory (config, weights, history, metrics, figures, report).
+
+    Under torchrun (``torchrun --nproc-per-node N -m vaelab train ...``, or ``--nproc N``) every
+    process trains its share of each batch; rank 0 alone writes the run, evaluates and reports.
+    """
     from vaelab.config import ConfigError
+    from vaelab.distributed import World
     from vaelab.train import TrainingDiverged, TrainingInterrupted, train_run
 
+    family_over = _family_flags(ctx)  # refuses an unknown option before anything is read
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
     if resume and (config is not None or preset is not None):
@@ -161,6 +276,7 @@ def train(
         "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
         "latent_dim": latent_dim, "scale": scale, "likelihood": likelihood, "recon_var": recon_var,
         "min_var": min_var, "cond_embed": _split_ints(cond_embed, "--cond-embed"),
+        **family_over,  # [model.NAME] tables, laid over those of --config
     }
     if lambda_rec is not None:
         model_over["lambda_rec"] = lambda_rec
@@ -179,9 +295,17 @@ def train(
     }, source="command-line options" if config is None else f"{config} and the command-line options")
     if data is not None and _is_file_arg(data):
         cfg.data.__pydantic_fields_set__.discard("name")  # --data chose a file: no dataset name was given
+    world = World.from_env()
+    if nproc is not None and (isinstance(nproc, bool) or nproc < 1):
+        raise InputError(f"--nproc is the number of processes to train on, a positive integer; got {nproc}")
+    if nproc is not None and world.distributed:
+        raise InputError("--nproc starts torchrun, and this command already runs under torchrun "
+                         f"(WORLD_SIZE={world.size}); drop --nproc")
     if out is None:
         if resume:
             raise InputError("--resume needs --out pointing at the run to continue")
+        if world.distributed:  # each process would name its own folder after its own clock
+            raise InputError("under torchrun every process writes to one run directory: give --out")
         stem = Path(cfg.data.path).stem if cfg.data.path else cfg.data.name
         out = Path("runs") / f"{stem}-{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     dev = pick_device(device)
@@ -189,6 +313,11 @@ def train(
         from vaelab.settings import check_settings
 
         check_settings(cfg)
+    if nproc is not None and nproc > 1:
+        raise typer.Exit(_launch_torchrun(nproc, out))
+    if world.distributed and not world.is_main:
+        console.quiet = True  # rank 0 speaks for the run; errors still reach stderr
+    if not resume and world.is_main:  # rank 0 downloads; the others read after it prepared the run
         _fetch_with_progress(cfg.data)
     if resume:  # the run's own config applies, not the defaults this command started from
         console.print(f"resuming {out} from its last checkpoint (device {dev})", highlight=False)
@@ -252,11 +381,48 @@ def train(
                 "than the model's mean squared reconstruction error per dimension, so the reconstruction term and "
                 "the NLL are dominated by it. If that is not what you meant, use a larger --recon-var, or "
                 "--likelihood gaussian-learned to fit σ² to the data.", highlight=False, soft_wrap=True)
+    from vaelab import distributed
+
+    distributed.shutdown()  # training's collectives are over; rank 0 evaluates and reports alone
+    if not world.is_main:
+        return
     if not no_eval:
         _run_eval(run.path, dev, k=None, n_test=None, seed=None)
     if not no_report:
         _write_report(run.path)
     console.print(f"run directory: {run.path}", highlight=False)
+
+
+def _launch_torchrun(nproc: int, out: Path) -> int:
+    """Run this very command under ``torchrun --standalone --nproc-per-node N`` (one machine,
+    a free port) without --nproc and with the run directory fixed; returns torchrun's exit code."""
+    import subprocess
+
+    if sys.argv[1:2] != ["train"]:  # called in-process (typer's CliRunner, a notebook): no command line to pass
+        raise InputError("--nproc re-runs the `vaelab train` command line under torchrun; from Python, start "
+                         "torchrun yourself: torchrun --standalone --nproc-per-node N -m vaelab train ...")
+    args, skip = [], False
+    for arg in sys.argv[2:]:  # after the program and the `train` command
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if not arg.startswith("--nproc="):
+            args.append(arg)
+    if not any(a in ("--out", "-o") or a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "vaelab", "train", *args]
+    console.print(f"launching {nproc} processes: {' '.join(cmd[1:])}", highlight=False, soft_wrap=True)
+    return subprocess.call(cmd)
+
+
+def _family_flag_names(tables: dict[str, dict[str, Any]]) -> list[str]:
+    from vaelab.config import flag_name
+
+    return [flag_name(f"model.{name}.{option}") for name, table in tables.items() for option in table]
 
 
 class _SignalAgain(BaseException):
@@ -326,24 +492,11 @@ def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float 
 
 
 def _loss_name(cfg: Any) -> str:
-    """What the training loss is, in words: it is recon + β·KL only for the ELBO."""
+    """What the training loss is, in words ("−IWAE bound (k = 4)"): the objective registry's description."""
     from vaelab.models import family
-    from vaelab.objectives import objective_for
-    from vaelab.schedules import describe
+    from vaelab.objectives import describe_loss
 
-    objective = objective_for(family(cfg.model.kind), cfg.train.objective)
-    if objective == "ae":
-        return "loss (reconstruction)"
-    weighting = cfg.train.beta_schedule != "constant" or cfg.train.free_bits > 0
-    if objective == "iwae":
-        if cfg.train.beta != 1 or weighting:
-            return f"loss (−β-weighted IWAE bound, k={cfg.train.k}, {describe(cfg.train)})"
-        return f"loss (−IWAE bound, k={cfg.train.k})"
-    if objective == "elbo":
-        if weighting:
-            return f"loss (ELBO objective: {describe(cfg.train)})"
-        return f"loss (−ELBO, β={cfg.train.beta:g})"
-    return f"loss ({objective})"
+    return describe_loss(family(cfg.model.kind), cfg.train)
 
 
 @app.command("eval")
@@ -636,7 +789,7 @@ def compare(
     from vaelab.compare import comparison_table, write_comparison
     from vaelab.html import fmt_number
     from vaelab.plots import parse_names
-    from vaelab.sweep.run import expand_run_dirs
+    from vaelab.sweep.folder import expand_run_dirs
 
     names = parse_names(figures)
     runs = expand_run_dirs(runs)

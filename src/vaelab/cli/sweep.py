@@ -43,8 +43,9 @@ def sweep(
     resume: bool = typer.Option(False, help="continue the sweep in --out: finished members are kept"),
 ) -> None:
     from vaelab.errors import InputError
+    from vaelab.sweep.folder import load_sweep, table_columns, table_values
     from vaelab.sweep.grid import expand, make_grid, parse_flags, read_sweep_toml, sweep_table
-    from vaelab.sweep.run import SweepInterrupted, load_sweep, run_sweep, table_columns, table_values
+    from vaelab.sweep.run import SweepInterrupted, run_sweep
     from vaelab.train import TrainingInterrupted
 
     lists = parse_flags(ctx.args)  # the grid's flags are checked before anything else is read

@@ -17,8 +17,8 @@ from vaelab.conditions.spec import (
     ConditionRangeWarning,
     fit_condition,
     parse_kind,
+    read_condition_file,
 )
-from vaelab.conditions.user_input import read_condition_file
 
 __all__ = [
     "GMM_DATASETS", "KINDS", "RANGE_MARGIN", "Condition", "ConditionError", "ConditionRangeWarning",

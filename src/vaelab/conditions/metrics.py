@@ -13,6 +13,7 @@ from torch import Tensor
 
 from vaelab.conditions.spec import Condition, ConditionError
 from vaelab.data.dataset import Dataset
+from vaelab.data.toy2d import mode_means
 
 if TYPE_CHECKING:
     from vaelab.models import LatentModel
@@ -46,8 +47,6 @@ def label_classifier(train: Dataset, test: Dataset | None = None, *, max_train: 
     if train.labels is None:
         raise ConditionError(f"{train.name}: has no labels, so there is nothing to classify")
     if train.name in GMM_DATASETS and train.dim == 2:
-        from vaelab.data.toy2d import mode_means
-
         means = mode_means(train.name)  # (K, 2)
 
         def nearest(x: Tensor) -> Tensor:

@@ -32,8 +32,8 @@ builds it from the training split, ``Condition.tensor`` turns a dataset into c a
 ``Condition.parse`` / ``read_condition_file`` turn what a user types into c, with errors
 that say which labels or widths the model knows.
 
-This module holds the spec; ``read_condition_file`` is in :mod:`vaelab.conditions.user_input`,
-and the metrics of how well samples follow their condition in :mod:`vaelab.conditions.metrics`.
+This module holds the spec and ``read_condition_file``; the metrics of how well samples
+follow their condition are in :mod:`vaelab.conditions.metrics`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -303,8 +304,6 @@ class Condition:
         """A CLI ``--condition`` argument -> raw conditions: a file of conditions (one per
         line / row) if ``text`` names an existing file, otherwise a single value (a name
         with a data-file suffix that does not exist is reported as a missing file)."""
-        from vaelab.conditions.user_input import read_condition_file  # it imports this module
-
         path = Path(text)
         if path.is_file():
             return read_condition_file(path, self)
@@ -371,3 +370,42 @@ def fit_condition(kind: str, data: Dataset, embed: Sequence[int] = (16, 16)) -> 
                      high=values.max(0).values.tolist(), mean=values.mean(0).tolist(), std=std.tolist(),
                      embed=[int(w) for w in embed])
 
+
+def read_condition_file(path: str | Path, condition: Condition) -> Tensor:
+    """Conditions from a file, one per sample / point: raw labels (N,) or values (N, C).
+
+    ``.npy``: an (N,) or (N, C) array. Text (``.csv``, ``.txt``, other): one condition per
+    line; blank lines and ``#`` comments are skipped. For continuous conditions a first line
+    that is not numbers is taken as a header; a line holds C comma-separated numbers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConditionError(f"{path}: no such file of conditions")
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise ConditionError(f"{path}: cannot be read as .npy ({err})") from None
+        if arr.ndim == 2 and arr.shape[1] == 1 and condition.discrete:
+            arr = arr[:, 0]
+        if arr.ndim not in (1, 2) or (condition.discrete and arr.ndim != 1):
+            raise ConditionError(f"{path}: expected an (N,) array of labels or an (N, C) array of values, "
+                                 f"got shape {arr.shape}")
+        if arr.ndim == 1:
+            items: list[str] = [str(int(v)) if float(v).is_integer() else str(v) for v in arr.tolist()]
+        else:
+            items = [",".join(repr(float(u)) for u in row) for row in arr.tolist()]
+    else:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        items = [ln for ln in lines if ln and not ln.startswith("#")]
+        if items and not condition.discrete:
+            try:
+                [float(v) for v in items[0].split(",")]
+            except ValueError:
+                items = items[1:]  # header row
+    if not items:
+        raise ConditionError(f"{path}: holds no conditions; expected one per line")
+    try:
+        return condition.parse(items)
+    except ConditionError as err:
+        raise ConditionError(f"{path}: {err}") from None

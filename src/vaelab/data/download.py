@@ -17,13 +17,10 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vaelab.errors import InputError, VaelabError
-
-if TYPE_CHECKING:
-    from vaelab.data.mnist import IdxResource
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +31,14 @@ CHUNK_BYTES = 1 << 16
 # progress(bytes_done, bytes_total, filename); bytes_total is None when the server sends no
 # Content-Length. Called once with bytes_done = 0 and then after every chunk.
 ProgressFn = Callable[[int, int | None, str], None]
+
+
+@dataclass(frozen=True)
+class IdxResource:
+    """One published file: its name (``.gz``) and the MD5 of exactly those gzipped bytes."""
+
+    filename: str
+    md5: str
 
 
 class DatasetNotFoundError(VaelabError, FileNotFoundError):

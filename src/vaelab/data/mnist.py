@@ -24,6 +24,7 @@ from vaelab.data.download import (
     DATA_DIR_ENV,
     ChecksumError,
     DatasetNotFoundError,
+    IdxResource,
     ProgressFn,
     _download,
     dataset_folder,
@@ -45,14 +46,6 @@ Split = Literal["train", "test"]
 # ---------------------------------------------------------------------------------------------
 # MNIST family: files, mirrors, checksums, class names
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IdxResource:
-    """One published file: its name (``.gz``) and the MD5 of exactly those gzipped bytes."""
-
-    filename: str
-    md5: str
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from vaelab.errors import InputError
+from vaelab.memory import check_rows_fit
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +54,6 @@ def _toy(fn_name: str) -> Callable[[DataConfig, Split], Dataset]:
 
     def load(config: DataConfig, split: Split) -> Dataset:
         from vaelab.data import toy2d
-        from vaelab.sizes import check_rows_fit
 
         fn = getattr(toy2d, fn_name)
         n = config.n_train if split == "train" else config.n_test

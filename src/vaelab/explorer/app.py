@@ -1,22 +1,32 @@
 """The explorer's server: a small JSON API over loaded runs, and the page's own static files.
 
-Every run is loaded once, its held-out set encoded once; requests then only decode or encode
-a batch under ``torch.no_grad()``, one at a time (a lock around model calls: the models are
-tiny, and one call at a time keeps torch's thread pool from being oversubscribed).
+Every run is loaded once and its held-out set encoded and scored once (per-point KL, σ,
+reconstruction error, log p(x)); requests then only decode, encode or draw from the prior,
+under ``torch.no_grad()``. Requests run side by side in werkzeug's threads, with no lock
+around the models (inference changes no state): a small request is never queued behind a
+large one. What bounds the work instead is the size of one request: at most ``max_rows``
+rows, so that a request asks for at most ``MAX_VALUES`` numbers (``max_rows`` is in each
+run's metadata: 4,096 for 2-D data, 334 for 28×28 images), and answers are written as JSON
+a slice of rows at a time, so one long answer never holds the interpreter for long.
 
 The API (run = index into the runs given, 0-based):
 
 - ``GET /api/runs``: ``{"runs": [{"id", "name"}]}``
-- ``GET /api/run?run=ID``: metadata (kind, family, sizes, KL per dim, labels, condition, metrics, config)
-- ``GET /api/points?run=ID``: the encoded held-out set (at most ``MAX_POINTS`` points)
-- ``POST /api/decode`` ``{"run", "z": [[...]], "c"}`` -> ``{"mean", "std"}``
+- ``GET /api/run?run=ID``: metadata (kind, family, sizes, KL per dim, labels, condition, prior,
+  training progress, metrics as rows, config, max_rows, the per-point statistics on offer)
+- ``GET /api/points?run=ID``: the encoded held-out set (at most ``MAX_POINTS`` points) and its
+  per-point statistics
+- ``POST /api/decode`` ``{"run", "z": [[...]], "c", "draws", "seed"}`` -> ``{"mean", "std", "x"}``
 - ``POST /api/encode`` ``{"run", "x": [[...]], "c"}`` -> ``{"mu", "sigma"}``
+- ``POST /api/prior`` ``{"run", "n", "seed", "c", "decode", "draws"}`` -> ``{"z", "mean", "std",
+  "x", "prior"}``: z ~ the model's own ``prior(c)``, drawn with a ``torch.Generator`` seeded
+  with ``seed`` (the global RNG is never used), decoded as ``model.sample`` decodes them.
 
 Safety: only the files in ``static/`` (listed at start-up) are served, so no request path
-reaches the file system; every request is validated and a bad one answers 4xx with
-``{"error": ...}``; an unexpected failure answers a JSON 500 without a traceback and the
-server keeps serving. When bound to the local machine (the default), requests naming another
-Host are refused: a web page elsewhere cannot reach the API through DNS rebinding.
+reaches the file system; every request is validated (unknown keys too) and a bad one answers
+4xx with ``{"error": ...}``; an unexpected failure answers a JSON 500 without a traceback and
+the server keeps serving. When bound to the local machine (the default), requests naming
+another Host are refused: a web page elsewhere cannot reach the API through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -24,8 +34,6 @@ from __future__ import annotations
 import json
 import math
 import mimetypes
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +41,34 @@ from typing import Any
 import numpy as np
 import torch
 from flask import Flask, Response, request
+from torch import Tensor
+from torch.distributions import Distribution
 from werkzeug.exceptions import HTTPException
 
+from vaelab import checkpoint as ckpt
+from vaelab.conditions import ConditionError
+from vaelab.config import RunConfig
+from vaelab.data.pixels import eval_view
+from vaelab.data.registry import load_dataset, take
+from vaelab.distributions import is_factorised_normal, kl, kl_is_closed_form, rsample
+from vaelab.distributions import kl_per_dim as kl_by_dim
 from vaelab.errors import InputError, VaelabError
-from vaelab.models import VariationalModel, has_normal_posterior, has_standard_prior
+from vaelab.evaluate import generator_for
+from vaelab.likelihoods import sample_observation
+from vaelab.models import LatentModel, VariationalModel, has_normal_posterior, has_standard_prior
+from vaelab.objectives import iwae_bound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_POINTS = 2000  # held-out points sent to the page
-MAX_ROWS = 4096  # rows of one decode / encode request
+MAX_ROWS = 4096  # rows of one decode / encode / prior request, at most
+MAX_VALUES = 1 << 18  # numbers one request may ask the model for (rows × width): bounds the work per request
 MAX_BYTES = 2 * 1024 * 1024  # request body
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed holds
+JSON_SLICE = 1 << 14  # numbers written per json.dumps call: other requests run between slices
+DIGITS = 7  # significant digits sent: float32's own precision, half the JSON of full doubles
+LOG_PX_K = 32  # importance samples of the per-point log p(x) (the IWAE bound, Burda et al. 2016, eq. 8)
+STATS_SEED = 0  # the seed of the per-point statistics' draws, as `vaelab eval`'s default
+STATS_BATCH = 500  # points scored at once, as evaluate()'s default batch: the same draws for the same seed
 # Burda et al. (2016), section 5.2: a latent unit is active when Cov_x(E_q[z_u]) > 0.01.
 ACTIVE_THRESHOLD = 0.01
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -63,14 +90,54 @@ class _Loaded:
 
     run: Any  # vaelab.checkpoint.Run
     meta: dict[str, Any]
-    points: dict[str, Any]
-    points_json: bytes | None = None
+    points_json: bytes
+
+    @property
+    def model(self) -> LatentModel:
+        return self.run.model
+
+    @property
+    def max_rows(self) -> int:
+        return int(self.meta["max_rows"])
+
+
+def max_rows_for(width: int) -> int:
+    """Rows one request may hold for a model whose widest side (x or z) is ``width`` numbers."""
+    return max(1, min(MAX_ROWS, MAX_VALUES // max(1, width)))
+
+
+# -- what a run is: names, settings, progress, metrics ------------------------------------------
+
+
+def run_names(run_dirs: list[Path]) -> list[str]:
+    """A short unique name per run: the folder's name, with as many parent folders as it takes
+    to tell runs apart (two sweeps' ``beta=4.0`` members become ``a/beta=4.0`` and ``b/beta=4.0``).
+
+    Raises:
+        InputError: the same folder given twice.
+    """
+    resolved = [Path(d).resolve() for d in run_dirs]
+    seen: dict[Path, int] = {}
+    for i, path in enumerate(resolved):
+        if path in seen:
+            raise InputError(f"{run_dirs[i]}: given twice (as run {seen[path]} and run {i}); give each run folder once")
+        seen[path] = i
+    depth = [1] * len(resolved)
+
+    def name(i: int) -> str:
+        return "/".join(resolved[i].parts[-depth[i]:])
+
+    while True:
+        names = [name(i) for i in range(len(resolved))]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(resolved[i].parts)]
+        if not clash:
+            return names
+        for i in clash:
+            depth[i] += 1
 
 
 def _flat_config(config: Any) -> dict[str, Any]:
     """The settings that differ from the library defaults, as {"section.field": value}."""
-    from vaelab.config import RunConfig
-
     default = RunConfig().model_dump(mode="json")
     out: dict[str, Any] = {}
 
@@ -86,10 +153,82 @@ def _flat_config(config: Any) -> dict[str, Any]:
     return out
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The finite numbers of metrics.json (lists, tags and non-finite values left out: JSON has no NaN)."""
-    return {k: v for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    return {k: v for k, v in metrics.items() if _number(v)}
+
+
+# The metrics a student reads first, in this order: (key, name, unit, what it is).
+METRIC_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("elbo", "ELBO", "nats", "the evidence lower bound E_q[log p(x|z)] − KL, per held-out point (higher is better)"),
+    ("iwae_nll", "−log p(x) (IWAE)", "nats", "importance-weighted estimate of the negative log-likelihood, "
+     "an upper bound that tightens with k (lower is better)"),
+    ("recon", "reconstruction −E_q[log p(x|z)]", "nats", "the ELBO's reconstruction term"),
+    ("kl", "KL(q(z|x) ‖ p(z))", "nats", "the ELBO's prior-matching term, averaged over points"),
+    ("elbo_bpd", "ELBO", "bits/dim", "the ELBO in bits per pixel"),
+    ("iwae_bpd", "−log p(x) (IWAE)", "bits/dim", "the IWAE estimate in bits per pixel"),
+    ("true_nll", "true −log p(x)", "nats", "the data distribution's own negative log-density"),
+    ("nll_gap", "gap to the truth", "nats", "IWAE −log p(x) minus the true one (0 for a perfect model)"),
+    ("mutual_info", "mutual information I(x; z)", "nats", "how much the codes say about x (at most log N)"),
+    ("marginal_kl", "KL(q(z) ‖ p(z))", "nats", "how far the aggregate posterior is from the prior"),
+)
+METRIC_COUNTS: tuple[tuple[str, str], ...] = (
+    ("active_units", "active latent units"), ("n", "held-out points"), ("iwae_k", "importance samples k"),
+    ("eval_seed", "evaluation seed"),
+)
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """metrics.json as rows a person reads: the key metrics first, each mean paired with its
+    standard error and unit ({"key", "name", "value", "se", "unit", "help"}), then counts, then
+    any other number under its own key. ``se`` is None where the metrics give none."""
+    rows: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for key, name, unit, what in METRIC_ROWS:
+        if _number(metrics.get(key)):
+            se = metrics.get(f"{key}_se")
+            rows.append({"key": key, "name": name, "value": metrics[key], "se": se if _number(se) else None,
+                         "unit": unit, "help": what})
+            used.update((key, f"{key}_se"))
+    for key, name in METRIC_COUNTS:
+        if _number(metrics.get(key)):
+            value = metrics[key]
+            if key == "active_units" and _number(metrics.get("latent_dim")):
+                name = f"active latent units (of {metrics['latent_dim']})"
+                used.add("latent_dim")
+            rows.append({"key": key, "name": name, "value": value, "se": None, "unit": "", "help": ""})
+            used.add(key)
+    for key, value in metrics.items():
+        if key in used or key.endswith("_se") or not _number(value):
+            continue
+        se = metrics.get(f"{key}_se")
+        rows.append({"key": key, "name": key.replace("_", " "), "value": value, "se": se if _number(se) else None,
+                     "unit": "", "help": ""})
+    return rows
+
+
+def training_progress(run: Any) -> dict[str, Any]:
+    """Whether training finished: {"finished": bool or None (unknown), "step", "epoch", "epochs",
+    "steps", "failure": the failure message or None}, from the run's saved training state."""
+    out: dict[str, Any] = {"finished": None, "step": run.step, "epoch": None, "epochs": run.config.train.epochs,
+                           "steps": run.config.train.steps, "failure": None}
+    try:
+        state = ckpt.load_state(run.path)
+        out.update(finished=bool(state.complete), step=int(state.step), epoch=int(state.epoch))
+    except VaelabError:
+        pass  # no readable state: the page says nothing it cannot know
+    try:
+        failure = run.failure
+    except VaelabError:
+        failure = None
+    if failure is not None:
+        out["failure"] = str(failure.get("message") or "training stopped on a non-finite loss")
+        out["finished"] = False
+    return out
 
 
 def _condition_meta(condition: Any) -> dict[str, Any] | None:
@@ -103,21 +242,95 @@ def _condition_meta(condition: Any) -> dict[str, Any] | None:
             "high": condition.high[0] if one else list(condition.high)}
 
 
-@torch.no_grad()
-def _load(run_dir: Path) -> _Loaded:
-    """Load a run, encode (at most MAX_POINTS of) its held-out set and describe it."""
-    from vaelab import checkpoint as ckpt
-    from vaelab.data.registry import load_dataset, take
-    from vaelab.distributions import kl_per_dim as kl_by_dim
+def prior_meta(model: LatentModel) -> dict[str, Any]:
+    """What the page is told about p(z): its type, whether it is N(0, I), whether training
+    shaped the codes towards it (a VAE) or not (an autoencoder)."""
+    return {"standard": has_standard_prior(model), "trained": isinstance(model, VariationalModel)}
 
+
+def describe_prior(prior: Distribution) -> dict[str, Any]:
+    """{"type": "Independent(Normal)", "loc", "scale"}: loc and scale (lists, one per latent
+    dimension) only where p(z) is a factorised Normal with a single row, else None."""
+    kind = type(prior).__name__
+    if hasattr(prior, "base_dist"):
+        kind = f"{kind}({type(prior.base_dist).__name__})"
+    loc = scale = None
+    if is_factorised_normal(prior) and prior.batch_shape in (torch.Size(), torch.Size([1])):
+        base = prior.base_dist  # type: ignore[attr-defined]
+        loc = base.loc.expand(prior.event_shape).reshape(-1).tolist()
+        scale = base.scale.expand(prior.event_shape).reshape(-1).tolist()
+    return {"type": kind, "loc": loc, "scale": scale}
+
+
+# -- per-point statistics -----------------------------------------------------------------------
+
+
+POINT_STATS = {
+    "kl": {"name": "KL(q(z|x) ‖ p(z))", "unit": "nats",
+           "note": "closed form where torch has one, as vaelab eval computes it"},
+    "sigma": {"name": "posterior σ (mean over dims)", "unit": "", "note": "the spread of q(z|x)"},
+    "recon": {"name": "reconstruction error", "unit": "",
+              "note": "mean squared difference between x and the decoder mean at z = E[z|x]"},
+    "log_px": {"name": "log p(x)", "unit": "nats",
+               "note": f"the IWAE bound with k = {LOG_PX_K} importance samples (seed {STATS_SEED})"},
+}
+
+
+@torch.no_grad()
+def point_stats(model: LatentModel, x: Tensor, c: Tensor | None) -> dict[str, list[float]]:
+    """Per-point numbers to colour the plane by, each (N,), computed as vaelab computes them:
+
+    - ``kl``: KL(q(z|x) ‖ p(z|c)) by ``vaelab.distributions.kl`` (closed form where torch has
+      one; else the Monte Carlo mean of log q − log p over ``LOG_PX_K`` draws of q);
+    - ``sigma``: the mean over dimensions of q(z|x)'s standard deviation (factorised Normal q);
+    - ``recon``: mean over x's dimensions of (x − E[x | z = E_q[z|x]])²; for every model;
+    - ``log_px``: the IWAE bound L_k(x) (``vaelab.objectives.iwae_bound``, k = ``LOG_PX_K``).
+
+    The draws come from one generator seeded with ``STATS_SEED`` over batches of ``STATS_BATCH``
+    points, in evaluate()'s order: where the KL is closed form, the mean of ``log_px`` is
+    −iwae_nll of ``evaluate(model, x, k=LOG_PX_K, seed=STATS_SEED)`` and the mean of ``kl`` its kl.
+    """
+    out: dict[str, list[Tensor]] = {"recon": []}
+    can_score = True
+    try:
+        model.likelihood.check_support(x)
+    except VaelabError:
+        can_score = False  # data the likelihood cannot score (grey levels under a Bernoulli): no log p(x)
+    generator = generator_for(STATS_SEED)
+    for start in range(0, len(x), STATS_BATCH):
+        xb = x[start:start + STATS_BATCH]
+        cb = None if c is None else c[start:start + STATS_BATCH]
+        x_hat = model.decode(model.embed(xb, cb), cb).mean  # (B, D)
+        out["recon"].append(((xb - x_hat) ** 2).mean(-1))
+        if not isinstance(model, VariationalModel):
+            continue
+        q_z, prior = model.encode(xb, cb), model.prior(cb)
+        z = None if kl_is_closed_form(q_z, prior) else rsample(q_z, (LOG_PX_K,), generator)  # (k, B, d)
+        out.setdefault("kl", []).append(kl(q_z, prior, z))
+        if has_normal_posterior(model):
+            out.setdefault("sigma", []).append(q_z.stddev.mean(-1))
+        if can_score:
+            out.setdefault("log_px", []).append(iwae_bound(model, xb, cb, k=LOG_PX_K, generator=generator))
+    return {key: torch.cat(parts).tolist() for key, parts in out.items() if parts}
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _load(run_dir: Path, name: str) -> _Loaded:
+    """Load a run, encode (at most MAX_POINTS of) its held-out set and describe it."""
     run = ckpt.load(run_dir, "cpu")
     model = run.model.eval()
-    data = load_dataset(run.config.data, "test", expect_dim=model.x_dim)
-    if len(data) > MAX_POINTS:
-        data = take(data, slice(0, MAX_POINTS))
+    raw = load_dataset(run.config.data, "test", expect_dim=model.x_dim)
+    if len(raw) > MAX_POINTS:
+        raw = take(raw, slice(0, MAX_POINTS))
+    # The held-out set as the model is scored on it (`vaelab eval`): a Bernoulli image run sees
+    # the fixed binarization of the test split, so the per-point KL and log p(x) are vaelab's own.
+    data, pixels = eval_view(run.config, raw)
     raw_c, c = None, None
     if run.condition is not None:
-        raw_c = run.condition.values(data)  # (N,) labels or (N, C) values
+        raw_c = run.condition.values(raw)  # (N,) labels or (N, C) values
         c = run.condition.encode(raw_c)  # (N, width)
     family = run.config.model.kind
     # What the model can do decides: a factorised Normal q(z|x) gives μ, σ and, against a
@@ -131,9 +344,9 @@ def _load(run_dir: Path) -> _Loaded:
         mu = model.embed(data.x, c)
     kl_per_dim: list[float] | None = None
     if kl_d is not None:
-        kl = kl_d.mean(dim=0)  # (d,): KL of each latent dimension, averaged over x
-        kl_per_dim = kl.tolist()
-        order = sorted(range(model.latent_dim), key=lambda j: -kl[j].item())
+        kl_mean = kl_d.mean(dim=0)  # (d,): KL of each latent dimension, averaged over x
+        kl_per_dim = kl_mean.tolist()
+        order = sorted(range(model.latent_dim), key=lambda j: -kl_mean[j].item())
     else:
         spread = mu.var(dim=0) if len(mu) > 1 else torch.zeros(model.latent_dim)
         order = sorted(range(model.latent_dim), key=lambda j: -spread[j].item())
@@ -147,26 +360,48 @@ def _load(run_dir: Path) -> _Loaded:
     if run.condition is not None and run.condition.labels is not None:
         labels = list(run.condition.labels)
     p_x = model.decode(mu[:1], None if c is None else c[:1])
+    stats = point_stats(model, data.x, c)
+    metrics = run.metrics
     meta = {
-        "name": run_dir.name, "kind": "image" if image_shape is not None else "points", "family": family,
-        # N(0, I) prior: the page draws prior samples itself; any other prior (or none, for an
-        # autoencoder) gets samples from a Gaussian fitted to the codes, labelled as such.
+        "name": name, "path": str(run_dir), "kind": "image" if image_shape is not None else "points",
+        "family": family,
+        # Whether p(z) is N(0, I) (an autoencoder's is not one training shaped the codes towards:
+        # its "prior sample" is a Gaussian fitted to the codes, labelled as such).
         "standard_prior": isinstance(model, VariationalModel) and has_standard_prior(model),
+        "prior": prior_meta(model),
         "x_dim": model.x_dim, "image_shape": image_shape, "latent_dim": model.latent_dim,
         "kl_per_dim": kl_per_dim, "dim_order": order, "active": active,
         "noise": model.likelihood.noise_std(p_x) is not None, "labels": labels,
-        "condition": _condition_meta(run.condition), "metrics": _scalar_metrics(run.metrics),
-        "config": _flat_config(run.config),
+        "likelihood": run.config.model.likelihood, "pixels": None if image_shape is None else pixels,
+        "condition": _condition_meta(run.condition), "metrics": _scalar_metrics(metrics),
+        "metric_rows": metric_rows(metrics), "progress": training_progress(run),
+        "config": _flat_config(run.config), "data": run.config.data.model_dump(mode="json").get("name"),
+        "max_rows": max_rows_for(max(model.x_dim, model.latent_dim)),
+        "point_stats": [{"key": k, **POINT_STATS[k]} for k in POINT_STATS if k in stats],
     }
     x = data.x.numpy().astype(np.float64)
     if image_shape is not None:
         x = np.round(x, 4)  # pixels: 4 decimals are far below what a screen shows, and keep the answer small
     points = {
-        "x": x.tolist(), "mu": mu.tolist(), "sigma": None if sigma is None else sigma.tolist(),
+        "x": x.tolist(), "mu": _rounded(mu), "sigma": None if sigma is None else _rounded(sigma),
         "labels": None if data.labels is None else data.labels.tolist(),
         "c": None if raw_c is None else (raw_c[:, None] if raw_c.ndim == 1 else raw_c).tolist(),
+        "stats": stats,
     }
-    return _Loaded(run=run, meta=meta, points=points)
+    # Written once here: the largest answer (5 MB for 1,000 MNIST points) costs nothing per request.
+    return _Loaded(run=run, meta=meta, points_json=json.dumps(points, allow_nan=False).encode())
+
+
+def _rounded(t: Tensor) -> Any:
+    """``t`` as nested lists of numbers with ``DIGITS`` significant digits (float32's precision):
+    each number prints in at most ~13 characters instead of 19. The nearest double to a short
+    decimal prints as that decimal, so dividing the rounded integer by an exact power of ten
+    (correctly rounded) gives it."""
+    t = t.detach().double()
+    mag = torch.floor(torch.log10(t.abs().clamp_min(1e-300)))
+    k = (DIGITS - 1 - mag).clamp(-300, 300)
+    p = torch.pow(10.0, k.abs())
+    return torch.where(k >= 0, torch.round(t * p) / p, torch.round(t / p) * p).tolist()
 
 
 # -- request parsing ----------------------------------------------------------------------------
@@ -185,14 +420,21 @@ def _run_index(value: Any, n_runs: int) -> int:
     return value
 
 
-def _matrix(value: Any, name: str, width: int, what: str) -> torch.Tensor:
+def _keys(body: dict[str, Any], allowed: tuple[str, ...], path: str) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise RequestError(f"{path} does not take {', '.join(map(repr, unknown))}; it takes {', '.join(allowed)}")
+
+
+def _matrix(value: Any, name: str, width: int, what: str, max_rows: int = MAX_ROWS) -> Tensor:
     """A JSON list of rows of ``width`` finite numbers -> (B, width) float32."""
-    send = f"send {name} as a list of rows, each a list of {width} finite numbers ({what}), at most {MAX_ROWS} rows"
+    send = (f"send {name} as a list of rows, each a list of {width} finite numbers ({what}), "
+            f"at most {max_rows} rows")
     if not isinstance(value, list) or not value:
         raise RequestError(f"{name} must be a non-empty list of rows; {send}")
-    if len(value) > MAX_ROWS:
-        raise RequestError(f"{name} has {len(value)} rows, more than the {MAX_ROWS} one request may hold; "
-                           "split it into several requests", 413)
+    if len(value) > max_rows:
+        raise RequestError(f"{name} has {len(value)} rows, more than the {max_rows} one request may hold for this "
+                           f"run (at most {MAX_VALUES:,} numbers per request); split it into several requests", 413)
     for i, row in enumerate(value):
         if not isinstance(row, list):
             raise RequestError(f"{name}[{i}] is not a list; {send}")
@@ -210,10 +452,25 @@ def _matrix(value: Any, name: str, width: int, what: str) -> torch.Tensor:
     return t32
 
 
-def _condition(loaded: _Loaded, value: Any, rows: int) -> torch.Tensor | None:
-    """The request's ``c`` -> the model's c: (1 or rows, width), or None for an unconditional run."""
-    from vaelab.conditions import ConditionError
+def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise RequestError(f"{key} must be true or false, got {value!r}")
+    return value
 
+
+def _integer(body: dict[str, Any], key: str, default: int | None, low: int, high: int, what: str) -> int:
+    value = body.get(key, default)
+    if value is None:
+        raise RequestError(f"no {key} given; send {key} as an integer from {low} to {high} ({what})")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(f"{key} must be an integer from {low} to {high} ({what}), got {value!r}",
+                           413 if key == "n" and isinstance(value, int) and value > high else 400)
+    return value
+
+
+def _condition(loaded: _Loaded, value: Any, rows: int) -> Tensor | None:
+    """The request's ``c`` -> the model's c: (1 or rows, width), or None for an unconditional run."""
     condition = loaded.run.condition
     if condition is None:
         if value is not None:
@@ -253,7 +510,7 @@ def _condition(loaded: _Loaded, value: Any, rows: int) -> torch.Tensor | None:
         raise RequestError(f"{err}; {send}") from None
 
 
-# -- the app ------------------------------------------------------------------------------------
+# -- answers ------------------------------------------------------------------------------------
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -264,6 +521,35 @@ def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
 
 
+def _rows_json(t: Tensor | None) -> str:
+    """(B, W) -> a JSON list of rows, written ``JSON_SLICE`` numbers at a time (the interpreter
+    switches to other requests' threads between slices), or "null"."""
+    if t is None:
+        return "null"
+    if not bool(torch.isfinite(t).all()):
+        raise RequestError("the model gave NaN or infinity for this input (a diverged run?); nothing to show", 422)
+    step = max(1, JSON_SLICE // max(1, t.shape[-1]))
+    parts = [json.dumps(_rounded(t[i:i + step]))[1:-1] for i in range(0, len(t), step)]
+    return "[" + ",".join(p for p in parts if p) + "]"
+
+
+def _answer(**fields: Tensor | Any) -> Response:
+    """A JSON object whose tensor fields are written row-slice by row-slice (see ``_rows_json``)."""
+    body = ",".join(f"{json.dumps(k)}:{_rows_json(v) if isinstance(v, Tensor) or v is None else json.dumps(v)}"
+                    for k, v in fields.items())
+    return Response("{" + body + "}", mimetype="application/json")
+
+
+def _decoded(model: LatentModel, z: Tensor, c: Tensor | None, draws: bool,
+             generator: torch.Generator | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Decoder mean (B, D), observation noise (B, D) or None, and x ~ p(x|z) (B, D) when ``draws``."""
+    p_x = model.decode(z, c)
+    mean = p_x.mean  # (B, D)
+    std = model.likelihood.noise_std(p_x)  # (B, D) observation noise, or None
+    x = sample_observation(p_x, generator) if draws else None
+    return mean, None if std is None else std.expand_as(mean), x
+
+
 def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
     """Load every run in ``run_dirs`` (errors name the bad folder) and return the explorer app.
 
@@ -272,14 +558,9 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
     """
     if not run_dirs:
         raise InputError("give at least one run directory to explore")
-    loaded = [_load(Path(d)) for d in run_dirs]
+    names = run_names([Path(d) for d in run_dirs])
+    loaded = [_load(Path(d), name) for d, name in zip(run_dirs, names, strict=True)]
     static_files = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
-    lock = threading.Lock()
-
-    def call(fn: Callable[[], Any]) -> Any:
-        """Run fn (a model call) under the lock and no_grad, and return its result."""
-        with lock, torch.no_grad():
-            return fn()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
 
@@ -316,7 +597,7 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
             return _error("not found: the explorer serves /, /static/<its own files> and /api/...", 404)
         if status == 405:
             return _error(f"{request.method} is not allowed here: GET /api/runs, /api/run, /api/points; "
-                          "POST /api/decode, /api/encode", 405)
+                          "POST /api/decode, /api/encode, /api/prior", 405)
         return _error(err.description or err.name, status)
 
     @app.errorhandler(Exception)
@@ -342,13 +623,14 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
     def _get_run() -> _Loaded:
         return loaded[_run_index(request.args.get("run"), len(loaded))]
 
-    def _body() -> dict[str, Any]:
+    def _body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], _Loaded]:
         if not request.is_json:
             raise RequestError("send a JSON body with Content-Type: application/json", 415)
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise RequestError("the body is not a JSON object; send {\"run\": 0, ...}")
-        return body
+        _keys(body, allowed, request.path)
+        return body, loaded[_run_index(body.get("run"), len(loaded))]
 
     @app.get("/api/runs")
     def runs() -> Response:
@@ -361,51 +643,67 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
 
     @app.get("/api/points")
     def points() -> Response:
-        r = _get_run()
-        if r.points_json is None:
-            r.points_json = json.dumps(r.points, allow_nan=False).encode()
-        return Response(r.points_json, mimetype="application/json")
+        return Response(_get_run().points_json, mimetype="application/json")
+
+    def _seeded(body: dict[str, Any], used: bool, what: str) -> torch.Generator | None:
+        if "seed" in body and not used:
+            raise RequestError(f"seed applies only to {what}; drop it or ask for them")
+        if not used:
+            return None
+        return generator_for(_integer(body, "seed", 0, 0, MAX_SEED, "the seed of the draws"))
 
     @app.post("/api/decode")
+    @torch.no_grad()
     def decode() -> Response:
-        body = _body()
-        r = loaded[_run_index(body.get("run"), len(loaded))]
-        model = r.run.model
-        z = _matrix(body.get("z"), "z", model.latent_dim, "one latent code per row")
+        body, r = _body(("run", "z", "c", "draws", "seed"))
+        model = r.model
+        z = _matrix(body.get("z"), "z", model.latent_dim, "one latent code per row", r.max_rows)
         c = _condition(r, body.get("c"), len(z))
-        def run() -> tuple[torch.Tensor, torch.Tensor | None]:
-            p_x = model.decode(z, c)
-            mean = p_x.mean  # (B, D)
-            std = model.likelihood.noise_std(p_x)  # (B, D) observation noise, or None
-            return mean, None if std is None else std.expand_as(mean)
-
-        mean, std = call(run)
-        return _finite({"mean": mean.tolist(), "std": None if std is None else std.tolist()})
+        draws = _flag(body, "draws", False)
+        generator = _seeded(body, draws, "draws (\"draws\": true)")
+        mean, std, x = _decoded(model, z, c, draws, generator)
+        return _answer(mean=mean, std=std, x=x)
 
     @app.post("/api/encode")
+    @torch.no_grad()
     def encode() -> Response:
-        body = _body()
-        r = loaded[_run_index(body.get("run"), len(loaded))]
-        model = r.run.model
+        body, r = _body(("run", "x", "c"))
+        model = r.model
         what = "pixels in [0, 1], flattened" if r.meta["kind"] == "image" else "one data point per row"
-        x = _matrix(body.get("x"), "x", model.x_dim, what)
+        x = _matrix(body.get("x"), "x", model.x_dim, what, r.max_rows)
         if r.meta["kind"] == "image" and (bool((x < 0).any()) or bool((x > 1).any())):
             raise RequestError("x holds pixels outside [0, 1]; send grey levels scaled to [0, 1]")
         c = _condition(r, body.get("c"), len(x))
-        def run() -> tuple[torch.Tensor, torch.Tensor | None]:
-            if has_normal_posterior(model):
-                q_z = model.encode(x, c)
-                return q_z.mean, q_z.stddev  # (B, d) each
-            return model.embed(x, c), None
+        if has_normal_posterior(model):
+            q_z = model.encode(x, c)
+            return _answer(mu=q_z.mean, sigma=q_z.stddev)  # (B, d) each
+        return _answer(mu=model.embed(x, c), sigma=None)
 
-        mu, sigma = call(run)
-        return _finite({"mu": mu.tolist(), "sigma": None if sigma is None else sigma.tolist()})
-
-    def _finite(data: dict[str, Any]) -> Response:
-        try:
-            return _json(data)
-        except ValueError:
-            return _error("the model gave NaN or infinity for this input (a diverged run?); nothing to show", 422)
+    @app.post("/api/prior")
+    @torch.no_grad()
+    def prior() -> Response:
+        """n draws z ~ p(z | c) from the model's own prior, decoded as ``model.sample`` does."""
+        body, r = _body(("run", "n", "seed", "c", "decode", "draws"))
+        model = r.model
+        n = _integer(body, "n", None, 1, r.max_rows, "how many prior samples")
+        generator = generator_for(_integer(body, "seed", 0, 0, MAX_SEED, "the seed of the draws"))
+        decode_z = _flag(body, "decode", True)
+        draws = _flag(body, "draws", False)
+        if draws and not decode_z:
+            raise RequestError("draws (x ~ p(x|z)) need the decoded z: drop \"decode\": false or \"draws\": true")
+        c = _condition(r, body.get("c"), n)
+        if c is not None and len(c) == 1 and n > 1:
+            c = c.expand(n, -1)  # one condition for all: a prior that depends on c then has one row per draw
+        p_z = model.prior(c)
+        if p_z.batch_shape not in (torch.Size(), torch.Size([n])):
+            raise RequestError(f"this model's prior(c) has batch shape {tuple(p_z.batch_shape)}; send one c, "
+                               f"or one per draw ({n})")
+        z = rsample(p_z, (n,) if p_z.batch_shape == torch.Size() else (), generator)  # (n, d), as model.sample
+        mean = std = x = None
+        if decode_z:
+            mean, std, x = _decoded(model, z, c, draws, generator)
+        one = model.prior(None if c is None else c[:1])
+        return _answer(z=z, mean=mean, std=std, x=x, prior=describe_prior(one))
 
     return app
 

@@ -13,18 +13,26 @@ never computes its own loss. Behaviour elsewhere is chosen by what a model can d
 
 A family is one class registered with ``vaelab.models.register_family(name, cls)``; it declares
 ``default_objective`` and ``objectives`` (names in ``vaelab.objectives.OBJECTIVES``).
+
+A family with settings of its own declares ``options = MyOptions``, a ``vaelab.config.FamilyOptions``
+subclass (pydantic fields with defaults and descriptions). Users set them in a ``[model.NAME]``
+TOML table or as ``--NAME-FIELD`` flags of ``vaelab train`` / ``vaelab sweep`` (NAME: the
+registered name); they are checked against ``MyOptions`` before anything is built. The family
+reads them in one way: ``config.family_options(MyOptions)`` (``ModelConfig.family_options``),
+the validated options with the defaults filled in, typically once in ``__init__``. See
+docs/families.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, TypeGuard
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from vaelab.config import ModelConfig
+from vaelab.config import FamilyOptions, ModelConfig, ScheduleSpec
 from vaelab.distributions import broadcasts_to, is_factorised_normal, rsample, standard_normal
 from vaelab.errors import InputError
 from vaelab.likelihoods import Likelihood, build_likelihood, sample_observation
@@ -73,10 +81,34 @@ class LatentModel(nn.Module):
     # with (names in vaelab.objectives.OBJECTIVES).
     default_objective: ClassVar[str] = "ae"
     objectives: ClassVar[tuple[str, ...]] = ("ae",)
+    # The family's own options (a FamilyOptions subclass), or None: see the module docstring.
+    options: ClassVar[type[FamilyOptions] | None] = None
 
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
+
+    def step_scalars(self) -> dict[str, ScheduleSpec]:
+        """The per-step scalars this family trains with beyond β and the learning rate (a
+        Gumbel-softmax temperature τ, a commitment weight ...), each with its schedule
+        (``vaelab.schedules``). The training step hands their values of every step to
+        ``set_scalars`` before the objective runs. None by default."""
+        return {}
+
+    def set_scalars(self, scalars: Mapping[str, float | Tensor]) -> None:
+        """Take this step's values of the scalars ``step_scalars`` declares.
+
+        The default writes each into the buffer of the same name (so it is saved with the
+        weights, and a model loaded after training holds its last value). A value is a float,
+        or a 0-dim tensor per member when a stacked sweep trains many models as one.
+        """
+        with torch.no_grad():
+            for name, value in scalars.items():
+                buffer = getattr(self, name)
+                if isinstance(value, Tensor):
+                    buffer.copy_(value)
+                else:
+                    buffer.fill_(value)
 
     def _build(
         self, config: ModelConfig, x_dim: int, cond_dim: int, cond_embed: Sequence[int], encoder_out: int

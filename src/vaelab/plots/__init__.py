@@ -39,8 +39,8 @@ FORMATS = ("png", "svg", "pdf")
 
 # Modules whose ``FIGURES`` lists are registered, in report order. Add yours here.
 FIGURE_MODULES: list[str] = [
-    "vaelab.plots.data_space", "vaelab.plots.latent", "vaelab.plots.images", "vaelab.plots.conditional",
-    "vaelab.plots.curves",
+    "vaelab.plots.data_space", "vaelab.plots.latent", "vaelab.plots.course", "vaelab.plots.images",
+    "vaelab.plots.conditional", "vaelab.plots.curves",
 ]
 
 _REGISTRY: dict[str, FigureSpec] = {}
@@ -102,7 +102,10 @@ def plan(ctx: PlotContext, names: Sequence[str] | None = None) -> tuple[list[Fig
     """Split the requested figures into those that apply to this run and (name, reason) skips."""
     specs = registry()
     apply, skip = [], []
-    for name in check_names(names):
+    requested = check_names(names)
+    if ctx.is_image:  # an image run opens with its reconstructions and samples, then the latent diagnostics
+        requested = sorted(requested, key=lambda n: not n.startswith("image_"))
+    for name in requested:
         reason = specs[name].skip_reason(ctx)
         if reason is None:
             apply.append(specs[name])
@@ -181,8 +184,6 @@ def save_figure(fig: Figure, path: Path, fmt: str | None = None) -> Path:
 
 def load_context(run: Any, **options: Any) -> PlotContext:
     """A PlotContext from a run directory (path) or a loaded ``checkpoint.Run``."""
-    from vaelab import checkpoint as ckpt
-
     if isinstance(run, str | Path):
         run = ckpt.load(run)
     return PlotContext.from_run(run, **options)

@@ -33,9 +33,11 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from vaelab.analysis import _device
+from vaelab.config import check_seed_option
+from vaelab.data import registry as data_registry
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
-from vaelab.models import LatentModel, VariationalModel
+from vaelab.models import LatentModel, VariationalModel, has_normal_posterior, has_standard_prior
 
 if TYPE_CHECKING:
     from vaelab.checkpoint import Run
@@ -72,11 +74,27 @@ def x_label(i: int, x_dim: int) -> str:
     return base if x_dim <= 2 else f"{base} (coordinate {i + 1} of {x_dim})"
 
 
+class NotebookFigure(Figure):
+    """A ``matplotlib.figure.Figure`` that shows itself as an image in IPython / Jupyter.
+
+    IPython renders a plain Figure only when pyplot's inline backend has registered its
+    formatter (``%matplotlib inline``, or importing pyplot in the kernel); vaelab never touches
+    pyplot or the backend, so a fresh kernel would print ``<Figure size … with 3 Axes>``. This
+    subclass carries IPython's rich-display hooks itself: the PNG that ``savefig`` writes
+    (through a canvas of its own; no global state). Everything else is a plain Figure.
+    """
+
+    def _repr_png_(self) -> bytes:
+        from vaelab.html import figure_png
+
+        return figure_png(self)
+
+
 def new_figure(
     ncols: int, nrows: int = 1, *, size: tuple[float, float] = PANEL_SIZE, title: str | None = None
-) -> tuple[Figure, list[Axes]]:
+) -> tuple[NotebookFigure, list[Axes]]:
     """A constrained-layout Figure with ``nrows × ncols`` panels; returns (fig, flat list of axes)."""
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI, layout="constrained")
+    fig = NotebookFigure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     if title:
         # Wrap to the figure's width (about 8 characters per inch at this font size), so a long
@@ -118,6 +136,48 @@ def view_limits(
     return (mid[0] - half[0], mid[0] + half[0]), (mid[1] - half[1], mid[1] + half[1])
 
 
+def including_prior(
+    lims: tuple[tuple[float, float], tuple[float, float]], radius: float = 2.2,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Square view limits that hold ``lims`` and the disc of ``radius`` around 0 (the prior's 2σ,
+    with a margin): a collapsed code, whose means sit in a tiny region, then looks like the dot
+    it is instead of a structure blown up to fill the panel."""
+    lo = np.minimum([lims[0][0], lims[1][0]], -radius)
+    hi = np.maximum([lims[0][1], lims[1][1]], radius)
+    mid, half = (lo + hi) / 2, float((hi - lo).max()) / 2
+    return (mid[0] - half, mid[0] + half), (mid[1] - half, mid[1] + half)
+
+
+def hist_range(values: np.ndarray, *, include: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The range a 1-D histogram shows: the 0.5-99.5 % range of the finite values (the full range
+    when it is at most 1.5 times wider), widened to hold ``include`` (e.g. the prior's ±2σ)."""
+    v = finite(values)
+    if len(v) == 0:
+        lo, hi = -1.0, 1.0
+    else:
+        lo, hi = (float(t) for t in np.percentile(v, [0.5, 99.5]))
+        if v.max() - v.min() <= 1.5 * max(hi - lo, 1e-12):
+            lo, hi = float(v.min()), float(v.max())
+    if include is not None:
+        lo, hi = min(lo, include[0]), max(hi, include[1])
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def in_range(values: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, int]:
+    """The finite values inside [lo, hi], and how many were dropped (outside or not finite):
+    a histogram drops them instead of piling them into its edge bins."""
+    v = np.asarray(values, dtype=float).ravel()
+    keep = np.isfinite(v) & (v >= lo) & (v <= hi)
+    return v[keep], int((~keep).sum())
+
+
+def dropped_note(n: int, total: int) -> str:
+    """"" or a title line saying how many points a histogram left out."""
+    return "" if n == 0 else f"\n({n} of {total} points outside the range, not drawn)"
+
+
 def outside(points: np.ndarray, lims: tuple[tuple[float, float], tuple[float, float]]) -> int:
     """How many of the 2-D points (n, 2) fall outside the limits (or are not finite)."""
     pts = np.asarray(points, dtype=float)
@@ -138,10 +198,16 @@ def point_size(n: int) -> float:
     return float(np.clip(3000.0 / max(n, 1), 2.0, 30.0))
 
 
+# Ten distinct label colours: tab10 in full. Its grey (#7f7f7f, label 7) is darker than the
+# light greys (0.7-0.85) that background points use, so a label never looks like the background.
+LABEL_COLOURS = 10
+
+
 def label_colour(k: int) -> Any:
-    """Colour of label k: tab10 without its grey (grey is kept for background points)."""
+    """Colour of label k: tab10's k-th colour (10 labels, 10 colours; it repeats past 10, where
+    the marker still tells labels apart)."""
     palette = matplotlib.colormaps["tab10"]
-    return palette([0, 1, 2, 3, 4, 5, 6, 8, 9][k % 9])
+    return palette(k % LABEL_COLOURS)
 
 
 def scatter_labels(
@@ -246,13 +312,13 @@ class PlotContext:
     density_k: int = 100
     latent_grid: int = 15
     condition: Condition | None = None
+    # The view of the latent-space figure when several runs are compared on one scale (None: its own).
+    latent_lims: tuple[tuple[float, float], tuple[float, float]] | None = None
     # What several figures compute from the same model and data, computed once per context
     # (a report draws every figure from one context): see posterior() and codes().
     _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from vaelab.config import check_seed_option
-
         check_seed_option(self.seed, "--seed (of the figures' random draws)")
         d = self.model.latent_dim
         i, j = self.dims
@@ -274,13 +340,12 @@ class PlotContext:
         most used ones (largest variance of the code over the data, i.e. the most active
         units), since the first two may well be collapsed.
         """
-        from vaelab.data.registry import load_dataset
-
-        data = load_dataset(run.config.data, "train")
+        data = data_registry.load_dataset(run.config.data, "train")
         if len(data) > n_points:
             data = subset(data, n_points)
         if options.get("dims") is None:
-            options["dims"] = most_active_dims(run.model, data)
+            c = None if run.condition is None or getattr(run.model, "cond_dim", 0) == 0 else run.condition.tensor(data)
+            options["dims"] = most_active_dims(run.model, data, c)
         return cls(
             model=run.model,
             data=data,
@@ -296,8 +361,6 @@ class PlotContext:
     @property
     def is_vae(self) -> bool:
         """Whether the model has an inference network q(z|x) (a VariationalModel)."""
-        from vaelab.models import VariationalModel
-
         return isinstance(self.model, VariationalModel)
 
     @property
@@ -317,26 +380,61 @@ class PlotContext:
         # Reduced mod 2^64: torch takes 64-bit seeds, and seed · 7919 overflows them for large seeds.
         return torch.Generator(device=self.device).manual_seed((self.seed * 7919 + offset) % 2**64)
 
+    @property
+    def c(self) -> Tensor | None:
+        """The condition of every point of the context's data (N, C) on the model's device, or
+        None for an unconditional model: each point is encoded and decoded with its own c."""
+        if not self.is_conditional or self.condition is None:
+            return None
+        if "c" not in self._shared:
+            self._shared["c"] = self.condition.tensor(self.data).to(self.device)
+        return self._shared["c"]
+
     def posterior(self) -> Distribution:
-        """q(z|x) of the context's data (batch shape (N,), event shape (d,)), encoded once and
+        """q(z|x, c) of the context's data (batch shape (N,), event shape (d,)), encoded once and
         shared by every figure drawn from this context (the encoder is deterministic, so each
         figure sees exactly what encoding the data itself would give)."""
         if "q_z" not in self._shared:
             vae = _require_vae(self.model, "this figure")
             with torch.no_grad():
-                self._shared["q_z"] = vae.encode(_x(self.model, self.data))
+                self._shared["q_z"] = vae.encode(_x(self.model, self.data), self.c)
         return self._shared["q_z"]
 
     def codes(self) -> Tensor:
-        """The codes embed(x) of the context's data, (N, d): μ(x) of a VAE, f(x) of an
+        """The codes embed(x, c) of the context's data, (N, d): μ(x) of a VAE, f(x) of an
         autoencoder; computed once and shared like :meth:`posterior`."""
         if "code" not in self._shared:
             if isinstance(self.model, VariationalModel) and type(self.model).embed is VariationalModel.embed:
                 self._shared["code"] = self.posterior().mean  # this family's embed(x) is E_q[z|x]
             else:
                 with torch.no_grad():
-                    self._shared["code"] = self.model.embed(_x(self.model, self.data))
+                    self._shared["code"] = self.model.embed(_x(self.model, self.data), self.c)
         return self._shared["code"]
+
+    def mutual_info(self) -> tuple[float, str] | None:
+        """I(x; z) in nats and where it comes from: the run's held-out estimate (metrics.json),
+        else the estimate on the context's own data (``diagnostics.elbo_surgery``, one draw per
+        point from the context's seed); None for a model without q(z|x)."""
+        if not self.is_vae:
+            return None
+        if "mutual_info" in self.metrics:
+            return float(self.metrics["mutual_info"]), "held out"
+        if "mi" not in self._shared:
+            from vaelab.diagnostics import elbo_surgery
+
+            vae = _require_vae(self.model, "I(x; z)")
+            with torch.no_grad():
+                # the shared posterior as one batch of all N points: the encoder does not run again
+                n = len(self.data)
+                surgery = elbo_surgery(vae, _x(self.model, self.data), self.c, generator=self.generator(901),
+                                       batch_size=max(n, 1), posteriors=[self.posterior()])
+            self._shared["mi"] = (surgery.mutual_info.value, f"on {len(self.data)} training points")
+        return self._shared["mi"]
+
+    def mi_words(self) -> str:
+        """"I(x; z) = 0.035 nats (held-out)" for titles, or "" without q(z|x)."""
+        mi = self.mutual_info()
+        return "" if mi is None else f"I(x; z) = {mi[0]:.3g} nats ({mi[1]})"
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -344,14 +442,16 @@ class PlotContext:
 
 
 @torch.no_grad()
-def most_active_dims(model: LatentModel, data: Dataset) -> tuple[int, int]:
+def most_active_dims(model: LatentModel, data: Dataset, c: Tensor | None = None) -> tuple[int, int]:
     """The two latent dimensions (ascending) whose code μ(x) / f(x) varies most over the data.
 
-    (0, 1) for d ≤ 2, for conditional models, and whenever the codes cannot be computed.
+    (0, 1) for d ≤ 2. A conditional model is encoded with each point's own condition ``c``
+    (N, C); without it (None) a conditional model gets (0, 1).
     """
-    if model.latent_dim <= 2 or getattr(model, "cond_dim", 0) > 0:
+    if model.latent_dim <= 2 or (getattr(model, "cond_dim", 0) > 0 and c is None):
         return (0, 1)
-    code = model.embed(data.x[:2000].to(next(model.parameters()).device))  # (n, d)
+    dev = next(model.parameters()).device
+    code = model.embed(data.x[:2000].to(dev), None if c is None else c[:2000].to(dev))  # (n, d)
     var = torch.nan_to_num(code.var(dim=0), nan=-1.0)
     top = sorted(int(i) for i in var.topk(2).indices)
     return (top[0], top[1])
@@ -414,8 +514,6 @@ def needs_vae(ctx: PlotContext) -> str | None:
 
 def needs_normal_posterior(ctx: PlotContext) -> str | None:
     """The figure reads μ(x), σ(x) of q(z|x) = N(μ, diag σ²) (μ/σ panels, ellipses)."""
-    from vaelab.models import has_normal_posterior
-
     if not ctx.is_vae:
         return needs_vae(ctx)
     return None if has_normal_posterior(ctx.model) else (
@@ -424,8 +522,6 @@ def needs_normal_posterior(ctx: PlotContext) -> str | None:
 
 def needs_standard_prior(ctx: PlotContext) -> str | None:
     """The figure draws the prior as N(0, I) (its 1σ / 2σ circles, ε ~ N(0, I))."""
-    from vaelab.models import has_standard_prior
-
     return None if has_standard_prior(ctx.model) else f"the {ctx.model.config.kind} model's prior is not N(0, I)"
 
 
@@ -488,5 +584,5 @@ def _label_data_axes(ax, x_dim: int) -> None:
 
 _points = all_of(unconditional, needs_point_data)
 
-
-_posterior = all_of(unconditional, needs_vae)
+# A conditional model's q(z|x, c) is encoded with each point's own c (PlotContext.c).
+_posterior = needs_vae

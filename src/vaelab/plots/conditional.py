@@ -25,14 +25,17 @@ from matplotlib.figure import Figure
 
 from vaelab.conditions import Condition
 from vaelab.data.dataset import Dataset
+from vaelab.distributions import rsample
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel, has_standard_prior
 from vaelab.plots.common import (
     CMAP,
     FigureSpec,
+    NotebookFigure,
     PlotContext,
     all_of,
     colorbar,
+    including_prior,
     new_figure,
     point_size,
     scatter_labels,
@@ -97,7 +100,7 @@ def plot_label_samples(
                 for k in range(len(names))]
         canvas = tile(np.concatenate(rows), n)
         h = canvas.shape[0]
-        fig = Figure(figsize=(max(4.0, canvas.shape[1] * 0.035 + 1.4), max(2.0, h * 0.035 + 0.7)), dpi=110,
+        fig = NotebookFigure(figsize=(max(4.0, canvas.shape[1] * 0.035 + 1.4), max(2.0, h * 0.035 + 0.7)), dpi=110,
                      layout="constrained")
         ax = fig.subplots()
         show(ax, canvas, f"decoded samples E[x|z, c] conditioned on {condition_title(condition)}, "
@@ -174,7 +177,7 @@ def plot_value_samples(
         n = 10 if n_per_value is None else n_per_value
         rows = [as_images(_draw(model, condition, v[None], n, generator), data.image_shape) for v in vals]
         canvas = tile(np.concatenate(rows), n)
-        fig = Figure(figsize=(max(4.0, canvas.shape[1] * 0.035 + 1.6), max(2.0, canvas.shape[0] * 0.035 + 0.7)),
+        fig = NotebookFigure(figsize=(max(4.0, canvas.shape[1] * 0.035 + 1.6), max(2.0, canvas.shape[0] * 0.035 + 0.7)),
                      dpi=110, layout="constrained")
         ax = fig.subplots()
         show(ax, canvas, f"decoded samples conditioned on {condition_title(condition)}, one row per value")
@@ -183,43 +186,55 @@ def plot_value_samples(
         return fig
     n = 300 if n_per_value is None else n_per_value
     x = to_numpy(data.x)[:, :2]
-    samples = [to_numpy(_draw(model, condition, v[None], n, generator)) for v in vals]
-    drawn = np.concatenate([s[:, :2] for s in samples])
+    # Decoder means alone can sit on a segment while the noisy samples follow the condition
+    # (a decoder that explains the radius by its noise): both are drawn, and both are measured.
+    means = [to_numpy(_draw(model, condition, v[None], n, generator)) for v in vals]
+    noisy = [to_numpy(_draw(model, condition, v[None], n, generator, noise=True)) for v in vals]
     colour_of = np.repeat(to_numpy(vals[:, 0]), n)
     is_radius = condition.kind == "radius"
-    fig, axes = new_figure(2 if is_radius else 1,
+    fig, axes = new_figure(3 if is_radius else 2,
                            title=f"Conditioned on {condition_title(condition)}: samples at several values of "
                                  f"{label}; do they follow the condition?")
-    ax = axes[0]
-    lims = view_limits(np.concatenate([x, drawn]))
-    ax.scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.82", linewidths=0, zorder=0, label="training data")
-    sc = scatter_values(ax, drawn, colour_of, s=point_size(len(drawn)))
-    colorbar(fig, sc, ax, f"requested {names[0]}" + (" (first of the condition values)" if len(names) > 1 else ""))
-    ax.set_title(f"decoded samples E[x|z, c] at {len(vals)} values ({n} each) over the data"
-                 + ("\n(dashed: circles of the requested radii)" if is_radius else ""), fontsize="medium")
-    set_view(ax, lims)
-    _label_data_axes(ax, data.dim)
+    lims = view_limits(np.concatenate([x, *[m[:, :2] for m in means], *[s[:, :2] for s in noisy]]))
+    sc = None
+    for ax, drawn, what in ((axes[0], means, "decoder means E[x|z, c]"),
+                            (axes[1], noisy, "samples x ~ p(x|z, c) (with noise)")):
+        ax.scatter(x[:, 0], x[:, 1], s=point_size(len(x)), color="0.82", linewidths=0, zorder=0,
+                   label="training data")
+        pts = np.concatenate([d[:, :2] for d in drawn])
+        sc = scatter_values(ax, pts, colour_of, s=point_size(len(pts)))
+        ax.set_title(f"{what} at {len(vals)} values ({n} each)"
+                     + ("\n(dashed: circles of the requested radii)" if is_radius else ""), fontsize="medium")
+        set_view(ax, lims)
+        _label_data_axes(ax, data.dim)
+    assert sc is not None
+    first = " (first of the condition values)" if len(names) > 1 else ""
+    colorbar(fig, sc, axes[:2], f"requested {names[0]}{first}")
     if is_radius:
-        cmap = sc.get_cmap()
-        norm = sc.norm
+        cmap, norm = sc.get_cmap(), sc.norm
         angle = np.linspace(0, 2 * np.pi, 200)
-        for v in to_numpy(vals[:, 0]):
-            ax.plot(v * np.cos(angle), v * np.sin(angle), ls="--", lw=0.7, alpha=0.7, color=cmap(norm(v)))
+        for ax in axes[:2]:
+            for v in to_numpy(vals[:, 0]):
+                ax.plot(v * np.cos(angle), v * np.sin(angle), ls="--", lw=0.7, alpha=0.7, color=cmap(norm(v)))
         requested = to_numpy(vals[:, 0])
-        radii = [np.linalg.norm(s, axis=1) for s in samples]
-        means = np.array([r.mean() for r in radii])
-        stds = np.array([r.std() for r in radii])
-        ax2 = axes[1]
+        ax2 = axes[2]
         assert condition.low is not None and condition.high is not None
         lo, hi = condition.low[0], condition.high[0]
         ax2.axvspan(lo, hi, color="0.92", label="training range", zorder=0)
         span = [min(lo, requested.min()), max(hi, requested.max())]
         ax2.plot(span, span, color="0.4", lw=1, ls=":", label="mean ‖x‖ = requested")
-        ax2.errorbar(requested, means, yerr=stds, fmt="o-", color="C0", capsize=3, label="samples: mean ± std of ‖x‖")
+        errors = []
+        for drawn, what, colour, shift in ((means, "decoder means", "C0", -0.03), (noisy, "noisy samples", "C1", 0.03)):
+            radii = [np.linalg.norm(s_[:, :2], axis=1) for s_ in drawn]
+            mean_r = np.array([r.mean() for r in radii])
+            std_r = np.array([r.std() for r in radii])
+            errors.append(f"{what} {np.abs(mean_r - requested).mean():.3f}")
+            ax2.errorbar(requested + shift * (hi - lo), mean_r, yerr=std_r, fmt="o-", color=colour, capsize=3,
+                         label=f"{what}: mean ± std of ‖x‖")
         ax2.set_xlabel("requested radius")
-        ax2.set_ylabel("radius ‖x‖ of the samples")
-        ax2.set_title(f"mean |mean ‖x‖ − requested| = {np.abs(means - requested).mean():.3f}", fontsize="medium")
-        ax2.legend(fontsize="small", loc="upper left")
+        ax2.set_ylabel("radius ‖x‖")
+        ax2.set_title("mean |mean ‖x‖ − requested|:\n" + ", ".join(errors), fontsize="medium")
+        ax2.legend(fontsize="x-small", loc="upper left")
     return fig
 
 
@@ -268,8 +283,6 @@ def plot_latent_by_condition(
     # The probe reads one draw z ~ q(z|x, c), not the mean: means can differ by label while
     # σ ≈ 1 drowns the difference (a collapsed posterior), and then z carries nothing.
     if isinstance(model, VariationalModel):
-        from vaelab.distributions import rsample
-
         gen = torch.Generator(device=x.device).manual_seed(seed)
         z_probe, drawn = to_numpy(rsample(model.encode(x, c), (), gen)), "z ~ q(z|x, c)"
     else:
@@ -319,16 +332,6 @@ def plot_latent_by_condition(
     note = " (dotted: 1σ, 2σ of the prior)" if circles else ""
     ax.set_title(f"E[z|x, c] of {len(z)} training points{note}\n{probe}", fontsize="medium")
     return fig
-
-
-def including_prior(
-    lims: tuple[tuple[float, float], tuple[float, float]], radius: float = 2.2,
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Square view limits that hold ``lims`` and the disc of ``radius`` around 0 (the prior's 2σ)."""
-    lo = np.minimum([lims[0][0], lims[1][0]], -radius)
-    hi = np.maximum([lims[0][1], lims[1][1]], radius)
-    mid, half = (lo + hi) / 2, float((hi - lo).max()) / 2
-    return (mid[0] - half, mid[0] + half), (mid[1] - half, mid[1] + half)
 
 
 def _first(data: Dataset, n: int) -> Dataset:
@@ -388,8 +391,10 @@ FIGURES = [
     ),
     FigureSpec(
         "cond_value_samples", _value_samples,
-        "Samples drawn at several values of the continuous condition, over the data; for a radius, the "
-        "mean radius of the samples should follow the requested one inside the training range.",
+        "Decoder means and noisy samples x ~ p(x|z, c) drawn at several values of the continuous condition, over "
+        "the data; for a radius, the mean radius of the samples should follow the requested one inside the training "
+        "range. Means alone can ignore the condition while the noisy samples follow it (a decoder that explains "
+        "it by its noise): both are drawn and both are measured.",
         all_of(_needs_condition, _needs_values, _drawable), title="Samples at several condition values",
     ),
     FigureSpec(

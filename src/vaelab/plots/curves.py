@@ -1,32 +1,41 @@
-"""Training curves: total loss, reconstruction, KL (log scale) and diversity against epoch.
+"""Training curves: total loss, reconstruction, KL and diversity against epoch; and the loss
+terms on one axis.
 
 A failed run (a NaN / infinite loss) keeps its finite epochs on the curves and marks the
 epoch where training stopped in red on every panel, so the report shows *where* it broke.
 
 The diversity column is Var(E[x|z]), z ~ p(z): the spread of decoder *means*. By the law of
-total variance a model whose samples match the data has
+total variance the model's noisy samples x ~ p(x) have
 
-    Var(x) = Var(E[x|z]) + E_z tr Cov(x|z),
+    Var(x ~ p(x)) = Var(E[x|z]) + E_z tr Cov(x|z),
 
-so its diversity should reach Var(x) − E_z tr Cov(x|z), not Var(x): a model that explains part
-of the data's spread as observation noise sits below the data variance, correctly. The panel
-draws that reference (with the final model's noise) and the data variance itself.
+and a model whose samples match the data has Var(x ~ p(x)) = Var(x). The panel draws the
+diversity per epoch, the total variance of the final model's noisy samples (diversity + its
+noise) and the data's Var(x): a reference that never depends on the model, and is never
+negative. Matching it is a second-moment check, necessary and not sufficient (a model that
+explains the whole data as noise matches it too).
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from vaelab.data.pixels import resolve_binarize
+from vaelab.distributions import rsample
 from vaelab.history import History
 from vaelab.models import LatentModel
-from vaelab.plots.common import FigureSpec, PlotContext, needs_history, new_figure, text_panel
+from vaelab.objectives import describe_loss, get_objective, objective_name, weights_kl
+from vaelab.plots.common import FigureSpec, PlotContext, add_legend, needs_history, new_figure, text_panel
 
+CURVES_PANEL = (5.0, 3.4)  # inches per panel of the training curves
 NOISE_SAMPLES = 2048  # prior draws for E_z tr Cov(x|z): once per figure, more than the per-epoch diversity column
 
 
@@ -48,20 +57,25 @@ def plot_training_curves(
     noise_variance: float | None = None,
     loss_label: str = "total loss (training objective)",
     title: str | None = None,
+    mutual_info: float | None = None,
+    loss_note: str = "",
 ) -> Figure:
-    """Four panels against epoch: loss, reconstruction -E log p(x|z), KL (log y) and diversity.
+    """Four panels against epoch: loss, reconstruction -E log p(x|z), KL and diversity.
 
-    The loss panel carries, on a twin axis, the β the KL schedule used in each epoch ("β used",
-    the history's ``beta`` column) for runs with a KL term.
+    The loss panel also draws −ELBO = reconstruction + KL (β = 1, the bound every objective
+    is evaluated with) where the training loss is another objective, and, on a twin axis, the β
+    the KL schedule used in each epoch where β changes over training. ``loss_note``: one line
+    under the loss panel's title (why a term may rise while the loss falls).
+
+    The KL panel (log scale where it spans more than a decade) carries the final held-out
+    I(x; z) (``mutual_info``): the KL is not the collapse signal, the mutual information is.
 
     Diversity is Var(E[x|z]), z ~ p(z), summed over coordinates. ``data_variance`` is Var(x)
-    of the training data (summed over coordinates) and ``noise_variance`` the model's
-    E_z tr Cov(x|z) (see :func:`expected_noise_variance`). A model whose samples match the
-    data reaches Var(x) − E tr Cov(x|z) (dashed), below Var(x) (dotted) by the observation
-    noise; a diversity near 0 means every z decodes to the same x (posterior collapse).
-    ``loss_label`` names what the loss column is (for IWAE it is −L_k, not recon + KL).
+    of the training data (summed over coordinates), the reference line; ``noise_variance`` the
+    final model's E_z tr Cov(x|z) (see :func:`expected_noise_variance`), drawn as the total
+    variance of its noisy samples at the last epoch (diversity + noise), which should reach Var(x).
     """
-    fig, axes = new_figure(2, 2, size=(5.0, 3.4), title=title or "Training curves")
+    fig, axes = new_figure(2, 2, size=CURVES_PANEL, title=title or "Training curves")
     if len(history) == 0:
         for ax in axes:
             text_panel(ax, "no epochs recorded")
@@ -69,38 +83,66 @@ def plot_training_curves(
     epoch = np.array(history.column("epoch"), dtype=float)
     marker = "o" if len(epoch) <= 30 else None
     bad = failure_epoch(history, failure)
+    recon = np.array(history.column("recon"), dtype=float)
+    kl = np.array(history.column("kl"), dtype=float)
+    no_kl = bool(np.all(kl[np.isfinite(kl)] == 0))
     panels = [
-        ("loss", "total loss (nats / point)", loss_label),
+        ("loss", "nats / point", loss_label + (f"\n{loss_note}" if loss_note else "")),
         ("recon", "reconstruction (nats / point)", "reconstruction  −E log p(x|z)"),
-        ("kl", "KL (nats / point, log scale)", "KL(q(z|x) ‖ p(z))"),
-        ("diversity", "variance of samples", "diversity of prior samples"),
+        ("kl", "KL (nats / point)", "KL(q(z|x) ‖ p(z))" + ("" if mutual_info is None else " and the final I(x; z)")),
+        ("diversity", "variance (summed over coordinates)",
+         "diversity Var(E[x|z]) of prior samples: a necessary check"),
     ]
     for ax, (col, ylabel, panel_title) in zip(axes, panels, strict=True):
         y = np.array(history.column(col), dtype=float)
         ok = np.isfinite(y)
         if col == "kl":
             ok &= y > 0
-        ax.set_title(panel_title)
+        # Wrapped to the panel (about 8 characters per inch), so a long loss label spans lines
+        # instead of running over the next panel.
+        ax.set_title("\n".join(textwrap.fill(line, int(8 * CURVES_PANEL[0])) for line in panel_title.splitlines()),
+                     fontsize="medium")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         if not ok.any():
-            text_panel(
-                ax, "no KL term (autoencoder)" if col == "kl" and np.all(y[np.isfinite(y)] == 0) else "no finite values"
-            )
+            text_panel(ax, "no KL term (autoencoder)" if col == "kl" and no_kl else "no finite values")
         else:
-            ax.plot(epoch[ok], y[ok], marker=marker, markersize=3, color="C0", label=col)
-            if col == "kl":
+            ax.plot(epoch[ok], y[ok], marker=marker, markersize=3, color="C0",
+                    label={"loss": "training loss", "diversity": "Var(E[x|z]) per epoch",
+                           "kl": "KL per epoch", "recon": "reconstruction"}.get(col, col))
+            if col == "kl" and y[ok].max() / y[ok].min() > 10:
                 ax.set_yscale("log")
-        if col == "diversity" and data_variance is not None and math.isfinite(data_variance):
-            if noise_variance is not None and math.isfinite(noise_variance):
-                ax.axhline(data_variance - noise_variance, color="0.2", linestyle="--", linewidth=1.2,
-                           label="Var(x) − E tr Cov(x|z): reached by a\ncorrect model (noise of the final model)")
-            ax.axhline(data_variance, color="0.55", linestyle=":", linewidth=1.2,
-                       label="Var(x) of the data (includes noise)")
-            ax.legend(fontsize="x-small", loc="lower right")
-        if col == "loss":
+                ax.set_ylabel("KL (nats / point, log scale)")
+        if col == "loss" and not no_kl:
+            neg_elbo = recon + kl
+            same = np.allclose(neg_elbo[np.isfinite(neg_elbo)], y[np.isfinite(y)], rtol=1e-5, atol=1e-6) if (
+                np.isfinite(neg_elbo).sum() == np.isfinite(y).sum()) else False
+            if not same and np.isfinite(neg_elbo).any():
+                fin = np.isfinite(neg_elbo)
+                ax.plot(epoch[fin], neg_elbo[fin], color="C2", linestyle="-.", linewidth=1.2,
+                        label="−ELBO = reconstruction + KL (β = 1)")
+            ax.legend(fontsize="x-small", loc="upper right")
             _draw_beta(ax, history, epoch, marker)
+        if col == "kl" and mutual_info is not None and math.isfinite(mutual_info) and ok.any():
+            if ax.get_yscale() == "log" and mutual_info <= 0:
+                ax.text(0.02, 0.04, f"final I(x; z) = {mutual_info:.3g} nats (≤ 0: off the log axis)",
+                        transform=ax.transAxes, fontsize="x-small", color="C3")
+            else:
+                ax.axhline(mutual_info, color="C3", linestyle="--", linewidth=1.2,
+                           label=f"final held-out I(x; z) = {mutual_info:.3g} nats")
+                ax.legend(fontsize="x-small", loc="best")
+        if col == "diversity" and data_variance is not None and math.isfinite(data_variance):
+            ax.axhline(data_variance, color="0.3", linestyle=":", linewidth=1.4,
+                       label="Var(x) of the data: the reference")
+            if noise_variance is not None and math.isfinite(noise_variance) and ok.any():
+                last = int(np.flatnonzero(ok)[-1])
+                total = float(y[last]) + noise_variance
+                ax.scatter([epoch[last]], [total], marker="*", s=120, color="C1", zorder=5,
+                           label="final model: Var(E[x|z]) + E tr Cov(x|z)\n(total variance of noisy samples)")
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize="x-small", loc="best", framealpha=0.9)
         if bad is not None:
             ax.axvline(bad, color="red", linewidth=1.5, linestyle=":")
     if bad is not None:
@@ -115,20 +157,21 @@ def plot_training_curves(
 def _draw_beta(ax: Any, history: History, epoch: np.ndarray, marker: str | None) -> None:
     """β used (the history's per-epoch mean of the schedule) on a twin axis of the loss panel.
 
-    Not drawn for runs without a KL term (an autoencoder: KL 0 throughout) or histories
-    written before the column existed (NaN).
+    Drawn only where β changes over training (a schedule): a constant β is in the title. Not
+    drawn for runs without a KL term (an autoencoder: KL 0 throughout) or histories written
+    before the column existed (NaN).
     """
     beta = np.array([float(r.get("beta", math.nan)) for r in history.rows], dtype=float)  # rows may predate it
     kl = np.array(history.column("kl"), dtype=float)
     ok = np.isfinite(beta)
-    if not ok.any() or np.all(kl[np.isfinite(kl)] == 0):
+    if not ok.any() or np.all(kl[np.isfinite(kl)] == 0) or np.ptp(beta[ok]) == 0:
         return
     twin = ax.twinx()
     twin.plot(epoch[ok], beta[ok], color="C1", linestyle="--", marker=marker, markersize=2, label="β used")
     twin.set_ylabel("β used", color="C1")
     twin.tick_params(axis="y", colors="C1")
     twin.set_ylim(bottom=0, top=max(1e-12, float(beta[ok].max())) * 1.05)
-    twin.legend(fontsize="x-small", loc="upper right")
+    twin.legend(fontsize="x-small", loc="center right")
 
 
 @torch.no_grad()
@@ -142,8 +185,6 @@ def expected_noise_variance(
     Gaussian heads: Σ_i σ_i²(z) (D·σ² for a fixed σ²); Bernoulli: Σ_i p_i(z)(1 − p_i(z)).
     ``c``: (n, C) conditions for a conditional model, one per draw.
     """
-    from vaelab.distributions import rsample
-
     prior = model.prior(c)
     z = rsample(prior, (n,) if prior.batch_shape == torch.Size() else (), generator)  # (n, d): z ~ p(z|c)
     p_x = model.decode(z, c)
@@ -159,8 +200,6 @@ def data_variance(ctx: PlotContext) -> float:
     x = ctx.data.x.double()
     mode = "none"
     if ctx.config is not None and ctx.is_image:
-        from vaelab.data.pixels import resolve_binarize
-
         mode = resolve_binarize(ctx.config, ctx.data)
     if mode == "none":
         return float(x.var(dim=0).sum())
@@ -169,27 +208,38 @@ def data_variance(ctx: PlotContext) -> float:
 
 
 def loss_label(ctx: PlotContext) -> str:
-    """What the history's loss column is for this run (it is recon + β·KL only for the ELBO)."""
-    from vaelab.train import objective_name
-
+    """What the history's loss column is for this run, in the objective registry's words
+    (``objectives.describe_loss``). An objective that draws k samples per point trains on −L_k,
+    which is not the reconstruction + KL of the next two panels: the title says so."""
     cfg = ctx.config
-    if not ctx.is_vae:
-        return "total loss = reconstruction (autoencoder)"
     if cfg is None:
         return "total loss (training objective)"
-    objective = objective_name(ctx.model, cfg.train)
-    if objective == "iwae":
-        return f"total loss = −L_k, the IWAE bound (k = {cfg.train.k}),\nnot reconstruction + KL"
-    if objective != "elbo":
-        return f"total loss ({objective})"
-    t = cfg.train
-    if t.free_bits == 0 and t.beta_schedule == "constant":
-        return f"total loss = −ELBO = reconstruction + β·KL (β = {t.beta:g})"
-    weight = "β" if t.beta_schedule == "constant" else "β_t"
-    per = "dimension" if t.free_bits_group == "dim" else "latent"
-    kl = "KL" if t.free_bits == 0 else f"max(λ, KL) (λ = {t.free_bits:g} nats per {per})"
-    note = f"β = {t.beta:g}" if t.beta_schedule == "constant" else f"β_t: {t.beta_schedule} to {t.beta:g} (dashed)"
-    return f"total loss = reconstruction + {weight}·{kl},\n{note}"
+    label = f"total loss = {describe_loss(ctx.model, cfg.train)}"
+    if get_objective(objective_name(ctx.model, cfg.train)).uses_k:
+        label += ", not reconstruction + KL"
+    return label
+
+
+def loss_note(ctx: PlotContext) -> str:
+    """One line on what the training loss optimises where the curves could mislead: an IWAE
+    run's reconstruction may rise while −L_k falls; a weighted objective is no bound."""
+    cfg = ctx.config
+    if cfg is None:
+        return ""
+    objective = get_objective(objective_name(ctx.model, cfg.train))
+    if objective.uses_k and cfg.train.k > 1:
+        return ("IWAE trains −L_k: its q(z|x) is broader than the ELBO's, so the reconstruction and −ELBO may "
+                "rise while −L_k falls")
+    if objective.uses_beta and weights_kl(cfg.train):
+        return "a weighted objective: compare runs by −ELBO (β = 1), not by this loss"
+    if not ctx.is_vae:
+        return "the autoencoder's loss is its reconstruction"
+    return ""
+
+
+def _final_mi(ctx: PlotContext) -> float | None:
+    mi = ctx.metrics.get("mutual_info")
+    return None if mi is None else float(mi)
 
 
 def _training_curves(ctx: PlotContext) -> Figure:
@@ -202,18 +252,70 @@ def _training_curves(ctx: PlotContext) -> Figure:
         c = c_all[rows]
     noise = expected_noise_variance(ctx.model, c=c, generator=ctx.generator(702))
     return plot_training_curves(ctx.history, ctx.failure, data_variance=data_variance(ctx),
-                                noise_variance=noise, loss_label=loss_label(ctx))
+                                noise_variance=noise, loss_label=loss_label(ctx), mutual_info=_final_mi(ctx),
+                                loss_note=loss_note(ctx))
+
+
+def plot_loss_terms(history: History, *, beta_label: str = "β", loss_label: str = "training loss") -> Figure:
+    """The loss terms per epoch on one axis: reconstruction, KL, β·KL (the β the schedule used)
+    and the training loss, so their relative size shows (a log axis where all are positive)."""
+    fig, axes = new_figure(1, size=(7.0, 4.4), title="Loss terms on one axis")
+    ax = axes[0]
+    if len(history) == 0:
+        text_panel(ax, "no epochs recorded")
+        return fig
+    epoch = np.array(history.column("epoch"), dtype=float)
+    recon = np.array(history.column("recon"), dtype=float)
+    kl = np.array(history.column("kl"), dtype=float)
+    loss = np.array(history.column("loss"), dtype=float)
+    beta = np.array([float(r.get("beta", math.nan)) for r in history.rows], dtype=float)
+    curves = [("reconstruction −E log p(x|z)", recon, "C0", "-"), ("training loss: " + loss_label, loss, "k", "-")]
+    if not np.all(kl[np.isfinite(kl)] == 0):
+        curves.insert(1, ("KL(q(z|x) ‖ p(z))", kl, "C1", "-"))
+        if np.isfinite(beta).any() and not np.allclose(beta[np.isfinite(beta)], 1.0):
+            curves.insert(2, (f"{beta_label} · KL (the weighted term)", beta * kl, "C1", "--"))
+    values = np.concatenate([v[np.isfinite(v)] for _, v, _, _ in curves])
+    for name, v, colour, style in curves:
+        ok = np.isfinite(v)
+        ax.plot(epoch[ok], v[ok], color=colour, linestyle=style, linewidth=1.6, label=name)
+    if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+        ax.set_yscale("log")
+        ax.set_ylabel("nats / point (log scale)")
+    else:
+        ax.set_ylabel("nats / point")
+        ax.axhline(0, color="0.6", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    add_legend(ax, len(curves))
+    return fig
+
+
+def _loss_terms(ctx: PlotContext) -> Figure:
+    assert ctx.history is not None
+    return plot_loss_terms(ctx.history, loss_label=loss_label(ctx).removeprefix("total loss = "))
 
 
 FIGURES = [
     FigureSpec(
         "training_curves",
         _training_curves,
-        "Loss, reconstruction, KL and diversity per epoch: the loss should flatten (for IWAE runs it is "
-        "−L_k, not reconstruction + KL); a KL near 0 with diversity near 0 is posterior collapse. "
-        "Diversity is the variance of decoder means E[x|z]: a model that fits the data reaches "
-        "Var(x) − E tr Cov(x|z) (dashed), below the data variance Var(x) (dotted) by its observation noise.",
+        "Loss, reconstruction, KL and diversity per epoch. The loss should flatten; where it is another objective "
+        "than the ELBO (IWAE's −L_k, a β-weighted loss) the panel also draws −ELBO = reconstruction + KL (β = 1). "
+        "The KL is the rate of the code, but not the collapse signal: the dashed line in its panel is the final "
+        "I(x; z), which is ≈ 0 for a collapsed code even when the KL is not. Diversity is the variance of decoder "
+        "means E[x|z] of prior samples; with the observation noise added (star: the final model) it should reach "
+        "the data's Var(x) (dotted), a second-moment check that is necessary, not sufficient.",
         needs_history,
         title="Training curves",
+    ),
+    FigureSpec(
+        "loss_terms",
+        _loss_terms,
+        "Reconstruction, KL, the weighted β·KL and the training loss on one axis, so their relative size shows: "
+        "with β > 1 the weighted KL dominates and the code is squeezed; a KL far below the reconstruction means "
+        "the code is cheap.",
+        needs_history,
+        title="Loss terms on one axis",
     ),
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from matplotlib.colors import PowerNorm
+from matplotlib.colors import PowerNorm, hsv_to_rgb
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -18,29 +18,29 @@ from vaelab.analysis import model_log_density
 from vaelab.data.dataset import Dataset
 from vaelab.distributions import rsample
 from vaelab.errors import InputError
+from vaelab.likelihoods import sample_observation
 from vaelab.models import LatentModel, VariationalModel
 from vaelab.plots.common import (
     DENSITY_CMAP,
     FigureSpec,
     PlotContext,
     _label_data_axes,
-    _points,
     _posterior,
     _require_vae,
     _x,
     _xy,
     all_of,
     colorbar,
-    finite,
     needs_2d_data,
+    needs_point_data,
     new_figure,
     outside,
     point_size,
-    scatter_values,
+    scatter_labels,
     set_view,
     to_numpy,
+    unconditional,
     view_limits,
-    x_label,
 )
 
 
@@ -57,20 +57,23 @@ def _outside_note(xy: np.ndarray, lims: tuple[tuple[float, float], tuple[float, 
 
 @torch.no_grad()
 def plot_samples(
-    model: LatentModel, data: Dataset, *, n: int | None = None, generator: torch.Generator | None = None
+    model: LatentModel, data: Dataset, *, n: int | None = None, generator: torch.Generator | None = None,
+    c: Tensor | None = None,
 ) -> Figure:
     """Training data | decoded prior samples E[x|z] | samples x ~ p(x|z), on shared axes.
 
     The middle panel shows what the decoder mean alone can produce; the right one adds the
     likelihood's observation noise σ. Same number of points in every panel (n, default N).
+    ``c``: the conditions (N, C) of the data's points for a conditional model; sample i is then
+    drawn with the c of point i (cycled when n > N), so the panels show p(x) = E_c p(x|c).
     """
     n = len(data) if n is None else n
     x = to_numpy(data.x)
-    z = rsample(model.prior(), (n,), generator)  # (n, d): z ~ p(z)
-    p_x = model.decode(z)
+    cc = None if c is None else c[torch.arange(n, device=c.device) % len(c)]  # (n, C)
+    prior = model.prior(cc)
+    z = rsample(prior, (n,) if prior.batch_shape == torch.Size() else (), generator)  # (n, d): z ~ p(z|c)
+    p_x = model.decode(z, cc)
     mean = to_numpy(p_x.mean)
-    from vaelab.likelihoods import sample_observation
-
     noisy = to_numpy(sample_observation(p_x, generator))
     std = model.likelihood.noise_std(p_x)
     if std is None:
@@ -99,35 +102,53 @@ def plot_samples(
 
 
 @torch.no_grad()
+def plane_colours(xy: np.ndarray) -> np.ndarray:
+    """A colour per point (N, 2) -> (N, 3) RGB that varies in both directions of the plane: hue
+    from the angle around the points' median, brightness from the distance to it (rank-scaled),
+    so points apart in any direction (top and bottom modes too) get different colours."""
+    centred = xy - np.nanmedian(xy, axis=0)
+    angle = (np.arctan2(centred[:, 1], centred[:, 0]) + np.pi) / (2 * np.pi)
+    radius = np.hypot(centred[:, 0], centred[:, 1])
+    rank = np.argsort(np.argsort(np.nan_to_num(radius))) / max(len(radius) - 1, 1)
+    hsv = np.stack([np.nan_to_num(angle), np.full(len(xy), 0.85), 0.35 + 0.65 * rank], axis=1)
+    return hsv_to_rgb(hsv)
+
+
+@torch.no_grad()
 def plot_reconstructions(
-    model: LatentModel, data: Dataset, *, generator: torch.Generator | None = None, codes: Tensor | None = None
+    model: LatentModel, data: Dataset, *, generator: torch.Generator | None = None, codes: Tensor | None = None,
+    c: Tensor | None = None,
 ) -> Figure:
     """Data | reconstruction (decoder mean at the posterior mean) | stochastic reconstruction.
 
-    Every point keeps its colour (its data coordinate x₁) in all three panels, so one can
-    follow where each point goes: a good reconstruction keeps the colour gradient in place.
-    ``codes``: embed(x) of ``data`` (N, d) when the caller has it already.
+    Every point keeps its input's colour in all three panels, so one can follow where each
+    point goes: by label where the data has labels, else a 2-D colour of its position
+    (``plane_colours``: hue = angle, brightness = distance from the centre). ``codes``:
+    embed(x, c) of ``data`` (N, d) when the caller has it already; ``c``: each point's condition.
     """
     xt = _x(model, data)
     x = to_numpy(xt)
     # the mean reconstruction is model.reconstruct(x) = E[x|z = embed(x)], from the shared code
-    rec = to_numpy(model.reconstruct(xt) if codes is None else model.decode(codes).mean)
-    rec_s = to_numpy(model.reconstruct(xt, generator=generator, stochastic=True))
-    colour = x[:, 0]
-    vmin, vmax = np.percentile(finite(colour), [1, 99]) if np.isfinite(colour).any() else (0.0, 1.0)
+    rec = to_numpy(model.reconstruct(xt, c) if codes is None else model.decode(codes, c).mean)
+    rec_s = to_numpy(model.reconstruct(xt, c, generator=generator, stochastic=True))
+    labels = None if data.labels is None else data.labels.cpu().numpy()
+    colours = plane_colours(_xy(x))
     lims = view_limits(_xy(x))
     what = "z ~ q(z|x), x̂ ~ p(x|z)" if isinstance(model, VariationalModel) else "x̂ ~ p(x|f(x))"
-    fig, axes = new_figure(3, title="Reconstructions, coloured by the data coordinate x₁ of each input point")
-    mappable = None
+    how = "by the label of each input point" if labels is not None else (
+        "by the position of each input point (hue: angle, brightness: distance from the centre)")
+    fig, axes = new_figure(3, title=f"Reconstructions, coloured {how}")
     for ax, pts, title in zip(
         axes, (x, rec, rec_s), ("data x", "mean reconstruction E[x|z = μ(x)]", f"stochastic: {what}"), strict=True
     ):
         xy = _xy(pts)
-        mappable = scatter_values(ax, xy, colour, vmin=vmin, vmax=vmax)
+        if labels is not None:
+            scatter_labels(ax, xy, labels, data.label_names, legend=ax is axes[2])
+        else:
+            ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), c=colours, linewidths=0)
         ax.set_title(title + _outside_note(xy, lims), fontsize="medium")
         set_view(ax, lims)
         _label_data_axes(ax, x.shape[1])
-    colorbar(fig, mappable, axes, f"input {x_label(0, x.shape[1])}")
     return fig
 
 
@@ -178,11 +199,11 @@ def plot_density(
 
 
 def _samples(ctx: PlotContext) -> Figure:
-    return plot_samples(ctx.model, ctx.data, generator=ctx.generator(1))
+    return plot_samples(ctx.model, ctx.data, generator=ctx.generator(1), c=ctx.c)
 
 
 def _reconstructions(ctx: PlotContext) -> Figure:
-    return plot_reconstructions(ctx.model, ctx.data, generator=ctx.generator(2), codes=ctx.codes())
+    return plot_reconstructions(ctx.model, ctx.data, generator=ctx.generator(2), codes=ctx.codes(), c=ctx.c)
 
 
 def _density(ctx: PlotContext) -> Figure:
@@ -194,16 +215,18 @@ FIGURES = [
         "samples",
         _samples,
         "Training data, decoded prior samples and samples with observation noise on the same axes: the "
-        "model's samples should cover every part of the data and nothing else.",
-        _points,
+        "model's samples should cover every part of the data and nothing else. A conditional model draws each "
+        "sample with the c of one data point, so the samples show p(x) = E_c p(x|c).",
+        needs_point_data,
         title="Data vs model samples",
     ),
     FigureSpec(
         "reconstructions",
         _reconstructions,
-        "Each point keeps the colour of its input x₁: a good model keeps the colour gradient in place; "
-        "colours mixing or points pulled to a curve show what the code forgets.",
-        _points,
+        "Each point keeps the colour of its input (its label, or its position in the plane): a good model keeps "
+        "the colours in place; colours mixing or points pulled to a curve show what the code forgets. A "
+        "conditional model reconstructs each point with its own c.",
+        needs_point_data,
         title="Reconstructions",
     ),
     FigureSpec(
@@ -211,7 +234,7 @@ FIGURES = [
         _density,
         "Model density p(x) (importance-weighted estimate) beside the true density or the data: mass "
         "between the modes shows where the model blurs them together.",
-        all_of(_posterior, needs_2d_data),
+        all_of(unconditional, _posterior, needs_2d_data),
         title="Model density p(x)",
         heavy=True,  # 80 x 80 points x k = 100 samples through the decoder
     ),

@@ -21,11 +21,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vaelab.data import registry as data_registry
 from vaelab.data.dataset import Dataset
+from vaelab.data.download import DatasetNotFoundError
+from vaelab.data.pixels import eval_view
 from vaelab.errors import InputError
 from vaelab.models import LatentModel
 from vaelab.plots.common import (
     FigureSpec,
+    NotebookFigure,
     PlotContext,
     all_of,
     new_figure,
@@ -110,7 +114,7 @@ def plot_reconstructions(model: LatentModel, x: Tensor, image_shape: Sequence[in
         block = list(range(r * n, min((r + 1) * n, len(x))))
         order += [originals[i] for i in block] + [recons[i] for i in block]
     canvas = tile(np.stack(order), n)
-    fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
+    fig = NotebookFigure(figsize=_size(canvas), dpi=110, layout="constrained")
     show(fig.subplots(), canvas, f"{source} (odd rows) over their reconstructions (even rows)")
     return fig
 
@@ -122,7 +126,7 @@ def plot_image_samples(model: LatentModel, image_shape: Sequence[int], *, n: int
     x = model.sample(n, generator=generator)
     ncols = int(np.ceil(np.sqrt(n)))
     canvas = tile(as_images(x, image_shape), ncols)
-    fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
+    fig = NotebookFigure(figsize=_size(canvas), dpi=110, layout="constrained")
     show(fig.subplots(), canvas, f"decoded prior samples E[x|z], z ~ N(0, I) (n = {n})")
     return fig
 
@@ -183,7 +187,7 @@ def plot_interpolations(model: LatentModel, x_a: Tensor, x_b: Tensor, image_shap
     decoded = _decode_mean(model, z).transpose(0, 1)  # (P, steps, D)
     rows = [torch.cat([x_a[k:k + 1], decoded[k], x_b[k:k + 1]]) for k in range(len(x_a))]
     canvas = tile(as_images(torch.cat(rows), image_shape), steps + 2)
-    fig = Figure(figsize=_size(canvas), dpi=110, layout="constrained")
+    fig = NotebookFigure(figsize=_size(canvas), dpi=110, layout="constrained")
     show(fig.subplots(), canvas, f"interpolation between the codes of {source} (originals at both ends)")
     return fig
 
@@ -235,13 +239,9 @@ def _shown_data(ctx: PlotContext) -> tuple[Dataset, str]:
     """
     if ctx.config is None:
         return ctx.data, "training images"
-    from vaelab.data.download import DatasetNotFoundError
-    from vaelab.data.pixels import eval_view
-    from vaelab.data.registry import load_dataset
-
     data_cfg = ctx.config.data.model_copy(update={"limit_test": 2000})
     try:
-        test = load_dataset(data_cfg, "test")
+        test = data_registry.load_dataset(data_cfg, "test")
     except DatasetNotFoundError:
         return ctx.data, "training images (the test split is not on disk)"
     return eval_view(ctx.config, test)[0], "test images"

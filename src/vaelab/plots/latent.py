@@ -22,11 +22,11 @@ from matplotlib.patches import Circle, Ellipse
 from torch import Tensor
 from torch.distributions import Distribution
 
-from vaelab.analysis import _device, aggregate_posterior, default_points
+from vaelab.analysis import _device, aggregate_posterior, default_points, points_per_label, row_indices
 from vaelab.data.dataset import Dataset
 from vaelab.distributions import rsample
 from vaelab.errors import InputError
-from vaelab.models import LatentModel, VariationalModel, has_normal_posterior
+from vaelab.models import LatentModel, VariationalModel, has_normal_posterior, has_standard_prior
 from vaelab.plots.common import (
     CMAP,
     DENSITY_CMAP,
@@ -42,8 +42,12 @@ from vaelab.plots.common import (
     add_legend,
     all_of,
     colorbar,
+    dropped_note,
     finite,
     gaussian_pdf,
+    hist_range,
+    in_range,
+    including_prior,
     label_colour,
     needs_normal_posterior,
     needs_point_data,
@@ -53,8 +57,8 @@ from vaelab.plots.common import (
     scatter_labels,
     scatter_values,
     set_view,
+    sub,
     to_numpy,
-    unconditional,
     view_limits,
     x_label,
     z_label,
@@ -86,36 +90,46 @@ def _coloured(fig: Figure, ax, xy: np.ndarray, data: Dataset, *, legend: bool = 
 # 4. latent parameters -------------------------------------------------------------------------
 
 
+def _title(text: str, mi: str) -> str:
+    return f"{text} — {mi}" if mi else text
+
+
 @torch.no_grad()
 def plot_latent_params(
-    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), q_z: Distribution | None = None
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), q_z: Distribution | None = None,
+    c: Tensor | None = None, mi: str = "",
 ) -> Figure:
     """The encoder's outputs over the data: μ(x) and σ(x), against the prior's (0, …) and (1, …).
 
-    A VAE whose KL term works keeps the means around 0 and the standard deviations below but
-    near-ish 1; σ ≈ 1 with μ ≈ 0 for every x in a dimension means that dimension is unused.
-    ``q_z``: q(z|x) of ``data`` (batch (N,)) when the caller has it already; else it is encoded here.
+    The views always hold the prior's targets with their natural scale (μ: the prior's ±2σ
+    region; σ: 0 to past 1), so a code whose μ(x) and σ(x) are the same for every x (a
+    collapsed posterior, wherever it sits) is a dot, not a structure blown up to fill the panel.
+    ``q_z``: q(z|x, c) of ``data`` (batch (N,)) when the caller has it already; ``c``: the
+    condition of each point (N, C) of a conditional model; ``mi``: words for I(x; z) in the title.
     """
     vae = _require_vae(model, "the latent-parameter figure")
     i, j = _check_dims(model, dims)
-    q_z = vae.encode(_x(model, data)) if q_z is None else q_z
+    q_z = vae.encode(_x(model, data), c) if q_z is None else q_z
     mu, sigma = to_numpy(q_z.mean), to_numpy(q_z.stddev)
     d = model.latent_dim
     if d == 1:
-        fig, axes = new_figure(2, title="Encoder outputs over the data (1-D latent)")
-        for ax, v, name, target in (
-            (axes[0], mu[:, 0], "posterior mean μ(x)", 0.0),
-            (axes[1], sigma[:, 0], "posterior std σ(x)", 1.0),
+        fig, axes = new_figure(2, title=_title("Encoder outputs over the data (1-D latent)", mi))
+        for ax, v, name, target, include in (
+            (axes[0], mu[:, 0], "posterior mean μ(x)", 0.0, (-2.5, 2.5)),
+            (axes[1], sigma[:, 0], "posterior std σ(x)", 1.0, (0.0, 1.3)),
         ):
-            ax.hist(finite(v), bins=60, color="C0", alpha=0.8)
+            lo, hi = hist_range(v, include=include)
+            shown, dropped = in_range(v, lo, hi)
+            ax.hist(shown, bins=list(np.linspace(lo, hi, 61)), color="C0", alpha=0.8)
             ax.axvline(target, color="red", linestyle="--", linewidth=1.5, label=f"prior target {target:g}")
-            ax.set_title(name)
+            ax.set_xlim(lo, hi)
+            ax.set_title(name + dropped_note(dropped, len(v)))
             ax.set_xlabel(name.split()[-1] + " (z₁)")
             ax.set_ylabel("number of points")
             ax.legend(fontsize="small")
         return fig
     rest = "" if d == 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
-    fig, axes = new_figure(2, size=(5.2, 4.2), title=f"Encoder outputs over the data{rest}")
+    fig, axes = new_figure(2, size=(5.2, 4.2), title=_title(f"Encoder outputs over the data{rest}", mi))
     for ax, v, name, target in (
         (axes[0], mu, "posterior means μ(x)", 0.0),
         (axes[1], sigma, "posterior stds σ(x)", 1.0),
@@ -137,13 +151,27 @@ def plot_latent_params(
         ax.set_xlabel(f"{symbol}{z_label(i)[1:]}  ({z_label(i)})")
         ax.set_ylabel(f"{symbol}{z_label(j)[1:]}  ({z_label(j)})")
         ax.set_title(name)
+        log_scale = False
         if target == 1.0:
             pos = finite(xy[xy > 0])
             if len(pos) and pos.max() / max(pos.min(), 1e-12) > 30:
+                log_scale = True
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.set_title(name + " (log scale)")
+        if target == 0.0:
+            # the prior's 1σ and 2σ circles, always in view
+            for r in (1, 2):
+                ax.add_patch(Circle((0, 0), r, **PRIOR_STYLE))
+            set_view(ax, including_prior(view_limits(xy)))
+            ax.set_title(name + "\n(dashed: the prior's 1σ and 2σ circles)", fontsize="medium")
+        elif not log_scale:
+            (x0, x1), (y0, y1) = view_limits(xy)
+            hi = max(x1, y1, 1.3)
+            set_view(ax, ((0.0, hi), (0.0, hi)))
         ax.grid(True, alpha=0.3)
+        if not log_scale:  # a log axis keeps its decade ticks (LogLocator takes no nbins)
+            ax.locator_params(nbins=6)
         if ax is axes[0] and data.labels is not None:
             add_legend(ax, len(np.unique(data.labels.cpu().numpy())) + 1)
         else:
@@ -157,31 +185,34 @@ def plot_latent_params(
 @torch.no_grad()
 def plot_z_vs_eps(
     model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), generator: torch.Generator | None = None,
-    q_z: Distribution | None = None,
+    q_z: Distribution | None = None, c: Tensor | None = None,
 ) -> Figure:
-    """One z ~ q(z|x) per data point beside as many ε ~ N(0, I): if the aggregate posterior
-    matched the prior, the two panels would look alike. ``q_z``: q(z|x) of ``data`` (batch (N,))
-    when the caller has it already."""
+    """One z ~ q(z|x, c) per data point beside as many ε ~ N(0, I): if the aggregate posterior
+    matched the prior, the two panels would look alike. ``q_z``: q(z|x, c) of ``data`` (batch
+    (N,)) when the caller has it already; ``c``: each point's condition (a conditional model)."""
     vae = _require_vae(model, "the z-vs-ε figure")
     i, j = _check_dims(model, dims)
-    q_z = vae.encode(_x(model, data)) if q_z is None else q_z
+    q_z = vae.encode(_x(model, data), c) if q_z is None else q_z
     z = to_numpy(rsample(q_z, (), generator))
     eps = to_numpy(torch.randn(z.shape, generator=generator, device=_device(model)))
     if model.latent_dim == 1:
         fig, axes = new_figure(2, title="Encoded z ~ q(z|x) vs ε ~ N(0, 1)")
-        both = np.concatenate([finite(z[:, 0]), finite(eps[:, 0])])
-        lo, hi = np.percentile(both, [0.5, 99.5])
-        bins = np.linspace(min(lo, -3.5), max(hi, 3.5), 61)
-        grid = np.linspace(bins[0], bins[-1], 300)
-        for ax, v, title, colour in (
-            (axes[0], z[:, 0], "encoded z ~ q(z|x) over the data", "C0"),
-            (axes[1], eps[:, 0], "ε ~ N(0, 1)", "0.45"),
+        lo, hi = hist_range(np.concatenate([z[:, 0], eps[:, 0]]), include=(-3.5, 3.5))
+        bins = np.linspace(lo, hi, 61)
+        grid = np.linspace(lo, hi, 300)
+        for ax, v, title, colour, symbol in (
+            (axes[0], z[:, 0], "encoded z ~ q(z|x) over the data", "C0", "z₁"),
+            (axes[1], eps[:, 0], "ε ~ N(0, 1)", "0.45", "ε₁"),
         ):
-            ax.hist(np.clip(finite(v), bins[0], bins[-1]), bins=list(bins), density=True, color=colour, alpha=0.75)
+            shown, dropped = in_range(v, lo, hi)
+            # density over all N points, so dropping the far ones does not inflate the rest
+            weights = np.full(len(shown), 1.0 / (max(len(v), 1) * (bins[1] - bins[0])))
+            ax.hist(shown, bins=list(bins), weights=weights, color=colour, alpha=0.75)
             ax.plot(grid, gaussian_pdf(grid, 0.0, 1.0), color="red", linestyle="--", label="N(0, 1) density")
-            ax.set_title(title)
-            ax.set_xlabel("z₁")
+            ax.set_title(title + dropped_note(dropped, len(v)))
+            ax.set_xlabel(symbol)
             ax.set_ylabel("density")
+            ax.set_xlim(lo, hi)
             ax.legend(fontsize="small")
         ymax = max(a.get_ylim()[1] for a in axes)
         for ax in axes:
@@ -191,34 +222,57 @@ def plot_z_vs_eps(
     fig, axes = new_figure(2, title=f"Encoded z ~ q(z|x) vs ε ~ N(0, I){rest}")
     zz, ee = z[:, [i, j]], eps[:, [i, j]]
     lims = view_limits(np.concatenate([zz, ee, [[-3.0, -3.0], [3.0, 3.0]]]))
-    for ax, v, title, colour in (
-        (axes[0], zz, "encoded z ~ q(z|x) over the data", "C0"),
-        (axes[1], ee, "ε ~ N(0, I)", "0.45"),
+    for ax, v, title, colour, (a, b) in (
+        (axes[0], zz, "encoded z ~ q(z|x) over the data", "C0", (z_label(i), z_label(j))),
+        (axes[1], ee, "ε ~ N(0, I)", "0.45", (f"ε{sub(i + 1)}", f"ε{sub(j + 1)}")),
     ):
         ax.scatter(v[:, 0], v[:, 1], s=point_size(len(v)), color=colour, alpha=0.6, linewidths=0)
         for r in (1, 2):
             ax.add_patch(Circle((0, 0), r, **PRIOR_STYLE))
         ax.set_title(title + "\n(dashed: 1σ and 2σ circles of N(0, I))", fontsize="medium")
         set_view(ax, lims)
-        ax.set_xlabel(z_label(i))
-        ax.set_ylabel(z_label(j))
+        ax.set_xlabel(a)
+        ax.set_ylabel(b)
     return fig
 
 
 # 6. the learned latent space ------------------------------------------------------------------
 
 
+ELLIPSE_POINTS = 30  # σ(x) is drawn for this many points of the latent-space figure
+
+
+def _sigma_sample(n: int, m: int = ELLIPSE_POINTS) -> np.ndarray:
+    """Indices of m points spread over the N (deterministic: every (N // m)-th point)."""
+    return np.arange(0, n, max(1, n // m))[:m]
+
+
 @torch.no_grad()
 def plot_latent_space(
-    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), codes: Tensor | None = None
+    model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), codes: Tensor | None = None,
+    q_z: Distribution | None = None, c: Tensor | None = None, mi: str = "",
+    lims: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> Figure:
     """Encoded means μ(x) (a VAE) or codes f(x) (an autoencoder), coloured by label (mode)
-    and by data coordinate: neighbouring data should land on neighbouring codes. ``codes``:
-    embed(x) of ``data`` (N, d) when the caller has it already."""
+    and by data coordinate, against the N(0, I) region samples are drawn from.
+
+    The view always holds the prior's 2σ circle (for an autoencoder: the N(0, I) its samples are
+    decoded from), and for a VAE with a Normal q(z|x) the 1σ ellipses of σ(x) are drawn on a
+    sample of points: a collapsed code is a small blob of means under wide, overlapping
+    ellipses, wherever it sits, not a structure blown up to fill the panel. ``codes``:
+    embed(x, c) of ``data`` (N, d); ``q_z``: q(z|x, c) (batch (N,)); ``c``: each point's
+    condition; ``mi``: words for I(x; z) in the title; ``lims``: the view (shared by a comparison).
+    """
     i, j = _check_dims(model, dims)
-    code = to_numpy(model.embed(_x(model, data)) if codes is None else codes)
+    if codes is None:
+        codes = model.embed(_x(model, data), c)
+    if q_z is None and has_normal_posterior(model):
+        q_z = model.encode(_x(model, data), c)
+    code = to_numpy(codes)
+    sd = None if q_z is None or not has_normal_posterior(model) else to_numpy(q_z.stddev)
     x = to_numpy(data.x)
     what = "μ(x)" if has_normal_posterior(model) else ("E[z|x]" if isinstance(model, VariationalModel) else "f(x)")
+    circles = has_standard_prior(model)
     labels = None if data.labels is None else data.labels.cpu().numpy()
     colourings: list[tuple[str, str | int]] = []
     if labels is not None:
@@ -232,37 +286,48 @@ def plot_latent_space(
     d = model.latent_dim
     rest = "" if d <= 2 else f" (dimensions {i + 1}, {j + 1} of {d})"
     fig, axes = new_figure(
-        len(colourings), size=(5.0, 4.2), title=f"Latent space: encoded {what} of the training data{rest}"
+        len(colourings), size=(5.0, 4.2), title=_title(f"Latent space: encoded {what} of the training data{rest}", mi)
     )
     for ax, (name, key) in zip(axes, colourings, strict=True):
         ax.set_title(f"coloured by {name}" if name else "codes")
         if d == 1:
             z = code[:, 0]
+            lo, hi = hist_range(z, include=(-2.5, 2.5) if circles else None)
+            if lims is not None:
+                lo, hi = lims[0]
             if key == "label" and labels is not None:
-                lo, hi = np.percentile(finite(z), [0.5, 99.5])
                 bins = np.linspace(lo, hi, 61)
+                dropped = 0
                 for k in np.unique(labels):
                     name_k = data.label_names[k] if data.label_names and k < len(data.label_names) else f"label {k}"
-                    ax.hist(
-                        np.clip(finite(z[labels == k]), bins[0], bins[-1]),
-                        bins=list(bins),
-                        histtype="step",
-                        linewidth=1.5,
-                        label=name_k,
-                        color=label_colour(int(k)),
-                    )
+                    shown, out = in_range(z[labels == k], lo, hi)
+                    dropped += out
+                    ax.hist(shown, bins=list(bins), histtype="step", linewidth=1.5, label=name_k,
+                            color=label_colour(int(k)))
                 ax.set_ylabel("number of points")
+                ax.set_title(f"coloured by {name}" + dropped_note(dropped, len(z)), fontsize="medium")
                 add_legend(ax, len(np.unique(labels)))
             elif key == "none":
-                ax.hist(finite(z), bins=60, color="C0")
+                shown, dropped = in_range(z, lo, hi)
+                ax.hist(shown, bins=list(np.linspace(lo, hi, 61)), color="C0")
                 ax.set_ylabel("number of points")
+                ax.set_title("codes" + dropped_note(dropped, len(z)), fontsize="medium")
             else:
                 other = 1 - int(key) if x.shape[1] >= 2 else int(key)
                 sc = scatter_values(ax, np.stack([z, x[:, int(key)]], 1), x[:, other])
+                if sd is not None:
+                    idx = _sigma_sample(len(z))
+                    ax.errorbar(z[idx], x[idx, int(key)], xerr=sd[idx, 0], fmt="none", ecolor="0.35",
+                                elinewidth=0.8, alpha=0.7, label="± σ(x) of some points")
+                    ax.legend(fontsize="x-small", loc="best")
                 ax.set_ylabel(f"data coordinate {x_label(int(key), x.shape[1])}")
                 colorbar(fig, sc, ax, x_label(other, x.shape[1]))
                 ax.set_title(f"z₁ against {name}")
-            ax.set_xlabel(f"{what}  (z₁)")
+            if circles:
+                for r in (-2, -1, 1, 2):
+                    ax.axvline(r, color="0.5", linestyle=":" if abs(r) == 1 else "--", linewidth=0.8)
+            ax.set_xlim(lo, hi)
+            ax.set_xlabel(f"{what}  (z₁)" + ("; dashed: the prior's ±2σ" if circles else ""))
             continue
         xy = code[:, [i, j]]
         if key == "label" and labels is not None:
@@ -272,9 +337,30 @@ def plot_latent_space(
         else:
             sc = scatter_values(ax, xy, x[:, int(key)])
             colorbar(fig, sc, ax, name)
-        set_view(ax, view_limits(xy))
+        if sd is not None:
+            for n in _sigma_sample(len(xy)):
+                ax.add_patch(Ellipse((float(xy[n, 0]), float(xy[n, 1])), 2 * float(sd[n, i]), 2 * float(sd[n, j]),
+                                     fill=False, edgecolor="0.3", linewidth=0.6, alpha=0.6))
+        if circles:
+            for r in (1, 2):
+                ax.add_patch(Circle((0, 0), r, **PRIOR_STYLE))
+        shown = xy
+        if sd is not None:  # the drawn ellipses stay in view too: their size is the point
+            idx = _sigma_sample(len(xy))
+            shown = np.concatenate([xy, xy[idx] - sd[idx][:, [i, j]], xy[idx] + sd[idx][:, [i, j]]])
+        view = lims if lims is not None else (including_prior(view_limits(shown)) if circles else view_limits(shown))
+        set_view(ax, view)
+        ax.locator_params(nbins=6)
         ax.set_xlabel(z_label(i))
         ax.set_ylabel(z_label(j))
+    if d >= 2 and (circles or sd is not None):
+        note = []
+        if circles:
+            note.append("dashed: the prior's 1σ, 2σ circles" if isinstance(model, VariationalModel)
+                        else "dashed: 1σ, 2σ of the N(0, I) its samples are decoded from")
+        if sd is not None:
+            note.append(f"grey ellipses: σ(x) of {min(ELLIPSE_POINTS, len(code))} points")
+        fig.supxlabel("; ".join(note), fontsize="small")
     return fig
 
 
@@ -284,7 +370,7 @@ def plot_latent_space(
 @torch.no_grad()
 def plot_posterior_contours(
     model: LatentModel, data: Dataset, *, points: Tensor | None = None, dims: tuple[int, int] = (0, 1),
-    q_z: Distribution | None = None,
+    q_z: Distribution | None = None, c: Tensor | None = None,
 ) -> Figure:
     """q(z|x) of a few data points: the points in data space, their Gaussians in latent space.
 
@@ -293,13 +379,23 @@ def plot_posterior_contours(
     figure comes from draws the second point's contour with its axes swapped; here each
     density is evaluated on the grid with the same (z_i, z_j) orientation.) ``q_z``: q(z|x) of
     ``data`` (batch (N,)) when the caller has it already (its means are the grey background).
+    Without ``points``, labelled data gives one typical point per label (up to 6), so the
+    points come from different modes; else three well-separated typical points. ``c``: the
+    condition of every point of ``data`` (N, C): a chosen point is encoded with the c of the
+    data point nearest to it.
     """
     vae = _require_vae(model, "the q(z|x) figure")
     i, j = _check_dims(model, dims)
-    pts = default_points(data.x) if points is None else points.to(data.x.dtype)
-    q_pts = vae.encode(pts.to(_device(model)))
+    if points is not None:
+        pts = points.to(data.x.dtype)
+    elif data.labels is not None:
+        pts = points_per_label(data.x, data.labels.to(data.x.device))
+    else:
+        pts = default_points(data.x)
+    c_pts = None if c is None else c[row_indices(data.x, pts).to(c.device)]
+    q_pts = vae.encode(pts.to(_device(model)), c_pts)
     mu_p, sd_p = to_numpy(q_pts.mean), to_numpy(q_pts.stddev)
-    mu_all = to_numpy((vae.encode(_x(model, data)) if q_z is None else q_z).mean)
+    mu_all = to_numpy((vae.encode(_x(model, data), c) if q_z is None else q_z).mean)
     x = to_numpy(data.x)
     p = to_numpy(pts)
     d = model.latent_dim
@@ -438,9 +534,22 @@ def plot_latent_grid(
         ticks = torch.arange(-3.0, 3.5, 1.0, device=dev)[:, None]
         tick_xy = _xy(to_numpy(model.decode(ticks).mean))
         ax.scatter(tick_xy[:, 0], tick_xy[:, 1], color="black", s=25, zorder=5)
+        lims = view_limits(xy_data)
+        set_view(ax, lims)
+        # A label only where it does not overprint one already written: ticks that decode to
+        # nearly the same x (a collapsed code decodes every z to one point) share one label.
+        span = max(lims[0][1] - lims[0][0], lims[1][1] - lims[1][0])
+        written: list[tuple[np.ndarray, list[str]]] = []
         for t, pt in zip(to_numpy(ticks[:, 0]), tick_xy, strict=True):
-            ax.annotate(f"z={t:g}", pt, xytext=(5, 5), textcoords="offset points", fontsize="small")
-        set_view(ax, view_limits(xy_data))
+            near = next((w for w in written if np.linalg.norm(w[0] - pt) < 0.06 * span), None)
+            if near is None:
+                written.append((pt, [f"{t:g}"]))
+            else:
+                near[1].append(f"{t:g}")
+        for pt, names in written:
+            text = f"z={names[0]}" if len(names) == 1 else f"z={names[0]}…{names[-1]}"
+            ax.annotate(text, (float(pt[0]), float(pt[1])), xytext=(5, 5), textcoords="offset points", fontsize="small",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
         _label_data_axes(ax, x.shape[1])
         ax.set_title("decoded curve over the training data (grey)", fontsize="medium")
         colorbar(fig, lc, ax, "z₁")
@@ -490,28 +599,39 @@ def plot_latent_grid(
 @torch.no_grad()
 def plot_aggregate_posterior(
     model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), grid: int = 150, extent: float = 3.5,
-    q_z: Distribution | None = None,
+    q_z: Distribution | None = None, c: Tensor | None = None,
 ) -> Figure:
     """The aggregate posterior q(z) (the mixture of all encoded Gaussians) beside the prior.
 
     Samples z ~ p(z) that land where q(z) is nearly empty ("holes") decode to points the
     decoder never learned, which is where bad samples come from. Same colour scale in both
-    panels (square-root scale so thin holes stay visible). ``q_z``: q(z|x) of ``data`` (batch
-    (N,)) when the caller has it already.
+    panels (square-root scale so thin holes stay visible). ``q_z``: q(z|x, c) of ``data``
+    (batch (N,)) when the caller has it already; ``c``: each point's condition. A 1-D latent's
+    range covers the prior's ±``extent`` and q(z)'s mass (the means ± 3σ); for d > 2 the panels
+    are the 2-D marginal on the shown pair, which cannot show holes in the other dimensions.
     """
     vae = _require_vae(model, "the aggregate-posterior figure")
     i, j = _check_dims(model, dims)
-    g = torch.linspace(-extent, extent, grid)
+    q_z = vae.encode(_x(model, data), c) if q_z is None else q_z
+    d = model.latent_dim
+    if d == 1:
+        mu, sd = to_numpy(q_z.mean)[:, 0], to_numpy(q_z.stddev)[:, 0]
+        ok = np.isfinite(mu) & np.isfinite(sd)
+        lo = min(-extent, float(np.percentile(mu[ok] - 3 * sd[ok], 0.5))) if ok.any() else -extent
+        hi = max(extent, float(np.percentile(mu[ok] + 3 * sd[ok], 99.5))) if ok.any() else extent
+        g = torch.linspace(lo, hi, max(grid, 300))
+    else:
+        g = torch.linspace(-extent, extent, grid)
     q = aggregate_posterior(vae, data.x, g, (i, j), q_z=q_z).numpy()
     gn = g.numpy()
     prior_1d = gaussian_pdf(gn, 0.0, 1.0)
-    d = model.latent_dim
     if d == 1:
         fig, axes = new_figure(1, size=(6.5, 4.2), title="Aggregate posterior q(z) = mean over x of q(z|x), vs prior")
         ax = axes[0]
         ax.fill_between(gn, q, color="C0", alpha=0.35)
         ax.plot(gn, q, color="C0", linewidth=2, label="aggregate posterior q(z)")
         ax.plot(gn, prior_1d, color="0.2", linestyle="--", linewidth=2, label="prior N(0, 1)")
+        ax.set_xlim(gn[0], gn[-1])
         ax.set_xlabel("z₁")
         ax.set_ylabel("density")
         ax.legend(fontsize="small")
@@ -520,7 +640,8 @@ def plot_aggregate_posterior(
     p = prior_1d[:, None] * prior_1d[None, :]
     vmax = float(max(p.max(), np.nanmax(q)))
     norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)
-    rest = "" if d == 2 else f", marginal on ({z_label(i)}, {z_label(j)}) of {d} dimensions"
+    rest = "" if d == 2 else (f", 2-D marginal on ({z_label(i)}, {z_label(j)}) of {d} dimensions: holes in the "
+                              "others do not show")
     fig, axes = new_figure(2, title=f"Aggregate posterior q(z) vs prior p(z){rest}")
     ext = (-extent, extent, -extent, extent)
     im = None
@@ -540,7 +661,7 @@ def plot_aggregate_posterior(
 
 
 def _latent_params(ctx: PlotContext) -> Figure:
-    return plot_latent_params(ctx.model, ctx.data, dims=ctx.dims, q_z=ctx.posterior())
+    return plot_latent_params(ctx.model, ctx.data, dims=ctx.dims, q_z=ctx.posterior(), mi=ctx.mi_words())
 
 
 def _z_vs_eps(ctx: PlotContext) -> Figure:
@@ -548,11 +669,14 @@ def _z_vs_eps(ctx: PlotContext) -> Figure:
 
 
 def _latent_space(ctx: PlotContext) -> Figure:
-    return plot_latent_space(ctx.model, ctx.data, dims=ctx.dims, codes=ctx.codes())
+    q_z = ctx.posterior() if has_normal_posterior(ctx.model) else None
+    return plot_latent_space(ctx.model, ctx.data, dims=ctx.dims, codes=ctx.codes(), q_z=q_z, c=ctx.c,
+                             mi=ctx.mi_words(), lims=ctx.latent_lims)
 
 
 def _posterior_contours(ctx: PlotContext) -> Figure:
-    return plot_posterior_contours(ctx.model, ctx.data, points=ctx.points, dims=ctx.dims, q_z=ctx.posterior())
+    return plot_posterior_contours(ctx.model, ctx.data, points=ctx.points, dims=ctx.dims, q_z=ctx.posterior(),
+                                   c=ctx.c)
 
 
 def _latent_grid(ctx: PlotContext) -> Figure:
@@ -563,14 +687,19 @@ def _aggregate_posterior(ctx: PlotContext) -> Figure:
     return plot_aggregate_posterior(ctx.model, ctx.data, dims=ctx.dims, q_z=ctx.posterior())
 
 
-_normal_posterior = all_of(unconditional, needs_normal_posterior)  # reads μ(x), σ(x)
+# A conditional model's q(z|x, c) is drawn with each point's own c (PlotContext.c); figures that
+# decode from the prior without a c (the latent grid) stay unconditional.
+_normal_posterior = needs_normal_posterior  # reads μ(x), σ(x)
+
+COLLAPSE_WORDS = ("A collapsed code has μ(x) and σ(x) the same for every x, whatever their values (under some "
+                  "objectives it settles far from the prior's (0, 1)); I(x; z) in the title is the measure.")
 
 FIGURES = [
     FigureSpec(
         "latent_params",
         _latent_params,
-        "Encoder means μ(x) and standard deviations σ(x) against the prior's (0, …) and (1, …): σ ≈ 1 with "
-        "μ ≈ 0 for every point means the dimension is unused (collapsed).",
+        "Encoder means μ(x) and standard deviations σ(x) against the prior's (0, …) and (1, …), with the prior's "
+        "scale always in view. " + COLLAPSE_WORDS,
         all_of(_normal_posterior, needs_standard_prior),
         title="Latent parameters μ(x), σ(x)",
     ),
@@ -585,16 +714,18 @@ FIGURES = [
     FigureSpec(
         "latent_space",
         _latent_space,
-        "Encoded means of the training data coloured by label and by data coordinate: modes should form "
-        "separate regions and colours should change smoothly.",
-        unconditional,
+        "Encoded means of the training data coloured by label and by data coordinate, with the prior's 1σ and 2σ "
+        "circles always in view and σ(x) as grey ellipses on a sample of points. A useful code spreads the modes "
+        "over the prior's disc with ellipses smaller than the gaps between them and colours that change smoothly; "
+        "a collapsed code is a small blob under wide, overlapping ellipses, wherever it sits.",
+        lambda ctx: None,
         title="Learned latent space",
     ),
     FigureSpec(
         "posterior_contours",
         _posterior_contours,
-        "q(z|x) of a few data points (1σ and 2σ contours): distant points should get separate, "
-        "narrow Gaussians inside the prior's 2σ circle.",
+        "q(z|x) of a few data points (one per label where there are labels; 1σ and 2σ contours): distant points "
+        "should get separate, narrow Gaussians inside the prior's 2σ circle.",
         all_of(_normal_posterior, needs_standard_prior, needs_point_data),
         title="Posterior q(z|x) of chosen points",
     ),
@@ -610,9 +741,9 @@ FIGURES = [
         "aggregate_posterior",
         _aggregate_posterior,
         "The mixture of all encoded Gaussians q(z) beside the prior N(0, I): dark holes in q(z) inside "
-        "the prior's circles are regions whose samples decode to nonsense.",
+        "the prior's circles are regions whose samples decode to nonsense. For d > 2 this is the 2-D marginal on "
+        "the two most active dimensions, which cannot show holes in the others.",
         all_of(_normal_posterior, needs_standard_prior),
         title="Aggregate posterior vs prior",
     ),
 ]
-

@@ -11,6 +11,8 @@ command-line flags given as comma lists (``--beta 0.25,0.5,1 --latent-dim 1,2 --
     [sweep.model]
     lambda_rec = [1, 10]      # λ_rec = 1/σ², the same knob as recon_var
     hidden = [[64], [128, 128]]
+    [sweep.model.tempered]    # a family's own options (--model tempered --tempered-tau-end 0.5,1)
+    tau_end = [0.5, 1.0]
 
 Flags take precedence over the table, as everywhere. A setting given one value applies to
 every member; one given several values is an axis of the grid, and the members are every
@@ -31,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaelab.config import SECTIONS, ConfigError, RunConfig, cli_flag, read_toml
+from vaelab.config import SECTIONS, ConfigError, ModelConfig, RunConfig, cli_flag, read_toml
 from vaelab.errors import InputError
+from vaelab.models import option_schemas
 
 
 class GridError(InputError):
@@ -60,6 +63,9 @@ _NOT_SWEEP_OPTIONS = {
 def flag_table() -> dict[str, str]:
     """Every settable flag -> its dotted field (``--latent-dim`` -> ``model.latent_dim``).
 
+    Then the options of every registered family that declares some (vaelab.models.option_schemas):
+    ``--tempered-tau-end`` -> ``model.tempered.tau_end``, for each option whose type a flag can
+    give (``has_flag``); ``vaelab train`` reads these flags from this table too.
     ``--data`` (a dataset name or a file) is an option of the sweep command itself."""
     table: dict[str, str] = {}
     for section in SECTIONS:
@@ -71,6 +77,16 @@ def flag_table() -> dict[str, str]:
                 table[flag] = dotted
     for dotted, flag in _ALIASES.items():
         table[flag] = dotted
+    for name, schema in option_schemas().items():
+        for option in schema.model_fields:
+            dotted = f"model.{name}.{option}"
+            flag = cli_flag(dotted)
+            if flag is None or not has_flag(dotted):
+                continue
+            if flag in table or flag in _NOT_SWEEP_OPTIONS:
+                raise InputError(f"the option {option!r} of the {name} family would take the flag {flag}, which is "
+                                 f"already {table.get(flag, 'an option of vaelab train')}; rename the option")
+            table[flag] = dotted
     return table
 
 
@@ -78,8 +94,28 @@ def _annotation(dotted: str) -> Any:
     section, field = dotted.split(".", 1)
     if dotted == "model.lambda_rec":
         return float
+    if section == "model" and "." in field:  # a family's option: model.NAME.FIELD
+        name, option = field.split(".", 1)
+        return option_schemas()[name].model_fields[option].annotation
     cls = RunConfig.model_fields[section].annotation
     return cls.model_fields[field].annotation  # type: ignore[union-attr]
+
+
+def has_flag(dotted: str) -> bool:
+    """Whether a command-line word can give the setting's value: a number, a string, a bool
+    (true / false) or a list of integers (64,64); a nested table is set in TOML only."""
+    annotation = _annotation(dotted)
+    kinds = _kinds(annotation)
+    if list in kinds:
+        return all(typing.get_args(a) == (int,) for a in _lists(annotation))
+    return all(k in (int, float, str, bool) for k in kinds)
+
+
+def _lists(annotation: Any) -> list[Any]:
+    """The list types among a field's alternatives (``list[int] | None`` -> [list[int]])."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if typing.get_origin(a) is list]
+    return [annotation] if typing.get_origin(annotation) is list else []
 
 
 def _kinds(annotation: Any) -> tuple[type, ...]:
@@ -94,9 +130,14 @@ def _kinds(annotation: Any) -> tuple[type, ...]:
     return (annotation,)
 
 
-def _parse_value(flag: str, dotted: str, token: str) -> Any:
-    """One command-line value as the field's type: ``"0.5"`` -> 0.5, ``"64,64"`` -> [64, 64]."""
+def parse_value(flag: str, dotted: str, token: str) -> Any:
+    """One command-line value as the field's type: ``"0.5"`` -> 0.5, ``"64,64"`` -> [64, 64],
+    ``"true"`` -> True."""
     kinds = _kinds(_annotation(dotted))
+    if bool in kinds:
+        if token.strip().lower() in ("true", "false"):
+            return token.strip().lower() == "true"
+        raise GridError(f"{flag}: {token!r} is not true or false")
     try:
         if list in kinds:  # hidden / channels / cond_embed: one alternative is itself a list
             return [int(v) for v in token.split(",") if v.strip()] if token.strip() else []
@@ -120,7 +161,7 @@ def _split(flag: str, dotted: str, text: str) -> list[Any]:
         example = "64,64/128,128" if separator == "/" else "0.5,1,2"
         raise GridError(f"{flag}: {text!r} has an empty value; give the values separated by "
                         f"{separator!r}, like {flag} {example}")
-    return [_parse_value(flag, dotted, t) for t in tokens]
+    return [parse_value(flag, dotted, t) for t in tokens]
 
 
 def parse_flags(args: Sequence[str]) -> dict[str, list[Any]]:
@@ -171,7 +212,8 @@ def sweep_table(table: Mapping[str, Any], source: str = "[sweep]") -> tuple[dict
     """A ``[sweep]`` table -> ({dotted setting: [values]}, seeds).
 
     It holds ``seeds = N`` and sub-tables ``[sweep.model]`` / ``[sweep.train]`` (...) whose keys
-    are the fields of those tables, each with a list of values."""
+    are the fields of those tables, each with a list of values; ``[sweep.model.NAME]`` holds
+    lists of values of the options of the family NAME (``model.NAME.FIELD``)."""
     lists: dict[str, list[Any]] = {}
     seeds = None
     for key, value in table.items():
@@ -184,6 +226,14 @@ def sweep_table(table: Mapping[str, Any], source: str = "[sweep]") -> tuple[dict
         cls = RunConfig.model_fields[key].annotation
         for field, values in value.items():
             dotted = f"{key}.{field}"
+            if key == "model" and isinstance(values, dict) and field not in ModelConfig.model_fields:
+                # [sweep.model.NAME]: a family's options, checked with the members (check_settings)
+                for option, option_values in values.items():
+                    if not isinstance(option_values, list):
+                        raise GridError(f"{source}: {dotted}.{option} = {option_values!r} must be a list of values, "
+                                        f"like [0.5, 1, 2]; a single value belongs in the [model.{field}] table")
+                    lists[f"{dotted}.{option}"] = option_values
+                continue
             if field not in cls.model_fields and dotted not in _ALIASES:  # type: ignore[union-attr]
                 raise GridError(f"{source}: {dotted} is no setting; [sweep.{key}] takes "
                                 + ", ".join(cls.model_fields))  # type: ignore[union-attr]
@@ -243,7 +293,11 @@ def _override(base: RunConfig, values: Mapping[str, Any], source: str) -> RunCon
     sections: dict[str, dict[str, Any]] = {}
     for dotted, value in values.items():
         section, field = dotted.split(".", 1)
-        sections.setdefault(section, {})[field] = value
+        name, _, option = field.partition(".")
+        if option:  # a family's option model.NAME.FIELD: a key of the [model.NAME] table
+            sections.setdefault(section, {}).setdefault(name, {})[option] = value
+        else:
+            sections.setdefault(section, {})[field] = value
     return base.with_overrides(sections, source=source)
 
 

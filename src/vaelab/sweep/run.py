@@ -1,12 +1,5 @@
-"""Train a sweep into a folder of ordinary runs, evaluate them, and tabulate the results.
-
-A sweep folder::
-
-    SWEEP/sweep.json     the grid, the shared base config and the members (name, swept values)
-    SWEEP/runs/<name>/   one run directory per member (vaelab.checkpoint): loadable,
-                         evaluable, explorable like any `vaelab train` run
-    SWEEP/metrics.csv    one row per member: swept values, status, held-out metrics, seconds
-    SWEEP/sweep.html     the sweep's page (vaelab.sweep.report)
+"""Train a sweep into a folder of ordinary runs (vaelab.sweep.folder), evaluate them, and
+tabulate the results.
 
 Members that can share one stacked model (``can_stack``: same shapes, objective, batches)
 train together as a group of at most ``stack_limit`` members (8 for the default 2-D run: a
@@ -20,13 +13,9 @@ continue from their last checkpoint, the rest start.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -34,124 +23,44 @@ from typing import Any
 import torch
 
 from vaelab import checkpoint as ckpt
-from vaelab.config import SECTIONS, RunConfig
+from vaelab.config import RunConfig
+from vaelab.data.registry import load_dataset
 from vaelab.errors import VaelabError
+from vaelab.evaluate import evaluate_run
 from vaelab.history import History
-from vaelab.models import LatentModel
+from vaelab.models import LatentModel, family
+from vaelab.sweep.folder import (
+    METRICS_CSV,
+    MemberRow,
+    member_dir,
+    member_status,
+    metrics_csv,
+    prepare_folder,
+    record,
+    sweep_rows,
+)
 from vaelab.sweep.grid import Grid, GridError, Member, expand
+from vaelab.sweep.report import write_sweep_report
 
-# The engines: stackable members train as one vmapped model (vaelab.sweep.stack); a member
+# The engines: stackable members train as one vmapped model (vaelab.train.fit_stack); a member
 # that cannot be stacked trains alone with train.fit (vaelab.sweep.solo), same interface.
 from vaelab.sweep.solo import fit_members
-from vaelab.sweep.stack import MemberResult, can_stack, fit_stack, stack_limit
-from vaelab.train import StepInfo, TrainingInterrupted
-
-SWEEP_FILE = "sweep.json"
-METRICS_CSV = "metrics.csv"
-REPORT_FILE = "sweep.html"
-RUNS_DIR = "runs"
-SWEEP_FORMAT = "vaelab-sweep-1"
-
-# The held-out metrics of the table (metrics.json keys), after the swept values and status.
-METRIC_COLUMNS = ("elbo", "recon", "kl", "iwae_nll", "active_units", "mutual_info")
-
-
-class SweepError(GridError):
-    """The sweep folder cannot be written or resumed as asked; the message says what to do."""
+from vaelab.train import MemberResult, StepInfo, TrainingInterrupted, can_stack, fit_stack, stack_limit
+from vaelab.train.run import (
+    check_fits,
+    new_model,
+    record_failure,
+    resolve_objective_of,
+    resolve_paths,
+    resume_run,
+    start_run,
+    training_data,
+)
 
 
 class SweepInterrupted(VaelabError):
     """``should_stop`` stopped a sweep trained in child processes (``jobs`` > 1); every member
     keeps its last checkpoint, and ``resume`` continues them."""
-
-
-@dataclass
-class MemberRow:
-    """A member's line of metrics.csv: swept values, status (done / diverged ...), metrics."""
-
-    name: str
-    values: dict[str, Any]
-    status: str
-    metrics: dict[str, Any]
-    seconds: float
-    path: Path
-
-
-def member_dir(out: str | Path, name: str) -> Path:
-    return Path(out) / RUNS_DIR / name
-
-
-def is_sweep_dir(path: str | Path) -> bool:
-    return (Path(path) / SWEEP_FILE).is_file()
-
-
-def read_sweep(out: str | Path) -> dict[str, Any]:
-    """The content of SWEEP/sweep.json; SweepError naming the file when it cannot be read."""
-    path = Path(out) / SWEEP_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"{out}: not a sweep folder (no {SWEEP_FILE}); give the --out of a `vaelab sweep`") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise SweepError(f"{path}: cannot read the sweep record ({err})") from None
-    if not isinstance(data, dict) or data.get("format") != SWEEP_FORMAT:
-        raise SweepError(f"{path}: not a vaelab sweep record (format {SWEEP_FORMAT})")
-    return data
-
-
-def load_sweep(out: str | Path) -> tuple[RunConfig, Grid]:
-    """The base config and grid a sweep folder was started with (to resume it as it was)."""
-    data = read_sweep(out)
-    base = RunConfig.from_dict(data["base"], f"{out}/{SWEEP_FILE}")
-    # Only the settings the user gave count as given (check_settings reads them), not every
-    # field the record spells out.
-    given = set(data.get("given", []))
-    for section in SECTIONS:
-        part = getattr(base, section)
-        part.__pydantic_fields_set__ = {f for f in type(part).model_fields if f"{section}.{f}" in given}
-    return base, Grid.from_dict(data["grid"])
-
-
-def member_dirs(out: str | Path) -> list[Path]:
-    """The run directories of a sweep's members, in grid order (those that exist)."""
-    data = read_sweep(out)
-    return [p for m in data["members"] if (p := member_dir(out, m["name"])).is_dir()]
-
-
-def _record(base: RunConfig, grid: Grid, members: Sequence[Member]) -> dict[str, Any]:
-    return {"format": SWEEP_FORMAT, "grid": grid.to_dict(), "base": json.loads(base.to_json()),
-            "given": base.user_settings(),
-            "members": [{"name": m.name, "values": m.values, "dir": f"{RUNS_DIR}/{m.name}"} for m in members]}
-
-
-def _prepare_folder(out: Path, record: dict[str, Any], resume: bool) -> None:
-    """Refuse an --out that cannot take this sweep (before any training); write sweep.json."""
-    if resume:
-        saved = read_sweep(out)
-        if saved["members"] != record["members"] or saved["base"] != record["base"]:
-            names = {m["name"] for m in saved["members"]}
-            new = [m["name"] for m in record["members"] if m["name"] not in names]
-            what = f"members not in it: {', '.join(new)}" if new else "its shared settings differ"
-            raise SweepError(f"{out}: this sweep was started with another grid ({what}); resume it with "
-                             "`vaelab sweep --out SWEEP --resume` alone, or start a new one with another --out")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SweepError(f"{out}: already exists and is not empty; choose another --out, or --resume to continue "
-                         "the sweep in it")
-    try:
-        (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SweepError(f"{out}: cannot create the sweep folder ({err.strerror or err})") from None
-    ckpt.atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
-
-
-def member_status(run_dir: Path) -> str:
-    """``new`` (nothing trained yet), ``partial`` (a checkpoint to continue), ``done`` or ``diverged``."""
-    if not ckpt.is_run_dir(run_dir):
-        return "new"
-    if (run_dir / ckpt.FAILURE_FILE).is_file():
-        return "diverged"
-    return "done" if ckpt.load_state(run_dir).complete else "partial"
 
 
 def groups_of(members: Sequence[Member]) -> list[list[Member]]:
@@ -190,54 +99,33 @@ def train_group(
     checkpoint; a diverging member gets a failure record and the others go on. Members
     already done are left alone.
     """
-    from vaelab.conditions import fit_condition
-    from vaelab.data.pixels import fixed_binarization, resolve_binarize
-    from vaelab.data.registry import load_dataset
-    from vaelab.models import build_model
-    from vaelab.schedules import check_schedule
-    from vaelab.sizes import check_model_fits
-    from vaelab.train import total_steps
-
     out = Path(out)
     todo = [m for m in members if member_status(member_dir(out, m.name)) in ("new", "partial")]
     locks: list[ckpt.RunLock] = []
     try:
         if todo:
-            config = todo[0].config  # members share their data (grid.py refuses data axes)
-            data = load_dataset(config.data, "train")
-            pixels = resolve_binarize(config, data)
-            x = data.x.to(device)
-            if pixels == "fixed":
-                x = fixed_binarization(x, "train", config.data.seed)
-            condition = (None if config.data.condition is None
-                         else fit_condition(config.data.condition, data, config.model.cond_embed))
-            c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
+            # Members share their data (grid.py refuses data axes): one training split for all.
+            train = training_data(todo[0].config, load_dataset(todo[0].config.data, "train"), device)
+            condition = train.condition
+            x, c, pixels = train.x, train.c, train.pixels
+            for m in todo:  # every member's schedule and size, before any folder is taken
+                check_fits(m.config, train)
             models: list[LatentModel] = []
             states: list[ckpt.TrainState | None] = []
             histories: list[History | None] = []
             dirs: list[Path] = []
             for m in todo:
-                train_cfg, n = m.config.train, len(data)
-                check_schedule(train_cfg, math.ceil(n / train_cfg.batch_size), total_steps(train_cfg, n))
-                check_model_fits(m.config.model, train_cfg, data.dim, 0 if condition is None else condition.width,
-                                 () if condition is None else condition.embed_widths)
-            for m in todo:
                 run_dir = member_dir(out, m.name)
                 if member_status(run_dir) == "partial":
-                    locks.append(ckpt.RunLock(run_dir).acquire())
-                    ckpt.recover(run_dir)
-                    saved = ckpt.load(run_dir, device)
-                    state = ckpt.load_state(run_dir)
-                    models.append(saved.model)
-                    states.append(state)
-                    histories.append(History([r for r in saved.history.rows if r["epoch"] <= state.epoch]))
+                    resumed = resume_run(run_dir, device)
+                    locks.append(resumed.lock)
+                    models.append(resumed.run.model)
+                    states.append(resumed.state)
+                    histories.append(resumed.history)
                 else:
-                    model = build_model(m.config.model, data.dim, 0 if condition is None else condition.width,
-                                        seed=m.config.train.seed,
-                                        cond_embed=() if condition is None else condition.embed_widths).to(device)
-                    locks.append(ckpt.claim(run_dir, overwrite=True))  # empty, or what a crash left of a claim
-                    ckpt.write_checkpoint(run_dir, model, m.config, history=History(), state=ckpt.TrainState(),
-                                          condition=condition)
+                    model = new_model(m.config, train, device)
+                    # empty, or what a crash left of a claim
+                    locks.append(start_run(run_dir, model, m.config, condition, overwrite=True))
                     models.append(model)
                     states.append(None)
                     histories.append(None)
@@ -285,10 +173,7 @@ def train_group(
                     raise
                 for i, result in zip(idx, results, strict=True):
                     if result.error is not None:  # as train_run records it: the history and what went wrong
-                        err = result.error
-                        ckpt.write_history(dirs[i], err.history)
-                        ckpt.write_json(dirs[i] / ckpt.FAILURE_FILE, {"step": err.step, "epoch": err.epoch,
-                                                                      "term": err.term, "message": str(err)})
+                        record_failure(dirs[i], result.error)
         for lock in locks:
             lock.release()
         locks = []
@@ -300,8 +185,6 @@ def train_group(
 
 def _evaluate_done(out: Path, members: Sequence[Member], device: str | torch.device) -> None:
     """Evaluate the members that finished training and have no metrics yet (metrics.json)."""
-    from vaelab.evaluate import evaluate_run
-
     for m in members:
         run_dir = member_dir(out, m.name)
         if member_status(run_dir) == "done":
@@ -325,6 +208,28 @@ def _group_worker(out: str, configs: list[str], names: list[str], values: list[d
     train_group(out, members, device=device)
 
 
+def _with_objectives(base: RunConfig, members: Sequence[Member]) -> list[Member]:
+    """Each member with the objective it trains with written into its config (config.json then
+    says so, and a stack never mixes objectives). Without a named objective a member with β ≠ 1,
+    a β schedule or free bits trains the β-ELBO (``objectives.requested_objective``); then so
+    does every member of the sweep whose family has an ELBO, β = 1 included (the plain ELBO), so
+    that the sweep compares β-VAEs, not a β-VAE with an IWAE run."""
+    resolved = [Member(m.name, m.values, resolve_objective_of(m.config)) for m in members]
+    named = "objective" in base.train.model_fields_set
+    if named or all(r.config.train.objective == m.config.train.objective
+                    for r, m in zip(resolved, members, strict=True)):
+        return resolved
+    out = []
+    for m in resolved:
+        train = m.config.train
+        if train.objective != "elbo" and "elbo" in family(m.config.model.kind).objectives:
+            given = set(train.model_fields_set) | {"objective"}
+            train = train.model_copy(update={"objective": "elbo"})
+            train.__pydantic_fields_set__ = given
+        out.append(Member(m.name, m.values, m.config.model_copy(update={"train": train})))
+    return out
+
+
 def run_sweep(
     base: RunConfig, grid: Grid, out: str | Path, *, resume: bool = False, jobs: int = 1,
     device: str | torch.device = "cpu", on_progress: Callable[[str, StepInfo], None] | None = None,
@@ -340,17 +245,14 @@ def run_sweep(
     every step; ``should_stop`` as in ``train.fit`` (raises TrainingInterrupted).
     Writes metrics.csv and sweep.html once every member has finished.
     """
-    from vaelab.sweep.report import write_sweep_report
-    from vaelab.train import resolve_paths
-
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise GridError(f"--jobs is the number of groups trained at once, a positive integer; got {jobs!r}")
     if jobs > 1 and on_progress is not None:
         raise GridError("on_progress reports the steps of a sweep trained in this process; use jobs = 1 for it")
     out = Path(out)
     base = resolve_paths(base)
-    members = expand(base, grid)
-    _prepare_folder(out, _record(base, grid, members), resume)
+    members = _with_objectives(base, expand(base, grid))
+    prepare_folder(out, record(base, grid, members), resume)
     groups = groups_of(members)
     if jobs == 1 or len(groups) == 1:
         for group in groups:
@@ -382,50 +284,3 @@ def run_sweep(
     return rows
 
 
-def sweep_rows(out: str | Path) -> list[MemberRow]:
-    """The table of a sweep folder as it stands: one row per member, in grid order."""
-    rows = []
-    for entry in read_sweep(out)["members"]:
-        run_dir = member_dir(out, entry["name"])
-        status = member_status(run_dir)
-        metrics: dict[str, Any] = {}
-        seconds = math.nan
-        if status != "new":
-            run = ckpt.load(run_dir)
-            last = run.history.last
-            seconds = last["seconds"] if last else math.nan
-            if status == "done":
-                metrics = run.metrics
-            elif status == "diverged" and run.failure is not None:
-                status = f"diverged at step {run.failure.get('step')} ({run.failure.get('term')})"
-        rows.append(MemberRow(entry["name"], entry["values"], status, metrics, seconds, run_dir))
-    return rows
-
-
-def table_columns(rows: Sequence[MemberRow]) -> list[str]:
-    """The columns of the metrics table: name, the swept settings' names, status, metrics, seconds."""
-    axes = list(rows[0].values) if rows else []
-    return ["name", *(a.split(".", 1)[1] for a in axes), "status", *METRIC_COLUMNS, "seconds"]
-
-
-def table_values(row: MemberRow) -> list[Any]:
-    return [row.name, *row.values.values(), row.status, *(row.metrics.get(k) for k in METRIC_COLUMNS), row.seconds]
-
-
-def metrics_csv(rows: Sequence[MemberRow]) -> str:
-    """metrics.csv: a header, then one line per member (empty cells: a metric the member lacks)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(table_columns(rows))
-    for row in rows:
-        writer.writerow(["" if v is None else ("-".join(map(str, v)) if isinstance(v, list) else v)
-                         for v in table_values(row)])
-    return buf.getvalue()
-
-
-def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories with every sweep folder among them replaced by its members' runs (grid order)."""
-    expanded: list[Path] = []
-    for path in paths:
-        expanded.extend(member_dirs(path) if is_sweep_dir(path) else [Path(path)])
-    return expanded

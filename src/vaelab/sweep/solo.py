@@ -1,5 +1,5 @@
-"""Members trained one after the other with ``train.fit``: the engine of ``vaelab.sweep.run``
-until the vectorized one (``vaelab.sweep.stack.fit_stack``) lands, with its interface.
+"""Members trained one after the other with ``train.fit``, with ``train.fit_stack``'s interface:
+the engine of ``vaelab.sweep.run`` for a group that cannot stack (``nonfinite = "skip"``, ``compile``).
 
 Each member gets exactly what ``train.fit`` of that member alone gives; a member that
 diverges is reported in its ``MemberResult`` and the next one trains.
@@ -15,8 +15,7 @@ from vaelab.checkpoint import TrainState
 from vaelab.config import TrainConfig
 from vaelab.history import History
 from vaelab.models import LatentModel
-from vaelab.sweep.stack import MemberResult
-from vaelab.train import StepInfo, TrainingDiverged, fit
+from vaelab.train import MemberResult, StepInfo, TrainingDiverged, fit
 
 
 def fit_members(

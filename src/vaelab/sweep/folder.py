@@ -1,0 +1,185 @@
+"""A sweep folder: its record, its members' run directories and its table.
+
+    SWEEP/sweep.json     the grid, the shared base config and the members (name, swept values)
+    SWEEP/runs/<name>/   one run directory per member (vaelab.checkpoint): loadable,
+                         evaluable, explorable like any `vaelab train` run
+    SWEEP/metrics.csv    one row per member: swept values, status, held-out metrics, seconds
+    SWEEP/sweep.html     the sweep's page (vaelab.sweep.report)
+
+``vaelab.sweep.run`` trains into it; ``vaelab.sweep.report`` and ``vaelab compare`` read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vaelab import checkpoint as ckpt
+from vaelab.config import SECTIONS, RunConfig
+from vaelab.sweep.grid import Grid, GridError, Member
+
+SWEEP_FILE = "sweep.json"
+
+
+METRICS_CSV = "metrics.csv"
+
+
+REPORT_FILE = "sweep.html"
+
+
+RUNS_DIR = "runs"
+
+
+SWEEP_FORMAT = "vaelab-sweep-1"
+
+
+# The held-out metrics of the table (metrics.json keys), after the swept values and status.
+METRIC_COLUMNS = ("elbo", "recon", "kl", "iwae_nll", "active_units", "mutual_info")
+
+
+class SweepError(GridError):
+    """The sweep folder cannot be written or resumed as asked; the message says what to do."""
+
+
+@dataclass
+class MemberRow:
+    """A member's line of metrics.csv: swept values, status (done / diverged ...), metrics."""
+
+    name: str
+    values: dict[str, Any]
+    status: str
+    metrics: dict[str, Any]
+    seconds: float
+    path: Path
+
+
+def member_dir(out: str | Path, name: str) -> Path:
+    return Path(out) / RUNS_DIR / name
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def read_sweep(out: str | Path) -> dict[str, Any]:
+    """The content of SWEEP/sweep.json; SweepError naming the file when it cannot be read."""
+    path = Path(out) / SWEEP_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{out}: not a sweep folder (no {SWEEP_FILE}); give the --out of a `vaelab sweep`") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise SweepError(f"{path}: cannot read the sweep record ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != SWEEP_FORMAT:
+        raise SweepError(f"{path}: not a vaelab sweep record (format {SWEEP_FORMAT})")
+    return data
+
+
+def load_sweep(out: str | Path) -> tuple[RunConfig, Grid]:
+    """The base config and grid a sweep folder was started with (to resume it as it was)."""
+    data = read_sweep(out)
+    base = RunConfig.from_dict(data["base"], f"{out}/{SWEEP_FILE}")
+    # Only the settings the user gave count as given (check_settings reads them), not every
+    # field the record spells out.
+    given = set(data.get("given", []))
+    for section in SECTIONS:
+        part = getattr(base, section)
+        part.__pydantic_fields_set__ = {f for f in type(part).model_fields if f"{section}.{f}" in given}
+    return base, Grid.from_dict(data["grid"])
+
+
+def member_dirs(out: str | Path) -> list[Path]:
+    """The run directories of a sweep's members, in grid order (those that exist)."""
+    data = read_sweep(out)
+    return [p for m in data["members"] if (p := member_dir(out, m["name"])).is_dir()]
+
+
+def record(base: RunConfig, grid: Grid, members: Sequence[Member]) -> dict[str, Any]:
+    return {"format": SWEEP_FORMAT, "grid": grid.to_dict(), "base": json.loads(base.to_json()),
+            "given": base.user_settings(),
+            "members": [{"name": m.name, "values": m.values, "dir": f"{RUNS_DIR}/{m.name}"} for m in members]}
+
+
+def prepare_folder(out: Path, record: dict[str, Any], resume: bool) -> None:
+    """Refuse an --out that cannot take this sweep (before any training); write sweep.json."""
+    if resume:
+        saved = read_sweep(out)
+        if saved["members"] != record["members"] or saved["base"] != record["base"]:
+            names = {m["name"] for m in saved["members"]}
+            new = [m["name"] for m in record["members"] if m["name"] not in names]
+            what = f"members not in it: {', '.join(new)}" if new else "its shared settings differ"
+            raise SweepError(f"{out}: this sweep was started with another grid ({what}); resume it with "
+                             "`vaelab sweep --out SWEEP --resume` alone, or start a new one with another --out")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SweepError(f"{out}: already exists and is not empty; choose another --out, or --resume to continue "
+                         "the sweep in it")
+    try:
+        (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SweepError(f"{out}: cannot create the sweep folder ({err.strerror or err})") from None
+    ckpt.atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def member_status(run_dir: Path) -> str:
+    """``new`` (nothing trained yet), ``partial`` (a checkpoint to continue), ``done`` or ``diverged``."""
+    if not ckpt.is_run_dir(run_dir):
+        return "new"
+    if (run_dir / ckpt.FAILURE_FILE).is_file():
+        return "diverged"
+    return "done" if ckpt.load_state(run_dir).complete else "partial"
+
+
+def sweep_rows(out: str | Path) -> list[MemberRow]:
+    """The table of a sweep folder as it stands: one row per member, in grid order."""
+    rows = []
+    for entry in read_sweep(out)["members"]:
+        run_dir = member_dir(out, entry["name"])
+        status = member_status(run_dir)
+        metrics: dict[str, Any] = {}
+        seconds = math.nan
+        if status != "new":
+            run = ckpt.load(run_dir)
+            last = run.history.last
+            seconds = last["seconds"] if last else math.nan
+            if status == "done":
+                metrics = run.metrics
+            elif status == "diverged" and run.failure is not None:
+                status = f"diverged at step {run.failure.get('step')} ({run.failure.get('term')})"
+        rows.append(MemberRow(entry["name"], entry["values"], status, metrics, seconds, run_dir))
+    return rows
+
+
+def table_columns(rows: Sequence[MemberRow]) -> list[str]:
+    """The columns of the metrics table: name, the swept settings' names, status, metrics, seconds."""
+    axes = list(rows[0].values) if rows else []
+    return ["name", *(a.split(".", 1)[1] for a in axes), "status", *METRIC_COLUMNS, "seconds"]
+
+
+def table_values(row: MemberRow) -> list[Any]:
+    return [row.name, *row.values.values(), row.status, *(row.metrics.get(k) for k in METRIC_COLUMNS), row.seconds]
+
+
+def metrics_csv(rows: Sequence[MemberRow]) -> str:
+    """metrics.csv: a header, then one line per member (empty cells: a metric the member lacks)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table_columns(rows))
+    for row in rows:
+        writer.writerow(["" if v is None else ("-".join(map(str, v)) if isinstance(v, list) else v)
+                         for v in table_values(row)])
+    return buf.getvalue()
+
+
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories with every sweep folder among them replaced by its members' runs (grid order)."""
+    expanded: list[Path] = []
+    for path in paths:
+        expanded.extend(member_dirs(path) if is_sweep_dir(path) else [Path(path)])
+    return expanded

@@ -1,0 +1,50 @@
+"""What each process of a torchrun test runs (tests/test_distributed.py starts it with torchrun).
+
+    dist_worker.py train RUN_DIR WEIGHTS_DIR CONFIG_JSON [resume]   train_run, then save this rank's weights
+    dist_worker.py die RUN_DIR WEIGHTS_DIR CONFIG_JSON STEP         rank 1 exits abruptly at step STEP
+
+On every rank but 0 the run-directory writers are replaced by ones that fail: rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from vaelab import checkpoint as ckpt
+from vaelab.config import RunConfig
+from vaelab.distributed import World
+from vaelab.train import train_run
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError(f"rank {World.from_env().rank} wrote to the run directory")
+
+
+def main() -> None:
+    mode, run_dir, weights_dir, config_json, *rest = sys.argv[1:]
+    world = World.from_env()
+    if not world.is_main:
+        for name in ("write_checkpoint", "claim", "write_history", "write_json", "atomic_write_text"):
+            setattr(ckpt, name, _refuse)
+    config = RunConfig.from_dict(json.loads(config_json))
+    on_step = None
+    if mode == "die":
+        die_at = int(rest[0])
+
+        def on_step(info):  # noqa: F811
+            if world.rank == 1 and info.step == die_at:
+                os._exit(3)  # no clean-up, no message: as a killed process
+
+    run = train_run(config, run_dir, resume="resume" in rest, on_step=on_step)
+    weights = {name: t.detach().cpu() for name, t in run.model.state_dict().items()}
+    Path(weights_dir).mkdir(parents=True, exist_ok=True)
+    torch.save(weights, Path(weights_dir) / f"rank{world.rank}.pt")
+
+
+if __name__ == "__main__":
+    main()
