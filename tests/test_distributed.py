@@ -41,10 +41,11 @@ def config(kind: str = "vae", **train: object) -> RunConfig:
 
 
 def torchrun(mode: str, run_dir: Path, weights: Path, cfg: RunConfig, *extra: str, nproc: int = 2,
-             timeout: float = 240) -> subprocess.CompletedProcess[str]:
+             timeout: float = 240, extra_k: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VAELAB_DIST_TIMEOUT": "30"}
+    third = extra_k if extra_k is not None else json.dumps(_given(cfg))  # eval mode: k
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(WORKER), mode, str(run_dir), str(weights), json.dumps(_given(cfg)), *extra]
+           str(WORKER), mode, str(run_dir), str(weights), third, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=Path(__file__).parent)
 
@@ -140,6 +141,23 @@ def test_two_processes_resume_exactly(tmp_path):
     for rank in (0, 1):
         assert all(torch.equal(a, b) for a, b in zip(rank_weights(tmp_path / "ws", rank).values(),
                                                     rank_weights(tmp_path / "w2", rank).values(), strict=True))
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_two_processes_evaluate_to_the_numbers_of_one(tmp_path, kind):
+    # 300 test points in batches of 64: 5 batches shared out unevenly (3 and 2); every metric
+    # must be the one a single process computes, bit for bit.
+    cfg = config(kind, epochs=2).with_overrides({"data": {"n_test": 300}, "eval": {"batch_size": 64}})
+    train_run(cfg, tmp_path / "run")
+    k = None if kind == "ae" else 50  # an autoencoder's evaluation draws nothing: no k
+    done = torchrun("eval", tmp_path / "run", tmp_path / "m", RunConfig(), nproc=2, extra_k=str(k).lower())
+    assert done.returncode == 0, done.stderr[-3000:]
+    from vaelab.evaluate import evaluate_run
+
+    one = evaluate_run(tmp_path / "run", write=False, k=k)
+    for rank in (0, 1):
+        two = json.loads((tmp_path / "m" / f"metrics{rank}.json").read_text())
+        assert two == json.loads(json.dumps(one)), rank
 
 
 def test_a_rank_that_dies_ends_the_job_with_the_last_checkpoint_intact(tmp_path):

@@ -136,6 +136,14 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def sum_over_ranks(t: Tensor) -> Tensor:
+    """Σ over the ranks of a tensor (a copy): every rank gets the same values. A tensor that each
+    rank fills in its own rows (zeros elsewhere) gathers exactly, as x + 0 is x."""
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is true on any rank."""
     t = torch.tensor([1.0 if flag else 0.0], device=device)
@@ -164,4 +172,4 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 
 
 __all__ = ["DistributedError", "World", "all_sum", "any_rank", "backend_for", "barrier", "broadcast_flag",
-           "gather_states", "init", "noise_seed", "share", "shutdown"]
+           "gather_states", "init", "noise_seed", "share", "shutdown", "sum_over_ranks"]

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from vaelab import checkpoint as ckpt
+from vaelab import distributed
 from vaelab.checkpoint import METRICS_FILE, Run, RunDirError, write_metrics
 from vaelab.conditions import conditional_metrics
 from vaelab.config import check_seed_option
@@ -28,6 +29,7 @@ from vaelab.data.dataset import Dataset
 from vaelab.data.pixels import eval_view
 from vaelab.data.registry import DATASETS, load_dataset
 from vaelab.diagnostics import elbo_surgery
+from vaelab.distributed import World
 from vaelab.distributions import kl as kl_qp
 from vaelab.distributions import kl_is_closed_form, kl_per_dim, rsample
 from vaelab.errors import InputError
@@ -133,6 +135,7 @@ def _as_dataset(data: Any) -> Dataset:
 def evaluate(
     model: LatentModel, data: Dataset | Tensor, *, k: int | None = None, batch_size: int = 500,
     seed: int | None = None, c: Tensor | None = None, true_log_prob: Tensor | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``data`` (held-out points, (N, D)); numbers in nats per data point.
 
@@ -160,6 +163,12 @@ def evaluate(
 
     An autoencoder (no posterior) reports ``recon`` and ``recon_se`` only; it is
     deterministic, so ``k`` and ``seed`` are refused for it.
+
+    ``world``: under torchrun (``vaelab.distributed.World`` of more than one process) every rank
+    calls this with the same arguments; batch b is scored by rank b mod W, which alone decodes
+    its k samples, and the per-point values are gathered, so every rank returns the numbers one
+    process gives, bit for bit: each rank still encodes every batch and draws every batch's noise
+    (cheap beside decoding), so the generator stands where one process has it at every batch.
 
     Raises:
         EvaluationError: k or batch_size not a positive integer, no points, data whose width
@@ -197,11 +206,15 @@ def evaluate(
     nll_pts: list[Tensor] = []
     means: list[Tensor] = []
     posteriors: list[Distribution] = []  # q(z|x) of each batch: encoded once, shared with elbo_surgery
-    for start in range(0, n, batch_size):
+    sharded = world is not None and world.distributed
+    for b, start in enumerate(range(0, n, batch_size)):
         xb = x[start:start + batch_size]
         cb = None if c is None else c[start:start + batch_size]
+        # Under torchrun rank b mod W scores batch b; the others hold zeros there until the gather.
+        mine = not sharded or b % cast(World, world).size == cast(World, world).rank
+        skipped = torch.zeros(len(xb), dtype=torch.float64, device=device)  # (B,)
         if not is_vae:
-            recon_pts.append(-model.decode(model.embed(xb, cb), cb).log_prob(xb).double())  # (B,)
+            recon_pts.append(-model.decode(model.embed(xb, cb), cb).log_prob(xb).double() if mine else skipped)
             continue
         vae = cast(VariationalModel, model)
         q_z, prior = vae.encode(xb, cb), vae.prior(cb)
@@ -209,19 +222,29 @@ def evaluate(
         kl_d = kl_per_dim(q_z, prior)  # (B, d), or None where q or p does not factorise
         if kl_d is not None:
             kl_dim_pts.append(kl_d.double())
-            kl_pts.append(kl_d.double().sum(1))
+            kl_pts.append(kl_d.double().sum(1) if mine else skipped)
         else:
             per_dim = False
             # No closed form per dimension: the KL itself (closed form where one is registered,
             # else Monte Carlo from k draws of q, made before the importance samples).
             kl_exact = kl_exact and kl_is_closed_form(q_z, prior)
             z = None if kl_is_closed_form(q_z, prior) else rsample(q_z, (k,), generator)  # (k, B, d)
-            kl_pts.append(kl_qp(q_z, prior, z).double())
+            kl_pts.append(kl_qp(q_z, prior, z).double() if mine else skipped)
+        means.append(vae.embed(xb, cb).double() if kl_d is None else q_z.mean.double())
+        if not mine:  # another rank scores this batch: make its draws, decode nothing
+            rsample(q_z, (k,), generator)  # (k, B, d): the importance samples' draws, as importance_terms makes them
+            recon_pts.append(skipped)
+            nll_pts.append(skipped)
+            continue
         log_px, log_w = importance_terms(vae, xb, cb, k=k, generator=generator, q_z=q_z,
                                          chunk=iwae_chunk(k, len(xb), width))  # (k, B) each
         recon_pts.append(-log_px.double().mean(0))
-        means.append(vae.embed(xb, cb).double() if kl_d is None else q_z.mean.double())
         nll_pts.append(-(torch.logsumexp(log_w.double(), dim=0) - math.log(k)))
+    if sharded:  # every point's values from the rank that scored it (the others add zeros: exact)
+        recon_pts = [distributed.sum_over_ranks(torch.cat(recon_pts))]
+        if is_vae:
+            nll_pts = [distributed.sum_over_ranks(torch.cat(nll_pts))]
+            kl_pts = [distributed.sum_over_ranks(torch.cat(kl_pts))]
     recon = torch.cat(recon_pts)
     recon_mean, recon_se = _mean_se(recon)
     metrics: dict[str, Any] = {"n": n, "recon": recon_mean, "recon_se": recon_se}
@@ -307,7 +330,7 @@ def save_metrics(run: Run, metrics: dict[str, Any]) -> Path:
 
 def evaluate_run(
     run: Run | str | Path, *, k: int | None = None, n_test: int | None = None, seed: int | None = None,
-    write: bool | None = None, device: str | torch.device | None = None,
+    write: bool | None = None, device: str | torch.device | None = None, world: World | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved run on its held-out data, exactly as ``vaelab eval`` does.
 
@@ -326,6 +349,9 @@ def evaluate_run(
     ``write``: True writes ``metrics.json``, False never does, None (default) writes when the
     run has no metrics yet or is evaluated with its own settings (see ``should_write_metrics``).
     Returns the metrics dict (the content of ``metrics.json``).
+
+    ``world``: under torchrun every rank calls this; the batches are shared out as in
+    ``evaluate`` (the same numbers as one process) and rank 0 alone writes ``metrics.json``.
     """
     if isinstance(run, Run):
         if device is not None:
@@ -350,7 +376,7 @@ def evaluate_run(
     if is_vae:
         settings = {"k": run.config.eval.k if k is None else k, "seed": run.config.eval.seed if seed is None else seed}
     metrics = evaluate(model, test, batch_size=run.config.eval.batch_size, c=c, true_log_prob=true_log_prob,
-                       **settings)
+                       world=world, **settings)
     if note is not None:
         metrics["nll_gap_note"] = note
     if run.condition is not None:
@@ -358,6 +384,7 @@ def evaluate_run(
                                            seed=settings.get("seed", run.config.eval.seed)))
     if test.image_shape is not None:
         metrics["binarization"] = pixels
-    if write or (write is None and should_write_metrics(run, k=k, n_test=n_test, seed=seed)):
+    main = world is None or world.is_main  # under torchrun rank 0 alone writes
+    if main and (write or (write is None and should_write_metrics(run, k=k, n_test=n_test, seed=seed))):
         save_metrics(run, metrics)
     return metrics

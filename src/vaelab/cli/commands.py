@@ -383,11 +383,14 @@ def train(
                 "--likelihood gaussian-learned to fit σ² to the data.", highlight=False, soft_wrap=True)
     from vaelab import distributed
 
-    distributed.shutdown()  # training's collectives are over; rank 0 evaluates and reports alone
-    if not world.is_main:
+    if not world.is_main:  # score this rank's share of the test batches; rank 0 prints, writes, reports
+        if not no_eval:
+            _run_eval(run.path, dev, k=None, n_test=None, seed=None, world=world)
+        distributed.shutdown()
         return
     if not no_eval:
-        _run_eval(run.path, dev, k=None, n_test=None, seed=None)
+        _run_eval(run.path, dev, k=None, n_test=None, seed=None, world=world)
+    distributed.shutdown()  # the collectives are over: rank 0 draws the report alone
     if not no_report:
         _write_report(run.path)
     console.print(f"run directory: {run.path}", highlight=False)

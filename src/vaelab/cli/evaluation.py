@@ -21,18 +21,21 @@ if TYPE_CHECKING:
 
 def _run_eval(
     run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None,
-    save: bool = False,
+    save: bool = False, world: Any = None,
 ) -> dict[str, Any]:
     """Evaluate with the library's ``evaluate_run``, print, then write metrics.json when due.
 
     The metrics are printed before anything is written, so a run folder that cannot be
-    written still shows its numbers.
+    written still shows its numbers. ``world`` (a ``vaelab.distributed.World`` under torchrun):
+    every rank scores its share of the test batches; the others print (quietly) and write nothing.
     """
     from vaelab import checkpoint as ckpt
     from vaelab.evaluate import evaluate_run, save_metrics, settings_differ, should_write_metrics
 
     run = ckpt.load(run_dir, device)
-    metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False)
+    metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False, world=world)
+    if world is not None and not world.is_main:
+        return metrics
     _print_metrics(metrics)
     _print_collapse_verdict(metrics)
     _print_condition_metrics(metrics)
