@@ -34,9 +34,11 @@ def _copy(run, dst):
 
 
 def _drop_manifest(run):
-    """Make a run look like one written before manifests (no checksums): the load-time checks
-    that do not rely on checksums must still hold."""
+    """Make a run look like one written before manifests (vaelab 0.1.0: no checksums and no
+    ownership marker): the load-time checks that do not rely on checksums must still hold. (A
+    run that has the marker but lost its manifest is refused: see test_bad_inputs_02.)"""
     (run / ckpt.MANIFEST_FILE).unlink()
+    (run / ckpt.MARKER_FILE).unlink(missing_ok=True)
     return run
 
 

@@ -140,11 +140,16 @@ def test_collapsed_posterior_has_no_mutual_information_and_gets_the_verdict():
     ({"mutual_info": 0.05, "mutual_info_se": 0.04, "active_units": 2}, False),  # 0.13: cannot tell
     ({"mutual_info": 1.5, "mutual_info_se": 0.02, "active_units": 0}, True),    # no active unit
     ({"mutual_info": 0.0, "mutual_info_se": float("nan"), "active_units": 1}, False),  # one point: no SE
-    ({"mutual_info": float("nan"), "mutual_info_se": float("nan")}, False),
 ])
 def test_verdict_threshold_accounts_for_the_standard_error(metrics, collapsed):
     verdict = collapse_verdict(metrics)
     assert verdict is not None and verdict.collapsed is collapsed
+
+
+def test_a_nan_mutual_information_gets_no_verdict():
+    """Audit 0.2 (--nonfinite skip ending in a broken model): "No posterior collapse … I(x; z) = nan"
+    was printed; a non-finite metric is an error (evaluate_run), never a verdict."""
+    assert collapse_verdict({"mutual_info": float("nan"), "mutual_info_se": float("nan")}) is None
 
 
 def test_no_verdict_without_mutual_information():

@@ -75,6 +75,7 @@ LAYER_OF: dict[str, int] = {
     "vaelab.sizes": 3,  # the memory a model and its objective's training step need
     "vaelab.train": 4, "vaelab.distributed": 4,
     "vaelab.rundir": 4, "vaelab.checkpoint": 4,  # checkpoint.py is the rundir layer for now
+    "vaelab.checkpoint.atomic": 0,  # the one file writer imports only errors: every layer writes through it
     "vaelab.history": 4,  # the per-epoch record of a run
     "vaelab.evaluate": 5, "vaelab.diagnostics": 5,
     "vaelab.analysis": 5,  # computations the figures share (it uses evaluate)

@@ -79,15 +79,16 @@ def test_R03_a_failed_report_write_names_the_file_the_user_gave(run_copy, tmp_pa
 
     target = tmp_path / "ro2" / "r.html"
 
-    real = ckpt.atomic_write_text
+    real = os.replace
 
-    def refuse(path, text):
-        if Path(path) != target:
-            return real(path, text)
-        raise PermissionError(1, "Operation not permitted", str(path.parent / f".{path.name}.cssgp_58.tmp"))
+    def refuse(src, dst):  # the one writer's rename into place fails (a read-only folder, as root cannot)
+        if Path(dst) != target:
+            return real(src, dst)
+        raise PermissionError(1, "Operation not permitted", str(src))
 
-    monkeypatch.setattr(ckpt, "atomic_write_text", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     result = runner.invoke(app, ["report", str(run_copy), "--figures", "samples", "--out", str(target)])
     text = " ".join(result.output.split())
     assert result.exit_code == 2
-    assert f"{target}: cannot write the report (Operation not permitted)" in text and ".tmp" not in text
+    assert not target.exists() and not list(target.parent.glob(f"*{ckpt._TMP_SUFFIX}"))
+    assert f"{target}: cannot write (Operation not permitted)" in text and ".tmp" not in text

@@ -142,7 +142,7 @@ def test_failed_run_still_gets_a_report(run_copy):
     history = ckpt.load_history(run_copy)
     bad = dict(history.rows[-1], epoch=6, step=history.rows[-1]["step"] + 1, loss=math.nan, recon=math.nan)
     history.append(bad)
-    ckpt.atomic_write_text(run_copy / ckpt.HISTORY_FILE, history.to_csv())
+    ckpt.write_history(run_copy, history)  # as a diverged run records it (train.run.record_failure)
     ckpt.write_json(run_copy / ckpt.FAILURE_FILE, {"step": int(bad["step"]), "epoch": 6,
                                                    "message": "training stopped: the loss became NaN"})
     text = write_report(run_copy, names=["training_curves", "samples"], **FAST).read_text()

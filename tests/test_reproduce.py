@@ -83,6 +83,8 @@ def parsed_config(monkeypatch, command: str) -> RunConfig:
 def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
     """Coherent configs that together change every flagged field parse back to themselves."""
     (tmp_path / "images").mkdir()
+    # The user's own file exists when its run is reproduced (a --data path that names nothing is refused).
+    (tmp_path / "points.csv").write_text("x1,x2,y,c\n0.0,1.0,0,0.5\n1.0,0.0,1,0.25\n")
     configs = [
         {"data": {"name": "moons", "n_train": 500, "n_test": 100, "seed": 3},
          "model": {"kind": "vae", "hidden": [64, 32], "activation": "relu", "latent_dim": 5, "scale": "softplus",

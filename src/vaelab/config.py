@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ class ConfigError(InputError):
 # Seeds feed torch.Generator.manual_seed, which takes 64-bit values; derived seeds (the test
 # split's offset, per-epoch seeds) stay inside 64 bits for every seed of this range.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+INT64_MAX = 2**63 - 1
 
 
 def _check_seed(value: int) -> int:
@@ -374,6 +376,16 @@ class TrainConfig(_Section):
         "compilation; the same noise draws, weights equal to eager up to float rounding",
     )
 
+    @field_validator("epochs", "steps", "warmup_epochs", "warmup_steps")
+    @classmethod
+    def _budget_in_64_bits(cls, value: int | None) -> int | None:
+        # The step counter is a 64-bit integer (torch, state.pt): a budget beyond it once started
+        # a training that ran "forever" in silence (audit TC17, TR117, TR118).
+        if value is not None and value > INT64_MAX:
+            raise InputError(f"{value} is beyond the 64-bit integers a step count is kept in (at most {INT64_MAX}); "
+                             "give a budget that training can finish")
+        return value
+
     @model_validator(mode="after")
     def _skips_need_the_skip_policy(self) -> TrainConfig:
         if self.max_skips is not None and self.nonfinite != "skip":
@@ -509,13 +521,33 @@ class RunConfig(_Section):
 SECTIONS = ("data", "model", "train", "eval")
 
 
+def absolute_path(path: str | Path) -> str:
+    """``path`` made absolute (``~`` expanded, symbolic links resolved where they can be): how
+    vaelab stores a data path, so a run can be evaluated from any folder. A symbolic link loop
+    is kept as written (made absolute) for the data reader to name, not a traceback."""
+    expanded = Path(path).expanduser()
+    try:
+        return str(expanded.resolve())
+    except (RuntimeError, OSError):  # "Symlink loop from ..." (RuntimeError before Python 3.13)
+        return os.path.abspath(expanded)
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The tables of a TOML config file; a ConfigError naming the file if it cannot be read or parsed."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors): invisible, harmless
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{raw[err.start]:02x} at position {err.start}), so "
+                          "not a TOML config; TOML files must be saved as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
 
@@ -574,6 +606,14 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1 and not isinstance(e.get("input"), dict):
+            # ``epochs = 2`` above every table: a key outside any table, not a table (audit TC22).
+            owner = next((name for name in SECTIONS
+                          if loc in RunConfig.model_fields[name].annotation.model_fields), None)  # type: ignore[union-attr]
+            where = f"put it under [{owner}]" if owner else \
+                f"keys belong in one of the tables {', '.join(f'[{name}]' for name in SECTIONS)}"
+            lines.append(f"  {loc} = {e['input']!r} is outside any table; {where}")
+            continue
         if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
             msg = f"unknown table [{loc}]; the tables are {', '.join(f'[{name}]' for name in SECTIONS)}"
         elif e["type"] == "extra_forbidden":

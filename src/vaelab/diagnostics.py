@@ -285,6 +285,8 @@ def collapse_verdict(metrics: Mapping[str, Any]) -> Verdict | None:
     """
     if "mutual_info" not in metrics:
         return None
+    if not math.isfinite(float(metrics["mutual_info"])):
+        return None  # a broken model (evaluate_run refuses its metrics): no verdict on NaN (audit TR115)
     mi = float(metrics["mutual_info"])
     se = float(metrics.get("mutual_info_se", float("nan")))
     active = metrics.get("active_units")

@@ -13,6 +13,7 @@ Two levels:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from vaelab.distributions import kl_is_closed_form, kl_per_dim, rsample
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel
 from vaelab.objectives import importance_terms
+from vaelab.sizes import check_eval_fits
 
 # Burda et al. (2016), section 5.2: a latent unit is active when Cov_x(E_q[z_u]) > 0.01.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -193,6 +195,8 @@ def evaluate(
     if true_log_prob is not None and tuple(true_log_prob.shape) != (n,):
         raise EvaluationError(f"true_log_prob must have shape ({n},), got {tuple(true_log_prob.shape)}")
     model.likelihood.check_support(data.x, f"data {data.name!r}")
+    if is_vae:  # before any work: k = 10^9 once ended in an allocator traceback, 10^7 in silence
+        check_eval_fits(model, n, k, batch_size)
     model.eval()
     device = next(model.parameters()).device
     generator = generator_for(seed, device)
@@ -291,7 +295,8 @@ def _test_config(run: Run, n_test: int | None) -> Any:
     if spec is None or spec.kind != "toy2d":
         raise EvaluationError(
             f"n_test draws fresh points of a toy distribution; this run's data ({data_cfg.path or data_cfg.name}) "
-            "has a fixed test split: drop --n-test (limit the test split with limit_test in the run's config)"
+            "has a fixed test split, which --n-test cannot change: drop --n-test (the run's config.json is checksummed "
+            "and must not be edited; a run trained with --limit-test evaluates on that many points)"
         )
     if n_test > MAX_EVAL_POINTS:
         raise EvaluationError(f"n_test = {n_test} is too many test points (it would need "
@@ -384,7 +389,35 @@ def evaluate_run(
                                            seed=settings.get("seed", run.config.eval.seed)))
     if test.image_shape is not None:
         metrics["binarization"] = pixels
+    check_finite_metrics(run, metrics)
     main = world is None or world.is_main  # under torchrun rank 0 alone writes
     if main and (write or (write is None and should_write_metrics(run, k=k, n_test=n_test, seed=seed))):
         save_metrics(run, metrics)
     return metrics
+
+
+# The numbers a run's evaluation stands on: NaN or inf in any of them means a broken model.
+CORE_METRICS = ("iwae_nll", "elbo", "recon", "kl", "mutual_info", "marginal_kl")
+
+
+class NonFiniteMetricsError(EvaluationError):
+    """A run's held-out metrics are NaN or infinite: the model is broken, and no number or
+    verdict about it is honest."""
+
+
+def check_finite_metrics(run: Run, metrics: Mapping[str, Any]) -> None:
+    """Refuse held-out metrics that are NaN or infinite (a model whose weights exploded, e.g.
+    under ``--nonfinite skip`` with far too large a learning rate): they are an error, never a
+    table of nan and a collapse verdict."""
+    bad = [f"{name} = {metrics[name]}" for name in CORE_METRICS
+           if name in metrics and isinstance(metrics[name], int | float) and not math.isfinite(float(metrics[name]))]
+    if not bad:
+        return
+    skips = ""
+    if run.config.train.nonfinite == "skip":
+        skips = (" The run was trained with --nonfinite skip: skipped steps hide a divergence until the weights "
+                 "are useless.")
+    raise NonFiniteMetricsError(
+        f"{run.path}: the held-out evaluation is not finite ({', '.join(bad)}): the model is broken (its training "
+        f"diverged), so no metric or collapse verdict describes it.{skips} Train it again with a smaller --lr "
+        "(or --grad-clip); nothing was written to metrics.json")

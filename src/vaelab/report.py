@@ -318,8 +318,7 @@ def collect_figures(
     ordered = [entries[spec.name] for spec in apply if spec.name in entries]
     if figures_dir is not None:
         for entry in ordered:
-            if entry.png is not None:
-                figures_dir.mkdir(parents=True, exist_ok=True)
+            if entry.png is not None:  # the one writer creates the folder and names a file it cannot write
                 ckpt.atomic_write_bytes(figures_dir / f"{entry.name}.png", entry.png)
     return ordered, skipped
 
@@ -399,20 +398,26 @@ def write_report(
     if not isinstance(run, ckpt.Run):
         run = ckpt.load(run)
     ctx = PlotContext.from_run(run, **options)
+    if save_figures and out is not None and not os.access(run.path, os.W_OK):
+        # A read-only run (a mount, chattr +i) can still be reported elsewhere: the figures are
+        # inside the HTML; only their PNG copies in RUN/figures are left out.
+        save_figures = False
+        if notify is not None:
+            notify(f"{run.path} is read-only: the figures are in {out} only, not saved into {run.path / FIGURES_DIR}")
+    elif save_figures and not os.access(run.path, os.W_OK):
+        raise ckpt.WriteError(f"{run.path}: the run folder is read-only, and the report writes its figures into "
+                              f"{run.path / FIGURES_DIR} and itself into {run.path / REPORT_FILE}; give --out "
+                              "a file in a writable folder to write the report there (figures inside it)")
     entries, skipped = collect_figures(
         ctx, names, figures_dir=run.path / FIGURES_DIR if save_figures else None, notify=notify,
         background=background,
     )
     _, needs_toml = reproduce_command(run.config, run.path)
-    if needs_toml:
+    if needs_toml and os.access(run.path, os.W_OK):  # also shown inside the report
         ckpt.atomic_write_text(run.path / REPRODUCE_FILE, reproduce_toml(run.config))
     path = Path(out) if out is not None else run.path / REPORT_FILE
-    try:
-        ckpt.atomic_write_text(path, render_report(run, entries, skipped))
-        os.chmod(path, 0o644)  # a report is meant to be shared (the temporary file was 0600)
-    except OSError as err:  # name the file the user asked for, not the temporary file beside it
-        raise OSError(
-            f"{path}: cannot write the report ({err.strerror or err}); choose a writable --out"
-        ) from None
+    # The one writer: errors name ``path`` and leave an existing report as it was; a new file
+    # gets 0666 minus the umask (shareable, like any other file the user makes).
+    ckpt.atomic_write_text(path, render_report(run, entries, skipped), what="--out")
     return path
 

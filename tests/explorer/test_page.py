@@ -367,8 +367,19 @@ def test_live_decoding_is_throttled(server: str, browser: Any) -> None:
     }""")
     box = p.locator("#plane").bounding_box()
     assert box is not None
-    p.mouse.move(box["x"] + 20, box["y"] + 20)
-    p.mouse.move(box["x"] + box["width"] - 20, box["y"] + box["height"] - 40, steps=60)
+    # 60 mouse moves within one task (a fast sweep): they all arrive while the first decode is in
+    # flight, whatever the machine's speed, so the throttle must coalesce them (real mouse steps
+    # from playwright were spaced out on a loaded machine until every move had its own decode).
+    p.evaluate("""([x0, y0, x1, y1]) => {
+        const plane = document.getElementById('plane');
+        for (let i = 0; i <= 60; i++) {
+            const t = i / 60;
+            const e = {clientX: x0 + t * (x1 - x0), clientY: y0 + t * (y1 - y0), pointerType: 'mouse',
+                       bubbles: true};
+            plane.dispatchEvent(new PointerEvent('pointermove', e));
+            plane.dispatchEvent(new MouseEvent('mousemove', e));
+        }
+    }""", [box["x"] + 20, box["y"] + 20, box["x"] + box["width"] - 20, box["y"] + box["height"] - 40])
     p.wait_for_function("__live.now === 0 && live.next === null && !live.busy")
     stats = p.evaluate("({...__live, moves: __moves, last: S.live.z, hover: S.hover})")
     assert stats["max"] == 1, stats

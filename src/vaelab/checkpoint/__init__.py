@@ -7,6 +7,8 @@ A run directory holds everything needed to reload and explain a run::
     state.pt           optimizer, step, epoch, RNG state (tensors and numbers only)
     history.csv        one row per epoch
     condition.json     conditional runs only: the condition spec (label list / training range)
+    data.json          the fingerprint of the training data (source, shape, sha256 of the points):
+                       a resumed run refuses data that changed since it began
     checkpoint.json    the manifest of the current checkpoint: its step and the sha256 of each
                        file above (written last: it is what makes a checkpoint count)
     metrics.json       written by evaluation, tagged with the checkpoint it evaluated
@@ -16,8 +18,8 @@ A run directory holds everything needed to reload and explain a run::
     .vaelab-run        ownership marker: this folder was made by vaelab (--overwrite needs it)
     .vaelab-lock       the lock a training holds on the folder (flock; freed when it exits)
 
-**One checkpoint is one unit.** The five checkpoint files (config, weights, state, history,
-condition) change together or not at all, by a journal:
+**One checkpoint is one unit.** The six checkpoint files (config, weights, state, history,
+condition, data fingerprint) change together or not at all, by a journal:
 
 1. every new file and then the new manifest are written and fsynced into ``.checkpoint.tmp/``;
 2. that folder is renamed to ``.checkpoint.new/``: this one atomic rename is the commit;
@@ -51,8 +53,11 @@ from vaelab.checkpoint.atomic import (  # noqa: F401
     _sha256,
     _why,
     _write_new,
+    atomic_file,
     atomic_write_bytes,
     atomic_write_text,
+    check_target,
+    file_kind,
     write_json,
 )
 from vaelab.checkpoint.folder import (  # noqa: F401
@@ -76,6 +81,7 @@ from vaelab.checkpoint.journal import (  # noqa: F401
     recover,
     weights_bytes,
     write_checkpoint,
+    write_data_fingerprint,
     write_history,
 )
 from vaelab.checkpoint.layout import (  # noqa: F401
@@ -83,6 +89,7 @@ from vaelab.checkpoint.layout import (  # noqa: F401
     COMMITTED_DIR,
     CONDITION_FILE,
     CONFIG_FILE,
+    DATA_FILE,
     FAILURE_FILE,
     FIGURES_DIR,
     HISTORY_FILE,
@@ -124,6 +131,7 @@ from vaelab.checkpoint.records import (  # noqa: F401
     discard_stale_metrics,
     load,
     load_condition,
+    load_data_fingerprint,
     load_history,
     load_model,
     load_state,

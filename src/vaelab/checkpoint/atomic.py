@@ -1,16 +1,31 @@
-"""Atomic files: every file is written to a temporary name in its folder, fsynced and renamed
-over its real name, so a reader sees the old file or the new one, never a part."""
+"""The one file writer: every file vaelab writes (run files, figures, reports, samples, codes,
+sweep tables) goes through :func:`atomic_file` / :func:`atomic_write_bytes`.
+
+The bytes go to a temporary file in the target's folder (same file system), are fsynced, and
+the temporary file is renamed over the real name; the folder is fsynced after the rename. A
+reader (or a crash, a full disk, Ctrl-C) sees the old file or the new one, never a part, and on
+any failure the old file is left byte for byte and the temporary file removed.
+
+Before anything is written the target is checked (:func:`check_target`): a name that is a
+folder, a special file (named pipe, device such as ``/dev/full``, socket), a path under a
+plain file, or one of the command's own input files is refused, because renaming over it
+would destroy something that is not vaelab's output. A symbolic link to a regular file is
+written through (the link stays a link). This module imports nothing of vaelab but its error
+types, so every layer (the data readers' ``save_points`` included) can use it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vaelab.errors import InputError
 
@@ -56,29 +71,125 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``.
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
-    A crash never leaves a half-written file under the real name. Errors name ``path``
-    (never the temporary file) and say what to do.
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a named pipe (FIFO)", "a character device" ...)."""
+    return next((words for test, words in _KINDS if test(mode)), "not a regular file")
+
+
+def check_target(path: str | Path, *, inputs: Iterable[str | Path] = (), what: str = "") -> Path:
+    """The file a write to ``path`` would replace, after refusing what must not be replaced.
+
+    Refused, with a message naming ``path``: an empty name; a folder; an existing special
+    file (FIFO, device, socket: renaming over it would destroy it, as ``--out /dev/full`` once
+    did); a path under a plain file; a symbolic link loop; and a file that is one of
+    ``inputs`` (the command's own input files, compared as files, so another spelling or a
+    hard link counts). A symbolic link is followed: the returned path is the file it names.
+    ``what`` is the option that gave the path ("--out"), used in messages.
     """
+    label = f" ({what})" if what else ""
+    if str(path) in ("", "."):
+        raise WriteError(f"the output file name{label} is empty; give the name of a file to write")
     path = Path(path)
-    if path.is_dir():
-        raise WriteError(f"{path}: is a folder; give the name of a file to write")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_new(tmp, data)
-        os.replace(tmp, path)
+        target = Path(os.path.realpath(path, strict=False))
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise WriteError(f"{path}: is a symbolic link loop; give the name of a file to write") from None
+        if err.errno == errno.ENOTDIR:  # a plain file stands where a folder is needed
+            raise WriteError(_under_file(path)) from None
+        raise WriteError(f"{path}: cannot be checked for writing ({_why(err)})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise WriteError(f"{path}: is a folder; give the name of a file to write")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise WriteError(f"{path}: is {file_kind(st.st_mode)}, not a regular file; vaelab writes its output "
+                         "to a new regular file and renames it into place, which would replace this one: "
+                         "give the name of a regular file")
+    if st is None:
+        for parent in target.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise WriteError(_under_file(path, parent))
+                break
+    for source in inputs:
         with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise WriteError(f"{path}: cannot write ({_why(err)}); check that the folder exists and is writable, "
-                         "or choose another path") from None
+            if st is not None and os.path.samefile(path, source):
+                raise WriteError(f"{path}{label}: is the command's own input {source}; writing the output there "
+                                 "would replace the input: choose another output file")
+    return target
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def _under_file(path: Path, parent: Path | None = None) -> str:
+    if parent is None:
+        parent = next((p for p in Path(os.path.abspath(path)).parents if p.exists() and not p.is_dir()), path.parent)
+    return (f"{path}: cannot write (not a folder: {parent} is a file, so nothing can be created inside it); "
+            "choose another output path")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, *, inputs: Iterable[str | Path] = (), what: str = "") -> Iterator[IO[bytes]]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit it is fsynced and
+    renamed over ``path``. On any error (a full disk, Ctrl-C) the temporary file is removed
+    and an existing ``path`` is left as it was; OSErrors become a WriteError naming ``path``.
+
+    The target is checked first (:func:`check_target`). An existing file keeps its permission
+    bits; a new one gets 0666 minus the umask.
+    """
+    asked = Path(path)
+    target = check_target(asked, inputs=inputs, what=what)
+    existed = target.is_file()
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+    fh: IO[bytes] | None = None
+    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fh = os.fdopen(fd, "wb")
+            if existed:
+                os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        except FileExistsError:
+            raise WriteError(_under_file(asked)) from None
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as err:
+        _discard(fh, tmp)
+        kept = "the previous file is unchanged" if existed else "nothing was written"
+        if err.errno == errno.ENOTDIR:
+            raise WriteError(_under_file(asked)) from None
+        raise WriteError(f"{asked}: cannot write ({_why(err)}); {kept}. Check that the folder is writable and "
+                         "the disk is not full, or choose another path") from None
+    except BaseException:
+        _discard(fh, tmp)
+        raise
+
+
+def _discard(fh: IO[bytes] | None, tmp: Path) -> None:
+    if fh is not None:
+        with contextlib.suppress(OSError):
+            fh.close()
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, inputs: Iterable[str | Path] = (), what: str = "") -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_file` (checked target, temporary file,
+    fsync, rename; the old file survives any failure)."""
+    with atomic_file(path, inputs=inputs, what=what) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str, *, inputs: Iterable[str | Path] = (), what: str = "") -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), inputs=inputs, what=what)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from vaelab.checkpoint.atomic import _TMP_SUFFIX, WriteError, _why, write_json
+from vaelab.checkpoint.atomic import _TMP_SUFFIX, WriteError, _why, check_target, write_json
 from vaelab.checkpoint.layout import (
     CONFIG_FILE,
     LOCK_FILE,
@@ -98,18 +98,19 @@ def claim(run_dir: str | Path, *, overwrite: bool = False) -> RunLock:
     return lock
 
 
-def check_output_path(path: str | Path, *, allow: Iterable[str] = ()) -> Path:
-    """Refuse an output file that is a folder or one of a run directory's own files.
+def check_output_path(path: str | Path, *, allow: Iterable[str] = (), inputs: Iterable[str | Path] = (),
+                      what: str = "--out") -> Path:
+    """Refuse, before any work, an output file that the one writer must not replace: a folder,
+    a special file, a path under a plain file, one of the command's ``inputs``
+    (:func:`vaelab.checkpoint.atomic.check_target`), or one of a run directory's own files.
 
     ``allow`` lists run-relative names the calling command exists to write (the report
     command writes ``report.html``). Symbolic links are followed, so a link to a run's file
     counts as that file.
     """
     path = Path(path)
-    if path.is_dir():
-        raise WriteError(f"{path}: is a folder; give the name of a file to write")
+    target = check_target(path, inputs=inputs, what=what)
     allowed = set(allow)
-    target = path.resolve()
     for folder in target.parents:
         if is_owned(folder) or is_run_dir(folder):
             rel = target.relative_to(folder)

@@ -1,4 +1,4 @@
-"""The checkpoint journal: the five checkpoint files change together or not at all (see the
+"""The checkpoint journal: the checkpoint files (layout.CHECKPOINT_FILES) change together or not at all (see the
 package docstring), and ``recover`` finishes a commit a crash interrupted."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -16,17 +17,20 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_safetensors
 
-from vaelab.checkpoint.atomic import _TMP_SUFFIX, WriteError, _fsync_dir, _sha256, _why, _write_new
+from vaelab.checkpoint.atomic import _TMP_SUFFIX, WriteError, _fsync_dir, _sha256, _why, _write_new, file_kind
 from vaelab.checkpoint.layout import (
     COMMITTED_DIR,
     CONDITION_FILE,
     CONFIG_FILE,
+    DATA_FILE,
     HISTORY_FILE,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
+    MARKER_FILE,
     STAGING_DIR,
     STATE_FILE,
     WEIGHTS_FILE,
+    IntegrityError,
     RunDirError,
 )
 from vaelab.conditions.spec import Condition
@@ -103,7 +107,13 @@ class _Snapshot:
 
 
 def _read_opt(path: Path) -> bytes | None:
+    """A run file's bytes (None when absent). Only a regular file is read: a named pipe would
+    block forever and a device never end (audit RD21: eval hung on a FIFO history.csv)."""
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise RunDirError(f"{path}: is {file_kind(st.st_mode)}, not a regular file; a run's files are regular "
+                              "files written by vaelab: restore it from a copy of the run, or train the run again")
         return path.read_bytes()
     except FileNotFoundError:
         return None
@@ -126,9 +136,21 @@ def _parse_manifest(run_dir: Path, data: bytes) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise RunDirError(f"{run_dir / MANIFEST_FILE}: damaged (not a vaelab checkpoint manifest); restore it, or "
-                          "delete it to load the files without their checksums")
+        raise IntegrityError(f"{run_dir / MANIFEST_FILE}: damaged (not a vaelab checkpoint manifest), so the run's "
+                             "files cannot be checked; restore it from a copy of the run, or train the run again "
+                             "(deleting it does not help: a run vaelab made is never loaded unchecked)")
     return manifest
+
+
+def _no_manifest(run_dir: Path) -> None:
+    """A run without a manifest: one from vaelab 0.1.0 (no ownership marker either) loads as it
+    is; one that vaelab made since (it holds the marker) lost its checksums, and loading it
+    unchecked would let damaged weights evaluate silently, so it is refused."""
+    if (run_dir / MARKER_FILE).is_file():
+        raise IntegrityError(
+            f"{run_dir / MANIFEST_FILE}: missing. This run was written by a vaelab that records the sha256 of "
+            "every file in it, so without it damaged or edited files would go unnoticed; restore checkpoint.json "
+            "from a copy of the run, or train the run again")
 
 
 def _snapshot(run_dir: Path, names: Iterable[str], attempts: int = 500) -> _Snapshot:
@@ -141,6 +163,7 @@ def _snapshot(run_dir: Path, names: Iterable[str], attempts: int = 500) -> _Snap
     for _ in range(attempts):
         before = _read_current(run_dir, MANIFEST_FILE)
         if before is None:  # a run from before manifests: the files as they are
+            _no_manifest(run_dir)
             files = {n: d for n in names if (d := _read_opt(run_dir / n)) is not None}
             return _Snapshot(None, files, [], [])
         manifest = _parse_manifest(run_dir, before)
@@ -223,10 +246,12 @@ def _commit(run_dir: Path, files: Mapping[str, bytes], step: int) -> dict[str, A
 
 def write_checkpoint(
     run_dir: str | Path, model: LatentModel, config: RunConfig, *, history: History | None = None,
-    state: TrainState | None = None, condition: Condition | None = None,
+    state: TrainState | None = None, condition: Condition | None = None, data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Commit config, weights and (when given) history, training state and condition spec as
-    one checkpoint; returns its manifest. The caller holds the run's lock (:func:`claim`)."""
+    """Commit config, weights and (when given) history, training state, condition spec and the
+    fingerprint of the training data (``data``, see vaelab.train.run.data_fingerprint) as one
+    checkpoint; returns its manifest. Files not given keep their recorded versions (the data
+    fingerprint is written with the first checkpoint and stays). The caller holds the run's lock."""
     run_dir = Path(run_dir)
     files = {CONFIG_FILE: (config.to_json() + "\n").encode("utf-8"), WEIGHTS_FILE: weights_bytes(model)}
     if condition is not None:
@@ -235,7 +260,19 @@ def write_checkpoint(
         files[HISTORY_FILE] = history.to_csv().encode("utf-8")
     if state is not None:
         files[STATE_FILE] = _state_bytes(state)
+    if data is not None:
+        files[DATA_FILE] = (json.dumps(dict(data), indent=2, sort_keys=True) + "\n").encode("utf-8")
     return _commit(run_dir, files, step=0 if state is None else state.step)
+
+
+def write_data_fingerprint(run_dir: str | Path, data: Mapping[str, Any]) -> None:
+    """Add the training data's fingerprint to the current checkpoint (a run that began before
+    vaelab recorded one, resumed now). A run without a manifest is left as it is."""
+    run_dir = Path(run_dir)
+    current = _snapshot(run_dir, ()).manifest
+    if current is not None:
+        _commit(run_dir, {DATA_FILE: (json.dumps(dict(data), indent=2, sort_keys=True) + "\n").encode("utf-8")},
+                step=current["step"])
 
 
 def write_history(run_dir: str | Path, history: History) -> None:

@@ -25,6 +25,9 @@ FAILURE_FILE = "failure.json"
 CONDITION_FILE = "condition.json"
 
 
+DATA_FILE = "data.json"  # the fingerprint of the training data (vaelab.train.run.data_fingerprint)
+
+
 MANIFEST_FILE = "checkpoint.json"
 
 
@@ -56,13 +59,13 @@ MARKER_FORMAT = "vaelab-run-1"
 
 
 # The files that make up one checkpoint (one unit, see the module docstring).
-CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, HISTORY_FILE, CONDITION_FILE)
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, HISTORY_FILE, CONDITION_FILE, DATA_FILE)
 
 
 # Everything a run writes into its directory: what --overwrite clears, so nothing from the
 # replaced run (a stale condition spec, old figures or report) survives beside the new one.
 RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, HISTORY_FILE, METRICS_FILE, FAILURE_FILE, CONDITION_FILE,
-                 MANIFEST_FILE, FIGURES_DIR, REPORT_FILE, REPRODUCE_FILE, STAGING_DIR, COMMITTED_DIR)
+                 DATA_FILE, MANIFEST_FILE, FIGURES_DIR, REPORT_FILE, REPRODUCE_FILE, STAGING_DIR, COMMITTED_DIR)
 
 
 # No command may write over these unless writing them is its job (check_output_path).

@@ -53,14 +53,17 @@ class RunLock:
         path = self.run_dir / LOCK_FILE
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except IsADirectoryError:  # audit RO26: named the run folder as unwritable
+            raise WriteError(f"{path}: is a folder, not vaelab's lock file; remove it (vaelab creates the lock "
+                             "file itself)") from None
         except OSError as err:
             raise WriteError(f"{self.run_dir}: cannot write in the run directory ({_why(err)}); choose an --out "
                              "in a writable folder") from None
         if not _lock_fd(fd):
             holder = _lock_holder(fd)
             os.close(fd)
-            raise RunLockedError(f"{self.run_dir}: another vaelab process ({holder}) is writing this run; wait for "
-                                 "it to finish, or choose another --out")
+            raise RunLockedError(f"{self.run_dir}: {holder} is writing this run (it holds {path}); wait for it to "
+                                 "finish, or choose another --out")
         self._fd = fd
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode("utf-8")
@@ -90,11 +93,33 @@ class RunLock:
 
 
 def _lock_holder(fd: int) -> str:
+    """Who holds the lock, in words. The lock file's record is believed only where it can be:
+    it travels with a copy of the run (``cp -a``), so a record of another machine, or of a
+    process that no longer runs, is named as such instead of as the holder (audit RO27)."""
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']}, since {info['since']}"
+        pid, host, since = int(info["pid"]), str(info["host"]), str(info["since"])
     except (OSError, ValueError, KeyError, TypeError):
-        return "unknown process"
+        return "another process"
+    if host != socket.gethostname():
+        return (f"another process (the lock file names pid {pid} on {host}, since {since}: another machine, or a "
+                "record copied with the run)")
+    if not _pid_alive(pid):
+        return (f"another process (not the one the lock file names, pid {pid}, since {since}, which is no longer "
+                "running: its record was copied with the run or left by a killed process)")
+    return f"another vaelab process (pid {pid} on {host}, since {since})"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's process), or we cannot tell
+    return True
 
 
 def is_locked(run_dir: str | Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -14,13 +15,14 @@ from typing import Any
 
 import torch
 
-from vaelab.checkpoint.atomic import write_json
+from vaelab.checkpoint.atomic import file_kind, write_json
 from vaelab.checkpoint.folder import claim
 from vaelab.checkpoint.journal import TrainState, _snapshot, write_checkpoint
 from vaelab.checkpoint.layout import (
     COMMITTED_DIR,
     CONDITION_FILE,
     CONFIG_FILE,
+    DATA_FILE,
     FAILURE_FILE,
     HISTORY_FILE,
     MANIFEST_FILE,
@@ -44,6 +46,13 @@ def _parse_history(path: Path, data: bytes) -> History:
                           "this needs the history: restore the file, or delete it to go on without one") from None
 
 
+def _history_changed(run_dir: Path) -> IntegrityError:
+    return IntegrityError(
+        f"{run_dir / HISTORY_FILE}: does not match the sha256 recorded in {MANIFEST_FILE}; the training history was "
+        "edited or damaged after training, so its curves and final loss are not the run's. The model still loads "
+        "(vaelab eval works); restore the file from a copy of the run, or train the run again")
+
+
 @dataclass(eq=False)
 class Run:
     """A loaded run directory: the model rebuilt from config + weights, and its records.
@@ -60,6 +69,7 @@ class Run:
     condition: Condition | None = None  # None for an unconditional model
     manifest: dict[str, Any] | None = None
     history_bytes: bytes | None = field(default=None, repr=False)
+    history_changed: bool = field(default=False, repr=False)  # its sha256 differs from the manifest's
 
     @property
     def step(self) -> int | None:
@@ -68,6 +78,8 @@ class Run:
 
     @cached_property
     def history(self) -> History:
+        if self.history_changed:
+            raise _history_changed(self.path)
         if self.history_bytes is None:
             return History()
         return _parse_history(self.path / HISTORY_FILE, self.history_bytes)
@@ -203,6 +215,16 @@ def _require_run(run_dir: Path) -> None:
         raise RunDirError(f"{run_dir}: is a file, not a run directory")
     missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE)
                if not (run_dir / f).is_file() and not (run_dir / COMMITTED_DIR / f).is_file()]
+    for name in missing:
+        path = run_dir / name
+        if os.path.lexists(path):  # there, but not a file (audit RD18, RD20: reported as "missing")
+            try:
+                kind = file_kind(os.stat(path).st_mode)
+            except OSError as err:
+                kind = f"unreadable ({err.strerror or err})"
+            link = f" ({path} -> {os.path.realpath(path)})" if path.is_symlink() else ""
+            raise RunDirError(f"{path}: is {kind}{link}, not the run's {name} file; restore the file from a copy "
+                              "of the run, or train the run again")
     if missing:
         raise RunDirError(
             f"{run_dir}: not a vaelab run directory (missing {', '.join(missing)}); "
@@ -250,7 +272,7 @@ def _load_run(run_dir: Path, device: str | torch.device) -> Run:
     model = model.to(device)
     condition = _parse_condition(run_dir, snap.files.get(CONDITION_FILE), model)
     return Run(path=run_dir, config=config, model=model, condition=condition, manifest=snap.manifest,
-               history_bytes=snap.files.get(HISTORY_FILE))
+               history_bytes=snap.files.get(HISTORY_FILE), history_changed=HISTORY_FILE in snap.changed)
 
 
 def _parse_condition(run_dir: Path, data: bytes | None, model: LatentModel) -> Condition | None:
@@ -285,8 +307,7 @@ def load_state(run_dir: str | Path) -> TrainState:
         raise RunDirError(f"{path}: no training state; this run cannot be resumed")
     if STATE_FILE in snap.changed:
         raise IntegrityError(f"{path}: does not match the sha256 recorded in {MANIFEST_FILE}; the file was modified "
-                             "or damaged, so the run cannot be resumed exactly. The model still loads; train again "
-                             "with --overwrite to redo the run")
+                             f"or damaged, so the run cannot be resumed exactly. The model still loads; {_REDO}")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says it all
             warnings.simplefilter("ignore")
@@ -297,9 +318,14 @@ def load_state(run_dir: str | Path) -> TrainState:
     except Exception as err:  # noqa: BLE001 (torch.load raises many types for a damaged or foreign file)
         reason = _state_error_reason(err)
         raise RunDirError(f"{path}: cannot read the training state ({reason}); the file is damaged or was not "
-                          "written by vaelab (nothing in it was run). The model still loads; train again with "
-                          "--overwrite to redo the run") from None
+                          f"written by vaelab (nothing in it was run). The model still loads; {_REDO}") from None
     return state
+
+
+# How to redo a run whose training state is lost: a run of its own, or a member of a sweep
+# (which has no --overwrite: audit SW30).
+_REDO = ("to redo the run, train it again with `vaelab train --out RUN --overwrite` (a sweep member: delete its "
+         "folder and `vaelab sweep --out SWEEP --resume` trains it again)")
 
 
 def _state_error_reason(err: Exception) -> str:
@@ -318,8 +344,35 @@ def _state_error_reason(err: Exception) -> str:
 def load_history(run_dir: str | Path) -> History:
     """The history of the current checkpoint (empty when the run has none)."""
     run_dir = Path(run_dir)
-    data = _snapshot(run_dir, (HISTORY_FILE,)).files.get(HISTORY_FILE)
+    snap = _snapshot(run_dir, (HISTORY_FILE,))
+    if HISTORY_FILE in snap.changed:
+        raise _history_changed(run_dir)
+    data = snap.files.get(HISTORY_FILE)
     return History() if data is None else _parse_history(run_dir / HISTORY_FILE, data)
+
+
+def load_data_fingerprint(run_dir: str | Path) -> dict[str, Any] | None:
+    """The fingerprint of the training data the run began on (``data.json``, checked against the
+    manifest); None for a run written before vaelab recorded one."""
+    run_dir = Path(run_dir)
+    path = run_dir / DATA_FILE
+    snap = _snapshot(run_dir, (DATA_FILE,))
+    if DATA_FILE in snap.missing:
+        raise IntegrityError(f"{path}: missing, but {MANIFEST_FILE} lists it as part of the checkpoint; restore it "
+                             "or train the run again")
+    if DATA_FILE in snap.changed:
+        raise IntegrityError(f"{path}: does not match the sha256 recorded in {MANIFEST_FILE}; the record of the "
+                             "training data was edited or damaged: restore it or train the run again")
+    data = snap.files.get(DATA_FILE)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError as err:
+        raise RunDirError(f"{path}: cannot read the data fingerprint ({err})") from None
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path}: the data fingerprint should be a JSON object")
+    return record
 
 
 def load_condition(run_dir: str | Path, model: LatentModel | None = None) -> Condition | None:

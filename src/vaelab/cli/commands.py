@@ -42,6 +42,30 @@ def _is_file_arg(data: str) -> bool:
             or (data not in DATASETS and Path(data).expanduser().exists()))
 
 
+def check_data_arg(data: str | None, out: Path | None) -> None:
+    """Refuse what --data cannot mean before any other option is judged against it: an empty
+    value (it read as the current folder, audit TR110, TR110b), several datasets
+    (SW05), or a file path that names nothing (TR108, TR109: reported as --n-train not applying)."""
+    from vaelab.data.files import check_data_file
+    from vaelab.data.registry import DATASETS
+
+    del out  # (an empty --out reaches here as "." already: typer's Path(""); refused as a non-empty folder)
+    if data is None:
+        return
+    if not data.strip():
+        raise InputError("--data '' is empty; give a dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file")
+    if "," in data and not _is_file_arg(data):
+        raise InputError(f"--data {data}: takes one dataset; every run (and every member of a sweep) trains on one "
+                         "data set: run one command per dataset")
+    path = Path(data).expanduser()
+    if _is_file_arg(data) and not os.path.lexists(path):
+        similar = f" (did you mean the dataset {path.stem}? give it without a path: --data {path.stem})" \
+            if path.stem in DATASETS else ""
+        raise InputError(f"{data}: no such file{similar}; --data takes a dataset name or a .npy/.npz/.csv file")
+    if _is_file_arg(data) and path.suffix.lower() in (".npy", ".npz", ".csv"):
+        check_data_file(path)
+
+
 def _base_config(config: Path | None, preset: str | None, data: str | None) -> Any:
     """Defaults < preset < --config file; image data without either get the default image preset."""
     from vaelab.config import DataConfig, RunConfig, read_toml
@@ -245,11 +269,12 @@ def train(
     Under torchrun (``torchrun --nproc-per-node N -m vaelab train ...``, or ``--nproc N``) every
     process trains its share of each batch; rank 0 alone writes the run, evaluates and reports.
     """
-    from vaelab.config import ConfigError
+    from vaelab.config import ConfigError, absolute_path
     from vaelab.distributed import World
     from vaelab.train import TrainingDiverged, TrainingInterrupted, train_run
 
     family_over = _family_flags(ctx)  # refuses an unknown option before anything is read
+    check_data_arg(None if resume else data, out)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
     if resume and (config is not None or preset is not None):
@@ -266,7 +291,7 @@ def train(
     if data is not None:
         if _is_file_arg(data):
             # Stored absolute, so the run can be evaluated from any working directory.
-            data_over["path"] = str(Path(data).expanduser().resolve())
+            data_over["path"] = absolute_path(data)
         else:
             data_over["name"] = data
             data_over["path"] = None
@@ -388,11 +413,28 @@ def train(
             _run_eval(run.path, dev, k=None, n_test=None, seed=None, world=world)
         distributed.shutdown()
         return
-    if not no_eval:
-        _run_eval(run.path, dev, k=None, n_test=None, seed=None, world=world)
-    distributed.shutdown()  # the collectives are over: rank 0 draws the report alone
-    if not no_report:
-        _write_report(run.path)
+    phase = "evaluation"
+    try:
+        with _RaiseOnSignal():
+            if not no_eval:
+                _run_eval(run.path, dev, k=None, n_test=None, seed=None, world=world)
+            distributed.shutdown()  # the collectives are over: rank 0 draws the report alone
+            phase = "report"
+            if not no_report:
+                _write_report(run.path)
+    except _SignalAgain as sig:
+        # Training is complete and saved; only what follows it was cut short (audit: Ctrl-C
+        # during the final evaluation or report exited 130 without a word).
+        todo = ([f"vaelab eval {run.path}"] if phase == "evaluation" and not no_eval else []) + \
+            ([f"vaelab report {run.path}"] if not no_report else [])
+        err_console.print(
+            f"interrupted ({sig.name}) during the final {phase}: training is complete and {run.path} holds the "
+            f"finished run (its last checkpoint); "
+            + ("metrics.json was not written; " if phase == "evaluation" and not no_eval else "")
+            + ("report.html was not written; " if not no_report else "")
+            + "finish with: " + " and ".join(f"`{c}`" for c in todo),
+            highlight=False, soft_wrap=True)
+        raise typer.Exit(sig.exit_code) from None
     console.print(f"run directory: {run.path}", highlight=False)
 
 
@@ -478,6 +520,25 @@ class _StopOnSignal:
             signal.signal(s, handler)
 
 
+class _RaiseOnSignal:
+    """SIGINT / SIGTERM raise _SignalAgain at once (the work in progress is left: every file is
+    written atomically), so that the caller can say what was kept and what finishes the job.
+    The previous handlers come back on exit; outside the main thread nothing is changed."""
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise _SignalAgain(signum)
+
+    def __enter__(self) -> _RaiseOnSignal:
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in _StopOnSignal.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float | None:
     """For a fixed-σ² Gaussian likelihood: the mean squared error per dimension over σ².
 
@@ -524,17 +585,60 @@ def eval_cmd(
         print(json.dumps(metrics))
 
 
-def _check_output(out: Path) -> None:
-    """Refuse an output path that is a folder or a run's own file, before any work is done."""
+def _check_output(out: Path, *inputs: Path | str | None) -> None:
+    """Refuse, before any work is done, an output path the one file writer must not replace:
+    a folder, a special file (FIFO, device), a run's own file, or one of the command's own
+    ``inputs`` (-i, a --condition file, the run's files)."""
     from vaelab import checkpoint as ckpt
 
-    ckpt.check_output_path(out)
+    ckpt.check_output_path(out, inputs=[Path(p) for p in inputs if p], what="--out")
 
 
 def _load_model(run: Path, device: str) -> Any:
     from vaelab import checkpoint as ckpt
 
     return ckpt.load(run, pick_device(device))
+
+
+# A point farther out than this many times the reference's largest |value| (the training data,
+# or draws of the prior) lies far outside anything the model has seen.
+FAR_FACTOR = 10.0
+
+
+def _training_points(r: Any) -> torch.Tensor | None:
+    """The run's training points, when they can still be read (a file may have gone): None otherwise."""
+    from vaelab.data.registry import load_dataset
+
+    try:
+        return load_dataset(r.config.data, "train", expect_dim=r.model.x_dim).x
+    except (InputError, OSError):
+        return None
+
+
+def _check_range(values: torch.Tensor, reference: torch.Tensor | None, source: Path, what: str, seen: str) -> None:
+    """Warn when ``values`` lie far outside ``reference`` (audit EN12, DE03, PL18: points at 1e30
+    and z = 1e30 got ordinary-looking answers with no word). ``seen``: what the reference is."""
+    if reference is None or len(reference) == 0:
+        return
+    limit = FAR_FACTOR * max(float(reference.abs().max()), 1.0)
+    peak = float(values.abs().max())
+    if peak > limit:
+        far = int((values.abs() > limit).any(dim=1).sum())
+        err_console.print(
+            f"[bold yellow]warning:[/] {source}: {far} of {len(values)} {what} lie far outside {seen} (values up to "
+            f"{peak:.3g}; {seen} stays within ±{limit / FAR_FACTOR:.3g}): the model says nothing meaningful about "
+            "them, and the results for them only look ordinary", highlight=False, soft_wrap=True)
+
+
+def _check_pixels(r: Any, x: torch.Tensor, source: Path) -> None:
+    """Image runs take grey levels in [0, 1] (audit EN06: raw 0..255 pixels were encoded as if
+    they were images; the explorer refuses the same input)."""
+    from vaelab.data.registry import is_image_config
+
+    if is_image_config(r.config.data) and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        hint = " (divide by 255)" if float(x.max()) <= 255.0 and float(x.min()) >= 0.0 else ""
+        raise InputError(f"{source}: holds values from {float(x.min()):.3g} to {float(x.max()):.3g}; this image "
+                         f"run takes grey levels in [0, 1]{hint}")
 
 
 def _read_matrix(path: Path, width: int, what: str) -> torch.Tensor:
@@ -565,7 +669,7 @@ def sample(
     from vaelab.sizes import check_decode_fits
 
     check_seed_option(seed, "--seed")
-    _check_output(out)
+    _check_output(out, condition)
     if n is not None and n <= 0:
         raise InputError(f"-n must be a positive number of samples, got {n}")
     r = _load_model(run, device)
@@ -582,7 +686,7 @@ def sample(
         c = c.expand(n, -1).to(dev)
     g = generator_for(seed, dev, option="--seed")
     x = r.model.sample(n, c, generator=g, noise=noise).cpu().numpy()
-    save_points(out, x, [f"x{i + 1}" for i in range(x.shape[1])])
+    save_points(out, x, [f"x{i + 1}" for i in range(x.shape[1])], inputs=[p for p in (condition,) if p])
     console.print(f"wrote {n} samples ({'with noise' if noise else 'decoder mean'}) to {out}", highlight=False)
 
 
@@ -602,10 +706,12 @@ def encode(
     from vaelab.data.files import save_points
     from vaelab.models import has_normal_posterior
 
-    _check_output(out)
+    _check_output(out, input, condition)
     r = _load_model(run, device)
     dev = next(r.model.parameters()).device
     x = _read_matrix(input, r.model.x_dim, "data").to(dev)
+    _check_pixels(r, x, input)
+    _check_range(x.cpu(), _training_points(r), input, "points", "the training data")
     c = _condition_arg(r, condition, len(x))
     c = None if c is None else c.to(dev)
     d = r.model.latent_dim
@@ -617,7 +723,7 @@ def encode(
         else:
             values = r.model.embed(x, c)
             cols = [f"z{i + 1}" for i in range(d)]
-    save_points(out, values.cpu().numpy(), cols)
+    save_points(out, values.cpu().numpy(), cols, inputs=[p for p in (input, condition) if p])
     console.print(f"wrote {', '.join(cols)} for {len(x)} points to {out}", highlight=False)
 
 
@@ -638,11 +744,12 @@ def decode(
 
     from vaelab.config import check_seed_option
     from vaelab.data.files import save_points
+    from vaelab.distributions import rsample
     from vaelab.evaluate import generator_for
     from vaelab.likelihoods import sample_observation
 
     check_seed_option(seed, "--seed")
-    _check_output(out)
+    _check_output(out, input, condition)
     if seed is not None and not noise:
         raise InputError("--seed sets the observation noise, which only --noise draws; add --noise or drop --seed")
     r = _load_model(run, device)
@@ -650,11 +757,15 @@ def decode(
     z = _read_matrix(input, r.model.latent_dim, "latent space").to(dev)
     c = _condition_arg(r, condition, len(z))
     c = None if c is None else c.to(dev)
+    with torch.no_grad():  # where the prior puts its mass: 1000 seeded draws (its own generator)
+        draws = rsample(r.model.prior(None if c is None else c[:1]), (1000,), generator_for(0, dev))
+    _check_range(z.cpu(), draws.reshape(-1, z.shape[1]).cpu(), input, "codes", "the prior p(z)")
     with torch.no_grad():
         p_x = r.model.decode(z, c)
         g = generator_for(0 if seed is None else seed, dev, option="--seed")
         x = sample_observation(p_x, g) if noise else p_x.mean
-    save_points(out, x.cpu().numpy(), [f"x{i + 1}" for i in range(x.shape[1])])
+    save_points(out, x.cpu().numpy(), [f"x{i + 1}" for i in range(x.shape[1])],
+                inputs=[p for p in (input, condition) if p])
     console.print(f"wrote {len(x)} decoded points to {out}", highlight=False)
 
 
@@ -694,6 +805,18 @@ def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int
             raise InputError(f"--points takes data points like '0,3;2.1,-2' (coordinates by commas, points by "
                              f"semicolons), got {points!r}") from None
     return options
+
+
+def _check_points(run: Path, options: dict[str, Any]) -> None:
+    """Warn about --points far outside the training data (audit PL18: '1e30,0' was listed in the
+    legend, not drawn, and given an ordinary-looking posterior)."""
+    if "points" not in options:
+        return
+    from vaelab import checkpoint as ckpt
+
+    r = ckpt.load(run)
+    if options["points"].shape[1] == r.model.x_dim:  # a wrong width is refused by the figures
+        _check_range(options["points"], _training_points(r), Path("--points"), "points", "the training data")
 
 
 def _write_report(run_dir: Path, **options: Any) -> Path:
@@ -736,7 +859,9 @@ def plot(
     from vaelab.plots import make_figures, parse_names
 
     names = parse_names(figures)
-    paths = make_figures(run, names, fmt, notify=_notice, **_plot_options(dims, points, seed, n_points))
+    options = _plot_options(dims, points, seed, n_points)
+    _check_points(run, options)
+    paths = make_figures(run, names, fmt, notify=_notice, **options)
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
     if not paths:
@@ -770,9 +895,11 @@ def report(
                  and not spare_cpu(threads) and spare_cpu(threads - 1))
     if one_fewer:
         torch.set_num_threads(threads - 1)
+    options = _plot_options(dims, points, seed, n_points)
+    _check_points(run, options)
     try:
         path = write_report(run, out=out, names=parse_names(figures), notify=_notice,
-                            background=True if one_fewer else None, **_plot_options(dims, points, seed, n_points))
+                            background=True if one_fewer else None, **options)
     finally:
         torch.set_num_threads(threads)
     console.print(f"report: {path}", highlight=False)

@@ -54,13 +54,24 @@ def pick_device(name: str) -> torch.device:
         raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    if name == "mps" and (getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available()):
+        raise InputError("device 'mps' requested but MPS (Apple's GPU backend) is not available here; use "
+                         "--device cpu or auto")
+    if name.startswith("cuda:"):
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise InputError(f"device {name!r}: this machine has CUDA devices 0 to {torch.cuda.device_count() - 1}; "
+                             "use --device cuda:N with one of them, or auto")
     return torch.device(name)
 
 
 def _split_ints(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
+    parts = text.replace(" ", "").split(",")
+    if "" in parts and text.strip():  # "32,,32" was read as 32,32 (audit TR84)
+        raise InputError(f"{what} {text!r} has an empty value between commas; give integers like 128,128")
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
+        return [int(v) for v in parts if v]
     except ValueError:
         raise InputError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None

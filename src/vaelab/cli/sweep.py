@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vaelab.cli import app
-from vaelab.cli.commands import _base_config, _is_file_arg, _SignalAgain, _StopOnSignal
+from vaelab.cli.commands import _base_config, _is_file_arg, _SignalAgain, _StopOnSignal, check_data_arg
 from vaelab.cli.common import pick_device, user_errors
 from vaelab.cli.console import _fetch_with_progress, console, err_console
 
@@ -42,6 +42,7 @@ def sweep(
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
     resume: bool = typer.Option(False, help="continue the sweep in --out: finished members are kept"),
 ) -> None:
+    from vaelab.config import absolute_path
     from vaelab.errors import InputError
     from vaelab.sweep.folder import load_sweep, table_columns, table_values
     from vaelab.sweep.grid import expand, make_grid, parse_flags, read_sweep_toml, sweep_table
@@ -49,6 +50,7 @@ def sweep(
     from vaelab.train import TrainingInterrupted
 
     lists = parse_flags(ctx.args)  # the grid's flags are checked before anything else is read
+    check_data_arg(data, out)
     if resume:
         if lists or data is not None or config is not None or preset is not None or seeds is not None:
             raise InputError("--resume continues the sweep in --out with its own grid and settings; give only "
@@ -62,7 +64,7 @@ def sweep(
         else:
             base = _base_config(None, preset, data)
         if data is not None:
-            over = ({"path": str(Path(data).expanduser().resolve())} if _is_file_arg(data)
+            over = ({"path": absolute_path(data)} if _is_file_arg(data)
                     else {"name": data, "path": None})
             base = base.with_overrides({"data": over})
             if _is_file_arg(data):

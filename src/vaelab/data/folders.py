@@ -13,6 +13,7 @@ from torch import Tensor
 
 from vaelab.data.dataset import Dataset
 from vaelab.errors import InputError
+from vaelab.memory import FLOAT_BYTES, check_fits
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,11 @@ def load_image_folder(
     logger.info("loading %d images from %s", len(files), root)
 
     channels = 1 if grayscale else 3
+    # Before any image is read: --image-size 10^9 once overflowed torch's size computation, and
+    # a large size was refused only after every image was loaded (audit TR124, IF15).
+    check_fits(float(len(files)) * channels * size * size * FLOAT_BYTES,
+               f"{len(files):,} images resized to --image-size {size} ({size:,} x {size:,} pixels each)",
+               "use a smaller --image-size (28 is the MNIST size)")
     x = torch.empty(len(files), channels, size, size)  # (N, C, size, size)
     for i, file in enumerate(files):
         image = _read_image(file)  # (1 or 3, H, W)

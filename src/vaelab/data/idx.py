@@ -162,4 +162,6 @@ def write_idx(path: str | os.PathLike[str], array: Tensor | np.ndarray) -> None:
     if path.name.endswith(".gz"):
         # mtime=0 keeps the bytes (and so their checksum) identical from run to run.
         content = gzip.compress(content, mtime=0)
-    path.write_bytes(content)
+    from vaelab.checkpoint.atomic import atomic_write_bytes  # the one file writer (a leaf module)
+
+    atomic_write_bytes(path, content)

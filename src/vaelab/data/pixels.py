@@ -51,6 +51,14 @@ def resolve_binarize(config: RunConfig, data: Dataset) -> Binarization:
             f"the Bernoulli likelihood is a distribution over {{0, 1}}, but {data.name} has "
             "grey levels; use --binarize dynamic (or fixed), or a gaussian likelihood"
         )
+    if mode != "none" and data.image_shape is None and config.model.net == "conv":
+        # An image preset (mnist-conv) on points: --binarize none would only lead to the next
+        # refusal, conv nets need images (audit TR64b, SW35b).
+        raise InputError(
+            f"{data.name} holds points of {data.dim} values, not images, but this configuration is for images "
+            f"(--net conv, binarize={mode}: what the mnist-conv preset sets); drop --preset (and --net conv / "
+            "--binarize), or train on an image dataset"
+        )
     if mode != "none" and (float(data.x.min()) < 0.0 or float(data.x.max()) > 1.0):
         raise InputError(
             f"binarize={mode} draws pixels as Bernoulli(x) and needs x in [0, 1], but {data.name} "

@@ -117,6 +117,14 @@ def build_model(
     RNG is seeded inside a fork, so the caller's RNG state is left as it was); without it
     they come from the global RNG.
     """
+    # Sizes are whole numbers: True (a bool) or 2.0 built a 1-input model or failed deep in
+    # torch, and cond_dim = -1 shrank the encoder's input (audit AP14, AP15, AP16, AP47).
+    for name, value, least in (("x_dim", x_dim, 1), ("cond_dim", cond_dim, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
+    if cond_embed and not cond_dim:
+        raise InputError(f"cond_embed = {list(cond_embed)} embeds a condition, but cond_dim = 0 (no condition); "
+                         "give cond_dim, or drop cond_embed")
     cls = family(config.kind)
     family_options(config)  # the [model.NAME] tables, checked before anything is built
     # Only conditional models with an embedding need the keyword, so model classes that

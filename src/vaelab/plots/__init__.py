@@ -174,11 +174,13 @@ def save_figure(fig: Figure, path: Path, fmt: str | None = None) -> Path:
     fmt = fmt or path.suffix.lstrip(".") or "png"
     if fmt not in FORMATS:
         raise InputError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "png":  # savefig's bytes, drawn once instead of twice (see vaelab.html.figure_png)
-        path.write_bytes(figure_png(fig, compress_level=None))
-    else:
-        fig.savefig(path, format=fmt)
+    # Through the one file writer: a full disk or a read-only run names the file and leaves
+    # an existing figure as it was; a special file or a plain file named like a folder is refused.
+    with ckpt.atomic_file(path) as fh:
+        if fmt == "png":  # savefig's bytes, drawn once instead of twice (see vaelab.html.figure_png)
+            fh.write(figure_png(fig, compress_level=None))
+        else:
+            fig.savefig(fh, format=fmt)
     return path
 
 

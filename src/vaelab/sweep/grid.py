@@ -47,7 +47,7 @@ class GridError(InputError):
 _SHARED_SECTIONS = {
     "data": "every member of a sweep trains on the same data; run one sweep per data setting",
     "eval": "every member of a sweep is evaluated the same way; give one value (re-evaluate a member "
-            "with `vaelab eval RUN --eval-k N` for another)",
+            "with `vaelab eval RUN --k N` for another)",
 }
 # λ_rec is no field but a second name of recon_var (see ModelConfig).
 _ALIASES = {"model.lambda_rec": "--lambda-rec"}
@@ -346,10 +346,22 @@ def make_grid(
             except ConfigError as err:
                 raise GridError(f"{_label(dotted)}: the value {value!r} is refused: {err}") from None
         axes.append(Axis(dotted, tuple(values)))
-    if seeds is not None and seeds > 1:
+    # The size is checked before the seed axis is built: --seeds 10^8 once took 4.6 GB (audit SW07).
+    n_seeds = seeds if seeds is not None and seeds > 1 else 1
+    size = math.prod(len(a.values) for a in axes) * n_seeds
+    if size > MAX_MEMBERS:
+        words = " × ".join([*(f"{len(a.values)} values of {_label(a.dotted)}" for a in axes),
+                            *([f"--seeds {seeds}"] if n_seeds > 1 else [])])
+        raise GridError(f"the grid makes {size:,} members ({words}); a sweep trains at most {MAX_MEMBERS:,}: "
+                        "give fewer values or seeds")
+    if n_seeds > 1:
         first = base.train.seed
-        axes.append(Axis("train.seed", tuple(first + i for i in range(seeds))))
+        axes.append(Axis("train.seed", tuple(first + i for i in range(n_seeds))))
     return base, Grid(tuple(axes))
+
+
+# The most members one sweep may have: each is a run directory trained and evaluated in turn.
+MAX_MEMBERS = 10_000
 
 
 def _format(value: Any) -> str:

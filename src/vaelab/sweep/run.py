@@ -48,6 +48,8 @@ from vaelab.sweep.solo import fit_members
 from vaelab.train import MemberResult, StepInfo, TrainingInterrupted, can_stack, fit_stack, stack_limit
 from vaelab.train.run import (
     check_fits,
+    check_same_data,
+    data_fingerprint,
     new_model,
     record_failure,
     resolve_objective_of,
@@ -119,13 +121,15 @@ def train_group(
                 if member_status(run_dir) == "partial":
                     resumed = resume_run(run_dir, device)
                     locks.append(resumed.lock)
+                    check_same_data(run_dir, m.config, train.data)  # the one run preparation's check
                     models.append(resumed.run.model)
                     states.append(resumed.state)
                     histories.append(resumed.history)
                 else:
                     model = new_model(m.config, train, device)
                     # empty, or what a crash left of a claim
-                    locks.append(start_run(run_dir, model, m.config, condition, overwrite=True))
+                    locks.append(start_run(run_dir, model, m.config, condition, overwrite=True,
+                                           data=data_fingerprint(m.config, train.data)))
                     models.append(model)
                     states.append(None)
                     histories.append(None)

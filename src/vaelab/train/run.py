@@ -11,8 +11,10 @@ a failure record.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +26,17 @@ from vaelab import checkpoint as ckpt
 from vaelab import distributed
 from vaelab.checkpoint import TrainState
 from vaelab.conditions.spec import Condition, fit_condition
-from vaelab.config import ConfigError, RunConfig, TrainConfig, flag_name
+from vaelab.config import ConfigError, RunConfig, TrainConfig, absolute_path, flag_name
 from vaelab.data.dataset import Dataset
 from vaelab.data.pixels import Binarization, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
 from vaelab.distributed import DistributedError, World
 from vaelab.history import History
-from vaelab.models import LatentModel, build_model, family
+from vaelab.models import LatentModel, VariationalModel, build_model, family
 from vaelab.objectives import requested_objective, resolve_objective
 from vaelab.schedules import check_schedule, total_steps
 from vaelab.settings import check_settings, setting_value
-from vaelab.sizes import check_model_fits
+from vaelab.sizes import _meta_model, check_budget, check_eval_fits, check_model_fits
 from vaelab.train.loop import fit
 from vaelab.train.members import StepInfo, TrainingDiverged
 
@@ -70,14 +72,92 @@ def training_data(config: RunConfig, data: Dataset, device: str | torch.device,
     return TrainingData(data, x, c, condition, pixels)
 
 
+DATA_FORMAT = "vaelab-data-1"
+
+
+def _tensor_sha256(t: Tensor) -> str:
+    """sha256 of a tensor's values (CPU, contiguous, its own dtype): the same points give the same hash."""
+    arr = t.detach().to("cpu").contiguous().numpy()
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+def data_fingerprint(config: RunConfig, data: Dataset) -> dict[str, object]:
+    """What identifies a run's training split: its source, shape and the sha256 of its points
+    (and labels), plus the size and sha256 of the file it came from. Recorded in ``data.json``
+    with the run's first checkpoint; a resumed run (``vaelab train --resume``, a sweep's
+    ``--resume``) refuses data whose fingerprint differs (:func:`check_same_data`)."""
+    record: dict[str, object] = {
+        "format": DATA_FORMAT, "source": config.data.path or config.data.name,
+        "shape": list(data.x.shape), "x_sha256": _tensor_sha256(data.x),
+        "labels_sha256": None if data.labels is None else _tensor_sha256(data.labels),
+    }
+    path = Path(config.data.path) if config.data.path else None
+    if path is not None and path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        record["file"] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return record
+
+
+class DataChangedError(ConfigError):
+    """A run is resumed on training data that differ from those it began on."""
+
+
+def check_same_data(run_dir: Path, config: RunConfig, data: Dataset) -> dict[str, object] | None:
+    """Refuse to continue a run on training data other than those it began on, naming the
+    source and what changed. A run from before vaelab recorded the fingerprint resumes with a
+    warning (it cannot be checked) and gets the fingerprint from now on. Returns the fingerprint."""
+    saved = ckpt.load_data_fingerprint(run_dir)
+    now = data_fingerprint(config, data)
+    if saved is None:
+        warnings.warn(f"{run_dir}: this run was written before vaelab recorded a fingerprint of the training data, "
+                      f"so whether {now['source']} changed since it began cannot be checked; it is recorded now, "
+                      "and later resumes are checked against it", DataFingerprintNote, stacklevel=2)
+        ckpt.write_data_fingerprint(run_dir, now)
+        return now
+    changes = []
+    if saved.get("shape") != now["shape"]:
+        changes.append(f"the training split was {' x '.join(map(str, saved.get('shape') or []))} values, now "
+                       f"{' x '.join(map(str, now['shape']))}")  # type: ignore[call-overload]
+    old_file, new_file = saved.get("file"), now.get("file")
+    if isinstance(old_file, dict) and isinstance(new_file, dict):
+        if old_file.get("size") != new_file.get("size"):
+            changes.append(f"the file was {old_file.get('size'):,} bytes, now {new_file['size']:,}")
+        elif old_file.get("sha256") != new_file.get("sha256"):
+            changes.append("the file has the same size but other contents (its sha256 differs)")
+    if saved.get("x_sha256") != now["x_sha256"] and not changes:
+        changes.append("the training points differ (their sha256 differs)")
+    if saved.get("labels_sha256") != now["labels_sha256"]:
+        changes.append("the labels differ")
+    if changes:
+        raise DataChangedError(
+            f"{run_dir}: the training data changed since the run began ({now['source']}: {'; '.join(changes)}); "
+            "continuing would train the saved model on other data and break the exact resume. Restore the "
+            f"data the run began on, or train a new run on these data with another --out")
+    return now
+
+
+class DataFingerprintNote(UserWarning):
+    """A resumed run carries no fingerprint of its training data (written before vaelab recorded one)."""
+
+
 def check_fits(config: RunConfig, train: TrainingData) -> None:
     """Refuse, before the run directory is taken, a schedule the budget cannot hold and a
     model or step that cannot fit in memory."""
     n = len(train.data)
-    check_schedule(config.train, math.ceil(n / config.train.batch_size), total_steps(config.train, n))
+    steps = total_steps(config.train, n)
+    check_budget(steps, _budget_words(config.train))
+    check_schedule(config.train, math.ceil(n / config.train.batch_size), steps)
     cond = train.condition
     check_model_fits(config.model, config.train, train.data.dim, 0 if cond is None else cond.width,
                      () if cond is None else cond.embed_widths)
+    model = _meta_model(config.model, train.data.dim, 0 if cond is None else cond.width,
+                        () if cond is None else cond.embed_widths)
+    if isinstance(model, VariationalModel):  # the final evaluation's k, checked before training (audit TR79)
+        check_eval_fits(model, config.eval.batch_size, config.eval.k, config.eval.batch_size, "--eval-k",
+                        passes=False)
 
 
 def new_model(config: RunConfig, train: TrainingData, device: str | torch.device) -> LatentModel:
@@ -88,11 +168,17 @@ def new_model(config: RunConfig, train: TrainingData, device: str | torch.device
 
 
 def start_run(run_dir: Path, model: LatentModel, config: RunConfig, condition: Condition | None, *,
-              overwrite: bool) -> ckpt.RunLock:
+              overwrite: bool, data: dict[str, object] | None = None) -> ckpt.RunLock:
     """Take the folder (replacing a run vaelab made, with ``overwrite``) and write the untrained
-    model as its first checkpoint; returns the held lock."""
+    model as its first checkpoint, with the training data's fingerprint ``data``
+    (:func:`data_fingerprint`); returns the held lock."""
     lock = ckpt.claim(run_dir, overwrite=overwrite)
-    ckpt.write_checkpoint(run_dir, model, config, history=History(), state=TrainState(), condition=condition)
+    try:
+        ckpt.write_checkpoint(run_dir, model, config, history=History(), state=TrainState(), condition=condition,
+                              data=data)
+    except BaseException:
+        lock.release()
+        raise
     return lock
 
 
@@ -152,7 +238,7 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     for key in ("path", "data_dir"):
         value = getattr(config.data, key)
         if value is not None and not Path(value).expanduser().is_absolute():
-            update[key] = str(Path(value).expanduser().resolve())
+            update[key] = absolute_path(value)
     if not update:
         return config
     data = config.data.model_copy(update=update)
@@ -261,6 +347,7 @@ def train_run(
                     lock, model, state, history = resumed.lock, resumed.run.model, resumed.state, resumed.history
                     data = load_dataset(resumed.run.config.data, "train", expect_dim=model.x_dim)
                     config = resume_config(resumed.run.config, config, len(data))
+                    check_same_data(run_dir, config, data)
                     train = training_data(config, data, device, resumed.run.condition)  # the condition it saved
                     check_fits(config, train)
                     _check_writable(run_dir)
@@ -274,7 +361,8 @@ def train_run(
                     model = new_model(config, train, device)
                     # Only now, with the data read and the model built, is the folder taken (and a
                     # replaced run cleared).
-                    lock = start_run(run_dir, model, config, train.condition, overwrite=overwrite)
+                    lock = start_run(run_dir, model, config, train.condition, overwrite=overwrite,
+                                     data=data_fingerprint(config, train.data))
             except BaseException:
                 if world.distributed:
                     distributed.broadcast_flag(False, device)  # the other ranks stop too, instead of waiting
