@@ -29,3 +29,30 @@ def tiny_config(**sections: dict) -> RunConfig:
     if base["model"].get("net") == "conv":
         base["model"].pop("hidden")  # conv nets have no hidden MLP layers: refused when given
     return RunConfig.from_dict(base)
+
+
+class _Parsed(Exception):
+    """Raised in place of training once `vaelab train` has built its config."""
+
+
+def parsed_train_config(monkeypatch, command: str) -> RunConfig:
+    """The config `vaelab train` builds from ``command`` (a `vaelab train ...` line; training itself is not run)."""
+    import shlex
+    import sys
+
+    from typer.testing import CliRunner
+
+    import vaelab.train  # noqa: F401 (the package's `train` attribute is a function)
+    from vaelab.cli import app
+
+    captured = {}
+
+    def fake_train_run(config, out, **kw):
+        captured["config"] = config
+        raise _Parsed
+
+    monkeypatch.setattr(sys.modules["vaelab.train"], "train_run", fake_train_run)
+    monkeypatch.setattr(sys.modules["vaelab.cli.commands"], "_fetch_with_progress", lambda data_cfg: None)
+    result = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert isinstance(result.exception, _Parsed), result.output
+    return captured["config"]

@@ -8,15 +8,13 @@ runtime as ``mogvae`` (no built-in family declares options).
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import parsed_train_config, tiny_config
 from models.families import MixturePriorOptions, MixturePriorVAE
 from vaelab.cli import app
 from vaelab.config import ConfigError, RunConfig
@@ -293,27 +291,6 @@ def test_vaelab_sweep_takes_family_flags(tmp_path: Path, args: list[str], messag
 
 # ----- reproduce: the command and the TOML file give the options back -----
 
-class _Stop(Exception):
-    pass
-
-
-def _parsed_config(monkeypatch: pytest.MonkeyPatch, command: str) -> RunConfig:
-    """The config `vaelab train` builds from ``command`` (training itself is not run)."""
-    captured = {}
-
-    def fake_train_run(config, out, **kw):
-        captured["config"] = config
-        raise _Stop
-
-    import vaelab.train  # noqa: F401
-
-    monkeypatch.setattr(sys.modules["vaelab.train"], "train_run", fake_train_run)
-    monkeypatch.setattr(sys.modules["vaelab.cli.commands"], "_fetch_with_progress", lambda data_cfg: None)
-    result = runner.invoke(app, shlex.split(command)[1:])
-    assert isinstance(result.exception, _Stop), result.output
-    return captured["config"]
-
-
 def test_reproduce_gives_the_family_options_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from vaelab.reproduce import reproduce_command, reproduce_toml
 
@@ -325,7 +302,7 @@ def test_reproduce_gives_the_family_options_back(monkeypatch: pytest.MonkeyPatch
     command, needs_toml = reproduce_command(config, tmp_path / "again")
     assert not needs_toml
     assert "--mogvae-components 3 --mogvae-spread 0.25 --mogvae-learn-weights false" in command
-    again = _parsed_config(monkeypatch, command)
+    again = parsed_train_config(monkeypatch, command)
     assert again.model.family_tables == config.model.family_tables
     assert again.model_dump() == config.model_dump()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from helpers import parsed_train_config
 from vaelab import checkpoint as ckpt
 from vaelab.cli import app
 from vaelab.config import RunConfig
@@ -59,27 +59,6 @@ def test_every_config_field_has_a_flag_or_a_toml_fallback():
     assert "--test-fraction" in flags.values()
 
 
-class Stop(Exception):
-    pass
-
-
-def parsed_config(monkeypatch, command: str) -> RunConfig:
-    """The config `vaelab train` builds from ``command`` (training itself is not run)."""
-    captured = {}
-
-    def fake_train_run(config, out, **kw):
-        captured["config"] = config
-        raise Stop
-
-    import vaelab.train  # noqa: F401 (the package's `train` attribute is a function)
-
-    monkeypatch.setattr(sys.modules["vaelab.train"], "train_run", fake_train_run)
-    monkeypatch.setattr(sys.modules["vaelab.cli.commands"], "_fetch_with_progress", lambda data_cfg: None)
-    result = runner.invoke(app, shlex.split(command)[1:])
-    assert isinstance(result.exception, Stop), result.output
-    return captured["config"]
-
-
 def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
     """Coherent configs that together change every flagged field parse back to themselves."""
     (tmp_path / "images").mkdir()
@@ -111,7 +90,7 @@ def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
         cfg = RunConfig.from_dict(raw)
         command, needs_toml = reproduce_command(cfg, tmp_path / "again")
         assert not needs_toml, command
-        assert parsed_config(monkeypatch, command) == cfg, command
+        assert parsed_train_config(monkeypatch, command) == cfg, command
         default = RunConfig().model_dump()
         covered |= {(s, k) for s, values in cfg.model_dump().items() for k, v in values.items() if v != default[s][k]}
     missing = set(train_flags()) - covered
@@ -200,4 +179,4 @@ def test_a_config_no_flag_command_accepts_is_reproduced_through_toml(monkeypatch
     assert needs_toml and "--preset" not in command, command
     out.mkdir()
     (out / "reproduce.toml").write_text(reproduce_toml(cfg))
-    assert parsed_config(monkeypatch, command) == cfg
+    assert parsed_train_config(monkeypatch, command) == cfg

@@ -131,9 +131,7 @@ def share(idx: Tensor, world: World) -> tuple[Tensor, float]:
 
 def all_sum(values: list[float], device: torch.device) -> list[float]:
     """Σ over the ranks of each value (float64)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return sum_over_ranks(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def sum_over_ranks(t: Tensor) -> Tensor:

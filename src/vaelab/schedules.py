@@ -115,22 +115,22 @@ def cycle_length(config: TrainConfig, budget: int) -> int:
 
 
 # The specs below restate a TrainConfig's settings, which its own validation already checked
-# (model_construct: no second check, so a config built to test the non-finite policy keeps its β).
+# (model_construct: no second check, so a config built to test the non-finite policy keeps its β;
+# the fields not given take ScheduleSpec's defaults).
 def beta_spec(config: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
     """β as a schedule: ``train.beta`` with ``beta_schedule`` and its settings."""
     if config.beta_schedule == "warmup":
-        return ScheduleSpec.model_construct(kind="warmup", value=config.beta, end=0.0, cycles=4, ratio=0.5,
+        return ScheduleSpec.model_construct(kind="warmup", value=config.beta,
                                             steps=warmup_length(config, steps_per_epoch))
     if config.beta_schedule == "cyclical":
-        return ScheduleSpec.model_construct(kind="cyclical", value=config.beta, end=0.0, steps=None,
-                                            cycles=config.cycles, ratio=config.cycle_ratio)
-    return ScheduleSpec.model_construct(kind="constant", value=config.beta, end=0.0, steps=None, cycles=4, ratio=0.5)
+        return ScheduleSpec.model_construct(kind="cyclical", value=config.beta, cycles=config.cycles,
+                                            ratio=config.cycle_ratio)
+    return ScheduleSpec.model_construct(kind="constant", value=config.beta)
 
 
 def lr_spec(config: TrainConfig) -> ScheduleSpec:
     """Adam's step size as a schedule: constant, or cosine decay to 0 over the budget."""
-    return ScheduleSpec.model_construct(kind=config.lr_schedule, value=config.lr, end=0.0, steps=None, cycles=4,
-                                        ratio=0.5)
+    return ScheduleSpec.model_construct(kind=config.lr_schedule, value=config.lr, end=0.0)
 
 
 def check_schedule(config: TrainConfig, steps_per_epoch: int, budget: int) -> None:

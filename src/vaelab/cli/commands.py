@@ -520,23 +520,13 @@ class _StopOnSignal:
             signal.signal(s, handler)
 
 
-class _RaiseOnSignal:
+class _RaiseOnSignal(_StopOnSignal):
     """SIGINT / SIGTERM raise _SignalAgain at once (the work in progress is left: every file is
     written atomically), so that the caller can say what was kept and what finishes the job.
-    The previous handlers come back on exit; outside the main thread nothing is changed."""
+    The handlers are installed and put back as _StopOnSignal's; only the first signal differs."""
 
     def _handle(self, signum: int, frame: Any) -> None:
         raise _SignalAgain(signum)
-
-    def __enter__(self) -> _RaiseOnSignal:
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in _StopOnSignal.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float | None:
