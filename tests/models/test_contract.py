@@ -55,6 +55,10 @@ CASES = [
     Case("vae-conditional", {"kind": "vae", "latent_dim": 2}, cond_dim=8, data={"condition": "label"}),
     Case("flow", {"kind": "flowvae", "latent_dim": 2}),
     Case("mixture-prior", {"kind": "mogvae", "latent_dim": 2}),
+    Case("planar", {"kind": "planar", "latent_dim": 2}),
+    Case("radial-conditional", {"kind": "radial", "latent_dim": 2}, cond_dim=8, data={"condition": "label"}),
+    Case("iaf-conv", {"kind": "iaf", "net": "conv", "channels": [2, 4], "latent_dim": 3, "likelihood": "bernoulli"},
+         x_dim=64, data={"name": "digits"}),
 ]
 VARIATIONAL = [c for c in CASES if c.model["kind"] != "ae"]
 

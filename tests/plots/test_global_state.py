@@ -49,6 +49,7 @@ SCRIPT = textwrap.dedent(
         PlotContext(model=build_model(small, 2, radius.width, seed=0), data=points, condition=radius),
         PlotContext(model=build_model(small.model_copy(update={"likelihood": "bernoulli"}), 784, seed=0),
                     data=digits),
+        PlotContext(model=build_model(ModelConfig(kind="planar", hidden=[16]), 2, seed=0), data=points),
     ]
     drawn = set()
     out = Path(tempfile.mkdtemp())

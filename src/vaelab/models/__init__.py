@@ -17,11 +17,15 @@ from vaelab.models.base import (
     has_normal_posterior,
     has_standard_prior,
 )
+from vaelab.models.flows import IAFVAE, PlanarVAE, RadialVAE
 from vaelab.models.vae import VAE
 
 # model.kind -> the class that builds it. The one list of families: build_model, checkpoint
 # loading and config validation read it; register_family adds to it.
-FAMILIES: dict[str, type[LatentModel]] = {"vae": VAE, "ae": AE}
+FAMILIES: dict[str, type[LatentModel]] = {
+    "vae": VAE, "ae": AE,
+    "planar": PlanarVAE, "radial": RadialVAE, "iaf": IAFVAE,
+}
 
 
 def register_family(name: str, cls: type[LatentModel]) -> None:
@@ -137,6 +141,8 @@ def build_model(
         return cls(config, x_dim, cond_dim, **extra)
 
 
-__all__ = ["AE", "FAMILIES", "VAE", "LatentModel", "VariationalModel", "build_model", "check_family_tables",
+__all__ = ["AE", "FAMILIES", "IAFVAE", "VAE", "LatentModel", "PlanarVAE", "RadialVAE", "VariationalModel",
+           "build_model",
+           "check_family_tables",
            "condition_embedding", "family", "family_options", "has_normal_posterior", "has_standard_prior",
            "option_applies", "option_schemas", "register_family", "standard_normal"]

@@ -52,6 +52,11 @@ class VAE(VariationalModel):
         """q(z|x, c): (B, D) -> Independent Normal with batch shape (B,), event shape (d,)."""
         self._check_width(x, self.x_dim, "x", "x_dim")
         loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)  # (B, d) each
+        return self._normal_posterior(loc, h)
+
+    def _normal_posterior(self, loc: Tensor, h: Tensor) -> Independent:
+        """N(μ, diag σ²) from the encoder's two halves μ = ``loc`` and the scale output ``h``
+        (``config.scale`` says how h becomes σ): batch shape loc.shape[:-1], event (d,)."""
         # No argument validation: it costs time every step and would turn a NaN from a
         # diverging run into a ValueError here instead of the trainer's clear message.
         if self.config.scale == "logvar":

@@ -40,7 +40,7 @@ FORMATS = ("png", "svg", "pdf")
 # Modules whose ``FIGURES`` lists are registered, in report order. Add yours here.
 FIGURE_MODULES: list[str] = [
     "vaelab.plots.data_space", "vaelab.plots.latent", "vaelab.plots.course", "vaelab.plots.images",
-    "vaelab.plots.conditional", "vaelab.plots.curves",
+    "vaelab.plots.conditional", "vaelab.plots.curves", "vaelab.plots.flows",
 ]
 
 _REGISTRY: dict[str, FigureSpec] = {}

@@ -1,0 +1,191 @@
+"""The families table: every model family against the plain VAE, same data, budget and evaluator.
+
+Each family trains with the same encoder / decoder widths (the ``mnist-mlp-bernoulli`` preset:
+784-400-20, Bernoulli logits, dynamic binarization, Adam 1e-3, batch 128), the same number of
+optimizer steps, the same seed and the -ELBO objective, and is scored by ``vaelab.evaluate`` on
+the same held-out images: IWAE NLL (k = 1000) with its standard error, -ELBO, active units,
+mutual information I(x; z), and the training wall time. The column that decides is the NLL
+difference to the plain VAE *paired over the same test images* (each image's -log p̂(x) of the
+family minus the VAE's, averaged, with the standard error of that average): image-to-image
+spread cancels in the pair, so the difference is resolved far more finely than either NLL's
+own ± (which is mostly that spread).
+
+Data sets (``--data``):
+- ``mnist``: the MNIST test split that ships with the project (``../shared/data/mnist``):
+  first 9,000 images to train, last 1,000 to test (binarized once with vaelab's test seed);
+- ``fashion``: the full Fashion-MNIST, 60,000 / 10,000 (Debian's ``dataset-fashion-mnist``
+  package, ``/usr/share/datasets/fashion-mnist``), read from a temporary folder of links so
+  nothing is written beside the system's copy;
+- ``radial_gmm``: the 2-D toy set, trained with the ELBO: how much of the plain VAE's
+  ELBO-to-IWAE gap (−ELBO − IWAE NLL, the looseness of a Normal q(z|x)) each flow closes.
+
+Run: ``python benchmarks/bench_families.py [--data mnist] [--steps 6000] [--k 1000]
+[--families vae,planar,...] [--threads N]``. Not a test: it prints a table (markdown), and the
+README's table is its output with the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaelab.config import RunConfig
+from vaelab.data.pixels import eval_view
+from vaelab.data.registry import load_dataset
+from vaelab.evaluate import evaluate, generator_for
+from vaelab.models import LatentModel, build_model
+from vaelab.objectives import iwae_bound
+from vaelab.presets import apply_preset
+from vaelab.train import fit
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FAMILIES = ("vae", "planar", "radial", "iaf", "vamp", "mog", "ladder")
+# Each family's own options in this table (the rest are its defaults); the widths are the preset's.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "planar": {"flows": 8},
+    "radial": {"flows": 8},
+    "iaf": {"flows": 2, "context": 32, "hidden": [320, 320]},
+    "vamp": {"components": 500},
+    "mog": {"components": 50},
+    "ladder": {},
+}
+
+
+def image_config(data: str, family: str, steps: int) -> RunConfig:
+    """The preset with ``family`` and its options, trained for ``steps`` optimizer steps."""
+    if data == "mnist":
+        data_section: dict[str, Any] = {"name": "mnist", "data_dir": str(DEFAULT_DATA_DIR), "image_split": "test-9k"}
+    else:
+        data_section = {"name": "fashion-mnist", "data_dir": str(_fashion_dir())}
+    model: dict[str, Any] = {"kind": family}
+    if OPTIONS.get(family):
+        model[family] = dict(OPTIONS[family])
+    return apply_preset(RunConfig(), "mnist-mlp-bernoulli").with_overrides(
+        {"data": data_section, "model": model,
+         "train": {"objective": "elbo", "steps": steps, "checkpoint_every": 10**9}})
+
+
+def toy_config(family: str, steps: int) -> RunConfig:
+    model: dict[str, Any] = {"kind": family, "latent_dim": 2}
+    if family in ("planar", "radial", "iaf") and OPTIONS.get(family):
+        model[family] = {"flows": OPTIONS[family]["flows"]}
+    return RunConfig.from_dict({"data": {"name": "radial_gmm"}, "model": model,
+                                "train": {"objective": "elbo", "steps": steps, "checkpoint_every": 10**9}})
+
+
+_FASHION_TMP: Path | None = None
+
+
+def _fashion_dir() -> Path:
+    """A temporary data folder whose fashion-mnist/ links to the system's files (read only)."""
+    global _FASHION_TMP
+    if _FASHION_TMP is None:
+        if not FASHION_DIR.is_dir():
+            raise SystemExit(f"{FASHION_DIR} is missing: apt-get install -y dataset-fashion-mnist (as root)")
+        _FASHION_TMP = Path(tempfile.mkdtemp(prefix="vaelab-bench-fashion-"))
+        (_FASHION_TMP / "fashion-mnist").mkdir()
+        for f in FASHION_DIR.iterdir():
+            os.symlink(f, _FASHION_TMP / "fashion-mnist" / f.name)
+    return _FASHION_TMP
+
+
+@torch.no_grad()
+def per_point_nll(model: LatentModel, x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """-L_k(x) per test point (N,), batch by batch with one generator: the pairing column."""
+    g = generator_for(seed)
+    out = [-iwae_bound(model, x[i:i + 100], k=k, generator=g, chunk=100).double() for i in range(0, len(x), 100)]
+    return torch.cat(out)
+
+
+def run_family(cfg: RunConfig, x: torch.Tensor, test: Any, k: int) -> dict[str, Any]:
+    model = build_model(cfg.model, x.shape[1], seed=cfg.train.seed)
+    start = time.perf_counter()
+    fit(model, x, cfg.train, dynamic_binarization=cfg.data.binarize == "dynamic")
+    seconds = time.perf_counter() - start
+    model.eval()
+    metrics = evaluate(model, test, k=k, batch_size=250, seed=0)
+    return {"model": model, "metrics": metrics, "seconds": seconds,
+            "nll_points": per_point_nll(model, test.x, k)}
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of a − b over the same points."""
+    d = a - b
+    return float(d.mean()), float(d.std() / math.sqrt(len(d)))
+
+
+def image_table(data: str, families: list[str], steps: int, k: int) -> None:
+    base = image_config(data, "vae", steps)
+    x = load_dataset(base.data, "train").x
+    test, note = eval_view(base, load_dataset(base.data, "test"))
+    print(f"\n## {data}: train {len(x)} / test {len(test)} images ({note}); {steps} steps of batch "
+          f"{base.train.batch_size}; IWAE k = {k}\n", flush=True)
+    print("| family | options | IWAE NLL (nats) | − VAE, paired | −ELBO | active units | I(x; z) | train s |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    ref = None
+    for family in families:
+        cfg = image_config(data, family, steps)
+        r = run_family(cfg, x, test, k)
+        m = r["metrics"]
+        if family == "vae":
+            ref = r["nll_points"]
+        diff = "—" if ref is None or family == "vae" else "{:+.2f} ± {:.2f}".format(*paired(r["nll_points"], ref))
+        opts = ", ".join(f"{key}={v}" for key, v in OPTIONS.get(family, {}).items()) or "—"
+        au = m["active_units"] if "active_units_per_group" not in m else (
+            f"{m['active_units']} ({', '.join(str(v) for v in m['active_units_per_group'].values())})")
+        print(f"| {family} | {opts} | {m['iwae_nll']:.2f} ± {m['iwae_nll_se']:.2f} | {diff} | {-m['elbo']:.2f} | "
+              f"{au} | {m.get('mutual_info', float('nan')):.2f} | {r['seconds']:.0f} |", flush=True)
+
+
+def toy_table(families: list[str], steps: int, k: int) -> None:
+    flows = [f for f in families if f in ("vae", "planar", "radial", "iaf")]
+    base = toy_config("vae", steps)
+    x = load_dataset(base.data, "train").x
+    test = load_dataset(base.data, "test")
+    print(f"\n## radial_gmm (2-D, ELBO): train {len(x)} / test {len(test)} points; {steps} steps; k = {k}\n")
+    print("| family | −ELBO | IWAE NLL | gap −ELBO − NLL | share of the VAE's gap closed | true NLL |")
+    print("|---|---|---|---|---|---|", flush=True)
+    vae_gap = None
+    for family in flows:
+        r = run_family(toy_config(family, steps), x, test, k)
+        m = r["metrics"]
+        gap = -m["elbo"] - m["iwae_nll"]
+        if family == "vae":
+            vae_gap = gap
+        closed = "—" if vae_gap is None or family == "vae" else f"{1 - gap / vae_gap:.0%}"
+        print(f"| {family} | {-m['elbo']:.4f} | {m['iwae_nll']:.4f} | {gap:.4f} | {closed} | {m['true_nll']:.4f} |",
+              flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="mnist", choices=["mnist", "fashion", "radial_gmm", "all"])
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps per family (default 6000 for images, 20000 for radial_gmm)")
+    parser.add_argument("--k", type=int, default=1000, help="importance samples of the NLL estimate")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma list, vae first")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    families = [f for f in args.families.split(",") if f]
+    if families[0] != "vae":
+        families = ["vae", *[f for f in families if f != "vae"]]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for data in (["radial_gmm", "mnist", "fashion"] if args.data == "all" else [args.data]):
+        if data == "radial_gmm":
+            toy_table(families, args.steps or 20000, args.k)
+        else:
+            image_table(data, families, args.steps or 6000, args.k)
+
+
+if __name__ == "__main__":
+    main()
