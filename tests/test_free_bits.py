@@ -37,7 +37,7 @@ def test_dim_group_is_refused_without_a_per_dimension_kl():
     with pytest.raises(InputError, match="does not factorise.*--free-bits-group all"):
         free_bits_kl(None, 0.5, "dim", kl=KL.sum(-1))
     with pytest.raises(InputError, match="free_bits_group must be one of dim, all"):
-        free_bits_kl(KL, 0.5, "layer")
+        free_bits_kl(KL, 0.5, "unit")  # ("layer" is a group now: the layers of a ladder VAE)
 
 
 def test_a_dimension_below_the_floor_gets_no_kl_gradient():

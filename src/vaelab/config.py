@@ -368,8 +368,9 @@ class TrainConfig(_Section):
         0.0, ge=0, description="free bits λ (nats): the ELBO's KL of each group is floored at λ, averaged over the "
         "batch (Kingma et al. 2016); 0: off",
     )
-    free_bits_group: Literal["dim", "all"] = Field(
-        "dim", description="what λ floors: the KL of each latent dimension (dim), or the whole latent's KL (all)"
+    free_bits_group: Literal["dim", "all", "layer"] = Field(
+        "dim", description="what λ floors: the KL of each latent dimension (dim), the whole latent's KL (all), or "
+        "the KL of each latent group (layer: the layers of a hierarchical model, e.g. --model ladder)"
     )
     compile: bool = Field(
         False, description="compile the training step with torch.compile (inductor): faster steps after a one-time "

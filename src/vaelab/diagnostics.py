@@ -272,16 +272,42 @@ def mi_saturation_note(metrics: Mapping[str, Any]) -> str:
             "over-estimated by as much; evaluate on more points (--n-test, or a larger test split) to tighten both.")
 
 
+def idle_layers_note(metrics: Mapping[str, Any]) -> str:
+    """A sentence naming the latent groups (a ladder's layers z_i) that carry almost nothing, else "".
+
+    A layer is idle when its held-out KL, KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1})) averaged over x
+    and the layers above (``kl_per_group``), is confidently below ``MI_COLLAPSE_NATS``: KL + 2·SE
+    (``kl_per_group_se``) < 0.1 nats. Its posterior is then its prior whatever x, the usual fate of
+    the top layers of a hierarchical VAE trained without help (Sønderby et al. 2016). Nothing is
+    said when every layer is idle: the posterior as a whole has collapsed, and the verdict says so.
+    """
+    kl, se = metrics.get("kl_per_group"), metrics.get("kl_per_group_se") or {}
+    if not kl:
+        return ""
+    upper = {g: float(value) + COLLAPSE_SE_FACTOR * float(se.get(g, 0.0)) for g, value in kl.items()}
+    idle = [g for g, limit in upper.items() if math.isfinite(limit) and limit < MI_COLLAPSE_NATS]
+    if not idle or len(idle) == len(kl):
+        return ""
+    names = ", ".join(f"z_{g} (KL {float(kl[g]):.3f} nats)" for g in idle)
+    return (f" Unused layer{'s' if len(idle) > 1 else ''}: {names}, below {MI_COLLAPSE_NATS:g} nats: "
+            f"q(z_i | z_(i+1), x) is the prior p(z_i | z_(i+1)) whatever x. To use "
+            f"{'them' if len(idle) > 1 else 'it'}, try free bits per layer (--free-bits λ --free-bits-group layer) "
+            "or KL warm-up (--beta-schedule warmup).")
+
+
 def collapse_verdict(metrics: Mapping[str, Any]) -> Verdict | None:
     """The collapse verdict for a run's metrics (``mutual_info``, ``mutual_info_se``, and
-    ``active_units`` / ``latent_dim`` / ``nll_gap`` / ``condition`` / ``n`` when present); None
+    ``active_units`` / ``latent_dim`` / ``nll_gap`` / ``condition`` / ``n`` / ``kl_per_group`` when
+    present); None
     when the metrics have no mutual information (an autoencoder, or metrics written before
     these diagnostics).
 
     Collapsed: no active unit (Burda et al. 2016: Cov_x E_q[z_u] > 0.01 for none of the units),
     or a mutual information confidently near 0, MI + 2·SE < ``MI_COLLAPSE_NATS`` (0.1 nats).
     A collapsed model whose NLL is at the true NLL (``GOOD_FIT_NATS``) does not need z: the
-    verdict says so and gives no advice. An MI near ln N carries the estimator's caveat.
+    verdict says so and gives no advice. An MI near ln N carries the estimator's caveat; a model
+    with latent groups (a ladder's layers) whose posterior has not collapsed names its unused
+    layers (``idle_layers_note``).
     """
     if "mutual_info" not in metrics:
         return None
@@ -312,4 +338,4 @@ def collapse_verdict(metrics: Mapping[str, Any]) -> Verdict | None:
     units = f" with {active} of {metrics['latent_dim']} latent units active" if (
         active is not None and "latent_dim" in metrics) else ""
     return Verdict(False, f"No posterior collapse: the code carries I(x; z) = {mi:.3f} ± {se:.3f} nats about "
-                          f"x{units}.{mi_saturation_note(metrics)}")
+                          f"x{units}.{mi_saturation_note(metrics)}{idle_layers_note(metrics)}")

@@ -35,7 +35,7 @@ from vaelab.distributions import kl as kl_qp
 from vaelab.distributions import kl_is_closed_form, kl_per_dim, rsample
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel
-from vaelab.objectives import importance_terms
+from vaelab.objectives import importance_terms, kl_groups, latent_groups
 from vaelab.sizes import check_eval_fits
 
 # Burda et al. (2016), section 5.2: a latent unit is active when Cov_x(E_q[z_u]) > 0.01.
@@ -156,6 +156,13 @@ def evaluate(
     ``mutual_info_se`` and ``marginal_kl_se`` (see ``vaelab.diagnostics.elbo_surgery``; the
     mutual information cannot exceed log N).
 
+    Latent groups (a model whose q(z|x) and p(z) split z into named groups, the layers z_1 … z_L
+    of a ladder VAE; see ``vaelab.objectives``): ``kl_per_group`` {g: mean KL_g} with
+    ``kl_per_group_se``, each the Monte Carlo mean over the k draws of log q_g − log p_g
+    (``objectives.kl_groups``; they add up to ``kl``, which is then their sum per point), and
+    ``active_units_per_group`` {g: active units among z_g's coordinates} (they add up to
+    ``active_units``), and ``latent_groups`` {g: the number of coordinates of z_g}.
+
     True density: without ``c``, ``data.log_prob`` (when known) gives ``true_nll`` =
     −mean log p(x) and ``nll_gap`` = iwae_nll − true_nll (paired over the points, ≥ 0 up to
     noise for a perfect model) with ``nll_gap_se``. With ``c`` the model scores log p(x|c),
@@ -206,6 +213,8 @@ def evaluate(
     recon_pts: list[Tensor] = []
     kl_pts: list[Tensor] = []
     kl_dim_pts: list[Tensor] = []
+    kl_group_pts: dict[str, list[Tensor]] = {}  # latent group -> its KL per point, batch by batch
+    groups: dict[str, slice] | None = None
     kl_exact = per_dim = True  # every batch's KL closed form / split per latent dimension
     nll_pts: list[Tensor] = []
     means: list[Tensor] = []
@@ -233,7 +242,14 @@ def evaluate(
             # else Monte Carlo from k draws of q, made before the importance samples).
             kl_exact = kl_exact and kl_is_closed_form(q_z, prior)
             z = None if kl_is_closed_form(q_z, prior) else rsample(q_z, (k,), generator)  # (k, B, d)
-            kl_pts.append(kl_qp(q_z, prior, z).double() if mine else skipped)
+            by_group = None if z is None else kl_groups(q_z, prior, z)  # {g: (B,)} where z has groups
+            if by_group is None:
+                kl_pts.append(kl_qp(q_z, prior, z).double() if mine else skipped)
+            else:  # the KL per point is the sum of its groups' (the same Monte Carlo draws)
+                groups = latent_groups(q_z)
+                for g, value in by_group.items():
+                    kl_group_pts.setdefault(g, []).append(value.double() if mine else skipped)
+                kl_pts.append(torch.stack([parts[-1] for parts in kl_group_pts.values()]).sum(0))
         means.append(vae.embed(xb, cb).double() if kl_d is None else q_z.mean.double())
         if not mine:  # another rank scores this batch: make its draws, decode nothing
             rsample(q_z, (k,), generator)  # (k, B, d): the importance samples' draws, as importance_terms makes them
@@ -249,6 +265,7 @@ def evaluate(
         if is_vae:
             nll_pts = [distributed.sum_over_ranks(torch.cat(nll_pts))]
             kl_pts = [distributed.sum_over_ranks(torch.cat(kl_pts))]
+            kl_group_pts = {g: [distributed.sum_over_ranks(torch.cat(parts))] for g, parts in kl_group_pts.items()}
     recon = torch.cat(recon_pts)
     recon_mean, recon_se = _mean_se(recon)
     metrics: dict[str, Any] = {"n": n, "recon": recon_mean, "recon_se": recon_se}
@@ -268,6 +285,15 @@ def evaluate(
         active_units=int((unit_var > ACTIVE_UNIT_THRESHOLD).sum()),
         latent_dim=model.latent_dim,
     )
+    if groups is not None:  # KL and active units of each latent group (a ladder's layers)
+        per_group = {g: _mean_se(torch.cat(parts)) for g, parts in kl_group_pts.items()}
+        metrics.update(
+            latent_groups={g: len(range(model.latent_dim)[cols]) for g, cols in groups.items()},  # g -> its size
+            kl_per_group={g: mean for g, (mean, _) in per_group.items()},
+            kl_per_group_se={g: se for g, (_, se) in per_group.items()},
+            active_units_per_group={g: int((unit_var[cols] > ACTIVE_UNIT_THRESHOLD).sum())
+                                    for g, cols in groups.items()},
+        )
     if not kl_exact:  # say how the KL was estimated where it is not exact
         metrics["kl_estimator"] = f"Monte Carlo, {k} draws of q(z|x) per point"
     if isinstance(model, VariationalModel):  # a posterior to diagnose (an autoencoder has none)

@@ -9,12 +9,20 @@ closed form where torch has one for the pair and Monte Carlo otherwise (``distri
 ``(model, x, c, *, beta, k, generator) -> ObjectiveOutput`` and what it needs of the model.
 A family adds its own with ``register_objective``; its named terms ("kl_1", "codebook", ...)
 reach the history, the progress bar and the report without further changes.
+
+Latent groups. A model whose z is made of named parts (the layers z_1 … z_L of a ladder VAE)
+says so through its distributions: q(z|x) and p(z) each carry ``groups`` (name -> the slice of
+z's last dimension holding that part) and ``log_prob_groups(z) -> {name: (..., B)}``, whose sum
+over the names is ``log_prob(z)`` (for a ladder, log q(z_i | z_{i+1}, x) and log p(z_i | z_{i+1})).
+Then ``kl_groups`` gives the KL of each group, the ELBO and IWAE report it as "kl_<name>"
+terms beside "kl" (which is their sum), free bits may floor each group
+(``free_bits_group = "layer"``), and evaluation reports KL and active units per group.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -203,17 +211,66 @@ def kl_standard_normal(q_z: Distribution) -> Tensor:
     return per_dim
 
 
-FREE_BITS_GROUPS = ("dim", "all")
+def latent_groups(dist: Distribution) -> dict[str, slice] | None:
+    """The named groups of z that ``dist`` (a q(z|x) or p(z)) splits into, name -> slice of z's last
+    dimension (a ladder's layers: "1" -> z_1, …), or None for a distribution without groups."""
+    groups = getattr(dist, "groups", None)
+    return dict(groups) if groups and callable(getattr(dist, "log_prob_groups", None)) else None
 
 
-def free_bits_kl(kl_per_dim: Tensor | None, floor: float, group: str = "dim", *, kl: Tensor | None = None) -> Tensor:
+def kl_groups(q_z: Distribution, p_z: Distribution, z: Tensor) -> dict[str, Tensor] | None:
+    """The KL of each latent group g, per point: {g: (B,)}, or None where q or p has no groups.
+
+        KL_g(x) ≈ log q_g(z) − log p_g(z),   z ~ q(z|x)   (mean over the sample dims of z),
+
+    where log q_g, log p_g are the groups' terms of ``log_prob_groups``: for a ladder VAE,
+    log q(z_i | z_{i+1}, x) − log p(z_i | z_{i+1}), the Monte Carlo estimate of
+    E_q(z_{>i}|x)[KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1}))], the KL of layer i. Since
+    log q = Σ_g log q_g and log p = Σ_g log p_g, the groups' KLs add up to the Monte Carlo KL
+    log q(z) − log p(z) at the same draws (up to float rounding).
+
+    Args:
+        z: draws of q, (..., B, d): one per point (ELBO) or k (IWAE, evaluation).
+
+    Raises:
+        InputError: q and p both have groups, but not the same ones.
+    """
+    groups_q, groups_p = latent_groups(q_z), latent_groups(p_z)
+    if groups_q is None or groups_p is None:
+        return None
+    if groups_q != groups_p:
+        raise InputError(f"q(z|x) and p(z) split z into different groups ({groups_q} and {groups_p}); a family's "
+                         "posterior and prior must name the same groups of z")
+    log_q = q_z.log_prob_groups(z)  # type: ignore[attr-defined]
+    log_p = p_z.log_prob_groups(z)  # type: ignore[attr-defined]
+    sample_dims = tuple(range(z.dim() - len(q_z.batch_shape) - 1))
+    return {g: (log_q[g] - log_p[g]).mean(dim=sample_dims) if sample_dims else log_q[g] - log_p[g]
+            for g in groups_q}
+
+
+def _sum_groups(kl_by_group: Mapping[str, Tensor]) -> Tensor:
+    """Σ_g KL_g: (B,), summed in the groups' order (the total KL of a model with groups)."""
+    return torch.stack(list(kl_by_group.values())).sum(0)
+
+
+def _group_terms(kl_by_group: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The batch means of the groups' KLs as named terms: {"kl_<g>": scalar}."""
+    return {f"kl_{g}": value.mean() for g, value in kl_by_group.items()}
+
+
+FREE_BITS_GROUPS = ("dim", "all", "layer")
+
+
+def free_bits_kl(kl_per_dim: Tensor | None, floor: float, group: str = "dim", *, kl: Tensor | None = None,
+                 kl_by_group: Mapping[str, Tensor] | None = None) -> Tensor:
     """The KL term with free bits λ = ``floor`` (Kingma et al. 2016, IAF paper, appendix C.8), a scalar.
 
     The batch-averaged KL of each group is floored at λ nats, so the optimiser stops pushing a
     group's KL down once it is below λ (its gradient there is 0) and the posterior keeps using it:
 
-        group "dim":  Σ_j max(λ, mean_B KL_j)           (each latent dimension j is a group)
-        group "all":  max(λ, mean_B Σ_j KL_j)           (the whole latent is one group)
+        group "dim":    Σ_j max(λ, mean_B KL_j)         (each latent dimension j is a group)
+        group "all":    max(λ, mean_B Σ_j KL_j)         (the whole latent is one group)
+        group "layer":  Σ_g max(λ, mean_B KL_g)         (each latent group g: a ladder's layers)
 
     λ = 0 gives the plain KL term mean_B Σ_j KL_j exactly (same floating-point sum).
 
@@ -221,18 +278,30 @@ def free_bits_kl(kl_per_dim: Tensor | None, floor: float, group: str = "dim", *,
         kl_per_dim: (B, d) KL of each latent dimension per point, or None for a posterior
             whose KL does not factorise over dimensions (a flow): then only "all" applies.
         floor: λ ≥ 0 in nats.
-        group: "dim" or "all".
+        group: "dim", "all" or "layer".
         kl: (B,) total KL per point; used (and needed) when ``kl_per_dim`` is None.
+        kl_by_group: {g: (B,)} the KL of each latent group (``kl_groups``), for "layer"; None for
+            a model whose z has no groups.
 
     Raises:
-        InputError: an unknown group, or "dim" for a posterior without a per-dimension KL.
+        InputError: an unknown group, "dim" for a posterior without a per-dimension KL, or
+            "layer" for a model without latent groups.
     """
     if group not in FREE_BITS_GROUPS:
         raise InputError(f"free_bits_group must be one of {', '.join(FREE_BITS_GROUPS)}, got {group!r}")
+    if group == "layer":
+        if kl_by_group is None:
+            raise InputError("free_bits_group = 'layer' floors the KL of each latent group (the layers of a "
+                             "hierarchical model such as --model ladder), but this model's q(z|x) and p(z) have no "
+                             "groups; use --free-bits-group dim (each latent dimension) or all (the whole latent)")
+        if floor == 0:
+            return _sum_groups(kl_by_group).mean()
+        return torch.stack([value.mean().clamp(min=floor) for value in kl_by_group.values()]).sum()
     if kl_per_dim is None:
         if group == "dim":
+            also = "layer (each latent group) or all" if kl_by_group is not None else "all"
             raise InputError("free_bits_group = 'dim' floors the KL of each latent dimension, but this posterior's "
-                             "KL does not factorise over dimensions; use --free-bits-group all")
+                             f"KL does not factorise over dimensions; use --free-bits-group {also}")
         if kl is None:
             raise InputError("free_bits_kl needs kl_per_dim (B, d) or the total KL per point kl (B,)")
         per_point = kl  # (B,)
@@ -264,13 +333,21 @@ def elbo(
     z = rsample(q_z, (), generator)  # (B, d)
     log_px = model.decode(z, c).log_prob(x)  # (B,)
     prior = model.prior(c)
-    kl = kl_divergence_qp(q_z, prior, z)  # (B,)
+    kl_by_group = kl_groups(q_z, prior, z)  # {g: (B,)} where z has named groups (a ladder's layers), else None
+    # With groups the KL is the sum of the groups' (Monte Carlo) KLs, so "kl" = Σ_g "kl_g" exactly.
+    kl = kl_divergence_qp(q_z, prior, z) if kl_by_group is None else _sum_groups(kl_by_group)  # (B,)
     recon = -log_px.mean()
     kl_mean = kl.mean()
-    # Free bits floor each dimension's KL where the KL factorises; otherwise only the whole latent.
-    kl_loss = kl_mean if free_bits == 0 else free_bits_kl(kl_per_dim(q_z, prior), free_bits, free_bits_group, kl=kl)
-    return ObjectiveOutput(loss=recon + beta * kl_loss, terms={"recon": recon, "kl": kl_mean},
-                           elbo=-(recon + kl_mean))
+    # Free bits floor each dimension's KL where the KL factorises, each group's where z has groups,
+    # otherwise only the whole latent's.
+    if free_bits == 0 and free_bits_group != "layer":
+        kl_loss = kl_mean
+    else:
+        kl_loss = free_bits_kl(kl_per_dim(q_z, prior), free_bits, free_bits_group, kl=kl, kl_by_group=kl_by_group)
+    terms = {"recon": recon, "kl": kl_mean}
+    if kl_by_group is not None:
+        terms.update(_group_terms(kl_by_group))
+    return ObjectiveOutput(loss=recon + beta * kl_loss, terms=terms, elbo=-(recon + kl_mean))
 
 
 def _decode_log_px(model: LatentModel, z: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
@@ -352,8 +429,12 @@ def iwae(
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)
     with torch.no_grad():  # reported only, never differentiated: no autograd records for them
         recon = -log_px.mean()
-        kl = kl_divergence_qp(q_z, prior, z).mean()
-    return ObjectiveOutput(loss=-bound.mean(), terms={"recon": recon, "kl": kl}, elbo=-(recon + kl))
+        kl_by_group = kl_groups(q_z, prior, z)  # {g: (B,)} averaged over the k draws, or None
+        kl = (kl_divergence_qp(q_z, prior, z) if kl_by_group is None else _sum_groups(kl_by_group)).mean()
+        terms = {"recon": recon, "kl": kl}
+        if kl_by_group is not None:
+            terms.update(_group_terms(kl_by_group))
+    return ObjectiveOutput(loss=-bound.mean(), terms=terms, elbo=-(recon + kl))
 
 
 def ae_loss(model: LatentModel, x: Tensor, c: Tensor | None = None) -> ObjectiveOutput:

@@ -61,6 +61,10 @@ METRIC_LABELS = {
     "nll_gap_se": "  ± standard error",
     "nll_gap_note": "gap: IWAE NLL − true NLL",
     "kl_per_dim": "KL per latent dimension",
+    "latent_groups": "latent dimensions per layer z_i",
+    "kl_per_group": "KL per layer z_i",  # a model with latent groups (a ladder's layers): one row each
+    "kl_per_group_se": "  ± standard error, layer z_i",
+    "active_units_per_group": "active units per layer z_i",
     "condition": "condition",
     "conditioning_accuracy": "conditioning accuracy",
     "radius_tracking": "radius tracking",

@@ -175,6 +175,6 @@ def describe(config: TrainConfig) -> str:
     else:
         text = f"β = {config.beta:g}"
     if config.free_bits > 0:
-        per = "dimension" if config.free_bits_group == "dim" else "latent"
+        per = {"dim": "dimension", "layer": "layer"}.get(config.free_bits_group, "latent")
         text += f", free bits λ = {config.free_bits:g} nats per {per}"
     return text

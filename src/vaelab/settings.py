@@ -203,7 +203,10 @@ SETTING_RULES: dict[str, _Rule] = {
             "have; add --objective elbo" if not _objective(c).uses_free_bits else None),
         "train.free_bits_group": lambda c: _no_kl(c) or (
             "it chooses what the free-bits floor applies to, but there is no floor; add --free-bits λ (nats)"
-            if c.train.free_bits == 0 else None),
+            if c.train.free_bits == 0 else None) or (
+            f"layer floors the KL of each layer, and {_family(c)} has one latent layer; use --free-bits-group dim "
+            "or all, or a hierarchical model (--model ladder)"
+            if c.train.free_bits_group == "layer" and not _family_class(c).has_latent_groups else None),
     },  # ----- end of the training-aids block -----
     "eval.k": lambda c: None if _has_posterior(c) else (
         f"{_family(c)} has no likelihood bound to estimate; drop it or use --model vae"),

@@ -59,6 +59,13 @@ CASES = [
     Case("radial-conditional", {"kind": "radial", "latent_dim": 2}, cond_dim=8, data={"condition": "label"}),
     Case("iaf-conv", {"kind": "iaf", "net": "conv", "channels": [2, 4], "latent_dim": 3, "likelihood": "bernoulli"},
          x_dim=64, data={"name": "digits"}),
+    Case("ladder", {"kind": "ladder", "latent_dim": 3}),
+    Case("vamp", {"kind": "vamp", "latent_dim": 2}),
+    Case("vamp-conv", {"kind": "vamp", "net": "conv", "channels": [2, 4], "latent_dim": 3, "likelihood": "bernoulli",
+                       "vamp": {"components": 7}}, x_dim=64, data={"name": "digits"}),
+    Case("mog", {"kind": "mog", "latent_dim": 2}),
+    Case("mog-conditional", {"kind": "mog", "latent_dim": 3, "mog": {"components": 4}}, cond_dim=8,
+         data={"condition": "label"}),
 ]
 VARIATIONAL = [c for c in CASES if c.model["kind"] != "ae"]
 

@@ -212,3 +212,17 @@ def test_flow_posterior_figure_shows_base_flow_and_truth_with_their_gaps():
     assert len(gaps) == 6 and min(gaps) > -0.05  # each is a KL(q ‖ p(z|x)) ≥ 0, up to Monte Carlo noise
     with pytest.raises(ValueError, match="2-D latent"):
         plot_flow_posterior(_model("radial", d=3), load_dataset(cfg.data, "test"))
+
+
+def test_planar_log_determinant_stays_finite_where_float32_rounds():
+    # Found in training (radial_gmm, step 740): with |wᵀu| ~ 10³, recomputing wᵀû in float32 gave
+    # a value below −1 and the log-determinant NaN where tanh(wᵀz + b) ≈ 0.
+    w = torch.tensor([[30.0, -20.0]])
+    u = -w * 1.5  # wᵀu = −1950
+    b = torch.tensor([0.0])
+    step = PlanarStep(u, w, b)
+    z = torch.tensor([[0.0, 0.0], [1e-4, 0.0], [-3e-5, 2e-5]])[:, None, :]  # wᵀz + b ≈ 0: tanh ≈ 0
+    _, log_det = step.forward_and_log_det(z)
+    assert torch.all(torch.isfinite(log_det))
+    step64 = PlanarStep(u.double(), w.double(), b.double())
+    torch.testing.assert_close(log_det.double(), step64.forward_and_log_det(z.double())[1], rtol=1e-3, atol=1e-3)

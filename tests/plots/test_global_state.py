@@ -50,6 +50,10 @@ SCRIPT = textwrap.dedent(
         PlotContext(model=build_model(small.model_copy(update={"likelihood": "bernoulli"}), 784, seed=0),
                     data=digits),
         PlotContext(model=build_model(ModelConfig(kind="planar", hidden=[16]), 2, seed=0), data=points),
+        PlotContext(model=build_model(ModelConfig(kind="ladder", hidden=[16], latent_dim=3), 2, seed=0), data=points,
+                    history=History([{**row, "kl_1": 0.6, "kl_2": 0.4} for row in rows])),
+        PlotContext(model=build_model(ModelConfig(kind="vamp", hidden=[16]), 2, seed=0), data=points),
+        PlotContext(model=build_model(ModelConfig(kind="mog", hidden=[16]), 2, seed=0), data=points),
     ]
     drawn = set()
     out = Path(tempfile.mkdtemp())

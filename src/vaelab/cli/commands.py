@@ -250,7 +250,8 @@ def train(
                                       "default 0.5)"),
     free_bits: float = typer.Option(None, help="free bits λ in nats: floor on the batch-averaged KL of each "
                                     "group (--objective elbo; default 0, off)"),
-    free_bits_group: str = typer.Option(None, help="what λ floors: dim (each latent dimension, default) or all"),
+    free_bits_group: str = typer.Option(None, help="what λ floors: dim (each latent dimension, default), all, "
+                                       "or layer (each layer of a hierarchical model: --model ladder)"),
     compile_step: bool = typer.Option(None, "--compile/--no-compile", help="compile the training step with "
                                       "torch.compile: faster steps after a one-time compilation (default off)"),
     eval_k: int = typer.Option(None, help="importance samples for the evaluation NLL"),

@@ -102,6 +102,11 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         table.add_row("gap: IWAE NLL − true NLL", "omitted (see below)")
     if "kl_per_dim" in metrics:
         table.add_row("KL per latent dim", ", ".join(f"{v:.3f}" for v in metrics["kl_per_dim"]))
+    if "kl_per_group" in metrics:  # a model with latent groups: a ladder's layers z_1 … z_L
+        table.add_row("KL per layer", ", ".join(f"z_{g} {v:.3f}" for g, v in metrics["kl_per_group"].items()))
+    if "active_units_per_group" in metrics:
+        table.add_row("active units per layer",
+                      ", ".join(f"z_{g} {v}" for g, v in metrics["active_units_per_group"].items()))
     console.print(table)
     if "nll_gap_note" in metrics:
         console.print(metrics["nll_gap_note"], highlight=False, soft_wrap=True)

@@ -18,6 +18,8 @@ from vaelab.models.base import (
     has_standard_prior,
 )
 from vaelab.models.flows import IAFVAE, PlanarVAE, RadialVAE
+from vaelab.models.ladder import LadderVAE
+from vaelab.models.priors import MixtureOfGaussiansVAE, VampVAE
 from vaelab.models.vae import VAE
 
 # model.kind -> the class that builds it. The one list of families: build_model, checkpoint
@@ -25,6 +27,8 @@ from vaelab.models.vae import VAE
 FAMILIES: dict[str, type[LatentModel]] = {
     "vae": VAE, "ae": AE,
     "planar": PlanarVAE, "radial": RadialVAE, "iaf": IAFVAE,
+    "vamp": VampVAE, "mog": MixtureOfGaussiansVAE,
+    "ladder": LadderVAE,
 }
 
 
@@ -141,8 +145,7 @@ def build_model(
         return cls(config, x_dim, cond_dim, **extra)
 
 
-__all__ = ["AE", "FAMILIES", "IAFVAE", "VAE", "LatentModel", "PlanarVAE", "RadialVAE", "VariationalModel",
-           "build_model",
-           "check_family_tables",
-           "condition_embedding", "family", "family_options", "has_normal_posterior", "has_standard_prior",
-           "option_applies", "option_schemas", "register_family", "standard_normal"]
+__all__ = ["AE", "FAMILIES", "IAFVAE", "LadderVAE", "LatentModel", "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE",
+           "VAE", "VampVAE", "VariationalModel", "build_model", "check_family_tables", "condition_embedding",
+           "family", "family_options", "has_normal_posterior", "has_standard_prior", "option_applies",
+           "option_schemas", "register_family", "standard_normal"]

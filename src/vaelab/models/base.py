@@ -83,6 +83,9 @@ class LatentModel(nn.Module):
     objectives: ClassVar[tuple[str, ...]] = ("ae",)
     # The family's own options (a FamilyOptions subclass), or None: see the module docstring.
     options: ClassVar[type[FamilyOptions] | None] = None
+    # Whether q(z|x) and p(z) split z into named groups (``groups`` and ``log_prob_groups``: a
+    # ladder's layers), which objectives and evaluation report one by one (vaelab.objectives).
+    has_latent_groups: ClassVar[bool] = False
 
     @property
     def latent_dim(self) -> int:

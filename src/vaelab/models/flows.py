@@ -79,16 +79,32 @@ class FlowStep(Transform):
         return id(self)
 
 
+# softplus is floored at this: in float32 softplus(a) underflows to 0 for a < −104, and then
+# wᵀû = −1 exactly and the log-determinant is log 0 where tanh(wᵀz + b) = 0 (a NaN in training).
+SOFTPLUS_FLOOR = 1e-6
+
+
+def _softplus(a: Tensor) -> Tensor:
+    return F.softplus(a).clamp_min(SOFTPLUS_FLOOR)
+
+
 def planar_u_hat(u: Tensor, w: Tensor) -> Tensor:
     """The constrained û that makes the planar map invertible (Rezende & Mohamed 2015, App. A.1):
 
         û = u + (m(wᵀu) − wᵀu) · w / ‖w‖²,   m(a) = −1 + softplus(a),
 
-    so wᵀû = m(wᵀu) > −1 and 1 + ûᵀψ(z) > 0 for every z. u, w: (..., d) -> (..., d).
+    so wᵀû = m(wᵀu) > −1 and 1 + ûᵀψ(z) > 0 for every z (softplus floored at ``SOFTPLUS_FLOOR``,
+    so that stays true in float32). u, w: (..., d) -> (..., d).
     """
+    return _constrained(u, w)[0]
+
+
+def _constrained(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """û and softplus(wᵀu) = 1 + wᵀû (..., d), (...): the second exactly, where computing wᵀû
+    again would round (for |wᵀu| ~ 10³ in float32, to below −1, and the log-determinant to NaN)."""
     wu = (w * u).sum(-1, keepdim=True)  # (..., 1)
-    m = -1.0 + F.softplus(wu)
-    return u + (m - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
+    s = _softplus(wu)
+    return u + (s - 1.0 - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12), s.squeeze(-1)
 
 
 class PlanarStep(FlowStep):
@@ -100,22 +116,23 @@ class PlanarStep(FlowStep):
 
     def __init__(self, u: Tensor, w: Tensor, b: Tensor) -> None:
         super().__init__()
-        self.u_hat, self.w, self.b = planar_u_hat(u, w), w, b
+        self.w, self.b = w, b
+        self.u_hat, self.s = _constrained(u, w)  # û (B, d) and s = 1 + wᵀû > 0 (B,)
 
     def forward_and_log_det(self, z: Tensor) -> tuple[Tensor, Tensor]:
         a = (z * self.w).sum(-1) + self.b  # (..., B)
         t = torch.tanh(a)
         y = z + self.u_hat * t.unsqueeze(-1)
-        # ûᵀψ = (1 − tanh²(a)) wᵀû ≥ −1, and > −1 by the constraint: the log is finite
-        w_u = (self.w * self.u_hat).sum(-1)  # (B,)
-        return y, torch.log1p((1 - t.square()) * w_u)
+        # 1 + ûᵀψ = 1 + (1 − t²) wᵀû = t² + (1 − t²) s with s = 1 + wᵀû > 0: a sum of non-negative
+        # terms, positive, written so that no rounding can take it below 0
+        return y, torch.log(t.square() + (1 - t.square()) * self.s)
 
     def _inverse(self, y: Tensor) -> Tensor:
         """z from y = z + û tanh(wᵀz + b): with α = wᵀz, wᵀy = α + wᵀû tanh(α + b), whose right side
         increases with α (wᵀû > −1); α lies within |wᵀû| of wᵀy. Bisection on that interval, then
         z = y − û tanh(α + b). 64 halvings bring the interval below float64's resolution."""
         wy = (y * self.w).sum(-1).double()  # (..., B)
-        w_u = (self.w * self.u_hat).sum(-1).double().expand_as(wy)
+        w_u = (self.s.double() - 1).expand_as(wy)  # wᵀû
         b = self.b.double().expand_as(wy)
         lo, hi = wy - w_u.abs(), wy + w_u.abs()
         for _ in range(64):
@@ -139,8 +156,8 @@ class RadialStep(FlowStep):
     def __init__(self, z0: Tensor, a: Tensor, beta: Tensor) -> None:
         super().__init__()
         self.z0 = z0
-        self.alpha = F.softplus(a)  # (B,)
-        self.beta_hat = -self.alpha + F.softplus(beta)
+        self.alpha = _softplus(a)  # (B,)
+        self.beta_hat = -self.alpha + _softplus(beta)
 
     def forward_and_log_det(self, z: Tensor) -> tuple[Tensor, Tensor]:
         diff = z - self.z0  # (..., B, d)

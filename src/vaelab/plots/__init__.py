@@ -41,6 +41,8 @@ FORMATS = ("png", "svg", "pdf")
 FIGURE_MODULES: list[str] = [
     "vaelab.plots.data_space", "vaelab.plots.latent", "vaelab.plots.course", "vaelab.plots.images",
     "vaelab.plots.conditional", "vaelab.plots.curves", "vaelab.plots.flows",
+    "vaelab.plots.priors",
+    "vaelab.plots.hierarchy",
 ]
 
 _REGISTRY: dict[str, FigureSpec] = {}

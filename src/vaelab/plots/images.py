@@ -26,7 +26,7 @@ from vaelab.data.dataset import Dataset
 from vaelab.data.download import DatasetNotFoundError
 from vaelab.data.pixels import eval_view
 from vaelab.errors import InputError
-from vaelab.models import LatentModel
+from vaelab.models import LatentModel, has_standard_prior
 from vaelab.plots.common import (
     FigureSpec,
     NotebookFigure,
@@ -122,12 +122,13 @@ def plot_reconstructions(model: LatentModel, x: Tensor, image_shape: Sequence[in
 @torch.no_grad()
 def plot_image_samples(model: LatentModel, image_shape: Sequence[int], *, n: int = 64,
                        generator: torch.Generator | None = None) -> Figure:
-    """Decoder means E[x|z] of ``n`` draws z ~ N(0, I), in a square-ish grid."""
+    """Decoder means E[x|z] of ``n`` draws z ~ p(z) (the model's prior), in a square-ish grid."""
     x = model.sample(n, generator=generator)
     ncols = int(np.ceil(np.sqrt(n)))
     canvas = tile(as_images(x, image_shape), ncols)
     fig = NotebookFigure(figsize=_size(canvas), dpi=110, layout="constrained")
-    show(fig.subplots(), canvas, f"decoded prior samples E[x|z], z ~ N(0, I) (n = {n})")
+    prior = "N(0, I)" if has_standard_prior(model) else f"the learned prior p(z) of {model.config.kind}"
+    show(fig.subplots(), canvas, f"decoded prior samples E[x|z], z ~ {prior} (n = {n})")
     return fig
 
 
@@ -309,7 +310,8 @@ FIGURES = [
                "swapped identities show what the code forgets.",
                all_of(_needs_images, unconditional), title="Reconstructions"),
     FigureSpec("image_samples", _samples,
-               "Decoded prior samples E[x|z], z ~ N(0, I): they should look like the data, varied; "
+               "Decoded prior samples E[x|z], z ~ p(z) (N(0, I), or a family's learned prior): they should look "
+               "like the data, varied; "
                "blobs or repeated shapes mean the prior and the codes disagree or the model collapsed.",
                all_of(_needs_images, unconditional), title="Samples from the prior"),
     FigureSpec("image_traversal", _traversal,

@@ -1,0 +1,350 @@
+"""The ladder VAE: L ≥ 2 stochastic layers with a top-down inference path.
+
+Sønderby, Raiko, Maaløe, Sønderby & Winther (2016), "Ladder Variational Autoencoders".
+
+Generative model (top to bottom), z = [z_1, ..., z_L] with z_i of d_i dimensions:
+
+    p(z) = p(z_L) Π_{i<L} p(z_i | z_{i+1}),   p(z_L) = N(0, I),
+    p(z_i | z_{i+1}) = N(μ_{p,i}(z_{i+1}), σ²_{p,i}(z_{i+1}))   (an MLP per layer),
+    p(x | z) = p(x | z_1)                                           (the configured likelihood).
+
+Inference (LVAE eqs. 14-20): a deterministic bottom-up pass d_1 = f(x) (the configured encoder
+body, MLP or conv), d_i = MLP(d_{i-1}), gives each layer an estimate (μ̂_i, σ̂_i²) read off d_i.
+Then top-down, sharing the generative nets:
+
+    q(z_L | x) = N(μ̂_L, σ̂_L²),
+    q(z_i | z_{i+1}, x) = N(μ_{q,i}, σ²_{q,i}),  σ²_{q,i} = 1 / (σ̂_i⁻² + σ_{p,i}⁻²),
+                                                 μ_{q,i} = (μ̂_i σ̂_i⁻² + μ_{p,i} σ_{p,i}⁻²) σ²_{q,i},
+
+the precision-weighted combination of the bottom-up estimate and the generative p(z_i|z_{i+1})
+at the z_{i+1} drawn above (eqs. 18-19).
+
+The contract (vaelab.models.base): ``encode`` returns one distribution over the concatenated z
+(event shape (Σ d_i,)) that draws top-down with the passed generator (``LadderPosterior``) and
+scores log q(z|x) = Σ_i log q(z_i | z_{i+1}, x); ``prior`` one over the same z that draws and
+scores p(z) = p(z_L) Π p(z_i|z_{i+1}) (``LadderPrior``). So ``latent_dim`` = model.latent_dim =
+Σ d_i, ``decode(z)`` takes the concatenated z and reads only its first d_1 columns (p(x|z) =
+p(x|z_1)), and the ELBO (KL by Monte Carlo), IWAE, evaluation, sampling and the explorer work
+unchanged. Both distributions split z into named groups, one per layer (``groups``: "1" … "L"
+-> the columns of z_i; ``log_prob_groups``), which the objectives turn into a KL per layer
+("kl_1", …, "kl_L" in the history), free bits per layer (``free_bits_group = "layer"``) and
+evaluation into KL and active units per layer.
+
+``embed(x)`` (the code figures and the explorer show) is the top-down path of means: z_L = μ̂_L,
+then z_i = μ_{q,i} at the z_{i+1} chosen above. It is E_q[z_L] exactly; below the top it is the
+mean of q(z_i | z_{i+1}, x) at the mean of the layer above, not E_q[z_i] (which would average
+μ_{q,i} over the draws of z_{i+1}: no closed form through the MLP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+from vaelab.config import ConfigError, FamilyOptions, ModelConfig
+from vaelab.distributions import NormalLogVar, register_rsample, rsample, standard_normal
+from vaelab.models.base import VariationalModel
+from vaelab.nets import build_decoder, mlp
+from vaelab.nets.mlp import activation_layer
+
+# (i, z_{i+1} (..., d_{i+1})) -> (μ_{p,i}, log σ²_{p,i}), each (..., d_i); i is 0-based (z_1 is 0).
+PriorLayer = Callable[[int, Tensor], tuple[Tensor, Tensor]]
+
+
+class LadderOptions(FamilyOptions):
+    """The ``[model.ladder]`` table (its flags: ``--ladder-layers`` and the others it declares)."""
+
+    layers: list[int] | None = Field(
+        None, description="latent sizes d_1,...,d_L of the L >= 2 stochastic layers, bottom (z_1, decoded to x) to "
+        "top (z_L, prior N(0, I)); they sum to model.latent_dim, the width of z = [z_1, ..., z_L]; unset: two "
+        "layers, d_1 = ceil(latent_dim / 2)",
+    )
+    hidden: list[int] = Field(
+        default_factory=lambda: [64], description="hidden layer sizes of the nets between layers: the bottom-up "
+        "MLP d_(i-1) -> d_i and the top-down MLP z_(i+1) -> p(z_i | z_(i+1))",
+    )
+    width: int = Field(
+        64, gt=0, description="width of the deterministic bottom-up features d_i, from which each layer's estimate "
+        "(mu_i, sigma_i) is read (the encoder body's output)",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _two_or_more_positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if len(value) < 2:
+            raise ValueError(f"a ladder has L >= 2 stochastic layers, got {len(value)} size(s) {value}; give at "
+                             "least two sizes, e.g. 4,2 (one layer is the plain VAE: --model vae)")
+        if any(d <= 0 for d in value):
+            raise ValueError(f"every layer needs at least one dimension, got {value}")
+        return value
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        if any(w <= 0 for w in value):
+            raise ValueError(f"hidden layer sizes must be positive, got {value} (an empty list: linear nets)")
+        return value
+
+
+def layer_sizes(layers: Sequence[int] | None, latent_dim: int) -> list[int]:
+    """The sizes [d_1, ..., d_L] of the ladder's layers for ``model.latent_dim`` = Σ d_i.
+
+    Raises:
+        ConfigError: sizes that do not sum to latent_dim, or a latent_dim below 2 without sizes.
+    """
+    if layers is None:
+        if latent_dim < 2:
+            raise ConfigError(f"model.latent_dim (--latent-dim) = {latent_dim}: a ladder needs L >= 2 layers of at "
+                              "least one dimension each, and latent_dim is the width of z = [z_1, ..., z_L]; give "
+                              "--latent-dim 2 or more")
+        return [latent_dim - latent_dim // 2, latent_dim // 2]
+    if sum(layers) != latent_dim:
+        raise ConfigError(f"model.ladder.layers (--ladder-layers) = {list(layers)} sums to {sum(layers)}, but "
+                          f"model.latent_dim (--latent-dim) = {latent_dim}: z = [z_1, ..., z_L] is the concatenation "
+                          f"of the layers, so give --latent-dim {sum(layers)}, or layer sizes that sum to {latent_dim}")
+    return list(layers)
+
+
+def combine(loc_hat: Tensor, log_var_hat: Tensor, loc_p: Tensor, log_var_p: Tensor) -> tuple[Tensor, Tensor]:
+    """The precision-weighted combination of two Normal estimates (LVAE eqs. 18-19): (μ_q, log σ²_q).
+
+    σ²_q = 1 / (σ̂⁻² + σ_p⁻²), μ_q = (μ̂ σ̂⁻² + μ_p σ_p⁻²) σ²_q. Written in log-variances so no
+    precision overflows: log σ²_q = −logaddexp(−log σ̂², −log σ_p²), and the weight of the
+    bottom-up estimate σ̂⁻² σ²_q = 1 / (1 + σ̂²/σ_p²) = sigmoid(log σ_p² − log σ̂²). Shapes broadcast.
+    """
+    weight = torch.sigmoid(log_var_p - log_var_hat)
+    loc = weight * loc_hat + (1.0 - weight) * loc_p
+    log_var = -torch.logaddexp(-log_var_hat, -log_var_p)
+    return loc, log_var
+
+
+def _normal_log_prob(z: Tensor, loc: Tensor, log_var: Tensor) -> Tensor:
+    """Σ_j log N(z_j; μ_j, exp(h_j)) over the last dimension: (...)."""
+    return NormalLogVar(loc, log_var).log_prob(z).sum(-1)
+
+
+class _TopDown(Distribution):
+    """A distribution over z = [z_1, ..., z_L] (event shape (Σ d_i,)) that draws z_L, then each z_i
+    given z_{i+1}, down to z_1, and scores the product of those conditionals.
+
+    ``groups``: layer name ("1" … "L") -> the slice of z holding z_i; ``log_prob_groups(z)`` the
+    log-density of each conditional, (..., *batch) each; ``log_prob`` their sum. Subclasses give
+    ``_top`` (the distribution of z_L) and ``_conditional`` (that of z_i given z_{i+1}).
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, sizes: Sequence[int], prior_layer: PriorLayer, batch_shape: torch.Size) -> None:
+        self.sizes = list(sizes)
+        self.prior_layer = prior_layer
+        bounds = [0, *torch.tensor(self.sizes).cumsum(0).tolist()]
+        self.groups: dict[str, slice] = {str(i + 1): slice(a, b) for i, (a, b) in enumerate(pairwise(bounds))}
+        super().__init__(batch_shape, torch.Size([bounds[-1]]), validate_args=False)
+
+    def _top(self) -> tuple[Tensor, Tensor]:
+        """(μ, log σ²) of z_L, batch_shape + (d_L,)."""
+        raise NotImplementedError
+
+    def _conditional(self, i: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ, log σ²) of z_i (0-based i < L−1) given z_{i+1} (..., *batch, d_{i+1}): (..., *batch, d_i)."""
+        raise NotImplementedError
+
+    def split(self, z: Tensor) -> list[Tensor]:
+        """[z_1, ..., z_L] of z (..., Σ d_i): (..., d_i) each."""
+        return list(z.split(self.sizes, dim=-1))
+
+    def log_prob_groups(self, z: Tensor) -> dict[str, Tensor]:
+        """log q(z_i | z_{i+1}) of each layer i (and log q(z_L)) at z (..., *batch, Σ d_i): (..., *batch) each,
+        keyed "1" … "L"."""
+        parts = self.split(z)
+        top = len(parts) - 1
+        scores = {str(top + 1): _normal_log_prob(parts[top], *self._top())}
+        for i in range(top - 1, -1, -1):
+            scores[str(i + 1)] = _normal_log_prob(parts[i], *self._conditional(i, parts[i + 1]))
+        return {name: scores[name] for name in self.groups}  # bottom to top, as z is laid out
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log of the product of the layers' conditionals: Σ_i of ``log_prob_groups``, (..., *batch)."""
+        return torch.stack(list(self.log_prob_groups(value).values())).sum(0)
+
+    def _like(self) -> Tensor:
+        """A tensor on the distribution's device and dtype."""
+        raise NotImplementedError
+
+    def from_noise(self, eps: Sequence[Tensor]) -> Tensor:
+        """z from standard-normal noise ε_1, ..., ε_L (bottom to top, (..., *batch, d_i) each), top-down:
+        z_L = μ_L + σ_L ε_L, then z_i = μ_i(z_{i+1}) + σ_i(z_{i+1}) ε_i (the reparameterisation, layer
+        by layer): (..., *batch, Σ d_i). Figures hold some layers' ε fixed and vary another's."""
+        loc, log_var = self._top()
+        parts = [loc + torch.exp(0.5 * log_var) * eps[-1]]  # z_L
+        for i in range(len(self.sizes) - 2, -1, -1):
+            loc, log_var = self._conditional(i, parts[0])  # of z_i given z_{i+1}
+            parts.insert(0, loc + torch.exp(0.5 * log_var) * eps[i])
+        return torch.cat(parts, dim=-1)
+
+    def noise(self, sample_shape: Sequence[int], generator: torch.Generator | None) -> list[Tensor]:
+        """ε_1, ..., ε_L ~ N(0, I), sample_shape + batch_shape + (d_i,) each (bottom to top), drawn from
+        ``generator`` top layer first (through ``vaelab.distributions.rsample``, which also takes a
+        compiled step's noise tape in place of the generator)."""
+        shape = tuple(sample_shape) + tuple(self.batch_shape)
+        eps = {i: rsample(standard_normal(d, self._like()).base_dist, shape, generator)  # 0 + 1·ε = ε exactly
+               for i, d in reversed(list(enumerate(self.sizes)))}
+        return [eps[i] for i in range(len(self.sizes))]
+
+    def draw(self, sample_shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+        """sample_shape + batch_shape + (Σ d_i,), reparameterised; top-down: z_L, then each z_i given
+        the z_{i+1} just drawn (``from_noise`` of ``noise``). All noise comes from ``generator``."""
+        return self.from_noise(self.noise(sample_shape, generator))
+
+    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+        """torch's API: a draw from the global RNG. The library draws with ``vaelab.distributions.rsample``
+        and an explicit generator instead."""
+        return self.draw(tuple(sample_shape), None)
+
+    def mean_path(self) -> Tensor:
+        """The top-down path of means, batch_shape + (Σ d_i,): z_L = its mean, then each z_i the mean
+        of its conditional at the z_{i+1} chosen above (exactly E[z_L]; below the top, not E[z_i])."""
+        parts = [self._top()[0]]
+        for i in range(len(self.sizes) - 2, -1, -1):
+            parts.insert(0, self._conditional(i, parts[0])[0])
+        return torch.cat(parts, dim=-1)
+
+
+class LadderPrior(_TopDown):
+    """p(z) = p(z_L) Π_{i<L} p(z_i | z_{i+1}), p(z_L) = N(0, I): batch shape (), event (Σ d_i,)."""
+
+    def __init__(self, sizes: Sequence[int], prior_layer: PriorLayer, like: Tensor) -> None:
+        super().__init__(sizes, prior_layer, torch.Size())
+        self.like = like
+
+    def _like(self) -> Tensor:
+        return self.like
+
+    def _top(self) -> tuple[Tensor, Tensor]:
+        base = standard_normal(self.sizes[-1], self.like).base_dist  # N(0, I_{d_L}), shared constants
+        return base.loc, torch.zeros_like(base.loc)  # log σ² = 0
+
+    def _conditional(self, i: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
+        return self.prior_layer(i, z_above)
+
+
+class LadderPosterior(_TopDown):
+    """q(z|x) = q(z_L|x) Π_{i<L} q(z_i | z_{i+1}, x) (LVAE eqs. 17-20): batch (B,), event (Σ d_i,).
+
+    ``estimates``: the bottom-up (μ̂_i, log σ̂_i²) of each layer, (B, d_i) each, bottom to top;
+    ``prior_layer``: the generative p(z_i | z_{i+1}) whose parameters q combines with them.
+    """
+
+    def __init__(self, estimates: Sequence[tuple[Tensor, Tensor]], prior_layer: PriorLayer) -> None:
+        self.estimates = list(estimates)
+        super().__init__([loc.shape[-1] for loc, _ in estimates], prior_layer, estimates[0][0].shape[:-1])
+
+    def _like(self) -> Tensor:
+        return self.estimates[0][0]
+
+    def _top(self) -> tuple[Tensor, Tensor]:
+        return self.estimates[-1]  # q(z_L|x) = N(μ̂_L, σ̂_L²)
+
+    def _conditional(self, i: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
+        loc_p, log_var_p = self.prior_layer(i, z_above)  # p(z_i | z_{i+1}) at the given z_{i+1}
+        return combine(*self.estimates[i], loc_p, log_var_p)  # eqs. 18-19
+
+
+@register_rsample(_TopDown)
+def _rsample_top_down(dist: _TopDown, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    return dist.draw(shape, generator)
+
+
+class LadderVAE(VariationalModel):
+    """A ladder VAE with L ≥ 2 Normal layers; see the module docstring for the model.
+
+    encode: x (B, D) [+ c] -> ``LadderPosterior`` over z (B, Σ d_i);
+    prior: ``LadderPrior`` over z (Σ d_i,) (it does not depend on c);
+    decode: z (..., Σ d_i) [+ c] -> p(x | z_1) from the configured likelihood (z_1 = z[..., :d_1]).
+    Every scale (bottom-up σ̂_i, top-down σ_{p,i}) comes from its net's output h by ``config.scale``
+    (logvar: h = log σ²; softplus: σ = softplus(h); exp: h = log σ), as in the VAE.
+    """
+
+    options = LadderOptions
+    has_latent_groups = True  # q and p split z into its layers "1" … "L"
+
+    def __init__(
+        self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
+    ) -> None:
+        super().__init__()
+        opts = config.family_options(LadderOptions)
+        self.sizes = layer_sizes(opts.layers, config.latent_dim)
+        # The encoder body maps x [+ c] to the first bottom-up features d_1 (B, width).
+        self._build(config, x_dim, cond_dim, cond_embed, encoder_out=opts.width)
+        # p(x|z) = p(x|z_1): the decoder reads z_1 (and c), not the whole z that _build sized it for.
+        c_width = self.cond_embed[-1] if self.cond_embed else cond_dim
+        self.decoder = build_decoder(config, self.sizes[0] + c_width, x_dim, self.likelihood.params_per_dim)
+        self.activation = activation_layer(config.activation)
+        # d_i = act(MLP(d_{i-1})), i = 2..L (LVAE eq. 14), and each layer's head d_i -> (μ̂_i, h_i) (eqs. 15-16).
+        self.bottom_up = nn.ModuleList(
+            mlp(opts.width, opts.hidden, opts.width, config.activation) for _ in self.sizes[1:])
+        self.heads = nn.ModuleList(nn.Linear(opts.width, 2 * d) for d in self.sizes)
+        # z_{i+1} -> (μ_{p,i}, h_{p,i}) of p(z_i | z_{i+1}), i = 1..L−1.
+        self.top_down = nn.ModuleList(
+            mlp(d_above, opts.hidden, 2 * d, config.activation) for d, d_above in pairwise(self.sizes))
+
+    @property
+    def layers(self) -> int:
+        """The number L of stochastic layers."""
+        return len(self.sizes)
+
+    def _log_var(self, h: Tensor) -> Tensor:
+        """log σ² from a net's scale output h, by ``config.scale``."""
+        if self.config.scale == "logvar":
+            return h
+        if self.config.scale == "softplus":
+            return 2.0 * F.softplus(h).log()
+        return 2.0 * h  # exp: h = log σ
+
+    def prior_layer(self, i: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ_p, log σ²_p) of p(z_j | z_{j+1}), j = i + 1 (``i`` counts layers from 0, i < L − 1):
+        z_above = z_{j+1} (..., d_{j+1}) -> (..., d_j) each."""
+        loc, h = self.top_down[i](z_above).chunk(2, dim=-1)
+        return loc, self._log_var(h)
+
+    def bottom_up_estimates(self, x: Tensor, c: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """The deterministic bottom-up pass: (μ̂_i, log σ̂_i²) of every layer, (B, d_i) each, bottom to top."""
+        self._check_width(x, self.x_dim, "x", "x_dim")
+        d = self.activation(self.encoder(self._with_condition(x, c)))  # d_1 (B, width)
+        estimates = []
+        for i, head in enumerate(self.heads):
+            if i > 0:
+                d = self.activation(self.bottom_up[i - 1](d))  # d_i = act(MLP(d_{i-1}))
+            loc, h = head(d).chunk(2, dim=-1)
+            estimates.append((loc, self._log_var(h)))
+        return estimates
+
+    def encode(self, x: Tensor, c: Tensor | None = None) -> LadderPosterior:
+        """q(z|x, c): (B, D) -> ``LadderPosterior`` with batch shape (B,), event shape (Σ d_i,)."""
+        return LadderPosterior(self.bottom_up_estimates(x, c), self.prior_layer)
+
+    def prior(self, c: Tensor | None = None) -> LadderPrior:
+        """p(z) = N(z_L; 0, I) Π p(z_i | z_{i+1}): batch shape (), event shape (Σ d_i,); c is not used."""
+        return LadderPrior(self.sizes, self.prior_layer, next(self.parameters()))
+
+    def decode(self, z: Tensor, c: Tensor | None = None) -> Distribution:
+        """p(x|z, c) = p(x|z_1, c): z (..., Σ d_i) -> batch shape (...); only z_1 = z[..., :d_1] is read."""
+        self._check_width(z, self.latent_dim, "z", "latent_dim (the width of z = [z_1, ..., z_L])")
+        return self.likelihood(self.decoder(self._with_condition(z[..., :self.sizes[0]], c)))
+
+    def embed(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """The top-down path of posterior means: (B, D) -> (B, Σ d_i) (see the module docstring)."""
+        return self.encode(x, c).mean_path()
+
+
+__all__ = ["LadderOptions", "LadderPosterior", "LadderPrior", "LadderVAE", "combine", "layer_sizes"]
