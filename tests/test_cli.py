@@ -259,3 +259,17 @@ def test_printed_lines_are_not_wrapped_at_the_terminal_width(run_dir, tmp_path):
     result = invoke("eval", run_dir, "--k", "4")
     assert result.exit_code == 0, result.output
     assert f"{run_dir / 'metrics.json'} kept as it was: these numbers use" in result.output, result.output
+
+
+def test_version_prints_vaelab_torch_and_python_versions_and_exits():
+    import platform
+
+    import torch
+
+    import vaelab
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    assert result.output == f"vaelab {vaelab.__version__} ({versions})\n"
+    assert runner.invoke(app, ["--version", "train", "--epochs", "x"]).exit_code == 0  # eager: nothing else runs

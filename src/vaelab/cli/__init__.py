@@ -15,6 +15,26 @@ app = typer.Typer(
     help="Train, evaluate and explore variational autoencoders.",
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from vaelab import __version__
+
+        typer.echo(f"vaelab {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print vaelab's version (and torch's and Python's) and exit."),
+) -> None:
+    """Train, evaluate and explore variational autoencoders."""
+
+
 # Registers every command on ``app``; after ``app`` exists, since the commands module imports it.
 from vaelab.cli import commands, sweep  # noqa: E402, F401
 
