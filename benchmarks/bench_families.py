@@ -50,7 +50,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FAMILIES = ("vae", "planar", "radial", "iaf", "vamp", "mog", "ladder")
 # Each family's own options in this table (the rest are its defaults); the widths are the preset's.
 OPTIONS: dict[str, dict[str, Any]] = {
-    "planar": {"flows": 8},
+    "planar": {"flows": 2},
     "radial": {"flows": 8},
     "iaf": {"flows": 2, "context": 32, "hidden": [320, 320]},
     "vamp": {"components": 500},
