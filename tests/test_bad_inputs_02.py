@@ -585,7 +585,8 @@ def test_every_flag_a_message_names_exists_on_the_command_it_names():
     assert _COMMAND.findall(advice) == [("eval", " RUN --eval-k N")]
     assert "--eval-k" not in options["eval"]
     family = set(flag_table())
-    every = set().union(*options.values()) | family | _FOREIGN_FLAGS
+    root = {o for p in group.params for o in (*p.opts, *p.secondary_opts)}  # vaelab's own: --version
+    every = set().union(*options.values()) | root | family | _FOREIGN_FLAGS
     unknown, misplaced, edits = [], [], []
     for where, text in _message_strings():
         for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text):
