@@ -56,3 +56,29 @@ def parsed_train_config(monkeypatch, command: str) -> RunConfig:
     result = CliRunner().invoke(app, shlex.split(command)[1:])
     assert isinstance(result.exception, _Parsed), result.output
     return captured["config"]
+
+
+def assert_stacked_equals_solo(configs: list[RunConfig], columns: tuple[str, ...] = ("loss", "kl")) -> list:
+    """Train ``configs`` (one model family, members differing in per-member settings) as one stack
+    with ``fit_stack`` and each alone with ``fit`` from the same initial weights, on the configs'
+    (shared) training data; assert every member ends with its solo run's weights (1e-5) and
+    history ``columns`` (1e-4). Returns the stack's MemberResults."""
+    import copy
+
+    import torch
+
+    from vaelab.data.registry import load_dataset
+    from vaelab.models import build_model
+    from vaelab.train import fit, fit_stack
+
+    x = load_dataset(configs[0].data, "train").x
+    stacked = [build_model(c.model, x.shape[1], seed=c.train.seed) for c in configs]
+    solo = [copy.deepcopy(m) for m in stacked]
+    results = fit_stack(stacked, x, [c.train for c in configs])
+    for model, alone, cfg, result in zip(stacked, solo, configs, results, strict=True):
+        history = fit(alone, x, cfg.train)
+        assert result.error is None and result.state.complete
+        torch.testing.assert_close(model.state_dict(), alone.state_dict(), rtol=1e-5, atol=1e-5)
+        for column in columns:
+            torch.testing.assert_close(result.history.column(column), history.column(column), rtol=1e-4, atol=1e-4)
+    return results

@@ -4,14 +4,13 @@ stacked == solo, and the combinations that are refused."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from helpers import tiny_config
+from helpers import assert_stacked_equals_solo, tiny_config
 from vaelab.config import ConfigError, RunConfig
 from vaelab.data.registry import load_dataset
 from vaelab.distributions import rsample
@@ -19,7 +18,7 @@ from vaelab.errors import InputError
 from vaelab.models import build_model
 from vaelab.models.flows import MADE, FlowVAE, IAFStep, PlanarStep, RadialStep, planar_u_hat
 from vaelab.objectives import elbo, iwae_bound
-from vaelab.train import fit, fit_stack
+from vaelab.train import fit
 
 FLOWS = ("planar", "radial", "iaf")
 D, B = 3, 4
@@ -159,15 +158,7 @@ def test_the_options_change_the_model():
 def test_every_stacked_member_equals_its_solo_run(kind):
     cfg = tiny_config(model={"kind": kind, "hidden": [16, 16]},
                       train={"objective": "iwae", "k": 3, "epochs": 3, "batch_size": 64})
-    x = load_dataset(cfg.data, "train").x
-    configs = [cfg.with_overrides({"train": t}) for t in ({"beta": 0.5}, {"seed": 3})]
-    stacked = [build_model(c.model, 2, seed=c.train.seed) for c in configs]
-    solo = [copy.deepcopy(m) for m in stacked]
-    results = fit_stack(stacked, x, [c.train for c in configs])
-    for model, alone, c, result in zip(stacked, solo, configs, results, strict=True):
-        fit(alone, x, c.train)
-        assert result.error is None
-        torch.testing.assert_close(model.state_dict(), alone.state_dict(), rtol=1e-5, atol=1e-5)
+    assert_stacked_equals_solo([cfg.with_overrides({"train": t}) for t in ({"beta": 0.5}, {"seed": 3})])
 
 
 def _held_out_bound(model, x) -> torch.Tensor:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import assert_stacked_equals_solo, tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab import train_run
 from vaelab.config import ConfigError, RunConfig
@@ -25,7 +25,7 @@ from vaelab.errors import InputError
 from vaelab.evaluate import evaluate
 from vaelab.models import MixtureOfGaussiansVAE, VampVAE, build_model
 from vaelab.objectives import iwae_bound
-from vaelab.train import can_stack, fit, fit_stack
+from vaelab.train import can_stack
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -243,16 +243,7 @@ def test_stacked_members_equal_their_solo_fit(kind):
                   "checkpoint_every": 2}})
     configs = [base.with_overrides({"train": {"beta": 0.5}}), base.with_overrides({"train": {"beta": 2.0, "seed": 3}})]
     assert can_stack([c.model for c in configs], [c.train for c in configs]) is None
-    x = load_dataset(base.data, "train").x
-    stacked = [build_model(c.model, 2, seed=c.train.seed) for c in configs]
-    solo = [copy.deepcopy(m) for m in stacked]
-    results = fit_stack(stacked, x, [c.train for c in configs])
-    for model, alone, cfg, result in zip(stacked, solo, configs, results, strict=True):
-        history = fit(alone, x, cfg.train)
-        assert result.error is None and result.state.complete
-        torch.testing.assert_close(model.state_dict(), alone.state_dict(), rtol=1e-5, atol=1e-5)
-        for column in ("loss", "recon", "kl", "diversity"):
-            torch.testing.assert_close(result.history.column(column), history.column(column), rtol=1e-4, atol=1e-4)
+    assert_stacked_equals_solo(configs, ("loss", "recon", "kl", "diversity"))
     # members with another K cannot share one stack, and can_stack says so
     other = base.with_overrides({"model": {kind: {"components": 5}}})
     assert f"model.{kind}" in (can_stack([base.model, other.model], [base.train, base.train]) or "")
