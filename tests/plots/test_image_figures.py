@@ -131,3 +131,30 @@ def test_other_data_errors_are_not_swallowed(digits_run, monkeypatch, error):
     monkeypatch.setattr(registry_module, "load_dataset", broken)
     with pytest.raises(type(error), match=str(error)):
         render(ctx, "image_reconstructions")
+
+
+def test_binarized_originals_are_drawn_in_grey_and_the_title_says_what_the_model_reads(digits_run):
+    """Review D27: a Bernoulli run's figures drew the binarized test digits (speckle). The originals'
+    rows and the strips' ends show the grey levels; the reconstructions are still of the binary
+    images the model is scored on."""
+    from vaelab.data.pixels import eval_view
+    from vaelab.data.registry import load_dataset
+    from vaelab.plots import load_context, render
+
+    ctx = load_context(digits_run)
+    test = load_dataset(digits_run.config.data.model_copy(update={"limit_test": 2000}), "test")
+    scored = eval_view(digits_run.config, test)[0].x
+    assert set(scored.unique().tolist()) <= {0.0, 1.0} and not set(test.x.unique().tolist()) <= {0.0, 1.0}
+
+    fig = render(ctx, "image_reconstructions")
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    first_original = canvas[1:9, 1:9]  # pad 1, 8x8 tiles: row 0 holds originals
+    assert np.allclose(first_original, test.x[0].reshape(8, 8).numpy(), atol=1e-6)
+    first_recon = canvas[10:18, 1:9]  # row 1: the reconstruction of the binarized image
+    expected = digits_run.model.reconstruct(scored[:1]).reshape(8, 8).detach().numpy()
+    assert np.allclose(first_recon, expected, atol=1e-5)
+    assert "drawn in grey" in _titles(fig) and "binarization" in _titles(fig)
+
+    strip = np.asarray(render(ctx, "image_interpolations").axes[0].images[0].get_array())
+    assert np.allclose(strip[1:9, 1:9], test.x[0].reshape(8, 8).numpy(), atol=1e-6)
+    assert "drawn in grey" not in _titles(render(ctx, "image_latent_classes"))

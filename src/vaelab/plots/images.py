@@ -13,6 +13,7 @@ PlotContext (the test split when the run's config can load it).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -74,7 +75,10 @@ def show(ax: Axes, canvas: np.ndarray, title: str | None = None) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize="medium")
+        # Wrapped to the figure's width (about 10 characters per inch at this size), so a long
+        # title over a narrow grid is not cut off at the figure's edges.
+        width = max(20, int(10 * ax.figure.get_figwidth() * ax.get_position().width))
+        ax.set_title(textwrap.fill(title, width=width), fontsize="medium")
 
 
 def _size(canvas: np.ndarray, scale: float = 0.035, longest: float = 7.0) -> tuple[float, float]:
@@ -98,16 +102,19 @@ def _decode_mean(model: LatentModel, z: Tensor, c: Tensor | None = None) -> Tens
 
 @torch.no_grad()
 def plot_reconstructions(model: LatentModel, x: Tensor, image_shape: Sequence[int], *, n: int = 10,
-                         rows: int = 2, source: str = "images") -> Figure:
+                         rows: int = 2, source: str = "images", shown: Tensor | None = None) -> Figure:
     """Originals over their reconstructions (decoder mean at the posterior mean).
 
     ``rows`` pairs of rows of ``n`` images: row 2k holds originals, row 2k+1 their
     reconstructions, so each reconstruction sits right under its input. ``source`` says in
-    the title which images x are (e.g. "test images").
+    the title which images x are (e.g. "test images"). ``shown``: the images drawn in the
+    originals' rows when they are not x itself (the grey levels of a binarized x: one
+    Bernoulli draw of a small or upscaled digit is speckle a reader cannot judge).
     """
     x = x[: n * rows].to(next(model.parameters()).device)
     recon = model.reconstruct(x)
-    originals, recons = as_images(x, image_shape), as_images(recon, image_shape)
+    originals = as_images(x if shown is None else shown[: len(x)], image_shape)
+    recons = as_images(recon, image_shape)
     n = min(n, len(x))
     order = []
     for r in range(-(-len(x) // n)):
@@ -176,17 +183,20 @@ def plot_traversal(model: LatentModel, image_shape: Sequence[int], dims: tuple[i
 
 @torch.no_grad()
 def plot_interpolations(model: LatentModel, x_a: Tensor, x_b: Tensor, image_shape: Sequence[int], *,
-                        steps: int = 10, source: str = "images") -> Figure:
+                        steps: int = 10, source: str = "images",
+                        shown: tuple[Tensor, Tensor] | None = None) -> Figure:
     """One strip per pair: the decoder mean along the straight line between the codes of x_a[k]
     and x_b[k] (both (P, D)), with the two originals (``source``, e.g. "test images") at the
-    ends of the strip."""
+    ends of the strip. ``shown``: the images drawn at the ends when they are not x_a, x_b
+    themselves (the grey levels of binarized inputs)."""
     dev = next(model.parameters()).device
     x_a, x_b = x_a.to(dev), x_b.to(dev)
     z_a, z_b = _code(model, x_a), _code(model, x_b)  # (P, d)
     t = torch.linspace(0.0, 1.0, steps, device=dev)[:, None, None]  # (steps, 1, 1)
     z = (1 - t) * z_a + t * z_b  # (steps, P, d)
     decoded = _decode_mean(model, z).transpose(0, 1)  # (P, steps, D)
-    rows = [torch.cat([x_a[k:k + 1], decoded[k], x_b[k:k + 1]]) for k in range(len(x_a))]
+    ends_a, ends_b = (x_a, x_b) if shown is None else (shown[0].to(dev), shown[1].to(dev))
+    rows = [torch.cat([ends_a[k:k + 1], decoded[k], ends_b[k:k + 1]]) for k in range(len(x_a))]
     canvas = tile(as_images(torch.cat(rows), image_shape), steps + 2)
     fig = NotebookFigure(figsize=_size(canvas), dpi=110, layout="constrained")
     show(fig.subplots(), canvas, f"interpolation between the codes of {source} (originals at both ends)")
@@ -230,22 +240,26 @@ def _square(span: float):  # noqa: ANN202 (a matplotlib patch)
 # ---------------------------------------------------------------------------------------------
 
 
-def _shown_data(ctx: PlotContext) -> tuple[Dataset, str]:
-    """The images the figures show and what they are, for the titles: the test split as the
-    model is scored on it (binarized for a Bernoulli model), or the context's training images
-    when there is no run config or the test split's files are not on disk.
+def _shown_data(ctx: PlotContext) -> tuple[Dataset, Tensor | None, str]:
+    """The images the figures encode, the grey levels to draw in their place (None: draw them
+    as they are) and what they are, for the titles: the test split as the model is scored on it
+    (binarized for a Bernoulli model, drawn in its grey levels), or the context's training
+    images when there is no run config or the test split's files are not on disk.
 
     Only a missing dataset is expected here; a corrupt file or an unreadable folder raises
     (the report shows the figure's error), so nothing is relabelled silently.
     """
     if ctx.config is None:
-        return ctx.data, "training images"
+        return ctx.data, None, "training images"
     data_cfg = ctx.config.data.model_copy(update={"limit_test": 2000})
     try:
         test = data_registry.load_dataset(data_cfg, "test")
     except DatasetNotFoundError:
-        return ctx.data, "training images (the test split is not on disk)"
-    return eval_view(ctx.config, test)[0], "test images"
+        return ctx.data, None, "training images (the test split is not on disk)"
+    scored, mode = eval_view(ctx.config, test)
+    if mode == "none":
+        return scored, None, "test images"
+    return scored, test.x, "test images (drawn in grey; the model reads and is scored on a fixed binarization)"
 
 
 def _needs_images(ctx: PlotContext) -> str | None:
@@ -269,8 +283,8 @@ def _needs_d2(ctx: PlotContext) -> str | None:
 
 
 def _reconstructions(ctx: PlotContext) -> Figure:
-    data, source = _shown_data(ctx)
-    return plot_reconstructions(ctx.model, data.x, _image_shape(data), source=source)
+    data, grey, source = _shown_data(ctx)
+    return plot_reconstructions(ctx.model, data.x, _image_shape(data), source=source, shown=grey)
 
 
 def _samples(ctx: PlotContext) -> Figure:
@@ -278,14 +292,14 @@ def _samples(ctx: PlotContext) -> Figure:
 
 
 def _traversal(ctx: PlotContext) -> Figure:
-    data, source = _shown_data(ctx)
+    data, _, source = _shown_data(ctx)
     # "test images" -> "test image"; the note in brackets stays as it is
     one = source.replace("images", "image", 1)
     return plot_traversal(ctx.model, _image_shape(data), ctx.dims, anchor=data.x[0], anchor_source=one)
 
 
 def _interpolations(ctx: PlotContext) -> Figure:
-    data, source = _shown_data(ctx)
+    data, grey, source = _shown_data(ctx)
     pairs = min(6, len(data) // 2)
     if pairs == 0:
         raise InputError("interpolations need at least two images")
@@ -295,19 +309,23 @@ def _interpolations(ctx: PlotContext) -> Figure:
     for a in idx_a:
         others = [b for b in range(pairs, len(data)) if labels is None or labels[b] != labels[a]]
         idx_b.append(next((b for b in others if b not in idx_b), pairs + a))
-    return plot_interpolations(ctx.model, data.x[idx_a], data.x[idx_b], _image_shape(data), source=source)
+    shown = None if grey is None else (grey[idx_a], grey[idx_b])
+    return plot_interpolations(ctx.model, data.x[idx_a], data.x[idx_b], _image_shape(data), source=source,
+                               shown=shown)
 
 
 def _latent_classes(ctx: PlotContext) -> Figure:
-    data, source = _shown_data(ctx)
-    return plot_latent_classes(ctx.model, data, source=source)
+    data, grey, source = _shown_data(ctx)
+    # No image is drawn here, so the note on how they are drawn does not apply.
+    return plot_latent_classes(ctx.model, data, source="test images" if grey is not None else source)
 
 
 FIGURES = [
     FigureSpec("image_reconstructions", _reconstructions,
                "Test images (training images when the test split is not on disk: the figure's title says "
                "which) over their reconstructions (decoder mean at the posterior mean): blur and "
-               "swapped identities show what the code forgets.",
+               "swapped identities show what the code forgets. A Bernoulli model reads a fixed binarization "
+               "of each image; the originals are drawn in their grey levels, so they can be recognised.",
                all_of(_needs_images, unconditional), title="Reconstructions"),
     FigureSpec("image_samples", _samples,
                "Decoded prior samples E[x|z], z ~ p(z) (N(0, I), or a family's learned prior): they should look "
