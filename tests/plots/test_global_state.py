@@ -27,6 +27,7 @@ SCRIPT = textwrap.dedent(
     from vaelab.history import History
     from vaelab.conditions import fit_condition
     from vaelab.config import ModelConfig
+    from vaelab.data.dataset import Dataset
     from vaelab.data.registry import load_dataset
     from vaelab.config import DataConfig
     from vaelab.data.toy2d import ring
@@ -54,6 +55,8 @@ SCRIPT = textwrap.dedent(
                     history=History([{**row, "kl_1": 0.6, "kl_2": 0.4} for row in rows])),
         PlotContext(model=build_model(ModelConfig(kind="vamp", hidden=[16]), 2, seed=0), data=points),
         PlotContext(model=build_model(ModelConfig(kind="mog", hidden=[16]), 2, seed=0), data=points),
+        PlotContext(model=build_model(small, 3, seed=0),  # 3 data coordinates: the pair plot
+                    data=Dataset(name="ring3", x=torch.cat([points.x, points.x.norm(dim=1, keepdim=True)], 1))),
     ]
     drawn = set()
     out = Path(tempfile.mkdtemp())

@@ -9,7 +9,7 @@ lets the objectives, the training loop and evaluation treat every dataset alike.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -34,6 +34,8 @@ class Dataset:
             conditioned on the label is scored against this, not against ``log_prob``.
         image_shape: (C, H, W) when each row of ``x`` is a flattened image, else None.
         extras: further per-point tensors of shape (N, ...) (e.g. ``"radius"``).
+        columns: the name of each of x's D columns (a CSV file's header), or None; figures
+            label their data axes with them.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Dataset:
     log_prob_given_label: Callable[[Tensor, Tensor], Tensor] | None = None
     image_shape: tuple[int, int, int] | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    columns: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2:
@@ -58,6 +61,9 @@ class Dataset:
                 raise InputError(
                     f"Dataset {self.name!r}: extra {key!r} has {value.shape[0]} rows, x has {self.x.shape[0]}"
                 )
+        if self.columns is not None and len(self.columns) != self.x.shape[1]:
+            raise InputError(f"Dataset {self.name!r}: {len(self.columns)} column names for "
+                             f"{self.x.shape[1]} columns of x")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -78,13 +84,14 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with every tensor on ``device``."""
-        return Dataset(
-            name=self.name,
-            x=self.x.to(device),
-            labels=None if self.labels is None else self.labels.to(device),
-            label_names=self.label_names,
-            log_prob=self.log_prob,
-            log_prob_given_label=self.log_prob_given_label,
-            image_shape=self.image_shape,
+        return replace(
+            self, x=self.x.to(device), labels=None if self.labels is None else self.labels.to(device),
             extras={k: v.to(device) for k, v in self.extras.items()},
+        )
+
+    def rows(self, idx: Tensor | slice) -> Dataset:
+        """The points ``idx`` (with their labels and extras); everything else is kept."""
+        return replace(
+            self, x=self.x[idx], labels=None if self.labels is None else self.labels[idx],
+            extras={k: v[idx] for k, v in self.extras.items()},
         )

@@ -146,12 +146,13 @@ def load_points(
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataFileError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
     labels = names = None
+    columns: list[str] | None = None  # a CSV header's names of the data columns
     conditions: dict[str, np.ndarray] = {}
     if suffix != ".csv" and condition_columns:
         raise DataFileError(f"{path}: condition columns can only be named for CSV files with a header row")
     try:
         if suffix == ".csv":
-            arr, labels, names, _, conditions = _read_csv(path, label_column, condition_columns)
+            arr, labels, names, columns, conditions = _read_csv(path, label_column, condition_columns)
         elif suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
@@ -216,7 +217,7 @@ def load_points(
     ds = Dataset(
         name=f"file:{path}", x=x,
         labels=None if labels is None else torch.as_tensor(labels),
-        label_names=names,
+        label_names=names, columns=columns,
     )
     ds.extras["radius"] = x.norm(dim=1)
     for name, values in conditions.items():

@@ -99,14 +99,7 @@ TEST_9K_TRAIN = 9000
 
 def take(data: Dataset, idx: torch.Tensor | slice) -> Dataset:
     """The rows ``idx`` of a dataset, with its labels and extras."""
-    from vaelab.data.dataset import Dataset
-
-    return Dataset(
-        name=data.name, x=data.x[idx], labels=None if data.labels is None else data.labels[idx],
-        label_names=data.label_names, log_prob=data.log_prob,
-        log_prob_given_label=data.log_prob_given_label, image_shape=data.image_shape,
-        extras={k: v[idx] for k, v in data.extras.items()},
-    )
+    return data.rows(idx)
 
 
 def _mnist_family(name: str) -> Callable[[DataConfig, Split], Dataset]:

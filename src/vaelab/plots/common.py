@@ -68,9 +68,10 @@ def z_label(i: int) -> str:
     return f"z{sub(i + 1)}"
 
 
-def x_label(i: int, x_dim: int) -> str:
-    """Axis label of 0-based data coordinate i; says so when only 2 of D coordinates are shown."""
-    base = f"x{sub(i + 1)}"
+def x_label(i: int, x_dim: int, columns: Sequence[str] | None = None) -> str:
+    """Axis label of 0-based data coordinate i: its column name where the data has them (a CSV
+    header), else x with a subscript; says so when only 2 of D coordinates are shown."""
+    base = columns[i] if columns is not None else f"x{sub(i + 1)}"
     return base if x_dim <= 2 else f"{base} (coordinate {i + 1} of {x_dim})"
 
 
@@ -312,6 +313,8 @@ class PlotContext:
     density_k: int = 100
     latent_grid: int = 15
     condition: Condition | None = None
+    # The data coordinates (0-based) the pair plot draws (None: all of them, for D ≤ 5).
+    data_dims: tuple[int, ...] | None = None
     # The view of the latent-space figure when several runs are compared on one scale (None: its own).
     latent_lims: tuple[tuple[float, float], tuple[float, float]] | None = None
     # What several figures compute from the same model and data, computed once per context
@@ -459,16 +462,7 @@ def most_active_dims(model: LatentModel, data: Dataset, c: Tensor | None = None)
 
 def subset(data: Dataset, n: int) -> Dataset:
     """The first n points of a dataset (toy splits are already in random order)."""
-    return Dataset(
-        name=data.name,
-        x=data.x[:n],
-        labels=None if data.labels is None else data.labels[:n],
-        label_names=data.label_names,
-        log_prob=data.log_prob,
-        image_shape=data.image_shape,
-        extras={k: v[:n] for k, v in data.extras.items()},
-    )
-
+    return data.rows(slice(0, n))
 
 @dataclass(frozen=True)
 class FigureSpec:
@@ -577,9 +571,9 @@ def _xy(x: np.ndarray) -> np.ndarray:
     return x[:, :2]
 
 
-def _label_data_axes(ax, x_dim: int) -> None:
-    ax.set_xlabel(x_label(0, x_dim))
-    ax.set_ylabel(x_label(1, x_dim))
+def _label_data_axes(ax, x_dim: int, columns: Sequence[str] | None = None) -> None:  # noqa: ANN001 (Axes)
+    ax.set_xlabel(x_label(0, x_dim, columns))
+    ax.set_ylabel(x_label(1, x_dim, columns))
 
 
 _points = all_of(unconditional, needs_point_data)

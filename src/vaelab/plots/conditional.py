@@ -33,6 +33,7 @@ from vaelab.plots.common import (
     FigureSpec,
     NotebookFigure,
     PlotContext,
+    _label_data_axes,
     all_of,
     colorbar,
     including_prior,
@@ -43,7 +44,6 @@ from vaelab.plots.common import (
     set_view,
     to_numpy,
     view_limits,
-    x_label,
     z_label,
 )
 from vaelab.plots.images import as_images, show, tile
@@ -54,11 +54,6 @@ MAX_LATENT_POINTS = 2000
 
 def _device(model: LatentModel) -> torch.device:
     return next(model.parameters()).device
-
-
-def _label_data_axes(ax, x_dim: int) -> None:  # noqa: ANN001 (matplotlib Axes)
-    ax.set_xlabel(x_label(0, x_dim))
-    ax.set_ylabel(x_label(1, x_dim))
 
 
 def condition_title(condition: Condition) -> str:
@@ -130,7 +125,7 @@ def plot_label_samples(
         ax.set_title(f"{what}\nby requested label ({n} each)", fontsize="medium")
     for ax in axes:
         set_view(ax, lims)
-        _label_data_axes(ax, data.dim)
+        _label_data_axes(ax, data.dim, data.columns)
     return fig
 
 
@@ -206,7 +201,7 @@ def plot_value_samples(
         ax.set_title(f"{what} at {len(vals)} values ({n} each)"
                      + ("\n(dashed: circles of the requested radii)" if is_radius else ""), fontsize="medium")
         set_view(ax, lims)
-        _label_data_axes(ax, data.dim)
+        _label_data_axes(ax, data.dim, data.columns)
     assert sc is not None
     first = " (first of the condition values)" if len(names) > 1 else ""
     colorbar(fig, sc, axes[:2], f"requested {names[0]}{first}")
@@ -335,9 +330,7 @@ def plot_latent_by_condition(
 
 
 def _first(data: Dataset, n: int) -> Dataset:
-    return Dataset(name=data.name, x=data.x[:n], labels=None if data.labels is None else data.labels[:n],
-                   label_names=data.label_names, image_shape=data.image_shape,
-                   extras={k: v[:n] for k, v in data.extras.items()})
+    return data.rows(slice(0, n))
 
 
 # registry ---------------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def plot_reparameterization(
         ax.scatter([float(x0[0])], [float(x0[1])], marker="X", s=150, color="red", edgecolor="white", zorder=5,
                    label="the point x")
         set_view(ax, view_limits(np.concatenate([xy, x_new[:, :2]])))
-        _label_data_axes(ax, data.dim)
+        _label_data_axes(ax, data.dim, data.columns)
         ax.legend(fontsize="x-small", loc="best")
     else:
         text_panel(ax, "decoded samples are images\n(see image_reconstructions)")
@@ -271,7 +271,7 @@ def plot_data_and_samples(
     add_legend(axes[1], 2)
     for ax in axes:
         set_view(ax, lims)
-        _label_data_axes(ax, data.dim)
+        _label_data_axes(ax, data.dim, data.columns)
     return fig
 
 

@@ -19,7 +19,7 @@ from vaelab.data.dataset import Dataset
 from vaelab.distributions import rsample
 from vaelab.errors import InputError
 from vaelab.likelihoods import sample_observation
-from vaelab.models import LatentModel, VariationalModel
+from vaelab.models import LatentModel, VariationalModel, has_standard_prior
 from vaelab.plots.common import (
     DENSITY_CMAP,
     FigureSpec,
@@ -41,6 +41,7 @@ from vaelab.plots.common import (
     to_numpy,
     unconditional,
     view_limits,
+    x_label,
 )
 
 
@@ -86,7 +87,7 @@ def plot_samples(
     lims = view_limits(_xy(x))
     panels = [
         (x, f"training data (N = {len(x)})", "0.2"),
-        (mean, "decoded prior samples E[x|z], z ~ N(0, I)", "C0"),
+        (mean, f"decoded prior samples E[x|z], z ~ {'N(0, I)' if has_standard_prior(model) else 'p(z)'}", "C0"),
         (noisy, noise_title, "C1"),
     ]
     for ax, (pts, title, colour) in zip(axes, panels, strict=True):
@@ -94,7 +95,7 @@ def plot_samples(
         ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color=colour, alpha=0.6, linewidths=0)
         ax.set_title(title + _outside_note(xy, lims), fontsize="medium")
         set_view(ax, lims)
-        _label_data_axes(ax, x.shape[1])
+        _label_data_axes(ax, x.shape[1], data.columns)
     return fig
 
 
@@ -148,7 +149,7 @@ def plot_reconstructions(
             ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), c=colours, linewidths=0)
         ax.set_title(title + _outside_note(xy, lims), fontsize="medium")
         set_view(ax, lims)
-        _label_data_axes(ax, x.shape[1])
+        _label_data_axes(ax, x.shape[1], data.columns)
     return fig
 
 
@@ -190,8 +191,78 @@ def plot_density(
         axes[1].set_title("training data (no closed-form density)")
     for ax in axes:
         set_view(ax, ((x0, x1), (y0, y1)))
-        _label_data_axes(ax, 2)
+        _label_data_axes(ax, 2, data.columns)
     colorbar(fig, im, axes, "p(x) (square-root colour scale)")
+    return fig
+
+
+# 4. every pair of coordinates (3 ≤ D) -------------------------------------------------------------
+
+MAX_PAIR_DIMS = 5  # a 5 × 5 grid of panels is still readable at report width
+
+
+@torch.no_grad()
+def plot_pairs(
+    model: LatentModel, data: Dataset, *, dims: tuple[int, ...] | None = None, n: int | None = None,
+    generator: torch.Generator | None = None, c: Tensor | None = None,
+) -> Figure:
+    """Every pair of the chosen data coordinates (``dims``, 0-based; default all of them, for
+    D ≤ 5): training data (grey) under samples x ~ p(x|z), z ~ p(z) (orange), one panel per pair
+    below the diagonal, and each coordinate's histogram (data against samples) on the diagonal.
+
+    The 2-D figures show the first two coordinates only; here a coordinate the model ignores (a
+    helix's height, say) shows up as samples that miss the data in every panel that draws it.
+    ``c``: the conditions (N, C) of the data's points for a conditional model (sample i is drawn
+    with the c of point i, cycled), so the samples show p(x) = E_c p(x|c).
+    """
+    d_x = data.dim
+    if dims is None:
+        if d_x > MAX_PAIR_DIMS:
+            raise InputError(f"the data has D = {d_x} coordinates; choose at most {MAX_PAIR_DIMS} to draw "
+                             "in pairs (dims=..., or --data-dims 1,2,3 on the command line)")
+        dims = tuple(range(d_x))
+    dims = tuple(int(i) for i in dims)
+    if not 2 <= len(dims) <= MAX_PAIR_DIMS or len(set(dims)) != len(dims) or not all(0 <= i < d_x for i in dims):
+        raise InputError(f"the pair plot draws 2 to {MAX_PAIR_DIMS} different data coordinates between 1 and "
+                         f"{d_x}; got {[i + 1 for i in dims]}")
+    n = len(data) if n is None else n
+    x = to_numpy(data.x)[:, list(dims)]
+    cc = None if c is None else c[torch.arange(n, device=c.device) % len(c)]
+    prior = model.prior(cc)
+    z = rsample(prior, (n,) if prior.batch_shape == torch.Size() else (), generator)
+    samples = to_numpy(sample_observation(model.decode(z, cc), generator))[:, list(dims)]
+    k = len(dims)
+    fig, grid = new_figure(k, k, size=(2.3, 2.2), title="Every pair of data coordinates: training data (grey) "
+                           f"and samples x ~ p(x|z) (orange), N = {len(x)} each")
+    axes = np.asarray(grid).reshape(k, k)
+    size = point_size(len(x)) * 0.6
+    for r in range(k):
+        lo_r, hi_r = view_limits(np.stack([x[:, r], x[:, r]], 1))[0]
+        for q in range(k):
+            ax = axes[r, q]
+            if q > r:
+                ax.set_axis_off()
+                continue
+            if q == r:
+                bins = np.linspace(lo_r, hi_r, 41)
+                ax.hist(x[:, r], bins=bins, color="0.55", alpha=0.6, density=True, label="data")
+                ax.hist(samples[:, r], bins=bins, histtype="step", color="C1", density=True, linewidth=1.3,
+                        label="samples")
+                ax.set_xlim(lo_r, hi_r)
+                ax.set_yticks([])
+                if r == 0:
+                    ax.legend(fontsize="x-small", loc="upper right")
+            else:
+                ax.scatter(x[:, q], x[:, r], s=size, color="0.55", alpha=0.5, linewidths=0)
+                ax.scatter(samples[:, q], samples[:, r], s=size, color="C1", alpha=0.4, linewidths=0)
+                lo_q, hi_q = view_limits(np.stack([x[:, q], x[:, q]], 1))[0]
+                ax.set_xlim(lo_q, hi_q)
+                ax.set_ylim(lo_r, hi_r)
+            if r == k - 1:
+                ax.set_xlabel(x_label(dims[q], d_x, data.columns), fontsize="small")
+            if q == 0 and r > 0:
+                ax.set_ylabel(x_label(dims[r], d_x, data.columns), fontsize="small")
+            ax.tick_params(labelsize="x-small")
     return fig
 
 
@@ -204,6 +275,21 @@ def _samples(ctx: PlotContext) -> Figure:
 
 def _reconstructions(ctx: PlotContext) -> Figure:
     return plot_reconstructions(ctx.model, ctx.data, generator=ctx.generator(2), codes=ctx.codes(), c=ctx.c)
+
+
+def _pairs(ctx: PlotContext) -> Figure:
+    return plot_pairs(ctx.model, ctx.data, dims=ctx.data_dims, generator=ctx.generator(5), c=ctx.c)
+
+
+def _needs_pairs(ctx: PlotContext) -> str | None:
+    reason = needs_point_data(ctx)
+    if reason is None and ctx.data_dims is None:
+        if ctx.data.dim == 2:
+            return "2-D data: the samples figure draws its only pair of coordinates"
+        if ctx.data.dim > MAX_PAIR_DIMS:
+            return (f"D = {ctx.data.dim} coordinates: choose up to {MAX_PAIR_DIMS} of them to draw in pairs "
+                    "(--data-dims 1,2,3)")
+    return reason
 
 
 def _density(ctx: PlotContext) -> Figure:
@@ -228,6 +314,15 @@ FIGURES = [
         "conditional model reconstructs each point with its own c.",
         needs_point_data,
         title="Reconstructions",
+    ),
+    FigureSpec(
+        "pairs",
+        _pairs,
+        "Every pair of data coordinates (the other figures draw the first two only): the samples (orange) "
+        "should cover the data (grey) in every panel, and each coordinate's histogram should match. A "
+        "coordinate the model ignores shows as samples off the data in every panel that draws it.",
+        _needs_pairs,
+        title="Every pair of data coordinates",
     ),
     FigureSpec(
         "density",

@@ -77,7 +77,8 @@ def show(ax: Axes, canvas: np.ndarray, title: str | None = None) -> None:
     if title:
         # Wrapped to the figure's width (about 10 characters per inch at this size), so a long
         # title over a narrow grid is not cut off at the figure's edges.
-        width = max(20, int(10 * ax.figure.get_figwidth() * ax.get_position().width))
+        inches = ax.get_window_extent().width / ax.figure.dpi
+        width = max(20, int(10 * inches))
         ax.set_title(textwrap.fill(title, width=width), fontsize="medium")
 
 

@@ -82,7 +82,7 @@ def _coloured(fig: Figure, ax, xy: np.ndarray, data: Dataset, *, legend: bool = 
     elif data.image_shape is None:
         sc = scatter_values(ax, xy, to_numpy(data.x[:, 0]))
         if cbar:
-            colorbar(fig, sc, ax, f"data coordinate {x_label(0, data.dim)}")
+            colorbar(fig, sc, ax, f"data coordinate {x_label(0, data.dim, data.columns)}")
     else:
         ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="C0", linewidths=0)
 
@@ -278,9 +278,9 @@ def plot_latent_space(
     if labels is not None:
         colourings.append(("label", "label"))
     if data.image_shape is None:
-        colourings.append((x_label(0, x.shape[1]), 0))
+        colourings.append((x_label(0, x.shape[1], data.columns), 0))
         if data.labels is None and x.shape[1] >= 2:
-            colourings.append((x_label(1, x.shape[1]), 1))
+            colourings.append((x_label(1, x.shape[1], data.columns), 1))
     if not colourings:
         colourings.append(("", "none"))
     d = model.latent_dim
@@ -320,8 +320,8 @@ def plot_latent_space(
                     ax.errorbar(z[idx], x[idx, int(key)], xerr=sd[idx, 0], fmt="none", ecolor="0.35",
                                 elinewidth=0.8, alpha=0.7, label="± σ(x) of some points")
                     ax.legend(fontsize="x-small", loc="best")
-                ax.set_ylabel(f"data coordinate {x_label(int(key), x.shape[1])}")
-                colorbar(fig, sc, ax, x_label(other, x.shape[1]))
+                ax.set_ylabel(f"data coordinate {x_label(int(key), x.shape[1], data.columns)}")
+                colorbar(fig, sc, ax, x_label(other, x.shape[1], data.columns))
                 ax.set_title(f"z₁ against {name}")
             if circles:
                 for r in (-2, -1, 1, 2):
@@ -418,7 +418,7 @@ def plot_posterior_contours(
         )
         ax.annotate(str(m + 1), pt, xytext=(7, 7), textcoords="offset points", fontweight="bold")
     set_view(ax, view_limits(np.concatenate([xy, _xy(p)])))
-    _label_data_axes(ax, x.shape[1])
+    _label_data_axes(ax, x.shape[1], data.columns)
     ax.set_title("chosen points in data space")
     add_legend(ax, len(p) + 1)
     ax = axes[1]
@@ -550,7 +550,7 @@ def plot_latent_grid(
             text = f"z={names[0]}" if len(names) == 1 else f"z={names[0]}…{names[-1]}"
             ax.annotate(text, (float(pt[0]), float(pt[1])), xytext=(5, 5), textcoords="offset points", fontsize="small",
                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
-        _label_data_axes(ax, x.shape[1])
+        _label_data_axes(ax, x.shape[1], data.columns)
         ax.set_title("decoded curve over the training data (grey)", fontsize="medium")
         colorbar(fig, lc, ax, "z₁")
         return fig
@@ -588,7 +588,7 @@ def plot_latent_grid(
     axes[0].set_ylabel(z_label(j))
     lims = view_limits(np.concatenate([xy_data, dec.reshape(-1, 2)]))
     set_view(axes[1], lims)
-    _label_data_axes(axes[1], x.shape[1])
+    _label_data_axes(axes[1], x.shape[1], data.columns)
     colorbar(fig, sc, axes, z_label(i))
     return fig
 

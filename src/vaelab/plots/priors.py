@@ -214,8 +214,8 @@ def plot_pseudo_inputs(model: VampVAE, data: Dataset) -> Figure:
     hi = np.maximum([x1, y1], pts.max(axis=0))
     pad = 0.04 * float((hi - lo).max())
     set_view(ax, ((lo[0] - pad, hi[0] + pad), (lo[1] - pad, hi[1] + pad)))
-    ax.set_xlabel(x_label(0, data.dim))
-    ax.set_ylabel(x_label(1, data.dim))
+    ax.set_xlabel(x_label(0, data.dim, data.columns))
+    ax.set_ylabel(x_label(1, data.dim, data.columns))
     ax.set_title("a line joins each pseudo-input to the decoding\nof its component's centre", fontsize="medium")
     add_legend(ax, 3)
     return fig
