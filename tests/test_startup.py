@@ -54,10 +54,10 @@ def test_import_vaelab_is_lazy_and_public_api_unchanged() -> None:
     got = _modules_after("import vaelab\nresult = [sorted(vaelab.__all__), sorted(dir(vaelab))]")
     assert got["heavy"] == []
     all_names, listed = got["result"]
-    assert all_names == sorted([
+    assert set(all_names) >= {  # the API of 0.1 is all still there (tests/test_exports.py: the rest)
         "DataConfig", "EvalConfig", "History", "ModelConfig", "Run", "RunConfig", "TrainConfig",
         "build_model", "datasets", "evaluate", "evaluate_run", "fit", "load", "load_dataset", "save",
-        "train_run"])
+        "train_run"}
     assert set(all_names) <= set(listed)
 
 

@@ -8,6 +8,7 @@ Precedence: defaults < ``--config file.toml`` < explicit command-line flags.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -108,9 +109,46 @@ def lookup(table: Mapping[str, T], name: str, dotted: str, what: str) -> T:
 
 
 class _Section(BaseModel):
+    """A table of the configuration. A bad value, given to the constructor or assigned
+    (``cfg.train.epochs = -1``), is a ConfigError naming the field and what it takes; an
+    assignment that is refused leaves the config as it was."""
+
     # strict: a TOML ``epochs = true`` or ``lr = "1e-3"`` is refused, not read as 1 epoch /
-    # coerced; an int is still accepted for a float field.
+    # coerced; an int is still accepted for a float field. validate_assignment: a field set
+    # after construction is checked as the constructor checks it.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(_section_errors(type(self), err, f"invalid configuration in {type(self).__name__}(...)")
+                              ) from None
+
+    # Validation itself (from_dict, a table inside RunConfig) keeps pydantic's own path and its
+    # errors located field by field: this __init__ runs only when a table is called directly.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):  # pydantic's own records (__pydantic_fields_set__, ...)
+            super().__setattr__(name, value)
+            return
+        before = (dict(self.__dict__), None if self.__pydantic_extra__ is None else dict(self.__pydantic_extra__),
+                  set(self.__pydantic_fields_set__))
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            # pydantic has already stored the value when a rule across fields (a model validator)
+            # refuses it: put everything back, so a refused assignment changes nothing.
+            object.__setattr__(self, "__dict__", before[0])
+            object.__setattr__(self, "__pydantic_extra__", before[1])
+            object.__setattr__(self, "__pydantic_fields_set__", before[2])
+            where = ".".join(part for part in (_section_name(type(self)), name) if part)
+            old = before[0].get(name)
+            kept = f"the config keeps {where} = {old!r}" if name in before[0] and not isinstance(old, BaseModel) \
+                else "nothing was changed"
+            raise ConfigError(_section_errors(
+                type(self), err, f"invalid configuration in the assignment {where} = {value!r} ({kept})")) from None
 
     @field_validator("*")
     @classmethod
@@ -286,6 +324,22 @@ class ModelConfig(_Section):
                 )
             data["recon_var"] = var
         return data
+
+    @property
+    def lambda_rec(self) -> float:
+        """λ_rec = 1/σ², the reconstruction weight: another name for ``recon_var``. Assigning
+        it (``cfg.model.lambda_rec = 10``) sets ``recon_var`` = 1/λ_rec, as the constructor,
+        TOML and ``--lambda-rec`` do."""
+        return 1.0 / self.recon_var
+
+    @lambda_rec.setter
+    def lambda_rec(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(
+                f"invalid configuration in the assignment model.lambda_rec = {value!r} (the config keeps "
+                f"model.recon_var = {self.recon_var!r}):\n  model.lambda_rec: must be a positive number "
+                f"(λ_rec = 1/σ²; e.g. lambda_rec = 10 sets recon_var = 0.1)")
+        self.recon_var = 1.0 / float(value)
 
     @field_validator("hidden", "cond_embed", "channels")
     @classmethod
@@ -520,6 +574,45 @@ class RunConfig(_Section):
 
 
 SECTIONS = ("data", "model", "train", "eval")
+
+
+def _section_name(cls: type[BaseModel]) -> str:
+    """How a table is named in messages: ``train`` for TrainConfig, nothing for the whole
+    RunConfig; a family's options class or a schedule by its class name."""
+    names: dict[type[BaseModel], str] = {RunConfig: "", DataConfig: "data", ModelConfig: "model",
+                                         TrainConfig: "train", EvalConfig: "eval"}
+    return next((name for base, name in names.items() if issubclass(cls, base)), cls.__name__)
+
+
+def _section_errors(cls: type[BaseModel], err: ValidationError, header: str) -> str:
+    """``header`` and one line per error of a table's constructor or assignment:
+    ``train.epochs: Input should be greater than 0 (got -1)``; an unknown option is named with
+    the ones the table takes (and the nearest of them)."""
+    if cls is RunConfig:  # its errors are located from the top: the file reader's format applies
+        return format_validation_error(err, header.removeprefix("invalid configuration in "))
+    section = _section_name(cls)
+    fields = list(cls.model_fields)
+    lines = [header + ":"]
+    for e in err.errors():
+        where = ".".join([section, *(str(p) for p in e["loc"])])
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        if e["type"] in ("extra_forbidden", "no_such_attribute") and e["loc"]:
+            key = str(e["loc"][-1])
+        elif _NOT_A_TABLE in msg:  # a key of [model] that is no field (and not a family's table)
+            key, rest = msg.split(_NOT_A_TABLE, 1)
+            where = f"{section}.{key}"
+            msg = f"unknown option; [{section}] takes {rest.split(_GOT, 1)[0]}"
+        else:
+            key = ""
+        if key and not msg.startswith("unknown option"):
+            msg = f"unknown option; [{section}] takes {', '.join(fields)}"
+        near = difflib.get_close_matches(key, fields, n=1) if key else []
+        if near:
+            msg += f"; did you mean {near[0]}?"
+        shown = f" (got {got!r})" if not key and got is not None and not isinstance(got, dict | BaseModel) else ""
+        lines.append(f"  {where}: {msg}{shown}")
+    return "\n".join(lines)
 
 
 def absolute_path(path: str | Path) -> str:

@@ -13,7 +13,7 @@ Two levels:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ from vaelab.config import check_seed_option
 from vaelab.data.dataset import Dataset
 from vaelab.data.pixels import eval_view
 from vaelab.data.registry import DATASETS, load_dataset
+from vaelab.devices import pick_device
 from vaelab.diagnostics import elbo_surgery
 from vaelab.distributed import World
 from vaelab.distributions import kl as kl_qp
@@ -36,6 +37,7 @@ from vaelab.distributions import kl_is_closed_form, kl_per_dim, rsample
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel
 from vaelab.objectives import importance_terms, kl_groups, latent_groups
+from vaelab.progress import EvalProgress
 from vaelab.sizes import check_eval_fits
 
 # Burda et al. (2016), section 5.2: a latent unit is active when Cov_x(E_q[z_u]) > 0.01.
@@ -137,7 +139,7 @@ def _as_dataset(data: Any) -> Dataset:
 def evaluate(
     model: LatentModel, data: Dataset | Tensor, *, k: int | None = None, batch_size: int = 500,
     seed: int | None = None, c: Tensor | None = None, true_log_prob: Tensor | None = None,
-    world: World | None = None,
+    world: World | None = None, progress: bool = False, on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``data`` (held-out points, (N, D)); numbers in nats per data point.
 
@@ -179,6 +181,11 @@ def evaluate(
     process gives, bit for bit: each rank still encodes every batch and draws every batch's noise
     (cheap beside decoding), so the generator stands where one process has it at every batch.
 
+    ``progress=True`` shows a line on stderr (``vaelab.progress``): the batch, the elapsed and
+    the remaining time; nothing is printed without it. ``on_batch(done, total)`` is called with
+    the number of batches done, 0 before the first one (so the total is known from the start),
+    then after each; the collapse diagnostics follow the last batch. Neither changes a number.
+
     Raises:
         EvaluationError: k or batch_size not a positive integer, no points, data whose width
             is not the model's x_dim, conditions that do not match the points.
@@ -205,6 +212,32 @@ def evaluate(
     if is_vae:  # before any work: k = 10^9 once ended in an allocator traceback, 10^7 in silence
         check_eval_fits(model, n, k, batch_size)
     model.eval()
+    reporter = on_batch if isinstance(on_batch, EvalProgress) else None  # evaluate_run's line
+    if not progress or reporter is not None or (world is not None and not world.is_main):
+        return _evaluate(model, data, k, batch_size, seed, c, true_log_prob, world, on_batch, reporter)
+    line = EvalProgress(_evaluating(n, k if is_vae else None), also=on_batch)
+    try:
+        metrics = _evaluate(model, data, k, batch_size, seed, c, true_log_prob, world, line, line)
+    except BaseException:
+        line.close()  # the line ends where it stopped; the error follows on a line of its own
+        raise
+    line.close("done")
+    return metrics
+
+
+def _evaluating(n: int, k: int | None) -> str:
+    """What an evaluation scores, as its progress line names it."""
+    return f"{n} points" + ("" if k is None else f", IWAE with k = {k}")
+
+
+def _evaluate(
+    model: LatentModel, data: Dataset, k: int, batch_size: int, seed: int, c: Tensor | None,
+    true_log_prob: Tensor | None, world: World | None, on_batch: Callable[[int, int], None] | None,
+    reporter: EvalProgress | None,
+) -> dict[str, Any]:
+    """``evaluate`` once its arguments are checked."""
+    n = len(data)
+    is_vae = isinstance(model, VariationalModel)
     device = next(model.parameters()).device
     generator = generator_for(seed, device)
     x = data.x.to(device)
@@ -220,7 +253,12 @@ def evaluate(
     means: list[Tensor] = []
     posteriors: list[Distribution] = []  # q(z|x) of each batch: encoded once, shared with elbo_surgery
     sharded = world is not None and world.distributed
+    n_batches = -(-n // batch_size)
+    if on_batch is not None:
+        on_batch(0, n_batches)
     for b, start in enumerate(range(0, n, batch_size)):
+        if b and on_batch is not None:  # batch b - 1 is done (a batch ends at `continue` in some branches)
+            on_batch(b, n_batches)
         xb = x[start:start + batch_size]
         cb = None if c is None else c[start:start + batch_size]
         # Under torchrun rank b mod W scores batch b; the others hold zeros there until the gather.
@@ -260,6 +298,8 @@ def evaluate(
                                          chunk=iwae_chunk(k, len(xb), width))  # (k, B) each
         recon_pts.append(-log_px.double().mean(0))
         nll_pts.append(-(torch.logsumexp(log_w.double(), dim=0) - math.log(k)))
+    if on_batch is not None:
+        on_batch(n_batches, n_batches)
     if sharded:  # every point's values from the rank that scored it (the others add zeros: exact)
         recon_pts = [distributed.sum_over_ranks(torch.cat(recon_pts))]
         if is_vae:
@@ -297,6 +337,8 @@ def evaluate(
     if not kl_exact:  # say how the KL was estimated where it is not exact
         metrics["kl_estimator"] = f"Monte Carlo, {k} draws of q(z|x) per point"
     if isinstance(model, VariationalModel):  # a posterior to diagnose (an autoencoder has none)
+        if reporter is not None:
+            reporter.note("mutual information and marginal KL over the test points")
         # Drawn after the importance samples, so adding these keys left the other numbers as they were.
         metrics.update(elbo_surgery(model, x, c, generator=generator, batch_size=batch_size,
                                     posteriors=posteriors).as_metrics())
@@ -362,10 +404,13 @@ def save_metrics(run: Run, metrics: dict[str, Any]) -> Path:
 def evaluate_run(
     run: Run | str | Path, *, k: int | None = None, n_test: int | None = None, seed: int | None = None,
     write: bool | None = None, device: str | torch.device | None = None, world: World | None = None,
+    progress: bool = False, on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved run on its held-out data, exactly as ``vaelab eval`` does.
 
-    ``run`` is a loaded ``Run`` or a run directory (loaded on ``device``, default cpu).
+    ``run`` is a loaded ``Run`` or a run directory, loaded on ``device``: by default ``"auto"``,
+    as ``vaelab eval --device auto`` (CUDA if available, then MPS, else the CPU;
+    ``vaelab.devices.pick_device``).
     ``k`` (importance samples), ``seed`` (evaluation noise) and ``n_test`` (fresh toy points)
     default to the run's own config. What it adds to ``evaluate``:
 
@@ -383,13 +428,35 @@ def evaluate_run(
 
     ``world``: under torchrun every rank calls this; the batches are shared out as in
     ``evaluate`` (the same numbers as one process) and rank 0 alone writes ``metrics.json``.
+
+    ``progress=True`` shows the evaluation's progress on one line of stderr (the test batches
+    of the importance-sampled bound, the long part; then the diagnostics); nothing is printed
+    without it. ``on_batch(done, total)``: called as ``evaluate`` calls it.
     """
     if isinstance(run, Run):
         if device is not None:
             raise EvaluationError("device applies when evaluate_run loads a run from its folder; a loaded Run "
                                   "is evaluated where its model is (move run.model first)")
     else:
-        run = ckpt.load(run, "cpu" if device is None else device)
+        run = ckpt.load(run, pick_device("auto" if device is None else device))
+    if not progress or (world is not None and not world.is_main):
+        return _evaluate_run(run, k, n_test, seed, write, world, on_batch)
+    line = EvalProgress(str(run.path), also=on_batch)  # says what it scores once the test data is loaded
+    line.note("loading the test data")
+    try:
+        metrics = _evaluate_run(run, k, n_test, seed, write, world, line)
+    except BaseException:
+        line.close()  # the line ends where it stopped; the error follows on a line of its own
+        raise
+    line.close("done")
+    return metrics
+
+
+def _evaluate_run(
+    run: Run, k: int | None, n_test: int | None, seed: int | None, write: bool | None, world: World | None,
+    on_batch: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """``evaluate_run`` of a loaded run; an ``EvalProgress`` as ``on_batch`` is told each phase."""
     model = run.model
     is_vae = isinstance(model, VariationalModel)
     if not is_vae and (k is not None or seed is not None):
@@ -406,11 +473,16 @@ def evaluate_run(
     settings: dict[str, Any] = {}
     if is_vae:
         settings = {"k": run.config.eval.k if k is None else k, "seed": run.config.eval.seed if seed is None else seed}
+    reporter = on_batch if isinstance(on_batch, EvalProgress) else None
+    if reporter is not None:
+        reporter.what = _evaluating(len(test), settings.get("k"))
     metrics = evaluate(model, test, batch_size=run.config.eval.batch_size, c=c, true_log_prob=true_log_prob,
-                       world=world, **settings)
+                       world=world, on_batch=on_batch, **settings)
     if note is not None:
         metrics["nll_gap_note"] = note
     if run.condition is not None:
+        if reporter is not None:
+            reporter.note("conditioning accuracy")
         metrics.update(conditional_metrics(model, run.condition, load_dataset(data_cfg, "train"), raw_test,
                                            seed=settings.get("seed", run.config.eval.seed)))
     if test.image_shape is not None:

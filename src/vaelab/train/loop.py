@@ -260,6 +260,7 @@ def fit(
     dynamic_binarization: bool = False,
     should_stop: Callable[[], bool] | None = None,
     world: World | None = None,
+    progress: bool = False,
 ) -> History:
     """Train ``model`` on x (N, D) [with conditions c (N, C)] with Adam; returns the History.
 
@@ -287,7 +288,22 @@ def fit(
     each computes its share of every batch and DDP averages the gradients
     (vaelab.train.distributed); the callbacks run on every rank (write only on rank 0), and
     ``should_stop`` on any rank stops them all at the same step.
+
+    ``progress=True`` shows the step, the loss under its objective's name, and the elapsed and
+    remaining time on one line of stderr (rank 0 only), as ``train_run(progress=True)`` does;
+    nothing is printed without it.
     """
+    if progress and (world is None or world.is_main):
+        from vaelab.objectives import describe_loss
+        from vaelab.progress import TrainProgress
+
+        shown = TrainProgress(describe_loss(model, config), also=on_step)
+        try:
+            return fit(model, x, config, c=c, state=state, history=history, on_step=shown,
+                       on_checkpoint=on_checkpoint, dynamic_binarization=dynamic_binarization,
+                       should_stop=should_stop, world=world)
+        finally:
+            shown.close()
     check_training_data(model, x, c)
     if not dynamic_binarization:  # dynamic draws are {0, 1} by construction
         # Once per data set, not per step: a Bernoulli likelihood trained on grey levels would

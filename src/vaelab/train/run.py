@@ -30,10 +30,12 @@ from vaelab.config import ConfigError, RunConfig, TrainConfig, absolute_path, fl
 from vaelab.data.dataset import Dataset
 from vaelab.data.pixels import Binarization, fixed_binarization, resolve_binarize
 from vaelab.data.registry import load_dataset
+from vaelab.devices import pick_device
 from vaelab.distributed import DistributedError, World
 from vaelab.history import History
 from vaelab.models import LatentModel, VariationalModel, build_model, family
-from vaelab.objectives import requested_objective, resolve_objective
+from vaelab.objectives import describe_loss, requested_objective, resolve_objective
+from vaelab.progress import ProgressLine, TrainProgress
 from vaelab.schedules import check_schedule, total_steps
 from vaelab.settings import check_settings, setting_value
 from vaelab.sizes import _meta_model, check_budget, check_eval_fits, check_model_fits
@@ -305,9 +307,10 @@ def train_run(
     config: RunConfig,
     run_dir: str | Path,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    progress: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ckpt.Run:
@@ -326,6 +329,15 @@ def train_run(
     vaelab made is replaced.
     ``should_stop`` (see fit) saves a checkpoint of the current step and raises
     TrainingInterrupted; ``resume`` continues it exactly.
+
+    ``device``: ``"auto"`` (the default, as ``vaelab train --device auto``) takes CUDA if this
+    machine has it, then MPS, else the CPU (``vaelab.devices.pick_device``); or ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device``. The run's model is loaded there.
+
+    ``progress=True`` shows one line on stderr, redrawn in a terminal or a notebook cell: the
+    step out of the budget, the loss under its objective's name (``−IWAE bound (k = 4)``) with
+    its terms, and the elapsed and remaining time (``vaelab.progress``). Without it nothing is
+    printed. ``on_step`` is called after every step either way, with a ``StepInfo``.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"train_run needs a vaelab.RunConfig, got {type(config).__name__}; build one with "
@@ -334,8 +346,12 @@ def train_run(
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
     world = World.from_env()
-    device = world.device(device)
+    device = world.device(pick_device(device))
     distributed.init(world, device)
+    line = ProgressLine() if progress and world.is_main else None
+    if line is not None:
+        line.show(f"train_run: {'opening' if resume else 'preparing'} {run_dir} (loading the data, building the "
+                  "model)", force=True)
     lock: ckpt.RunLock | None = None
     try:
         state: TrainState | None = None
@@ -388,6 +404,8 @@ def train_run(
             if world.is_main:  # rank 0 alone writes; the others computed the same state
                 ckpt.write_checkpoint(run_dir, m, run_config, history=h, state=s, condition=condition)
 
+        if line is not None:
+            on_step = TrainProgress(describe_loss(model, config.train), line, also=on_step)
         try:
             fit(model, train.x, config.train, c=train.c, state=state, history=history, on_step=on_step,
                 on_checkpoint=on_checkpoint, dynamic_binarization=train.dynamic_binarization,
@@ -397,11 +415,15 @@ def train_run(
                 record_failure(run_dir, err)
             raise
         finally:
+            if line is not None:
+                line.close()  # whatever ended the training, the next output starts on a line of its own
             distributed.barrier()  # the others wait for rank 0's last write
         run = ckpt.load(run_dir, device)
         if world.is_main:
             ckpt.discard_stale_metrics(run)  # e.g. from an eval while this run trained
         return run
     finally:
+        if line is not None:
+            line.close()  # a refusal before the first step ends the preparing line too
         if lock is not None:
             lock.release()
