@@ -36,7 +36,7 @@ from vaelab.checkpoint.layout import (
 from vaelab.conditions.spec import Condition
 from vaelab.config import RunConfig
 from vaelab.history import History
-from vaelab.models import LatentModel
+from vaelab.models import LatentModel, family_source
 
 
 @dataclass
@@ -87,6 +87,11 @@ def weights_bytes(model: LatentModel) -> bytes:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "vaelab-1", "kind": model.config.kind, "x_dim": str(model.x_dim), "cond_dim": str(model.cond_dim),
             "cond_embed": ",".join(str(w) for w in getattr(model, "cond_embed", ()))}
+    # A family from outside vaelab records where it comes from (module:Class), so loading the
+    # run imports that module (models.family_of_run); built-in families record nothing.
+    source = family_source(model.config.kind)
+    if source is not None:
+        meta["family"] = source
     return _canonical_safetensors(save_safetensors(tensors, metadata=meta))
 
 

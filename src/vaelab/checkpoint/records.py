@@ -34,8 +34,9 @@ from vaelab.checkpoint.layout import (
 )
 from vaelab.conditions.spec import Condition
 from vaelab.config import RunConfig
+from vaelab.errors import InputError
 from vaelab.history import History
-from vaelab.models import LatentModel, build_model
+from vaelab.models import LatentModel, build_model, family_of_run
 
 
 def _parse_history(path: Path, data: bytes) -> History:
@@ -262,6 +263,10 @@ def _load_run(run_dir: Path, device: str | torch.device) -> Run:
     x_dim, cond_dim = _meta_int(weights_path, meta, "x_dim"), _meta_int(weights_path, meta, "cond_dim", "0")
     embed = [_meta_int(weights_path, {"cond_embed": w}, "cond_embed") for w in meta.get("cond_embed", "").split(",")
              if w]
+    try:  # a family from outside vaelab: its recorded module is imported when not registered yet
+        family_of_run(config.model.kind, meta.get("family"))
+    except InputError as err:
+        raise RunDirError(f"{run_dir}: {err}") from err
     # A fixed seed builds the placeholder weights inside a fork of the RNG, so loading a run
     # never draws from (advances) the caller's global torch RNG; they are all overwritten below.
     model = build_model(config.model, x_dim, cond_dim, seed=0, cond_embed=embed)

@@ -1,11 +1,17 @@
-"""Models: one class per family, built from a ModelConfig; ``FAMILIES`` is the list of them."""
+"""Models: one class per family, built from a ModelConfig; ``FAMILIES`` is the list of them.
+
+Built-in families are listed below; families from outside vaelab (``vaelab.plugins``: the
+``vaelab.families`` entry points, ``VAELAB_PLUGINS``, ``vaelab --plugin``) join the same list,
+the first time it is read, and behave exactly like built-in ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 
 import torch
 
+from vaelab import plugins
 from vaelab.config import ConfigError, FamilyOptions, ModelConfig, flag_name, lookup, parse_family_options
 from vaelab.distributions import standard_normal
 from vaelab.errors import InputError
@@ -22,14 +28,82 @@ from vaelab.models.ladder import LadderVAE
 from vaelab.models.priors import MixtureOfGaussiansVAE, VampVAE
 from vaelab.models.vae import VAE
 
-# model.kind -> the class that builds it. The one list of families: build_model, checkpoint
-# loading and config validation read it; register_family adds to it.
-FAMILIES: dict[str, type[LatentModel]] = {
+BUILTIN_FAMILIES: dict[str, type[LatentModel]] = {
     "vae": VAE, "ae": AE,
     "planar": PlanarVAE, "radial": RadialVAE, "iaf": IAFVAE,
     "vamp": VampVAE, "mog": MixtureOfGaussiansVAE,
     "ladder": LadderVAE,
 }
+
+
+class FamilyRegistry(MutableMapping[str, type[LatentModel]]):
+    """model.kind -> the class that builds it: the built-in families, then the outside ones.
+
+    The first read (a lookup, ``in``, iterating) loads the outside families once: every
+    ``vaelab.families`` entry point, then the modules of ``VAELAB_PLUGINS`` (vaelab.plugins).
+    Nothing is loaded at import, so start-up stays cheap. An entry point that fails is kept
+    in ``broken`` (name -> the error, naming its distribution and the cause) instead of
+    breaking the other families; ``family(name)`` raises it.
+    """
+
+    def __init__(self, builtin: dict[str, type[LatentModel]]) -> None:
+        self._classes = dict(builtin)
+        self._broken: dict[str, str] = {}
+        self._loaded = False
+
+    @property
+    def broken(self) -> dict[str, str]:
+        """The entry points that failed to load: family name -> the error (distribution, cause)."""
+        self._load()
+        return self._broken
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # before loading: the plugins' register_family calls read the registry
+        try:
+            for ep in plugins.family_entry_points():
+                try:  # (the same class registered again, by its own module, is no conflict)
+                    register_family(ep.name, plugins.load_entry_point(ep))  # type: ignore[arg-type]
+                except InputError as err:
+                    self._broken[ep.name] = (str(err) if isinstance(err, plugins.PluginError) else
+                                            f"the model family {ep.name!r} cannot be loaded: "
+                                            f"{plugins.describe_entry_point(ep)}: {err}")
+            plugins.import_plugins(plugins.env_plugins(), plugins.ENV_VAR)
+        except BaseException:
+            self._loaded = False  # a VAELAB_PLUGINS module failed: raised again on the next read
+            raise
+
+    def __getitem__(self, name: str) -> type[LatentModel]:
+        self._load()
+        return self._classes[name]
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._classes
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(list(self._classes))
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._classes)
+
+    def __setitem__(self, name: str, cls: type[LatentModel]) -> None:
+        self._classes[name] = cls
+        self._broken.pop(name, None)
+
+    def __delitem__(self, name: str) -> None:
+        del self._classes[name]
+
+    def __repr__(self) -> str:
+        return f"FamilyRegistry({', '.join(self._classes)})"
+
+
+# model.kind -> the class that builds it. The one list of families: build_model, checkpoint
+# loading and config validation read it; register_family (and the plugins) add to it.
+FAMILIES = FamilyRegistry(BUILTIN_FAMILIES)
 
 
 def register_family(name: str, cls: type[LatentModel]) -> None:
@@ -38,12 +112,13 @@ def register_family(name: str, cls: type[LatentModel]) -> None:
     ``cls(config, x_dim, cond_dim[, cond_embed=...])`` must build it, and its
     ``default_objective`` / ``objectives`` must name registered objectives. Its ``options``
     (a ``FamilyOptions`` subclass, or None) are then the ``[model.NAME]`` table and the
-    ``--NAME-FIELD`` flags.
+    ``--NAME-FIELD`` flags. A run of it records ``family_source(name)``, the module to import
+    to load the run again (see docs/plugins.md).
     """
     if not (isinstance(cls, type) and issubclass(cls, LatentModel)):
         raise InputError(f"a family must be a LatentModel subclass, got {cls!r}")
     if name in FAMILIES and FAMILIES[name] is not cls:
-        raise InputError(f"a family named {name!r} is already registered ({FAMILIES[name].__name__})")
+        raise InputError(f"a family named {name!r} is already registered ({_source(FAMILIES[name])})")
     if name in ModelConfig.model_fields or name == "lambda_rec":
         raise InputError(f"a family cannot be named {name!r}: [model.{name}] would be its options table, but "
                          f"model.{name} is a setting of every model; choose another name")
@@ -53,9 +128,64 @@ def register_family(name: str, cls: type[LatentModel]) -> None:
     FAMILIES[name] = cls
 
 
+def _source(cls: type) -> str:
+    """``module:QualifiedName`` of a class: what a run records, and an entry point's value."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def family_source(kind: str) -> str | None:
+    """Where an outside family comes from, ``module:Class`` (recorded by the runs it trains, so
+    loading one imports the module); None for a built-in family, or one not registered."""
+    cls = FAMILIES.get(kind)
+    return None if cls is None or BUILTIN_FAMILIES.get(kind) is cls else _source(cls)
+
+
 def family(kind: str) -> type[LatentModel]:
-    """The class registered as ``kind``; an InputError naming the known families otherwise."""
-    return lookup(FAMILIES, kind, "model.kind", "model family")
+    """The class registered as ``kind``.
+
+    Raises:
+        InputError: the family comes from an entry point that failed to load (naming its
+            distribution and the cause), or it is unknown (naming the known families and how
+            to add one of one's own).
+    """
+    if kind in FAMILIES.broken and kind not in FAMILIES:
+        raise plugins.PluginError(FAMILIES.broken[kind])
+    try:
+        return lookup(FAMILIES, kind, "model.kind", "model family")
+    except ConfigError as err:
+        broken = "".join(f"; {why}" for name, why in FAMILIES.broken.items() if name != kind)
+        raise ConfigError(f"{err}; a family of your own is loaded with vaelab --plugin MODULE, "
+                          f"{plugins.ENV_VAR}=MODULE or a {plugins.ENTRY_POINT_GROUP} entry point "
+                          f"(see {plugins.DOCS}){broken}") from None
+
+
+def family_of_run(kind: str, source: str | None) -> type[LatentModel]:
+    """The class of a saved run's family: registered already, or registered by importing the
+    module the run recorded (``source``, ``module:Class``; None for built-in families and
+    runs older than the record).
+
+    Importing the module normally registers the family; when it does not (the run was trained
+    through an entry point that is not installed here), the recorded class is registered.
+
+    Raises:
+        InputError: the family is unknown and no module is recorded; or the module cannot be
+            imported (naming it, the --plugin to give and what to install); or it neither
+            registers the family nor defines the recorded class.
+    """
+    if source is None or kind in FAMILIES or kind in FAMILIES.broken:
+        return family(kind)
+    module = plugins.import_recorded(kind, source)
+    if kind not in FAMILIES:
+        obj: object = module
+        for part in source.partition(":")[2].split("."):
+            obj = getattr(obj, part, None)
+        if not (isinstance(obj, type) and issubclass(obj, LatentModel)):
+            raise plugins.PluginError(f"the run's model family {kind!r} comes from {source}: importing "
+                                      f"{module.__name__} registered no family {kind!r} and it defines no such "
+                                      "class; register it in that module (register_family) or pass the plugin "
+                                      "that does (--plugin MODULE)")
+        register_family(kind, obj)
+    return family(kind)
 
 
 def option_schemas() -> dict[str, type[FamilyOptions]]:
@@ -145,7 +275,8 @@ def build_model(
         return cls(config, x_dim, cond_dim, **extra)
 
 
-__all__ = ["AE", "FAMILIES", "IAFVAE", "LadderVAE", "LatentModel", "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE",
-           "VAE", "VampVAE", "VariationalModel", "build_model", "check_family_tables", "condition_embedding",
-           "family", "family_options", "has_normal_posterior", "has_standard_prior", "option_applies",
-           "option_schemas", "register_family", "standard_normal"]
+__all__ = ["AE", "BUILTIN_FAMILIES", "FAMILIES", "IAFVAE", "FamilyRegistry", "LadderVAE", "LatentModel",
+           "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE", "VAE", "VampVAE", "VariationalModel", "build_model",
+           "check_family_tables", "condition_embedding", "family", "family_of_run", "family_options",
+           "family_source", "has_normal_posterior", "has_standard_prior", "option_applies", "option_schemas",
+           "register_family", "standard_normal"]
