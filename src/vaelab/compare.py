@@ -140,7 +140,7 @@ def write_comparison(
     for run, label in zip(runs, labels, strict=True):
         failure = failure_of(run)
         bad = f' · <span class="failed">FAILED: {esc(failure)}</span>' if failure else ""
-        verdict = collapse_verdict(run.metrics)
+        verdict = collapse_verdict(run.metrics, run.config)
         said = "" if verdict is None else f'<br><span class="note">{esc(verdict.text)}</span>'
         parts.append(f"<li><b>{esc(label)}</b> ({esc(run.path)}): {summary_line(run)}{bad}{said}</li>")
     parts.append("</ul>")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -33,6 +33,9 @@ from torch.distributions import Distribution, Independent, Normal
 from vaelab.distributions import rsample
 from vaelab.errors import InputError
 from vaelab.models.base import VariationalModel
+
+if TYPE_CHECKING:
+    from vaelab.config import RunConfig
 
 # The mutual information, in nats, below which the code is said to carry nothing about x:
 # 0.1 nats is a seventh of a bit, less than the code of a single coin flip with a 98 / 2 bias.
@@ -44,9 +47,13 @@ COLLAPSE_SE_FACTOR = 2.0
 # Floats one block of the N x N log-density matrix may hold while it is computed (64 MiB in
 # float32): log_prob's elementwise terms are (rows, columns, d) before they are summed over d.
 BLOCK_BUDGET = 2**24
-# The advice when the posterior has collapsed; the flags are `vaelab train`'s.
+# The advice when the posterior has collapsed and the run's config is not at hand; the flags are
+# `vaelab train`'s, given so that a VAE of any objective takes them (free bits need the ELBO:
+# --free-bits alone is refused with --objective iwae). With the config, ``collapse_advice``
+# keeps only what that run would take.
 COLLAPSE_ADVICE = (
-    "try KL warm-up (--beta-schedule warmup), free bits (--free-bits), or a lower --beta"
+    "try KL warm-up (--beta-schedule warmup --warmup-epochs N), free bits on the ELBO (--objective elbo "
+    "--free-bits λ), or a lower --beta"
 )
 
 
@@ -272,7 +279,7 @@ def mi_saturation_note(metrics: Mapping[str, Any]) -> str:
             "over-estimated by as much; evaluate on more points (--n-test, or a larger test split) to tighten both.")
 
 
-def idle_layers_note(metrics: Mapping[str, Any]) -> str:
+def idle_layers_note(metrics: Mapping[str, Any], config: RunConfig | None = None) -> str:
     """A sentence naming the latent groups (a ladder's layers z_i) that carry almost nothing, else "".
 
     A layer is idle when its held-out KL, KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1})) averaged over x
@@ -289,18 +296,68 @@ def idle_layers_note(metrics: Mapping[str, Any]) -> str:
     if not idle or len(idle) == len(kl):
         return ""
     names = ", ".join(f"z_{g} (KL {float(kl[g]):.3f} nats)" for g in idle)
+    advice = collapse_advice(config, layers=True)
     return (f" Unused layer{'s' if len(idle) > 1 else ''}: {names}, below {MI_COLLAPSE_NATS:g} nats: "
-            f"q(z_i | z_(i+1), x) is the prior p(z_i | z_(i+1)) whatever x. To use "
-            f"{'them' if len(idle) > 1 else 'it'}, try free bits per layer (--free-bits λ --free-bits-group layer) "
-            "or KL warm-up (--beta-schedule warmup).")
+            f"q(z_i | z_(i+1), x) is the prior p(z_i | z_(i+1)) whatever x."
+            + (f" To use {'them' if len(idle) > 1 else 'it'}, {advice}." if advice else ""))
 
 
-def collapse_verdict(metrics: Mapping[str, Any]) -> Verdict | None:
+def _takes(config: RunConfig, overrides: dict[str, Any]) -> bool:
+    """Whether ``vaelab train`` would take ``overrides``, given as flags, for the run ``config``:
+    the config with them is valid, and each of them applies to it (its rule in
+    ``vaelab.settings.SETTING_RULES``, which ``check_settings`` applies to every setting given).
+    Only their own rules are asked: a saved config counts every field as given."""
+    from vaelab.settings import SETTING_RULES
+
+    try:
+        changed = config.with_overrides(overrides)
+    except InputError:
+        return False
+    return all(SETTING_RULES[f"{section}.{field}"](changed) is None
+               for section, values in overrides.items() for field in values)
+
+
+def collapse_advice(config: RunConfig | None = None, *, layers: bool = False) -> str:
+    """What to try against a collapsed posterior, as flags of `vaelab train`: KL warm-up, free
+    bits, a lower β. With the run's ``config``, only what that run would take (each suggestion
+    is checked against the rules of ``vaelab.settings`` on the run with it): free bits for an IWAE run
+    come with --objective elbo, an objective without a KL term gets none of them. Without a
+    config, ``COLLAPSE_ADVICE``. ``layers``: free bits per layer (--free-bits-group layer), for
+    the unused layers of a hierarchical model. "" when nothing applies."""
+    group = " --free-bits-group layer" if layers else ""
+    if config is None:
+        if layers:
+            return f"try free bits per layer (--objective elbo --free-bits λ{group}) or KL warm-up " \
+                   "(--beta-schedule warmup --warmup-epochs N)"
+        return COLLAPSE_ADVICE
+    train = config.train
+    group_over = {"free_bits_group": "layer"} if layers else {}
+    tips = []
+    if train.free_bits == 0:
+        if _takes(config, {"train": {"free_bits": 0.5, **group_over}}):
+            tips.append(f"free bits (--free-bits λ{group})")
+        elif _takes(config, {"train": {"objective": "elbo", "free_bits": 0.5, **group_over}}):
+            tips.append(f"free bits, which floor the ELBO's KL (--objective elbo --free-bits λ{group})")
+    elif _takes(config, {"train": {"free_bits": 2 * train.free_bits, **group_over}}):
+        tips.append(f"more free bits (a --free-bits above {train.free_bits:g}{group})")
+    if train.beta_schedule == "constant" and _takes(config, {"train": {"beta_schedule": "warmup",
+                                                                      "warmup_epochs": 1}}):
+        tips.append("KL warm-up (--beta-schedule warmup --warmup-epochs N)")
+    if not layers and train.beta > 0 and _takes(config, {"train": {"beta": train.beta / 2}}):
+        tips.append(f"a lower --beta (this run: {train.beta:g})")
+    if not tips:
+        return ""
+    return "try " + (tips[0] if len(tips) == 1 else ", ".join(tips[:-1]) + f"{',' if len(tips) > 2 else ''} or "
+                     + tips[-1])
+
+
+def collapse_verdict(metrics: Mapping[str, Any], config: RunConfig | None = None) -> Verdict | None:
     """The collapse verdict for a run's metrics (``mutual_info``, ``mutual_info_se``, and
     ``active_units`` / ``latent_dim`` / ``nll_gap`` / ``condition`` / ``n`` / ``kl_per_group`` when
     present); None
     when the metrics have no mutual information (an autoencoder, or metrics written before
-    these diagnostics).
+    these diagnostics). ``config``: the run's, so that the advice names only flags that the run
+    would take (``collapse_advice``); without it, advice that suits a VAE of either objective.
 
     Collapsed: no active unit (Burda et al. 2016: Cov_x E_q[z_u] > 0.01 for none of the units),
     or a mutual information confidently near 0, MI + 2·SE < ``MI_COLLAPSE_NATS`` (0.1 nats).
@@ -332,10 +389,11 @@ def collapse_verdict(metrics: Mapping[str, Any]) -> Verdict | None:
                              "q(z|x) = p(z) is then the optimum of the ELBO; there is nothing to fix.",
                        needed=False)
     if reasons:
+        advice = collapse_advice(config)
         return Verdict(True, f"The posterior has collapsed: {' and '.join(reasons)}; q(z|x) is nearly the "
                              "same for every x (whatever its mean and spread: it need not be the prior N(0, I)), "
-                             f"so the decoder ignores z. To fix it, {COLLAPSE_ADVICE}.")
+                             "so the decoder ignores z." + (f" To fix it, {advice}." if advice else ""))
     units = f" with {active} of {metrics['latent_dim']} latent units active" if (
         active is not None and "latent_dim" in metrics) else ""
     return Verdict(False, f"No posterior collapse: the code carries I(x; z) = {mi:.3f} ± {se:.3f} nats about "
-                          f"x{units}.{mi_saturation_note(metrics)}{idle_layers_note(metrics)}")
+                          f"x{units}.{mi_saturation_note(metrics)}{idle_layers_note(metrics, config)}")

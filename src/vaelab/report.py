@@ -112,9 +112,10 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     return "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"
 
 
-def collapse_html(metrics: dict[str, Any]) -> str:
-    """The posterior-collapse verdict in words under the metrics ("" for a run without a posterior)."""
-    verdict = collapse_verdict(metrics)
+def collapse_html(metrics: dict[str, Any], config: RunConfig | None = None) -> str:
+    """The posterior-collapse verdict in words under the metrics ("" for a run without a posterior);
+    with the run's ``config`` its advice names only flags that run would take."""
+    verdict = collapse_verdict(metrics, config)
     if verdict is None:
         return ""
     if verdict.collapsed and verdict.needed:
@@ -345,7 +346,8 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
             f'<div class="failure" id="failure"><b>Training failed:</b> {esc(failure)}. '
             "The figures below show the last good checkpoint.</div>"
         )
-    parts += ['<h2 id="metrics">Held-out metrics</h2>', metrics_table(run.metrics), collapse_html(run.metrics)]
+    parts += ['<h2 id="metrics">Held-out metrics</h2>', metrics_table(run.metrics),
+              collapse_html(run.metrics, run.config)]
     parts.append('<h2 id="figures">Figures</h2>')
     if entries:
         parts.append(

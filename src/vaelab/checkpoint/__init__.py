@@ -3,7 +3,9 @@
 A run directory holds everything needed to reload and explain a run::
 
     config.json        RunConfig (data / model / train / eval)
-    model.safetensors  weights; header metadata records x_dim and cond_dim
+    model.safetensors  weights; header metadata records x_dim and cond_dim, and for a family from
+                       outside vaelab where it comes from (``family``: module:Class; loading the run
+                       imports that module, see vaelab.plugins; absent: a built-in family)
     state.pt           optimizer, step, epoch, RNG state (tensors and numbers only)
     history.csv        one row per epoch
     condition.json     conditional runs only: the condition spec (label list / training range)
@@ -16,7 +18,8 @@ A run directory holds everything needed to reload and explain a run::
     figures/           written by ``vaelab plot`` / the report (vaelab.plots)
     report.html        the run report, and reproduce.toml beside it when needed (vaelab.report)
     .vaelab-run        ownership marker: this folder was made by vaelab (--overwrite needs it)
-    .vaelab-lock       the lock a training holds on the folder (flock; freed when it exits)
+    .vaelab-lock       the lock a training holds on the folder (flock; the file is removed when
+                       training ends, and a killed training's is taken over by the next)
 
 **One checkpoint is one unit.** The six checkpoint files (config, weights, state, history,
 condition, data fingerprint) change together or not at all, by a journal:

@@ -1,5 +1,7 @@
 """The lock a training holds on its run directory (flock on ``.vaelab-lock``; freed when the
-process exits, so a killed training's lock is taken over)."""
+process exits, so a killed training's lock is taken over). The file is removed when the lock is
+released, so a finished run does not look like one still training; a killed training's file stays,
+and is taken over."""
 
 from __future__ import annotations
 
@@ -51,19 +53,23 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock, or raise RunLockedError naming the process that holds it."""
         path = self.run_dir / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except IsADirectoryError:  # audit RO26: named the run folder as unwritable
-            raise WriteError(f"{path}: is a folder, not vaelab's lock file; remove it (vaelab creates the lock "
-                             "file itself)") from None
-        except OSError as err:
-            raise WriteError(f"{self.run_dir}: cannot write in the run directory ({_why(err)}); choose an --out "
-                             "in a writable folder") from None
-        if not _lock_fd(fd):
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise RunLockedError(f"{self.run_dir}: {holder} is writing this run (it holds {path}); wait for it to "
-                                 "finish, or choose another --out")
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except IsADirectoryError:  # audit RO26: named the run folder as unwritable
+                raise WriteError(f"{path}: is a folder, not vaelab's lock file; remove it (vaelab creates the lock "
+                                 "file itself)") from None
+            except OSError as err:
+                raise WriteError(f"{self.run_dir}: cannot write in the run directory ({_why(err)}); choose an --out "
+                                 "in a writable folder") from None
+            if not _lock_fd(fd):
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise RunLockedError(f"{self.run_dir}: {holder} is writing this run (it holds {path}); wait for it "
+                                     "to finish, or choose another --out")
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # the holder removed the file as we opened it: lock the one now at the path
         self._fd = fd
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode("utf-8")
@@ -81,8 +87,15 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Remove the lock file, then free the lock (closing the descriptor frees it). Removed while
+        still held, so that a process that opened it meanwhile sees it gone (``acquire``)."""
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the lock
+            try:
+                if _same_file(self._fd, self.run_dir / LOCK_FILE):
+                    os.unlink(self.run_dir / LOCK_FILE)
+            except OSError:  # a file that cannot go (Windows keeps open files) stays: it holds no lock
+                pass
+            os.close(self._fd)
             self._fd = None
 
     def __enter__(self) -> RunLock:
@@ -90,6 +103,16 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file now at ``path``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    here = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _lock_holder(fd: int) -> str:

@@ -15,7 +15,6 @@ import typer
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -24,8 +23,19 @@ from rich.progress import (
 from rich.table import Table
 
 from vaelab.cli import app
-from vaelab.cli.common import _split_ints, pick_device, user_errors
-from vaelab.cli.console import _fetch_with_progress, _notice, console, err_console
+from vaelab.cli.common import (
+    DATA,
+    EVALUATION,
+    MODEL,
+    RUN,
+    TRAINING,
+    VaelabCommand,
+    _split_ints,
+    add_defaults,
+    pick_device,
+    user_errors,
+)
+from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, _notice, console, err_console
 from vaelab.cli.evaluation import _condition_arg, _run_eval
 from vaelab.errors import InputError
 
@@ -143,18 +153,65 @@ def _family_flags(ctx: typer.Context) -> dict[str, dict[str, Any]]:
     return tables
 
 
-class _TrainHelp(typer.core.TyperCommand):
-    """`vaelab train --help`, ending with the options of every family that declares some, one
-    group per family, from the families' options classes (names, types, descriptions, defaults).
+def preset_note() -> str:
+    """The paragraph of train and sweep help that says where image data take their defaults from."""
+    from vaelab.presets import DEFAULT_IMAGE_PRESET
 
-    The family registry imports torch, which help must not need (tests/test_startup.py): the
-    families listed are those of a registry already loaded, i.e. every family registered in this
-    process. The built-in families (vae, ae) declare no options.
+    return (f"Defaults are those of points (toy data and your files); image data given neither --preset nor "
+            f"--config start from the preset {DEFAULT_IMAGE_PRESET}, whose values help shows as \"image data …\".")
+
+
+# The defaults of the options that set no config field, in words (the others' come from the configs).
+def _run_defaults() -> dict[str, str]:
+    from vaelab.presets import DEFAULT_IMAGE_PRESET
+
+    return {"--config": "none", "--out": "runs/<data>-<model>-<time>", "--preset": f"none; image data "
+            f"{DEFAULT_IMAGE_PRESET}", "--nproc": "1: this process, no torchrun"}
+
+
+class _TrainHelp(VaelabCommand):
+    """`vaelab train --help`: options in panels, each with its default read from the configs
+    (``add_defaults``), ending with the options of every family that declares some, one group
+    per family, from the families' options classes (names, types, descriptions, defaults).
+
+    The family registry imports torch, which plain help must not need (tests/test_startup.py):
+    `vaelab train --model NAME --help` loads it and lists NAME's options; without --model the
+    options of every family in a registry already loaded (or of installed plugin families) are
+    listed, else a pointer to `--model NAME --help`.
     """
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        self._given = list(args)  # --help is eager: --model has no value in ctx yet when help is drawn
+        return super().parse_args(ctx, args)
+
+    def _model_given(self) -> str | None:
+        given = getattr(self, "_given", [])
+        for i, arg in enumerate(given):
+            if arg == "--model" and i + 1 < len(given):
+                return given[i + 1]
+            if arg.startswith("--model="):
+                return arg.split("=", 1)[1]
+        return None
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        self.epilog = _family_help() if "vaelab.models" in sys.modules else None
+        if not getattr(self, "_defaults_added", False):
+            self.help = f"{self.help}\n\n{preset_note()}"
+        add_defaults(self, ctx, _run_defaults())
+        model = self._model_given()
+        from vaelab.plugins import family_entry_points
+
+        if model is not None or "vaelab.models" in sys.modules or family_entry_points():
+            self.epilog = _family_help(model)
+        else:
+            self.epilog = escape(
+                "Model families with options of their own (" + ", ".join(_FAMILIES_WITH_OPTIONS) + "): "
+                "`vaelab train --model NAME --help` lists NAME's options (docs/families.md).")
         super().format_help(ctx, formatter)
+
+
+# The built-in families that declare options, named in plain `train --help` (which loads no
+# family code); tests/test_cli_help.py checks the list against the registry.
+_FAMILIES_WITH_OPTIONS = ("planar", "radial", "iaf", "vamp", "mog", "ladder")
 
 
 def _metavar(annotation: Any) -> str:
@@ -173,17 +230,22 @@ def _metavar(annotation: Any) -> str:
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
-def _family_help() -> str | None:
-    """The help text of the family options (rich markup escaped), or None when no family has any."""
+def _family_help(only: str | None = None) -> str | None:
+    """The help text of the family options (rich markup escaped), or None when no family has any;
+    ``only``: the options of that family alone (all of them when it is not a known family)."""
     from vaelab.models import FAMILIES, option_schemas
     from vaelab.sweep.grid import flag_table
 
     schemas = option_schemas()
+    if only is not None and only in FAMILIES:
+        if only not in schemas:
+            return escape(f"--model {only} ({FAMILIES[only].__name__}) has no options of its own.")
+        schemas = {only: schemas[only]}
     if not schemas:
         return None
     lines: dict[str, list[str]] = {name: [] for name in schemas}
     for flag, dotted in flag_table().items():
-        if dotted.count(".") == 2:
+        if dotted.count(".") == 2 and dotted.split(".")[1] in schemas:
             _, name, option = dotted.split(".")
             info = schemas[name].model_fields[option]
             default = info.get_default(call_default_factory=True)
@@ -198,72 +260,96 @@ def _family_help() -> str | None:
 @user_errors
 def train(
     ctx: typer.Context,
-    data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file"),
-    n_train: int = typer.Option(None, help="points drawn for training (toy data)"),
-    n_test: int = typer.Option(None, help="held-out points drawn for evaluation (toy data)"),
-    label_column: str = typer.Option(None, help="CSV column holding class labels"),
+    data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file",
+                             rich_help_panel=DATA),
+    n_train: int = typer.Option(None, help="points drawn for training (toy data)", rich_help_panel=DATA),
+    n_test: int = typer.Option(None, help="held-out points drawn for evaluation (toy data)", rich_help_panel=DATA),
+    label_column: str = typer.Option(None, help="CSV column holding class labels (text or numbers)",
+                                     rich_help_panel=DATA),
     condition: str = typer.Option(None, "--condition", help="train a conditional VAE on: label, radius, "
-                                  "or column:NAME[,NAME...] (numeric CSV columns)"),
-    cond_embed: str = typer.Option(None, help="widths of the MLP embedding a continuous condition, e.g. 16,16"),
-    data_seed: int = typer.Option(None, help="seed of the data draw / split"),
-    data_dir: Path = typer.Option(None, help="root of downloaded image datasets (default $VAELAB_DATA_DIR "
-                                  "or ~/.cache/vaelab)"),
-    image_split: str = typer.Option(None, help="official, or test-9k (first 9,000 test images train, last 1,000 test)"),
-    binarize: str = typer.Option(None, help="auto, dynamic, fixed or none (pixels as Bernoulli draws)"),
-    limit_train: int = typer.Option(None, help="use only the first N training points"),
-    limit_test: int = typer.Option(None, help="use only the first N test points"),
-    image_size: int = typer.Option(None, help="side images of a folder are resized to (default 28)"),
-    test_fraction: float = typer.Option(None, help="share of a user file / image folder / digits held out for testing"),
-    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv"),
-    model: str = typer.Option(None, "--model", help="vae or ae (plain autoencoder)"),
-    net: str = typer.Option(None, help="encoder/decoder body: mlp or conv (images)"),
-    channels: str = typer.Option(None, help="conv channels, e.g. 8,16,32"),
-    hidden: str = typer.Option(None, help="hidden layer sizes, e.g. 128,128"),
-    activation: str = typer.Option(None, help="relu, silu, tanh, elu, leaky_relu, gelu, softplus"),
-    latent_dim: int = typer.Option(None, help="dimension of z"),
-    scale: str = typer.Option(None, help="encoder scale: logvar, softplus or exp"),
-    likelihood: str = typer.Option(None, help="gaussian (fixed σ²), gaussian-learned or bernoulli"),
-    recon_var: float = typer.Option(None, help="σ² of the fixed Gaussian likelihood"),
-    min_var: float = typer.Option(None, help="floor of the learned Gaussian variance (gaussian-learned; "
-                                  "default 1e-6)"),
-    lambda_rec: float = typer.Option(None, help="λ_rec = 1/σ², the same knob as --recon-var"),
-    objective: str = typer.Option(None, help="elbo or iwae"),
-    beta: float = typer.Option(None, help="KL weight β"),
-    k: int = typer.Option(None, "--k", help="importance samples of the IWAE objective"),
-    lr: float = typer.Option(None, help="Adam learning rate"),
-    lr_schedule: str = typer.Option(None, help="constant, or cosine decay to 0 over the budget"),
-    epochs: int = typer.Option(None, help="passes over the data"),
-    steps: int = typer.Option(None, help="optimizer steps (replaces --epochs as the budget)"),
-    batch_size: int = typer.Option(None, help="batch size"),
-    seed: int = typer.Option(None, help="seed of init, shuffling and noise"),
-    checkpoint_every: int = typer.Option(None, help="checkpoint every N epochs"),
-    nonfinite: str = typer.Option(None, help="on a NaN/inf loss or gradient: stop (default), or skip the step "
-                                  "and halve the learning rate"),
-    max_skips: int = typer.Option(None, help="steps --nonfinite skip may skip before training stops (default 10)"),
-    grad_clip: float = typer.Option(None, help="clip the gradient norm to this value before each step (default off)"),
-    beta_schedule: str = typer.Option(None, help="β over training: constant (default), warmup (linear from 0) or "
-                                      "cyclical (Fu et al. 2019); see docs/objectives.md"),
-    warmup_epochs: int = typer.Option(None, help="warm-up length in epochs (--beta-schedule warmup)"),
-    warmup_steps: int = typer.Option(None, help="warm-up length in optimizer steps (--beta-schedule warmup)"),
-    cycles: int = typer.Option(None, help="annealing cycles over the budget (--beta-schedule cyclical; default 4)"),
-    cycle_ratio: float = typer.Option(None, help="share of each cycle over which β rises from 0 (cyclical; "
-                                      "default 0.5)"),
+                                  "or column:NAME[,NAME...] (numeric CSV columns)", rich_help_panel=DATA),
+    cond_embed: str = typer.Option(None, help="widths of the MLP embedding a continuous condition, e.g. 16,16",
+                                   rich_help_panel=MODEL),
+    data_seed: int = typer.Option(None, help="seed of the data draw / split", rich_help_panel=DATA),
+    data_dir: Path = typer.Option(None, help="root of downloaded image datasets", rich_help_panel=DATA),
+    image_split: str = typer.Option(None, help="official, or test-9k (first 9,000 test images train, last 1,000 test)",
+                                    rich_help_panel=DATA),
+    binarize: str = typer.Option(None, help="auto, dynamic, fixed or none (pixels as Bernoulli draws)",
+                                 rich_help_panel=DATA),
+    limit_train: int = typer.Option(None, help="use only the first N training points", rich_help_panel=DATA),
+    limit_test: int = typer.Option(None, help="use only the first N test points", rich_help_panel=DATA),
+    image_size: int = typer.Option(None, help="side images of a folder are resized to", rich_help_panel=DATA),
+    test_fraction: float = typer.Option(None, help="share of a user file / image folder / digits held out for "
+                                        "testing", rich_help_panel=DATA),
+    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv",
+                               rich_help_panel=MODEL),
+    model: str = typer.Option(None, "--model", help="vae, ae (plain autoencoder), planar, radial, iaf, vamp, "
+                              "mog, ladder, or a plugin's family (docs/models.md)", rich_help_panel=MODEL),
+    net: str = typer.Option(None, help="encoder/decoder body: mlp or conv (images)", rich_help_panel=MODEL),
+    channels: str = typer.Option(None, help="conv channels, e.g. 8,16,32 (--net conv)", rich_help_panel=MODEL),
+    hidden: str = typer.Option(None, help="hidden layer sizes, e.g. 128,128", rich_help_panel=MODEL),
+    activation: str = typer.Option(None, help="relu, silu, tanh, elu, leaky_relu, gelu, softplus",
+                                   rich_help_panel=MODEL),
+    latent_dim: int = typer.Option(None, help="dimension of z", rich_help_panel=MODEL),
+    scale: str = typer.Option(None, help="encoder scale: logvar, softplus or exp", rich_help_panel=MODEL),
+    likelihood: str = typer.Option(None, help="gaussian (fixed σ²), gaussian-learned or bernoulli",
+                                   rich_help_panel=MODEL),
+    recon_var: float = typer.Option(None, help="σ² of the fixed Gaussian likelihood (--likelihood gaussian)",
+                                    rich_help_panel=MODEL),
+    min_var: float = typer.Option(None, help="floor of the learned Gaussian variance (gaussian-learned)",
+                                  rich_help_panel=MODEL),
+    lambda_rec: float = typer.Option(None, help="λ_rec = 1/σ², the same knob as --recon-var", rich_help_panel=MODEL),
+    objective: str = typer.Option(None, help="elbo or iwae", rich_help_panel=TRAINING),
+    beta: float = typer.Option(None, help="KL weight β", rich_help_panel=TRAINING),
+    k: int = typer.Option(None, "--k", help="importance samples of the IWAE objective", rich_help_panel=TRAINING),
+    lr: float = typer.Option(None, help="Adam learning rate", rich_help_panel=TRAINING),
+    lr_schedule: str = typer.Option(None, help="constant, or cosine decay to 0 over the budget",
+                                    rich_help_panel=TRAINING),
+    epochs: int = typer.Option(None, help="passes over the data", rich_help_panel=TRAINING),
+    steps: int = typer.Option(None, help="optimizer steps (replaces --epochs as the budget)", rich_help_panel=TRAINING),
+    batch_size: int = typer.Option(None, help="batch size", rich_help_panel=TRAINING),
+    seed: int = typer.Option(None, help="seed of init, shuffling and noise", rich_help_panel=TRAINING),
+    checkpoint_every: int = typer.Option(None, help="checkpoint every N epochs", rich_help_panel=RUN),
+    nonfinite: str = typer.Option(None, help="on a NaN/inf loss or gradient: stop, or skip the step and halve the "
+                                  "learning rate", rich_help_panel=TRAINING),
+    max_skips: int = typer.Option(None, help="steps --nonfinite skip may skip before training stops",
+                                  rich_help_panel=TRAINING),
+    grad_clip: float = typer.Option(None, help="clip the gradient norm to this value before each step",
+                                    rich_help_panel=TRAINING),
+    beta_schedule: str = typer.Option(None, help="β over training: constant, warmup (linear from 0) or "
+                                      "cyclical (Fu et al. 2019); see docs/objectives.md", rich_help_panel=TRAINING),
+    warmup_epochs: int = typer.Option(None, help="warm-up length in epochs (--beta-schedule warmup)",
+                                      rich_help_panel=TRAINING),
+    warmup_steps: int = typer.Option(None, help="warm-up length in optimizer steps (--beta-schedule warmup)",
+                                     rich_help_panel=TRAINING),
+    cycles: int = typer.Option(None, help="annealing cycles over the budget (--beta-schedule cyclical)",
+                               rich_help_panel=TRAINING),
+    cycle_ratio: float = typer.Option(None, help="share of each cycle over which β rises from 0 (cyclical)",
+                                      rich_help_panel=TRAINING),
     free_bits: float = typer.Option(None, help="free bits λ in nats: floor on the batch-averaged KL of each "
-                                    "group (--objective elbo; default 0, off)"),
-    free_bits_group: str = typer.Option(None, help="what λ floors: dim (each latent dimension, default), all, "
-                                       "or layer (each layer of a hierarchical model: --model ladder)"),
+                                    "group; 0: off (the ELBO's KL: not with --objective iwae)",
+                                    rich_help_panel=TRAINING),
+    free_bits_group: str = typer.Option(None, help="what λ floors: dim (each latent dimension), all, "
+                                       "or layer (each layer of a hierarchical model: --model ladder)",
+                                       rich_help_panel=TRAINING),
     compile_step: bool = typer.Option(None, "--compile/--no-compile", help="compile the training step with "
-                                      "torch.compile: faster steps after a one-time compilation (default off)"),
-    eval_k: int = typer.Option(None, help="importance samples for the evaluation NLL"),
-    config: Path = typer.Option(None, "--config", help="TOML file with [data] [model] [train] [eval] tables"),
-    out: Path = typer.Option(None, "--out", "-o", help="run directory (default runs/<data>-<time>)"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
-    overwrite: bool = typer.Option(False, help="replace an existing run directory"),
-    resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
-    no_eval: bool = typer.Option(False, "--no-eval", help="skip the held-out evaluation at the end"),
-    no_report: bool = typer.Option(False, "--no-report", help="skip the figures and RUN/report.html at the end"),
+                                      "torch.compile: faster steps after a one-time compilation",
+                                      rich_help_panel=TRAINING),
+    eval_k: int = typer.Option(None, help="importance samples for the evaluation NLL", rich_help_panel=EVALUATION),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip the held-out evaluation at the end",
+                                 rich_help_panel=EVALUATION),
+    config: Path = typer.Option(None, "--config", help="TOML file with \\[data] \\[model] \\[train] \\[eval] tables",
+                                rich_help_panel=RUN),
+    out: Path = typer.Option(None, "--out", "-o", help="run directory", rich_help_panel=RUN),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps", rich_help_panel=RUN),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory", rich_help_panel=RUN),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint",
+                                rich_help_panel=RUN),
+    no_report: bool = typer.Option(False, "--no-report", help="skip the figures and RUN/report.html at the end",
+                                   rich_help_panel=RUN),
     nproc: int = typer.Option(None, "--nproc", help="train on N processes of this machine: runs this command "
-                              "under torchrun --standalone --nproc-per-node N (gloo on CPU, nccl on CUDA)"),
+                              "under torchrun --standalone --nproc-per-node N (gloo on CPU, nccl on CUDA)",
+                              rich_help_panel=RUN),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, figures, report).
 
@@ -351,11 +437,13 @@ def train(
         console.print(f"training [bold]{cfg.model.kind}[/] on [bold]{cfg.data.path or cfg.data.name}[/] "
                       f"-> {out} (device {dev})", highlight=False)
     with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNOnceKnown(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         disable=not console.is_terminal and bool(os.environ.get("CI")),
     ) as progress:
-        task = progress.add_task("steps", total=None)
+        # The step total is known once train_run has the data: until its first step, say what it does.
+        task = progress.add_task("loading the run's last checkpoint …" if resume else
+                                 "loading data, building the model …", total=None)
 
         def on_step(info: Any) -> None:
             if info.skipped:  # --nonfinite skip: say so when it happens, not only in history.csv
@@ -444,11 +532,15 @@ def _launch_torchrun(nproc: int, out: Path) -> int:
     a free port) without --nproc and with the run directory fixed; returns torchrun's exit code."""
     import subprocess
 
-    if sys.argv[1:2] != ["train"]:  # called in-process (typer's CliRunner, a notebook): no command line to pass
+    argv = sys.argv[1:]
+    # The root options (--plugin M) come before the command; a value of theirs is never "train"
+    # where it stands as the command, so the command is the first "train" not after --plugin.
+    at = next((i for i, a in enumerate(argv) if a == "train" and (i == 0 or argv[i - 1] != "--plugin")), None)
+    if at is None:  # called in-process (typer's CliRunner, a notebook): no command line to pass
         raise InputError("--nproc re-runs the `vaelab train` command line under torchrun; from Python, start "
                          "torchrun yourself: torchrun --standalone --nproc-per-node N -m vaelab train ...")
-    args, skip = [], False
-    for arg in sys.argv[2:]:  # after the program and the `train` command
+    root, args, skip = argv[:at], [], False
+    for arg in argv[at + 1:]:  # after the `train` command
         if skip:
             skip = False
             continue
@@ -460,7 +552,7 @@ def _launch_torchrun(nproc: int, out: Path) -> int:
     if not any(a in ("--out", "-o") or a.startswith("--out=") for a in args):
         args += ["--out", str(out)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "vaelab", "train", *args]
+           "-m", "vaelab", *root, "train", *args]
     console.print(f"launching {nproc} processes: {' '.join(cmd[1:])}", highlight=False, soft_wrap=True)
     return subprocess.call(cmd)
 
@@ -554,7 +646,7 @@ def _loss_name(cfg: Any) -> str:
     return describe_loss(family(cfg.model.kind), cfg.train)
 
 
-@app.command("eval")
+@app.command("eval", cls=VaelabCommand)
 @user_errors
 def eval_cmd(
     run: Path = typer.Argument(..., help="run directory"),
@@ -641,13 +733,13 @@ def _read_matrix(path: Path, width: int, what: str) -> torch.Tensor:
     return x
 
 
-@app.command()
+@app.command(cls=VaelabCommand)
 @user_errors
 def sample(
     run: Path = typer.Argument(..., help="run directory"),
     n: int = typer.Option(None, "-n", help="number of samples (default 1000, or one per row of a condition file)"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (.npy or .csv)"),
-    noise: bool = typer.Option(False, help="add observation noise (x ~ p(x|z)) instead of the decoder mean"),
+    noise: bool = typer.Option(False, "--noise", help="add observation noise (x ~ p(x|z)) instead of the decoder mean"),
     condition: str = typer.Option(None, "--condition", help="conditional models: a label (name or index), a "
                                   "value such as 2.5, or a file with one condition per sample"),
     seed: int = typer.Option(0, help="seed of the prior draws"),
@@ -681,7 +773,7 @@ def sample(
     console.print(f"wrote {n} samples ({'with noise' if noise else 'decoder mean'}) to {out}", highlight=False)
 
 
-@app.command()
+@app.command(cls=VaelabCommand)
 @user_errors
 def encode(
     run: Path = typer.Argument(..., help="run directory"),
@@ -718,13 +810,13 @@ def encode(
     console.print(f"wrote {', '.join(cols)} for {len(x)} points to {out}", highlight=False)
 
 
-@app.command()
+@app.command(cls=VaelabCommand)
 @user_errors
 def decode(
     run: Path = typer.Argument(..., help="run directory"),
     input: Path = typer.Option(..., "--input", "-i", help="latent codes (.npy/.npz/.csv, N x d)"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (.npy or .csv)"),
-    noise: bool = typer.Option(False, help="draw x ~ p(x|z) instead of the decoder mean"),
+    noise: bool = typer.Option(False, "--noise", help="draw x ~ p(x|z) instead of the decoder mean"),
     condition: str = typer.Option(None, "--condition", help="conditional models: one condition for all codes, "
                                   "or a file with one per code"),
     seed: int = typer.Option(None, help="seed of the observation noise (with --noise; default 0)"),
@@ -760,7 +852,7 @@ def decode(
     console.print(f"wrote {len(x)} decoded points to {out}", highlight=False)
 
 
-@app.command()
+@app.command(cls=VaelabCommand)
 def datasets() -> None:
     """List the built-in datasets, one line each."""
     from vaelab.data.registry import DATASETS
@@ -773,7 +865,8 @@ def datasets() -> None:
                "or none; resized to --image-size)")
 
 
-def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int) -> dict[str, Any]:
+def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int,
+                  data_dims: str | None = None) -> dict[str, Any]:
     """PlotContext options from the plot / report / compare flags (dims are 1-based here)."""
     import torch
 
@@ -788,6 +881,11 @@ def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int
         if pair is None or len(pair) != 2:
             raise InputError(f"--dims takes two latent dimensions like 1,2 (1-based), got {dims!r}")
         options["dims"] = (pair[0] - 1, pair[1] - 1)
+    if data_dims is not None:
+        chosen = _split_ints(data_dims, "--data-dims")
+        if not chosen:
+            raise InputError(f"--data-dims takes data coordinates like 1,3,4 (1-based), got {data_dims!r}")
+        options["data_dims"] = tuple(i - 1 for i in chosen)  # checked against the data by PlotContext
     if points is not None:
         try:
             rows = [[float(v) for v in row.split(",")] for row in points.replace(" ", "").split(";") if row]
@@ -819,7 +917,7 @@ def _write_report(run_dir: Path, **options: Any) -> Path:
     return path
 
 
-class _FigureHelp(typer.core.TyperCommand):
+class _FigureHelp(VaelabCommand):
     """A command whose --help ends with the figure names, read from the plot registry only
     when help is shown (the registry imports matplotlib, which other commands do not need)."""
 
@@ -832,6 +930,8 @@ class _FigureHelp(typer.core.TyperCommand):
 
 _FIGURES_HELP = "comma-separated figure names (default: all that apply); an unknown name lists the valid ones"
 _DIMS_HELP = "two latent dimensions (1-based) shown by the 2-D latent panels, e.g. 3,4 (default 1,2)"
+_DATA_DIMS_HELP = ("data coordinates (1-based) the pair plot `pairs` draws, 2 to 5 of them, e.g. 1,3,4 "
+                   "(default: all of them, for 3 to 5 coordinates)")
 _POINTS_HELP = "data points whose q(z|x) is drawn, e.g. '0,3;2.1,-2' (default: three typical points)"
 
 
@@ -842,6 +942,7 @@ def plot(
     figures: str = typer.Option(None, "--figures", help=_FIGURES_HELP),
     fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
     dims: str = typer.Option(None, "--dims", help=_DIMS_HELP),
+    data_dims: str = typer.Option(None, "--data-dims", help=_DATA_DIMS_HELP),
     points: str = typer.Option(None, "--points", help=_POINTS_HELP),
     n_points: int = typer.Option(2000, "--n-points", help="training points shown in the figures"),
     seed: int = typer.Option(0, help="seed of the samples drawn in the figures"),
@@ -850,7 +951,7 @@ def plot(
     from vaelab.plots import make_figures, parse_names
 
     names = parse_names(figures)
-    options = _plot_options(dims, points, seed, n_points)
+    options = _plot_options(dims, points, seed, n_points, data_dims)
     _check_points(run, options)
     paths = make_figures(run, names, fmt, notify=_notice, **options)
     for path in paths:
@@ -866,6 +967,7 @@ def report(
     figures: str = typer.Option(None, "--figures", help=_FIGURES_HELP),
     out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN/report.html)"),
     dims: str = typer.Option(None, "--dims", help=_DIMS_HELP),
+    data_dims: str = typer.Option(None, "--data-dims", help=_DATA_DIMS_HELP),
     points: str = typer.Option(None, "--points", help=_POINTS_HELP),
     n_points: int = typer.Option(2000, "--n-points", help="training points shown in the figures"),
     seed: int = typer.Option(0, help="seed of the samples drawn in the figures"),
@@ -886,7 +988,7 @@ def report(
                  and not spare_cpu(threads) and spare_cpu(threads - 1))
     if one_fewer:
         torch.set_num_threads(threads - 1)
-    options = _plot_options(dims, points, seed, n_points)
+    options = _plot_options(dims, points, seed, n_points, data_dims)
     _check_points(run, options)
     try:
         path = write_report(run, out=out, names=parse_names(figures), notify=_notice,
@@ -903,6 +1005,7 @@ def compare(
     out: Path = typer.Option(..., "--out", "-o", help="folder for compare.html and the figures"),
     figures: str = typer.Option(None, "--figures", help=_FIGURES_HELP),
     dims: str = typer.Option(None, "--dims", help=_DIMS_HELP),
+    data_dims: str = typer.Option(None, "--data-dims", help=_DATA_DIMS_HELP),
     n_points: int = typer.Option(2000, "--n-points", help="training points shown in the figures"),
     seed: int = typer.Option(0, help="seed of the samples drawn in the figures"),
 ) -> None:
@@ -922,14 +1025,15 @@ def compare(
     for name, values in rows:
         table.add_row(name, *("—" if v is None else fmt_number(v) for v in values))
     console.print(table)
-    path = write_comparison(runs, out, names=names, notify=_notice, **_plot_options(dims, None, seed, n_points))
+    options = _plot_options(dims, None, seed, n_points, data_dims)
+    path = write_comparison(runs, out, names=names, notify=_notice, **options)
     console.print(f"comparison: {path}", highlight=False)
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-@app.command()
+@app.command(cls=VaelabCommand)
 @user_errors
 def explore(
     runs: list[Path] = typer.Argument(..., help="run directories (several: switch between them on the page)"),

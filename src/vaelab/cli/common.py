@@ -1,4 +1,5 @@
-"""Helpers every command shares: user errors as one-line messages, the device, integer lists."""
+"""Helpers every command shares: user errors as one-line messages, the device, integer lists, and
+how help shows options (panels, flags without a metavar, defaults read from the configs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from vaelab.cli.console import err_console
 from vaelab.errors import InputError, VaelabError
@@ -41,28 +43,11 @@ def user_errors(fn: F) -> F:
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, then mps, else cpu; otherwise the named device, checked."""
-    import torch  # here, not at the top: commands that need no device start without torch
+    """``--device``: ``auto`` -> cuda if available, then mps, else cpu; otherwise the named device,
+    checked (the library's one rule, ``vaelab.devices.pick_device``)."""
+    from vaelab.devices import pick_device as pick  # here, not at the top: torch loads with it
 
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    if name == "mps" and (getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available()):
-        raise InputError("device 'mps' requested but MPS (Apple's GPU backend) is not available here; use "
-                         "--device cpu or auto")
-    if name.startswith("cuda:"):
-        index = name.split(":", 1)[1]
-        if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise InputError(f"device {name!r}: this machine has CUDA devices 0 to {torch.cuda.device_count() - 1}; "
-                             "use --device cuda:N with one of them, or auto")
-    return torch.device(name)
+    return pick(name, option="--device")
 
 
 def _split_ints(text: str | None, what: str) -> list[int] | None:
@@ -75,3 +60,141 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
         return [int(v) for v in parts if v]
     except ValueError:
         raise InputError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None
+
+
+# The panels of `vaelab train --help` and `vaelab sweep --help`, in this order.
+DATA, MODEL, TRAINING, EVALUATION, RUN = "Data", "Model", "Training", "Evaluation", "Output/run"
+PANELS = (DATA, MODEL, TRAINING, EVALUATION, RUN)
+
+
+class VaelabCommand(TyperCommand):
+    """A command whose help shows an on/off flag as a flag: ``--overwrite``, not ``--overwrite
+    <bool>`` (typer 0.29 gives every flag, --help included, the metavar of its type). Where the
+    options are grouped into panels, --help joins the last panel instead of a panel of its own.
+    The metavar is cleared only when help is drawn: parsing never reads it."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        panels = [panel for p in self.params if (panel := getattr(p, "rich_help_panel", None))]
+        if panels:  # typer draws the panels in the order of their first option: Data, Model, ...
+            self.params.sort(key=lambda p: PANELS.index(p.rich_help_panel)  # type: ignore[attr-defined]
+                             if getattr(p, "rich_help_panel", None) in PANELS else len(PANELS))
+        for param in _plain_flags(self, ctx):
+            if param.name == "help" and panels and param.rich_help_panel is None:
+                param.rich_help_panel = max(panels, key=lambda p: PANELS.index(p) if p in PANELS else -1)
+        super().format_help(ctx, formatter)
+
+
+class VaelabGroup(TyperGroup):
+    """The ``vaelab`` group with VaelabCommand's flags: ``--version`` and ``--help`` without
+    ``<bool>`` (``typer.Typer(cls=VaelabGroup)``)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _plain_flags(command: Any, ctx: Any) -> list[Any]:
+    """Clear the metavar of every on/off flag of ``command`` (help only); returns its params."""
+    params = command.get_params(ctx)
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+def _words(dotted: str, value: Any) -> str:
+    """A config value as help shows it: 256,256 for a list, on/off for a bool, 0.003 for a float."""
+    if value is None:
+        return _unset().get(dotted, "none")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) if value else "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _unset() -> dict[str, str]:
+    """What an unset (None) config value means, per field."""
+    from vaelab.config import DEFAULT_MAX_SKIPS
+
+    return {
+        "data.label_column": "none", "data.condition": "none: unconditional",
+        "data.data_dir": "$VAELAB_DATA_DIR, else ~/.cache/vaelab",
+        "data.limit_train": "all", "data.limit_test": "all",
+        "train.steps": "none: --epochs is the budget", "train.max_skips": str(DEFAULT_MAX_SKIPS),
+        "train.grad_clip": "off",
+        "train.warmup_epochs": "none: --beta-schedule warmup needs this or --warmup-steps",
+        "train.warmup_steps": "none: --beta-schedule warmup needs this or --warmup-epochs",
+    }
+
+
+# Where the run, not one value, decides a default: in words, after the value (the rules live in
+# vaelab.objectives.requested_objective and vaelab.data.pixels).
+_DEPENDS = {
+    "train.objective": "; elbo where the KL is weighted: --beta other than 1, a --beta-schedule or --free-bits",
+    "data.binarize": ": dynamic for a bernoulli likelihood on images, else none",
+}
+
+
+def config_flags() -> dict[str, str]:
+    """Every flag that sets a config field -> its dotted field (``--latent-dim`` ->
+    ``model.latent_dim``), from ``vaelab.config.cli_flag``; ``--data`` -> ``data.name``."""
+    from vaelab.config import SECTIONS, RunConfig, cli_flag
+
+    table: dict[str, str] = {"--lambda-rec": "model.lambda_rec"}
+    for section in SECTIONS:
+        for field in RunConfig.model_fields[section].annotation.model_fields:  # type: ignore[union-attr]
+            flag = cli_flag(f"{section}.{field}")
+            if flag is not None:
+                table.setdefault(flag, f"{section}.{field}")
+    return table
+
+
+def config_default(dotted: str) -> str:
+    """The default of a config field in words, as `--help` shows it after "default": the
+    pydantic field's default (``2``), what the image preset that image data start from sets
+    instead (``2; image data 20``), and in words where the run decides it."""
+    from vaelab.config import ModelConfig, RunConfig
+    from vaelab.presets import DEFAULT_IMAGE_PRESET, preset_overrides
+
+    if dotted == "model.lambda_rec":  # λ_rec = 1/σ²: the second name of recon_var
+        var = ModelConfig.model_fields["recon_var"].default
+        image_var = preset_overrides(DEFAULT_IMAGE_PRESET)["model"].get("recon_var")
+        image = "" if image_var is None or image_var == var else f"; image data {1 / image_var:g}"
+        return f"{1 / var:g}, i.e. 1/σ² of --recon-var{image}"
+    section, field = dotted.split(".")
+    cls = RunConfig.model_fields[section].annotation
+    value = cls.model_fields[field].get_default(call_default_factory=True)  # type: ignore[union-attr]
+    text = _words(dotted, value) + _DEPENDS.get(dotted, "")
+    preset = preset_overrides(DEFAULT_IMAGE_PRESET).get(section, {})
+    if field in preset and preset[field] != value:
+        text += f"; image data {_words(dotted, preset[field])}"
+    return text
+
+
+def add_defaults(command: Any, ctx: Any, words: dict[str, str]) -> None:
+    """Write each option's default into its help, once: "(default 2)". The config decides the
+    default of an option typed ``= typer.Option(None)``: its field's default is read from the
+    config classes (``config_default``), so help cannot drift from it. ``words``: the default of
+    an option that sets no config field, in words, by flag. Other options with a default show
+    it the same way; an off flag shows none."""
+    if getattr(command, "_defaults_added", False):
+        return
+    fields = config_flags()
+    for param in command.get_params(ctx):
+        if not isinstance(param, TyperOption) or param.name == "help":
+            continue
+        flag = max(param.opts, key=len)
+        if flag in words:
+            text = words[flag]
+        elif flag in fields:
+            text = config_default(fields[flag])
+        elif param.default is not None and not (param.is_flag and param.default is False):
+            text = str(param.default)
+        else:
+            continue
+        param.show_default = False
+        param.help = f"{param.help or ''} (default {escape(text)})".strip()
+    command._defaults_added = True

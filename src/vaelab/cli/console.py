@@ -6,11 +6,28 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    Task,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class MofNOnceKnown(MofNCompleteColumn):
+    """Steps done of the total ("120/2000"), and nothing while the total is unknown: a bar that
+    read "0/?" for the seconds the data and the model took to load looked hung (newcomer review)."""
+
+    def render(self, task: Task) -> Text:
+        return Text("") if task.total is None else super().render(task)
 
 
 def _fetch_with_progress(data_cfg: Any) -> None:
@@ -64,11 +81,12 @@ def _print_condition_metrics(metrics: dict[str, Any]) -> None:
         console.print(f"mean |mean ‖x‖ − requested| = {track['mean_abs_error']:.4f}", highlight=False)
 
 
-def _print_collapse_verdict(metrics: dict[str, Any]) -> None:
-    """Say in words whether the posterior has collapsed (and what to try); nothing for an autoencoder."""
+def _print_collapse_verdict(metrics: dict[str, Any], config: Any = None) -> None:
+    """Say in words whether the posterior has collapsed (and what to try); nothing for an autoencoder.
+    ``config``: the run's, so that the advice names only flags this run would take."""
     from vaelab.diagnostics import collapse_verdict
 
-    verdict = collapse_verdict(metrics)
+    verdict = collapse_verdict(metrics, config)
     if verdict is not None:
         style = "bold yellow" if verdict.collapsed else "green"
         console.print(f"[{style}]{escape(verdict.text)}[/]", highlight=False, soft_wrap=True)

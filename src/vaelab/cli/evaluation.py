@@ -3,8 +3,11 @@ and the condition a loaded run is given from ``--condition``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vaelab.cli.console import (
     _print_collapse_verdict,
@@ -28,16 +31,31 @@ def _run_eval(
     The metrics are printed before anything is written, so a run folder that cannot be
     written still shows its numbers. ``world`` (a ``vaelab.distributed.World`` under torchrun):
     every rank scores its share of the test batches; the others print (quietly) and write nothing.
+
+    A bar follows the test batches (the importance-sampled bound, the long part) and is gone when
+    the table is printed; as for training, none is drawn where the output is no terminal and CI is set.
     """
     from vaelab import checkpoint as ckpt
     from vaelab.evaluate import evaluate_run, save_metrics, settings_differ, should_write_metrics
+    from vaelab.models import VariationalModel
 
     run = ckpt.load(run_dir, device)
-    metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False, world=world)
-    if world is not None and not world.is_main:
+    main = world is None or world.is_main
+    what = f"evaluating (IWAE, k = {run.config.eval.k if k is None else k})" \
+        if isinstance(run.model, VariationalModel) else "evaluating"
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True,
+                  disable=not main or (not console.is_terminal and bool(os.environ.get("CI")))) as progress:
+        task = progress.add_task(what, total=None)
+
+        def on_batch(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False, world=world, on_batch=on_batch)
+    if not main:
         return metrics
     _print_metrics(metrics)
-    _print_collapse_verdict(metrics)
+    _print_collapse_verdict(metrics, run.config)
     _print_condition_metrics(metrics)
     if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed):
         path = save_metrics(run, metrics)

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperOption
 
 from vaelab.cli import app
-from vaelab.cli.commands import _base_config, _is_file_arg, _SignalAgain, _StopOnSignal, check_data_arg
-from vaelab.cli.common import pick_device, user_errors
-from vaelab.cli.console import _fetch_with_progress, console, err_console
+from vaelab.cli.commands import (
+    _base_config,
+    _is_file_arg,
+    _SignalAgain,
+    _StopOnSignal,
+    check_data_arg,
+    preset_note,
+)
+from vaelab.cli.common import (
+    DATA,
+    MODEL,
+    RUN,
+    TRAINING,
+    VaelabCommand,
+    add_defaults,
+    config_flags,
+    pick_device,
+    user_errors,
+)
+from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, console, err_console
 
 # One line per paragraph (typer re-wraps them); "\\[" keeps rich from reading [sweep] as markup.
 SWEEP_HELP = (
@@ -28,19 +47,76 @@ SWEEP_HELP = (
 )
 
 
-@app.command(help=SWEEP_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+class _SweepHelp(VaelabCommand):
+    """`vaelab sweep --help`: its own options and every `vaelab train` option a grid can take
+    (a config field's flag), in the panels of `vaelab train --help`, with the same defaults.
+
+    The train options are copies of the train command's, for help only: the sweep reads them
+    itself from the words typer leaves over (``vaelab.sweep.grid.parse_flags``)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        if not getattr(self, "_defaults_added", False):
+            self.help = f"{self.help}\n\n{preset_note()}"
+            self.params += _train_options(ctx)
+        add_defaults(self, ctx, _sweep_defaults())
+        super().format_help(ctx, formatter)
+
+
+def _train_options(ctx: Any) -> list[Any]:
+    """Help-only copies of the `vaelab train` options that a sweep takes: those of a grid with a
+    comma list of values (a flag: true,false), those of the data and the evaluation, which every
+    member shares, with one value."""
+    group = ctx.find_root().command
+    train = group.get_command(ctx, "train") if isinstance(group, typer.core.TyperGroup) else None
+    if train is None:
+        return []
+    own = {opt for param in ctx.command.params for opt in param.opts}
+    fields = config_flags()
+    shown = []
+    for param in train.params:
+        flag = max(param.opts, key=len) if param.opts else None
+        if not isinstance(param, TyperOption) or flag not in fields or flag in own:
+            continue
+        shown.append(copy.copy(param))
+        if fields[flag].split(".")[0] in SHARED_SECTIONS:
+            continue
+        shown[-1].secondary_opts = []
+        shown[-1].metavar = "true|false,..." if param.is_flag else f"{param.display_type(ctx)},..."
+    return shown
+
+
+# The settings every member shares (vaelab.sweep.grid refuses several values of them).
+SHARED_SECTIONS = ("data", "eval")
+
+
+def _sweep_defaults() -> dict[str, str]:
+    from vaelab.presets import DEFAULT_IMAGE_PRESET
+
+    return {"--config": "none", "--preset": f"none; image data {DEFAULT_IMAGE_PRESET}",
+            "--seeds": "1: the --seed alone"}
+
+
+@app.command(help=SWEEP_HELP, cls=_SweepHelp,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def sweep(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", "-o", help="the sweep folder (new, or the one to --resume)"),
-    data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file"),
-    seeds: int = typer.Option(None, "--seeds", help="train every configuration with N seeds: seed ... seed + N - 1"),
-    jobs: int = typer.Option(1, "--jobs", help="groups of members trained at once, in separate processes"),
+    out: Path = typer.Option(..., "--out", "-o", help="the sweep folder (new, or the one to --resume)",
+                             rich_help_panel=RUN),
+    data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file",
+                             rich_help_panel=DATA),
+    seeds: int = typer.Option(None, "--seeds", help="train every configuration with N seeds: seed ... seed + N - 1",
+                              rich_help_panel=TRAINING),
+    jobs: int = typer.Option(1, "--jobs", help="groups of members trained at once, in separate processes",
+                             rich_help_panel=RUN),
     config: Path = typer.Option(None, "--config",
-                                help="TOML file with \\[data] \\[model] \\[train] \\[eval] and \\[sweep] tables"),
-    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
-    resume: bool = typer.Option(False, help="continue the sweep in --out: finished members are kept"),
+                                help="TOML file with \\[data] \\[model] \\[train] \\[eval] and \\[sweep] tables",
+                                rich_help_panel=RUN),
+    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv",
+                               rich_help_panel=MODEL),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps", rich_help_panel=RUN),
+    resume: bool = typer.Option(False, "--resume", help="continue the sweep in --out: finished members are kept",
+                                rich_help_panel=RUN),
 ) -> None:
     from vaelab.config import absolute_path
     from vaelab.errors import InputError
@@ -75,9 +151,9 @@ def sweep(
     expand(base, grid)  # every member checked (run_sweep checks again) before the first line is printed
     dev = pick_device(device)
     console.print(f"sweep of {grid.size} members -> {out} (device {dev})", highlight=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNOnceKnown(), TimeElapsedColumn(),
                   console=console, disable=not console.is_terminal and bool(os.environ.get("CI"))) as progress:
-        task = progress.add_task("members", total=None)
+        task = progress.add_task("loading data, building the members …", total=None)
 
         def on_progress(name: str, info: Any) -> None:
             if info.step == 1 or info.step % 20 == 0 or info.step == info.total_steps:

@@ -88,7 +88,15 @@ def _read_csv(
         try:
             values.append([float(cell) for j, cell in enumerate(row) if j != label_idx])
         except ValueError as err:
-            raise DataFileError(f"{path}: line {line} holds a value that is not a number ({err})") from None
+            j = next(j for j, cell in enumerate(row) if j != label_idx and not is_number(cell))
+            if header is None:
+                raise DataFileError(f"{path}: line {line} holds a value that is not a number ({err})") from None
+            # A column of words is most often a class label (newcomer review: "species").
+            fix = (f"if it holds class labels, train with --label-column {header[j]}" if label_column is None
+                   else f"--label-column names {label_column!r} as the one label column")
+            raise DataFileError(f"{path}: column {header[j]!r} holds a value that is not a number ({row[j].strip()!r} "
+                                f"on line {line}); only numbers can be data: {fix}, or remove the column from the "
+                                "file") from None
     table = np.asarray(values, dtype=np.float64)  # every column but the label column
     # Positions of the kept / condition columns inside ``table`` (the label column is gone).
     # (enumerate, not pos.index: that was quadratic in the width, and a 2,000,000-column line hung, audit UF35)
