@@ -67,6 +67,8 @@ LAYER_OF: dict[str, int] = {
     "vaelab.errors": 0, "vaelab.config": 0,
     "vaelab.memory": 0,  # memory checks from sizes alone
     "vaelab.presets": 0,  # named settings: configs
+    "vaelab.devices": 0,  # the device rule (auto: cuda, mps, cpu), shared by the library and --device
+    "vaelab.plugins": 0,  # imports outside families' modules; imports only errors, models reads it
     "vaelab.data": 1, "vaelab.nets": 1, "vaelab.distributions": 1, "vaelab.likelihoods": 1,
     "vaelab.conditions.spec": 1,  # the condition c of a dataset, and reading what a user gives
     "vaelab.models": 2,
@@ -77,12 +79,14 @@ LAYER_OF: dict[str, int] = {
     "vaelab.rundir": 4, "vaelab.checkpoint": 4,  # checkpoint.py is the rundir layer for now
     "vaelab.checkpoint.atomic": 0,  # the one file writer imports only errors: every layer writes through it
     "vaelab.history": 4,  # the per-epoch record of a run
+    "vaelab.progress": 4,  # progress=True's line: fit, train_run and evaluate draw it
     "vaelab.evaluate": 5, "vaelab.diagnostics": 5,
     "vaelab.analysis": 5,  # computations the figures share (it uses evaluate)
     "vaelab.conditions": 5,  # the package also loads metrics.py: how well samples follow c
     "vaelab.plots": 6, "vaelab.report": 6, "vaelab.sweep": 6, "vaelab.cluster": 6,
     "vaelab.html": 6, "vaelab.png_worker": 6, "vaelab.compare": 6,  # the report's pieces,
     "vaelab.reproduce": 6,  # and the command that reproduces a run (from the sweep's flag table)
+    "vaelab.testing": 6,  # the family contract checks: models, objectives, checkpoint, train
     "vaelab.cli": 7, "vaelab.explorer": 7,
     "vaelab": 7, "vaelab.__main__": 7,  # the public API (vaelab.train_run, ...) and `python -m vaelab`
 }

@@ -158,3 +158,32 @@ def test_binarized_originals_are_drawn_in_grey_and_the_title_says_what_the_model
     strip = np.asarray(render(ctx, "image_interpolations").axes[0].images[0].get_array())
     assert np.allclose(strip[1:9, 1:9], test.x[0].reshape(8, 8).numpy(), atol=1e-6)
     assert "drawn in grey" not in _titles(render(ctx, "image_latent_classes"))
+
+
+@pytest.mark.parametrize("kind", ["vamp", "mog", "ladder"])
+def test_traversal_of_a_learned_prior_sweeps_where_the_prior_is(kind):
+    """Issue 22: the traversal swept [-2, 2] around 0 for every family; a learned prior's mass may
+    sit elsewhere. It now sweeps each dimension over the prior's mean ± 2 sd, and says so."""
+    from vaelab.config import ModelConfig
+    from vaelab.models import build_model
+    from vaelab.plots.images import prior_moments
+
+    model = build_model(ModelConfig(kind=kind, hidden=[16], latent_dim=4, likelihood="bernoulli"), 64, seed=0)
+    with torch.no_grad():  # move the prior away from N(0, I), as training would
+        for p in model.parameters():
+            p.add_(0.3)
+    gen = torch.Generator().manual_seed(0)
+    centre, scale = prior_moments(model, generator=gen)
+    prior = model.prior()
+    z = prior.sample((4000,)) if prior.batch_shape == torch.Size() else prior.sample()
+    z = z.reshape(-1, 4)
+    assert torch.allclose(centre, z.mean(0), atol=6 * float(z.std(0).max()) / 4000 ** 0.5)
+    assert not torch.allclose(centre, torch.zeros(4), atol=0.05)
+    grid = traversal_grid(model, (0, 1), steps=3, span=2.0, base=centre, centre=centre, scale=scale)
+    corner = centre.clone()
+    corner[0], corner[1] = centre[0] - 2 * scale[0], centre[1] + 2 * scale[1]
+    assert torch.allclose(grid[0], model.decode(corner[None]).mean[0], atol=1e-6)
+    fig = plot_traversal(model, (1, 8, 8), (0, 1), generator=torch.Generator().manual_seed(0))
+    text = fig.texts[0].get_text() if fig.texts else fig._suptitle.get_text()
+    assert "learned prior's mean ± 2 sd" in text.replace("\n", " ")
+    assert fig.axes[0].get_title().startswith("others at the prior's mean")

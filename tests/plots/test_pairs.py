@@ -3,6 +3,8 @@ data axes, and the pair plot draws every pair of coordinates, data against sampl
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,28 @@ def test_pair_plot_applies_where_there_is_more_than_one_pair(trained_run, helix_
     assert skipped and "2-D data" in skipped[0][1]
     _, skipped = plan(load_context(helix_run), ["pairs"])
     assert not skipped
+
+
+def test_data_dims_on_the_command_line(helix_run, trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaelab.cli import app
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    run = tmp_path / "helix"
+    shutil.copytree(helix_run.path, run)
+    done = invoke("plot", run, "--figures", "pairs", "--data-dims", "3,1")
+    assert done.exit_code == 0, done.output
+    assert (run / "figures" / "pairs.png").is_file()
+    for bad, words in [("1,4", "between 1 and 3"), ("2", "2 to 5 different"), ("1,1", "2 to 5 different"),
+                       ("a,b", "--data-dims")]:
+        refused = invoke("plot", run, "--figures", "pairs", "--data-dims", bad)
+        assert refused.exit_code == 2 and words in refused.output.replace("\n", " "), (bad, refused.output)
+    # On 2-D data the pair plot is skipped by default and drawn when asked for.
+    ring = tmp_path / "ring"
+    shutil.copytree(trained_run, ring)
+    assert invoke("plot", ring, "--figures", "pairs").exit_code == 2  # nothing applies: refused, says why
+    done = invoke("plot", ring, "--figures", "pairs", "--data-dims", "2,1")
+    assert done.exit_code == 0 and (ring / "figures" / "pairs.png").is_file(), done.output

@@ -291,3 +291,22 @@ def test_iwae_curve_starts_at_the_elbo_and_rises_in_expectation():
     cov = model.W @ model.W.T + model.s**2 * torch.eye(2)
     log_px = torch.distributions.MultivariateNormal(model.b, cov).log_prob(x).mean()
     assert float(mean[-1]) <= float(log_px) + 0.02 and float(mean[-1]) > float(mean[0])
+
+
+def test_metric_figure_skips_say_why_a_metric_is_missing():
+    """Issue 22: kl_per_dim's skip said 'run vaelab eval' for a flow run that had been evaluated
+    (its KL has no per-dimension closed form, so the evaluation never reports it)."""
+    from vaelab.config import ModelConfig
+    from vaelab.data.toy2d import ring
+    from vaelab.models import build_model
+    from vaelab.plots import plan
+    from vaelab.plots.common import PlotContext
+
+    points = ring(50, generator=torch.Generator().manual_seed(0))
+    model = build_model(ModelConfig(kind="planar", hidden=[8]), 2, seed=0)
+    fresh = PlotContext(model=model, data=points)
+    _, skipped = plan(fresh, ["kl_per_dim"])
+    assert "run vaelab eval" in skipped[0][1]
+    evaluated = PlotContext(model=model, data=points, metrics={"iwae_nll": 2.0, "elbo": -2.5, "kl": 1.0})
+    _, skipped = plan(evaluated, ["kl_per_dim"])
+    assert "run vaelab eval" not in skipped[0][1] and "no closed form per dimension" in skipped[0][1]

@@ -239,19 +239,16 @@ def scatter_labels(
         add_legend(ax, len(np.unique(labels)))
 
 
-def add_legend(ax: Axes, n_entries: int) -> None:
+def add_legend(ax: Axes, n_entries: int, *, below: bool = False) -> None:
     """A legend beside the panel (right), so it never hides data; two columns past 10 entries.
+    ``below``: under the panel's x label instead, in rows of up to 5 (where a colour bar takes
+    the right side, a legend there pushes the bar away and leaves an empty band).
 
     Scatter handles get one common marker size, however big or small the plotted markers are.
     """
-    leg = ax.legend(
-        fontsize="small",
-        ncols=2 if n_entries > 10 else 1,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
-        borderaxespad=0.0,
-        framealpha=0.85,
-    )
+    where = (dict(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=min(n_entries, 5)) if below
+             else dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=2 if n_entries > 10 else 1))
+    leg = ax.legend(fontsize="small", borderaxespad=0.0, framealpha=0.85, **where)
     for handle in leg.legend_handles:
         if handle is not None and hasattr(handle, "set_sizes"):
             handle.set_sizes([36.0])
@@ -330,6 +327,14 @@ class PlotContext:
                 f"latent dimensions {i + 1} and {j + 1} cannot be shown: the model has d = {d} "
                 f"latent dimensions; choose two different numbers between 1 and {d}"
             )
+        if self.data_dims is not None:
+            chosen, dim = tuple(self.data_dims), self.data.dim
+            if self.is_image:
+                raise InputError("--data-dims chooses coordinates of point data for the pair plot; this run is "
+                                 "on images: drop --data-dims")
+            if not (2 <= len(chosen) <= 5 and len(set(chosen)) == len(chosen) and all(0 <= i < dim for i in chosen)):
+                raise InputError(f"--data-dims takes 2 to 5 different data coordinates between 1 and {dim} (this "
+                                 f"data has D = {dim}); got {','.join(str(i + 1) for i in chosen)}")
         if self.points is not None and (self.points.ndim != 2 or self.points.shape[1] != self.data.dim):
             raise InputError(
                 f"the chosen points must have shape (m, {self.data.dim}) like the data, got {tuple(self.points.shape)}"

@@ -330,10 +330,22 @@ def _two_d_latent(ctx: PlotContext) -> str | None:
     return None if d == 2 else f"the true posterior is drawn on a 2-D latent grid (d = {d})"
 
 
+# Why an evaluation leaves a metric out, for the skip notice of a run that was evaluated.
+_NOT_COMPUTED = {
+    "kl_per_dim": "this model's KL does not split per latent dimension (no closed form per dimension: a flow "
+                  "posterior or a learned prior); kl_per_layer shows a hierarchical model's split",
+}
+
+
 def _needs_metric(*keys: str):  # noqa: ANN202 (a check)
     def check(ctx: PlotContext) -> str | None:
         missing = [k for k in keys if k not in ctx.metrics]
-        return None if not missing else f"needs the held-out {', '.join(missing)} (run vaelab eval)"
+        if not missing:
+            return None
+        if not any(k in ctx.metrics for k in ("iwae_nll", "elbo", "recon")):  # never evaluated
+            return f"needs the held-out {', '.join(missing)} (run vaelab eval)"
+        why = "; ".join(_NOT_COMPUTED.get(k, f"the evaluation reports no {k} for this model") for k in missing)
+        return f"needs the held-out {', '.join(missing)}: {why}"
 
     return check
 

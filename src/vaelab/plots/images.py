@@ -26,6 +26,7 @@ from vaelab.data import registry as data_registry
 from vaelab.data.dataset import Dataset
 from vaelab.data.download import DatasetNotFoundError
 from vaelab.data.pixels import eval_view
+from vaelab.distributions import rsample
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, has_standard_prior
 from vaelab.plots.common import (
@@ -142,43 +143,69 @@ def plot_image_samples(model: LatentModel, image_shape: Sequence[int], *, n: int
 
 @torch.no_grad()
 def traversal_grid(model: LatentModel, dims: tuple[int, int], *, steps: int = 11, span: float = 2.0,
-                   base: Tensor | None = None) -> Tensor:
+                   base: Tensor | None = None, centre: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """Decoder means over a grid of (z_i, z_j) ∈ [-span, span]², other dims fixed at ``base``.
 
+    ``centre`` and ``scale`` (d,) move and stretch the grid: z_i runs over centre_i ± span·scale_i
+    (a learned prior's mean and standard deviation; default 0 and 1, N(0, I)'s).
     Returns (steps·steps, D): row r of the grid has z_j = +span … -span from top to bottom
     (so "up" is positive, like a plot), column q has z_i = -span … +span.
     """
     ref = next(model.parameters())
     i, j = dims
-    base = torch.zeros(model.latent_dim, device=ref.device, dtype=ref.dtype) if base is None else base
-    values = torch.linspace(-span, span, steps, device=ref.device, dtype=ref.dtype)
+    d = model.latent_dim
+    base = torch.zeros(d, device=ref.device, dtype=ref.dtype) if base is None else base
+    centre = torch.zeros(d, device=ref.device, dtype=ref.dtype) if centre is None else centre.to(ref.device)
+    scale = torch.ones(d, device=ref.device, dtype=ref.dtype) if scale is None else scale.to(ref.device)
+    unit = torch.linspace(-span, span, steps, device=ref.device, dtype=ref.dtype)
     z = base.to(ref.device).expand(steps, steps, -1).clone()  # (rows, cols, d)
-    z[:, :, i] = values[None, :]
-    z[:, :, j] = values.flip(0)[:, None]
+    z[:, :, i] = (centre[i] + scale[i] * unit)[None, :]
+    z[:, :, j] = (centre[j] + scale[j] * unit.flip(0))[:, None]
     return _decode_mean(model, z.reshape(steps * steps, -1))
+
+
+@torch.no_grad()
+def prior_moments(model: LatentModel, n: int = 4000, generator: torch.Generator | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation (d,) of the model's prior p(z), from ``n`` of its samples (the
+    exact 0 and 1 for N(0, I)): where a traversal of a learned prior should look."""
+    ref = next(model.parameters())
+    if has_standard_prior(model):
+        return (torch.zeros(model.latent_dim, device=ref.device, dtype=ref.dtype),
+                torch.ones(model.latent_dim, device=ref.device, dtype=ref.dtype))
+    prior = model.prior()
+    z = rsample(prior, (n,) if prior.batch_shape == torch.Size() else (), generator).reshape(-1, model.latent_dim)
+    return z.mean(0), z.std(0)
 
 
 @torch.no_grad()
 def plot_traversal(model: LatentModel, image_shape: Sequence[int], dims: tuple[int, int] = (0, 1), *,
                    anchor: Tensor | None = None, steps: int = 11, span: float = 2.0,
-                   anchor_source: str = "image") -> Figure:
-    """Latent traversal: z_i across, z_j up, the other dimensions at 0 (left panel) and, when
-    ``anchor`` (one image, (D,)) is given, at that image's code (right panel, titled with
-    ``anchor_source``, e.g. "test image")."""
+                   anchor_source: str = "image", generator: torch.Generator | None = None) -> Figure:
+    """Latent traversal: z_i across, z_j up, the other dimensions at the prior's mean (left panel)
+    and, when ``anchor`` (one image, (D,)) is given, at that image's code (right panel, titled with
+    ``anchor_source``, e.g. "test image"). Each swept dimension covers its prior's mean ± ``span``
+    standard deviations: [-2, 2] for N(0, I); for a learned prior (VampPrior, mixture, a ladder's
+    top-down prior) the moments of its samples (drawn with ``generator``)."""
     i, j = dims
-    panels: list[tuple[str, Tensor | None]] = [("others at 0", None)]
+    centre, scale = prior_moments(model, generator=generator)
+    standard = has_standard_prior(model)
+    rest = "others at 0" if standard else "others at the prior's mean"
+    panels: list[tuple[str, Tensor | None]] = [(rest, centre)]
     if anchor is not None and model.latent_dim > 2:
         code = _code(model, anchor[None].to(next(model.parameters()).device))[0]
         panels.append((f"others at an encoded {anchor_source}", code))
-    canvases = [tile(as_images(traversal_grid(model, dims, steps=steps, span=span, base=b), image_shape),
-                     steps) for _, b in panels]
+    canvases = [tile(as_images(traversal_grid(model, dims, steps=steps, span=span, base=b, centre=centre,
+                                              scale=scale), image_shape), steps) for _, b in panels]
     w, h = _size(canvases[0])
+    where = "" if standard else f" (each over its learned prior's mean ± {span:g} sd)"
     fig, axes = new_figure(len(panels), size=(w, h + 0.3),
-                           title=f"Latent traversal: {z_label(i)} across, {z_label(j)} up")
+                           title=f"Latent traversal: {z_label(i)} across, {z_label(j)} up{where}")
     for ax, (title, _), canvas in zip(axes, panels, canvases, strict=True):
         show(ax, canvas, title)
-        ax.set_xlabel(f"{z_label(i)}: {-span:g} → {span:g}")
-        ax.set_ylabel(f"{z_label(j)}: {-span:g} → {span:g}")
+        for k, setter in ((i, ax.set_xlabel), (j, ax.set_ylabel)):
+            lo, hi = float(centre[k] - span * scale[k]), float(centre[k] + span * scale[k])
+            setter(f"{z_label(k)}: {lo:.3g} → {hi:.3g}")
     return fig
 
 
@@ -296,7 +323,8 @@ def _traversal(ctx: PlotContext) -> Figure:
     data, _, source = _shown_data(ctx)
     # "test images" -> "test image"; the note in brackets stays as it is
     one = source.replace("images", "image", 1)
-    return plot_traversal(ctx.model, _image_shape(data), ctx.dims, anchor=data.x[0], anchor_source=one)
+    return plot_traversal(ctx.model, _image_shape(data), ctx.dims, anchor=data.x[0], anchor_source=one,
+                          generator=ctx.generator(12))
 
 
 def _interpolations(ctx: PlotContext) -> Figure:
@@ -334,7 +362,8 @@ FIGURES = [
                "blobs or repeated shapes mean the prior and the codes disagree or the model collapsed.",
                all_of(_needs_images, unconditional), title="Samples from the prior"),
     FigureSpec("image_traversal", _traversal,
-               "Two latent dimensions swept over [-2, 2], the others at 0 and at an encoded test image "
+               "Two latent dimensions swept over [-2, 2] (a learned prior: its mean ± 2 sd), the others at the "
+               "prior's mean and at an encoded test image "
                "(a training image when the test split is not on disk; the panel says which): "
                "smooth change along an axis means the dimension encodes a factor; no change means it "
                "is unused.",

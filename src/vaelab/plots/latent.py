@@ -136,14 +136,15 @@ def plot_latent_params(
     ):
         xy = v[:, [i, j]]
         _coloured(fig, ax, xy, data, legend=False, cbar=ax is axes[1])
+        # A hollow ring on top: codes sitting on the target (a collapsed posterior) stay visible inside it.
         target_handle = ax.scatter(
             [target],
             [target],
-            marker="X",
-            s=160,
-            color="red",
-            edgecolor="white",
-            linewidths=1.0,
+            marker="o",
+            s=260,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=2.0,
             zorder=5,
             label=f"prior target ({target:g}, {target:g})",
         )

@@ -158,7 +158,7 @@ def plot_prior_mixture(
         ax.set_title("its components at 1σ (solid) and 2σ (dashed)\ncoloured by weight π_k "
                      f"(from {pi.min():.3f} to {pi.max():.3f})", fontsize="medium")
     if data.labels is not None:
-        add_legend(ax, len(np.unique(data.labels.cpu().numpy())))
+        add_legend(ax, len(np.unique(data.labels.cpu().numpy())), below=not equal)
     for ax in axes:
         set_view(ax, lims)
         ax.set_xlabel(z_label(i))
