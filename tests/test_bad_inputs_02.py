@@ -744,3 +744,196 @@ def test_an_empty_element_of_a_size_list_is_refused():
     with pytest.raises(ValueError, match="--hidden '32,,32' has an empty value"):
         _split_ints("32,,32", "--hidden")
     assert _split_ints("32, 32", "--hidden") == [32, 32]
+
+
+# --------------------------------------------------------------------------- 10. round two (issue 19)
+
+def test_a_library_warning_is_one_cli_line_never_pythons_format(tmp_path):
+    """Resuming a run made by an older vaelab (no data fingerprint) printed a raw Python
+    `UserWarning` (file, line and source of the warnings.warn call); the CLI shows vaelab's
+    warnings as one `note:` / `warning:` line."""
+    data, out = _file_run(tmp_path)
+    manifest = json.loads((out / ckpt.MANIFEST_FILE).read_text())
+    del manifest["files"][ckpt.DATA_FILE]
+    (out / ckpt.MANIFEST_FILE).write_text(json.dumps(manifest))
+    (out / ckpt.DATA_FILE).unlink()
+    result = invoke("train", "--out", out, "--resume", "--epochs", 3, "--no-eval", "--no-report", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^note: \S+: this run was written before vaelab recorded a fingerprint", result.output, re.M)
+    assert "UserWarning" not in result.output and "warnings.warn" not in result.output
+
+
+def test_a_label_column_with_empty_labels_or_one_label_per_row(tmp_path):
+    """UF48: empty label cells became a class named ""; UF49: 300 labels in 300 rows trained on,
+    with only sklearn's raw 'y could represent a regression problem' warning."""
+    import warnings
+
+    from vaelab.conditions.metrics import label_classifier
+    from vaelab.conditions.spec import FewRowsPerLabelWarning, fit_condition
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("x1,x2,cls\n" + "".join(f"{i * .01},{-i * .02},{'a' if i % 2 else ''}\n" for i in range(30)))
+    with pytest.raises(DataFileError, match=r"15 of 30 rows have an empty label in column 'cls' \(first on line 2\)"):
+        load_points(empty, label_column="cls")
+    many = tmp_path / "many.csv"
+    many.write_text("x1,x2,cls\n" + "".join(f"{i * .01},{-i * .02},L{i}\n" for i in range(40)))
+    data = load_points(many, label_column="cls")
+    with pytest.warns(FewRowsPerLabelWarning, match="40 distinct labels in 40 training rows"):
+        fit_condition("label", data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        label_classifier(data)
+    assert [str(w.message) for w in caught] == []
+    few = tmp_path / "few.csv"  # 2 labels of 20 rows each: no warning
+    few.write_text("x1,x2,cls\n" + "".join(f"{i * .01},{-i * .02},{'ab'[i % 2]}\n" for i in range(40)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_condition("label", load_points(few, label_column="cls"))
+
+
+def test_a_nan_in_a_condition_column_names_the_file_column_and_line(tmp_path):
+    """TR38: 'condition values must be finite numbers' named neither the file, the column nor the row."""
+    path = tmp_path / "c.csv"
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    x[5, 2] = np.nan
+    np.savetxt(path, x, delimiter=",", header="x1,x2,t", comments="")
+    with pytest.raises(DataFileError, match=rf"{re.escape(str(path))}: condition column 't' holds 1 NaN or infinite "
+                                            r"values in float32 \(first on line 7\)"):
+        load_points(path, condition_columns=["t"])
+
+
+def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path, monkeypatch):
+    """TC12: [data] path = "rel.csv" in sub/c.toml was looked for in the current folder."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    _csv(sub / "rel.csv", 0)
+    (sub / "d.toml").write_text('[data]\ndata_dir = "cache"\npath = "/abs/x.csv"\n')
+    (sub / "c.toml").write_text('[data]\npath = "rel.csv"\n[train]\nepochs = 1\n')
+    monkeypatch.chdir(tmp_path)
+    assert read_toml(Path("sub") / "d.toml")["data"] == {"data_dir": str(Path("sub") / "cache"), "path": "/abs/x.csv"}
+    result = invoke("train", "--config", Path("sub") / "c.toml", "--no-eval", "--no-report", "--device", "cpu",
+                    "--hidden", "8", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert ckpt.load(tmp_path / "run").config.data.path == str(sub / "rel.csv")
+
+
+@pytest.mark.parametrize("case, scale", [("UF24", 1e30), ("UF25", float(2**62))])
+def test_data_too_large_for_float32_is_named_not_the_learning_rate(case, scale):
+    """UF24, UF25: data of scale 1e30 (or int64 2^62) overflowed the loss at step 1, and the
+    advice was a smaller learning rate."""
+    import torch
+
+    from vaelab import TrainConfig, fit
+    from vaelab.config import ModelConfig
+    from vaelab.models import build_model
+    from vaelab.train import TrainingDiverged
+
+    x = torch.randn(64, 2, generator=torch_generator()) * scale
+    with pytest.raises(TrainingDiverged, match=r"The training data reach [\d.]+e\+(30|1[89]) in absolute value.*"
+                                               r"standardise the data") as err:
+        fit(build_model(ModelConfig(hidden=[8]), 2), x, TrainConfig(epochs=1))
+    assert "--lr" not in str(err.value)
+
+
+def test_edited_config_and_weights_are_compared_in_vaelabs_words(run):
+    """RD02: config.json edited (latent_dim 2 -> 3, checksum updated) gave torch's load_state_dict
+    error: 'size mismatch for encoder.4.weight ... torch.Size([4, 256])'."""
+    import hashlib
+
+    config = json.loads((run / ckpt.CONFIG_FILE).read_text())
+    old = config["model"]["latent_dim"]
+    config["model"]["latent_dim"] = old + 1
+    (run / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    manifest = json.loads((run / ckpt.MANIFEST_FILE).read_text())
+    manifest["files"][ckpt.CONFIG_FILE] = hashlib.sha256((run / ckpt.CONFIG_FILE).read_bytes()).hexdigest()
+    (run / ckpt.MANIFEST_FILE).write_text(json.dumps(manifest))
+    result = invoke("eval", run, "--k", 4, "--device", "cpu")
+    assert result.exit_code == 2
+    assert re.search(rf"model\.safetensors does not fit the model config\.json describes \(vae, latent_dim {old + 1},"
+                     rf".*tensors have other shapes \(first: \S+ is {2 * old} x \d+ in the file, {2 * old + 2} x \d+ "
+                     r"for config\.json\)", result.output), result.output
+    assert "torch.Size" not in result.output and "state_dict" not in result.output
+
+
+def test_a_sweep_with_a_missing_member_names_it(run, tmp_path):
+    """CO14: compare of a sweep whose member folder was deleted said only 'compare needs at least
+    two run directories, got 1'."""
+    import warnings
+
+    from vaelab.errors import VaelabWarning
+    from vaelab.sweep.folder import SWEEP_FILE, SWEEP_FORMAT, expand_run_dirs
+
+    sweep = tmp_path / "sweep"
+    (sweep / "runs").mkdir(parents=True)
+    shutil.copytree(run, sweep / "runs" / "beta=0.5")
+    (sweep / SWEEP_FILE).write_text(json.dumps({"format": SWEEP_FORMAT,
+                                                "members": [{"name": "beta=0.5"}, {"name": "beta=1.0"}]}))
+    with pytest.warns(VaelabWarning, match=r"1 of the sweep's 2 members are not on disk \(beta=1\.0;"):
+        assert expand_run_dirs([sweep]) == [sweep / "runs" / "beta=0.5"]
+    shutil.copytree(run, sweep / "runs" / "beta=1.0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(expand_run_dirs([sweep])) == 2
+
+
+def test_an_out_that_is_a_file_or_empty_is_named(tmp_path, monkeypatch):
+    """SW26: sweep --out FILE said 'already exists and is not empty'; RO21: --out '' became '.',
+    reported as "'.: already exists and is not empty"."""
+    target = tmp_path / "file"
+    target.write_bytes(OLD)
+    result = invoke("sweep", "--beta", "0.5,1", "--epochs", 1, "--n-train", 64, "--device", "cpu", "--out", target)
+    assert result.exit_code == 2 and f"{target}: is a file, not a folder" in result.output, result.output
+    assert target.read_bytes() == OLD
+    monkeypatch.chdir(tmp_path)
+    for argv in (["train", "--out", ""], ["train", "--out="], ["sweep", "--beta", "1,2", "-o", ""],
+                 ["sample", tmp_path, "-n", 1, "-o", ""]):
+        result = invoke(*argv)
+        assert result.exit_code == 2 and re.search(r"error: (--out|-o) '' is empty", result.output), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("case", ["AP07", "AP09", "AP32", "AP42", "AP52", "AP26"])
+def test_python_api_mistakes_get_vaelabs_own_errors(case):
+    """AP07 (meta tensor), AP09 (float64 x), AP32 (a dict as config), AP42 (epochs and steps
+    both), AP52 (another model's training state), AP26 (sample(10**10)): raw torch or Python
+    errors, or silence (AP42), instead of a vaelab error naming the argument."""
+    import torch
+
+    from vaelab import TrainConfig, fit
+    from vaelab.config import ModelConfig
+    from vaelab.errors import InputError
+    from vaelab.models import build_model
+
+    model = build_model(ModelConfig(hidden=[8]), 2)
+    x = torch.randn(32, 2, generator=torch_generator())
+    config = TrainConfig(epochs=1)
+    if case == "AP07":
+        call, says = lambda: fit(model, torch.empty(32, 2, device="meta"), config), "x is on the meta device"
+    elif case == "AP09":
+        call, says = lambda: fit(model, x.double(), config), r"x is float64 but the model's weights are float32"
+    elif case == "AP32":
+        call, says = lambda: fit(model, x, {"epochs": 1}), "fit needs a vaelab.TrainConfig as config, got dict"
+    elif case == "AP42":
+        call, says = lambda: TrainConfig(epochs=2, steps=3), "epochs = 2 and steps = 3 both give the training budget"
+    elif case == "AP52":
+        states = []
+        fit(build_model(ModelConfig(hidden=[4, 4]), 2), x, config, on_checkpoint=lambda m, h, s: states.append(s))
+        call, says = lambda: fit(model, x, config, state=states[-1]), "state does not fit this model"
+    else:
+        call, says = lambda: model.sample(10**10), r"sample\(10,000,000,000\) of this model would need about"
+    with pytest.raises(InputError, match=says):
+        call()
+    if case == "AP42":  # one budget, and a saved steps-run's config (epochs at its default) still load
+        saved = TrainConfig(steps=3).model_dump_json()
+        assert TrainConfig.model_validate_json(saved).steps == 3
+    if case in ("AP09", "AP32"):
+        assert len(fit(model, x, config)) == 1  # the right call works
+
+
+def test_a_run_dir_given_as_bytes_loads(trained_run):
+    """AP50: vaelab.load(b"run") was pathlib's 'argument should be a str object ...'."""
+    import vaelab
+
+    assert vaelab.load(os.fsencode(trained_run)).config == vaelab.load(trained_run).config
+    with pytest.raises(ckpt.RunDirError, match="run_dir must be a path .*got int"):
+        vaelab.load(3)  # type: ignore[arg-type]

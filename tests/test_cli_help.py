@@ -425,3 +425,28 @@ def test_train_help_with_a_model_lists_that_familys_options(family, flag):
     assert flag in out and f"--model {family}" in out
     others = {"planar": "--iaf-flows", "vamp": "--mog-components", "ladder": "--planar-flows"}[family]
     assert others not in out  # only the family asked about
+
+
+# --------------------------------------------------------------------------- the commands messages print
+
+
+def test_printed_commands_work_where_vaelab_is_not_on_path(tmp_path, monkeypatch):
+    """Issue 21: after the quick start (no activated .venv), the resume line printed on Ctrl-C
+    said `vaelab train ...`, 'command not found'. It names the program as it was started."""
+    import sys
+
+    from vaelab.cli.common import vaelab_command
+
+    program = tmp_path / "venv" / "bin" / "vaelab"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(program), "train"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not activated
+    assert vaelab_command() == str(program)
+    monkeypatch.setenv("PATH", f"{program.parent}:/usr/bin:/bin")  # activated: the bare name finds it
+    assert vaelab_command() == "vaelab"
+    monkeypatch.setattr(sys, "argv", ["/some/where/vaelab/__main__.py", "train"])  # python -m vaelab
+    assert vaelab_command().endswith(" -m vaelab")
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # in-process: the documented name
+    assert vaelab_command() == "vaelab"

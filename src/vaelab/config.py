@@ -449,6 +449,16 @@ class TrainConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        # steps replaces epochs as the budget: an epoch count given beside it would be ignored (audit
+        # AP42). A saved config.json lists both, epochs at its default: that is not a second budget.
+        default = type(self).model_fields["epochs"].default
+        if self.steps is not None and "epochs" in self.model_fields_set and self.epochs != default:
+            raise InputError(f"epochs = {self.epochs} and steps = {self.steps} both give the training budget, and "
+                             "steps replaces epochs: remove it, or steps (give only one of --epochs and --steps)")
+        return self
+
+    @model_validator(mode="after")
     def _one_warmup_length(self) -> TrainConfig:
         if self.warmup_epochs is not None and self.warmup_steps is not None:
             raise InputError(f"warmup_epochs = {self.warmup_epochs} and warmup_steps = {self.warmup_steps} both "
@@ -626,8 +636,16 @@ def absolute_path(path: str | Path) -> str:
         return os.path.abspath(expanded)
 
 
+# [data] keys that name a file or folder: relative ones are taken from the config file's folder.
+_PATH_KEYS = ("path", "data_dir")
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """The tables of a TOML config file; a ConfigError naming the file if it cannot be read or parsed."""
+    """The tables of a TOML config file; a ConfigError naming the file if it cannot be read or parsed.
+
+    A relative path in its [data] table (``path``, ``data_dir``) is relative to the config file's
+    folder, as in most tools, not to the folder vaelab runs in (audit TC12): a config file and
+    its data can be moved together."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -641,9 +659,25 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{raw[err.start]:02x} at position {err.start}), so "
                           "not a TOML config; TOML files must be saved as UTF-8") from None
     try:
-        return tomllib.loads(text)
+        tables = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    data = tables.get("data")
+    if isinstance(data, dict):
+        for key in _PATH_KEYS:
+            value = data.get(key)
+            if isinstance(value, list):  # a sweep file's list of values
+                data[key] = [_beside(path, v) for v in value]
+            elif value is not None:
+                data[key] = _beside(path, value)
+    return tables
+
+
+def _beside(config_file: Path, value: Any) -> Any:
+    """A path written in ``config_file``, taken from that file's folder when it is relative."""
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    return str(config_file.parent / value)
 
 # Fields whose command-line flag is not simply ``--`` + the field name with dashes.
 _FLAGS = {

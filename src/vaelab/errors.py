@@ -16,3 +16,13 @@ class VaelabError(Exception):
 
 class InputError(VaelabError, ValueError):
     """A value vaelab cannot use: the message says which, what was expected, and what to do."""
+
+
+class VaelabWarning(UserWarning):
+    """Something the user should know that does not stop the work (a value far outside the
+    training range). The library only warns; the command line shows each as one line,
+    ``warning: ...``, never Python's warning format (file, line, source)."""
+
+
+class VaelabNote(VaelabWarning):
+    """Information about the run rather than a problem (the command line shows ``note: ...``)."""

@@ -227,7 +227,7 @@ def test_bad_requests_answer_4xx_json(client, path, body, status) -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("get", "/api/run", 400), ("get", "/api/run?run=7", 404), ("get", "/api/run?run=-1", 400),
+    ("get", "/api/run", 400), ("get", "/api/run?run=7", 404), ("get", "/api/run?run=-1", 404),
     ("get", "/api/points?run=x", 400), ("get", "/api/decode", 405), ("post", "/api/runs", 405),
     ("get", "/api/nothing", 404),
 ])
@@ -625,3 +625,94 @@ def test_unknown_keys_are_refused(client) -> None:
     assert res.status_code == 400 and "'zz'" in res.get_json()["error"] and "takes run, z, c" in res.get_json()["error"]
     res = _post(client, "/api/encode", {"run": 0, "x": [[0, 0]], "draws": True})
     assert res.status_code == 400 and "'draws'" in res.get_json()["error"]
+
+
+# -- audit 0.2 (../shared/audits/bad-inputs-0.2.md): every wrong request is named as what it is -----
+
+
+def test_a_negative_run_is_out_of_range_not_a_non_integer(client) -> None:
+    """EX13: run=-1 was called 'not an integer'; it is one, out of range."""
+    for query in ("-1", "+7", " 9 "):
+        res = client.get(f"/api/run?run={query}")
+        assert res.status_code == 404, query
+        assert res.get_json()["error"].startswith(f"unknown run {int(query)}; give run as an integer from 0 to 4")
+    assert "must be an integer" in client.get("/api/run?run=1.5").get_json()["error"]
+
+
+@pytest.mark.parametrize(("case", "data", "content_type", "status", "says"), [
+    ("EX29 nested", b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nested too deeply"),
+    ("EX54 latin-1", '{"run": 0, "z": [[0, 0]], "c": "caf\u00e9"}'.encode("latin-1"),
+     "application/json; charset=latin-1", 415, "send the JSON body as UTF-8, not charset=latin-1"),
+    ("not UTF-8", b'{"run": 0, "x": "\xe9"}', "application/json", 415, "not UTF-8 text (byte 0xe9 at position 17)"),
+    ("not JSON", b'{"run": 0,', "application/json", 400, "the body is not valid JSON ("),
+])
+def test_a_body_that_cannot_be_read_says_why(client, case, data, content_type, status, says) -> None:
+    """EX29: a 100,000-deep JSON body was a 500 'internal error (RecursionError)'; EX54: a Latin-1
+    body declared as such was 'not a JSON object'."""
+    res = client.post("/api/decode", data=data, content_type=content_type)
+    assert res.status_code == status and says in res.get_json()["error"], res.get_data(as_text=True)[:300]
+    assert _post(client, "/api/decode", {"run": 0, "z": [[0, 0]]}).status_code == 200
+
+
+@pytest.fixture
+def served(runs):
+    """The explorer on a real werkzeug server (the one `vaelab explore` runs), in this process."""
+    import threading
+
+    from vaelab.explorer.app import make_server
+
+    server = make_server(create_app([runs["points"]]), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port
+    server.shutdown()
+    server.server_close()
+
+
+def _raw(port: int, request: bytes, timeout: float = 20.0) -> tuple[str, bytes]:
+    """Send ``request`` as it is; the status line and the body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), body
+
+
+def test_a_chunked_body_is_answered_at_once(served) -> None:
+    """EX52: a body sent chunked (no Content-Length) was answered after 30 s with 'not a JSON
+    object'; it is refused at once, saying to send a Content-Length."""
+    body = json.dumps({"run": 0, "z": [[0, 0]]}).encode()
+    request = (b"POST /api/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    start = time.monotonic()
+    status, answer = _raw(served, request)
+    assert status.split()[1] == "411" and "Content-Length" in json.loads(answer)["error"]
+    assert time.monotonic() - start < 10
+
+
+def test_a_request_line_too_long_is_answered_in_json(served) -> None:
+    """EX57: a 100 kB query string got http.server's HTML 414 page, not the API's {"error": ...}."""
+    status, answer = _raw(served, b"GET /api/run?run=0&x=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert status.split()[1] == "414"
+    assert "over 64 kB" in json.loads(answer)["error"]
+    status, answer = _raw(served, b"GET /api/run?run=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert status.split()[1] == "200"
+
+
+def test_explore_names_a_host_or_port_it_cannot_serve_on(runs) -> None:
+    """EX69: --host 256.1.1.1 printed only 'Name or service not known' (werkzeug's words), exit 1."""
+    from typer.testing import CliRunner
+
+    from vaelab.cli import app
+
+    result = CliRunner().invoke(app, ["explore", str(runs["points"]), "--host", "256.1.1.1"])
+    assert result.exit_code == 2 and "error: --host 256.1.1.1: not an address of this machine" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["explore", str(runs["points"]), "--port", str(port)])
+    assert result.exit_code == 2 and f"error: --port {port} is in use by another program" in result.output

@@ -185,6 +185,29 @@ def _meta_int(path: Path, meta: Mapping[str, str], key: str, default: str | None
                           "edited or damaged: restore it or train the run again") from None
 
 
+def _weights_mismatch(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+    """How saved weights differ from the tensors ``model`` holds, in words ("" when they fit):
+    tensors of other shapes, missing and extra ones, each counted with the first named (audit
+    RD02: torch's load_state_dict error listed torch.Size objects and called the file a "checkpoint")."""
+    def dims(shape: Any) -> str:
+        return " x ".join(map(str, shape)) or "a scalar"
+
+    expected = model.state_dict()
+    parts = []
+    shaped = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if shaped:
+        k = shaped[0]
+        parts.append(f"{len(shaped)} of its {len(tensors)} tensors have other shapes (first: {k} is "
+                     f"{dims(tensors[k].shape)} in the file, {dims(expected[k].shape)} for {CONFIG_FILE})")
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        parts.append(f"{len(missing)} tensors the model needs are missing (first: {missing[0]})")
+    extra = [k for k in tensors if k not in expected]
+    if extra:
+        parts.append(f"{len(extra)} tensors belong to no part of the model (first: {extra[0]})")
+    return "; ".join(parts)
+
+
 def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
@@ -270,10 +293,17 @@ def _load_run(run_dir: Path, device: str | torch.device) -> Run:
     # A fixed seed builds the placeholder weights inside a fork of the RNG, so loading a run
     # never draws from (advances) the caller's global torch RNG; they are all overwritten below.
     model = build_model(config.model, x_dim, cond_dim, seed=0, cond_embed=embed)
+    mismatch = _weights_mismatch(model, tensors)
+    if mismatch:
+        raise RunDirError(
+            f"{run_dir}: {WEIGHTS_FILE} does not fit the model {CONFIG_FILE} describes ({config.model.kind}, "
+            f"latent_dim {config.model.latent_dim}, hidden {','.join(map(str, config.model.hidden))}): {mismatch}; "
+            f"{CONFIG_FILE} was changed after training or comes from another run: restore the run's own "
+            f"{CONFIG_FILE}, or train the run again")
     try:
         model.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise RunDirError(f"{run_dir}: weights do not match config.json ({err})") from None
+    except RuntimeError as err:  # a family's own loading rules (the shapes and names fit)
+        raise RunDirError(f"{run_dir}: weights do not match config.json ({' '.join(str(err).split())})") from None
     model = model.to(device)
     condition = _parse_condition(run_dir, snap.files.get(CONDITION_FILE), model)
     return Run(path=run_dir, config=config, model=model, condition=condition, manifest=snap.manifest,
@@ -395,13 +425,18 @@ def load_condition(run_dir: str | Path, model: LatentModel | None = None) -> Con
     return _parse_condition(run_dir, data, model)
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+def load(run_dir: str | bytes | Path, device: str | torch.device = "cpu") -> Run:
     """Load a run directory: the model (eval mode) and config of its current checkpoint,
     verified against the checksums the checkpoint recorded, and, for a conditional model,
     its condition spec. History, metrics and any failure record are read when first used.
+    ``run_dir`` is a path: str, bytes (as os.listdir(b".") gives) or os.PathLike.
 
     Never draws from the global torch RNG and never writes: a read-only run loads.
     """
+    if isinstance(run_dir, bytes):  # (audit AP50: pathlib's "argument should be a str object ...")
+        run_dir = os.fsdecode(run_dir)
+    if not isinstance(run_dir, str | os.PathLike):
+        raise RunDirError(f"run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}")
     run = _load_run(Path(run_dir), device)
     run.model.eval()
     return run

@@ -34,6 +34,7 @@ from vaelab.cli.common import (
     add_defaults,
     pick_device,
     user_errors,
+    vaelab_command,
 )
 from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, _notice, console, err_console
 from vaelab.cli.evaluation import _condition_arg, _run_eval
@@ -463,14 +464,15 @@ def train(
                     progress.stop()
                     err_console.print(
                         f"interrupted ({stop.name}) at step {err.step} (epoch {err.epoch}): saved a checkpoint "
-                        f"of this step in {out}\nresume with: vaelab train --out {out} --resume",
+                        f"of this step in {out}\nresume with: {vaelab_command()} train --out {out} "
+                        "--resume",
                         highlight=False, soft_wrap=True)
                     raise typer.Exit(stop.exit_code) from None
         except _SignalAgain as again:
             progress.stop()
             err_console.print(
                 f"stopped at once ({again.name} again); {out} keeps its last completed checkpoint\n"
-                f"resume with: vaelab train --out {out} --resume", highlight=False, soft_wrap=True)
+                f"resume with: {vaelab_command()} train --out {out} --resume", highlight=False, soft_wrap=True)
             raise typer.Exit(again.exit_code) from None
         except TrainingDiverged:
             if not no_report:  # the report shows the failure and the last good checkpoint
@@ -1033,6 +1035,30 @@ def compare(
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def _check_address(host: str, port: int) -> None:
+    """Refuse an address explore cannot serve on, naming --host or --port, before the runs load.
+    (werkzeug's server reports a bad address itself with only the system's words, such as "Name or
+    service not known", and exit code 1: audit EX69.)"""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise InputError(f"--host {host}: not an address of this machine ({getattr(err, 'strerror', None) or err}); "
+                         "use 127.0.0.1 (this machine only) or the address of one of its network interfaces") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise InputError(f"--port {port} is in use by another program on {host}; choose another --port "
+                                 "(--port 0 picks a free one)") from None
+            raise InputError(f"--host {host} --port {port}: cannot serve there ({err.strerror or err}); use "
+                             "127.0.0.1 (this machine only) or the address of one of its network interfaces") from None
+
+
 @app.command(cls=VaelabCommand)
 @user_errors
 def explore(
@@ -1047,6 +1073,7 @@ def explore(
         raise InputError(f"--port must be between 0 and 65535, got {port}")
     from vaelab.explorer.app import create_app, make_server
 
+    _check_address(host, port)
     local = host in LOCAL_HOSTS
     with console.status(f"loading {len(runs)} run(s)"):
         flask_app = create_app(runs, check_host=local)

@@ -4,8 +4,11 @@ how help shows options (panels, flags without a metavar, defaults read from the 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -13,7 +16,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from vaelab.cli.console import err_console
-from vaelab.errors import InputError, VaelabError
+from vaelab.errors import InputError, VaelabError, VaelabNote, VaelabWarning
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +35,9 @@ def user_errors(fn: F) -> F:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # restores Python's own printer when the command ends
+                warnings.showwarning = show_warning
+                return fn(*args, **kwargs)
         except (VaelabError, OSError) as err:
             if os.environ.get("VAELAB_DEBUG"):
                 raise
@@ -42,12 +47,46 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """How the command line shows a Python warning: one line on stderr, ``note: ...`` for vaelab's
+    notes (``VaelabNote``), ``warning: ...`` for anything else, never Python's own format (the
+    file, line and source of the ``warnings.warn`` call). The library warns; the CLI prints."""
+    label = "note" if issubclass(category, VaelabNote) else "warning"
+    text = " ".join(str(message).split())
+    if not issubclass(category, VaelabWarning):  # another library's: say whose
+        text = f"{text} (from {Path(filename).parts[-2] if len(Path(filename).parts) > 1 else filename})"
+    colour = "cyan" if label == "note" else "yellow"
+    err_console.print(f"[bold {colour}]{label}:[/] {escape(text)}", markup=True, highlight=False, soft_wrap=True)
+
+
 def pick_device(name: str) -> torch.device:
     """``--device``: ``auto`` -> cuda if available, then mps, else cpu; otherwise the named device,
     checked (the library's one rule, ``vaelab.devices.pick_device``)."""
     from vaelab.devices import pick_device as pick  # here, not at the top: torch loads with it
 
     return pick(name, option="--device")
+
+
+def vaelab_command() -> str:
+    """How to call vaelab again, for commands a message prints (the resume line after Ctrl-C):
+    ``vaelab`` when that name finds this very program on PATH, else the path it was started by
+    (``.venv/bin/vaelab`` when the environment is not activated), or ``python -m vaelab``."""
+    import shlex
+    import shutil
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name == "__main__.py":  # python -m vaelab
+        on_path = shutil.which("python")
+        python = "python" if on_path and Path(on_path).resolve() == Path(sys.executable).resolve() \
+            else sys.executable
+        return f"{shlex.quote(python)} -m vaelab"
+    if Path(argv0).name != "vaelab":  # called in-process (tests, a notebook)
+        return "vaelab"
+    found = shutil.which("vaelab")
+    if found and Path(found).resolve() == Path(argv0).resolve():
+        return "vaelab"
+    return shlex.quote(argv0)
 
 
 def _split_ints(text: str | None, what: str) -> list[int] | None:
@@ -73,6 +112,19 @@ class VaelabCommand(TyperCommand):
     options are grouped into panels, --help joins the last panel instead of a panel of its own.
     The metavar is cleared only when help is drawn: parsing never reads it."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Refuse an empty path option (``--out ''``) by its name, before click turns it into
+        ``Path('')``, which is the current folder ``.`` (audit RO21: "'.: already exists")."""
+        paths = {opt for p in self.params if isinstance(p, TyperOption) and _is_path(p) for opt in p.opts}
+        for i, arg in enumerate(args):
+            name, eq, value = arg.partition("=")
+            if name in paths and ((eq and not value.strip()) or (not eq and i + 1 < len(args)
+                                                                  and not args[i + 1].strip())):
+                err_console.print(f"[bold red]error:[/] {escape(name)} '' is empty; give the name of a file or "
+                                  "folder", markup=True, highlight=False, soft_wrap=True)
+                raise typer.Exit(2)
+        return super().parse_args(ctx, args)
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         panels = [panel for p in self.params if (panel := getattr(p, "rich_help_panel", None))]
         if panels:  # typer draws the panels in the order of their first option: Data, Model, ...
@@ -82,6 +134,12 @@ class VaelabCommand(TyperCommand):
             if param.name == "help" and panels and param.rich_help_panel is None:
                 param.rich_help_panel = max(panels, key=lambda p: PANELS.index(p) if p in PANELS else -1)
         super().format_help(ctx, formatter)
+
+
+def _is_path(param: TyperOption) -> bool:
+    """Whether an option is declared as a path (``out: Path = typer.Option(...)``)."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return isinstance(annotation, type) and issubclass(annotation, Path)
 
 
 class VaelabGroup(TyperGroup):

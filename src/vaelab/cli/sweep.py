@@ -31,6 +31,7 @@ from vaelab.cli.common import (
     config_flags,
     pick_device,
     user_errors,
+    vaelab_command,
 )
 from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, console, err_console
 
@@ -169,7 +170,7 @@ def sweep(
                 except TrainingInterrupted as err:
                     progress.stop()
                     err_console.print(f"interrupted ({stop.name}) at step {err.step}: the member in training saved "
-                                      f"a checkpoint\nresume with: vaelab sweep --out {out} --resume",
+                                      f"a checkpoint\nresume with: {vaelab_command()} sweep --out {out} --resume",
                                       highlight=False, soft_wrap=True)
                     raise typer.Exit(stop.exit_code) from None
                 except SweepInterrupted as err:  # --jobs: the child processes were stopped
@@ -178,8 +179,8 @@ def sweep(
                     raise typer.Exit(stop.exit_code) from None
         except _SignalAgain as again:
             progress.stop()
-            err_console.print(f"stopped at once ({again.name} again); resume with: vaelab sweep --out {out} "
-                              "--resume", highlight=False, soft_wrap=True)
+            err_console.print(f"stopped at once ({again.name} again); resume with: {vaelab_command()} sweep "
+                              f"--out {out} --resume", highlight=False, soft_wrap=True)
             raise typer.Exit(again.exit_code) from None
     from vaelab.html import fmt_number
 

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from vaelab.config import parse_kind
 from vaelab.data.dataset import Dataset
-from vaelab.errors import InputError
+from vaelab.errors import InputError, VaelabWarning
 
 KINDS = ("label", "radius", "column:NAME[,NAME...]")
 # A continuous value more than this share of the training span outside [low, high] is
@@ -64,7 +64,7 @@ class ConditionError(InputError):
     """A condition that does not fit the run: unknown label, wrong width, wrong kind."""
 
 
-class ConditionRangeWarning(UserWarning):
+class ConditionRangeWarning(VaelabWarning):
     """A continuous condition far outside the range the model was trained on."""
 
 
@@ -343,6 +343,27 @@ def _continuous_values(kind: str, data: Dataset) -> Tensor:
     return torch.stack([data.extras[f"column:{n}"].float() for n in names], dim=1)
 
 
+class FewRowsPerLabelWarning(VaelabWarning):
+    """A label condition whose labels have almost no training rows each (an identifier column?)."""
+
+
+def _warn_few_rows_per_label(data: Dataset, names: Sequence[str]) -> None:
+    """Warn when the training split has fewer than two rows per label on average, or labels with
+    no training row at all: a label column with one value per row (an identifier) trains a model
+    whose conditioning cannot be learned or measured (audit UF49)."""
+    assert data.labels is not None
+    counts = torch.bincount(data.labels.cpu().long(), minlength=len(names))
+    unseen = int((counts == 0).sum())
+    seen = len(names) - unseen
+    if seen * 2 <= len(data) and not unseen:
+        return
+    missing = f"; {unseen} of the {len(names)} labels have no training row at all" if unseen else ""
+    warnings.warn(f"{data.name}: {seen} distinct labels in {len(data)} training rows{missing}: a label condition "
+                  "needs several rows of each label to learn from, and its conditioning accuracy then says little; "
+                  "is the label column an identifier? Condition on a column with few classes, or drop --condition",
+                  FewRowsPerLabelWarning, stacklevel=3)
+
+
 def fit_condition(kind: str, data: Dataset, embed: Sequence[int] = (16, 16)) -> Condition:
     """The condition spec of a run, from its training split.
 
@@ -360,6 +381,7 @@ def fit_condition(kind: str, data: Dataset, embed: Sequence[int] = (16, 16)) -> 
             str(i) for i in range(data.num_classes)]
         if len(names) < 2:
             raise ConditionError(f"{data.name}: has a single label ({names}); conditioning on it says nothing")
+        _warn_few_rows_per_label(data, names)
         return Condition(kind=kind, labels=names)
     values = _continuous_values(kind, data).double()  # (N, C)
     std = values.std(dim=0) if len(values) > 1 else torch.zeros(values.shape[1], dtype=torch.float64)

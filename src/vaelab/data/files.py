@@ -79,6 +79,11 @@ def _read_csv(
     labels = names = None
     if label_idx is not None:
         raw = [row[label_idx].strip() for row in rows]
+        empty = [i for i, v in enumerate(raw) if not v]
+        if empty:  # an empty cell would become a class named "" (audit UF48)
+            first = empty[0] + (2 if header else 1)
+            raise DataFileError(f"{path}: {len(empty)} of {len(raw)} rows have an empty label in column "
+                                f"{label_column!r} (first on line {first}); fill them in or remove those rows")
         names = sorted(set(raw), key=lambda s: (not is_number(s), float(s) if is_number(s) else 0.0, s))
         lookup = {name: i for i, name in enumerate(names)}
         labels = np.array([lookup[v] for v in raw], dtype=np.int64)
@@ -106,6 +111,14 @@ def _read_csv(
     if not keep:
         raise DataFileError(f"{path}: no data columns left once label and condition columns are taken out")
     conditions = {name: table[:, at[j]] for name, j in cond_idx.items()}
+    for name, column in conditions.items():  # named here, with the file, column and line (audit TR38)
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(column.astype(np.float32))
+        if bad.any():
+            first = int(np.argmax(bad)) + (2 if header else 1)
+            raise DataFileError(f"{path}: condition column {name!r} holds {int(bad.sum())} NaN or infinite values "
+                                f"in float32 (first on line {first}); a condition must be a finite number in every "
+                                "row: fill them in or remove those rows")
     columns = None if header is None else [header[pos[k]] for k in keep]
     return table[:, keep], labels, names, columns, conditions
 

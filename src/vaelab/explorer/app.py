@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import mimetypes
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -409,8 +410,8 @@ def _rounded(t: Tensor) -> Any:
 
 def _run_index(value: Any, n_runs: int) -> int:
     hint = f"give run as an integer from 0 to {n_runs - 1} (see GET /api/runs)"
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,30}\s*", value):
+        value = int(value)  # "-1" is an integer too: out of range, not "not an integer" (audit EX13)
     if value is None:
         raise RequestError(f"no run given; {hint}")
     if isinstance(value, bool) or not isinstance(value, int):
@@ -623,10 +624,33 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
     def _get_run() -> _Loaded:
         return loaded[_run_index(request.args.get("run"), len(loaded))]
 
-    def _body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], _Loaded]:
+    def _json_body() -> Any:
+        """The request's JSON body, read here rather than by Flask's get_json, so that each way it
+        can be wrong gets its own answer (audit EX29, EX52, EX54): not declared JSON, another
+        charset, sent chunked (no length to check against MAX_BYTES), not UTF-8, nested too deeply."""
         if not request.is_json:
             raise RequestError("send a JSON body with Content-Type: application/json", 415)
-        body = request.get_json(silent=True)
+        charset = request.mimetype_params.get("charset")
+        if charset is not None and charset.strip().lower().replace("_", "-") not in ("utf-8", "utf8"):
+            raise RequestError(f"send the JSON body as UTF-8, not charset={charset}", 415)
+        if request.content_length is None:
+            raise RequestError("send the body with a Content-Length header (a chunked body is not read); "
+                               f"at most {MAX_BYTES // (1024 * 1024)} MB", 411)
+        raw = request.get_data(cache=False)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(f"the body is not UTF-8 text (byte 0x{raw[err.start]:02x} at position {err.start}); "
+                               "send the JSON body as UTF-8", 415) from None
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise RequestError("the body is not valid JSON: it is nested too deeply; send {\"run\": 0, ...}") from None
+        except ValueError as err:
+            raise RequestError(f"the body is not valid JSON ({err}); send {{\"run\": 0, ...}}") from None
+
+    def _body(allowed: tuple[str, ...]) -> tuple[dict[str, Any], _Loaded]:
+        body = _json_body()
         if not isinstance(body, dict):
             raise RequestError("the body is not a JSON object; send {\"run\": 0, ...}")
         _keys(body, allowed, request.path)
@@ -721,5 +745,23 @@ def make_server(app: Flask, host: str, port: int) -> Any:
 
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """Errors the HTTP server answers before the app sees the request (a request line over
+            64 kB: 414; a malformed request: 400) in the API's own form, {"error": ...}, not
+            http.server's HTML page (audit EX57)."""
+            short, long = self.responses.get(code, ("error", ""))
+            text = f"{message or short}: {explain or long}"
+            if code == 414:
+                text = ("the request line is over 64 kB; the explorer's GET requests take only ?run=ID, "
+                        "send points and codes as a JSON body with POST")
+            body = json.dumps({"error": text}).encode()
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
     return _make_server(host, port, app, threaded=True, request_handler=QuietHandler)

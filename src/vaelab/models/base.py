@@ -36,6 +36,7 @@ from vaelab.config import FamilyOptions, ModelConfig, ScheduleSpec
 from vaelab.distributions import broadcasts_to, is_factorised_normal, rsample, standard_normal
 from vaelab.errors import InputError
 from vaelab.likelihoods import Likelihood, build_likelihood, sample_observation
+from vaelab.memory import FLOAT_BYTES, check_fits
 from vaelab.nets import build_decoder, build_encoder, mlp
 from vaelab.nets.mlp import activation_layer
 
@@ -191,6 +192,10 @@ class LatentModel(nn.Module):
         A prior with batch shape (n,) (one per row of c) gives one z per row."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InputError(f"n must be a non-negative integer number of samples, got {n!r}")
+        # The codes and the decoder's outputs alone (a lower bound): refused before the allocator
+        # fails with a raw "can't allocate memory" (audit AP26; the CLI's sample checks the same).
+        check_fits(float(n) * (self.latent_dim + 2 * self.x_dim) * FLOAT_BYTES, f"sample({n:,}) of this model",
+                   "draw fewer samples at a time (in batches)")
         prior = self.prior(c)
         if prior.batch_shape not in (torch.Size(), torch.Size([n])):
             raise InputError(f"prior(c) has batch shape {tuple(prior.batch_shape)}: give c for {n} samples "

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from vaelab import checkpoint as ckpt
 from vaelab.config import SECTIONS, RunConfig
+from vaelab.errors import VaelabWarning
 from vaelab.sweep.grid import Grid, GridError, Member
 
 SWEEP_FILE = "sweep.json"
@@ -117,7 +119,9 @@ def prepare_folder(out: Path, record: dict[str, Any], resume: bool) -> None:
             raise SweepError(f"{out}: this sweep was started with another grid ({what}); resume it with "
                              "`vaelab sweep --out SWEEP --resume` alone, or start a new one with another --out")
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():  # (audit SW26: was "already exists and is not empty")
+        raise SweepError(f"{out}: is a file, not a folder; --out names the sweep's folder: choose another --out")
+    if out.exists() and any(out.iterdir()):
         raise SweepError(f"{out}: already exists and is not empty; choose another --out, or --resume to continue "
                          "the sweep in it")
     try:
@@ -181,5 +185,15 @@ def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories with every sweep folder among them replaced by its members' runs (grid order)."""
     expanded: list[Path] = []
     for path in paths:
-        expanded.extend(member_dirs(path) if is_sweep_dir(path) else [Path(path)])
+        if not is_sweep_dir(path):
+            expanded.append(Path(path))
+            continue
+        names = [m["name"] for m in read_sweep(path)["members"]]
+        missing = [name for name in names if not member_dir(path, name).is_dir()]
+        if missing:  # said, not skipped in silence (audit CO14: "needs at least two run directories, got 1")
+            warnings.warn(f"{path}: {len(missing)} of the sweep's {len(names)} members are not on disk "
+                          f"({', '.join(missing)}; their folders under {RUNS_DIR}/ are gone), so only "
+                          f"{len(names) - len(missing)} take part; `vaelab sweep --out {path} --resume` trains "
+                          "them again", VaelabWarning, stacklevel=2)
+        expanded.extend(member_dirs(path))
     return expanded

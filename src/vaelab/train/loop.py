@@ -56,6 +56,7 @@ def make_members(models: Sequence[LatentModel], configs: Sequence[TrainConfig], 
         given_history = histories[i] if histories is not None else None
         state = given_state if given_state is not None else TrainState()
         history = given_history if given_history is not None else History()
+        _check_state_fits(model, state)
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(config.seed)
         if state.rng is not None:
@@ -66,6 +67,30 @@ def make_members(models: Sequence[LatentModel], configs: Sequence[TrainConfig], 
         members.append(Member(i, model, config, generator, state, history, schedules, lr_spec(config),
                               last_saved=copy.copy(state), elapsed=history.last["seconds"] if history.last else 0.0))
     return members
+
+
+def _check_state_fits(model: LatentModel, state: TrainState) -> None:
+    """Refuse a training state whose optimizer moments belong to a model with other parameters
+    (another run's state.pt), naming it, before torch's "loaded state dict contains a parameter
+    group that doesn't match the size of optimizer's group" (audit AP52)."""
+    saved = state.optimizer
+    if not isinstance(saved, dict):
+        return
+    params = list(model.parameters())
+    held = [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
+    moments = saved.get("state", {})
+    wrong = len(held) != len(params)
+    if not wrong:
+        for k, p in zip(held, params, strict=True):
+            m = moments.get(k, {}).get("exp_avg") if isinstance(moments.get(k), dict) else None
+            if isinstance(m, Tensor) and tuple(m.shape) != tuple(p.shape):
+                wrong = True
+                break
+    if wrong:
+        raise TrainingDataError(
+            f"state does not fit this model: its optimizer state is for {len(held)} parameter tensors of other "
+            f"shapes, this model has {len(params)}; it comes from another model (another run's state.pt?): pass "
+            "the state saved with this model's weights, or state=None to start afresh")
 
 
 def train_members(
@@ -146,7 +171,7 @@ def train_members(
                                       m.elapsed + time.perf_counter() - m.started,
                                       mean_over(m.schedules["beta"], epoch_first_step, step, budget), norm))
                 m.error = TrainingDiverged(step, m.state.epoch + 1, m.history, term=term,
-                                           advice=_divergence_advice(term, m.model, m.config),
+                                           advice=_divergence_advice(term, m.model, m.config, _data_scale(x)),
                                            skips=m.state.skips)
                 executor.sync(m)
                 m.model.eval()
@@ -293,6 +318,9 @@ def fit(
     remaining time on one line of stderr (rank 0 only), as ``train_run(progress=True)`` does;
     nothing is printed without it.
     """
+    if not isinstance(config, TrainConfig):  # (audit AP32: "'dict' object has no attribute 'seed'")
+        raise TrainingDataError(f"fit needs a vaelab.TrainConfig as config, got {type(config).__name__}; build one "
+                                "with TrainConfig(epochs=..., ...) or TrainConfig.model_validate({...})")
     if progress and (world is None or world.is_main):
         from vaelab.objectives import describe_loss
         from vaelab.progress import TrainProgress
@@ -393,6 +421,17 @@ def check_training_data(model: LatentModel, x: Tensor, c: Tensor | None) -> None
         )
     if c is not None and c.shape[0] != n:
         raise TrainingDataError(f"x has {n} rows but c has {c.shape[0]}; give one condition per training point")
+    weights = next(model.parameters(), None)
+    for name, t in (("x", x), ("c", c)):
+        if t is None:
+            continue
+        if t.is_meta:  # (audit AP07: "Tensor.item() cannot be called on meta tensors")
+            raise TrainingDataError(f"{name} is on the meta device, which holds shapes but no values; pass a "
+                                    "tensor of real data")
+        if weights is not None and t.dtype != weights.dtype:  # (audit AP09: torch's "mat1 and mat2 ...")
+            raise TrainingDataError(f"{name} is {str(t.dtype).removeprefix('torch.')} but the model's weights are "
+                                    f"{str(weights.dtype).removeprefix('torch.')}; convert it ({name}.float() for "
+                                    "float32) or the model")
     for name, t in (("x", x), ("c", c)):
         if t is None or not t.is_floating_point() or t.numel() == 0:
             continue
@@ -421,10 +460,25 @@ def _nonfinite_term(loss: float, terms: dict[str, float], grad_norm: float) -> s
     return "loss" if not math.isfinite(loss) else "gradients"
 
 
-def _divergence_advice(term: str, model: LatentModel, config: TrainConfig) -> str:
+# Data beyond this magnitude are named as the likely cause of a non-finite loss: the Gaussian
+# likelihood squares them (float32 overflows at ±1.8e19 squared), and no learning rate helps.
+LARGE_DATA = 1e6
+
+
+def _data_scale(x: Tensor) -> float:
+    """The largest |value| of the training data (one pass, only when training has failed)."""
+    return float(x.detach().abs().amax()) if x.is_floating_point() and x.numel() else 0.0
+
+
+def _divergence_advice(term: str, model: LatentModel, config: TrainConfig, data_scale: float = 0.0) -> str:
     """What to change when training stops on a non-finite value. A setting that is itself
-    infinite is named first: no learning rate fixes β = inf or σ² = inf."""
+    infinite is named first: no learning rate fixes β = inf or σ² = inf; then data so large
+    that the reconstruction term overflows (audit UF24, UF25: 1e30 was blamed on the learning rate)."""
     mcfg = model.config
+    if data_scale >= LARGE_DATA and math.isfinite(config.lr) and ("reconstruction" in term or term == "loss"):
+        return (f"The training data reach {data_scale:.3g} in absolute value: the reconstruction term squares "
+                "values that large beyond what float32 holds, whatever the learning rate; standardise the data "
+                "first (subtract each column's mean and divide by its standard deviation).")
     uses_beta = get_objective(objective_name(model, config)).uses_beta  # β weighs the ELBO's KL and IWAE's log w
     gaussian_fixed = mcfg.likelihood == "gaussian"
     if not math.isfinite(config.lr):

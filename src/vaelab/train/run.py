@@ -32,6 +32,7 @@ from vaelab.data.pixels import Binarization, fixed_binarization, resolve_binariz
 from vaelab.data.registry import load_dataset
 from vaelab.devices import pick_device
 from vaelab.distributed import DistributedError, World
+from vaelab.errors import VaelabNote
 from vaelab.history import History
 from vaelab.models import LatentModel, VariationalModel, build_model, family
 from vaelab.objectives import describe_loss, requested_objective, resolve_objective
@@ -141,7 +142,7 @@ def check_same_data(run_dir: Path, config: RunConfig, data: Dataset) -> dict[str
     return now
 
 
-class DataFingerprintNote(UserWarning):
+class DataFingerprintNote(VaelabNote):
     """A resumed run carries no fingerprint of its training data (written before vaelab recorded one)."""
 
 
