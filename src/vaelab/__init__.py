@@ -37,7 +37,14 @@ if _typing.TYPE_CHECKING:
     from vaelab.models import build_model, register_family
     from vaelab.plots import render
     from vaelab.plots.common import PlotContext
-    from vaelab.plots.conditional import plot_label_samples, plot_latent_by_condition, plot_value_samples
+    from vaelab.plots.conditional import (
+        plot_class_style,
+        plot_conditional_density,
+        plot_label_samples,
+        plot_latent_by_condition,
+        plot_latent_grid_by_condition,
+        plot_value_samples,
+    )
     from vaelab.plots.course import (
         plot_data_and_samples,
         plot_iwae_vs_k,
@@ -58,6 +65,7 @@ if _typing.TYPE_CHECKING:
         plot_latent_grid,
         plot_latent_params,
         plot_latent_space,
+        plot_point_interpolations,
         plot_posterior_contours,
         plot_z_vs_eps,
     )
@@ -95,6 +103,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plot_pairs": ("vaelab.plots.data_space", "plot_pairs"),
     "plot_latent_params": ("vaelab.plots.latent", "plot_latent_params"),
     "plot_z_vs_eps": ("vaelab.plots.latent", "plot_z_vs_eps"),
+    "plot_point_interpolations": ("vaelab.plots.latent", "plot_point_interpolations"),
+    "plot_class_style": ("vaelab.plots.conditional", "plot_class_style"),
+    "plot_conditional_density": ("vaelab.plots.conditional", "plot_conditional_density"),
+    "plot_latent_grid_by_condition": ("vaelab.plots.conditional", "plot_latent_grid_by_condition"),
     "plot_latent_space": ("vaelab.plots.latent", "plot_latent_space"),
     "plot_posterior_contours": ("vaelab.plots.latent", "plot_posterior_contours"),
     "plot_latent_grid": ("vaelab.plots.latent", "plot_latent_grid"),
@@ -170,6 +182,7 @@ __all__ = [
     "plot_loss_terms", "plot_pairs", "plot_posterior_contours", "plot_prior_mixture", "plot_pseudo_inputs",
     "plot_rate_split", "plot_reconstructions", "plot_reparameterization", "plot_samples",
     "plot_training_curves", "plot_traversal", "plot_true_posterior", "plot_value_samples", "plot_z_vs_eps",
+    "plot_point_interpolations", "plot_class_style", "plot_conditional_density", "plot_latent_grid_by_condition",
     "plots",
 ]
 

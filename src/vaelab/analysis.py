@@ -100,21 +100,28 @@ DENSITY_CHUNK_FLOATS = 2**20
 
 @torch.no_grad()
 def model_log_density(
-    model: VariationalModel, x: Tensor, *, k: int = 100, generator: torch.Generator | None = None, batch: int = 1024
+    model: VariationalModel, x: Tensor, c: Tensor | None = None, *, k: int = 100,
+    generator: torch.Generator | None = None, batch: int = 1024,
 ) -> Tensor:
     """IWAE estimate of log p(x) (Burda et al. 2016, eq. 8) at the points x (M, D): (M,).
 
-    The points are scored ``batch`` at a time; each batch draws its k samples z ~ q(z|x) at
-    once (k, batch, d), so the result depends on ``batch`` and the generator only. Decoding is
-    split along k into chunks of about ``DENSITY_CHUNK_FLOATS`` activations, which changes no draw.
+    ``c``: a conditional model's condition, one for every point (C,) or one per point (M, C);
+    the estimate is then of log p(x|c). The points are scored ``batch`` at a time; each batch
+    draws its k samples z ~ q(z|x, c) at once (k, batch, d), so the result depends on ``batch``
+    and the generator only. Decoding is split along k into chunks of about
+    ``DENSITY_CHUNK_FLOATS`` activations, which changes no draw.
     """
     dev = _device(model)
-    width = decoder_width(model)  # floats per decoded z at the widest layer
+    if c is not None:
+        c = c.to(dev)
+        c = c.expand(len(x), -1) if c.ndim == 1 else c  # (M, C)
+    width = decoder_width(model, c)  # floats per decoded z at the widest layer
     parts = []
     for s in range(0, len(x), batch):
         xb = x[s : s + batch].to(dev)  # (B, D)
+        cb = None if c is None else c[s : s + batch]  # (B, C)
         chunk = max(1, DENSITY_CHUNK_FLOATS // (len(xb) * width))  # samples of k decoded at once
-        parts.append(iwae_bound(model, xb, k=k, generator=generator, chunk=chunk).cpu())
+        parts.append(iwae_bound(model, xb, cb, k=k, generator=generator, chunk=chunk).cpu())
     return torch.cat(parts)
 
 

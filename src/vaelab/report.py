@@ -223,6 +223,114 @@ def objective_note(run: ckpt.Run) -> str:
             "only at β = 1, whose value is not comparable across β. The held-out numbers are the β = 1 bounds.")
 
 
+# What the parts of vaelab's families are, for the model table (a part not listed is shown by name).
+PART_ROLES = {
+    "encoder": "inference network: x (and c) → the parameters of q(z|x)",
+    "decoder": "generative network: z (and c) → the parameters of p(x|z)",
+    "likelihood": "observation model p(x|z) (its parameters come from the decoder)",  # without parameters
+    "cond_net": "embedding of the continuous condition c",
+    "made": "inverse autoregressive flow steps (MADE networks) of q(z|x)",
+    "top_down": "top-down networks of the ladder's prior p(z_i|z_i+1)",
+    "prior_w": "VampPrior pseudo-inputs",
+    "prior_means": "mixture prior: component means",
+    "prior_scale_raw": "mixture prior: component scales",
+    "prior_logits": "mixture prior: component weights",
+}
+
+
+@dataclass
+class ModelPart:
+    """One row of a model summary: a top-level part of the model (a child module, or a parameter
+    the model holds itself), its role, its layers in words, and its number of parameters."""
+
+    name: str
+    kind: str
+    role: str
+    layers: list[str]
+    parameters: int
+
+
+def _layer_words(module: Any) -> str | None:
+    """A leaf layer in a few words ("Linear 784→400", "Conv2d 1→8, 3×3, stride 2"); an
+    activation by its class name; None for a layer with nothing to say (a container)."""
+    name = type(module).__name__
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return f"{name} {module.in_features}→{module.out_features}"
+    if hasattr(module, "in_channels") and hasattr(module, "out_channels") and hasattr(module, "kernel_size"):
+        k = "×".join(str(v) for v in module.kernel_size)
+        stride = tuple(module.stride)
+        extra = "" if all(v == 1 for v in stride) else f", stride {stride[0] if len(set(stride)) == 1 else stride}"
+        return f"{name} {module.in_channels}→{module.out_channels}, {k}{extra}"
+    return name
+
+
+def _layers(module: Any) -> list[str]:
+    """The leaf layers of a module in words, in order; a list of identical blocks (the steps of a
+    flow) as "2 × [Linear 18→64, Tanh, …]"."""
+    blocks = list(module.children())
+    if len(blocks) > 1 and type(module).__name__ == "ModuleList":
+        inner = [_layers(b) for b in blocks]
+        if all(i == inner[0] for i in inner):
+            return [f"{len(blocks)} × [{', '.join(inner[0])}]"]
+    leaves = [m for m in module.modules() if not list(m.children())]
+    return [w for w in (_layer_words(m) for m in leaves) if w is not None]
+
+
+def model_summary(model: Any) -> list[ModelPart]:
+    """The parts of any ``torch.nn.Module``: one row per named child module (encoder, decoder,
+    flow, prior networks ...) and one per parameter the model holds itself (a learned prior's
+    means, pseudo-inputs ...), in the model's own order, with the layers of each child (its leaf
+    modules, in order) and its parameter count.
+
+    A parameter shared by two parts is counted in the first only, so the counts add up to
+    ``sum(p.numel() for p in model.parameters())`` (which counts each parameter once).
+    """
+    seen: set[int] = set()
+
+    def count(params: Any) -> int:
+        total = 0
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        return total
+
+    from vaelab.models import VariationalModel
+
+    parts = []
+    for name, child in model.named_children():
+        layers = _layers(child)
+        if layers == [type(child).__name__]:
+            layers = []  # a leaf part (a likelihood) is its own kind, not a layer list
+        n = count(child.parameters())
+        role = PART_ROLES.get(name, "")
+        if name == "encoder" and not isinstance(model, VariationalModel):
+            role = "deterministic encoder: x (and c) → the code f(x)"
+        if name == "likelihood" and n > 0:
+            role = "observation model p(x|z), with parameters of its own"
+        parts.append(ModelPart(name, type(child).__name__, role, layers, n))
+    for name, param in model.named_parameters(recurse=False):
+        shape = "×".join(str(s) for s in param.shape) or "scalar"
+        parts.append(ModelPart(name, f"parameter {shape}", PART_ROLES.get(name, ""), [], count([param])))
+    return parts
+
+
+def model_table(model: Any) -> str:
+    """The model summary (``model_summary``) as an HTML table with a total row."""
+    parts = model_summary(model)
+    total = sum(p.parameters for p in parts)
+    rows = []
+    for part in parts:
+        layers = ", ".join(part.layers) if part.layers else ""
+        role = f'<br><span class="note">{esc(part.role)}</span>' if part.role else ""
+        rows.append(f"<tr><td><b>{esc(part.name)}</b>{role}</td><td>{esc(part.kind)}</td><td>{esc(layers)}</td>"
+                    f'<td class="num">{part.parameters:,}</td></tr>')
+    rows.append(f'<tr><td><b>total</b></td><td>{esc(type(model).__name__)}</td><td></td>'
+                f'<td class="num"><b>{total:,}</b></td></tr>')
+    return ("<table><tr><th>part</th><th>kind</th><th>layers (activations by name)</th><th>parameters</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def failure_of(run: ckpt.Run) -> str | None:
     """A one-paragraph description of how training failed, or None when it did not."""
     if run.failure is not None:
@@ -339,7 +447,7 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
         f'<p class="summary">{summary_line(run)} · status: {status}</p>',
         *([f'<p class="note" id="objective">{esc(objective_note(run))}</p>'] if objective_note(run) else []),
         '<nav><a href="#metrics">metrics</a><a href="#figures">figures</a><a href="#history">history</a>'
-        '<a href="#config">configuration</a><a href="#reproduce">reproduce</a></nav>',
+        '<a href="#model">model</a><a href="#config">configuration</a><a href="#reproduce">reproduce</a></nav>',
     ]
     if failure:
         parts.append(
@@ -364,6 +472,7 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
             + "</ul>"
         )
     parts += ['<h2 id="history">Training history</h2>', history_table(run.history)]
+    parts += ['<h2 id="model">Model</h2>', model_table(run.model)]
     parts += ['<h2 id="config">Configuration</h2>', config_tables(run.config)]
     parts.append('<h2 id="reproduce">Reproduce this run</h2>')
     if needs_toml:

@@ -41,15 +41,19 @@ SCRIPT = textwrap.dedent(
     digits = subset(load_dataset(DataConfig(name="digits", limit_train=64), "train"), 64)
     label = fit_condition("label", points)
     radius = fit_condition("radius", points)
+    digit_label = fit_condition("label", digits)
     contexts = [
         PlotContext(model=build_model(small, 2, seed=0), data=points, history=History(rows),
                     density_k=2, density_grid=8,
                     metrics={"mutual_info": 0.5, "marginal_kl": 0.2, "kl": 0.7, "kl_per_dim": [0.4, 0.3]}),
         PlotContext(model=build_model(small.model_copy(update={"latent_dim": 3}), 2, seed=0), data=points),
-        PlotContext(model=build_model(small, 2, label.width, seed=0), data=points, condition=label),
+        PlotContext(model=build_model(small, 2, label.width, seed=0), data=points, condition=label,
+                    density_k=2, density_grid=8),  # p(x|c) per label, the latent grid per label
         PlotContext(model=build_model(small, 2, radius.width, seed=0), data=points, condition=radius),
         PlotContext(model=build_model(small.model_copy(update={"likelihood": "bernoulli"}), 784, seed=0),
                     data=digits),
+        PlotContext(model=build_model(small.model_copy(update={"likelihood": "bernoulli"}), 784, digit_label.width,
+                                      seed=0), data=digits, condition=digit_label),  # the class × style grid
         PlotContext(model=build_model(ModelConfig(kind="planar", hidden=[16]), 2, seed=0), data=points),
         PlotContext(model=build_model(ModelConfig(kind="ladder", hidden=[16], latent_dim=3), 2, seed=0), data=points,
                     history=History([{**row, "kl_1": 0.6, "kl_2": 0.4} for row in rows])),

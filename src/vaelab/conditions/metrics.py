@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,7 +66,9 @@ def label_classifier(train: Dataset, test: Dataset | None = None, *, max_train: 
         else:
             model = KNeighborsClassifier(n_neighbors=min(5, len(xs)))
             description = "5-nearest-neighbour vote (training split)"
-        model.fit(xs, ys)
+        with warnings.catch_warnings():  # few rows per label: fit_condition has said so in vaelab's words
+            warnings.filterwarnings("ignore", "The number of unique classes is greater than", UserWarning)
+            model.fit(xs, ys)
 
         def fitted(x: Tensor) -> Tensor:
             return torch.as_tensor(model.predict(x.double().cpu().numpy()), dtype=torch.int64)

@@ -156,6 +156,18 @@ def plot_reconstructions(
 # 10. model density p(x) -----------------------------------------------------------------------
 
 
+def density_grid_points(data: Dataset, grid: int) -> tuple[Tensor, tuple[float, float, float, float]]:
+    """The grid × grid points (G², 2) over the view of 2-D data at which a density image is
+    computed, and the image's extent (x0, x1, y0, y1). Point a·G + b is (x₁ = column b's value,
+    x₂ = row a's value): reshaped to (G, G) it is in imshow's layout (origin="lower")."""
+    if data.dim != 2:
+        raise InputError(f"the density image needs 2-D data, this data has D = {data.dim}")
+    (x0, x1), (y0, y1) = view_limits(to_numpy(data.x))
+    gx, gy = torch.linspace(x0, x1, grid), torch.linspace(y0, y1, grid)
+    yy, xx = torch.meshgrid(gy, gx, indexing="ij")  # row a = gy[a], column b = gx[b]: imshow layout
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1), (x0, x1, y0, y1)
+
+
 @torch.no_grad()
 def plot_density(
     model: LatentModel, data: Dataset, *, grid: int = 80, k: int = 100, generator: torch.Generator | None = None
@@ -163,13 +175,8 @@ def plot_density(
     """The model density p(x) on a grid (IWAE estimate with k samples) beside the true
     density when the dataset knows it, otherwise beside the training data."""
     vae = _require_vae(model, "the model-density figure")
-    if data.dim != 2:
-        raise InputError(f"the density image needs 2-D data, this data has D = {data.dim}")
     x = to_numpy(data.x)
-    (x0, x1), (y0, y1) = view_limits(x)
-    gx, gy = torch.linspace(x0, x1, grid), torch.linspace(y0, y1, grid)
-    yy, xx = torch.meshgrid(gy, gx, indexing="ij")  # row a = gy[a], column b = gx[b]: imshow layout
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+    pts, (x0, x1, y0, y1) = density_grid_points(data, grid)
     log_p = model_log_density(vae, pts, k=k, generator=generator).reshape(grid, grid)
     p_model = torch.exp(log_p).numpy()
     p_true = None if data.log_prob is None else torch.exp(data.log_prob(pts).double()).reshape(grid, grid).numpy()

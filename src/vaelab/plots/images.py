@@ -40,6 +40,7 @@ from vaelab.plots.common import (
     unconditional,
     z_label,
 )
+from vaelab.plots.latent import latent_path
 
 PAD_VALUE = 0.5  # mid grey between tiles: visible against both black and white backgrounds
 
@@ -219,10 +220,8 @@ def plot_interpolations(model: LatentModel, x_a: Tensor, x_b: Tensor, image_shap
     themselves (the grey levels of binarized inputs)."""
     dev = next(model.parameters()).device
     x_a, x_b = x_a.to(dev), x_b.to(dev)
-    z_a, z_b = _code(model, x_a), _code(model, x_b)  # (P, d)
-    t = torch.linspace(0.0, 1.0, steps, device=dev)[:, None, None]  # (steps, 1, 1)
-    z = (1 - t) * z_a + t * z_b  # (steps, P, d)
-    decoded = _decode_mean(model, z).transpose(0, 1)  # (P, steps, D)
+    _, decoded = latent_path(model, x_a, x_b, steps=steps)  # (steps, P, D)
+    decoded = decoded.transpose(0, 1)  # (P, steps, D)
     ends_a, ends_b = (x_a, x_b) if shown is None else (shown[0].to(dev), shown[1].to(dev))
     rows = [torch.cat([ends_a[k:k + 1], decoded[k], ends_b[k:k + 1]]) for k in range(len(x_a))]
     canvas = tile(as_images(torch.cat(rows), image_shape), steps + 2)

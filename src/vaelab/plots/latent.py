@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from matplotlib.collections import LineCollection
-from matplotlib.colors import PowerNorm
+from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Ellipse
 from torch import Tensor
@@ -505,6 +505,79 @@ def finite_max(a: np.ndarray) -> np.ndarray:
 # 8. decoded latent grid -----------------------------------------------------------------------
 
 
+def _one_condition(c: Tensor | None, n: int) -> Tensor | None:
+    """One condition (C,) or (1, C) for n decoded codes: (n, C); None stays None."""
+    return None if c is None else c.reshape(1, -1).expand(n, -1)
+
+
+@torch.no_grad()
+def decoded_latent_grid(
+    model: LatentModel, *, dims: tuple[int, int] = (0, 1), n_grid: int = 15, extent: float = 2.5,
+    c: Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A regular grid in (z_i, z_j) on [-extent, extent]², the other dimensions at 0, and its image
+    E[x|z, c] under the decoder: ((n, n, 2), (n, n, 2)), the data's first two coordinates.
+
+    Entry [a, b] is z_i = g[a], z_j = g[b] for g = linspace(-extent, extent, n). ``c``: one
+    condition (C,) of a conditional model, the same for every grid point.
+    """
+    i, j = _check_dims(model, dims)
+    d = model.latent_dim
+    dev = _device(model)
+    g = torch.linspace(-extent, extent, n_grid, device=dev)
+    zi, zj = torch.meshgrid(g, g, indexing="ij")  # zi[a, b] = g[a] (constant along b), zj[a, b] = g[b]
+    z = torch.zeros(n_grid, n_grid, d, device=dev)
+    z[..., i], z[..., j] = zi, zj
+    z = z.reshape(-1, d)
+    dec = _xy(to_numpy(model.decode(z, _one_condition(c, len(z))).mean)).reshape(n_grid, n_grid, 2)
+    return to_numpy(torch.stack([zi, zj], -1)), dec
+
+
+def draw_mesh(ax, pts: np.ndarray, zgrid: np.ndarray, *, s: float = 14.0):  # noqa: ANN001, ANN201 (Axes, PathCollection)
+    """A decoded (or latent) grid (n, n, 2) as a mesh: lines of constant z_j thin grey, lines of
+    constant z_i coloured by z_i, and the grid points coloured by z_i. Returns the points' mappable."""
+    n_grid = pts.shape[0]
+    gi = zgrid[:, 0, 0]
+    ax.add_collection(LineCollection([pts[:, b] for b in range(n_grid)], colors="0.55", linewidths=0.6))
+    lc = LineCollection([pts[a, :] for a in range(n_grid)], cmap=CMAP, linewidths=1.6)
+    lc.set_array(gi)
+    ax.add_collection(lc)
+    return ax.scatter(pts[..., 0].ravel(), pts[..., 1].ravel(), c=zgrid[..., 0].ravel(), cmap=CMAP, s=s, zorder=3)
+
+
+@torch.no_grad()
+def draw_latent_line(
+    ax, model: LatentModel, lims: tuple[tuple[float, float], tuple[float, float]], *,  # noqa: ANN001 (Axes)
+    c: Tensor | None = None, fontsize: str = "small",
+) -> LineCollection:
+    """A 1-D latent's decoded line E[x|z, c], z from −3 to 3, coloured by z, with the integer z
+    marked and labelled (ticks that decode to nearly the same x share one label, so a collapsed
+    code's labels do not overprint). ``lims``: the panel's view. Returns the line's mappable."""
+    dev = _device(model)
+    zs = torch.linspace(-3.0, 3.0, 400, device=dev)[:, None]
+    curve = _xy(to_numpy(model.decode(zs, _one_condition(c, len(zs))).mean))
+    segs = np.stack([curve[:-1], curve[1:]], axis=1)
+    lc = LineCollection(list(segs), cmap=CMAP, linewidths=3)
+    lc.set_array(to_numpy(zs[:-1, 0]))
+    ax.add_collection(lc)
+    ticks = torch.arange(-3.0, 3.5, 1.0, device=dev)[:, None]
+    tick_xy = _xy(to_numpy(model.decode(ticks, _one_condition(c, len(ticks))).mean))
+    ax.scatter(tick_xy[:, 0], tick_xy[:, 1], color="black", s=25, zorder=5)
+    span = max(lims[0][1] - lims[0][0], lims[1][1] - lims[1][0])
+    written: list[tuple[np.ndarray, list[str]]] = []
+    for t, pt in zip(to_numpy(ticks[:, 0]), tick_xy, strict=True):
+        near = next((w for w in written if np.linalg.norm(w[0] - pt) < 0.06 * span), None)
+        if near is None:
+            written.append((pt, [f"{t:g}"]))
+        else:
+            near[1].append(f"{t:g}")
+    for pt, names in written:
+        text = f"z={names[0]}" if len(names) == 1 else f"z={names[0]}…{names[-1]}"
+        ax.annotate(text, (float(pt[0]), float(pt[1])), xytext=(5, 5), textcoords="offset points", fontsize=fontsize,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+    return lc
+
+
 @torch.no_grad()
 def plot_latent_grid(
     model: LatentModel, data: Dataset, *, dims: tuple[int, int] = (0, 1), n_grid: int = 15, extent: float = 2.5
@@ -514,58 +587,31 @@ def plot_latent_grid(
     2-D+ latents: a ``n_grid × n_grid`` grid on [-extent, extent]² in (z_i, z_j), the other
     dimensions at 0; lines of constant z_i are coloured by z_i, so one sees how the decoder
     bends the latent plane onto the data. 1-D latents: the decoded curve coloured by z.
+    (A conditional model: ``plot_latent_grid_by_condition``, one panel per condition.)
     """
     i, j = _check_dims(model, dims)
     x = to_numpy(data.x)
     xy_data = _xy(x)
     d = model.latent_dim
-    dev = _device(model)
     if d == 1:
-        zs = torch.linspace(-3.0, 3.0, 400, device=dev)[:, None]
-        curve = _xy(to_numpy(model.decode(zs).mean))
         fig, axes = new_figure(1, size=(6.0, 5.0), title="Decoded latent line E[x|z], z from −3 to 3")
         ax = axes[0]
         ax.scatter(
             xy_data[:, 0], xy_data[:, 1], s=point_size(len(x)), color="0.75", linewidths=0, label="training data"
         )
-        segs = np.stack([curve[:-1], curve[1:]], axis=1)
-        lc = LineCollection(list(segs), cmap=CMAP, linewidths=3)
-        lc.set_array(to_numpy(zs[:-1, 0]))
-        ax.add_collection(lc)
-        ticks = torch.arange(-3.0, 3.5, 1.0, device=dev)[:, None]
-        tick_xy = _xy(to_numpy(model.decode(ticks).mean))
-        ax.scatter(tick_xy[:, 0], tick_xy[:, 1], color="black", s=25, zorder=5)
         lims = view_limits(xy_data)
         set_view(ax, lims)
-        # A label only where it does not overprint one already written: ticks that decode to
-        # nearly the same x (a collapsed code decodes every z to one point) share one label.
-        span = max(lims[0][1] - lims[0][0], lims[1][1] - lims[1][0])
-        written: list[tuple[np.ndarray, list[str]]] = []
-        for t, pt in zip(to_numpy(ticks[:, 0]), tick_xy, strict=True):
-            near = next((w for w in written if np.linalg.norm(w[0] - pt) < 0.06 * span), None)
-            if near is None:
-                written.append((pt, [f"{t:g}"]))
-            else:
-                near[1].append(f"{t:g}")
-        for pt, names in written:
-            text = f"z={names[0]}" if len(names) == 1 else f"z={names[0]}…{names[-1]}"
-            ax.annotate(text, (float(pt[0]), float(pt[1])), xytext=(5, 5), textcoords="offset points", fontsize="small",
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+        lc = draw_latent_line(ax, model, lims)
         _label_data_axes(ax, x.shape[1], data.columns)
         ax.set_title("decoded curve over the training data (grey)", fontsize="medium")
         colorbar(fig, lc, ax, "z₁")
         return fig
-    g = torch.linspace(-extent, extent, n_grid, device=dev)
-    zi, zj = torch.meshgrid(g, g, indexing="ij")  # zi[a, b] = g[a] (constant along b), zj[a, b] = g[b]
-    z = torch.zeros(n_grid, n_grid, d, device=dev)
-    z[..., i], z[..., j] = zi, zj
-    dec = _xy(to_numpy(model.decode(z.reshape(-1, d)).mean)).reshape(n_grid, n_grid, 2)
-    zgrid = to_numpy(torch.stack([zi, zj], -1))
-    gi = to_numpy(g)
+    zgrid, dec = decoded_latent_grid(model, dims=(i, j), n_grid=n_grid, extent=extent)
     rest = "" if d == 2 else f"; other {d - 2} dimensions at 0"
     fig, axes = new_figure(
         2, title=f"A regular grid in ({z_label(i)}, {z_label(j)}) and its image under the decoder{rest}"
     )
+    sc = None
     for ax, pts, title in ((axes[0], zgrid, "latent grid"), (axes[1], dec, "decoded grid E[x|z] over the data (grey)")):
         if ax is axes[1]:
             ax.scatter(
@@ -577,12 +623,7 @@ def plot_latent_grid(
                 label="training data",
                 zorder=0,
             )
-        # lines of constant z_j (running along z_i): thin grey; lines of constant z_i: coloured by z_i.
-        ax.add_collection(LineCollection([pts[:, b] for b in range(n_grid)], colors="0.55", linewidths=0.6))
-        lc = LineCollection([pts[a, :] for a in range(n_grid)], cmap=CMAP, linewidths=1.6)
-        lc.set_array(gi)
-        ax.add_collection(lc)
-        sc = ax.scatter(pts[..., 0].ravel(), pts[..., 1].ravel(), c=zgrid[..., 0].ravel(), cmap=CMAP, s=14, zorder=3)
+        sc = draw_mesh(ax, pts, zgrid)
         ax.set_title(title)
     set_view(axes[0], ((-extent * 1.1, extent * 1.1), (-extent * 1.1, extent * 1.1)))
     axes[0].set_xlabel(z_label(i))
@@ -591,6 +632,187 @@ def plot_latent_grid(
     set_view(axes[1], lims)
     _label_data_axes(axes[1], x.shape[1], data.columns)
     colorbar(fig, sc, axes, z_label(i))
+    return fig
+
+
+# 8b. interpolation between the codes of two points -----------------------------------------
+
+
+@torch.no_grad()
+def latent_path(
+    model: LatentModel, x_a: Tensor, x_b: Tensor, *, steps: int = 10, c_a: Tensor | None = None,
+    c_b: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The straight line between the codes z_a = embed(x_a, c_a) and z_b = embed(x_b, c_b) of
+    pairs of points (P, D) each, and its image under the decoder mean:
+
+        z_t = (1 − t)·z_a + t·z_b,   c_t = (1 − t)·c_a + t·c_b,   t = 0 … 1 in ``steps`` steps.
+
+    Returns z (steps, P, d) and E[x | z_t, c_t] (steps, P, D). At t = 0 and 1 the decoded points
+    are the mean reconstructions of x_a and x_b, not the points themselves. A pair of one label
+    has c_a = c_b, so c stays fixed along the line.
+    """
+    dev = _device(model)
+    x_a, x_b = x_a.to(dev), x_b.to(dev)
+    c_a = None if c_a is None else c_a.to(dev)
+    c_b = None if c_b is None else c_b.to(dev)
+    z_a, z_b = model.embed(x_a, c_a), model.embed(x_b, c_b)  # (P, d)
+    t = torch.linspace(0.0, 1.0, steps, device=dev)[:, None, None]  # (steps, 1, 1)
+    z = (1 - t) * z_a + t * z_b  # (steps, P, d)
+    c = None if c_a is None or c_b is None else (1 - t) * c_a + t * c_b  # (steps, P, C)
+    return z, model.decode(z, c).mean
+
+
+def interpolation_pairs(
+    data: Dataset, *, same_label: bool = False, points: Tensor | None = None, n_pairs: int = 3,
+) -> tuple[list[int], list[int]]:
+    """Rows (a, b) of ``data`` to interpolate between: the chosen ``points`` in consecutive pairs;
+    else, where the data has labels, typical points of different labels (``same_label``: two
+    distant typical points of one label each, for a label-conditioned model whose c must stay
+    fixed along the line); else distant typical points (``default_points``)."""
+    x = data.x
+    if points is not None and len(points) >= 2:
+        rows = row_indices(x, points).tolist()
+        return rows[0:len(rows) - 1:2], rows[1:len(rows):2]
+    labels = data.labels
+    present = [] if labels is None else torch.unique(labels).tolist()
+    if same_label and len(present) >= 1:
+        chosen = [present[int(round(q))] for q in np.linspace(0, len(present) - 1, min(n_pairs, len(present)))]
+        a, b = [], []
+        for k in dict.fromkeys(chosen):
+            members = torch.nonzero(labels == k).ravel()
+            if len(members) < 2:
+                continue
+            pts = default_points(x[members], 2)
+            rows = members[row_indices(x[members], pts)].tolist()
+            a.append(rows[0])
+            b.append(rows[1])
+        if a:
+            return a, b
+    if labels is not None and 2 <= len(present) < 2 * n_pairs and not same_label:
+        # few labels (two moons): pair label p with the label half the list away, each pair with its
+        # own typical points of the two labels (well separated within each label)
+        assert labels is not None
+        typical = {k: default_points(x[labels == k], n_pairs) for k in present}
+        ends = [(present[p % len(present)], present[(p + len(present) // 2) % len(present)]) for p in range(n_pairs)]
+        a_pts = torch.stack([typical[la][p % len(typical[la])] for p, (la, _) in enumerate(ends)])
+        b_pts = torch.stack([typical[lb][p % len(typical[lb])] for p, (_, lb) in enumerate(ends)])
+        return row_indices(x, a_pts).tolist(), row_indices(x, b_pts).tolist()
+    if labels is not None and len(present) >= 2 and not same_label:
+        pts = points_per_label(x, labels, 2 * n_pairs)
+    else:
+        pts = default_points(x, 2 * n_pairs)
+    rows = row_indices(x, pts).tolist()
+    half = len(rows) // 2  # pair the i-th chosen point with the (i + half)-th: lines across the data
+    return rows[:half], rows[half:2 * half]
+
+
+@torch.no_grad()
+def plot_point_interpolations(
+    model: LatentModel, data: Dataset, rows_a: list[int], rows_b: list[int], *, dims: tuple[int, int] = (0, 1),
+    c: Tensor | None = None, steps: int = 41, codes: Tensor | None = None, mi: str = "",
+) -> Figure:
+    """Straight lines in z between the codes of pairs of points (rows ``rows_a[k]``, ``rows_b[k]``
+    of ``data``), decoded: the latent plane with the lines (left) and the decoded paths
+    E[x|z_t] over the data (right), both coloured by t from 0 to 1 (``latent_path``). Each pair is
+    numbered at its t = 0 end in both panels; the points themselves are hollow circles.
+
+    ``c``: each point's condition (N, C) for a conditional model (interpolated with z; constant
+    for a pair of one label); ``codes``: embed(x, c) of ``data`` when the caller has it already;
+    ``mi``: words for I(x; z) in the title.
+    """
+    if not rows_a or len(rows_a) != len(rows_b):
+        raise InputError("interpolation needs pairs of points: give as many second points as first ones")
+    i, j = _check_dims(model, dims)
+    dev = _device(model)
+    xt = _x(model, data)
+    ia, ib = torch.tensor(rows_a, device=dev), torch.tensor(rows_b, device=dev)
+    c_a = None if c is None else c[ia]
+    c_b = None if c is None else c[ib]
+    z, dec = latent_path(model, xt[ia], xt[ib], steps=steps, c_a=c_a, c_b=c_b)  # (S, P, d), (S, P, D)
+    z_np, dec_np = to_numpy(z), to_numpy(dec)
+    t = np.linspace(0.0, 1.0, steps)
+    code = to_numpy(model.embed(xt, c) if codes is None else codes)
+    x = to_numpy(data.x)
+    xy_data = _xy(x)
+    d = model.latent_dim
+    n_pairs = len(rows_a)
+    labels = None if data.labels is None else data.labels.cpu().numpy()
+    if c is not None and bool((c[ia] == c[ib]).all()):
+        pairing = "each pair from one label, c held fixed along the line"
+    elif c is not None:
+        pairing = "c interpolated with z"
+    elif labels is not None and (labels[rows_a] != labels[rows_b]).all():
+        pairing = "points of different labels"
+    else:
+        pairing = ""
+    words = "; ".join(w for w in (pairing, mi) if w)
+    fig, axes = new_figure(2, size=(4.8, 4.3),
+                           title="Interpolation: straight lines in z between the codes of pairs of points, decoded "
+                                 "to data space" + (f"; {words}" if words else ""))
+    ax_z, ax_x = axes
+    norm = Normalize(0.0, 1.0)
+    segments = []  # (S-1, 2, 2) per pair: consecutive points of the path
+    latent_segments = []
+    for p in range(n_pairs):
+        path = _xy(dec_np[:, p])
+        segments += list(np.stack([path[:-1], path[1:]], axis=1))
+        if d == 1:
+            zz = np.stack([z_np[:, p, 0], np.full(steps, float(p))], 1)
+        else:
+            zz = z_np[:, p][:, [i, j]]
+        latent_segments += list(np.stack([zz[:-1], zz[1:]], axis=1))
+    t_seg = np.tile((t[:-1] + t[1:]) / 2, n_pairs)
+    # latent panel: the codes of the data (grey), the prior's circles, the straight lines
+    if d == 1:
+        ax_z.scatter(code[:, 0], np.full(len(code), -0.8), s=point_size(len(code)), color="0.75", linewidths=0,
+                     label="codes of the training data")
+        ax_z.set_yticks(range(n_pairs), [f"pair {p + 1}" for p in range(n_pairs)])
+        ax_z.set_ylim(-1.3, n_pairs - 0.5)
+        ax_z.set_xlabel(z_label(0))
+    else:
+        ax_z.scatter(code[:, i], code[:, j], s=point_size(len(code)), color="0.75", linewidths=0,
+                     label="codes of the training data")
+        circles = has_standard_prior(model)
+        if circles:
+            for r in (1, 2):
+                ax_z.add_patch(Circle((0, 0), r, **PRIOR_STYLE))
+        lims_z = view_limits(np.concatenate([code[:, [i, j]], z_np[:, :, [i, j]].reshape(-1, 2)]))
+        set_view(ax_z, including_prior(lims_z) if circles else lims_z)
+        ax_z.set_xlabel(z_label(i))
+        ax_z.set_ylabel(z_label(j))
+    lc_z = LineCollection(latent_segments, cmap=CMAP, norm=norm, linewidths=2.5, zorder=3)
+    lc_z.set_array(t_seg)
+    ax_z.add_collection(lc_z)
+    what = ("E[z|x, c]" if c is not None else "E[z|x]") if isinstance(model, VariationalModel) else "f(x)"
+    rest = "" if d <= 2 else f" (({z_label(i)}, {z_label(j)}) of d = {d}: the lines are straight in every dimension)"
+    ax_z.set_title(f"straight lines between the codes {what} of the pairs{rest}", fontsize="medium")
+    # data panel: the data (grey), the decoded paths, the points themselves (hollow)
+    ax_x.scatter(xy_data[:, 0], xy_data[:, 1], s=point_size(len(x)), color="0.8", linewidths=0, zorder=0)
+    lc_x = LineCollection(segments, cmap=CMAP, norm=norm, linewidths=2.5, zorder=3)
+    lc_x.set_array(t_seg)
+    ax_x.add_collection(lc_x)
+    marks = np.linspace(0, steps - 1, 11).round().astype(int)
+    for p in range(n_pairs):
+        path = _xy(dec_np[:, p])
+        ax_x.scatter(path[marks, 0], path[marks, 1], c=t[marks], cmap=CMAP, norm=norm, s=18, zorder=4,
+                     edgecolors="black", linewidths=0.4)
+    ends = _xy(x[np.array(rows_a + rows_b)])
+    ax_x.scatter(ends[:, 0], ends[:, 1], s=80, facecolors="none", edgecolors="black", linewidths=1.3, zorder=5)
+    lims_x = view_limits(np.concatenate([xy_data, _xy(dec_np.reshape(-1, dec_np.shape[-1]))]))
+    set_view(ax_x, lims_x)
+    _label_data_axes(ax_x, x.shape[1], data.columns)
+    ax_x.set_title("decoded paths E[x|z_t] over the data (grey)\nhollow circles: the two points of each pair",
+                   fontsize="medium")
+    # number every pair at both ends in both panels, so paths can be matched across them
+    for p in range(n_pairs):
+        for end, row in ((0, rows_a[p]), (steps - 1, rows_b[p])):
+            at_z = (z_np[end, p, 0], float(p)) if d == 1 else (z_np[end, p, i], z_np[end, p, j])
+            for ax, xy in ((ax_z, at_z), (ax_x, tuple(_xy(x[[row]])[0]))):
+                ax.annotate(str(p + 1), (float(xy[0]), float(xy[1])), xytext=(-10, 6), textcoords="offset points",
+                            fontsize="small", fontweight="bold", zorder=6,
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    colorbar(fig, lc_x, axes, "t (0: first point of a pair, 1: second)")
     return fig
 
 
@@ -684,6 +906,14 @@ def _latent_grid(ctx: PlotContext) -> Figure:
     return plot_latent_grid(ctx.model, ctx.data, dims=ctx.dims, n_grid=ctx.latent_grid)
 
 
+def _point_interpolations(ctx: PlotContext) -> Figure:
+    # A label-conditioned model interpolates within one label (c fixed); other runs across labels.
+    by_label = ctx.c is not None and ctx.condition is not None and ctx.condition.discrete
+    rows_a, rows_b = interpolation_pairs(ctx.data, same_label=by_label, points=ctx.points)
+    return plot_point_interpolations(ctx.model, ctx.data, rows_a, rows_b, dims=ctx.dims, c=ctx.c, codes=ctx.codes(),
+                                     mi=ctx.mi_words())
+
+
 def _aggregate_posterior(ctx: PlotContext) -> Figure:
     return plot_aggregate_posterior(ctx.model, ctx.data, dims=ctx.dims, q_z=ctx.posterior())
 
@@ -737,6 +967,17 @@ FIGURES = [
         "mesh lines crossing empty space are where bad samples come from.",
         _points,
         title="Decoded latent grid",
+    ),
+    FigureSpec(
+        "point_interpolations",
+        _point_interpolations,
+        "Straight lines in z between the codes of pairs of points (of different labels where there are labels; "
+        "within one label, c held fixed, for a label-conditioned model), decoded and drawn over the data, coloured "
+        "by t from 0 to 1. Paths that stay on the data mean the code space between the two points decodes to "
+        "plausible points; a path that crosses empty space shows where the line leaves the codes of the data. "
+        "Each path runs between the reconstructions of its points (hollow circles), not the points themselves.",
+        needs_point_data,
+        title="Interpolation between points",
     ),
     FigureSpec(
         "aggregate_posterior",
