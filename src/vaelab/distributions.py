@@ -123,6 +123,29 @@ def _noise_like(t: Tensor, shape: Shape, generator: torch.Generator | NoiseTape 
     return torch.randn(shape, generator=generator, device=t.device, dtype=t.dtype)
 
 
+def gumbel_noise(shape: Shape, like: Tensor, generator: torch.Generator | NoiseTape | None) -> Tensor:
+    """g ~ Gumbel(0, 1) of ``shape`` on ``like``'s device and dtype: g = −log(−log u), u ~ U(0, 1).
+
+    u = Φ(ε) with ε ~ N(0, 1) (Φ the standard Normal CDF, so u is uniform). Drawing the noise
+    as standard Normals lets a Gumbel draw come from the same source as every other draw: a
+    ``torch.Generator``, or the ``NoiseTape`` of a compiled or stacked (vmapped) training step.
+    The Gumbel-max trick (argmax_k (log π_k + g_k) ~ Cat(π)) and the Gumbel-softmax relaxation
+    (Jang et al. 2017, eq. 2) both start from it.
+
+    −log u = −log Φ(ε) is computed from the tail t = Φ(−|ε|) = ½ erfc(|ε|/√2), accurate on both
+    sides: −log t for ε ≤ 0, −log1p(−t) for ε > 0 (where Φ(ε) = 1 − t is near 1 and log Φ(ε)
+    would round to 0). The same number as ``-torch.special.log_ndtr(ε)``, written with ops that
+    vmap has batching rules for (a stacked sweep draws under vmap).
+    """
+    eps = _noise_like(like, shape, generator)
+    tail = (0.5 * torch.special.erfc(eps.abs() * _SQRT_HALF)).clamp_min(torch.finfo(eps.dtype).tiny)  # Φ(−|ε|)
+    neg_log_u = torch.where(eps > 0, -torch.log1p(-tail), -torch.log(tail))  # −log Φ(ε) > 0
+    return -torch.log(neg_log_u.clamp_min(torch.finfo(eps.dtype).tiny))
+
+
+_SQRT_HALF = math.sqrt(0.5)
+
+
 @register_rsample(Normal)
 def _rsample_normal(dist: Normal, shape: Shape, generator: torch.Generator | None) -> Tensor:
     # z = μ + σ ⊙ ε, ε ~ N(0, I): the reparameterisation trick (Kingma & Welling 2014, eq. 4).
@@ -179,6 +202,23 @@ def _rsample_exp_relaxed(dist: ExpRelaxedCategorical, shape: Shape, generator: t
     u = clamp_probs(torch.rand(full, generator=generator, device=logits.device, dtype=logits.dtype))
     scores = (logits - (-u.log()).log()) / dist.temperature
     return scores - scores.logsumexp(dim=-1, keepdim=True)
+
+
+def enumerable_support(dist: Distribution, limit: int) -> Tensor | None:
+    """Every value of a discrete distribution, ``dist.enumerate_support(expand=False)``
+    ((n, *(1,) * len(batch), *event)), when it has at most ``limit`` of them; None for a
+    distribution without a listed support (a Normal) or with more values than ``limit``.
+
+    A distribution whose support is a product space (N categorical groups: K^N values) says how
+    many values it has through a ``support_size`` attribute, so a huge support is never listed.
+    """
+    if not getattr(dist, "has_enumerate_support", False):
+        return None
+    size = getattr(dist, "support_size", None)
+    if size is not None and size > limit:
+        return None
+    values = dist.enumerate_support(expand=False)
+    return values if values.shape[0] <= limit else None
 
 
 def broadcasts_to(shape: Shape, target: Shape) -> bool:

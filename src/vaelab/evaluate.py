@@ -32,11 +32,11 @@ from vaelab.data.registry import DATASETS, load_dataset
 from vaelab.devices import pick_device
 from vaelab.diagnostics import elbo_surgery
 from vaelab.distributed import World
+from vaelab.distributions import enumerable_support, kl_is_closed_form, kl_per_dim, rsample
 from vaelab.distributions import kl as kl_qp
-from vaelab.distributions import kl_is_closed_form, kl_per_dim, rsample
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel
-from vaelab.objectives import importance_terms, kl_groups, latent_groups
+from vaelab.objectives import decode_log_px, importance_terms, kl_groups, latent_groups
 from vaelab.progress import EvalProgress
 from vaelab.sizes import check_eval_fits
 
@@ -50,6 +50,9 @@ CHUNK_BUDGET = 2**24
 _LIVE_COPIES = 3
 # More test points than this are refused before anything is drawn (the audit's --n-test 1e11).
 MAX_EVAL_POINTS = 10_000_000
+# A prior with at most this many values z (a discrete latent: K^N codes) gets the exact
+# log p(x) = log Σ_z p(x|z) p(z) beside the IWAE bound: every code decoded for every test point.
+MAX_ENUMERATION = 4096
 
 
 class EvaluationError(InputError):
@@ -165,6 +168,20 @@ def evaluate(
     ``active_units_per_group`` {g: active units among z_g's coordinates} (they add up to
     ``active_units``), and ``latent_groups`` {g: the number of coordinates of z_g}.
 
+    Discrete latents (a prior that lists its values, ``enumerate_support``: the ``gumbel``
+    family's K^N codes): where there are at most ``MAX_ENUMERATION`` of them, ``exact_nll`` =
+    −mean log p(x) with log p(x) = log Σ_z p(x|z) p(z) summed over every code (no sampling;
+    ``exact_nll_se`` its standard error over the points, ``exact_codes`` the number of codes);
+    the IWAE bound stays beside it (``iwae_nll`` ≥ ``exact_nll`` up to noise). Where q(z|x)
+    is discrete too and the data has labels (an unconditional run), ``code_label_ari`` is the
+    adjusted Rand index between the most probable code argmax q(z|x) of each point and its
+    label (1: the codes split the points exactly as the labels do, 0: chance), and
+    ``codes_used`` the number of distinct most probable codes.
+
+    Per-step scalars: a family that anneals scalars in training (``step_scalars``, e.g. the
+    Gumbel-softmax temperature τ) reports the values the model holds (those of the last
+    training step) as ``final_scalars`` {name: value}.
+
     True density: without ``c``, ``data.log_prob`` (when known) gives ``true_nll`` =
     −mean log p(x) and ``nll_gap`` = iwae_nll − true_nll (paired over the points, ≥ 0 up to
     noise for a perfect model) with ``nll_gap_se``. With ``c`` the model scores log p(x|c),
@@ -250,6 +267,9 @@ def _evaluate(
     groups: dict[str, slice] | None = None
     kl_exact = per_dim = True  # every batch's KL closed form / split per latent dimension
     nll_pts: list[Tensor] = []
+    exact_pts: list[Tensor] = []  # log p(x) summed over every code, where the prior lists them
+    n_codes = 0
+    modes: list[Tensor] = []  # argmax q(z|x), where q is discrete
     means: list[Tensor] = []
     posteriors: list[Distribution] = []  # q(z|x) of each batch: encoded once, shared with elbo_surgery
     sharded = world is not None and world.distributed
@@ -289,21 +309,31 @@ def _evaluate(
                     kl_group_pts.setdefault(g, []).append(value.double() if mine else skipped)
                 kl_pts.append(torch.stack([parts[-1] for parts in kl_group_pts.values()]).sum(0))
         means.append(vae.embed(xb, cb).double() if kl_d is None else q_z.mean.double())
+        if getattr(q_z, "has_enumerate_support", False):
+            modes.append(q_z.mode)  # (B, d): the most probable code of each point
+        support = enumerable_support(prior, MAX_ENUMERATION)  # (n_z, [1,] d) or None
+        n_codes = 0 if support is None else len(support)
         if not mine:  # another rank scores this batch: make its draws, decode nothing
             rsample(q_z, (k,), generator)  # (k, B, d): the importance samples' draws, as importance_terms makes them
             recon_pts.append(skipped)
             nll_pts.append(skipped)
+            if support is not None:
+                exact_pts.append(skipped)
             continue
         log_px, log_w = importance_terms(vae, xb, cb, k=k, generator=generator, q_z=q_z,
                                          chunk=iwae_chunk(k, len(xb), width))  # (k, B) each
         recon_pts.append(-log_px.double().mean(0))
         nll_pts.append(-(torch.logsumexp(log_w.double(), dim=0) - math.log(k)))
+        if support is not None:
+            exact_pts.append(exact_log_px(vae, xb, cb, prior, support, chunk=iwae_chunk(len(support), len(xb), width)))
     if on_batch is not None:
         on_batch(n_batches, n_batches)
     if sharded:  # every point's values from the rank that scored it (the others add zeros: exact)
         recon_pts = [distributed.sum_over_ranks(torch.cat(recon_pts))]
         if is_vae:
             nll_pts = [distributed.sum_over_ranks(torch.cat(nll_pts))]
+            if exact_pts:
+                exact_pts = [distributed.sum_over_ranks(torch.cat(exact_pts))]
             kl_pts = [distributed.sum_over_ranks(torch.cat(kl_pts))]
             kl_group_pts = {g: [distributed.sum_over_ranks(torch.cat(parts))] for g, parts in kl_group_pts.items()}
     recon = torch.cat(recon_pts)
@@ -334,6 +364,15 @@ def _evaluate(
             active_units_per_group={g: int((unit_var[cols] > ACTIVE_UNIT_THRESHOLD).sum())
                                     for g, cols in groups.items()},
         )
+    if exact_pts:  # every code summed: the model's log p(x) itself, beside its IWAE bound
+        exact_mean, exact_se = _mean_se(-torch.cat(exact_pts))
+        metrics.update(exact_nll=exact_mean, exact_nll_se=exact_se, exact_codes=n_codes)
+    if modes and c is None and data.labels is not None:
+        metrics.update(code_label_agreement(torch.cat(modes), data.labels))
+    scalars = model.step_scalars()
+    if scalars:
+        metrics["final_scalars"] = {name: float(getattr(model, name)) for name in scalars
+                                    if isinstance(getattr(model, name, None), Tensor)}
     if not kl_exact:  # say how the KL was estimated where it is not exact
         metrics["kl_estimator"] = f"Monte Carlo, {k} draws of q(z|x) per point"
     if isinstance(model, VariationalModel):  # a posterior to diagnose (an autoencoder has none)
@@ -351,6 +390,37 @@ def _evaluate(
         gap_mean, gap_se = _mean_se(nll - true_nll)
         metrics.update(true_nll=float(true_nll.mean()), nll_gap=gap_mean, nll_gap_se=gap_se)
     return metrics
+
+
+def exact_log_px(
+    model: VariationalModel, x: Tensor, c: Tensor | None, prior: Distribution, support: Tensor, *, chunk: int,
+) -> Tensor:
+    """log p(x) = log Σ_z p(x|z) p(z) over every value z of a discrete prior, per point: (B,) float64.
+
+    ``support``: the prior's values, ``prior.enumerate_support(expand=False)``, (n_z, [1,] d);
+    decoded ``chunk`` values at a time (each for all B points). No sampling: the model's own
+    likelihood, which the IWAE bound approaches from below as k grows.
+    """
+    values = support.reshape(len(support), 1, support.shape[-1])  # (n_z, 1, d)
+    log_pz = prior.log_prob(values).double()  # (n_z, 1) or (n_z, B)
+    parts = []
+    for start in range(0, len(values), chunk):
+        z = values[start:start + chunk].expand(-1, len(x), -1)  # (m, B, d)
+        parts.append(decode_log_px(model, z, x, c).double())  # (m, B)
+    return torch.logsumexp(torch.cat(parts) + log_pz, dim=0)
+
+
+def code_label_agreement(modes: Tensor, labels: Tensor) -> dict[str, Any]:
+    """How the most probable codes split the points against their labels: ``code_label_ari``,
+    the adjusted Rand index (Hubert & Arabie 1985; ``sklearn.metrics.adjusted_rand_score``:
+    1 for the same partition up to renaming, about 0 for chance, negative below it), and
+    ``codes_used``, the number of distinct codes. ``modes``: argmax q(z|x) (N, d), one-hot
+    groups; ``labels``: (N,)."""
+    from sklearn.metrics import adjusted_rand_score  # lazy: heavy to import, needed only here
+
+    _, code_ids = torch.unique(modes.cpu(), dim=0, return_inverse=True)  # (N,) one id per distinct code
+    ari = adjusted_rand_score(labels.cpu().numpy(), code_ids.numpy())
+    return {"code_label_ari": float(ari), "codes_used": int(code_ids.max()) + 1}
 
 
 def _test_config(run: Run, n_test: int | None) -> Any:

@@ -43,7 +43,9 @@ class ObjectiveOutput:
 
     loss: scalar to minimise. terms: named batch-mean scalars (nats), at least "recon"
     (mean -log p(x|z)) and "kl" (mean KL(q(z|x) ‖ p(z)); 0 for the autoencoder), plus what a
-    family adds. elbo: mean ELBO with β = 1, or None for a model without one (the autoencoder).
+    family adds, and (through a registered ``Objective``) the family's per-step scalars such as
+    the temperature "tau" (``scalar_terms``; not nats). elbo: mean ELBO with β = 1, or None for a
+    model without one (the autoencoder).
     """
 
     loss: Tensor
@@ -93,7 +95,28 @@ class Objective:
                              "(use objective 'elbo', or free_bits = 0)")
         if self.uses_free_bits:
             kwargs["free_bits"], kwargs["free_bits_group"] = free_bits, free_bits_group
-        return self.fn(model, x, c, **kwargs)
+        out = self.fn(model, x, c, **kwargs)
+        out.terms.update(scalar_terms(model))
+        return out
+
+
+def scalar_terms(model: LatentModel) -> dict[str, Tensor]:
+    """The family's per-step scalars (``LatentModel.step_scalars``: a Gumbel-softmax temperature
+    τ ...) at the values the step used, as terms named after them: so every objective reports
+    them, and the history, the progress bar and the report show them (not in nats: the
+    scalar itself, its mean over the epoch in the history). Empty for a family without any.
+
+    Each value is the buffer of the same name (``set_scalars`` writes it before the objective
+    runs), detached: it is reported, never trained on.
+    """
+    if type(model).step_scalars is LatentModel.step_scalars:  # no scalars: nothing to look up, every step
+        return {}
+    terms = {}
+    for name in model.step_scalars():
+        value = getattr(model, name, None)
+        if isinstance(value, Tensor) and value.numel() == 1:
+            terms[name] = value.detach().reshape(())
+    return terms
 
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -350,7 +373,7 @@ def elbo(
     return ObjectiveOutput(loss=recon + beta * kl_loss, terms=terms, elbo=-(recon + kl_mean))
 
 
-def _decode_log_px(model: LatentModel, z: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
+def decode_log_px(model: LatentModel, z: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
     """log p(x|z_i) for z (k, B, d): (k, B); x broadcasts over the samples, c is repeated."""
     cc = None if c is None else c.expand(len(z), *c.shape)
     return model.decode(z, cc).log_prob(x)
@@ -383,7 +406,7 @@ def importance_terms(
     z = rsample(q_z, (k,), generator)  # (k, B, d): drawn at once, so chunking changes no draw
     log_q = q_z.log_prob(z)  # (k, B)
     chunk = k if chunk is None else max(1, chunk)
-    log_px = [_decode_log_px(model, z[start:start + chunk], x, c) for start in range(0, k, chunk)]  # (m, B) each
+    log_px = [decode_log_px(model, z[start:start + chunk], x, c) for start in range(0, k, chunk)]  # (m, B) each
     log_px_all = torch.cat(log_px, dim=0)
     return log_px_all, log_px_all + model.prior(c).log_prob(z) - log_q
 
@@ -422,7 +445,7 @@ def iwae(
     q_z = model.encode(x, c)
     prior = model.prior(c)
     z = rsample(q_z, (k,), generator)  # (k, B, d)
-    log_px = _decode_log_px(model, z, x, c)  # (k, B)
+    log_px = decode_log_px(model, z, x, c)  # (k, B)
     log_ratio = q_z.log_prob(z) - prior.log_prob(z)  # (k, B)
     # β = 1 (the IWAE bound): 1·t is t exactly, so the multiply (and its backward) is skipped
     log_w = log_px - (log_ratio if isinstance(beta, float) and beta == 1.0 else beta * log_ratio)  # (k, B)

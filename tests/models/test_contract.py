@@ -53,6 +53,11 @@ CASES = [
     Case("vamp", {**CONV, "vamp": {"components": 7}}, x_dim=64, data={"name": "digits"}, id="vamp-conv"),
     Case("mog", {"latent_dim": 2}, id="mog"),
     Case("mog", {"latent_dim": 3, "mog": {"components": 4}}, cond_dim=8, id="mog-conditional"),
+    Case("gumbel", {"latent_dim": 8}, id="gumbel"),
+    Case("gumbel", {"latent_dim": 6, "gumbel": {"groups": 2, "straight_through": True}}, cond_dim=8,
+         id="gumbel-st-conditional"),
+    Case("gumbel", {**CONV, "latent_dim": 12, "gumbel": {"groups": 3}}, x_dim=64, data={"name": "digits"},
+         id="gumbel-conv"),
 ]
 VARIATIONAL = [c for c in CASES if c.kind != "ae"]
 

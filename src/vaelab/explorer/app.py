@@ -57,6 +57,7 @@ from vaelab.errors import InputError, VaelabError
 from vaelab.evaluate import generator_for
 from vaelab.likelihoods import sample_observation
 from vaelab.models import LatentModel, VariationalModel, has_normal_posterior, has_standard_prior
+from vaelab.models.gumbel import OneHotGroups
 from vaelab.objectives import iwae_bound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -249,6 +250,18 @@ def prior_meta(model: LatentModel) -> dict[str, Any]:
     return {"standard": has_standard_prior(model), "trained": isinstance(model, VariationalModel)}
 
 
+def latent_meta(model: LatentModel) -> dict[str, Any]:
+    """What z is: ``{"kind": "continuous"}``, or ``{"kind": "categorical", "groups": N, "classes": K}``
+    where p(z) is N categorical groups of K classes (z: their one-hot vectors side by side). The
+    page's sliders still set z freely; for a categorical z it says that a slider value between 0
+    and 1 is a relaxed code, not one the model draws (prior samples and the points' codes are)."""
+    with torch.no_grad():
+        prior = model.prior()
+    if isinstance(prior, OneHotGroups):
+        return {"kind": "categorical", "groups": prior.groups, "classes": prior.classes}
+    return {"kind": "continuous"}
+
+
 def describe_prior(prior: Distribution) -> dict[str, Any]:
     """{"type": "Independent(Normal)", "loc", "scale"}: loc and scale (lists, one per latent
     dimension) only where p(z) is a factorised Normal with a single row, else None."""
@@ -369,7 +382,7 @@ def _load(run_dir: Path, name: str) -> _Loaded:
         # Whether p(z) is N(0, I) (an autoencoder's is not one training shaped the codes towards:
         # its "prior sample" is a Gaussian fitted to the codes, labelled as such).
         "standard_prior": isinstance(model, VariationalModel) and has_standard_prior(model),
-        "prior": prior_meta(model),
+        "prior": prior_meta(model), "latent": latent_meta(model),
         "x_dim": model.x_dim, "image_shape": image_shape, "latent_dim": model.latent_dim,
         "kl_per_dim": kl_per_dim, "dim_order": order, "active": active,
         "noise": model.likelihood.noise_std(p_x) is not None, "labels": labels,

@@ -24,6 +24,7 @@ from vaelab.models.base import (
     has_standard_prior,
 )
 from vaelab.models.flows import IAFVAE, PlanarVAE, RadialVAE
+from vaelab.models.gumbel import GumbelSoftmaxVAE
 from vaelab.models.ladder import LadderVAE
 from vaelab.models.priors import MixtureOfGaussiansVAE, VampVAE
 from vaelab.models.vae import VAE
@@ -33,6 +34,7 @@ BUILTIN_FAMILIES: dict[str, type[LatentModel]] = {
     "planar": PlanarVAE, "radial": RadialVAE, "iaf": IAFVAE,
     "vamp": VampVAE, "mog": MixtureOfGaussiansVAE,
     "ladder": LadderVAE,
+    "gumbel": GumbelSoftmaxVAE,
 }
 
 
@@ -275,8 +277,8 @@ def build_model(
         return cls(config, x_dim, cond_dim, **extra)
 
 
-__all__ = ["AE", "BUILTIN_FAMILIES", "FAMILIES", "IAFVAE", "FamilyRegistry", "LadderVAE", "LatentModel",
-           "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE", "VAE", "VampVAE", "VariationalModel", "build_model",
-           "check_family_tables", "condition_embedding", "family", "family_of_run", "family_options",
+__all__ = ["AE", "BUILTIN_FAMILIES", "FAMILIES", "IAFVAE", "FamilyRegistry", "GumbelSoftmaxVAE", "LadderVAE",
+           "LatentModel", "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE", "VAE", "VampVAE", "VariationalModel",
+           "build_model", "check_family_tables", "condition_embedding", "family", "family_of_run", "family_options",
            "family_source", "has_normal_posterior", "has_standard_prior", "option_applies", "option_schemas",
            "register_family", "standard_normal"]

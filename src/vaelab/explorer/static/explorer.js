@@ -511,11 +511,20 @@ function axisName(axis) {
 function buildSliders() {
   const box = $("sliders"); box.innerHTML = "";
   S.sliders = {};
+  const cat = S.meta.latent && S.meta.latent.kind === "categorical" ? S.meta.latent : null;
+  if (cat) {   // a categorical z: the sliders set its one-hot coordinates freely (a relaxed code)
+    const note = document.createElement("div"); note.className = "note"; note.id = "categorical-note";
+    note.textContent = `categorical latent: ${cat.groups} group(s) of ${cat.classes} classes, z = their one-hot ` +
+      "vectors side by side. The model draws and decodes one-hot codes (prior sample); a point's code here is its " +
+      "class probabilities. Slider values in between are relaxed codes, not codes of the model.";
+    box.append(note);
+  }
   for (const d of S.order) {
     const [lo, hi] = dimRange(d);
     const name = document.createElement("span");
     name.id = `z-name-${d}`;
-    name.textContent = S.meta.kl_per_dim ? `z${d} KL ${fmt(Number(S.meta.kl_per_dim[d].toPrecision(3)))}` : `z${d}`;
+    name.textContent = cat ? `group ${Math.floor(d / cat.classes) + 1} class ${(d % cat.classes) + 1}`
+      : S.meta.kl_per_dim ? `z${d} KL ${fmt(Number(S.meta.kl_per_dim[d].toPrecision(3)))}` : `z${d}`;
     if (S.meta.active && S.meta.active[d] === false) name.className = "inactive";
     const input = document.createElement("input");
     Object.assign(input, { type: "range", min: lo, max: hi, step: (hi - lo) / 400, value: S.z[d] });
