@@ -102,6 +102,27 @@ def test_mean_sample_radius_tracks_requested_radius(radius_run: Path) -> None:
     assert np.all(np.abs(means - np.array(requested)) < 0.25), f"requested {requested}, got {means}"
 
 
+def test_radius_tracking_measures_noisy_samples_beside_the_means(radius_run: Path) -> None:
+    """Decoder means and samples x ~ p(x|z, c) are both measured (they can disagree), and labelled."""
+    from vaelab.report import metrics_table
+
+    run = ckpt.load(radius_run)
+    requested = [2.0, 3.0, 4.0]
+    track = radius_tracking(run.model, run.condition, requested, n=300, generator=torch.Generator().manual_seed(0))
+    means_only = radius_tracking(run.model, run.condition, requested, n=300,
+                                 generator=torch.Generator().manual_seed(0))
+    assert track["mean_radius"] == means_only["mean_radius"]  # drawn first: the decoder-mean numbers are unchanged
+    # The samples carry the decoder's noise (σ² = 0.05 per coordinate): their radius spreads wider
+    # than the means' by about σ² in variance, which decoder means alone would not show.
+    extra = np.array(track["sample_std_radius"]) ** 2 - np.array(track["std_radius"]) ** 2
+    assert 0.02 < float(extra.mean()) < 0.1, extra
+    assert np.all(np.abs(np.array(track["sample_mean_radius"]) - np.array(requested)) < 0.3)
+    assert track["sample_mean_abs_error"] == pytest.approx(
+        np.mean(np.abs(np.array(track["sample_mean_radius"]) - np.array(requested))))
+    html = metrics_table({"condition": "radius", "radius_tracking": track})
+    assert "mean ‖x‖ of decoder means E[x|z, c]" in html and "mean ‖x‖ of samples x ~ p(x|z, c) (with noise)" in html
+
+
 def test_conditional_evaluation_uses_the_test_conditions(label_run: Path) -> None:
     run = ckpt.load(label_run)
     test = load_dataset(run.config.data, "test")

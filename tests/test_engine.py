@@ -15,10 +15,11 @@ from models.annealed import TAU, AnnealedVAE
 from models.families import CouplingFlowVAE, MixturePriorVAE
 from vaelab.config import ConfigError, RunConfig, ScheduleSpec
 from vaelab.data.registry import load_dataset
+from vaelab.history import HELDOUT_COLUMNS
 from vaelab.models import FAMILIES, build_model, register_family
 from vaelab.schedules import SCHEDULES, lr_spec, total_steps, value_at
 from vaelab.train import StepContext, TrainStep, fit, fit_stack
-from vaelab.train.run import training_data
+from vaelab.train.run import heldout_data, training_data
 
 FAMILY_CLASSES = {"flowvae": CouplingFlowVAE, "mogvae": MixturePriorVAE, "annealed": AnnealedVAE}
 
@@ -73,14 +74,25 @@ def test_every_family_trains_to_the_same_weights_alone_and_stacked(case):
     x, c, cond_dim, dynamic = _data(configs[0])
     stacked = [build_model(cfg.model, x.shape[1], cond_dim, seed=cfg.train.seed) for cfg in configs]
     alone = [copy.deepcopy(m) for m in stacked]
-    results = fit_stack(stacked, x, [cfg.train for cfg in configs], c=c, dynamic_binarization=dynamic)
+    # The run's own held-out points, as train_run scores them at every epoch's end.
+    heldout = heldout_data(configs[0], training_data(configs[0], load_dataset(configs[0].data, "train"),
+                                                     "cpu").condition, "cpu")
+    results = fit_stack(stacked, x, [cfg.train for cfg in configs], c=c, dynamic_binarization=dynamic,
+                        heldout=heldout)
     for model, solo, cfg, result in zip(stacked, alone, configs, results, strict=True):
-        history = fit(solo, x, cfg.train, c=c, dynamic_binarization=dynamic)
+        history = fit(solo, x, cfg.train, c=c, dynamic_binarization=dynamic, heldout=heldout)
         assert result.error is None and result.state.complete
         # Weights and buffers (the annealed family's τ among them): within the float tolerance
         # of batched against unbatched products (tests/test_sweep_stack.py explains it).
         torch.testing.assert_close(model.state_dict(), solo.state_dict(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(result.history.column("loss"), history.column("loss"), rtol=1e-4, atol=1e-4)
+        # Every family's held-out score (the autoencoder's reconstruction alone) is the solo run's.
+        held = [col for col in HELDOUT_COLUMNS if col in history.columns]
+        assert held == (["heldout_recon"] if cfg.model.kind == "ae" else list(HELDOUT_COLUMNS))
+        assert any(math.isfinite(v) for v in history.column(held[0]))
+        for column in held:
+            torch.testing.assert_close(result.history.column(column), history.column(column), rtol=1e-4,
+                                       atol=1e-4, equal_nan=True)
     # The members really differ (else equal weights would prove nothing about per-member state).
     assert not torch.allclose(next(stacked[0].parameters()), next(stacked[1].parameters()))
 

@@ -8,6 +8,10 @@ import math
 
 from vaelab.errors import InputError
 
+# Columns of a run trained with held-out points (``fit(..., heldout=...)``, every ``vaelab
+# train``): the β = 1 ELBO on a fixed held-out subset at the end of an epoch, and its two terms.
+HELDOUT_COLUMNS = ("heldout_elbo", "heldout_recon", "heldout_kl")
+
 
 class History:
     """Per-epoch training record: a list of rows (dicts with the same keys), CSV on disk.
@@ -19,6 +23,15 @@ class History:
     (``vaelab.schedules.beta_at``; skipped steps included; an autoencoder has no KL to weight).
     Every named term of the objective is a column: "recon" and "kl" always, and any a
     family adds (e.g. "kl_1", "codebook") after the fixed ones, in the order first seen.
+
+    Held-out columns (``HELDOUT_COLUMNS``), where training was given held-out points: the ELBO
+    at β = 1 of a fixed subset of held-out points at the epoch's end, ``heldout_elbo`` (a bound
+    on log p(x), higher is better, as metrics.json's "elbo"), and its terms ``heldout_recon``
+    and ``heldout_kl`` (nats per point, as the training columns recon and kl, so that
+    −heldout_elbo = heldout_recon + heldout_kl compares with recon + kl); an autoencoder has
+    ``heldout_recon`` alone. NaN in an epoch that was not scored (small data sets are scored
+    every few epochs, see ``vaelab.train.loop.heldout_every``) and in rows written before the
+    columns existed.
     """
 
     COLUMNS = ("epoch", "step", "loss", "recon", "kl", "diversity", "seconds", "lr", "skipped", "grad_norm", "beta")
@@ -39,7 +52,8 @@ class History:
         """All values of one column, in epoch order."""
         if name not in self.columns:
             raise KeyError(f"unknown history column {name!r}; columns are {', '.join(self.columns)}")
-        return [float(r[name]) for r in self.rows]
+        # A column added during the run (held-out points given on resume) is NaN in earlier rows.
+        return [float(r.get(name, math.nan)) for r in self.rows]
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -50,6 +64,10 @@ class History:
     @property
     def last(self) -> dict[str, float] | None:
         return self.rows[-1] if self.rows else None
+
+    def has_heldout(self) -> bool:
+        """Whether some epoch was scored on held-out points (a finite ``heldout_*`` value)."""
+        return any(math.isfinite(float(r.get(k, math.nan))) for r in self.rows for k in HELDOUT_COLUMNS)
 
     def has_failure(self) -> bool:
         """True when some recorded loss is NaN or infinite."""

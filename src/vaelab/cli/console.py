@@ -72,13 +72,24 @@ def _print_condition_metrics(metrics: dict[str, Any]) -> None:
         console.print(table)
     track = metrics.get("radius_tracking")
     if track is not None:
-        table = Table(title="radius tracking: mean ‖x‖ of samples at each requested radius")
-        for col in ("requested", "mean ‖x‖", "std ‖x‖"):
+        sampled = "sample_mean_radius" in track  # runs evaluated before 2026-12-06 have the means only
+        table = Table(title="radius tracking: ‖x‖ at each requested radius, of decoder means E[x|z, c]"
+                      + (" and of samples x ~ p(x|z, c)" if sampled else ""))
+        columns = ["requested", "means: mean ‖x‖", "means: std ‖x‖"]
+        if sampled:
+            columns += ["samples: mean ‖x‖", "samples: std ‖x‖"]
+        for col in columns:
             table.add_column(col, justify="right")
-        for r, m, s in zip(track["requested"], track["mean_radius"], track["std_radius"], strict=True):
-            table.add_row(f"{r:.3f}", f"{m:.3f}", f"{s:.3f}")
+        for i, r in enumerate(track["requested"]):
+            cells = [f"{r:.3f}", f"{track['mean_radius'][i]:.3f}", f"{track['std_radius'][i]:.3f}"]
+            if sampled:
+                cells += [f"{track['sample_mean_radius'][i]:.3f}", f"{track['sample_std_radius'][i]:.3f}"]
+            table.add_row(*cells)
         console.print(table)
-        console.print(f"mean |mean ‖x‖ − requested| = {track['mean_abs_error']:.4f}", highlight=False)
+        line = f"mean |mean ‖x‖ − requested|: decoder means {track['mean_abs_error']:.4f}"
+        if sampled:
+            line += f", samples {track['sample_mean_abs_error']:.4f}"
+        console.print(line, highlight=False)
 
 
 def _print_collapse_verdict(metrics: dict[str, Any], config: Any = None) -> None:
@@ -100,6 +111,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         "n": "test points", "elbo": "ELBO", "recon": "reconstruction -E log p(x|z)", "kl": "KL(q(z|x) ‖ p(z))",
         "kl_estimator": "  KL estimated by",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
+        "exact_nll": "exact NLL (every code summed)", "exact_nll_se": "  ± standard error",
+        "code_label_ari": "ARI of argmax q(z|x) vs labels", "codes_used": "codes used",
         "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
         "active_units": "active units", "mutual_info": "mutual information I(x; z)",
         "marginal_kl": "marginal KL(q(z) ‖ p(z))", "true_nll": "true NLL (entropy of the data)",

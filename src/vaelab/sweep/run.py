@@ -48,8 +48,10 @@ from vaelab.sweep.solo import fit_members
 from vaelab.train import MemberResult, StepInfo, TrainingInterrupted, can_stack, fit_stack, stack_limit
 from vaelab.train.run import (
     check_fits,
+    check_fits_before_reading,
     check_same_data,
     data_fingerprint,
+    heldout_data,
     new_model,
     record_failure,
     resolve_objective_of,
@@ -106,10 +108,13 @@ def train_group(
     locks: list[ckpt.RunLock] = []
     try:
         if todo:
+            for m in todo:  # before any image of a folder is read (audit IF15)
+                check_fits_before_reading(m.config)
             # Members share their data (grid.py refuses data axes): one training split for all.
             train = training_data(todo[0].config, load_dataset(todo[0].config.data, "train"), device)
             condition = train.condition
             x, c, pixels = train.x, train.c, train.pixels
+            heldout = heldout_data(todo[0].config, condition, device)  # the history's heldout_* columns
             for m in todo:  # every member's schedule and size, before any folder is taken
                 check_fits(m.config, train)
             models: list[LatentModel] = []
@@ -166,7 +171,7 @@ def train_group(
                         [models[i] for i in idx], x, [todo[i].config.train for i in idx], c=c,
                         states=[states[i] for i in idx], histories=[histories[i] for i in idx],
                         on_checkpoint=batch_checkpoint, on_step=batch_step,
-                        dynamic_binarization=pixels == "dynamic", should_stop=should_stop)
+                        dynamic_binarization=pixels == "dynamic", should_stop=should_stop, heldout=heldout)
                 except TrainingInterrupted:
                     # Members that finished before the interruption are evaluated now, so that a
                     # resumed sweep leaves their folders exactly as they are.
@@ -237,7 +242,7 @@ def _with_objectives(base: RunConfig, members: Sequence[Member]) -> list[Member]
 def run_sweep(
     base: RunConfig, grid: Grid, out: str | Path, *, resume: bool = False, jobs: int = 1,
     device: str | torch.device = "cpu", on_progress: Callable[[str, StepInfo], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, member_reports: bool = False,
 ) -> list[MemberRow]:
     """Train every member of ``grid`` over ``base`` into the sweep folder ``out``; returns the table.
 
@@ -247,7 +252,10 @@ def run_sweep(
     ``should_stop`` returns True the children are stopped and SweepInterrupted is raised:
     ``resume`` continues their members from their last checkpoints). ``on_progress(member name, StepInfo)`` after
     every step; ``should_stop`` as in ``train.fit`` (raises TrainingInterrupted).
-    Writes metrics.csv and sweep.html once every member has finished.
+    Writes metrics.csv and sweep.html once every member has finished; with ``member_reports``
+    also each member's report.html (``vaelab sweep`` without --no-report), which sweep.html's
+    rows link to. A member whose training state is damaged is left as it is and marked in the
+    table (``MemberRow.note``); the others go on.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise GridError(f"--jobs is the number of groups trained at once, a positive integer; got {jobs!r}")
@@ -284,7 +292,7 @@ def run_sweep(
             pool.join()
     rows = sweep_rows(out)
     ckpt.atomic_write_text(out / METRICS_CSV, metrics_csv(rows))
-    write_sweep_report(out)
+    write_sweep_report(out, member_reports=member_reports)
     return rows
 
 

@@ -15,7 +15,7 @@ from vaelab.checkpoint import TrainState
 from vaelab.config import TrainConfig
 from vaelab.history import History
 from vaelab.models import LatentModel
-from vaelab.train import MemberResult, StepInfo, TrainingDiverged, fit
+from vaelab.train import HeldOut, MemberResult, StepInfo, TrainingDiverged, fit
 
 
 def fit_members(
@@ -23,13 +23,14 @@ def fit_members(
     states: Sequence[TrainState | None] | None = None, histories: Sequence[History | None] | None = None,
     on_checkpoint: Callable[[int, LatentModel, History, TrainState], None] | None = None,
     on_step: Callable[[int, StepInfo], None] | None = None, dynamic_binarization: bool = False,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, heldout: HeldOut | Tensor | None = None,
 ) -> list[MemberResult]:
     """Train member i = ``models[i]`` with ``configs[i]`` on x (N, D) [c (N, C)], one after the
     other, each exactly as ``train.fit``; same interface as ``fit_stack``.
 
     ``should_stop`` interrupts the member in training (``TrainingInterrupted``, after its
-    checkpoint); members not yet started stay untouched.
+    checkpoint); members not yet started stay untouched. ``heldout``: the points every member is
+    scored on at each epoch's end (the history's ``heldout_*`` columns), as in ``fit``.
     """
     results = []
     for i, (model, config) in enumerate(zip(models, configs, strict=True)):
@@ -48,7 +49,7 @@ def fit_members(
 
         try:
             fit(model, x, config, c=c, state=state, history=history, on_step=step, on_checkpoint=checkpoint,
-                dynamic_binarization=dynamic_binarization, should_stop=should_stop)
+                dynamic_binarization=dynamic_binarization, should_stop=should_stop, heldout=heldout)
             results.append(MemberResult(history, last[0], None))
         except TrainingDiverged as err:
             results.append(MemberResult(err.history, last[0], err))

@@ -10,8 +10,17 @@
 """
 
 from vaelab.train.eager import CompileError, EagerExecutor
-from vaelab.train.loop import check_training_data, diversity, fit, fit_stack, make_members, train_members
+from vaelab.train.loop import (
+    check_training_data,
+    diversity,
+    fit,
+    fit_stack,
+    heldout_terms,
+    make_members,
+    train_members,
+)
 from vaelab.train.members import (
+    HeldOut,
     MemberResult,
     StepInfo,
     TrainingDataError,
@@ -22,7 +31,8 @@ from vaelab.train.run import RESUMABLE, resolve_paths, resume_config, train_run
 from vaelab.train.stacked import PER_MEMBER_TRAIN, StackedExecutor, can_stack, stack_limit
 from vaelab.train.step import StepContext, TrainStep
 
-__all__ = ["PER_MEMBER_TRAIN", "RESUMABLE", "CompileError", "EagerExecutor", "MemberResult", "StackedExecutor",
-           "StepContext", "StepInfo", "TrainStep", "TrainingDataError", "TrainingDiverged", "TrainingInterrupted",
-           "can_stack", "check_training_data", "diversity", "fit", "fit_stack", "make_members", "resolve_paths",
-           "resume_config", "stack_limit", "train_members", "train_run"]
+__all__ = ["PER_MEMBER_TRAIN", "RESUMABLE", "CompileError", "EagerExecutor", "HeldOut", "MemberResult",
+           "StackedExecutor", "StepContext", "StepInfo", "TrainStep", "TrainingDataError", "TrainingDiverged",
+           "TrainingInterrupted", "can_stack", "check_training_data", "diversity", "fit", "fit_stack",
+           "heldout_terms", "make_members", "resolve_paths", "resume_config", "stack_limit", "train_members",
+           "train_run"]

@@ -28,8 +28,8 @@ from vaelab.checkpoint import TrainState
 from vaelab.conditions.spec import Condition, fit_condition
 from vaelab.config import ConfigError, RunConfig, TrainConfig, absolute_path, flag_name
 from vaelab.data.dataset import Dataset
-from vaelab.data.pixels import Binarization, fixed_binarization, resolve_binarize
-from vaelab.data.registry import load_dataset
+from vaelab.data.pixels import Binarization, eval_view, fixed_binarization, resolve_binarize
+from vaelab.data.registry import known_dim, load_dataset
 from vaelab.devices import pick_device
 from vaelab.distributed import DistributedError, World
 from vaelab.errors import VaelabNote
@@ -41,7 +41,7 @@ from vaelab.schedules import check_schedule, total_steps
 from vaelab.settings import check_settings, setting_value
 from vaelab.sizes import _meta_model, check_budget, check_eval_fits, check_model_fits
 from vaelab.train.loop import fit
-from vaelab.train.members import StepInfo, TrainingDiverged
+from vaelab.train.members import HeldOut, StepInfo, TrainingDiverged
 
 
 @dataclass
@@ -73,6 +73,15 @@ def training_data(config: RunConfig, data: Dataset, device: str | torch.device,
         x = fixed_binarization(x, "train", config.data.seed)
     c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
     return TrainingData(data, x, c, condition, pixels)
+
+
+def heldout_data(config: RunConfig, condition: Condition | None, device: str | torch.device) -> HeldOut:
+    """The held-out points the loop scores every epoch (the history's ``heldout_*`` columns): the
+    run's test split as ``evaluate_run`` scores it (fresh toy points; images binarized by the fixed
+    test draw), with each point's condition, cut to a fixed seeded subset (``HeldOut.subset``)."""
+    test, _ = eval_view(config, load_dataset(config.data, "test"))
+    c = None if condition is None else condition.tensor(test).to(device)
+    return HeldOut.subset(test.x.to(device), c)
 
 
 DATA_FORMAT = "vaelab-data-1"
@@ -161,6 +170,16 @@ def check_fits(config: RunConfig, train: TrainingData) -> None:
     if isinstance(model, VariationalModel):  # the final evaluation's k, checked before training (audit TR79)
         check_eval_fits(model, config.eval.batch_size, config.eval.k, config.eval.batch_size, "--eval-k",
                         passes=False)
+
+
+def check_fits_before_reading(config: RunConfig) -> None:
+    """Refuse a model or step that cannot fit, before the data is read, where the data's width
+    is known from the settings alone (a folder of images: --image-size): a huge --image-size was
+    refused only after every image had been read and resized (audit IF15). The condition's
+    width is not known yet, so this is a lower bound; ``check_fits`` checks it all again."""
+    dim = known_dim(config.data)
+    if dim is not None:
+        check_model_fits(config.model, config.train, dim)
 
 
 def new_model(config: RunConfig, train: TrainingData, device: str | torch.device) -> LatentModel:
@@ -366,6 +385,7 @@ def train_run(
                     config = resume_config(resumed.run.config, config, len(data))
                     check_same_data(run_dir, config, data)
                     train = training_data(config, data, device, resumed.run.condition)  # the condition it saved
+                    heldout = heldout_data(config, train.condition, device)
                     check_fits(config, train)
                     _check_writable(run_dir)
                     (run_dir / ckpt.FAILURE_FILE).unlink(missing_ok=True)
@@ -373,8 +393,10 @@ def train_run(
                     check_settings(config)
                     config = resolve_objective_of(resolve_paths(config))
                     ckpt.check_run_dir(run_dir, overwrite=overwrite)  # before any work: nothing is removed yet
+                    check_fits_before_reading(config)
                     train = training_data(config, load_dataset(config.data, "train"), device)
                     check_fits(config, train)
+                    heldout = heldout_data(config, train.condition, device)  # a missing test split: nothing taken yet
                     model = new_model(config, train, device)
                     # Only now, with the data read and the model built, is the folder taken (and a
                     # replaced run cleared).
@@ -399,6 +421,7 @@ def train_run(
             config = (resume_config(resumed_run.config, config, len(data)) if resume
                       else resolve_objective_of(resolve_paths(config)))
             train = training_data(config, data, device, resumed_run.condition)
+            heldout = heldout_data(config, train.condition, device)
         condition, run_config = train.condition, config
 
         def on_checkpoint(m: LatentModel, h: History, s: TrainState) -> None:
@@ -410,7 +433,7 @@ def train_run(
         try:
             fit(model, train.x, config.train, c=train.c, state=state, history=history, on_step=on_step,
                 on_checkpoint=on_checkpoint, dynamic_binarization=train.dynamic_binarization,
-                should_stop=should_stop, world=world)
+                should_stop=should_stop, world=world, heldout=heldout)
         except TrainingDiverged as err:
             if world.is_main:
                 record_failure(run_dir, err)
