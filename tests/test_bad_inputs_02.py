@@ -937,3 +937,88 @@ def test_a_run_dir_given_as_bytes_loads(trained_run):
     assert vaelab.load(os.fsencode(trained_run)).config == vaelab.load(trained_run).config
     with pytest.raises(ckpt.RunDirError, match="run_dir must be a path .*got int"):
         vaelab.load(3)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- issue 19, still open
+
+def test_a_free_bits_floor_the_kl_never_reached_is_said_after_training(tmp_path):
+    """TR05: --free-bits 1e6 trained an unregularised autoencoder (the KL term a constant without
+    a gradient) and said nothing. The KL has no bound to refuse λ against before training (it
+    grows without limit as σ shrinks), so what happened is said after it: on the console and in
+    the report."""
+    from vaelab.config import TrainConfig
+    from vaelab.settings import unreached_free_bits
+
+    kl = [0.3, 0.8, 0.5]
+    assert unreached_free_bits(TrainConfig(free_bits=1e6), kl) is not None
+    assert "--beta 0" in unreached_free_bits(TrainConfig(free_bits=1.0), kl)
+    assert unreached_free_bits(TrainConfig(free_bits=0.5), kl) is None  # reached in the second epoch
+    assert unreached_free_bits(TrainConfig(free_bits=0.0), kl) is None
+    assert unreached_free_bits(TrainConfig(free_bits=1e6), []) is None  # nothing trained: nothing to say
+
+    out = tmp_path / "fb"
+    result = invoke("train", "--epochs", 2, "--n-train", 300, "--n-test", 100, "--eval-k", 10, "--no-report",
+                    "--device", "cpu", "--hidden", "16,16", "--objective", "elbo", "--free-bits", "1e6", "--out", out)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "--free-bits 1e+06 floors the KL" in said and "trained as with --beta 0" in said, result.output
+    result = invoke("report", out, "--figures", "training_curves")
+    assert result.exit_code == 0, result.output
+    assert 'id="free-bits"' in (out / "report.html").read_text()
+    # A floor the KL reached: no such warning, in either place.
+    other = tmp_path / "fb2"
+    result = invoke("train", "--epochs", 2, "--n-train", 300, "--n-test", 100, "--eval-k", 10, "--no-report",
+                    "--device", "cpu", "--hidden", "16,16", "--objective", "elbo", "--free-bits", "1e-4", "--out",
+                    other)
+    assert result.exit_code == 0 and "floors the KL" not in " ".join(result.output.split()), result.output
+
+
+def test_a_huge_image_size_is_refused_by_the_model_check_before_any_image_is_read(tmp_path, monkeypatch):
+    """IF15: --image-size 2000 fitted the data but not the model's diversity check, which ran only
+    after every image was read (14.7 s); the image size alone gives the width, so the model is
+    checked before the first image is read, and the message names --image-size."""
+    from PIL import Image
+
+    import vaelab.data.folders
+    import vaelab.memory
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("L", (8, 8), color=i * 40).save(folder / f"{i}.png")
+
+    def read(path):
+        raise AssertionError(f"{path} was read before the sizes were checked")
+
+    monkeypatch.setattr(vaelab.data.folders, "_read_image", read)
+    # 3 images of 100 x 100 fit in 20 MB (120 kB); 1024 decoded samples of 10,000 pixels do not (41 MB).
+    monkeypatch.setattr(vaelab.memory, "physical_memory", lambda: 20_000_000)
+    config = tiny_config(data={"path": str(folder), "image_size": 100}, train={"diversity_samples": 1024})
+    with pytest.raises(SizeError, match=r"10,000 values each.*--image-size"):
+        train_run(config, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_budget_given_on_top_replaces_the_one_below_it(tmp_path):
+    """AP42 refuses epochs and steps given together; a budget given over a preset's or a config
+    file's (`--data digits --steps 20`: the image preset sets epochs = 50) replaces it, as every
+    other flag replaces the value below it (a regression of the AP42 fix, found by the families
+    benchmark)."""
+    from vaelab.config import ConfigError, RunConfig
+    from vaelab.presets import apply_preset
+
+    preset = apply_preset(RunConfig(), "mnist-mlp-bernoulli")
+    assert preset.train.epochs != RunConfig().train.epochs
+    stepped = preset.with_overrides({"train": {"steps": 20}})
+    assert (stepped.train.steps, stepped.train.epochs) == (20, RunConfig().train.epochs)
+    assert "train.epochs" not in stepped.user_settings()
+    back = stepped.with_overrides({"train": {"epochs": 3}})
+    assert (back.train.steps, back.train.epochs) == (None, 3)
+    with pytest.raises(ConfigError, match="both give the training budget"):
+        RunConfig().with_overrides({"train": {"steps": 20, "epochs": 3}})
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nepochs = 7\n")
+    result = CliRunner().invoke(app, ["train", "--config", str(toml), "--steps", "3", "--no-eval", "--no-report",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 3

@@ -450,3 +450,22 @@ def test_printed_commands_work_where_vaelab_is_not_on_path(tmp_path, monkeypatch
     assert vaelab_command().endswith(" -m vaelab")
     monkeypatch.setattr(sys, "argv", ["pytest"])  # in-process: the documented name
     assert vaelab_command() == "vaelab"
+
+
+def test_radius_tracking_table_labels_means_and_samples():
+    """The console printed the decoder means' radii under "mean ‖x‖ of samples"; both are now
+    printed, each under its own name (runs evaluated before keep the means' columns alone)."""
+    from vaelab.cli import console as console_module
+
+    track = {"requested": [1.0, 2.0], "mean_radius": [1.01, 1.98], "std_radius": [0.02, 0.03],
+             "mean_abs_error": 0.015, "sample_mean_radius": [1.07, 2.05], "sample_std_radius": [0.31, 0.33],
+             "sample_mean_abs_error": 0.06}
+    with console_module.console.capture() as cap:
+        console_module._print_condition_metrics({"radius_tracking": track})
+    text = cap.get()
+    assert "means: mean ‖x‖" in text and "samples: mean ‖x‖" in text and "0.310" in text
+    assert "decoder means 0.0150, samples 0.0600" in text
+    old = {k: v for k, v in track.items() if not k.startswith("sample_")}
+    with console_module.console.capture() as cap:
+        console_module._print_condition_metrics({"radius_tracking": old})
+    assert "samples" not in cap.get().replace("radius_tracking", "")

@@ -73,7 +73,7 @@ def test_cli_takes_the_grid_from_the_config_file_and_flags_win(tmp_path):
     cfg.write_text('[data]\nname = "ring"\nn_train = 256\nn_test = 128\n[model]\nhidden = [16]\n'
                    '[train]\nobjective = "elbo"\nepochs = 1\nbatch_size = 128\n[eval]\nk = 8\n'
                    '[sweep.train]\nbeta = [0.0, 1.0, 2.0]\nlr = [0.001, 0.003]\n')
-    result = _cli("sweep", "--config", cfg, "--beta", "0,4", "--out", tmp_path / "s")
+    result = _cli("sweep", "--config", cfg, "--beta", "0,4", "--out", tmp_path / "s", "--no-report")
     assert result.exit_code == 0, result.output
     names = [m["name"] for m in json.loads((tmp_path / "s" / SWEEP_FILE).read_text())["members"]]
     assert names == ["beta=0.0,lr=0.001", "beta=0.0,lr=0.003", "beta=4.0,lr=0.001", "beta=4.0,lr=0.003"]
@@ -320,3 +320,115 @@ def test_a_beta_sweep_without_a_named_objective_trains_every_member_on_the_elbo(
     assert [m.config.train.objective for m in members(RunConfig(), "--lr", "1e-3,3e-3")] == ["iwae", "iwae"]
     named = RunConfig().with_overrides({"train": {"objective": "iwae"}})
     assert [m.config.train.objective for m in members(named, "--beta", "1,4")] == ["iwae", "iwae"]
+
+
+# -- members changed or damaged outside the sweep (audit 0.2: RO13, SW30) -------------------------
+
+
+def _copy(sweep_2x2, tmp_path):
+    import shutil
+
+    base, grid, full, _ = sweep_2x2
+    return base, grid, Path(shutil.copytree(full, tmp_path / "s"))
+
+
+def test_a_member_resumed_alone_with_another_budget_is_marked_changed(sweep_2x2, tmp_path):
+    """RO13: `vaelab train --out SWEEP/runs/MEMBER --resume --epochs 10` left the member listed as
+    "done" beside members of 8 epochs; the train command, the table, metrics.csv and sweep.html
+    now say that it differs from the grid."""
+    base, grid, out = _copy(sweep_2x2, tmp_path)
+    name = "beta=4.0,latent_dim=1"
+    result = _cli("train", "--out", member_dir(out, name), "--resume", "--epochs", "10", "--device", "cpu",
+                  "--no-report", "--no-eval")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"member {name} of the sweep" in said and "--epochs 10 (grid: 8)" in said, result.output
+    rows = run_sweep(base, grid, out, resume=True)
+    changed = {r.name: r.remark for r in rows if r.remark}
+    assert changed == {name: "changed: --epochs 10 (grid: 8)"}
+    assert [r.status for r in rows] == ["done"] * 4 and all(r.metrics for r in rows)  # evaluated again
+    import csv
+
+    table = {t["name"]: t["status"] for t in csv.DictReader((out / METRICS_CSV).open())}
+    assert table[name] == "done (changed: --epochs 10 (grid: 8))" and table["beta=0.0,latent_dim=1"] == "done"
+    assert "was changed outside the sweep: --epochs 10 (grid: 8)" in (out / REPORT_FILE).read_text()
+    result = _cli("sweep", "--out", out, "--resume", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert "was changed outside the sweep" in " ".join(result.output.split()), result.output
+
+
+def test_a_finished_member_with_a_damaged_state_does_not_stop_the_sweep(sweep_2x2, tmp_path):
+    """SW30: one finished member's damaged state.pt stopped the whole `sweep --resume` ("train
+    again with --overwrite", which sweeps lack). A finished member needs no state: it stands,
+    marked, and the sweep goes on."""
+    base, grid, out = _copy(sweep_2x2, tmp_path)
+    name = "beta=0.0,latent_dim=2"
+    state = member_dir(out, name) / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    result = _cli("sweep", "--out", out, "--resume", "--no-report")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"{name}: " in said and "state.pt: does not match the sha256" in said, result.output
+    assert f"delete {member_dir(out, name)} and run `vaelab sweep --out {out} --resume`" in said, result.output
+    rows = run_sweep(base, grid, out, resume=True)
+    assert [r.status for r in rows] == ["done"] * 4 and all(r.metrics for r in rows)
+    assert {r.name: r.remark for r in rows if r.remark} == {name: "state.pt damaged"}
+
+
+def test_an_unfinished_member_with_a_damaged_state_is_left_and_the_others_finish(tmp_path):
+    """SW30, an interrupted member: it cannot be continued without its state, so it is left as
+    it is and named; the other members train and the table is written; the command exits 1."""
+    base, grid = make_grid(_base(), parse_flags(["--beta", "0,4"]))
+    out = tmp_path / "s"
+    steps = []
+
+    with pytest.raises(TrainingInterrupted):
+        run_sweep(base, grid, out, on_progress=lambda name, info: steps.append(name),
+                  should_stop=lambda: len(steps) >= 10)
+    name = "beta=0.0"
+    state = member_dir(out, name) / "state.pt"
+    state.write_bytes(b"damaged")
+    result = _cli("sweep", "--out", out, "--resume", "--no-report")
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert f"1 of 2 members could not be trained ({name})" in said and "cannot be continued" in said, result.output
+    rows = {r.name: r for r in run_sweep(base, grid, out, resume=True)}
+    assert rows[name].status == "damaged" and rows[name].metrics == {}
+    assert rows["beta=4.0"].status == "done" and rows["beta=4.0"].metrics
+    assert "damaged" in (out / METRICS_CSV).read_text()
+
+
+def test_a_cli_sweep_writes_every_members_report_and_links_it(tmp_path):
+    """D26: sweep.html's rows opened bare run folders; `vaelab sweep` writes each member's
+    report.html (unless --no-report) and the rows link to it."""
+    out = tmp_path / "s"
+    result = _cli("sweep", *TINY, "--beta", "0,4", "--out", out)
+    assert result.exit_code == 0, result.output
+    page = (out / REPORT_FILE).read_text()
+    for name in ("beta=0.0", "beta=4.0"):
+        report = (member_dir(out, name) / "report.html").read_text()
+        assert f'href="runs/{name}/report.html"' in page
+        # quick: the figures that compute for seconds are left out, and named
+        assert "<b>density</b>: left out of this quick report" in report and 'id="fig-samples"' in report
+    bare = tmp_path / "bare"
+    result = _cli("sweep", *TINY, "--beta", "0,4", "--out", bare, "--no-report")
+    assert result.exit_code == 0, result.output
+    assert not any((member_dir(bare, n) / "report.html").exists() for n in ("beta=0.0", "beta=4.0"))
+    assert 'href="runs/beta=0.0/"' in (bare / REPORT_FILE).read_text()
+
+
+def test_sweep_members_score_the_held_out_points_as_their_solo_runs_do(sweep_2x2, tmp_path):
+    """The history's heldout_* columns (the train against held-out loss): a sweep member records
+    them as `vaelab train` with its settings does, to float precision."""
+    from vaelab.train import train_run
+
+    base, grid, out, _ = sweep_2x2
+    member = expand(base, grid)[1]
+    swept = ckpt.load(member_dir(out, member.name)).history
+    solo = train_run(member.config, tmp_path / "solo").history
+    assert "heldout_elbo" in swept.rows[0]
+    for column in ("heldout_elbo", "heldout_recon", "heldout_kl"):
+        a, b = swept.column(column), solo.column(column)
+        assert len(a) == len(b) == base.train.epochs
+        assert all(math.isclose(u, v, rel_tol=1e-4, abs_tol=1e-5) or (math.isnan(u) and math.isnan(v))
+                   for u, v in zip(a, b, strict=True)), (column, a, b)

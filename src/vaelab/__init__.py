@@ -46,6 +46,7 @@ if _typing.TYPE_CHECKING:
         plot_value_samples,
     )
     from vaelab.plots.course import (
+        plot_before_after,
         plot_data_and_samples,
         plot_iwae_vs_k,
         plot_kl_per_dim,
@@ -56,6 +57,7 @@ if _typing.TYPE_CHECKING:
     )
     from vaelab.plots.curves import plot_loss_terms, plot_training_curves
     from vaelab.plots.data_space import plot_density, plot_pairs, plot_reconstructions, plot_samples
+    from vaelab.plots.discrete import plot_class_samples, plot_latent_classes_2d
     from vaelab.plots.flows import plot_flow_posterior
     from vaelab.plots.hierarchy import plot_kl_per_layer, plot_layer_samples_images, plot_layer_samples_points
     from vaelab.plots.images import plot_image_samples, plot_interpolations, plot_latent_classes, plot_traversal
@@ -104,6 +106,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plot_latent_params": ("vaelab.plots.latent", "plot_latent_params"),
     "plot_z_vs_eps": ("vaelab.plots.latent", "plot_z_vs_eps"),
     "plot_point_interpolations": ("vaelab.plots.latent", "plot_point_interpolations"),
+    "plot_before_after": ("vaelab.plots.course", "plot_before_after"),
+    "plot_class_samples": ("vaelab.plots.discrete", "plot_class_samples"),
+    "plot_latent_classes_2d": ("vaelab.plots.discrete", "plot_latent_classes_2d"),
     "plot_class_style": ("vaelab.plots.conditional", "plot_class_style"),
     "plot_conditional_density": ("vaelab.plots.conditional", "plot_conditional_density"),
     "plot_latent_grid_by_condition": ("vaelab.plots.conditional", "plot_latent_grid_by_condition"),
@@ -183,6 +188,7 @@ __all__ = [
     "plot_rate_split", "plot_reconstructions", "plot_reparameterization", "plot_samples",
     "plot_training_curves", "plot_traversal", "plot_true_posterior", "plot_value_samples", "plot_z_vs_eps",
     "plot_point_interpolations", "plot_class_style", "plot_conditional_density", "plot_latent_grid_by_condition",
+    "plot_before_after", "plot_class_samples", "plot_latent_classes_2d",
     "plots",
 ]
 

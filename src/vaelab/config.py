@@ -555,6 +555,14 @@ class RunConfig(_Section):
                 continue
             if values.get("lambda_rec") is not None and values.get("recon_var") is None:
                 data[section].pop("recon_var", None)  # λ_rec replaces the previous σ²
+            if section == "train":
+                # A budget given here replaces the budget of the layer below (a preset's or the
+                # --config file's epochs under --steps, and the other way round); both in one
+                # layer are refused by TrainConfig (audit AP42).
+                for given, other in (("steps", "epochs"), ("epochs", "steps")):
+                    if values.get(given) is not None and values.get(other) is None:
+                        data[section][other] = TrainConfig.model_fields[other].default
+                        user_set[section].discard(other)
             for key, value in values.items():
                 if value is None:
                     continue

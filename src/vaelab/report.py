@@ -23,10 +23,12 @@ from typing import Any
 from vaelab import checkpoint as ckpt
 from vaelab.config import RunConfig
 from vaelab.diagnostics import collapse_verdict, mi_saturation_note
+from vaelab.history import HELDOUT_COLUMNS
 from vaelab.html import esc, figure_png, fmt_number, page, png_data_uri
 from vaelab.objectives import describe_loss, get_objective, objective_name, requested_objective, weights_kl
 from vaelab.png_worker import PngWorker, spare_cpu
 from vaelab.reproduce import REPRODUCE_FILE, reproduce_command, reproduce_toml
+from vaelab.settings import unreached_free_bits
 
 REPORT_FILE = ckpt.REPORT_FILE
 HISTORY_ROWS = 25  # longer histories show an evenly spaced subset plus the last row
@@ -43,6 +45,10 @@ METRIC_LABELS = {
     "iwae_nll": "IWAE NLL (nats / point)",
     "iwae_nll_se": "  ± standard error",
     "iwae_k": "  importance samples k (also behind ELBO and reconstruction)",
+    "exact_nll": "exact NLL: −log Σ_z p(x|z) p(z) over every code (nats / point)",
+    "exact_nll_se": "  ± standard error",
+    "code_label_ari": "adjusted Rand index of argmax q(z|x) against the labels",
+    "codes_used": "codes used (argmax q(z|x) over the test points)",
     "eval_seed": "  evaluation seed",
     "bits_per_dim": "bits per dimension",
     "elbo_bpd": "−ELBO (bits / dimension)",
@@ -68,6 +74,19 @@ METRIC_LABELS = {
     "condition": "condition",
     "conditioning_accuracy": "conditioning accuracy",
     "radius_tracking": "radius tracking",
+}
+
+
+# The rows of a radius condition's tracking: decoder means and noisy samples, each named (they can
+# disagree: means on a segment near the origin while the samples follow the radius).
+RADIUS_TRACKING_LABELS = {
+    "requested": "requested radii",
+    "mean_radius": "mean ‖x‖ of decoder means E[x|z, c]",
+    "std_radius": "std ‖x‖ of decoder means E[x|z, c]",
+    "mean_abs_error": "|mean ‖x‖ − requested|, decoder means E[x|z, c]",
+    "sample_mean_radius": "mean ‖x‖ of samples x ~ p(x|z, c) (with noise)",
+    "sample_std_radius": "std ‖x‖ of samples x ~ p(x|z, c) (with noise)",
+    "sample_mean_abs_error": "|mean ‖x‖ − requested|, samples x ~ p(x|z, c) (with noise)",
 }
 
 
@@ -106,8 +125,11 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     keys = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
     for key in keys:
         label = metric_label(key, metrics)
+        value_of = metrics[key]
+        if key == "radius_tracking" and isinstance(value_of, dict):
+            value_of = {RADIUS_TRACKING_LABELS.get(k, k): v for k, v in value_of.items()}
         # Nested results (conditioning accuracy per label, radius tracking): one row per entry.
-        for name, value in _flatten(label, metrics[key]):
+        for name, value in _flatten(label, value_of):
             rows.append(f'<tr><td>{esc(name)}</td><td class="num">{esc(fmt_number(value))}</td></tr>')
     return "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"
 
@@ -145,8 +167,9 @@ def history_table(history: ckpt.History) -> str:
     if len(history) == 0:
         return '<p class="note">No training history recorded.</p>'
     rows = history_rows(history)
-    columns = history.columns  # the fixed ones and every term the run's objective has
-    terms = [c for c in columns if c not in ckpt.History.COLUMNS]
+    columns = history.columns  # the fixed ones, every term the run's objective has, the held-out ones
+    # NaN in a held-out column is an epoch that was not scored, not a failure.
+    terms = [c for c in columns if c not in ckpt.History.COLUMNS and c not in HELDOUT_COLUMNS]
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for r in rows:
@@ -155,8 +178,12 @@ def history_table(history: ckpt.History) -> str:
         row_class = ' class="bad"' if bad else ""
         body.append(f"<tr{row_class}>{cells}</tr>")
     note = ""
+    if history.has_heldout():
+        note += ('<p class="note">heldout_elbo, heldout_recon, heldout_kl: the β = 1 ELBO and its terms on a fixed '
+                 "subset of the held-out points at the end of the epoch (NaN: an epoch not scored); compare "
+                 "−heldout_elbo with recon + kl.</p>")
     if len(rows) < len(history):
-        note = (
+        note += (
             f'<p class="note">{len(rows)} of {len(history)} epochs shown (evenly spaced, plus the last); '
             "the full table is <code>history.csv</code> in the run directory.</p>"
         )
@@ -446,6 +473,8 @@ def render_report(run: ckpt.Run, entries: Sequence[FigureEntry], skipped: Sequen
         f"<h1>vaelab run: {esc(name)}</h1>",
         f'<p class="summary">{summary_line(run)} · status: {status}</p>',
         *([f'<p class="note" id="objective">{esc(objective_note(run))}</p>'] if objective_note(run) else []),
+        *([f'<div class="warning" id="free-bits">{esc(floored)}</div>']
+          if (floored := unreached_free_bits(run.config.train, run.history.column("kl"))) else []),
         '<nav><a href="#metrics">metrics</a><a href="#figures">figures</a><a href="#history">history</a>'
         '<a href="#model">model</a><a href="#config">configuration</a><a href="#reproduce">reproduce</a></nav>',
     ]
@@ -496,9 +525,14 @@ def write_report(
     notify: Callable[[str], None] | None = None,
     save_figures: bool = True,
     background: bool | None = None,
+    quick: bool = False,
     **options: Any,
 ) -> Path:
     """Draw the figures and write ``RUN/report.html`` (or ``out``); returns the report's path.
+
+    ``quick`` leaves out the figures that compute for seconds (``FigureSpec.heavy``: the density
+    image, the true posterior, the IWAE bound against k), each named in the report as not drawn
+    and how to draw it: the reports of a sweep's members (``vaelab.sweep.report``) are quick.
 
     ``options`` go to ``PlotContext`` (dims, points, seed, n_points, density_k …). The
     figures are also saved as PNG into ``RUN/figures`` unless ``save_figures`` is False.
@@ -523,10 +557,19 @@ def write_report(
         raise ckpt.WriteError(f"{run.path}: the run folder is read-only, and the report writes its figures into "
                               f"{run.path / FIGURES_DIR} and itself into {run.path / REPORT_FILE}; give --out "
                               "a file in a writable folder to write the report there (figures inside it)")
+    left_out: list[tuple[str, str]] = []
+    if quick:
+        from vaelab.plots import figure_names, plan
+
+        heavy = [spec.name for spec in plan(ctx, names)[0] if spec.heavy]
+        names = [n for n in (names or figure_names()) if n not in heavy]
+        left_out = [(n, "left out of this quick report (it computes for seconds); `vaelab report "
+                        f"{run.path}` draws every figure") for n in heavy]
     entries, skipped = collect_figures(
         ctx, names, figures_dir=run.path / FIGURES_DIR if save_figures else None, notify=notify,
         background=background,
     )
+    skipped = [*skipped, *left_out]
     _, needs_toml = reproduce_command(run.config, run.path)
     if needs_toml and os.access(run.path, os.W_OK):  # also shown inside the report
         ckpt.atomic_write_text(run.path / REPRODUCE_FILE, reproduce_toml(run.config))

@@ -11,11 +11,12 @@ apply only to a run of that family.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vaelab.config import ConfigError, RunConfig, family_setting, flag_name, lookup, parse_kind
+from vaelab.config import ConfigError, RunConfig, TrainConfig, family_setting, flag_name, lookup, parse_kind
 from vaelab.data.registry import DATASETS
 from vaelab.likelihoods import LIKELIHOODS
 from vaelab.models import FAMILIES, VAE, LatentModel, VariationalModel, check_family_tables, family, option_applies
@@ -262,3 +263,28 @@ def check_settings(config: RunConfig) -> None:
             problems.append(f"  {flag_name(dotted)} does not apply here: {why}")
     if problems:
         raise ConfigError("settings that would change nothing:\n" + "\n".join(problems))
+
+
+def unreached_free_bits(train: TrainConfig, kl_by_epoch: Sequence[float]) -> str | None:
+    """Why a free-bits floor took the KL term out of training, or None: the floor λ was above
+    the training KL in every epoch (audit TR05: ``--free-bits 1e6`` trained silently).
+
+    Free bits (``objectives.free_bits_kl``) leave a group's KL without a gradient while the
+    group's batch KL is below λ. No bound on λ can be checked before training: a Gaussian
+    posterior's KL grows without limit as σ shrinks or μ moves, so any λ could be reached in
+    principle. What can be checked is what happened: the history's "kl" (``kl_by_epoch``, the
+    epoch means of the batch KL, summed over the latent) bounds each group's KL, so where it
+    stayed below λ in every epoch, every group was floored (on average over each epoch) and
+    the run trained, in effect, with β = 0: an autoencoder with a noisy code, not a VAE.
+    """
+    finite = [kl for kl in kl_by_epoch if math.isfinite(kl)]
+    if train.free_bits <= 0 or not finite or max(finite) >= train.free_bits:
+        return None
+    per = {"dim": "per latent dimension", "layer": "per latent layer"}.get(train.free_bits_group,
+                                                                            "for the whole latent")
+    return (f"--free-bits {train.free_bits:g} floors the KL at {train.free_bits:g} nats {per}, but the KL of the whole "
+            f"latent stayed below it in every epoch (at most {max(finite):.3g} nats): the KL term gave no gradient, so "
+            "this run trained as with --beta 0, an autoencoder with a noisy code rather than a VAE. Free bits "
+            "work below the KL a model reaches: give a --free-bits smaller than the KL per "
+            f"{'dimension' if train.free_bits_group == 'dim' else 'group'} you want to keep (typically 0.1 to 2 nats), "
+            "or drop it")

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
 
     from vaelab.history import History
     from vaelab.conditions import fit_condition
-    from vaelab.config import ModelConfig
+    from vaelab.config import ModelConfig, RunConfig
     from vaelab.data.dataset import Dataset
     from vaelab.data.registry import load_dataset
     from vaelab.config import DataConfig
@@ -43,7 +43,9 @@ SCRIPT = textwrap.dedent(
     radius = fit_condition("radius", points)
     digit_label = fit_condition("label", digits)
     contexts = [
+        # With the run's config: the untrained model of before_after is rebuilt from it (seed 0).
         PlotContext(model=build_model(small, 2, seed=0), data=points, history=History(rows),
+                    config=RunConfig.from_dict({"data": {"name": "ring", "n_test": 100}, "model": {"hidden": [16]}}),
                     density_k=2, density_grid=8,
                     metrics={"mutual_info": 0.5, "marginal_kl": 0.2, "kl": 0.7, "kl_per_dim": [0.4, 0.3]}),
         PlotContext(model=build_model(small.model_copy(update={"latent_dim": 3}), 2, seed=0), data=points),
@@ -59,6 +61,13 @@ SCRIPT = textwrap.dedent(
                     history=History([{**row, "kl_1": 0.6, "kl_2": 0.4} for row in rows])),
         PlotContext(model=build_model(ModelConfig(kind="vamp", hidden=[16]), 2, seed=0), data=points),
         PlotContext(model=build_model(ModelConfig(kind="mog", hidden=[16]), 2, seed=0), data=points),
+        # categorical latents: the class of each point and samples per class (2 groups of 3; digits: 1 of 8)
+        PlotContext(model=build_model(ModelConfig.model_validate({"kind": "gumbel", "hidden": [16], "latent_dim": 6,
+                                                                  "gumbel": {"groups": 2}}), 2, seed=0),
+                    data=points),
+        PlotContext(model=build_model(ModelConfig.model_validate({"kind": "gumbel", "hidden": [16], "latent_dim": 8,
+                                                                  "likelihood": "bernoulli"}), 784, seed=0),
+                    data=digits),
         PlotContext(model=build_model(small, 3, seed=0),  # 3 data coordinates: the pair plot
                     data=Dataset(name="ring3", x=torch.cat([points.x, points.x.norm(dim=1, keepdim=True)], 1))),
     ]

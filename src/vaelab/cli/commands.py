@@ -212,7 +212,7 @@ class _TrainHelp(VaelabCommand):
 
 # The built-in families that declare options, named in plain `train --help` (which loads no
 # family code); tests/test_cli_help.py checks the list against the registry.
-_FAMILIES_WITH_OPTIONS = ("planar", "radial", "iaf", "vamp", "mog", "ladder")
+_FAMILIES_WITH_OPTIONS = ("planar", "radial", "iaf", "vamp", "mog", "ladder", "gumbel")
 
 
 def _metavar(annotation: Any) -> str:
@@ -497,6 +497,13 @@ def train(
                 "than the model's mean squared reconstruction error per dimension, so the reconstruction term and "
                 "the NLL are dominated by it. If that is not what you meant, use a larger --recon-var, or "
                 "--likelihood gaussian-learned to fit σ² to the data.", highlight=False, soft_wrap=True)
+        from vaelab.settings import unreached_free_bits
+
+        floored = unreached_free_bits(run.config.train, run.history.column("kl"))
+        if floored is not None:  # audit TR05: --free-bits 1e6 trained an autoencoder without a word
+            err_console.print(f"[bold yellow]warning:[/] {floored}", highlight=False, soft_wrap=True)
+    if resume and world.is_main:
+        _note_sweep_member(Path(out), run.config)
     from vaelab import distributed
 
     if not world.is_main:  # score this rank's share of the test batches; rank 0 prints, writes, reports
@@ -622,6 +629,28 @@ class _RaiseOnSignal(_StopOnSignal):
 
     def _handle(self, signum: int, frame: Any) -> None:
         raise _SignalAgain(signum)
+
+
+def _note_sweep_member(run_dir: Path, config: Any) -> None:
+    """A member of a sweep (SWEEP/runs/NAME) resumed alone with another budget, learning rate or
+    evaluation no longer matches the sweep's grid: say so, and that the sweep will mark it
+    (audit RO13; ``vaelab.sweep.folder.sweep_rows``)."""
+    from vaelab.sweep.folder import RUNS_DIR, SweepError, changed_settings, is_sweep_dir, planned_configs
+
+    sweep = run_dir.resolve().parent.parent
+    if run_dir.resolve().parent.name != RUNS_DIR or not is_sweep_dir(sweep):
+        return
+    try:
+        planned = planned_configs(sweep).get(run_dir.name)
+    except SweepError:  # an unreadable sweep record: `vaelab sweep --resume` says what is wrong with it
+        return
+    changed = [] if planned is None else changed_settings(config, planned)
+    if changed:
+        err_console.print(
+            f"[bold yellow]note:[/] {run_dir} is member {run_dir.name} of the sweep {sweep}, and now differs from "
+            f"the sweep's grid: {', '.join(changed)}. Its results are not comparable with the other members'; "
+            f"`vaelab sweep --out {sweep} --resume` and sweep.html mark it as changed", highlight=False,
+            soft_wrap=True)
 
 
 def _error_to_variance_ratio(model_cfg: Any, x_dim: int, recon: float) -> float | None:

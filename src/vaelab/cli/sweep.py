@@ -42,8 +42,9 @@ SWEEP_HELP = (
     "--beta 0.25,0.5,1,2,4 --recon-var 0.01,0.1,1 --latent-dim 1,2 --seeds 3. A flag with one value applies "
     "to every member. The grid can also come from a \\[sweep] table of --config: seeds = N, "
     "\\[sweep.train] beta = [...], \\[sweep.model] latent_dim = [...].\n\n"
-    "Writes OUT/runs/<member>/ (ordinary runs: vaelab eval / report / explore / compare take them), "
-    "OUT/metrics.csv, OUT/sweep.html and OUT/sweep.json. Members that share shapes train as one group; "
+    "Writes OUT/runs/<member>/ (ordinary runs, each with its report.html unless --no-report: vaelab eval / "
+    "report / explore / compare take them), OUT/metrics.csv, OUT/sweep.html (its rows link to the members' "
+    "reports) and OUT/sweep.json. Members that share shapes train as one group; "
     "--jobs N trains N groups at once. --resume continues an interrupted sweep."
 )
 
@@ -118,6 +119,8 @@ def sweep(
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="continue the sweep in --out: finished members are kept",
                                 rich_help_panel=RUN),
+    no_report: bool = typer.Option(False, "--no-report", help="skip each member's report.html (sweep.html, which "
+                                   "links to them, is always written)", rich_help_panel=RUN),
 ) -> None:
     from vaelab.config import absolute_path
     from vaelab.errors import InputError
@@ -131,7 +134,7 @@ def sweep(
     if resume:
         if lists or data is not None or config is not None or preset is not None or seeds is not None:
             raise InputError("--resume continues the sweep in --out with its own grid and settings; give only "
-                             "--out, --resume and optionally --jobs / --device")
+                             "--out, --resume and optionally --jobs / --device / --no-report")
         base, grid = load_sweep(out)
     else:
         table: dict[str, Any] = {}
@@ -166,7 +169,7 @@ def sweep(
                 try:
                     rows = run_sweep(base, grid, out, resume=resume, jobs=jobs, device=dev,
                                      on_progress=on_progress if jobs == 1 else None,
-                                     should_stop=stop.requested)
+                                     should_stop=stop.requested, member_reports=not no_report)
                 except TrainingInterrupted as err:
                     progress.stop()
                     err_console.print(f"interrupted ({stop.name}) at step {err.step}: the member in training saved "
@@ -192,4 +195,13 @@ def sweep(
     for row in rows:
         result.add_row(*("—" if v is None else fmt_number(v) for v in table_values(row)[1:]))
     console.print(result)
-    console.print(f"sweep folder: {out} (metrics.csv, sweep.html, runs/)", highlight=False)
+    for row in rows:  # a member changed outside the sweep, or with a damaged state (audit RO13, SW30)
+        if row.note:
+            err_console.print(f"[bold yellow]warning:[/] {row.note}", highlight=False, soft_wrap=True)
+    reports = "" if no_report else ", runs/*/report.html"
+    console.print(f"sweep folder: {out} (metrics.csv, sweep.html{reports}, runs/)", highlight=False)
+    untrained = [row.name for row in rows if row.status == "damaged"]
+    if untrained:  # the others are done; these could not be trained, so the sweep is not complete
+        err_console.print(f"error: {len(untrained)} of {len(rows)} members could not be trained "
+                          f"({', '.join(untrained)}); see the warnings above", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)

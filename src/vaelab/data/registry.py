@@ -149,6 +149,16 @@ def is_image_config(config: DataConfig) -> bool:
     return spec is not None and spec.kind == "image"
 
 
+def known_dim(config: DataConfig) -> int | None:
+    """The width D of the data's points where it is known before any of it is read: a folder of
+    images becomes 1 × image_size × image_size grey pixels, whatever its files hold (None for
+    every other source, whose width is read from the data). Lets a run check a huge
+    --image-size against memory before reading thousands of images (audit IF15)."""
+    if config.path is not None and Path(config.path).expanduser().is_dir():
+        return config.image_size * config.image_size  # grey: load_image_folder's default
+    return None
+
+
 def dataset_names() -> list[str]:
     """Every registered dataset name, in registration order."""
     return list(DATASETS)

@@ -524,6 +524,18 @@ def needs_standard_prior(ctx: PlotContext) -> str | None:
     return None if has_standard_prior(ctx.model) else f"the {ctx.model.config.kind} model's prior is not N(0, I)"
 
 
+def needs_continuous_latent(ctx: PlotContext) -> str | None:
+    """The figure moves z continuously (a grid, a line, a traversal in z): not for a discrete z,
+    whose prior lists its values (``has_enumerate_support``: the gumbel family's one-hot codes),
+    where the points between codes are not codes of the model."""
+    with torch.no_grad():
+        prior = ctx.model.prior(None if ctx.c is None else ctx.c[:1])
+    if getattr(prior, "has_enumerate_support", False):
+        return (f"the {ctx.model.config.kind} model's z is discrete (one-hot codes): a grid or a path in z would "
+                "decode points between its codes (see the class figures)")
+    return None
+
+
 def unconditional(ctx: PlotContext) -> str | None:
     return "conditional model (see the conditional figures)" if ctx.is_conditional else None
 

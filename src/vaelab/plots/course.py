@@ -1,7 +1,7 @@
 """Figures a course on VAEs draws that the other modules do not: the IWAE bound against k, the
 true posterior beside q(z|x), the KL split into I(x; z) and the marginal KL, the KL per latent
-dimension, the reparameterization trick for one point, a PCA of d > 2 codes by class, and the
-data by label with the model's samples over it.
+dimension, the reparameterization trick for one point, a PCA of d > 2 codes by class, the
+data by label with the model's samples over it, and the model before and after training.
 
 Every ``plot_*`` function takes the pieces it needs and returns a Figure; the registry entries
 at the bottom feed them from a run's PlotContext.
@@ -19,11 +19,13 @@ from matplotlib.patches import Circle, Ellipse
 from torch import Tensor
 
 from vaelab.analysis import default_points, iwae_curve, row_indices, true_posterior_grid
+from vaelab.config import RunConfig
 from vaelab.data import registry as data_registry
 from vaelab.data.dataset import Dataset
 from vaelab.distributions import rsample
 from vaelab.likelihoods import sample_observation
-from vaelab.models import LatentModel, VariationalModel
+from vaelab.models import LatentModel, VariationalModel, build_model
+from vaelab.objectives import ae_loss, elbo
 from vaelab.plots.common import (
     DENSITY_CMAP,
     FigureSpec,
@@ -275,6 +277,107 @@ def plot_data_and_samples(
     return fig
 
 
+# 8. before and after training ------------------------------------------------------------------
+
+BEFORE_AFTER_POINTS = 400  # data points reconstructed (and samples drawn) per panel of point data
+BEFORE_AFTER_IMAGES = 10  # images per row of the image version
+
+
+def initial_model(model: LatentModel, config: RunConfig) -> LatentModel:
+    """The run's model at step 0, before any update: ``build_model`` with the run's seed, which is
+    what ``vaelab train`` starts from (``train.run.new_model``); the initial weights are a pure
+    function of the model config, the data's width, the condition's and ``train.seed``, so they
+    are rebuilt, not stored. On the trained model's device and dtype, in eval mode."""
+    ref = next(model.parameters())
+    before = build_model(config.model, model.x_dim, getattr(model, "cond_dim", 0), seed=config.train.seed,
+                         cond_embed=getattr(model, "cond_embed", ()))
+    return before.to(device=ref.device, dtype=ref.dtype).eval()
+
+
+@torch.no_grad()
+def neg_elbo(model: LatentModel, x: Tensor, c: Tensor | None = None, *, seed: int = 0) -> float:
+    """−ELBO (β = 1, one draw z ~ q(z|x) per point) of the points x, nats per point; for an
+    autoencoder its reconstruction loss −log p(x|f(x))."""
+    if isinstance(model, VariationalModel):
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        out = elbo(model, x, c, generator=generator)
+        return float(out.recon + out.kl)
+    return float(ae_loss(model, x, c).recon)
+
+
+@torch.no_grad()
+def plot_before_after(
+    before: LatentModel, after: LatentModel, data: Dataset, *, c: Tensor | None = None,
+    scored: Tensor | None = None, epochs: int | None = None, generator_seed: int = 0,
+) -> Figure:
+    """The untrained model (step 0) over the trained one: its samples x ~ p(x|z), z ~ p(z), and
+    its reconstructions E[x|z] at the code of data points, each row under its −ELBO on those
+    points. Point data: scatter panels over the data (grey), reconstructions joined to their
+    points by a line, one view for all four panels. Images: originals over their
+    reconstructions, and decoder means of prior samples. The same noise in both rows.
+
+    ``c``: each data point's condition (a conditional model reconstructs x with its own c, and
+    draws one sample per point with that point's c). ``scored``: the points the −ELBO is
+    computed on (data.x by default; binarized images for a Bernoulli run).
+    """
+    dev = next(after.parameters()).device
+    image = data.image_shape is not None
+    n = min(len(data), BEFORE_AFTER_IMAGES if image else BEFORE_AFTER_POINTS)
+    x = data.x[:n].to(dev)
+    cc = None if c is None else c[:n].to(dev)
+    x_scored = x if scored is None else scored[:n].to(dev)
+    after_words = "after training" + (f" ({epochs} epochs)" if epochs is not None else "")
+    rows = [("before training (step 0)", before), (after_words, after)]
+    drawn = []
+    for _, model in rows:
+        gen = torch.Generator(device=dev).manual_seed(generator_seed)  # the same z in both rows
+        samples = model.sample(n, cc, generator=gen, noise=not image)
+        recon = model.reconstruct(x, cc)
+        drawn.append((samples, recon, neg_elbo(model, x_scored, cc, seed=generator_seed)))
+    what = "−ELBO" if isinstance(after, VariationalModel) else "reconstruction loss"
+    fig, axes = new_figure(2, 2, size=(4.6, 4.2) if not image else (4.6, 2.6),
+                           title=f"Before training (the seeded initial weights) and after: samples and "
+                                 f"reconstructions, {what} of the shown points")
+    if image:
+        from vaelab.plots.images import as_images, show, tile
+
+        shape = data.image_shape
+        assert shape is not None
+        for r, ((row, _), (samples, recon, loss)) in enumerate(zip(rows, drawn, strict=True)):
+            pair = np.concatenate([as_images(x, shape), as_images(recon, shape)])
+            show(axes[2 * r], tile(pair, n), f"{row}: images (top) and their reconstructions; {what} "
+                                             f"{loss:.1f} nats")
+            show(axes[2 * r + 1], tile(as_images(samples, shape), n // 2 or 1),
+                 f"{row}: samples E[x|z], z ~ p(z)")
+        return fig
+    xy = _xy(to_numpy(data.x))
+    shown = [xy] + [_xy(to_numpy(t)) for samples, recon, _ in drawn for t in (samples, recon)]
+    lims = view_limits(np.concatenate(shown))
+    x_np = _xy(to_numpy(x))
+    for r, ((row, _), (samples, recon, loss)) in enumerate(zip(rows, drawn, strict=True)):
+        ax_s, ax_r = axes[2 * r], axes[2 * r + 1]
+        s_np, r_np = _xy(to_numpy(samples)), _xy(to_numpy(recon))
+        for ax in (ax_s, ax_r):
+            ax.scatter(xy[:, 0], xy[:, 1], s=point_size(len(xy)), color="0.8", linewidths=0, zorder=0,
+                       label="data")
+        ax_s.scatter(s_np[:, 0], s_np[:, 1], s=point_size(n), color=label_colour(3), alpha=0.7, linewidths=0,
+                     label="samples")
+        ax_s.set_title(f"{row}\nsamples x ~ p(x|z), z ~ p(z) (with noise)", fontsize="medium")
+        m = min(n, 60)  # lines from a few points to their reconstructions
+        ax_r.plot(np.stack([x_np[:m, 0], r_np[:m, 0]]), np.stack([x_np[:m, 1], r_np[:m, 1]]), color="C0",
+                  linewidth=0.5, alpha=0.5, zorder=1)
+        ax_r.scatter(r_np[:, 0], r_np[:, 1], s=point_size(n), color="C0", linewidths=0, zorder=2,
+                     label="reconstructions")
+        ax_r.set_title(f"{row}\nreconstructions E[x|z] (lines from x); {what} {loss:.3g}", fontsize="medium")
+        for ax in (ax_s, ax_r):
+            set_view(ax, lims)
+            _label_data_axes(ax, data.dim, data.columns)
+    handles = [axes[0].collections[0], axes[0].collections[1], axes[1].collections[-1]]
+    fig.legend(handles, ["data", "samples", "reconstructions"], loc="outside lower center", ncols=3,
+               fontsize="small", markerscale=3)
+    return fig
+
+
 # registry ---------------------------------------------------------------------------------------
 
 
@@ -325,6 +428,26 @@ def _data_and_samples(ctx: PlotContext) -> Figure:
     return plot_data_and_samples(ctx.model, ctx.data, generator=ctx.generator(803), c=ctx.c)
 
 
+def _before_after(ctx: PlotContext) -> Figure:
+    assert ctx.config is not None
+    scored = None
+    if ctx.is_image:  # a Bernoulli run scores binarized pixels: the fixed draw evaluation uses
+        from vaelab.data.pixels import eval_view
+
+        scored = eval_view(ctx.config, ctx.data)[0].x
+    epochs = int(ctx.history.last["epoch"]) if ctx.history is not None and ctx.history.last else None
+    return plot_before_after(initial_model(ctx.model, ctx.config), ctx.model, ctx.data, c=ctx.c, scored=scored,
+                             epochs=epochs, generator_seed=ctx.seed * 7919 + 804)
+
+
+def _rebuildable(ctx: PlotContext) -> str | None:
+    if ctx.config is None:
+        return "needs the run's config: the untrained model is rebuilt from it and its seed"
+    if not ctx.is_image and ctx.data.dim < 2:
+        return f"needs at least 2 data coordinates to draw (this data has D = {ctx.data.dim})"
+    return None
+
+
 def _two_d_latent(ctx: PlotContext) -> str | None:
     d = ctx.model.latent_dim
     return None if d == 2 else f"the true posterior is drawn on a 2-D latent grid (d = {d})"
@@ -355,6 +478,12 @@ def _wide_latent(ctx: PlotContext) -> str | None:
 
 
 FIGURES = [
+    FigureSpec("before_after", _before_after,
+               "The same model before training (its seeded initial weights, step 0) and after: an untrained "
+               "decoder maps every z to nearly the same place, so its samples and reconstructions sit in a blob "
+               "whatever x was; training spreads the samples over the data and pulls each reconstruction to its "
+               "own point (short lines). The −ELBO in the titles is on the shown points.",
+               _rebuildable, title="Before and after training"),
     FigureSpec("data_and_samples", _data_and_samples,
                "The training data by label, and the model's noisy samples over the data: samples should fall on "
                "the data and nowhere else.", needs_point_data, title="Data and samples over it"),
@@ -383,6 +512,7 @@ FIGURES = [
 ]
 
 __all__ = [
+    "initial_model", "neg_elbo", "plot_before_after",
     "plot_data_and_samples", "plot_iwae_vs_k", "plot_kl_per_dim", "plot_latent_pca", "plot_rate_split",
     "plot_reparameterization", "plot_true_posterior",
 ]

@@ -14,6 +14,12 @@ diversity per epoch, the total variance of the final model's noisy samples (dive
 noise) and the data's Var(x): a reference that never depends on the model, and is never
 negative. Matching it is a second-moment check, necessary and not sufficient (a model that
 explains the whole data as noise matches it too).
+
+Where the history holds held-out columns (``heldout_elbo``, ``heldout_recon``, ``heldout_kl``:
+a fixed subset of the test split scored at the end of each epoch), the loss, reconstruction and
+KL panels draw them dashed beside the training values, in the same colour: the training −ELBO
+against the held-out −ELBO. A held-out curve that turns up while the training one keeps falling,
+a gap that widens, is overfitting.
 """
 
 from __future__ import annotations
@@ -70,6 +76,11 @@ def plot_training_curves(
     The KL panel (log scale where it spans more than a decade) carries the final held-out
     I(x; z) (``mutual_info``): the KL is not the collapse signal, the mutual information is.
 
+    Held-out columns in the history (``History.has_heldout``) are drawn dashed in the colour of
+    the training value they match: −heldout_elbo beside −ELBO = recon + KL of the training
+    batches (or, for an autoencoder, heldout_recon beside its loss), heldout_recon and
+    heldout_kl in their panels; the loss panel's legend gives the last epoch's gap.
+
     Diversity is Var(E[x|z]), z ~ p(z), summed over coordinates. ``data_variance`` is Var(x)
     of the training data (summed over coordinates), the reference line; ``noise_variance`` the
     final model's E_z tr Cov(x|z) (see :func:`expected_noise_variance`), drawn as the total
@@ -86,6 +97,7 @@ def plot_training_curves(
     recon = np.array(history.column("recon"), dtype=float)
     kl = np.array(history.column("kl"), dtype=float)
     no_kl = bool(np.all(kl[np.isfinite(kl)] == 0))
+    heldout = history.has_heldout()
     panels = [
         ("loss", "nats / point", loss_label + (f"\n{loss_note}" if loss_note else "")),
         ("recon", "reconstruction (nats / point)", "reconstruction  −E log p(x|z)"),
@@ -119,12 +131,24 @@ def plot_training_curves(
             neg_elbo = recon + kl
             same = np.allclose(neg_elbo[np.isfinite(neg_elbo)], y[np.isfinite(y)], rtol=1e-5, atol=1e-6) if (
                 np.isfinite(neg_elbo).sum() == np.isfinite(y).sum()) else False
+            elbo_colour = "C0" if same else "C2"
             if not same and np.isfinite(neg_elbo).any():
                 fin = np.isfinite(neg_elbo)
-                ax.plot(epoch[fin], neg_elbo[fin], color="C2", linestyle="-.", linewidth=1.2,
-                        label="−ELBO = reconstruction + KL (β = 1)")
-            ax.legend(fontsize="x-small", loc="upper right")
+                ax.plot(epoch[fin], neg_elbo[fin], color="C2", linewidth=1.2,
+                        label="training −ELBO = reconstruction + KL (β = 1)")
+            if heldout:
+                _draw_heldout(ax, epoch, -np.array(history.column("heldout_elbo"), dtype=float), neg_elbo,
+                              elbo_colour, "held-out −ELBO (β = 1)")
+            ax.legend(fontsize="x-small", loc="best" if heldout else "upper right", framealpha=0.9)
             _draw_beta(ax, history, epoch, marker)
+        elif col == "loss" and heldout:  # an autoencoder: its loss is the reconstruction
+            _draw_heldout(ax, epoch, np.array(history.column("heldout_recon"), dtype=float), y, "C0",
+                          "held-out reconstruction")
+            ax.legend(fontsize="x-small", loc="upper right")
+        if col in ("recon", "kl") and heldout and ok.any() and not (col == "kl" and no_kl):
+            _draw_heldout(ax, epoch, np.array(history.column(f"heldout_{col}"), dtype=float), None, "C0",
+                          f"held-out {'reconstruction' if col == 'recon' else 'KL'}")
+            ax.legend(fontsize="x-small", loc="best")
         if col == "kl" and mutual_info is not None and math.isfinite(mutual_info) and ok.any():
             if ax.get_yscale() == "log" and mutual_info <= 0:
                 ax.text(0.02, 0.04, f"final I(x; z) = {mutual_info:.3g} nats (≤ 0: off the log axis)",
@@ -152,6 +176,24 @@ def plot_training_curves(
             fontsize="large",
         )
     return fig
+
+
+def _draw_heldout(ax: Any, epoch: np.ndarray, held: np.ndarray, train: np.ndarray | None, colour: str,
+                  what: str) -> None:
+    """A held-out column dashed in the colour of the training value it matches (markers where
+    only some epochs were scored); with ``train``, the gap at the last scored epoch in the label."""
+    ok = np.isfinite(held)
+    if not ok.any():
+        return
+    sparse = ok.sum() < len(held)
+    label = what + (" (scored every few epochs)" if sparse else "")
+    if train is not None:
+        last = int(np.flatnonzero(ok)[-1])
+        if math.isfinite(float(train[last])):
+            gap = float(held[last] - train[last])
+            label += f"\nlast gap held-out − training: {gap:+.3g} nats"
+    ax.plot(epoch[ok], held[ok], color=colour, linestyle="--", linewidth=1.4, marker="o" if sparse else None,
+            markersize=3, label=label)
 
 
 def _draw_beta(ax: Any, history: History, epoch: np.ndarray, marker: str | None) -> None:
@@ -302,6 +344,10 @@ FIGURES = [
         _training_curves,
         "Loss, reconstruction, KL and diversity per epoch. The loss should flatten; where it is another objective "
         "than the ELBO (IWAE's −L_k, a β-weighted loss) the panel also draws −ELBO = reconstruction + KL (β = 1). "
+        "Dashed, in the same colour: the same quantity on held-out points (a fixed subset of the test split, "
+        "scored at each epoch's end; the training value is the mean over the epoch's batches). Held-out above "
+        "training is normal; a gap that widens, the held-out curve turning up while the training one keeps "
+        "falling, is overfitting: the model is memorising its training points. "
         "The KL is the rate of the code, but not the collapse signal: the dashed line in its panel is the final "
         "I(x; z), which is ≈ 0 for a collapsed code even when the KL is not. Diversity is the variance of decoder "
         "means E[x|z] of prior samples; with the observation noise added (star: the final model) it should reach "

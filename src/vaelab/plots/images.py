@@ -34,6 +34,7 @@ from vaelab.plots.common import (
     NotebookFigure,
     PlotContext,
     all_of,
+    needs_continuous_latent,
     new_figure,
     scatter_labels,
     to_numpy,
@@ -366,15 +367,17 @@ FIGURES = [
                "(a training image when the test split is not on disk; the panel says which): "
                "smooth change along an axis means the dimension encodes a factor; no change means it "
                "is unused.",
-               all_of(_needs_images, unconditional, _needs_two_dims), title="Latent traversal"),
+               all_of(_needs_images, unconditional, _needs_two_dims, needs_continuous_latent),
+               title="Latent traversal"),
     FigureSpec("image_interpolations", _interpolations,
                "Straight lines between the codes of test-image pairs (training images when the test split "
                "is not on disk; the title says which): intermediate images should stay "
                "plausible; nonsense midway marks holes in the latent space.",
-               all_of(_needs_images, unconditional), title="Interpolations"),
+               all_of(_needs_images, unconditional, needs_continuous_latent), title="Interpolations"),
     FigureSpec("image_latent_classes", _latent_classes,
                "Encoded test images (or training images, as the panel title says) coloured by class beside "
                "the decoded manifold over the same square: "
                "classes should occupy regions, and each region should decode to its class.",
-               all_of(_needs_images, unconditional, _needs_d2), title="2-D latent space by class"),
+               all_of(_needs_images, unconditional, _needs_d2, needs_continuous_latent),
+               title="2-D latent space by class"),
 ]

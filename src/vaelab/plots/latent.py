@@ -49,6 +49,7 @@ from vaelab.plots.common import (
     in_range,
     including_prior,
     label_colour,
+    needs_continuous_latent,
     needs_normal_posterior,
     needs_point_data,
     needs_standard_prior,
@@ -925,6 +926,15 @@ _normal_posterior = needs_normal_posterior  # reads μ(x), σ(x)
 COLLAPSE_WORDS = ("A collapsed code has μ(x) and σ(x) the same for every x, whatever their values (under some "
                   "objectives it settles far from the prior's (0, 1)); I(x; z) in the title is the measure.")
 
+
+def _continuous_code(ctx: PlotContext) -> str | None:
+    """latent_space draws two coordinates of E[z|x] against a Normal prior's disc: for one-hot
+    codes those are two class probabilities, which look like a latent plane and are not one."""
+    if needs_continuous_latent(ctx) is None:
+        return None
+    return (f"the {ctx.model.config.kind} model's z is discrete (one-hot codes): latent_classes_2d shows which "
+            "class each point takes, class_samples what each class generates")
+
 FIGURES = [
     FigureSpec(
         "latent_params",
@@ -949,7 +959,7 @@ FIGURES = [
         "circles always in view and σ(x) as grey ellipses on a sample of points. A useful code spreads the modes "
         "over the prior's disc with ellipses smaller than the gaps between them and colours that change smoothly; "
         "a collapsed code is a small blob under wide, overlapping ellipses, wherever it sits.",
-        lambda ctx: None,
+        _continuous_code,
         title="Learned latent space",
     ),
     FigureSpec(
@@ -965,7 +975,7 @@ FIGURES = [
         _latent_grid,
         "A regular grid in z pushed through the decoder: the decoded mesh should stretch over the data; "
         "mesh lines crossing empty space are where bad samples come from.",
-        _points,
+        all_of(_points, needs_continuous_latent),
         title="Decoded latent grid",
     ),
     FigureSpec(
@@ -976,7 +986,7 @@ FIGURES = [
         "by t from 0 to 1. Paths that stay on the data mean the code space between the two points decodes to "
         "plausible points; a path that crosses empty space shows where the line leaves the codes of the data. "
         "Each path runs between the reconstructions of its points (hollow circles), not the points themselves.",
-        needs_point_data,
+        all_of(needs_point_data, needs_continuous_latent),
         title="Interpolation between points",
     ),
     FigureSpec(

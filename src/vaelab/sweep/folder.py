@@ -6,6 +6,12 @@
     SWEEP/metrics.csv    one row per member: swept values, status, held-out metrics, seconds
     SWEEP/sweep.html     the sweep's page (vaelab.sweep.report)
 
+A member is an ordinary run, so it can be changed outside the sweep: `vaelab train --out
+SWEEP/runs/NAME --resume --epochs 5` gives it a budget the grid does not have. The table
+then marks the member as changed, naming each setting that differs from the grid (audit
+RO13), and a member whose training state is damaged is reported beside the others, which go
+on (audit SW30): a finished member needs no state, an unfinished one is left untrained.
+
 ``vaelab.sweep.run`` trains into it; ``vaelab.sweep.report`` and ``vaelab compare`` read it.
 """
 
@@ -22,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from vaelab import checkpoint as ckpt
-from vaelab.config import SECTIONS, RunConfig
+from vaelab.config import SECTIONS, RunConfig, cli_flag
 from vaelab.errors import VaelabWarning
-from vaelab.sweep.grid import Grid, GridError, Member
+from vaelab.sweep.grid import Grid, GridError, Member, expand
 
 SWEEP_FILE = "sweep.json"
 
@@ -51,7 +57,10 @@ class SweepError(GridError):
 
 @dataclass
 class MemberRow:
-    """A member's line of metrics.csv: swept values, status (done / diverged ...), metrics."""
+    """A member's line of metrics.csv: swept values, status (done / diverged ...), metrics.
+
+    ``remark``: a few words shown after the status (``changed: --epochs 5, grid 3``; ``state.pt
+    damaged``); ``note``: what that means and what to do, in full (printed under the table)."""
 
     name: str
     values: dict[str, Any]
@@ -59,6 +68,12 @@ class MemberRow:
     metrics: dict[str, Any]
     seconds: float
     path: Path
+    remark: str = ""
+    note: str = ""
+
+    @property
+    def shown_status(self) -> str:
+        return f"{self.status} ({self.remark})" if self.remark else self.status
 
 
 def member_dir(out: str | Path, name: str) -> Path:
@@ -131,32 +146,105 @@ def prepare_folder(out: Path, record: dict[str, Any], resume: bool) -> None:
     ckpt.atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
 
 
+def _state_problem(run_dir: Path) -> tuple[ckpt.TrainState | None, str | None]:
+    """The member's training state, or None and why it cannot be read (a damaged state.pt)."""
+    try:
+        return ckpt.load_state(run_dir), None
+    except ckpt.RunDirError as err:
+        return None, str(err)
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether the history of a run reaches its budget: what says a member finished training
+    when its state.pt is lost (the state is only needed to go on)."""
+    try:
+        run = ckpt.load(run_dir)
+    except ckpt.RunDirError:
+        return False
+    last, train = run.history.last, run.config.train
+    if last is None:
+        return False
+    return last["step"] >= train.steps if train.steps is not None else last["epoch"] >= train.epochs
+
+
 def member_status(run_dir: Path) -> str:
-    """``new`` (nothing trained yet), ``partial`` (a checkpoint to continue), ``done`` or ``diverged``."""
+    """``new`` (nothing trained yet), ``partial`` (a checkpoint to continue), ``done``,
+    ``diverged``, or ``damaged``: an unfinished member whose training state cannot be read
+    (a finished one stays ``done``: it needs no state)."""
     if not ckpt.is_run_dir(run_dir):
         return "new"
     if (run_dir / ckpt.FAILURE_FILE).is_file():
         return "diverged"
-    return "done" if ckpt.load_state(run_dir).complete else "partial"
+    state, _ = _state_problem(run_dir)
+    if state is None:
+        return "done" if _finished(run_dir) else "damaged"
+    return "done" if state.complete else "partial"
+
+
+def changed_settings(config: RunConfig, planned: RunConfig) -> list[str]:
+    """The settings of a member's run ``config`` that differ from the grid's ``planned`` config:
+    those a resumed run may change (``train.run.RESUMABLE``: budget, learning rate, evaluation),
+    each as "--epochs 5 (grid: 3)"; empty when the member is as the grid made it."""
+    from vaelab.train.run import RESUMABLE
+
+    changed = []
+    for dotted in sorted(RESUMABLE):
+        section, field = dotted.split(".", 1)
+        now, was = getattr(getattr(config, section), field), getattr(getattr(planned, section), field)
+        if now != was:
+            changed.append(f"{cli_flag(dotted) or dotted} {_word(now)} (grid: {_word(was)})")
+    return changed
+
+
+def _word(value: Any) -> str:
+    return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def planned_configs(out: str | Path) -> dict[str, RunConfig]:
+    """Each member's config as the sweep's grid makes it (by name)."""
+    base, grid = load_sweep(out)
+    return {m.name: m.config for m in expand(base, grid)}
 
 
 def sweep_rows(out: str | Path) -> list[MemberRow]:
-    """The table of a sweep folder as it stands: one row per member, in grid order."""
+    """The table of a sweep folder as it stands: one row per member, in grid order; a member
+    changed outside the sweep, or with a damaged training state, carries a remark and a note."""
+    planned = planned_configs(out)
     rows = []
     for entry in read_sweep(out)["members"]:
-        run_dir = member_dir(out, entry["name"])
+        name = entry["name"]
+        run_dir = member_dir(out, name)
+        redo = f"delete {run_dir} and run `vaelab sweep --out {out} --resume` to train it again as the grid says"
         status = member_status(run_dir)
         metrics: dict[str, Any] = {}
         seconds = math.nan
+        remark = note = ""
         if status != "new":
-            run = ckpt.load(run_dir)
+            try:
+                run = ckpt.load(run_dir)
+            except ckpt.RunDirError as err:  # one damaged member is named; the table goes on
+                rows.append(MemberRow(name, entry["values"], "damaged", {}, seconds, run_dir, "run unreadable",
+                                      f"{name}: {err}; {redo}"))
+                continue
             last = run.history.last
             seconds = last["seconds"] if last else math.nan
             if status == "done":
                 metrics = run.metrics
             elif status == "diverged" and run.failure is not None:
                 status = f"diverged at step {run.failure.get('step')} ({run.failure.get('term')})"
-        rows.append(MemberRow(entry["name"], entry["values"], status, metrics, seconds, run_dir))
+            _, problem = _state_problem(run_dir) if status in ("done", "damaged") else (None, None)
+            changed = changed_settings(run.config, planned[name]) if name in planned else []
+            if problem is not None:
+                remark = "state.pt damaged"
+                note = (f"{name}: {problem.split('; ')[0]}. The member finished training, so its model and metrics "
+                        "stand; only training it further is lost" if status == "done" else
+                        f"{name}: {problem.split('; ')[0]}; the member cannot be continued and was left as it was")
+                note += f"; {redo}"
+            elif changed:
+                remark = f"changed: {', '.join(changed)}"
+                note = (f"{name} was changed outside the sweep: {', '.join(changed)} (`vaelab train --resume` on the "
+                        "member); its results are not comparable with the other members'. To undo it, " + redo)
+        rows.append(MemberRow(name, entry["values"], status, metrics, seconds, run_dir, remark, note))
     return rows
 
 
@@ -167,7 +255,8 @@ def table_columns(rows: Sequence[MemberRow]) -> list[str]:
 
 
 def table_values(row: MemberRow) -> list[Any]:
-    return [row.name, *row.values.values(), row.status, *(row.metrics.get(k) for k in METRIC_COLUMNS), row.seconds]
+    return [row.name, *row.values.values(), row.shown_status, *(row.metrics.get(k) for k in METRIC_COLUMNS),
+            row.seconds]
 
 
 def metrics_csv(rows: Sequence[MemberRow]) -> str:
