@@ -82,3 +82,15 @@ def assert_stacked_equals_solo(configs: list[RunConfig], columns: tuple[str, ...
         for column in columns:
             torch.testing.assert_close(result.history.column(column), history.column(column), rtol=1e-4, atol=1e-4)
     return results
+
+
+def cli_ok(*args: object):  # noqa: ANN201 (typer's Result)
+    """Run ``vaelab ARGS`` in this process; assert it exited 0 without a traceback; the result."""
+    from typer.testing import CliRunner
+
+    from vaelab.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 0, result.output
+    return result

@@ -15,9 +15,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from helpers import assert_stacked_equals_solo, tiny_config
+from helpers import assert_stacked_equals_solo, cli_ok, tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab import evaluate_run, train_run
 from vaelab.config import ConfigError, RunConfig
@@ -309,35 +308,25 @@ def test_free_bits_per_dimension_is_refused_and_on_the_whole_latent_works():
 
 
 def test_cli_trains_resumes_samples_encodes_evaluates_and_plots(tmp_path):
-    from vaelab.cli import app
-
-    runner = CliRunner()
     run = tmp_path / "run"
-
-    def invoke(*args: object):
-        result = runner.invoke(app, [str(a) for a in args])
-        assert "Traceback" not in result.output, result.output
-        assert result.exit_code == 0, result.output
-        return result
-
     common = ["--data", "radial_gmm", "--n-train", "300", "--n-test", "200", "--hidden", "16,16", "--batch-size",
               "64", "--eval-k", "8", "--device", "cpu", "--no-report", "--model", "gumbel", "--latent-dim", "6",
               "--gumbel-groups", "2", "--gumbel-temperature-end", "0.3"]
-    invoke("train", *common, "--epochs", "2", "--out", run)
-    invoke("train", "--out", run, "--resume", "--epochs", "3")
+    cli_ok("train", *common, "--epochs", "2", "--out", run)
+    cli_ok("train", "--out", run, "--resume", "--epochs", "3")
     loaded = ckpt.load(run)
     assert len(loaded.history) == 3 and (loaded.model.groups, loaded.model.classes) == (2, 3)
-    invoke("sample", run, "-n", 7, "--out", tmp_path / "s.npy", "--seed", 3)
+    cli_ok("sample", run, "-n", 7, "--out", tmp_path / "s.npy", "--seed", 3)
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (7, 2) and np.isfinite(samples).all()
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32))
-    invoke("encode", run, "--input", tmp_path / "x.npy", "--out", tmp_path / "codes.npy")
+    cli_ok("encode", run, "--input", tmp_path / "x.npy", "--out", tmp_path / "codes.npy")
     codes = np.load(tmp_path / "codes.npy")  # class probabilities of each group, side by side
     assert codes.shape == (5, 6) and np.allclose(codes.reshape(5, 2, 3).sum(-1), 1.0, atol=1e-5)
-    metrics = json.loads(invoke("eval", run, "--k", "8", "--json").output.strip().splitlines()[-1])
+    metrics = json.loads(cli_ok("eval", run, "--k", "8", "--json").output.strip().splitlines()[-1])
     assert metrics["exact_codes"] == 9 and math.isfinite(metrics["exact_nll"]) and "kl_estimator" not in metrics
     assert -1 <= metrics["code_label_ari"] <= 1
-    result = invoke("plot", run)
+    result = cli_ok("plot", run)
     drawn = {p.stem for p in (run / "figures").glob("*.png")}
     assert {"latent_classes_2d", "class_samples"} <= drawn
     said = " ".join(result.output.split())

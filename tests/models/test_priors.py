@@ -13,9 +13,8 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from helpers import assert_stacked_equals_solo, tiny_config
+from helpers import assert_stacked_equals_solo, cli_ok, tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab import train_run
 from vaelab.config import ConfigError, RunConfig
@@ -341,18 +340,8 @@ def test_the_families_are_built_in():
     ("mog", ["--mog-components", "3", "--mog-learn-weights", "false"]),
 ])
 def test_cli_trains_samples_evaluates_and_plots_a_run(kind, flags, tmp_path):
-    from vaelab.cli import app
-
-    runner = CliRunner()
     run = tmp_path / "run"
-
-    def invoke(*args: object):
-        result = runner.invoke(app, [str(a) for a in args])
-        assert "Traceback" not in result.output, result.output
-        assert result.exit_code == 0, result.output
-        return result
-
-    invoke("train", "--data", "ring", "--n-train", "200", "--n-test", "100", "--hidden", "16,16", "--epochs", "2",
+    cli_ok("train", "--data", "ring", "--n-train", "200", "--n-test", "100", "--hidden", "16,16", "--epochs", "2",
            "--batch-size", "64", "--eval-k", "8", "--device", "cpu", "--no-report", "--model", kind, *flags,
            "--out", run)
     config = json.loads((run / "config.json").read_text())
@@ -361,17 +350,16 @@ def test_cli_trains_samples_evaluates_and_plots_a_run(kind, flags, tmp_path):
     assert loaded.components == int(flags[1])
     if kind == "mog":
         assert "prior_logits" not in dict(loaded.named_parameters())  # --mog-learn-weights false: a buffer
-    invoke("sample", run, "-n", 7, "--out", tmp_path / "s.npy", "--seed", 3)
+    cli_ok("sample", run, "-n", 7, "--out", tmp_path / "s.npy", "--seed", 3)
     import numpy as np
 
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (7, 2) and np.isfinite(samples).all()
-    result = invoke("eval", run, "--k", "4", "--json")
+    result = cli_ok("eval", run, "--k", "4", "--json")
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert math.isfinite(metrics["iwae_nll"]) and metrics["kl_estimator"].startswith("Monte Carlo")
     figures = "prior_mixture,vamp_pseudo_inputs"
-    result = runner.invoke(app, ["plot", str(run), "--figures", figures])
-    assert result.exit_code == 0, result.output
+    result = cli_ok("plot", run, "--figures", figures)
     drawn = sorted(p.stem for p in (run / "figures").glob("*.png"))
     assert drawn == (["prior_mixture", "vamp_pseudo_inputs"] if kind == "vamp" else ["prior_mixture"])
     if kind == "mog":

@@ -284,8 +284,9 @@ def train(
                                         "testing", rich_help_panel=DATA),
     preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv",
                                rich_help_panel=MODEL),
-    model: str = typer.Option(None, "--model", help="vae, ae (plain autoencoder), planar, radial, iaf, vamp, "
-                              "mog, ladder, or a plugin's family (docs/models.md)", rich_help_panel=MODEL),
+    model: str = typer.Option(None, "--model", help="vae, ae (plain autoencoder), "
+                              f"{', '.join(_FAMILIES_WITH_OPTIONS)}, or a plugin's family (docs/models.md)",
+                              rich_help_panel=MODEL),
     net: str = typer.Option(None, help="encoder/decoder body: mlp or conv (images)", rich_help_panel=MODEL),
     channels: str = typer.Option(None, help="conv channels, e.g. 8,16,32 (--net conv)", rich_help_panel=MODEL),
     hidden: str = typer.Option(None, help="hidden layer sizes, e.g. 128,128", rich_help_panel=MODEL),
