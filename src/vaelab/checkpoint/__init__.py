@@ -56,6 +56,7 @@ from vaelab.checkpoint.atomic import (  # noqa: F401
     _sha256,
     _why,
     _write_new,
+    atomic_create_text,
     atomic_file,
     atomic_write_bytes,
     atomic_write_text,

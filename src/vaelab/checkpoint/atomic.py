@@ -192,5 +192,34 @@ def atomic_write_text(path: str | Path, text: str, *, inputs: Iterable[str | Pat
     atomic_write_bytes(path, text.encode("utf-8"), inputs=inputs, what=what)
 
 
+def atomic_create_text(path: str | Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists; returns whether this call created it.
+
+    Of several processes creating the same file at once (the shares of a sweep on a shared
+    file system), exactly one succeeds and every reader sees the whole file or none: the text
+    is written to a temporary file first, then linked to ``path`` (a hard link fails if the
+    name is taken, where a rename would replace it).
+    """
+    target = Path(path)
+    check_target(target)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, target)
+        _fsync_dir(target.parent)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise WriteError(f"{target}: cannot write ({_why(err)}); check that the folder is writable and the disk is "
+                         "not full, or choose another path") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from vaelab.cli import app
 from vaelab.cli.common import (
+    CLUSTER,
     DATA,
     EVALUATION,
     MODEL,
@@ -352,6 +353,20 @@ def train(
     nproc: int = typer.Option(None, "--nproc", help="train on N processes of this machine: runs this command "
                               "under torchrun --standalone --nproc-per-node N (gloo on CPU, nccl on CUDA)",
                               rich_help_panel=RUN),
+    slurm: bool = typer.Option(False, "--slurm", help="submit this run to SLURM as one job: srun starts torchrun "
+                               "on each of --nodes nodes with --nproc processes each (script in OUT.slurm/)",
+                               rich_help_panel=CLUSTER),
+    nodes: int = typer.Option(None, "--nodes", help="with --slurm: the number of nodes", rich_help_panel=CLUSTER),
+    partition: str = typer.Option(None, "--partition", help="with --slurm: the partition(s) to run in",
+                                  rich_help_panel=CLUSTER),
+    time_limit: str = typer.Option(None, "--time", help="with --slurm: the job's time limit (90, 4:00:00, 1-12); "
+                                   "near it the run checkpoints and requeues itself", rich_help_panel=CLUSTER),
+    cpus_per_task: int = typer.Option(None, "--cpus-per-task", help="with --slurm: CPUs per node",
+                                      rich_help_panel=CLUSTER),
+    gpus_per_node: int = typer.Option(None, "--gpus-per-node", help="with --slurm: GPUs per node",
+                                      rich_help_panel=CLUSTER),
+    dry_run: bool = typer.Option(False, "--dry-run", help="with --slurm: write the script and print it, without "
+                                 "submitting", rich_help_panel=CLUSTER),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, figures, report).
 
@@ -363,6 +378,12 @@ def train(
     from vaelab.train import TrainingDiverged, TrainingInterrupted, train_run
 
     family_over = _family_flags(ctx)  # refuses an unknown option before anything is read
+    slurm_given = [flag for flag, value in (("--nodes", nodes), ("--partition", partition), ("--time", time_limit),
+                   ("--cpus-per-task", cpus_per_task), ("--gpus-per-node", gpus_per_node),
+                   ("--dry-run", dry_run or None)) if value is not None]
+    if slurm_given and not slurm:
+        raise InputError(f"{', '.join(slurm_given)}: option(s) of --slurm, which this command does not have: add "
+                         "--slurm to submit the run to SLURM, or drop them")
     check_data_arg(None if resume else data, out)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
@@ -427,6 +448,13 @@ def train(
         from vaelab.settings import check_settings
 
         check_settings(cfg)
+    if slurm:
+        from vaelab.cluster.slurm import SlurmOptions
+
+        options = SlurmOptions(partition=partition, time=time_limit, cpus_per_task=cpus_per_task,
+                               gpus_per_task=gpus_per_node)
+        _submit_train(out, nodes or 1, nproc or 1, options, dry_run=dry_run, fresh=not (resume or overwrite))
+        return
     if nproc is not None and nproc > 1:
         raise typer.Exit(_launch_torchrun(nproc, out))
     if world.distributed and not world.is_main:
@@ -537,34 +565,71 @@ def train(
     console.print(f"run directory: {run.path}", highlight=False)
 
 
-def _launch_torchrun(nproc: int, out: Path) -> int:
-    """Run this very command under ``torchrun --standalone --nproc-per-node N`` (one machine,
-    a free port) without --nproc and with the run directory fixed; returns torchrun's exit code."""
-    import subprocess
-
+def _train_command_line(drop: dict[str, bool], why: str) -> tuple[list[str], list[str]]:
+    """This process's `vaelab train` command line as (root options, train arguments), without
+    the options in ``drop`` (flag -> whether it takes a value) and without --out / -o.
+    ``why``: what needs the command line, for the error when there is none (called in-process)."""
     argv = sys.argv[1:]
     # The root options (--plugin M) come before the command; a value of theirs is never "train"
     # where it stands as the command, so the command is the first "train" not after --plugin.
     at = next((i for i, a in enumerate(argv) if a == "train" and (i == 0 or argv[i - 1] != "--plugin")), None)
     if at is None:  # called in-process (typer's CliRunner, a notebook): no command line to pass
-        raise InputError("--nproc re-runs the `vaelab train` command line under torchrun; from Python, start "
-                         "torchrun yourself: torchrun --standalone --nproc-per-node N -m vaelab train ...")
+        raise InputError(why)
+    drop = {**drop, "--out": True, "-o": True}
     root, args, skip = argv[:at], [], False
     for arg in argv[at + 1:]:  # after the `train` command
         if skip:
             skip = False
             continue
-        if arg == "--nproc":
-            skip = True
+        if arg in drop:
+            skip = drop[arg]
             continue
-        if not arg.startswith("--nproc="):
+        if not any(arg.startswith(f"{flag}=") for flag in drop):
             args.append(arg)
-    if not any(a in ("--out", "-o") or a.startswith("--out=") for a in args):
-        args += ["--out", str(out)]
+    return root, args
+
+
+def _launch_torchrun(nproc: int, out: Path) -> int:
+    """Run this very command under ``torchrun --standalone --nproc-per-node N`` (one machine,
+    a free port) without --nproc and with the run directory fixed; returns torchrun's exit code."""
+    import subprocess
+
+    root, args = _train_command_line({"--nproc": True}, "--nproc re-runs the `vaelab train` command line under "
+                                     "torchrun; from Python, start torchrun yourself: torchrun --standalone "
+                                     "--nproc-per-node N -m vaelab train ...")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "vaelab", *root, "train", *args]
+           "-m", "vaelab", *root, "train", *args, "--out", str(out)]
     console.print(f"launching {nproc} processes: {' '.join(cmd[1:])}", highlight=False, soft_wrap=True)
     return subprocess.call(cmd)
+
+
+# The options of `vaelab train --slurm` (flag -> takes a value): the job script runs the rest.
+_SLURM_TRAIN_OPTIONS = {"--slurm": False, "--nodes": True, "--partition": True, "--time": True,
+                        "--cpus-per-task": True, "--gpus-per-node": True, "--dry-run": False, "--nproc": True}
+
+
+def _submit_train(out: Path, nodes: int, nproc: int, options: Any, *, dry_run: bool, fresh: bool) -> None:
+    """`vaelab train --slurm`: the job script in OUT.slurm/ (srun starts torchrun on each node),
+    submitted with sbatch, or printed with --dry-run."""
+    from vaelab.checkpoint import atomic_write_text
+    from vaelab.cluster.slurm import submit, train_script
+
+    out = out.absolute()  # the job runs in its own working directory
+    if fresh and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: already exists; choose another --out, --resume to continue the run in it, or "
+                         "--overwrite to replace it")
+    root, args = _train_command_line(_SLURM_TRAIN_OPTIONS, "--slurm writes the `vaelab train` command line into a "
+                                     "job script; from Python, write the script with vaelab.cluster.slurm")
+    script = Path(f"{out}.slurm") / "train.sbatch"
+    atomic_write_text(script, train_script(out, args, options, nodes=nodes, nproc=nproc, python=sys.executable,
+                                           root=root))
+    if dry_run:
+        console.print(script.read_text(), highlight=False, markup=False, soft_wrap=True)
+        console.print(f"wrote {script}; submit it with: sbatch {script}", highlight=False, soft_wrap=True)
+        return
+    job = submit(script)
+    console.print(f"submitted job {job}: {nodes} node(s) x {nproc} process(es) -> {out}\n"
+                  f"watch it: squeue -j {job}   log: {script.parent}/{job}.log", highlight=False, soft_wrap=True)
 
 
 def _family_flag_names(tables: dict[str, dict[str, Any]]) -> list[str]:

@@ -103,7 +103,8 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
 
 # The panels of `vaelab train --help` and `vaelab sweep --help`, in this order.
 DATA, MODEL, TRAINING, EVALUATION, RUN = "Data", "Model", "Training", "Evaluation", "Output/run"
-PANELS = (DATA, MODEL, TRAINING, EVALUATION, RUN)
+CLUSTER = "Cluster (shares, SLURM)"
+PANELS = (DATA, MODEL, TRAINING, EVALUATION, RUN, CLUSTER)
 
 
 class VaelabCommand(TyperCommand):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,6 +22,7 @@ from vaelab.cli.commands import (
     preset_note,
 )
 from vaelab.cli.common import (
+    CLUSTER,
     DATA,
     MODEL,
     RUN,
@@ -34,6 +35,9 @@ from vaelab.cli.common import (
     vaelab_command,
 )
 from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, console, err_console
+
+if TYPE_CHECKING:
+    from vaelab.cluster.slurm import SlurmOptions
 
 # One line per paragraph (typer re-wraps them); "\\[" keeps rich from reading [sweep] as markup.
 SWEEP_HELP = (
@@ -103,7 +107,7 @@ def _sweep_defaults() -> dict[str, str]:
 @user_errors
 def sweep(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", "-o", help="the sweep folder (new, or the one to --resume)",
+    out: Path = typer.Option(None, "--out", "-o", help="the sweep folder (new, or the one to --resume)",
                              rich_help_panel=RUN),
     data: str = typer.Option(None, "--data", help="dataset name (see `vaelab datasets`) or a .npy/.npz/.csv file",
                              rich_help_panel=DATA),
@@ -121,20 +125,63 @@ def sweep(
                                 rich_help_panel=RUN),
     no_report: bool = typer.Option(False, "--no-report", help="skip each member's report.html (sweep.html, which "
                                    "links to them, is always written)", rich_help_panel=RUN),
+    shard: str = typer.Option(None, "--shard", metavar="I/N", help="train only the I-th of N shares of the grid "
+                              "(counted from 1) into --out, a folder every share sees; run again, it continues; "
+                              "then --collect", rich_help_panel=CLUSTER),
+    collect: Path = typer.Option(None, "--collect", metavar="SWEEP", help="write the table and sweep.html of a "
+                                 "sweep trained in shares once every member is done; says which are not",
+                                 rich_help_panel=CLUSTER),
+    slurm: bool = typer.Option(False, "--slurm", help="write a SLURM job array (one task per share) into "
+                               "OUT/slurm/ and submit it with sbatch", rich_help_panel=CLUSTER),
+    shards: int = typer.Option(None, "--shards", help="with --slurm: the number of shares (array tasks)",
+                               rich_help_panel=CLUSTER),
+    partition: str = typer.Option(None, "--partition", help="with --slurm: the partition(s) to run in",
+                                  rich_help_panel=CLUSTER),
+    time_limit: str = typer.Option(None, "--time", help="with --slurm: each task's time limit (90, 4:00:00, "
+                                   "1-12); near it a task checkpoints and requeues itself", rich_help_panel=CLUSTER),
+    cpus_per_task: int = typer.Option(None, "--cpus-per-task", help="with --slurm: CPUs per task",
+                                      rich_help_panel=CLUSTER),
+    gpus_per_task: int = typer.Option(None, "--gpus-per-task", help="with --slurm: GPUs per task",
+                                      rich_help_panel=CLUSTER),
+    array_limit: int = typer.Option(None, "--array-limit", help="with --slurm: at most M tasks at once",
+                                    rich_help_panel=CLUSTER),
+    dry_run: bool = typer.Option(False, "--dry-run", help="with --slurm: write the script and print it, "
+                                 "without submitting", rich_help_panel=CLUSTER),
 ) -> None:
+    from vaelab.cluster.slurm import SlurmOptions
     from vaelab.config import absolute_path
     from vaelab.errors import InputError
-    from vaelab.sweep.folder import load_sweep, table_columns, table_values
+    from vaelab.sweep.folder import load_sweep
     from vaelab.sweep.grid import expand, make_grid, parse_flags, read_sweep_toml, sweep_table
-    from vaelab.sweep.run import SweepInterrupted, run_sweep
+    from vaelab.sweep.run import SweepInterrupted, check_share, run_sweep
+    from vaelab.sweep.shards import parse_shard
     from vaelab.train import TrainingInterrupted
 
     lists = parse_flags(ctx.args)  # the grid's flags are checked before anything else is read
+    slurm_given = [flag for flag, value in (("--shards", shards), ("--partition", partition), ("--time", time_limit),
+                   ("--cpus-per-task", cpus_per_task), ("--gpus-per-task", gpus_per_task),
+                   ("--array-limit", array_limit), ("--dry-run", dry_run or None)) if value is not None]
+    if slurm_given and not slurm:
+        raise InputError(f"{', '.join(slurm_given)}: option(s) of --slurm, which this command does not have: add "
+                         "--slurm to submit the sweep as a SLURM job array, or drop them")
+    if collect is not None:
+        if (out is not None or lists or data is not None or config is not None or preset is not None
+                or seeds is not None or resume or shard is not None or slurm or jobs != 1):
+            raise InputError("--collect SWEEP builds the table of the sweep in SWEEP from its members as they are; "
+                             "give it alone (optionally with --no-report)")
+        _collect(collect, no_report)
+        return
+    if out is None:
+        raise InputError("give --out, the sweep's folder (or --collect SWEEP to tabulate a sweep trained in shares)")
+    if slurm and shard is not None:
+        raise InputError("--slurm gives every array task its own share (--shard $SLURM_ARRAY_TASK_ID/N): drop "
+                         "--shard, and give --shards N for the number of shares")
+    share = None if shard is None else parse_shard(shard)
     check_data_arg(data, out)
     if resume:
         if lists or data is not None or config is not None or preset is not None or seeds is not None:
             raise InputError("--resume continues the sweep in --out with its own grid and settings; give only "
-                             "--out, --resume and optionally --jobs / --device / --no-report")
+                             "--out, --resume and optionally --jobs / --device / --no-report / --shard / --slurm")
         base, grid = load_sweep(out)
     else:
         table: dict[str, Any] = {}
@@ -153,6 +200,13 @@ def sweep(
         base, grid = make_grid(base, {**toml_lists, **lists}, seeds=seeds if seeds is not None else toml_seeds)
         _fetch_with_progress(base.data)
     expand(base, grid)  # every member checked (run_sweep checks again) before the first line is printed
+    if share is not None:
+        check_share(base, grid, share)
+    if slurm:
+        _submit_array(base, grid, out, resume=resume, shards=shards, jobs=jobs, device=device, no_report=no_report,
+                      options=SlurmOptions(partition=partition, time=time_limit, cpus_per_task=cpus_per_task,
+                                           gpus_per_task=gpus_per_task, array_limit=array_limit), dry_run=dry_run)
+        return
     dev = pick_device(device)
     console.print(f"sweep of {grid.size} members -> {out} (device {dev})", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNOnceKnown(), TimeElapsedColumn(),
@@ -169,12 +223,12 @@ def sweep(
                 try:
                     rows = run_sweep(base, grid, out, resume=resume, jobs=jobs, device=dev,
                                      on_progress=on_progress if jobs == 1 else None,
-                                     should_stop=stop.requested, member_reports=not no_report)
+                                     should_stop=stop.requested, member_reports=not no_report, shard=share)
                 except TrainingInterrupted as err:
                     progress.stop()
                     err_console.print(f"interrupted ({stop.name}) at step {err.step}: the member in training saved "
-                                      f"a checkpoint\nresume with: {vaelab_command()} sweep --out {out} --resume",
-                                      highlight=False, soft_wrap=True)
+                                      f"a checkpoint\nresume with: {vaelab_command()} sweep --out {out} --resume"
+                                      f"{_shard_words(share)}", highlight=False, soft_wrap=True)
                     raise typer.Exit(stop.exit_code) from None
                 except SweepInterrupted as err:  # --jobs: the child processes were stopped
                     progress.stop()
@@ -183,13 +237,34 @@ def sweep(
         except _SignalAgain as again:
             progress.stop()
             err_console.print(f"stopped at once ({again.name} again); resume with: {vaelab_command()} sweep "
-                              f"--out {out} --resume", highlight=False, soft_wrap=True)
+                              f"--out {out} --resume{_shard_words(share)}", highlight=False, soft_wrap=True)
             raise typer.Exit(again.exit_code) from None
+    _print_table(rows, f"sweep {out}" if share is None else f"sweep {out}, share {share[0]}/{share[1]}")
+    reports = "" if no_report else ", runs/*/report.html"
+    if share is not None:
+        console.print(f"share {share[0]}/{share[1]} done ({len(rows)} members); once every share is done: "
+                      f"{vaelab_command()} sweep --collect {out}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"sweep folder: {out} (metrics.csv, sweep.html{reports}, runs/)", highlight=False)
+    untrained = [row.name for row in rows if row.status == "damaged"]
+    if untrained:  # the others are done; these could not be trained, so the sweep is not complete
+        err_console.print(f"error: {len(untrained)} of {len(rows)} members could not be trained "
+                          f"({', '.join(untrained)}); see the warnings above", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _shard_words(share: tuple[int, int] | None) -> str:
+    return "" if share is None else f" --shard {share[0]}/{share[1]}"
+
+
+def _print_table(rows: Any, title: str) -> None:
+    """The sweep's table on the console, then the notes of its members (changed, damaged)."""
     from vaelab.html import fmt_number
+    from vaelab.sweep.folder import table_columns, table_values
 
     # The member's name repeats its swept values: the console table leaves it out for width,
     # and folds (never cuts) what does not fit; metrics.csv has every column.
-    result = Table(title=f"sweep {out}", show_header=True)
+    result = Table(title=title, show_header=True)
     for column in table_columns(rows)[1:]:
         result.add_column(column, justify="left" if column == "status" else "right", overflow="fold")
     for row in rows:
@@ -198,10 +273,45 @@ def sweep(
     for row in rows:  # a member changed outside the sweep, or with a damaged state (audit RO13, SW30)
         if row.note:
             err_console.print(f"[bold yellow]warning:[/] {row.note}", highlight=False, soft_wrap=True)
+
+
+def _collect(out: Path, no_report: bool) -> None:
+    """`vaelab sweep --collect SWEEP`: the table and sweep.html once every share is done."""
+    from vaelab.sweep.run import collect_sweep
+
+    rows = collect_sweep(out, member_reports=not no_report)
+    _print_table(rows, f"sweep {out}")
+    failed = [row.name for row in rows if row.status.startswith("diverged")]
+    if failed:
+        err_console.print(f"note: {len(failed)} of {len(rows)} members diverged ({', '.join(failed)}): their rows "
+                          "say where", highlight=False, soft_wrap=True)
     reports = "" if no_report else ", runs/*/report.html"
     console.print(f"sweep folder: {out} (metrics.csv, sweep.html{reports}, runs/)", highlight=False)
-    untrained = [row.name for row in rows if row.status == "damaged"]
-    if untrained:  # the others are done; these could not be trained, so the sweep is not complete
-        err_console.print(f"error: {len(untrained)} of {len(rows)} members could not be trained "
-                          f"({', '.join(untrained)}); see the warnings above", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+
+
+def _submit_array(base: Any, grid: Any, out: Path, *, resume: bool, shards: int | None, jobs: int, device: str,
+                  no_report: bool, options: SlurmOptions, dry_run: bool) -> None:
+    """`vaelab sweep … --slurm`: the sweep folder and its record, the job-array script in
+    OUT/slurm/, and sbatch (or, with --dry-run, the script printed)."""
+    import sys
+
+    from vaelab.checkpoint import atomic_write_text
+    from vaelab.cluster.slurm import submit, sweep_array_script
+    from vaelab.sweep.run import start_in_shares
+
+    out = out.absolute()  # the tasks run in their own working directories
+    count = start_in_shares(base, grid, out, shards=shards, resume=resume)
+    extra = [*(["--jobs", str(jobs)] if jobs != 1 else []), *(["--device", device] if device != "auto" else []),
+             *(["--no-report"] if no_report else [])]
+    script = out / "slurm" / "sweep.sbatch"
+    atomic_write_text(script, sweep_array_script(out, count, options, python=sys.executable, extra=extra))
+    collect = f"{vaelab_command()} sweep --collect {out}"
+    if dry_run:
+        console.print(script.read_text(), highlight=False, markup=False, soft_wrap=True)
+        console.print(f"wrote {script} ({count} array tasks); submit it with: sbatch {script}\n"
+                      f"when every task has ended: {collect}", highlight=False, soft_wrap=True)
+        return
+    job = submit(script)
+    console.print(f"submitted job array {job}: {count} tasks, one per share of the sweep ({script})\n"
+                  f"watch it: squeue -j {job}   logs: {out}/slurm/{job}_*.log\n"
+                  f"when every task has ended: {collect}", highlight=False, soft_wrap=True)

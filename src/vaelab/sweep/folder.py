@@ -123,27 +123,56 @@ def record(base: RunConfig, grid: Grid, members: Sequence[Member]) -> dict[str, 
             "members": [{"name": m.name, "values": m.values, "dir": f"{RUNS_DIR}/{m.name}"} for m in members]}
 
 
-def prepare_folder(out: Path, record: dict[str, Any], resume: bool) -> None:
-    """Refuse an --out that cannot take this sweep (before any training); write sweep.json."""
-    if resume:
-        saved = read_sweep(out)
-        if saved["members"] != record["members"] or saved["base"] != record["base"]:
-            names = {m["name"] for m in saved["members"]}
-            new = [m["name"] for m in record["members"] if m["name"] not in names]
-            what = f"members not in it: {', '.join(new)}" if new else "its shared settings differ"
-            raise SweepError(f"{out}: this sweep was started with another grid ({what}); resume it with "
-                             "`vaelab sweep --out SWEEP --resume` alone, or start a new one with another --out")
+def prepare_folder(out: Path, record: dict[str, Any], resume: bool, *, shards: int | None = None) -> None:
+    """Refuse an --out that cannot take this sweep (before any training); write sweep.json.
+
+    ``shards``: this process trains one of that many shares (``vaelab.sweep.shards``). The
+    first share to come creates the folder and sweep.json (atomically: exactly one share's
+    record lands, whatever their timing); every other share, and a share resumed, checks its
+    own record against it.
+    """
+    if shards is not None:
+        record = {**record, "shards": shards}
+    if resume or (shards is not None and (out / SWEEP_FILE).exists()):
+        _check_record(out, record, shards)
         return
     if out.exists() and not out.is_dir():  # (audit SW26: was "already exists and is not empty")
         raise SweepError(f"{out}: is a file, not a folder; --out names the sweep's folder: choose another --out")
-    if out.exists() and any(out.iterdir()):
+    # A share's temporary sweep.json (.sweep.json.*) may be there a moment before the record.
+    if out.exists() and any(not p.name.startswith(f".{SWEEP_FILE}.") for p in out.iterdir()):
         raise SweepError(f"{out}: already exists and is not empty; choose another --out, or --resume to continue "
                          "the sweep in it")
     try:
-        (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SweepError(f"{out}: cannot create the sweep folder ({err.strerror or err})") from None
-    ckpt.atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
+    text = json.dumps(record, indent=2) + "\n"
+    if shards is None:
+        ckpt.atomic_write_text(out / SWEEP_FILE, text)
+    elif not ckpt.atomic_create_text(out / SWEEP_FILE, text):  # another share was first
+        _check_record(out, record, shards)
+    try:
+        (out / RUNS_DIR).mkdir(exist_ok=True)
+    except OSError as err:
+        raise SweepError(f"{out}: cannot create the sweep folder ({err.strerror or err})") from None
+
+
+def _check_record(out: Path, record: dict[str, Any], shards: int | None) -> None:
+    """Refuse to go on in a sweep folder whose sweep.json was written for another sweep."""
+    saved = read_sweep(out)
+    if saved["members"] != record["members"] or saved["base"] != record["base"]:
+        names = {m["name"] for m in saved["members"]}
+        new = [m["name"] for m in record["members"] if m["name"] not in names]
+        what = f"members not in it: {', '.join(new)}" if new else "its shared settings differ"
+        how = ("give every share the same grid and settings (or `--resume --shard I/N`, which reads them from "
+               "the folder)" if shards is not None else "resume it with `vaelab sweep --out SWEEP --resume` alone")
+        raise SweepError(f"{out}: this sweep was started with another grid ({what}); {how}, or start a new one "
+                         "with another --out")
+    split = saved.get("shards")
+    if shards is not None and split is not None and split != shards:
+        raise SweepError(f"{out}: this sweep is split into {split} shares, not {shards}: give --shard I/{split} "
+                         "(a share of another split would train members of other shares)")
+    (out / RUNS_DIR).mkdir(exist_ok=True)
 
 
 def _state_problem(run_dir: Path) -> tuple[ckpt.TrainState | None, str | None]:

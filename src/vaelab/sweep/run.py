@@ -32,15 +32,19 @@ from vaelab.models import LatentModel, family
 from vaelab.sweep.folder import (
     METRICS_CSV,
     MemberRow,
+    SweepError,
+    load_sweep,
     member_dir,
     member_status,
     metrics_csv,
     prepare_folder,
+    read_sweep,
     record,
     sweep_rows,
 )
 from vaelab.sweep.grid import Grid, GridError, Member, expand
-from vaelab.sweep.report import write_sweep_report
+from vaelab.sweep.report import write_member_reports, write_sweep_report
+from vaelab.sweep.shards import split_groups
 
 # The engines: stackable members train as one vmapped model (vaelab.train.fit_stack); a member
 # that cannot be stacked trains alone with train.fit (vaelab.sweep.solo), same interface.
@@ -243,6 +247,7 @@ def run_sweep(
     base: RunConfig, grid: Grid, out: str | Path, *, resume: bool = False, jobs: int = 1,
     device: str | torch.device = "cpu", on_progress: Callable[[str, StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None, member_reports: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> list[MemberRow]:
     """Train every member of ``grid`` over ``base`` into the sweep folder ``out``; returns the table.
 
@@ -256,6 +261,12 @@ def run_sweep(
     also each member's report.html (``vaelab sweep`` without --no-report), which sweep.html's
     rows link to. A member whose training state is damaged is left as it is and marked in the
     table (``MemberRow.note``); the others go on.
+
+    ``shard = (I, N)`` trains only the I-th of N shares of the grid (``vaelab.sweep.shards``),
+    with ``resume``'s rules whether or not the folder exists yet: run again, it continues its
+    members. A share writes only its members' run directories (and their reports), never the
+    table: ``collect_sweep`` writes metrics.csv and sweep.html once every share is done. Returns
+    the share's rows.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise GridError(f"--jobs is the number of groups trained at once, a positive integer; got {jobs!r}")
@@ -264,8 +275,8 @@ def run_sweep(
     out = Path(out)
     base = resolve_paths(base)
     members = _with_objectives(base, expand(base, grid))
-    prepare_folder(out, record(base, grid, members), resume)
-    groups = groups_of(members)
+    groups = groups_of(members) if shard is None else share_groups(members, shard)
+    prepare_folder(out, record(base, grid, members), resume, shards=None if shard is None else shard[1])
     if jobs == 1 or len(groups) == 1:
         for group in groups:
             train_group(out, group, device=device, on_progress=on_progress, should_stop=should_stop)
@@ -290,9 +301,94 @@ def run_sweep(
         finally:
             pool.terminate()
             pool.join()
+    if shard is not None:
+        names = {m.name for group in groups for m in group}
+        if member_reports:
+            write_member_reports(out, members=names)
+        return [row for row in sweep_rows(out) if row.name in names]
     rows = sweep_rows(out)
     ckpt.atomic_write_text(out / METRICS_CSV, metrics_csv(rows))
     write_sweep_report(out, member_reports=member_reports)
     return rows
+
+
+def share_groups(members: Sequence[Member], shard: tuple[int, int]) -> list[list[Member]]:
+    """The groups of stackable members that share ``shard = (I, N)`` trains (``vaelab.sweep.shards``);
+    GridError when the grid has fewer than N groups."""
+    return [list(g) for g in split_groups(groups_of(members), shard[1])[shard[0] - 1]]
+
+
+def check_share(base: RunConfig, grid: Grid, shard: tuple[int, int]) -> None:
+    """Refuse a share the grid cannot be split into, before anything is printed or trained."""
+    share_groups(_with_objectives(resolve_paths(base), expand(base, grid)), shard)
+
+
+def start_in_shares(base: RunConfig, grid: Grid, out: str | Path, *, shards: int | None = None,
+                    resume: bool = False) -> int:
+    """Prepare the sweep folder ``out`` for a sweep trained in shares by other processes (a
+    SLURM job array: ``vaelab.cluster``); returns the number of shares.
+
+    ``shards``: default one share per group of stackable members (the most a grid splits
+    into), or, with ``resume``, the split the folder was started with. Writes sweep.json
+    (checked against it with ``resume``); trains nothing.
+    """
+    out = Path(out)
+    base = resolve_paths(base)
+    members = _with_objectives(base, expand(base, grid))
+    groups = groups_of(members)
+    if shards is None and resume:
+        saved = read_sweep(out).get("shards")
+        shards = saved if isinstance(saved, int) else None
+    count = len(groups) if shards is None else shards
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise GridError(f"--shards is the number of shares to split the sweep into, a positive integer; got {count!r}")
+    split_groups(groups, count)  # refuses more shares than groups, before the folder is touched
+    prepare_folder(out, record(base, grid, members), resume, shards=count)
+    return count
+
+
+class SweepIncomplete(SweepError):
+    """``collect_sweep`` found members that are not trained yet; the message names them and the
+    share that trains each."""
+
+
+def shares_of(out: str | Path) -> dict[str, tuple[int, int]]:
+    """Member name -> (I, N): the share that trains it, for a sweep started in shares (else empty)."""
+    count = read_sweep(out).get("shards")
+    if not isinstance(count, int):
+        return {}
+    base, grid = load_sweep(out)
+    split = split_groups(groups_of(_with_objectives(base, expand(base, grid))), count)
+    return {m.name: (i + 1, count) for i, groups in enumerate(split) for group in groups for m in group}
+
+
+def collect_sweep(out: str | Path, *, member_reports: bool = False) -> list[MemberRow]:
+    """Write metrics.csv and sweep.html of a sweep trained in shares (or any sweep folder) once
+    every member has finished (done, or diverged: a result too); returns the table.
+
+    Raises SweepIncomplete, writing nothing, when members are not trained yet (not started,
+    interrupted, or with a damaged state), naming each and the command that trains it.
+    """
+    out = Path(out)
+    rows = sweep_rows(out)
+    waiting = [row for row in rows if row.status in ("new", "partial", "damaged")]
+    if waiting:
+        shares = shares_of(out)
+        words = {"new": "not started", "partial": "interrupted", "damaged": "state damaged"}
+        lines = []
+        for row in waiting:
+            where = f"share {shares[row.name][0]}/{shares[row.name][1]}, " if row.name in shares else ""
+            lines.append(f"  {row.name} ({where}{words[row.status]})")
+        todo = sorted({shares[row.name] for row in waiting if row.name in shares})
+        how = (" and ".join(f"`vaelab sweep --out {out} --resume --shard {i}/{n}`" for i, n in todo) if todo
+               else f"`vaelab sweep --out {out} --resume`")
+        raise SweepIncomplete(f"{out}: {len(waiting)} of {len(rows)} members are not trained yet, so there is no "
+                              "table to collect:\n" + "\n".join(lines) + f"\nwait for their shares to finish, or "
+                              f"train them with {how}; then collect again")
+    if member_reports:
+        write_member_reports(out)
+    ckpt.atomic_write_text(out / METRICS_CSV, metrics_csv(rows))
+    write_sweep_report(out, member_reports=False)
+    return sweep_rows(out)
 
 
