@@ -178,5 +178,23 @@ def test_every_block_is_covered():
                 openings.append(line[3:].strip())
             inside = not inside
     assert not inside, "an unclosed code fence"
-    assert set(openings) == {"", "bash", "python", "toml"}, openings
+    assert set(openings) == {"", "bash", "python", "toml", "sbatch"}, openings
     assert openings.count("") == 1  # the layout of src/vaelab: a picture of the tree, not code
+
+
+def test_the_sbatch_script_shown_is_the_one_vaelab_writes(workdir: Path) -> None:
+    """The README shows the job array of its `vaelab sweep --slurm --dry-run` line as written from
+    /home/me/project with that folder's .venv: the script of the same line here, with this
+    folder and this python put in their place, must be the same text."""
+    from vaelab.cli import app
+
+    (shown,) = blocks("sbatch")
+    (line,) = [ln for block in blocks("bash") for ln in block.splitlines() if "--slurm" in ln and "--dry-run" in ln]
+    args = shlex.split(line, comments=True)
+    result = CliRunner().invoke(app, args[1:])
+    assert result.exit_code == 0, result.output
+    out = Path(args[args.index("--out") + 1])
+    written = (out / "slurm" / "sweep.sbatch").read_text()
+    written = written.replace(sys.executable, "/home/me/project/.venv/bin/python").replace(os.getcwd(),
+                                                                                        "/home/me/project")
+    assert written == shown
