@@ -208,7 +208,8 @@ def sweep(
                                            gpus_per_task=gpus_per_task, array_limit=array_limit), dry_run=dry_run)
         return
     dev = pick_device(device)
-    console.print(f"sweep of {grid.size} members -> {out} (device {dev})", highlight=False)
+    console.print(f"sweep of {grid.size} members -> {out} (device {dev})"
+                  + ("" if share is None else f"; this process trains share {share[0]}/{share[1]}"), highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNOnceKnown(), TimeElapsedColumn(),
                   console=console, disable=not console.is_terminal and bool(os.environ.get("CI"))) as progress:
         task = progress.add_task("loading data, building the members …", total=None)
