@@ -43,6 +43,7 @@ if _typing.TYPE_CHECKING:
         plot_label_samples,
         plot_latent_by_condition,
         plot_latent_grid_by_condition,
+        plot_traversal_by_condition,
         plot_value_samples,
     )
     from vaelab.plots.course import (
@@ -110,6 +111,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plot_class_samples": ("vaelab.plots.discrete", "plot_class_samples"),
     "plot_latent_classes_2d": ("vaelab.plots.discrete", "plot_latent_classes_2d"),
     "plot_class_style": ("vaelab.plots.conditional", "plot_class_style"),
+    "plot_traversal_by_condition": ("vaelab.plots.conditional", "plot_traversal_by_condition"),
     "plot_conditional_density": ("vaelab.plots.conditional", "plot_conditional_density"),
     "plot_latent_grid_by_condition": ("vaelab.plots.conditional", "plot_latent_grid_by_condition"),
     "plot_latent_space": ("vaelab.plots.latent", "plot_latent_space"),
@@ -188,7 +190,7 @@ __all__ = [
     "plot_rate_split", "plot_reconstructions", "plot_reparameterization", "plot_samples",
     "plot_training_curves", "plot_traversal", "plot_true_posterior", "plot_value_samples", "plot_z_vs_eps",
     "plot_point_interpolations", "plot_class_style", "plot_conditional_density", "plot_latent_grid_by_condition",
-    "plot_before_after", "plot_class_samples", "plot_latent_classes_2d",
+    "plot_before_after", "plot_class_samples", "plot_latent_classes_2d", "plot_traversal_by_condition",
     "plots",
 ]
 

@@ -157,3 +157,29 @@ def test_conditional_titles_name_the_condition(kind) -> None:
     for fig in (draw(model, cond, data, generator=torch.Generator().manual_seed(0)),
                 plot_latent_by_condition(model, cond, data)):
         assert kind in fig._suptitle.get_text()
+
+
+def test_the_traversal_per_label_decodes_one_grid_under_each_label() -> None:
+    from vaelab.plots.conditional import plot_traversal_by_condition
+    from vaelab.plots.images import traversal_grid
+
+    rng = np.random.default_rng(0)
+    labels = torch.arange(40) % 3
+    data = Dataset("tiny-images", torch.tensor(rng.uniform(size=(40, 36)), dtype=torch.float32), labels,
+                   ["a", "b", "c"], image_shape=(1, 6, 6))
+    cond = fit_condition("label", data)
+    model = build_model(ModelConfig(hidden=[16], latent_dim=3, likelihood="bernoulli"), 36, cond.width, seed=0)
+    fig = plot_traversal_by_condition(model, cond, (1, 6, 6), dims=(2, 0), steps=5)
+    shown = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in shown] == ["c = a", "c = b", "c = c"]
+    assert all(ax.get_images()[0].get_array().shape == (5 * 7 + 1, 5 * 7 + 1) for ax in shown)
+    assert "z₃ across, z₁ up, over [-2, 2]², the other dimension at 0" in " ".join(fig._suptitle.get_text().split())
+    # Each panel is the grid decoded under its own c: the top-left tile is E[x | z = (-2 · e₃ + 2 · e₁), c].
+    from vaelab.plots.conditional import condition_panels
+
+    c = [cond.encode(raw)[0] for _, raw in condition_panels(cond)[:2]]
+    grids = [traversal_grid(model, (2, 0), steps=5, c=ci) for ci in c]
+    z = torch.tensor([[2.0, 0.0, -2.0]])
+    for grid, ci in zip(grids, c, strict=True):
+        torch.testing.assert_close(grid[0], model.decode(z, ci[None]).mean[0])
+    assert not torch.allclose(grids[0], grids[1])  # c reaches the decoder

@@ -44,6 +44,7 @@ from vaelab.plots.common import (
     including_prior,
     label_colour,
     needs_2d_data,
+    needs_continuous_latent,
     needs_point_data,
     needs_standard_prior,
     needs_vae,
@@ -58,7 +59,7 @@ from vaelab.plots.common import (
     z_label,
 )
 from vaelab.plots.data_space import density_grid_points
-from vaelab.plots.images import _image_shape, _shown_data, as_images, show, tile
+from vaelab.plots.images import _image_shape, _shown_data, as_images, show, tile, traversal_grid
 from vaelab.plots.latent import decoded_latent_grid, draw_latent_line, draw_mesh
 
 # Points shown at most in the latent panel and used for the k-NN probe (cost stays small).
@@ -626,6 +627,48 @@ def plot_class_style(
     return fig
 
 
+@torch.no_grad()
+def plot_traversal_by_condition(
+    model: LatentModel, condition: Condition, image_shape: Sequence[int], *, dims: tuple[int, int] = (0, 1),
+    steps: int = 7, span: float = 2.0, mi: str = "",
+) -> Figure:
+    """The latent traversal of a conditional image model under each condition: one panel per
+    label (or value of a continuous c), each the same grid of (z_i, z_j) over [-span, span]²
+    (z_i across, z_j up, other dimensions at 0) decoded with that c. If c carries the class and
+    z the style, every panel draws its own class and the same place in every panel the same
+    style (slant, width); panels that change little along a direction mean z does not use it.
+    ``mi``: words for I(x; z) in the title. For d = 1 the panels are one row each, z_1 across."""
+    if not has_standard_prior(model):
+        raise InputError("the traversal per label sweeps z over N(0, I)'s ±2 sd; this model's prior is another one")
+    dev = _device(model)
+    d = model.latent_dim
+    i, j = dims if d >= 2 else (0, 0)
+    panels = condition_panels(condition)
+    canvases = []
+    for _, raw in panels:
+        c = condition.encode(raw)[0].to(dev)
+        if d >= 2:
+            grid = traversal_grid(model, (i, j), steps=steps, span=span, c=c)
+            canvases.append(tile(as_images(grid, image_shape), steps))
+        else:
+            z = torch.linspace(-span, span, steps, device=dev).reshape(-1, 1)
+            means = model.decode(z, c.reshape(1, -1).expand(steps, -1)).mean
+            canvases.append(tile(as_images(means, image_shape), steps))
+    cols, rows = _panel_grid(len(panels))
+    fig, axes = new_figure(cols, rows, size=(2.4, 2.5 if d >= 2 else 0.9),
+                           title=f"Latent traversal {_each(condition)}{_left_out(condition, len(panels))}: "
+                                 + (f"{z_label(i)} across, {z_label(j)} up, over [{-span:g}, {span:g}]²"
+                                    + ("" if d <= 2 else ", the other dimension at 0" if d == 3
+                                       else f", the other {d - 2} dimensions at 0") if d >= 2
+                                    else f"{z_label(0)} = {-span:g} … {span:g} across")
+                                 + (f"; {mi}" if mi else ""))
+    for ax, (title, _), canvas in zip(axes, panels, canvases, strict=False):
+        show(ax, canvas, title)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    return fig
+
+
 # registry ---------------------------------------------------------------------------------------
 
 
@@ -694,6 +737,12 @@ def _class_style(ctx: PlotContext) -> Figure:
                             anchors=anchors, anchor_c=anchor_c, shown=shown, source=source.split(" (")[0])
 
 
+def _traversal_by_condition(ctx: PlotContext) -> Figure:
+    assert ctx.condition is not None
+    return plot_traversal_by_condition(ctx.model, ctx.condition, _image_shape(ctx.data), dims=ctx.dims,
+                                       mi=ctx.mi_words())
+
+
 def _needs_images(ctx: PlotContext) -> str | None:
     return None if ctx.is_image else "not image data (the per-condition point figures apply)"
 
@@ -747,10 +796,19 @@ FIGURES = [
         "and z carries the class; compare the conditioning accuracy in the metrics.",
         all_of(_needs_condition, _needs_images, needs_standard_prior), title="Class × style grid",
     ),
+    FigureSpec(
+        "image_cond_traversal", _traversal_by_condition,
+        "The latent traversal under each label's c: the same grid of two latent dimensions (the most active "
+        "ones) decoded with each c. If c carries the class and z the style, each panel draws its own class and "
+        "the same place in every panel the same slant and stroke; a panel whose images do not change along a "
+        "direction shows a latent dimension the decoder does not use under that c.",
+        all_of(_needs_condition, _needs_images, needs_standard_prior, needs_continuous_latent),
+        title="Latent traversal per label",
+    ),
 ]
 
 __all__ = [
     "class_style_grid", "condition_in_latent", "condition_panels", "conditional_density_images", "default_values",
     "plot_class_style", "plot_conditional_density", "plot_label_samples", "plot_latent_by_condition",
-    "plot_latent_grid_by_condition", "plot_value_samples", "style_and_class_change",
+    "plot_latent_grid_by_condition", "plot_traversal_by_condition", "plot_value_samples", "style_and_class_change",
 ]

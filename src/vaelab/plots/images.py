@@ -145,13 +145,15 @@ def plot_image_samples(model: LatentModel, image_shape: Sequence[int], *, n: int
 
 @torch.no_grad()
 def traversal_grid(model: LatentModel, dims: tuple[int, int], *, steps: int = 11, span: float = 2.0,
-                   base: Tensor | None = None, centre: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+                   base: Tensor | None = None, centre: Tensor | None = None, scale: Tensor | None = None,
+                   c: Tensor | None = None) -> Tensor:
     """Decoder means over a grid of (z_i, z_j) ∈ [-span, span]², other dims fixed at ``base``.
 
     ``centre`` and ``scale`` (d,) move and stretch the grid: z_i runs over centre_i ± span·scale_i
     (a learned prior's mean and standard deviation; default 0 and 1, N(0, I)'s).
     Returns (steps·steps, D): row r of the grid has z_j = +span … -span from top to bottom
-    (so "up" is positive, like a plot), column q has z_i = -span … +span.
+    (so "up" is positive, like a plot), column q has z_i = -span … +span. ``c`` (C,): the
+    condition every point is decoded under (a conditional model).
     """
     ref = next(model.parameters())
     i, j = dims
@@ -163,7 +165,8 @@ def traversal_grid(model: LatentModel, dims: tuple[int, int], *, steps: int = 11
     z = base.to(ref.device).expand(steps, steps, -1).clone()  # (rows, cols, d)
     z[:, :, i] = (centre[i] + scale[i] * unit)[None, :]
     z[:, :, j] = (centre[j] + scale[j] * unit.flip(0))[:, None]
-    return _decode_mean(model, z.reshape(steps * steps, -1))
+    cc = None if c is None else c.to(ref.device).reshape(1, -1).expand(steps * steps, -1)
+    return _decode_mean(model, z.reshape(steps * steps, -1), cc)
 
 
 @torch.no_grad()
