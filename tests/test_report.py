@@ -439,3 +439,36 @@ def test_cli_report_gives_the_worker_a_cpu_by_running_torch_one_thread_fewer(tra
     assert result.exit_code == 0, result.output
     assert seen == ([(2, None)] if user_threads else [(1, True)])
     assert after == 2
+
+
+def test_compare_draws_the_density_of_every_run_on_one_colour_scale(tmp_path):
+    """D14: each run's density image ended at its own maximum, so a diffuse (collapsed) model and a
+    peaked one looked equally bright. On data without a known density the scale is now shared."""
+    import torch
+
+    from vaelab.compare import shared_density_scale
+    from vaelab.plots.data_space import density_top, model_density_image, plot_density
+    from vaelab.train import train_run
+
+    runs = [train_run(tiny_config(data={"name": "moons", "n_train": 200}, train={"epochs": 2, "beta": b}),
+                      tmp_path / f"b{b}") for b in (1.0, 8.0)]
+    contexts = [PlotContext.from_run(ckpt.load(r.path), density_k=4, density_grid=16, n_points=200) for r in runs]
+    tops = [density_top(model_density_image(c.model, c.data, grid=16, k=4, generator=c.generator(4)))
+            for c in contexts]
+    assert tops[0] != tops[1]
+    # A density below 1 everywhere keeps its own top (the old scale was floored at 1: a dark image).
+    import numpy as np
+
+    assert density_top(np.array([[0.2, np.nan], [0.1, np.inf]])) == 0.2
+    assert shared_density_scale(contexts, None) == max(tops)
+    assert shared_density_scale(contexts, ["samples"]) is None  # no density figure, nothing to share
+    fig = plot_density(contexts[0].model, contexts[0].data, grid=16, k=4, generator=contexts[0].generator(4),
+                       vmax=max(tops))
+    assert fig.axes[0].get_images()[0].norm.vmax == pytest.approx(max(tops))
+    # Where the data knows its density, each image already ends at the true maximum: nothing to share.
+    ring = [PlotContext.from_run(ckpt.load(train_run(tiny_config(train={"epochs": 1}), tmp_path / f"r{i}").path),
+                                 density_k=4, density_grid=16, n_points=200) for i in range(2)]
+    assert ring[0].data.log_prob is not None and shared_density_scale(ring, None) is None
+    path = write_comparison([r.path for r in runs], tmp_path / "cmp", names=["density"], **FAST)
+    assert f"share one colour scale (0 to {max(tops):.3g}" in path.read_text()
+    assert torch.equal(contexts[0].data.x, contexts[1].data.x)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vaelab import checkpoint as ckpt
 from vaelab.config import RunConfig
 from vaelab.diagnostics import collapse_verdict
@@ -123,6 +125,9 @@ def write_comparison(
     shared = shared_latent_view(contexts)
     for ctx in contexts:
         ctx.latent_lims = shared
+    density_scale = shared_density_scale(contexts, names)
+    for ctx in contexts:
+        ctx.density_vmax = density_scale
     for label, ctx in zip(labels, contexts, strict=True):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
         entries, skip = collect_figures(
@@ -151,6 +156,9 @@ def write_comparison(
     parts.append("<h2>Figures</h2>")
     if shared is not None:
         parts.append('<p class="note">The latent-space panels of all runs share their limits.</p>')
+    if density_scale is not None:
+        parts.append(f'<p class="note">The density images of all runs share one colour scale (0 to '
+                     f'{density_scale:.3g}, the largest model density of the runs).</p>')
     for name in shown:
         spec = specs[name]
         # One run per row, each figure at full width: multi-panel figures stay readable.
@@ -188,6 +196,27 @@ def shared_latent_view(contexts: Sequence[Any]) -> tuple[tuple[float, float], tu
     lo = min(min(v[0][0], v[1][0]) for v in views)
     hi = max(max(v[0][1], v[1][1]) for v in views)
     return (lo, hi), (lo, hi)
+
+
+def shared_density_scale(contexts: Sequence[Any], names: Sequence[str] | None) -> float | None:
+    """The top of one colour scale for every run's density image, where the data has no known
+    density (else each image already ends at the true density's maximum, the same for every run
+    on the same data): the largest model density of the runs, each computed as its figure draws
+    it (same grid, same draws). None when the figure is not drawn for every run, or the runs
+    are on different data (one scale would compare densities of different spaces)."""
+    from vaelab.plots import plan
+    from vaelab.plots.data_space import density_top, model_density_image
+
+    if names is not None and "density" not in names:
+        return None
+    if any(not plan(ctx, ["density"])[0] for ctx in contexts):
+        return None
+    first = contexts[0].data
+    if first.log_prob is not None or any(ctx.data.name != first.name or ctx.data.dim != first.dim
+                                         or not torch.equal(ctx.data.x, first.x) for ctx in contexts):
+        return None
+    return max(density_top(model_density_image(ctx.model, ctx.data, grid=ctx.density_grid, k=ctx.density_k,
+                                               generator=ctx.generator(4))) for ctx in contexts)
 
 
 def comparison_table(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, list[Any]]]]:

@@ -314,6 +314,8 @@ class PlotContext:
     data_dims: tuple[int, ...] | None = None
     # The view of the latent-space figure when several runs are compared on one scale (None: its own).
     latent_lims: tuple[tuple[float, float], tuple[float, float]] | None = None
+    # The top of the density figure's colour scale when several runs share one (None: its own).
+    density_vmax: float | None = None
     # What several figures compute from the same model and data, computed once per context
     # (a report draws every figure from one context): see posterior() and codes().
     _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -169,20 +169,31 @@ def density_grid_points(data: Dataset, grid: int) -> tuple[Tensor, tuple[float, 
 
 
 @torch.no_grad()
+def model_density_image(model: LatentModel, data: Dataset, *, grid: int = 80, k: int = 100,
+                        generator: torch.Generator | None = None) -> np.ndarray:
+    """The model density p(x) (IWAE estimate with k samples) on the density figure's grid:
+    (grid, grid), row a = the a-th y from the bottom, as ``plot_density`` draws it."""
+    vae = _require_vae(model, "the model-density figure")
+    pts, _ = density_grid_points(data, grid)
+    return torch.exp(model_log_density(vae, pts, k=k, generator=generator).reshape(grid, grid)).numpy()
+
+
 def plot_density(
-    model: LatentModel, data: Dataset, *, grid: int = 80, k: int = 100, generator: torch.Generator | None = None
+    model: LatentModel, data: Dataset, *, grid: int = 80, k: int = 100, generator: torch.Generator | None = None,
+    vmax: float | None = None,
 ) -> Figure:
     """The model density p(x) on a grid (IWAE estimate with k samples) beside the true
-    density when the dataset knows it, otherwise beside the training data."""
-    vae = _require_vae(model, "the model-density figure")
+    density when the dataset knows it, otherwise beside the training data.
+
+    The colour scale ends at the true density's maximum where the data knows it, else at the
+    model's; ``vmax`` sets it instead (several runs compared on one scale: ``vaelab compare``)."""
+    _require_vae(model, "the model-density figure")
     x = to_numpy(data.x)
     pts, (x0, x1, y0, y1) = density_grid_points(data, grid)
-    log_p = model_log_density(vae, pts, k=k, generator=generator).reshape(grid, grid)
-    p_model = torch.exp(log_p).numpy()
+    p_model = model_density_image(model, data, grid=grid, k=k, generator=generator)
     p_true = None if data.log_prob is None else torch.exp(data.log_prob(pts).double()).reshape(grid, grid).numpy()
-    vmax = (
-        float(np.nanmax(p_true)) if p_true is not None else float(np.nanmax(p_model[np.isfinite(p_model)], initial=1.0))
-    )
+    if vmax is None:
+        vmax = float(np.nanmax(p_true)) if p_true is not None else density_top(p_model)
     norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)
     ext = (x0, x1, y0, y1)
     fig, axes = new_figure(
@@ -201,6 +212,13 @@ def plot_density(
         _label_data_axes(ax, 2, data.columns)
     colorbar(fig, im, axes, "p(x) (square-root colour scale)")
     return fig
+
+
+def density_top(p_model: np.ndarray) -> float:
+    """The top of a model density image's colour scale: its largest finite value (1 if none;
+    ``initial`` would floor it at 1, hiding a density that stays below 1 everywhere)."""
+    finite = p_model[np.isfinite(p_model)]
+    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
 
 
 # 4. every pair of coordinates (3 ≤ D) -------------------------------------------------------------
@@ -300,7 +318,8 @@ def _needs_pairs(ctx: PlotContext) -> str | None:
 
 
 def _density(ctx: PlotContext) -> Figure:
-    return plot_density(ctx.model, ctx.data, grid=ctx.density_grid, k=ctx.density_k, generator=ctx.generator(4))
+    return plot_density(ctx.model, ctx.data, grid=ctx.density_grid, k=ctx.density_k, generator=ctx.generator(4),
+                        vmax=ctx.density_vmax)
 
 
 FIGURES = [
