@@ -132,8 +132,9 @@ class VaelabCommand(TyperCommand):
             self.params.sort(key=lambda p: PANELS.index(p.rich_help_panel)  # type: ignore[attr-defined]
                              if getattr(p, "rich_help_panel", None) in PANELS else len(PANELS))
         for param in _plain_flags(self, ctx):
-            if param.name == "help" and panels and param.rich_help_panel is None:
-                param.rich_help_panel = max(panels, key=lambda p: PANELS.index(p) if p in PANELS else -1)
+            if param.name == "help" and panels and param.rich_help_panel is None:  # with the run's options
+                param.rich_help_panel = RUN if RUN in panels else max(
+                    panels, key=lambda p: PANELS.index(p) if p in PANELS else -1)
         super().format_help(ctx, formatter)
 
 

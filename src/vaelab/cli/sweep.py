@@ -99,7 +99,7 @@ def _sweep_defaults() -> dict[str, str]:
     from vaelab.presets import DEFAULT_IMAGE_PRESET
 
     return {"--config": "none", "--preset": f"none; image data {DEFAULT_IMAGE_PRESET}",
-            "--seeds": "1: the --seed alone"}
+            "--seeds": "1: the --seed alone", "--shards": "one per group of members that train as one stack"}
 
 
 @app.command(help=SWEEP_HELP, cls=_SweepHelp,
