@@ -272,13 +272,34 @@ def test_a_four_share_job_array_collects_to_the_whole_sweep_and_a_requeued_task_
     assert cancelled.returncode == 0, cancelled.stderr
     time.sleep(2)
     assert cluster.run("scontrol", "requeue", f"{job}_1", check=False).returncode == 0
-    cluster.run("scontrol", "update", f"jobid={job}_1", "StartTime=now", check=False)  # no requeue delay
+    _start_now(cluster, f"{job}_1")
+    # Task 2 gets the signal SLURM sends near the time limit (USR1 to the batch shell): it saves a
+    # checkpoint and requeues itself.
+    member = tmp_path / "S" / "runs" / "latent_dim=2"
+    while not (member / "state.pt").is_file() and time.monotonic() < end:
+        time.sleep(0.1)
+    signalled = cluster.run("scancel", "--signal=USR1", "--batch", f"{job}_2", check=False)
+    assert signalled.returncode == 0, signalled.stderr
+    _start_now(cluster, f"{job}_2")
     cluster.wait(job, timeout=600)
-    log = (tmp_path / "S" / "slurm" / f"{job}_1.log").read_text()
-    assert log.count("sweep of 4 members") == 2, log[-3000:]  # it ran twice
+    logs = [(tmp_path / "S" / "slurm" / f"{job}_{i}.log").read_text() for i in (1, 2)]
+    assert logs[0].count("sweep of 4 members") == 2, logs[0][-3000:]  # it ran twice
+    assert logs[1].count("sweep of 4 members") == 2 and "the time limit is near" in logs[1], logs[1][-3000:]
+    assert "interrupted (SIGTERM)" in logs[1]  # the share saved its step before the requeue
     collected = vaelab("sweep", "--collect", "S", "--no-report", cwd=tmp_path)
     assert collected.returncode == 0, collected.stderr[-3000:] + log[-3000:]
     assert_same_sweep(tmp_path / "S", tmp_path / "whole")
+
+
+def _start_now(cluster: slurm_cluster.Cluster, task: str) -> None:
+    """Once ``task`` is back in the queue, let it start at once (SLURM delays a requeued job)."""
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        if any(line.split()[1] == "PENDING" for line in cluster.jobs(task)):
+            cluster.run("scontrol", "update", f"jobid={task}", "StartTime=now", check=False)
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{task} did not go back in the queue: {cluster.jobs(task)}")
 
 
 def test_train_slurm_runs_torchrun_under_srun_and_ends_like_nproc_2(cluster, tmp_path):
