@@ -29,11 +29,16 @@ from vaelab.cli.common import (
     EVALUATION,
     MODEL,
     RUN,
+    SLURM_CPUS,
+    SLURM_DRY_RUN,
+    SLURM_PARTITION,
+    SLURM_TIME,
     TRAINING,
     VaelabCommand,
     _split_ints,
     add_defaults,
     pick_device,
+    refuse_without_slurm,
     user_errors,
     vaelab_command,
 )
@@ -357,16 +362,12 @@ def train(
                                "on each of --nodes nodes with --nproc processes each (script in OUT.slurm/)",
                                rich_help_panel=CLUSTER),
     nodes: int = typer.Option(None, "--nodes", help="with --slurm: the number of nodes", rich_help_panel=CLUSTER),
-    partition: str = typer.Option(None, "--partition", help="with --slurm: the partition(s) to run in",
-                                  rich_help_panel=CLUSTER),
-    time_limit: str = typer.Option(None, "--time", help="with --slurm: the job's time limit (90, 4:00:00, 1-12); "
-                                   "near it the run checkpoints and requeues itself", rich_help_panel=CLUSTER),
-    cpus_per_task: int = typer.Option(None, "--cpus-per-task", help="with --slurm: CPUs per node",
-                                      rich_help_panel=CLUSTER),
+    partition: str = SLURM_PARTITION,
+    time_limit: str = SLURM_TIME,
+    cpus_per_task: int = SLURM_CPUS,
     gpus_per_node: int = typer.Option(None, "--gpus-per-node", help="with --slurm: GPUs per node",
                                       rich_help_panel=CLUSTER),
-    dry_run: bool = typer.Option(False, "--dry-run", help="with --slurm: write the script and print it, without "
-                                 "submitting", rich_help_panel=CLUSTER),
+    dry_run: bool = SLURM_DRY_RUN,
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, figures, report).
 
@@ -378,12 +379,9 @@ def train(
     from vaelab.train import TrainingDiverged, TrainingInterrupted, train_run
 
     family_over = _family_flags(ctx)  # refuses an unknown option before anything is read
-    slurm_given = [flag for flag, value in (("--nodes", nodes), ("--partition", partition), ("--time", time_limit),
-                   ("--cpus-per-task", cpus_per_task), ("--gpus-per-node", gpus_per_node),
-                   ("--dry-run", dry_run or None)) if value is not None]
-    if slurm_given and not slurm:
-        raise InputError(f"{', '.join(slurm_given)}: option(s) of --slurm, which this command does not have: add "
-                         "--slurm to submit the run to SLURM, or drop them")
+    refuse_without_slurm(slurm, {"--nodes": nodes, "--partition": partition, "--time": time_limit,
+                                 "--cpus-per-task": cpus_per_task, "--gpus-per-node": gpus_per_node,
+                                 "--dry-run": dry_run})
     check_data_arg(None if resume else data, out)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")

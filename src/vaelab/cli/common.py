@@ -106,6 +106,25 @@ DATA, MODEL, TRAINING, EVALUATION, RUN = "Data", "Model", "Training", "Evaluatio
 CLUSTER = "Cluster (shares, SLURM)"
 PANELS = (DATA, MODEL, TRAINING, EVALUATION, RUN, CLUSTER)
 
+# The options of --slurm that `vaelab train` and `vaelab sweep` share (vaelab.cluster.slurm).
+SLURM_PARTITION = typer.Option(None, "--partition", help="with --slurm: the partition(s) to run in",
+                               rich_help_panel=CLUSTER)
+SLURM_TIME = typer.Option(None, "--time", help="with --slurm: the time limit of the job (of each array task) in "
+                          "SLURM's forms: 90, 4:00:00, 1-12; near it, vaelab checkpoints and requeues it",
+                          rich_help_panel=CLUSTER)
+SLURM_CPUS = typer.Option(None, "--cpus-per-task", help="with --slurm: CPUs per task (one task per node for "
+                          "train), also torch's threads", rich_help_panel=CLUSTER)
+SLURM_DRY_RUN = typer.Option(False, "--dry-run", help="with --slurm: write the script and print it, without "
+                             "submitting", rich_help_panel=CLUSTER)
+
+
+def refuse_without_slurm(slurm: bool, given: dict[str, Any]) -> None:
+    """Refuse options of --slurm (flag -> value; None or False: not given) given without --slurm."""
+    named = [flag for flag, value in given.items() if value is not None and value is not False]
+    if named and not slurm:
+        raise InputError(f"{', '.join(named)}: option(s) of --slurm, which this command does not have: add --slurm "
+                         "to submit to SLURM, or drop them")
+
 
 class VaelabCommand(TyperCommand):
     """A command whose help shows an on/off flag as a flag: ``--overwrite``, not ``--overwrite

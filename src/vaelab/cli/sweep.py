@@ -26,11 +26,16 @@ from vaelab.cli.common import (
     DATA,
     MODEL,
     RUN,
+    SLURM_CPUS,
+    SLURM_DRY_RUN,
+    SLURM_PARTITION,
+    SLURM_TIME,
     TRAINING,
     VaelabCommand,
     add_defaults,
     config_flags,
     pick_device,
+    refuse_without_slurm,
     user_errors,
     vaelab_command,
 )
@@ -135,18 +140,14 @@ def sweep(
                                "OUT/slurm/ and submit it with sbatch", rich_help_panel=CLUSTER),
     shards: int = typer.Option(None, "--shards", help="with --slurm: the number of shares (array tasks)",
                                rich_help_panel=CLUSTER),
-    partition: str = typer.Option(None, "--partition", help="with --slurm: the partition(s) to run in",
-                                  rich_help_panel=CLUSTER),
-    time_limit: str = typer.Option(None, "--time", help="with --slurm: each task's time limit (90, 4:00:00, "
-                                   "1-12); near it a task checkpoints and requeues itself", rich_help_panel=CLUSTER),
-    cpus_per_task: int = typer.Option(None, "--cpus-per-task", help="with --slurm: CPUs per task",
-                                      rich_help_panel=CLUSTER),
+    partition: str = SLURM_PARTITION,
+    time_limit: str = SLURM_TIME,
+    cpus_per_task: int = SLURM_CPUS,
     gpus_per_task: int = typer.Option(None, "--gpus-per-task", help="with --slurm: GPUs per task",
                                       rich_help_panel=CLUSTER),
     array_limit: int = typer.Option(None, "--array-limit", help="with --slurm: at most M tasks at once",
                                     rich_help_panel=CLUSTER),
-    dry_run: bool = typer.Option(False, "--dry-run", help="with --slurm: write the script and print it, "
-                                 "without submitting", rich_help_panel=CLUSTER),
+    dry_run: bool = SLURM_DRY_RUN,
 ) -> None:
     from vaelab.cluster.slurm import SlurmOptions
     from vaelab.config import absolute_path
@@ -158,12 +159,9 @@ def sweep(
     from vaelab.train import TrainingInterrupted
 
     lists = parse_flags(ctx.args)  # the grid's flags are checked before anything else is read
-    slurm_given = [flag for flag, value in (("--shards", shards), ("--partition", partition), ("--time", time_limit),
-                   ("--cpus-per-task", cpus_per_task), ("--gpus-per-task", gpus_per_task),
-                   ("--array-limit", array_limit), ("--dry-run", dry_run or None)) if value is not None]
-    if slurm_given and not slurm:
-        raise InputError(f"{', '.join(slurm_given)}: option(s) of --slurm, which this command does not have: add "
-                         "--slurm to submit the sweep as a SLURM job array, or drop them")
+    refuse_without_slurm(slurm, {"--shards": shards, "--partition": partition, "--time": time_limit,
+                                 "--cpus-per-task": cpus_per_task, "--gpus-per-task": gpus_per_task,
+                                 "--array-limit": array_limit, "--dry-run": dry_run})
     if collect is not None:
         if (out is not None or lists or data is not None or config is not None or preset is not None
                 or seeds is not None or resume or shard is not None or slurm or jobs != 1):
