@@ -417,6 +417,28 @@ def test_a_huge_image_size_is_refused_before_any_image_is_read(tmp_path):
         Image.new("L", (8, 8), color=i * 40).save(tmp_path / f"{i}.png")
     with pytest.raises(SizeError, match=r"--image-size 1000000000 .*use a smaller --image-size"):
         load_image_folder(tmp_path, size=10**9)
+    # Through `vaelab train`: the check before reading built the model's shapes first and overflowed.
+    for size in (10**9, 10**5):
+        result = invoke("train", "--data", tmp_path, "--image-size", size, "--epochs", "1", "--out",
+                        tmp_path / f"r{size}")
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"images of --image-size {size}" in said and "use a smaller --image-size" in said
+        assert not (tmp_path / f"r{size}").exists()
+
+
+def test_an_evaluation_batch_keeps_half_the_memory_free(monkeypatch):
+    """EV02 (recount): --k 10^7 on 100 test points passed both checks (24 GB of a 25.3 GB machine,
+    exactly 10^9 passes) and swapped without a word; a batch may now take at most half."""
+    from torch import nn
+
+    from vaelab import memory
+    from vaelab.sizes import check_eval_fits
+
+    monkeypatch.setattr(memory, "physical_memory", lambda: 25_300_000_000)
+    with pytest.raises(SizeError, match=r"100 points × --k 10,000,000 importance samples .* more than half of"):
+        check_eval_fits(nn.Linear(2, 2), 100, 10**7, 100, "--k")
+    check_eval_fits(nn.Linear(2, 2), 100, 10**6, 100, "--k")  # 2.4 GB: fine
 
 
 def test_a_ten_megabyte_line_is_read_quickly(tmp_path):

@@ -287,7 +287,7 @@ def test_a_four_share_job_array_collects_to_the_whole_sweep_and_a_requeued_task_
     assert logs[1].count("sweep of 4 members") == 2 and "the time limit is near" in logs[1], logs[1][-3000:]
     assert "interrupted (SIGTERM)" in logs[1]  # the share saved its step before the requeue
     collected = vaelab("sweep", "--collect", "S", "--no-report", cwd=tmp_path)
-    assert collected.returncode == 0, collected.stderr[-3000:] + log[-3000:]
+    assert collected.returncode == 0, collected.stderr[-3000:] + logs[0][-3000:]
     assert_same_sweep(tmp_path / "S", tmp_path / "whole")
 
 

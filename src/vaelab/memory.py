@@ -37,12 +37,14 @@ def format_bytes(n: float) -> str:
     return f"{n:.3g} EB"  # unreachable
 
 
-def check_fits(nbytes: float, what: str, fix: str) -> None:
-    """Raise SizeError naming ``what`` and ``fix`` when ``nbytes`` exceed physical memory."""
+def check_fits(nbytes: float, what: str, fix: str, *, share: float = 1.0) -> None:
+    """Raise SizeError naming ``what`` and ``fix`` when ``nbytes`` exceed ``share`` of physical
+    memory (a working buffer that takes nearly all of it leaves the machine swapping)."""
     limit = physical_memory()
-    if nbytes > limit:
+    if nbytes > limit * share:
+        part = "" if share == 1.0 else "half of " if share == 0.5 else f"{share:.0%} of "
         raise SizeError(
-            f"{what} would need about {format_bytes(nbytes)} of memory, more than this machine's "
+            f"{what} would need about {format_bytes(nbytes)} of memory, more than {part}this machine's "
             f"{format_bytes(limit)}; {fix}"
         )
 

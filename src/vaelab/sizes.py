@@ -104,8 +104,10 @@ def check_eval_fits(model: nn.Module, n: int, k: int, batch_size: int, option: s
     ("--k", "--eval-k") in the message. ``passes=False`` checks the memory only (before training,
     when the number of test points is not known yet)."""
     rows = min(n, batch_size)
+    # At most half the memory: a batch that fits only just would leave nothing to the rest of the
+    # machine (audit EV02: --k 10^7 on 100 points, 24 GB of 25, swapping without a word).
     check_fits(24.0 * rows * k, f"an evaluation batch of {rows:,} points × {option} {k:,} importance samples",
-               f"use a smaller {option} (the default is 1000)")
+               f"use a smaller {option} (the default is 1000)", share=0.5)
     work = float(n) * k
     if passes and work > MAX_EVAL_PASSES:
         flops = 2.0 * sum(p.numel() for p in model.parameters()) * work
