@@ -469,3 +469,16 @@ def test_radius_tracking_table_labels_means_and_samples():
     with console_module.console.capture() as cap:
         console_module._print_condition_metrics({"radius_tracking": old})
     assert "samples" not in cap.get().replace("radius_tracking", "")
+
+
+def test_the_likelihood_help_lists_every_registered_likelihood():
+    import re
+
+    from vaelab.cli.commands import LIKELIHOOD_HELP
+    from vaelab.likelihoods import LIKELIHOODS
+
+    text = LIKELIHOOD_HELP.split(": ", 1)[1]
+    while "(" in text:  # drop the words in parentheses, nested ones first
+        text = re.sub(r"\([^()]*\)", "", text)
+    named = [name.strip() for name in text.split(",")]
+    assert sorted(named) == sorted(LIKELIHOODS)

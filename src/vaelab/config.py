@@ -286,7 +286,8 @@ class ModelConfig(_Section):
     activation: str = Field("tanh", description="activation of the hidden layers")
     latent_dim: int = Field(2, gt=0, description="dimension of z")
     scale: ScaleParam = Field("logvar", description="encoder scale parameterisation")
-    likelihood: str = Field("gaussian-learned", description="p(x|z): gaussian, gaussian-learned or bernoulli")
+    likelihood: str = Field("gaussian-learned", description="p(x|z): gaussian, gaussian-learned, bernoulli, or for grey"
+                            " levels in [0, 1] gaussian-sigmoid, continuous-bernoulli or logistic256")
     recon_var: float = Field(0.1, gt=0, description="σ² of the fixed-variance Gaussian likelihood")
     min_var: float = Field(
         1e-6, gt=0,

@@ -168,7 +168,7 @@ SETTING_RULES: dict[str, _Rule] = {
         "it embeds a continuous condition (radius or column:NAME), but "
         + ("there is no condition" if c.data.condition is None else "labels are one-hot encoded")
         + "; drop it"),
-    "model.min_var": lambda c: None if c.model.likelihood == "gaussian-learned" else (
+    "model.min_var": lambda c: None if c.model.likelihood in ("gaussian-learned", "gaussian-sigmoid") else (
         f"it floors the learned variance of gaussian-learned, but the likelihood is {c.model.likelihood}"
         + ("; use --recon-var for the fixed σ²" if c.model.likelihood == "gaussian" else "; drop it")),
     "train.objective": _objective_rule,
