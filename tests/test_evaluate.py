@@ -149,7 +149,7 @@ def test_api_and_cli_agree_on_a_bernoulli_image_run(tmp_path):
     )
     run = train_run(cfg, tmp_path / "img")
     api = evaluate_run(run.path, write=False)
-    cli = _cli_json("eval", str(run.path))
+    cli = _cli_json("eval", str(run.path), "--no-quality")  # sample quality: tests/test_quality.py
     assert api == cli and api["binarization"].startswith("fixed") and "iwae_bpd" in api
     # The grey-level test split is refused, not scored with a cross-entropy called a likelihood.
     with pytest.raises(DataSupportError, match="not binary.*[Bb]inarize"):

@@ -157,7 +157,7 @@ def test_cli_conv_on_mnist_test_file(tmp_path):
     assert result.exit_code == 0, result.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["net"] == "conv" and cfg["model"]["latent_dim"] == 32
-    result = runner.invoke(app, ["eval", str(out), "--k", "4", "--device", "cpu", "--json"])
+    result = runner.invoke(app, ["eval", str(out), "--k", "4", "--device", "cpu", "--json", "--no-quality"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert metrics["n"] == 32 and metrics["binarization"].startswith("fixed")

@@ -81,6 +81,7 @@ LAYER_OF: dict[str, int] = {
     "vaelab.history": 4,  # the per-epoch record of a run
     "vaelab.progress": 4,  # progress=True's line: fit, train_run and evaluate draw it
     "vaelab.evaluate": 5, "vaelab.diagnostics": 5,
+    "vaelab.quality": 5,  # sample quality of images: a feature classifier (cached) and the metrics evaluate reports
     "vaelab.analysis": 5,  # computations the figures share (it uses evaluate)
     "vaelab.conditions": 5,  # the package also loads metrics.py: how well samples follow c
     "vaelab.plots": 6, "vaelab.report": 6, "vaelab.sweep": 6, "vaelab.cluster": 6,

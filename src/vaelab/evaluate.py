@@ -8,6 +8,10 @@ Two levels:
   binarized test view of Bernoulli image runs, each test point's condition for conditional
   runs, the conditional true density, conditioning accuracy), optionally written to
   ``metrics.json``. The CLI only prints what this returns.
+
+Image runs can add the sample quality of ``vaelab.quality`` (``quality_samples``): a Fréchet
+distance, precision / recall and density / coverage between samples and the test split, in the
+feature space of a classifier trained once per dataset, each beside its real-vs-real floor.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from vaelab.checkpoint import METRICS_FILE, Run, RunDirError, write_metrics
 from vaelab.conditions import conditional_metrics
 from vaelab.config import check_seed_option
 from vaelab.data.dataset import Dataset
+from vaelab.data.download import dataset_folder, resolve_data_dir
 from vaelab.data.pixels import eval_view
 from vaelab.data.registry import DATASETS, load_dataset
 from vaelab.devices import pick_device
@@ -36,8 +41,10 @@ from vaelab.distributions import enumerable_support, kl_is_closed_form, kl_per_d
 from vaelab.distributions import kl as kl_qp
 from vaelab.errors import InputError
 from vaelab.models import LatentModel, VariationalModel
+from vaelab.models.vq import VQVAE, bound_parts
 from vaelab.objectives import decode_log_px, importance_terms, kl_groups, latent_groups
 from vaelab.progress import EvalProgress
+from vaelab.quality import ClassifierSettings, QualityError, check_quality_samples, sample_quality
 from vaelab.sizes import check_eval_fits
 
 # Burda et al. (2016), section 5.2: a latent unit is active when Cov_x(E_q[z_u]) > 0.01.
@@ -383,6 +390,8 @@ def _evaluate(
                                     posteriors=posteriors).as_metrics())
     if data.image_shape is not None:
         metrics.update(bits_per_dim(metrics, data.dim))
+    if isinstance(model, VQVAE):  # the bound's parts, with the uniform prior's bound beside them
+        metrics.update(bound_parts(model, metrics, data.dim if data.image_shape is not None else None))
     if true_log_prob is None and c is None and data.log_prob is not None:
         true_log_prob = data.log_prob(data.x)
     if true_log_prob is not None:
@@ -475,6 +484,7 @@ def evaluate_run(
     run: Run | str | Path, *, k: int | None = None, n_test: int | None = None, seed: int | None = None,
     write: bool | None = None, device: str | torch.device | None = None, world: World | None = None,
     progress: bool = False, on_batch: Callable[[int, int], None] | None = None,
+    quality_samples: int | None = None, quality_classifier: ClassifierSettings | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved run on its held-out data, exactly as ``vaelab eval`` does.
 
@@ -502,19 +512,31 @@ def evaluate_run(
     ``progress=True`` shows the evaluation's progress on one line of stderr (the test batches
     of the importance-sampled bound, the long part; then the diagnostics); nothing is printed
     without it. ``on_batch(done, total)``: called as ``evaluate`` calls it.
+
+    ``quality_samples`` (image runs; ``vaelab eval`` passes 10,000, so pass it too for the CLI's
+    numbers): adds ``sample_quality``, the
+    numbers of ``vaelab.quality.sample_quality`` for that many samples against the test split
+    (grey levels, as loaded; the feature classifier is trained on the whole training split and
+    cached in the user's data folder beside the dataset, see ``quality_cache_dir``;
+    ``quality_classifier`` its settings). Where the data cannot give them (no labels to train the
+    classifier, too few test images) ``sample_quality_note`` says why instead. None (default):
+    no sample quality. Under torchrun rank 0 alone measures it.
     """
+    if quality_samples is not None:  # before any work: a bad count is refused at once
+        check_quality_samples(quality_samples)
     if isinstance(run, Run):
         if device is not None:
             raise EvaluationError("device applies when evaluate_run loads a run from its folder; a loaded Run "
                                   "is evaluated where its model is (move run.model first)")
     else:
         run = ckpt.load(run, pick_device("auto" if device is None else device))
+    quality = (quality_samples, quality_classifier)
     if not progress or (world is not None and not world.is_main):
-        return _evaluate_run(run, k, n_test, seed, write, world, on_batch)
+        return _evaluate_run(run, k, n_test, seed, write, world, on_batch, quality)
     line = EvalProgress(str(run.path), also=on_batch)  # says what it scores once the test data is loaded
     line.note("loading the test data")
     try:
-        metrics = _evaluate_run(run, k, n_test, seed, write, world, line)
+        metrics = _evaluate_run(run, k, n_test, seed, write, world, line, quality)
     except BaseException:
         line.close()  # the line ends where it stopped; the error follows on a line of its own
         raise
@@ -525,6 +547,7 @@ def evaluate_run(
 def _evaluate_run(
     run: Run, k: int | None, n_test: int | None, seed: int | None, write: bool | None, world: World | None,
     on_batch: Callable[[int, int], None] | None,
+    quality: tuple[int | None, ClassifierSettings | None] = (None, None),
 ) -> dict[str, Any]:
     """``evaluate_run`` of a loaded run; an ``EvalProgress`` as ``on_batch`` is told each phase."""
     model = run.model
@@ -534,6 +557,9 @@ def _evaluate_run(
                               "drop them")
     data_cfg = _test_config(run, n_test)
     raw_test = load_dataset(data_cfg, "test")
+    if quality[0] is not None and raw_test.image_shape is None:
+        raise EvaluationError(f"{data_cfg.path or data_cfg.name}: sample quality is measured on image runs only; "
+                              "this run's data are points: drop --quality-samples / --no-quality")
     test, pixels = eval_view(run.config, raw_test)
     c = true_log_prob = None
     note = None
@@ -557,11 +583,48 @@ def _evaluate_run(
                                            seed=settings.get("seed", run.config.eval.seed)))
     if test.image_shape is not None:
         metrics["binarization"] = pixels
-    check_finite_metrics(run, metrics)
+    check_finite_metrics(run, metrics)  # a broken model gets no sample quality either
     main = world is None or world.is_main  # under torchrun rank 0 alone writes
+    if quality[0] is not None and main:
+        metrics.update(_run_sample_quality(run, data_cfg, raw_test, quality[0], quality[1],
+                                           settings.get("seed", run.config.eval.seed), reporter))
     if main and (write or (write is None and should_write_metrics(run, k=k, n_test=n_test, seed=seed))):
         save_metrics(run, metrics)
     return metrics
+
+
+def quality_cache_dir(data_cfg: Any) -> Path:
+    """Where the feature classifier of a run's data is cached: the user's folder of the dataset,
+    ``<data_dir>/<name>`` (never a read-only system folder), or ``<data_dir>/image-folders`` for a
+    folder of the user's images (its classifier's file name holds a hash of the images)."""
+    if data_cfg.path is not None:
+        return resolve_data_dir(data_cfg.data_dir) / "image-folders"
+    return dataset_folder(data_cfg.name, data_cfg.data_dir)
+
+
+def _run_sample_quality(
+    run: Run, data_cfg: Any, raw_test: Dataset, n_samples: int, classifier: ClassifierSettings | None, seed: int,
+    reporter: EvalProgress | None,
+) -> dict[str, Any]:
+    """``{"sample_quality": ...}`` of a run, or ``{"sample_quality_note": why not}`` where the data
+    cannot give it. The classifier learns the whole training split and reports its accuracy on the
+    whole test split (``limit_train`` / ``limit_test`` left out, so every run of a dataset shares one
+    classifier); the real images are the run's test split, in grey levels."""
+    full = data_cfg.model_copy(update={"limit_train": None, "limit_test": None})
+    train = load_dataset(full, "train")
+    test_all = raw_test if data_cfg.limit_test is None else load_dataset(full, "test")
+
+    def phase(what: str) -> None:
+        if reporter is not None:
+            reporter.note(f"sample quality: {what}")
+
+    try:
+        quality = sample_quality(run.model, train, raw_test, n_samples=n_samples, seed=seed,
+                                 condition=run.condition, cache_dir=quality_cache_dir(data_cfg),
+                                 settings=classifier, on_phase=phase, classifier_test=test_all)
+    except QualityError as err:  # n_samples was checked by evaluate_run: what is left is about the data
+        return {"sample_quality_note": f"no sample quality: {err}"}
+    return {"sample_quality": quality}
 
 
 # The numbers a run's evaluation stands on: NaN or inf in any of them means a broken model.

@@ -176,6 +176,12 @@ def _run_defaults() -> dict[str, str]:
             f"{DEFAULT_IMAGE_PRESET}", "--nproc": "1: this process, no torchrun"}
 
 
+# The likelihoods of vaelab.likelihoods.LIKELIHOODS (the CLI does not import torch to list them;
+# tests/test_cli_help.py checks this line against the registry).
+LIKELIHOOD_HELP = ("p(x|z): gaussian (fixed σ²), gaussian-learned, gaussian-sigmoid (mean in (0, 1)), bernoulli, "
+                   "continuous-bernoulli, logistic256 (8-bit grey levels)")
+
+
 class _TrainHelp(VaelabCommand):
     """`vaelab train --help`: options in panels, each with its default read from the configs
     (``add_defaults``), ending with the options of every family that declares some, one group
@@ -218,7 +224,7 @@ class _TrainHelp(VaelabCommand):
 
 # The built-in families that declare options, named in plain `train --help` (which loads no
 # family code); tests/test_cli_help.py checks the list against the registry.
-_FAMILIES_WITH_OPTIONS = ("planar", "radial", "iaf", "vamp", "mog", "ladder", "gumbel")
+_FAMILIES_WITH_OPTIONS = ("planar", "radial", "iaf", "vamp", "mog", "ladder", "gumbel", "vq")
 
 
 def _metavar(annotation: Any) -> str:
@@ -300,8 +306,7 @@ def train(
                                    rich_help_panel=MODEL),
     latent_dim: int = typer.Option(None, help="dimension of z", rich_help_panel=MODEL),
     scale: str = typer.Option(None, help="encoder scale: logvar, softplus or exp", rich_help_panel=MODEL),
-    likelihood: str = typer.Option(None, help="gaussian (fixed σ²), gaussian-learned or bernoulli",
-                                   rich_help_panel=MODEL),
+    likelihood: str = typer.Option(None, help=LIKELIHOOD_HELP, rich_help_panel=MODEL),
     recon_var: float = typer.Option(None, help="σ² of the fixed Gaussian likelihood (--likelihood gaussian)",
                                     rich_help_panel=MODEL),
     min_var: float = typer.Option(None, help="floor of the learned Gaussian variance (gaussian-learned)",
@@ -752,13 +757,21 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="also print the metrics as JSON"),
     save: bool = typer.Option(False, "--save", help="write RUN/metrics.json even when --k / --n-test / --seed "
                               "differ from the run's own evaluation settings"),
+    quality_samples: int = typer.Option(None, "--quality-samples", help="image runs: samples for the sample "
+                                        "quality (Fréchet distance, precision/recall, density/coverage; default "
+                                        "10,000; see docs/quality.md)"),
+    no_quality: bool = typer.Option(False, "--no-quality", help="image runs: skip the sample quality"),
 ) -> None:
     """Evaluate a run on its held-out data. Writes RUN/metrics.json when evaluated with the run's own
-    settings (or when it has none yet); with other --k / --n-test / --seed only with --save."""
+    settings (or when it has none yet); with other --k / --n-test / --seed only with --save. Image runs
+    add sample quality against the test split (the first time per dataset, a small feature classifier
+    is trained and cached in the data folder)."""
+    from vaelab.cli.evaluation import QualityOptions
     from vaelab.config import check_seed_option
 
     check_seed_option(seed, "--seed")
-    metrics = _run_eval(run, pick_device(device), k, n_test, seed, save=save)
+    metrics = _run_eval(run, pick_device(device), k, n_test, seed, save=save,
+                        quality=QualityOptions(quality_samples, no_quality))
     if json_out:
         print(json.dumps(metrics))
 
@@ -948,13 +961,20 @@ def decode(
 
 
 @app.command(cls=VaelabCommand)
-def datasets() -> None:
-    """List the built-in datasets, one line each."""
+def datasets(
+    data_dir: Path = typer.Option(None, help="root of downloaded image datasets (default: $VAELAB_DATA_DIR, "
+                                  "else ~/.cache/vaelab)"),
+) -> None:
+    """List the built-in datasets, one line each, and where each downloadable one was found: the
+    user's data folder, a read-only system folder (such as /usr/share/datasets), or not yet."""
+    from vaelab.data.mnist import MNIST_FAMILY, locate_dataset
     from vaelab.data.registry import DATASETS
 
     width = max(len(n) for n in DATASETS)
     for name, spec in DATASETS.items():
         typer.echo(f"{name:<{width}}  {spec.description}")
+        if name in MNIST_FAMILY:  # the files of both splits, system copies checked by MD5
+            typer.echo(f"{'':<{width}}    {locate_dataset(name, data_dir=data_dir).describe()}")
     typer.echo(f"{'FILE':<{width}}  your own points: --data path/to/points.npy|.npz|.csv (N rows x D columns)")
     typer.echo(f"{'FOLDER':<{width}}  your own images: --data path/to/folder/ (PNG/JPEG, one subfolder per class "
                "or none; resized to --image-size)")

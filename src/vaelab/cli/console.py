@@ -32,15 +32,13 @@ class MofNOnceKnown(MofNCompleteColumn):
 
 def _fetch_with_progress(data_cfg: Any) -> None:
     """Download missing MNIST-family files before training, drawing a progress bar per file."""
-    from vaelab.data import download, mnist
+    from vaelab.data import mnist
 
     if data_cfg.path is not None or data_cfg.name not in mnist.MNIST_FAMILY:
         return
     splits: list[mnist.Split] = ["test"] if data_cfg.image_split == "test-9k" else ["train", "test"]
-    folder = download.dataset_folder(data_cfg.name, data_cfg.data_dir)
-    spec = mnist.MNIST_FAMILY[data_cfg.name]
-    names = [r.filename for s in splits for r in spec.files(s)]
-    if all((folder / n).is_file() or (folder / n.removesuffix(".gz")).is_file() for n in names):
+    # Found in the user's folder or in a read-only system folder (/usr/share/datasets): nothing to fetch.
+    if not mnist.locate_dataset(data_cfg.name, splits, data_cfg.data_dir).missing:
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console) as progress:
@@ -112,6 +110,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         "kl_estimator": "  KL estimated by",
         "iwae_nll": "IWAE NLL", "iwae_nll_se": "  ± standard error", "iwae_k": "  importance samples k",
         "exact_nll": "exact NLL (every code summed)", "exact_nll_se": "  ± standard error",
+        "uniform_kl": "uniform prior's KL = N log K", "uniform_bound": "uniform prior's bound (nats)",
+        "prior_gain": "learned prior's gain (nats)",
         "code_label_ari": "ARI of argmax q(z|x) vs labels", "codes_used": "codes used",
         "elbo_bpd": "−ELBO (bits/dim)", "iwae_bpd": "IWAE NLL (bits/dim)", "binarization": "test pixels binarized",
         "active_units": "active units", "mutual_info": "mutual information I(x; z)",

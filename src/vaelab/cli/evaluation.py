@@ -4,10 +4,13 @@ and the condition a loaded run is given from ``--condition``."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from vaelab.cli.console import (
     _print_collapse_verdict,
@@ -22,9 +25,41 @@ if TYPE_CHECKING:
     import torch
 
 
+@dataclass(frozen=True)
+class QualityOptions:
+    """``vaelab eval``'s sample-quality options: ``--quality-samples N`` (None: the default 10,000)
+    and ``--no-quality``. Both apply to image runs only; elsewhere either is refused."""
+
+    samples: int | None = None
+    off: bool = False
+
+    def check(self) -> None:
+        """Refuse bad values before the run is loaded."""
+        from vaelab.quality import check_quality_samples
+
+        if self.off and self.samples is not None:
+            raise InputError("--no-quality skips sample quality, --quality-samples sets its number of samples: "
+                             "give one of them")
+        if self.samples is not None:
+            check_quality_samples(self.samples)
+
+    def samples_for(self, run: Any) -> int | None:
+        """The number of samples for this run (None: no sample quality)."""
+        from vaelab.data.registry import is_image_config
+        from vaelab.quality import DEFAULT_QUALITY_SAMPLES
+
+        if not is_image_config(run.config.data):
+            if self.off or self.samples is not None:
+                flag = "--no-quality" if self.off else "--quality-samples"
+                raise InputError(f"{run.path}: {flag} applies to image runs; this run's data are points, whose "
+                                 f"evaluation has no sample quality: drop {flag}")
+            return None
+        return None if self.off else (DEFAULT_QUALITY_SAMPLES if self.samples is None else self.samples)
+
+
 def _run_eval(
     run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None,
-    save: bool = False, world: Any = None,
+    save: bool = False, world: Any = None, quality: QualityOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate with the library's ``evaluate_run``, print, then write metrics.json when due.
 
@@ -34,12 +69,18 @@ def _run_eval(
 
     A bar follows the test batches (the importance-sampled bound, the long part) and is gone when
     the table is printed; as for training, none is drawn where the output is no terminal and CI is set.
+
+    ``quality`` (``vaelab eval``'s options): image runs add sample quality (``vaelab.quality``),
+    printed as a table beside its real-vs-real floor; None (training's own evaluation): none.
     """
     from vaelab import checkpoint as ckpt
     from vaelab.evaluate import evaluate_run, save_metrics, settings_differ, should_write_metrics
     from vaelab.models import VariationalModel
 
+    if quality is not None:
+        quality.check()
     run = ckpt.load(run_dir, device)
+    quality_samples = None if quality is None else quality.samples_for(run)
     main = world is None or world.is_main
     what = f"evaluating (IWAE, k = {run.config.eval.k if k is None else k})" \
         if isinstance(run.model, VariationalModel) else "evaluating"
@@ -50,13 +91,17 @@ def _run_eval(
 
         def on_batch(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
+            if quality_samples is not None and done == total:  # the sample quality follows the last batch
+                progress.update(task, description=f"{what}; then sample quality ({quality_samples:,} samples)")
 
-        metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False, world=world, on_batch=on_batch)
+        metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False, world=world, on_batch=on_batch,
+                               quality_samples=quality_samples)
     if not main:
         return metrics
     _print_metrics(metrics)
     _print_collapse_verdict(metrics, run.config)
     _print_condition_metrics(metrics)
+    _print_sample_quality(metrics)
     if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed):
         path = save_metrics(run, metrics)
         console.print(f"wrote {path}", highlight=False)
@@ -65,6 +110,43 @@ def _run_eval(
         console.print(f"{run_dir / ckpt.METRICS_FILE} kept as it was: these numbers use {differ}; "
                       "add --save to replace the run's recorded metrics with them", highlight=False)
     return metrics
+
+
+# The sample-quality numbers, in the order printed, with the direction that is better.
+QUALITY_LABELS = {
+    "fd": "Fréchet distance (lower is better)",
+    "precision": "precision, k = 3 (higher is better)",
+    "recall": "recall, k = 3 (higher is better)",
+    "density": "density, k = 5 (about 1 for the data itself)",
+    "coverage": "coverage, k = 5 (higher is better)",
+}
+
+
+def _print_sample_quality(metrics: dict[str, Any]) -> None:
+    """The sample-quality table (each number beside its real-vs-real floor), the class accuracy
+    of a conditional run's samples, or the note that says why there is none."""
+    if "sample_quality_note" in metrics:
+        console.print(metrics["sample_quality_note"], highlight=False, soft_wrap=True)
+    q = metrics.get("sample_quality")
+    if q is None:
+        return
+    floor = q["floor"]
+    clf = q["classifier"]
+    table = Table(title=f"sample quality: {q['n_samples']:,} samples vs {q['n_test']:,} test images, in the "
+                        f"features of vaelab's classifier (test accuracy {clf['test_accuracy']:.3f}); compare "
+                        "only within vaelab")
+    table.add_column("metric")
+    table.add_column("samples vs test", justify="right")
+    table.add_column(f"floor: test half vs half ({floor['n_per_half']:,} each)", justify="right")
+    for key, label in QUALITY_LABELS.items():
+        table.add_row(label, f"{q[key]:.4f}", f"{floor[key]:.4f}")
+    acc = q.get("class_accuracy")
+    if acc is not None:
+        for name, value in acc["per_class"].items():
+            table.add_row(f"  samples of label {escape(name)} classified as it", f"{value:.3f}", "")
+        table.add_row("  class accuracy of the samples, mean over labels", f"{acc['overall']:.3f}",
+                      f"{clf['test_accuracy']:.3f} (test images)")
+    console.print(table)
 
 
 def _condition_arg(r: Any, arg: str | None, n_rows: int | None) -> torch.Tensor | None:

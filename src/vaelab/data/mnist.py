@@ -4,23 +4,35 @@ Every loader of image data returns a :class:`~vaelab.data.dataset.Dataset` whose
 (N, D) in [0, 1] with ``image_shape = (C, H, W)`` and D = C * H * W. Binarization, when wanted, is
 the trainer's job: the loaders return grey levels.
 
-Each dataset comes as four IDX files, looked for in ``<root>/<name>/`` (see
-:mod:`vaelab.data.download` for the root and the checked download of missing files).
+Each dataset comes as four IDX files, looked for, file by file, in this order:
+
+1. the user's data folder ``<root>/<name>/`` (see :mod:`vaelab.data.download` for the root); files
+   there are used as they are, gzipped or not;
+2. read-only system folders (:func:`system_data_dirs`): ``/usr/local/share/datasets/<name>/``,
+   ``/usr/share/datasets/<name>/`` (where Debian's ``dataset-fashion-mnist`` package puts the
+   official Fashion-MNIST files), then ``<dir>/datasets/<name>/`` for each ``$XDG_DATA_DIRS``
+   entry. Only the published ``.gz`` files are taken from there, and only when their MD5 is the
+   published one, exactly as a download is checked. vaelab never writes into a system folder;
+   anything it derives (the feature classifier of :mod:`vaelab.quality`) goes in the user's folder;
+3. a checked download into the user's folder (:mod:`vaelab.data.download`).
+
+The table of datasets and the lookup of their files import nothing heavy (``vaelab datasets``
+says where each dataset is without torch); the loader imports torch when it is called.
 scikit-learn's digits are in :mod:`vaelab.data.digits`, image folders in :mod:`vaelab.data.folders`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
-import torch
-
-from vaelab.data.dataset import Dataset
 from vaelab.data.download import (
+    CHUNK_BYTES,
     DATA_DIR_ENV,
     ChecksumError,
     DatasetNotFoundError,
@@ -29,15 +41,23 @@ from vaelab.data.download import (
     _download,
     dataset_folder,
 )
-from vaelab.data.idx import read_idx
 from vaelab.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported by the loader alone: the table and the lookup need none
+    from vaelab.data.dataset import Dataset
 
 __all__ = [
     "MNIST_FAMILY",
+    "SYSTEM_DATA_DIRS_ENV",
+    "DatasetLocation",
     "IdxResource",
     "MnistFamilySpec",
     "load_mnist_family",
+    "locate_dataset",
+    "system_data_dirs",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 Split = Literal["train", "test"]
@@ -58,6 +78,11 @@ class MnistFamilySpec:
         base_urls: mirrors, tried in order; each ends with ``/`` and the file name is appended.
         train_images, train_labels, test_images, test_labels: the four files.
         label_names: class name per label value.
+        system_package: the Debian package that installs the official files in
+            ``/usr/share/datasets/<name>/``, where there is one.
+        content_md5s: (file name without ``.gz``, MD5 of the un-gzipped bytes) per file, where
+            known: a repackaged copy (Debian's is gzipped anew, so its ``.gz`` MD5 differs) is
+            checked by its content.
     """
 
     name: str
@@ -68,6 +93,12 @@ class MnistFamilySpec:
     test_images: IdxResource
     test_labels: IdxResource
     label_names: tuple[str, ...]
+    system_package: str | None = None
+    content_md5s: tuple[tuple[str, str], ...] = ()
+
+    def content_md5(self, resource: IdxResource) -> str | None:
+        """The MD5 of ``resource``'s un-gzipped bytes, where known."""
+        return dict(self.content_md5s).get(resource.filename.removesuffix(".gz"))
 
     def files(self, split: Split) -> tuple[IdxResource, IdxResource]:
         """(images, labels) of one split."""
@@ -76,21 +107,39 @@ class MnistFamilySpec:
         return self.test_images, self.test_labels
 
 
-def _idx_files(md5s: tuple[str, str, str, str]) -> dict[str, IdxResource]:
+class _IdxFiles(TypedDict):
+    """The four files of a dataset, as keyword arguments of :class:`MnistFamilySpec`."""
+
+    train_images: IdxResource
+    train_labels: IdxResource
+    test_images: IdxResource
+    test_labels: IdxResource
+
+
+def _idx_files(md5s: tuple[str, str, str, str]) -> _IdxFiles:
     """The four standard file names, which all three datasets share, with their MD5s."""
-    names = (
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
+    train_images, train_labels, test_images, test_labels = md5s
+    return _IdxFiles(
+        train_images=IdxResource("train-images-idx3-ubyte.gz", train_images),
+        train_labels=IdxResource("train-labels-idx1-ubyte.gz", train_labels),
+        test_images=IdxResource("t10k-images-idx3-ubyte.gz", test_images),
+        test_labels=IdxResource("t10k-labels-idx1-ubyte.gz", test_labels),
     )
-    keys = ("train_images", "train_labels", "test_images", "test_labels")
-    return {k: IdxResource(n, m) for k, n, m in zip(keys, names, md5s, strict=True)}
+
+
+def _content_md5s(md5s: tuple[str, str, str, str]) -> tuple[tuple[str, str], ...]:
+    """The un-gzipped files' MD5s, in the order of ``_idx_files``."""
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    return tuple(zip(names, md5s, strict=True))
 
 
 # The MD5s are the ones published with each dataset (and used by torchvision, tfds and others):
 # MNIST from LeCun et al.'s page, Fashion-MNIST from zalandoresearch/fashion-mnist's README,
-# KMNIST from rois-codh/kmnist.
+# KMNIST from rois-codh/kmnist. The MD5s of the un-gzipped files (content_md5s) are those that
+# other loaders list (torchvision's raw checks, among others); they are the content of
+# Debian's dataset-fashion-mnist (gzipped anew in 2020, so its .gz MD5s are not the published
+# ones) and of the MNIST t10k files in this project's shared data. KMNIST's are not listed:
+# only its published .gz files are taken from a system folder.
 MNIST_FAMILY: dict[str, MnistFamilySpec] = {
     "mnist": MnistFamilySpec(
         name="mnist",
@@ -108,6 +157,14 @@ MNIST_FAMILY: dict[str, MnistFamilySpec] = {
             )
         ),
         label_names=tuple(str(d) for d in range(10)),
+        content_md5s=_content_md5s(
+            (
+                "6bbc9ace898e44ae57da46a324031adb",
+                "a25bea736e30d166cdddb491f175f624",
+                "2646ac647ad5339dbf082846283269ea",
+                "27ae3e4e09519cfbb04c329615203637",
+            )
+        ),
     ),
     "fashion-mnist": MnistFamilySpec(
         name="fashion-mnist",
@@ -128,6 +185,15 @@ MNIST_FAMILY: dict[str, MnistFamilySpec] = {
             "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
         ),  # fmt: skip
+        system_package="dataset-fashion-mnist",
+        content_md5s=_content_md5s(
+            (
+                "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                "9018921c3c673c538a1fc5bad174d6f9",
+                "8181f5470baa50b63fa0f6fddb340f0a",
+                "15d484375f8d13e6eb1aabb0c3f46965",
+            )
+        ),
     ),
     "kmnist": MnistFamilySpec(
         name="kmnist",
@@ -158,6 +224,190 @@ def _find_local(folder: Path, resource: IdxResource) -> Path | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Read-only system folders (Debian's dataset-* packages and the like)
+# ---------------------------------------------------------------------------------------------
+
+# Set, it replaces the default list of system folders: entries separated by os.pathsep (":"),
+# each holding one subfolder per dataset. Set to the empty string, no system folder is looked in.
+SYSTEM_DATA_DIRS_ENV = "VAELAB_SYSTEM_DATA_DIRS"
+_DEFAULT_SYSTEM_DIRS = ("/usr/local/share/datasets", "/usr/share/datasets")
+
+
+def system_data_dirs() -> list[Path]:
+    """The read-only folders searched after the user's data folder, in order (each holds one
+    subfolder per dataset; the folders need not exist).
+
+    ``$VAELAB_SYSTEM_DATA_DIRS``, when set, is the whole list (``os.pathsep``-separated; empty:
+    none). Otherwise ``/usr/local/share/datasets`` (the local administrator's copies first, as in
+    the XDG default order), ``/usr/share/datasets`` (Debian's ``dataset-*`` packages), then
+    ``<dir>/datasets`` for each entry of ``$XDG_DATA_DIRS`` (a Nix, Flatpak or conda prefix),
+    without repeats.
+    """
+    env = os.environ.get(SYSTEM_DATA_DIRS_ENV)
+    if env is not None:
+        entries = [Path(e).expanduser() for e in env.split(os.pathsep) if e]
+    else:
+        xdg = os.environ.get("XDG_DATA_DIRS", "")
+        entries = [Path(d) for d in _DEFAULT_SYSTEM_DIRS]
+        entries += [Path(e).expanduser() / "datasets" for e in xdg.split(os.pathsep) if e]
+    unique: list[Path] = []
+    for entry in entries:
+        if entry not in unique:
+            unique.append(entry)
+    return unique
+
+
+def file_md5(path: Path) -> str:
+    """The MD5 of a file's bytes, read in chunks (the published checksums are of the .gz files)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES * 16):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """Where one of a dataset's files was found.
+
+    Attributes:
+        resource: the published file.
+        path: the file used, or None when it is nowhere on disk (a download is due).
+        system: True when ``path`` is in a read-only system folder (its MD5 was checked).
+        bad_copies: system copies skipped because their MD5 is not the published one.
+    """
+
+    resource: IdxResource
+    path: Path | None
+    system: bool = False
+    bad_copies: tuple[Path, ...] = ()
+
+
+def _system_copy_ok(path: Path, resource: IdxResource, content_md5: str | None) -> tuple[bool, str]:
+    """Whether a system folder's copy is the published file: its ``.gz`` bytes have the
+    published MD5, or (where the content's MD5 is known) its un-gzipped bytes have that one;
+    with the MD5 found, for the message."""
+    import gzip
+
+    found = file_md5(path)
+    if path.name == resource.filename and found == resource.md5:
+        return True, found
+    if content_md5 is None:
+        return False, found
+    if path.name == resource.filename:  # gzipped anew (another header or level): check the content
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(CHUNK_BYTES * 16):
+                    digest.update(chunk)
+        except (OSError, EOFError) as e:  # not gzip, or truncated
+            return False, f"{found} (and it does not un-gzip: {e})"
+        found = digest.hexdigest()
+    return found == content_md5, found
+
+
+def _find_file(
+    resource: IdxResource, user_folder: Path, spec: MnistFamilySpec, system_dirs: Sequence[Path]
+) -> FoundFile:
+    """One file: the user's folder first (as it is), then the system folders (only a copy with
+    the published MD5, as a download is checked; see ``_system_copy_ok``)."""
+    local = _find_local(user_folder, resource)
+    if local is not None:
+        return FoundFile(resource, local)
+    content_md5 = spec.content_md5(resource)
+    names = [resource.filename] + ([resource.filename.removesuffix(".gz")] if content_md5 else [])
+    bad: list[Path] = []
+    for root in system_dirs:
+        for candidate in (root / spec.name / n for n in names):
+            try:
+                if not candidate.is_file():
+                    continue
+                ok, found = _system_copy_ok(candidate, resource, content_md5)
+            except OSError as e:  # unreadable (permissions): as good as absent, but said
+                logger.warning("cannot read %s (%s); skipped", candidate, e)
+                continue
+            if ok:
+                return FoundFile(resource, candidate, system=True, bad_copies=tuple(bad))
+            logger.warning("%s: MD5 %s is not the published one; skipped", candidate, found)
+            bad.append(candidate)
+    return FoundFile(resource, None, bad_copies=tuple(bad))
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    """Where each file of an MNIST-family dataset is, as ``load_mnist_family`` would find it.
+
+    Attributes:
+        name: the dataset.
+        user_folder: ``<root>/<name>``, looked in first, where downloads go.
+        system_dirs: the system folders looked in after it (see :func:`system_data_dirs`).
+        files: one entry per file asked about, in the order asked.
+    """
+
+    name: str
+    user_folder: Path
+    system_dirs: tuple[Path, ...]
+    files: tuple[FoundFile, ...]
+
+    @property
+    def missing(self) -> list[IdxResource]:
+        """The files found nowhere."""
+        return [f.resource for f in self.files if f.path is None]
+
+    def describe(self) -> str:
+        """Where the dataset is, in one line for people: the user folder, a system folder, or
+        not found (and how to get it)."""
+        spec = MNIST_FAMILY[self.name]
+        places = []
+        for f in self.files:
+            if f.path is not None:
+                place = f"system folder {f.path.parent} (MD5 checked)" if f.system else f"user folder {f.path.parent}"
+                if place not in places:
+                    places.append(place)
+        bad = [p for f in self.files for p in f.bad_copies]
+        damaged = f"; damaged copies skipped: {', '.join(map(str, bad))}" if bad else ""
+        missing = self.missing
+        if not missing:
+            return "found in " + " and ".join(places) + damaged
+        how = f"downloaded into {self.user_folder} on first use"
+        if spec.system_package is not None:
+            how += f", or install Debian's {spec.system_package} (apt-get install {spec.system_package})"
+        if places:
+            names = ", ".join(r.filename for r in missing)
+            test_only = {r.filename for r in missing} == {r.filename for r in spec.files("train")}
+            enough = " (its test files are enough for image_split test-9k)" if test_only else ""
+            return f"partly found in {' and '.join(places)}{enough}; missing {names}: {how}{damaged}"
+        return f"not found: {how}{damaged}"
+
+
+def locate_dataset(
+    name: str,
+    splits: Sequence[Split] = ("train", "test"),
+    data_dir: str | os.PathLike[str] | None = None,
+    system_dirs: Sequence[str | os.PathLike[str]] | None = None,
+) -> DatasetLocation:
+    """Where the files of ``splits`` of dataset ``name`` are, without reading them as images.
+
+    Args:
+        name: ``"mnist"``, ``"fashion-mnist"`` or ``"kmnist"``.
+        splits: the splits whose (images, labels) files to look for.
+        data_dir: the user's root folder; see :func:`~vaelab.data.download.resolve_data_dir`.
+        system_dirs: the read-only folders to look in after it; default :func:`system_data_dirs`.
+
+    Returns:
+        A :class:`DatasetLocation`; copies in system folders have had their MD5 checked.
+    """
+    spec = _lookup(name)
+    folder = dataset_folder(spec.name, data_dir)
+    dirs = tuple(system_data_dirs() if system_dirs is None else (Path(d) for d in system_dirs))
+    for split in splits:
+        if split not in ("train", "test"):
+            raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    files = tuple(_find_file(r, folder, spec, dirs) for split in splits for r in spec.files(split))
+    return DatasetLocation(spec.name, folder, dirs, files)
+
+
 def _not_found_message(
     spec: MnistFamilySpec,
     split: Split,
@@ -165,15 +415,25 @@ def _not_found_message(
     missing: Sequence[IdxResource],
     mirrors: Sequence[str],
     why: str,
+    system_dirs: Sequence[Path] = (),
 ) -> str:
     """What is missing, where to put it and how to point vaelab elsewhere."""
     paths = "\n".join(f"  {folder / r.filename}" for r in missing)
     urls = "\n".join(f"  {base}" for base in mirrors)
+    searched = ""
+    if system_dirs:
+        searched = (f" The read-only system folders {', '.join(str(d / spec.name) for d in system_dirs)} were "
+                    f"looked in too (set {SYSTEM_DATA_DIRS_ENV} to change that list).")
+    package = ""
+    if spec.system_package is not None:
+        package = (f" On Debian, `apt-get install {spec.system_package}` installs the official files in "
+                   f"/usr/share/datasets/{spec.name}/, where vaelab finds them.")
     return (
         f"{spec.title} {split} split: these files are missing ({why}):\n{paths}\n"
         f"(un-gzipped copies without the .gz suffix are accepted too). Download them from one "
         f"of\n{urls}\nand place them in {folder}, or point --data-dir or the {DATA_DIR_ENV} "
         f"environment variable at a folder that holds a '{spec.name}' subfolder with them."
+        f"{package}{searched}"
     )
 
 
@@ -195,12 +455,15 @@ def load_mnist_family(
     download: bool = True,
     progress: ProgressFn | None = None,
     base_urls: Sequence[str] | None = None,
+    system_dirs: Sequence[str | os.PathLike[str]] | None = None,
 ) -> Dataset:
     """Load MNIST, Fashion-MNIST or KMNIST as flattened grey levels in [0, 1].
 
     Local files in ``<root>/<name>/`` are used as they are (gzipped or not; their content is
-    checked by the IDX reader, not by MD5, so copies from other sources work). Missing files are
-    downloaded when ``download`` is true.
+    checked by the IDX reader, not by MD5, so copies from other sources work). A file not there
+    is taken from the first read-only system folder that holds the published ``.gz`` with its
+    published MD5 (``system_dirs``, see the module's docstring); nothing is written there.
+    Files found nowhere are downloaded into ``<root>/<name>/`` when ``download`` is true.
 
     Args:
         name: ``"mnist"``, ``"fashion-mnist"`` or ``"kmnist"``.
@@ -210,6 +473,8 @@ def load_mnist_family(
         progress: called as ``progress(bytes_done, bytes_total, filename)`` while downloading.
         base_urls: mirrors to use instead of the dataset's own (tests point this at a local
             server).
+        system_dirs: read-only folders (each with one subfolder per dataset) to look in after
+            the user's; default :func:`system_data_dirs`; ``()`` looks in none.
 
     Returns:
         Dataset with x (N, 784) float32 in [0, 1], labels (N,) int64, the 10 class names and
@@ -219,29 +484,45 @@ def load_mnist_family(
         ValueError: unknown name or split; images and labels disagree.
         DatasetNotFoundError: files missing and not downloadable (the message lists the exact
             paths to fill).
-        ChecksumError: files were downloaded but no mirror served the expected bytes.
+        ChecksumError: files were downloaded but no mirror served the expected bytes; or a
+            file is only in system folders, with another MD5 than the published one.
         IdxError: a local file is truncated or corrupt.
     """
+    import torch
+
+    from vaelab.data.dataset import Dataset
+    from vaelab.data.idx import read_idx
+
     spec = _lookup(name)
     if split not in ("train", "test"):
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
-    folder = dataset_folder(spec.name, data_dir)
+    location = locate_dataset(spec.name, (split,), data_dir, system_dirs)
+    folder = location.user_folder
     mirrors = tuple(spec.base_urls if base_urls is None else base_urls)
 
     resources = spec.files(split)
-    paths: dict[str, Path] = {}
-    missing = []
-    for resource in resources:
-        local = _find_local(folder, resource)
-        if local is None:
-            missing.append(resource)
-        else:
-            paths[resource.filename] = local
+    paths: dict[str, Path] = {f.resource.filename: f.path for f in location.files if f.path is not None}
+    missing = location.missing
+    damaged = [f for f in location.files if f.path is None and f.bad_copies]
+    if damaged:
+        # A system copy that is not the published file (a damaged package, a partial copy):
+        # refused like a bad download, rather than replaced by a download the user did not expect.
+        copies = "\n".join(f"  {p}" for f in damaged for p in f.bad_copies)
+        fix = (f"reinstall it (apt-get install --reinstall {spec.system_package})"
+               if spec.system_package is not None else "replace or remove it")
+        raise ChecksumError(
+            f"{spec.title} {split} split: these copies in read-only system folders are not the published files "
+            f"(MD5 of {', '.join(f'{f.resource.filename}: {f.resource.md5}' for f in damaged)}, or of their "
+            f"un-gzipped content where it is known):\n{copies}\n"
+            f"They are damaged or another version: {fix}, or place good copies in {folder}, which is looked "
+            f"in first (vaelab never writes into a system folder)."
+        )
 
     if missing and not download:
         raise DatasetNotFoundError(
             _not_found_message(
-                spec, split, folder, missing, mirrors, "download=False, none was fetched"
+                spec, split, folder, missing, mirrors, "download=False, none was fetched",
+                location.system_dirs,
             )
         )
     if missing:
@@ -262,13 +543,13 @@ def load_mnist_family(
                 # The network worked but served the wrong bytes: say so, it is not a
                 # connectivity problem the user can fix by retrying later.
                 hint = _not_found_message(
-                    spec, split, folder, missing[i:], mirrors, "checksum mismatch"
+                    spec, split, folder, missing[i:], mirrors, "checksum mismatch", location.system_dirs
                 )
                 raise ChecksumError(f"{bad_checksums[0]}\nMirrors tried:\n{tried}\n{hint}")
             # Stop at the first file that no mirror serves: without a network every further
             # attempt would fail the same way, after its own timeout.
             hint = _not_found_message(
-                spec, split, folder, missing[i:], mirrors, "download failed"
+                spec, split, folder, missing[i:], mirrors, "download failed", location.system_dirs
             )
             raise DatasetNotFoundError(f"{hint}\nMirrors tried:\n{tried}")
 

@@ -129,7 +129,8 @@ def _digits(size: int) -> Callable[[DataConfig, Split], Dataset]:
 for _spec in (
     DatasetSpec("mnist", "MNIST handwritten digits, 28x28 grey (60,000 / 10,000); downloaded once",
                 _mnist_family("mnist"), kind="image"),
-    DatasetSpec("fashion-mnist", "Fashion-MNIST clothing, 28x28 grey (60,000 / 10,000); downloaded",
+    DatasetSpec("fashion-mnist", "Fashion-MNIST clothing, 28x28 grey (60,000 / 10,000); downloaded, or from "
+                "Debian's dataset-fashion-mnist",
                 _mnist_family("fashion-mnist"), kind="image"),
     DatasetSpec("kmnist", "Kuzushiji-MNIST cursive Japanese, 28x28 grey (60,000 / 10,000); downloaded",
                 _mnist_family("kmnist"), kind="image"),
