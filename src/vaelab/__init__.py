@@ -73,6 +73,7 @@ if _typing.TYPE_CHECKING:
         plot_z_vs_eps,
     )
     from vaelab.plots.priors import plot_prior_mixture, plot_pseudo_inputs
+    from vaelab.plots.vq import plot_code_map, plot_codebook_usage, plot_prior_samples
     from vaelab.train import fit, train_run
 
 # The public API: name -> (module, attribute). Imported on first use (PEP 562), so that
@@ -112,6 +113,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plot_latent_classes_2d": ("vaelab.plots.discrete", "plot_latent_classes_2d"),
     "plot_class_style": ("vaelab.plots.conditional", "plot_class_style"),
     "plot_traversal_by_condition": ("vaelab.plots.conditional", "plot_traversal_by_condition"),
+    "plot_codebook_usage": ("vaelab.plots.vq", "plot_codebook_usage"),
+    "plot_code_map": ("vaelab.plots.vq", "plot_code_map"),
+    "plot_prior_samples": ("vaelab.plots.vq", "plot_prior_samples"),
     "plot_conditional_density": ("vaelab.plots.conditional", "plot_conditional_density"),
     "plot_latent_grid_by_condition": ("vaelab.plots.conditional", "plot_latent_grid_by_condition"),
     "plot_latent_space": ("vaelab.plots.latent", "plot_latent_space"),
@@ -191,6 +195,7 @@ __all__ = [
     "plot_training_curves", "plot_traversal", "plot_true_posterior", "plot_value_samples", "plot_z_vs_eps",
     "plot_point_interpolations", "plot_class_style", "plot_conditional_density", "plot_latent_grid_by_condition",
     "plot_before_after", "plot_class_samples", "plot_latent_classes_2d", "plot_traversal_by_condition",
+    "plot_codebook_usage", "plot_code_map", "plot_prior_samples",
     "plots",
 ]
 

@@ -467,6 +467,70 @@ def ae_loss(model: LatentModel, x: Tensor, c: Tensor | None = None) -> Objective
     return ObjectiveOutput(loss=recon, terms={"recon": recon, "kl": torch.zeros_like(recon)}, elbo=None)
 
 
+def vq_loss(model: VariationalModel, x: Tensor, c: Tensor | None = None, *,
+            generator: torch.Generator | None = None) -> ObjectiveOutput:
+    """The VQ-VAE loss with an EMA codebook (van den Oord et al. 2017, eq. 3 and appendix A.1):
+
+        loss = −log p(x | z_q(x)) + β ‖z_e(x) − sg[z_q(x)]‖²,   β = the model's ``commitment``,
+
+    the reconstruction through the straight-through z (``CodePoint.rsample``). The codebook
+    term of eq. 3 is replaced by the moving averages: in training mode the model's
+    ``update_codebook`` moves the codebook after the quantisation (with ``generator`` for its
+    restarts). Terms: ``recon``; ``kl`` = −log p(z_q(x)) (N log K under the uniform prior: the
+    ELBO log p(x|z_q) + log p(z_q) is the bound on log p(x)); ``commitment`` (the mean of
+    ‖z_e − sg[z_q]‖², summed over the N·d coordinates); ``perplexity`` and ``dead_codes``
+    (``VQVAE.usage``).
+    """
+    from vaelab.models.vq import VQVAE  # the family this objective belongs to
+
+    if not isinstance(model, VQVAE):
+        raise InputError(f"objective 'vq' trains a vector-quantised model (--model vq); {type(model).__name__} "
+                         f"has no codebook (use objective {type(model).default_objective!r})")
+    q_z = model.encode(x, c)
+    z = rsample(q_z, (), generator)  # (B, N·d): z_q(x), straight-through to z_e
+    recon = -model.decode(z, c).log_prob(x).mean()
+    commitment = (q_z.z_e - q_z.z_q.detach().reshape(q_z.z_e.shape)).square().sum(dim=(-2, -1)).mean()
+    with torch.no_grad():  # −log p(z_q) = KL(q ‖ p) (``kl_code_point``), read off the codes: reported, not trained
+        kl = -model.prior(c).log_prob_codes(q_z.index).mean()
+    usage = model.update_codebook(q_z, generator) if model.training else model.usage(q_z.index)
+    terms = {"recon": recon, "kl": kl.detach(), "commitment": commitment.detach(), **usage}
+    return ObjectiveOutput(loss=recon + model.commitment * commitment, terms=terms, elbo=-(recon + kl).detach())
+
+
+def vq_prior_loss(model: VariationalModel, x: Tensor, c: Tensor | None = None, *,
+                  generator: torch.Generator | None = None) -> ObjectiveOutput:
+    """The second stage of a VQ-VAE (van den Oord et al. 2017, section 3.2): the learned prior
+    over the codes fitted to the codes k(x) of the training points by maximum likelihood,
+
+        loss = −log p_prior(k(x)),
+
+    the encoder, decoder and codebook fixed (the codes are computed without gradients and the
+    codebook is not updated). Terms: ``kl`` = −log p(z_q(x)), the prior's part of the bound, and
+    ``recon`` = −log p(x | z_q(x)) (unchanged by this stage), so that recon + kl is −ELBO.
+    """
+    from vaelab.models.vq import VQVAE
+
+    if not isinstance(model, VQVAE) or model.code_prior is None:
+        raise InputError("objective 'vq_prior' trains the learned prior over a VQ-VAE's codes; this model has none "
+                         "(--model vq with --vq-prior learned): train it with objective 'vq' first")
+    with torch.no_grad():
+        q_z = model.encode(x, c)
+        recon = -model.decode(q_z.z_q, c).log_prob(x).mean()
+    kl = -model.prior(c).log_prob_codes(q_z.index).mean()
+    terms = {"recon": recon, "kl": kl.detach(), **model.usage(q_z.index)}
+    return ObjectiveOutput(loss=kl, terms=terms, elbo=-(recon + kl).detach())
+
+
+def _vq_prior_label(train: TrainConfig) -> str:
+    return "−log p(codes) (VQ-VAE prior, second stage)"
+
+
+def _vq_label(train: TrainConfig) -> str:
+    return "−log p(x|z_q) + β·commitment (VQ-VAE)"
+
+
 register_objective(Objective("elbo", elbo, uses_free_bits=True, label=_elbo_label))
 register_objective(Objective("iwae", iwae, uses_k=True, label=_iwae_label))
 register_objective(Objective("ae", ae_loss, variational=False, uses_beta=False, label=_ae_label))
+register_objective(Objective("vq", vq_loss, uses_beta=False, label=_vq_label))
+register_objective(Objective("vq_prior", vq_prior_loss, uses_beta=False, label=_vq_prior_label))

@@ -68,6 +68,9 @@ SCRIPT = textwrap.dedent(
         PlotContext(model=build_model(ModelConfig.model_validate({"kind": "gumbel", "hidden": [16], "latent_dim": 8,
                                                                   "likelihood": "bernoulli"}), 784, seed=0),
                     data=digits),
+        # discrete codes of a VQ-VAE (6 codes): codebook usage, the code of each point, prior samples
+        PlotContext(model=build_model(ModelConfig.model_validate({"kind": "vq", "hidden": [16], "vq": {"codes": 6}}),
+                                      2, seed=0), data=points),
         PlotContext(model=build_model(small, 3, seed=0),  # 3 data coordinates: the pair plot
                     data=Dataset(name="ring3", x=torch.cat([points.x, points.x.norm(dim=1, keepdim=True)], 1))),
     ]

@@ -28,6 +28,7 @@ from vaelab.models.gumbel import GumbelSoftmaxVAE
 from vaelab.models.ladder import LadderVAE
 from vaelab.models.priors import MixtureOfGaussiansVAE, VampVAE
 from vaelab.models.vae import VAE
+from vaelab.models.vq import VQVAE
 
 BUILTIN_FAMILIES: dict[str, type[LatentModel]] = {
     "vae": VAE, "ae": AE,
@@ -35,6 +36,7 @@ BUILTIN_FAMILIES: dict[str, type[LatentModel]] = {
     "vamp": VampVAE, "mog": MixtureOfGaussiansVAE,
     "ladder": LadderVAE,
     "gumbel": GumbelSoftmaxVAE,
+    "vq": VQVAE,
 }
 
 
@@ -278,7 +280,7 @@ def build_model(
 
 
 __all__ = ["AE", "BUILTIN_FAMILIES", "FAMILIES", "IAFVAE", "FamilyRegistry", "GumbelSoftmaxVAE", "LadderVAE",
-           "LatentModel", "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE", "VAE", "VampVAE", "VariationalModel",
-           "build_model", "check_family_tables", "condition_embedding", "family", "family_of_run", "family_options",
-           "family_source", "has_normal_posterior", "has_standard_prior", "option_applies", "option_schemas",
-           "register_family", "standard_normal"]
+           "LatentModel", "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE", "VAE", "VQVAE", "VampVAE",
+           "VariationalModel", "build_model", "check_family_tables", "condition_embedding", "family", "family_of_run",
+           "family_options", "family_source", "has_normal_posterior", "has_standard_prior", "option_applies",
+           "option_schemas", "register_family", "standard_normal"]

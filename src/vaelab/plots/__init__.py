@@ -42,7 +42,7 @@ FIGURE_MODULES: list[str] = [
     "vaelab.plots.data_space", "vaelab.plots.latent", "vaelab.plots.course", "vaelab.plots.images",
     "vaelab.plots.conditional", "vaelab.plots.curves", "vaelab.plots.flows",
     "vaelab.plots.priors",
-    "vaelab.plots.hierarchy", "vaelab.plots.discrete",
+    "vaelab.plots.hierarchy", "vaelab.plots.discrete", "vaelab.plots.vq",
 ]
 
 _REGISTRY: dict[str, FigureSpec] = {}

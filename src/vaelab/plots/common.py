@@ -533,7 +533,7 @@ def needs_continuous_latent(ctx: PlotContext) -> str | None:
     with torch.no_grad():
         prior = ctx.model.prior(None if ctx.c is None else ctx.c[:1])
     if getattr(prior, "has_enumerate_support", False):
-        return (f"the {ctx.model.config.kind} model's z is discrete (one-hot codes): a grid or a path in z would "
+        return (f"the {ctx.model.config.kind} model's z is discrete (categorical codes): a grid or a path in z would "
                 "decode points between its codes (see the class figures)")
     return None
 

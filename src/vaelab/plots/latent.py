@@ -932,7 +932,7 @@ def _continuous_code(ctx: PlotContext) -> str | None:
     codes those are two class probabilities, which look like a latent plane and are not one."""
     if needs_continuous_latent(ctx) is None:
         return None
-    return (f"the {ctx.model.config.kind} model's z is discrete (one-hot codes): latent_classes_2d shows which "
+    return (f"the {ctx.model.config.kind} model's z is discrete (categorical codes): latent_classes_2d shows which "
             "class each point takes, class_samples what each class generates")
 
 FIGURES = [

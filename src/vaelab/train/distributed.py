@@ -41,7 +41,11 @@ class DistributedExecutor(EagerExecutor):
         self.world = world
         self.device = next(model.parameters()).device
         step = TrainStep(model, config)
-        ddp = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # A family whose objectives each train only part of its parameters (a VQ-VAE: the first stage
+        # leaves the prior over the codes alone, the second everything else) says so; DDP then
+        # looks for the parameters a step did not use instead of waiting for their gradients.
+        ddp = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                      find_unused_parameters=bool(getattr(model, "trains_in_parts", False)))
         super().__init__(model, config, state, c, step_module=ddp, train_step=step)
         # This rank's noise generator: its saved state when the run was saved by as many ranks,
         # else seeded from the seed, the rank and the step (a run resumed on another number of

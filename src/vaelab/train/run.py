@@ -34,6 +34,8 @@ from vaelab.devices import pick_device
 from vaelab.distributed import DistributedError, World
 from vaelab.errors import VaelabNote
 from vaelab.history import History
+from vaelab.memory import FLOAT_BYTES
+from vaelab.memory import check_fits as check_bytes_fit
 from vaelab.models import LatentModel, VariationalModel, build_model, family
 from vaelab.objectives import describe_loss, requested_objective, resolve_objective
 from vaelab.progress import ProgressLine, TrainProgress
@@ -178,8 +180,16 @@ def check_fits_before_reading(config: RunConfig) -> None:
     refused only after every image had been read and resized (audit IF15). The condition's
     width is not known yet, so this is a lower bound; ``check_fits`` checks it all again."""
     dim = known_dim(config.data)
-    if dim is not None:
-        check_model_fits(config.model, config.train, dim)
+    if dim is None:
+        return
+    # A batch of the images first, named by --image-size: a size of 10^9 (10^18 pixels) would
+    # overflow torch's size arithmetic while building even the shapes of the model (audit TR124).
+    size = config.data.image_size
+    check_bytes_fit(2.0 * config.train.batch_size * dim * FLOAT_BYTES,
+                    f"a batch of --batch-size {config.train.batch_size} images of --image-size {size} ({dim:,} "
+                    "grey values each, with their reconstructions)",
+                    "use a smaller --image-size (28 for MNIST-like images)")
+    check_model_fits(config.model, config.train, dim)
 
 
 def new_model(config: RunConfig, train: TrainingData, device: str | torch.device) -> LatentModel:
@@ -187,6 +197,21 @@ def new_model(config: RunConfig, train: TrainingData, device: str | torch.device
     cond = train.condition
     return build_model(config.model, train.data.dim, 0 if cond is None else cond.width, seed=config.train.seed,
                        cond_embed=() if cond is None else cond.embed_widths).to(device)
+
+
+def start_from(model: LatentModel, config: RunConfig, source_dir: Path, device: str | torch.device) -> None:
+    """Load the weights (parameters and buffers) of the run in ``source_dir`` into ``model``.
+
+    Raises:
+        ConfigError: the run's model settings or data differ from ``config``'s.
+    """
+    source = ckpt.load(source_dir, device)
+    for section in ("model", "data"):
+        if getattr(source.config, section) != getattr(config, section):
+            raise ConfigError(f"init_from: the run in {source_dir} has other {section} settings than this one; a run "
+                              f"starts from another's weights only with the same {section} settings (copy them from "
+                              f"{source_dir / 'config.json'})")
+    model.load_state_dict(source.model.state_dict())
 
 
 def start_run(run_dir: Path, model: LatentModel, config: RunConfig, condition: Condition | None, *,
@@ -333,6 +358,7 @@ def train_run(
     progress: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    init_from: str | Path | None = None,
 ) -> ckpt.Run:
     """Train the configured model and write the run directory; returns the loaded Run.
 
@@ -354,6 +380,12 @@ def train_run(
     machine has it, then MPS, else the CPU (``vaelab.devices.pick_device``); or ``"cpu"``,
     ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device``. The run's model is loaded there.
 
+    ``init_from``: a finished run whose weights the model starts from instead of its seeded
+    initialisation (the same model settings and data; refused with ``resume``). A two-stage
+    model trains its second stage so, as a run of its own: a VQ-VAE's prior over the codes is
+    ``train_run(config with train.objective = "vq_prior", RUN / "prior", init_from=RUN)``, with
+    its own budget, optimizer, history, checkpoints and exact resume.
+
     ``progress=True`` shows one line on stderr, redrawn in a terminal or a notebook cell: the
     step out of the budget, the loss under its objective's name (``−IWAE bound (k = 4)``) with
     its terms, and the elapsed and remaining time (``vaelab.progress``). Without it nothing is
@@ -365,6 +397,9 @@ def train_run(
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give only one")
+    if resume and init_from is not None:
+        raise ConfigError("init_from starts a run from another run's weights, and resume continues this run from its "
+                          "own; give only one")
     world = World.from_env()
     device = world.device(pick_device(device))
     distributed.init(world, device)
@@ -398,6 +433,8 @@ def train_run(
                     check_fits(config, train)
                     heldout = heldout_data(config, train.condition, device)  # a missing test split: nothing taken yet
                     model = new_model(config, train, device)
+                    if init_from is not None:
+                        start_from(model, config, Path(init_from), device)
                     # Only now, with the data read and the model built, is the folder taken (and a
                     # replaced run cleared).
                     lock = start_run(run_dir, model, config, train.condition, overwrite=overwrite,
