@@ -342,7 +342,12 @@ def test_a_missing_manifest_is_an_error_not_a_bypass(run):
         ckpt.load(run)
     result = invoke("eval", run, "--k", 4, "--device", "cpu")
     assert result.exit_code == 2 and "checkpoint.json: missing" in result.output
-    (run / ckpt.MARKER_FILE).unlink()  # now a 0.1.0-style run
+    # Deleting the marker as well is no way around it (audit recount): the run has data.json,
+    # which vaelab 0.1.0 never wrote.
+    (run / ckpt.MARKER_FILE).unlink()
+    with pytest.raises(ckpt.IntegrityError, match=r"checkpoint\.json: missing"):
+        ckpt.load(run)
+    (run / ckpt.DATA_FILE).unlink()  # now a 0.1.0-style run: no manifest, marker or fingerprint
     assert ckpt.load(run).model is not None
 
 
@@ -572,7 +577,8 @@ _FOREIGN_FLAGS = {"--help", "--nproc-per-node", "--standalone", "--flag", "--no-
                   # sbatch / srun / torchrun options in the scripts of vaelab.cluster
                   "--array", "--job-name", "--output", "--open-mode", "--requeue", "--signal", "--ntasks",
                   "--ntasks-per-node", "--kill-on-bad-exit", "--nnodes", "--rdzv-backend", "--rdzv-endpoint",
-                  "--rdzv-id", "--parsable"}
+                  "--rdzv-id", "--parsable",
+                  "--reinstall"}  # apt-get's, in the advice for a damaged system copy of a dataset
 _COMMAND = re.compile(r"vaelab (train|eval|sample|encode|decode|plot|report|compare|sweep|explore|datasets)"
                       r"((?:\s+(?:--?[a-z][\w-]*|[A-Z_]+|N|\.\.\.))*)")
 
@@ -1048,3 +1054,32 @@ def test_a_budget_given_on_top_replaces_the_one_below_it(tmp_path):
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 3
+
+
+def test_a_sweep_refused_before_any_member_trains_leaves_its_out_as_it_was(tmp_path):
+    """Recount of the audit: a sweep refused while building its members (an image preset on point
+    data) left sweep.json and an empty runs/ behind, so the corrected command was refused ("not
+    empty") and --resume failed again."""
+    out = tmp_path / "S"
+    result = invoke("sweep", "--data", "ring", "--n-train", 200, "--preset", "mnist-conv", "--beta", "1,2",
+                    "--out", out)
+    assert result.exit_code == 2 and "not images" in result.output
+    assert not out.exists()
+    out.mkdir()  # an empty folder given as --out stays, empty
+    assert invoke("sweep", "--data", "ring", "--n-train", 200, "--preset", "mnist-conv", "--beta", "1,2",
+                  "--out", out).exit_code == 2
+    assert out.is_dir() and not any(out.iterdir())
+    fixed = invoke("sweep", "--data", "ring", "--n-train", 200, "--hidden", 8, "--epochs", 1, "--eval-k", 4,
+                   "--beta", "1,2", "--no-report", "--out", out)
+    assert fixed.exit_code == 0, fixed.output
+
+
+def test_a_sweep_whose_members_all_diverge_says_so_and_fails(tmp_path):
+    """Recount of the audit: a sweep where every member diverged exited 0 without a word."""
+    common = ["sweep", "--data", "ring", "--n-train", 200, "--hidden", 8, "--epochs", 2, "--eval-k", 4, "--no-report"]
+    every = invoke(*common, "--lr", "1e10,1e12", "--out", tmp_path / "all")
+    said = " ".join(every.output.split())
+    assert every.exit_code == 1 and "error: every member diverged" in said and "failure.json" in said
+    some = invoke(*common, "--lr", "0.003,1e10", "--out", tmp_path / "some")
+    said = " ".join(some.output.split())
+    assert some.exit_code == 0 and "warning: 1 of 2 members diverged (lr=10000000000.0)" in said, said

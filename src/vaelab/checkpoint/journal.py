@@ -148,10 +148,11 @@ def _parse_manifest(run_dir: Path, data: bytes) -> dict[str, Any]:
 
 
 def _no_manifest(run_dir: Path) -> None:
-    """A run without a manifest: one from vaelab 0.1.0 (no ownership marker either) loads as it
-    is; one that vaelab made since (it holds the marker) lost its checksums, and loading it
-    unchecked would let damaged weights evaluate silently, so it is refused."""
-    if (run_dir / MARKER_FILE).is_file():
+    """A run without a manifest: one from vaelab 0.1.0 (no ownership marker, no data fingerprint)
+    loads as it is; one that vaelab made since (it holds the marker, or data.json, which 0.1.0
+    never wrote: deleting the marker too is no way around the check) lost its checksums, and
+    loading it unchecked would let damaged weights evaluate silently, so it is refused."""
+    if (run_dir / MARKER_FILE).is_file() or (run_dir / DATA_FILE).is_file():
         raise IntegrityError(
             f"{run_dir / MANIFEST_FILE}: missing. This run was written by a vaelab that records the sha256 of "
             "every file in it, so without it damaged or edited files would go unnoticed; restore checkpoint.json "

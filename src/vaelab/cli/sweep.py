@@ -250,6 +250,26 @@ def sweep(
         err_console.print(f"error: {len(untrained)} of {len(rows)} members could not be trained "
                           f"({', '.join(untrained)}); see the warnings above", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+    _say_diverged(rows)
+
+
+def _say_diverged(rows: Any) -> None:
+    """Name the members that diverged (a result of the sweep, in the table); when every member
+    did, nothing was learned: exit 1 with what usually causes it."""
+    diverged = [row for row in rows if row.status.startswith("diverged")]
+    if not diverged:
+        return
+    failure = f"{diverged[0].path}/failure.json"
+    if len(diverged) < len(rows):
+        err_console.print(f"[bold yellow]warning:[/] {len(diverged)} of {len(rows)} members diverged "
+                          f"({', '.join(r.name for r in diverged)}); their rows say at which step, and each "
+                          f"member's failure.json what went non-finite (e.g. {failure})", highlight=False,
+                          soft_wrap=True)
+        return
+    err_console.print(f"error: every member diverged (the first at {diverged[0].status.removeprefix('diverged ')}); "
+                      f"see {failure}. Data on a large scale (values in the hundreds) or a large --lr usually cause "
+                      "it: standardize the data or lower --lr, and add --grad-clip 1", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def _shard_words(share: tuple[int, int] | None) -> str:
@@ -280,12 +300,9 @@ def _collect(out: Path, no_report: bool) -> None:
 
     rows = collect_sweep(out, member_reports=not no_report)
     _print_table(rows, f"sweep {out}")
-    failed = [row.name for row in rows if row.status.startswith("diverged")]
-    if failed:
-        err_console.print(f"note: {len(failed)} of {len(rows)} members diverged ({', '.join(failed)}): their rows "
-                          "say where", highlight=False, soft_wrap=True)
     reports = "" if no_report else ", runs/*/report.html"
     console.print(f"sweep folder: {out} (metrics.csv, sweep.html{reports}, runs/)", highlight=False)
+    _say_diverged(rows)
 
 
 def _submit_array(base: Any, grid: Any, out: Path, *, resume: bool, shards: int | None, jobs: int, device: str,

@@ -13,6 +13,7 @@ continue from their last checkpoint, the rest start.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from vaelab.history import History
 from vaelab.models import LatentModel, family
 from vaelab.sweep.folder import (
     METRICS_CSV,
+    RUNS_DIR,
+    SWEEP_FILE,
     MemberRow,
     SweepError,
     load_sweep,
@@ -196,6 +199,20 @@ def train_group(
             lock.release()
 
 
+def _undo_new_folder(out: Path, existed: bool) -> None:
+    """Remove what a new sweep wrote into ``out`` when it was refused before training any member
+    (a member that cannot be built): sweep.json and the empty runs/ folder, and ``out`` itself
+    unless it ``existed``. A member's run directory, once there, keeps everything as it is."""
+    runs = out / RUNS_DIR
+    if runs.is_dir() and any(runs.iterdir()):
+        return
+    for path in (out / SWEEP_FILE,):
+        path.unlink(missing_ok=True)
+    for folder in (runs, *(() if existed else (out,))):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _evaluate_done(out: Path, members: Sequence[Member], device: str | torch.device) -> None:
     """Evaluate the members that finished training and have no metrics yet (metrics.json)."""
     for m in members:
@@ -276,31 +293,38 @@ def run_sweep(
     base = resolve_paths(base)
     members = _with_objectives(base, expand(base, grid))
     groups = groups_of(members) if shard is None else share_groups(members, shard)
+    existed = out.exists()
+    fresh = shard is None and not resume and not (existed and any(out.iterdir()))
     prepare_folder(out, record(base, grid, members), resume, shards=None if shard is None else shard[1])
-    if jobs == 1 or len(groups) == 1:
-        for group in groups:
-            train_group(out, group, device=device, on_progress=on_progress, should_stop=should_stop)
-    else:
-        threads = max(1, torch.get_num_threads() // min(jobs, len(groups)))
-        pool = get_context("spawn").Pool(min(jobs, len(groups)), initializer=_ignore_interrupts)
-        try:
-            pending = [pool.apply_async(_group_worker, (str(out), [m.config.to_json() for m in g],
-                                                        [m.name for m in g], [m.values for m in g], str(device),
-                                                        threads)) for g in groups]
-            while pending:
-                pending[0].wait(0.2)
-                for job in [j for j in pending if j.ready()]:
-                    job.get()  # a child's error is raised here, with its message
-                    pending.remove(job)
-                if pending and should_stop is not None and should_stop():
-                    pool.terminate()  # every checkpoint is written atomically: each member keeps its last one
-                    raise SweepInterrupted(
-                        f"sweep interrupted: {len(pending)} group(s) stopped at their last checkpoint; "
-                        f"resume with: vaelab sweep --out {out} --resume")
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
+    try:
+        if jobs == 1 or len(groups) == 1:
+            for group in groups:
+                train_group(out, group, device=device, on_progress=on_progress, should_stop=should_stop)
+        else:
+            threads = max(1, torch.get_num_threads() // min(jobs, len(groups)))
+            pool = get_context("spawn").Pool(min(jobs, len(groups)), initializer=_ignore_interrupts)
+            try:
+                pending = [pool.apply_async(_group_worker, (str(out), [m.config.to_json() for m in g],
+                                                            [m.name for m in g], [m.values for m in g], str(device),
+                                                            threads)) for g in groups]
+                while pending:
+                    pending[0].wait(0.2)
+                    for job in [j for j in pending if j.ready()]:
+                        job.get()  # a child's error is raised here, with its message
+                        pending.remove(job)
+                    if pending and should_stop is not None and should_stop():
+                        pool.terminate()  # every checkpoint is written atomically: each member keeps its last one
+                        raise SweepInterrupted(
+                            f"sweep interrupted: {len(pending)} group(s) stopped at their last checkpoint; "
+                            f"resume with: vaelab sweep --out {out} --resume")
+                pool.close()
+            finally:
+                pool.terminate()
+                pool.join()
+    except VaelabError:
+        if fresh:  # refused before any member was trained: leave --out as it was, free for the corrected command
+            _undo_new_folder(out, existed)
+        raise
     if shard is not None:
         names = {m.name for group in groups for m in group}
         if member_reports:
