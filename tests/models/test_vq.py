@@ -603,3 +603,31 @@ def test_the_pixelcnns_first_rows_are_computed_alone_exactly():
         for rows in range(1, 5):
             # (to float rounding: the convolution kernels may sum in another order on a smaller input)
             torch.testing.assert_close(prior.logits(index, rows=rows), whole[:, :rows * 3], rtol=1e-5, atol=1e-6)
+
+
+def test_the_cli_trains_the_code_prior_as_a_second_stage_with_init_from(tmp_path):
+    """`vaelab train --init-from RUN --objective vq_prior --out RUN/prior`: the second stage starts from
+    the first's weights and settings, moves only the prior, and its evaluation shows the learned
+    prior's bound beside the uniform one."""
+    from typer.testing import CliRunner
+
+    from helpers import cli_ok
+    from vaelab import checkpoint as ckpt
+    from vaelab.cli import app
+
+    run = tmp_path / "V"
+    common = ["--epochs", 3, "--no-report"]
+    cli_ok("train", "--data", "ring", "--n-train", 300, "--model", "vq", "--hidden", 16, "--vq-codes", 8,
+           "--eval-k", 4, *common, "--out", run)
+    cli_ok("train", "--init-from", run, "--objective", "vq_prior", *common, "--out", run / "prior")
+    first, second = ckpt.load(run), ckpt.load(run / "prior")
+    assert second.config.train.objective == "vq_prior" and second.config.model == first.config.model
+    before, after = first.model.state_dict(), second.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("code_prior.") for k in moved)
+    m = second.metrics
+    assert m["uniform_kl"] == pytest.approx(first.metrics["uniform_kl"]) and m["kl"] != pytest.approx(m["uniform_kl"])
+    assert m["prior_gain"] == pytest.approx(m["uniform_kl"] - m["kl"])
+    refused = CliRunner().invoke(app, ["train", "--init-from", str(run), "--data", "moons", "--out",
+                                       str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "drop --data" in refused.output

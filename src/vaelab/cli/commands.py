@@ -360,6 +360,9 @@ def train(
                                 rich_help_panel=RUN),
     no_report: bool = typer.Option(False, "--no-report", help="skip the figures and RUN/report.html at the end",
                                    rich_help_panel=RUN),
+    init_from: Path = typer.Option(None, "--init-from", metavar="RUN", help="start from the weights and settings "
+                                   "of the run in RUN (flags change the training: e.g. a vq run's second stage, "
+                                   "--objective vq_prior --out RUN/prior)", rich_help_panel=RUN),
     nproc: int = typer.Option(None, "--nproc", help="train on N processes of this machine: runs this command "
                               "under torchrun --standalone --nproc-per-node N (gloo on CPU, nccl on CUDA)",
                               rich_help_panel=RUN),
@@ -393,7 +396,19 @@ def train(
     if resume and (config is not None or preset is not None):
         raise ConfigError("--resume continues a run with its saved config; drop --config / --preset and give "
                           "what may change as flags (--epochs / --steps, --lr, --checkpoint-every, --eval-k)")
-    base = _base_config(config, preset, None if resume else data)
+    if init_from is not None:
+        given = [flag for flag, value in (("--resume", resume or None), ("--config", config), ("--preset", preset),
+                                          ("--data", data)) if value is not None]
+        if given:
+            raise ConfigError(f"--init-from starts from the run in {init_from} with its own data and model settings; "
+                              f"drop {', '.join(given)}")
+        from vaelab import checkpoint as ckpt
+
+        base = ckpt.load(init_from).config
+        for section in ("data", "model", "train", "eval"):  # the run's settings are the base, not given now:
+            getattr(base, section).__pydantic_fields_set__ = set()  # only this command's flags are checked
+    else:
+        base = _base_config(config, preset, None if resume else data)
     data_over: dict[str, Any] = {
         "n_train": n_train, "n_test": n_test, "label_column": label_column, "seed": data_seed,
         "condition": condition,
@@ -491,6 +506,7 @@ def train(
             with _StopOnSignal() as stop:
                 try:
                     run = train_run(cfg, out, device=dev, resume=resume, overwrite=overwrite, on_step=on_step,
+                                    init_from=init_from,
                                     should_stop=stop.requested)
                 except TrainingInterrupted as err:
                     progress.stop()
