@@ -472,3 +472,18 @@ def test_compare_draws_the_density_of_every_run_on_one_colour_scale(tmp_path):
     path = write_comparison([r.path for r in runs], tmp_path / "cmp", names=["density"], **FAST)
     assert f"share one colour scale (0 to {max(tops):.3g}" in path.read_text()
     assert torch.equal(contexts[0].data.x, contexts[1].data.x)
+
+
+def test_the_report_shows_each_sample_quality_number_beside_its_floor():
+    from vaelab.report import metrics_table
+
+    quality = {"n_samples": 1000, "n_test": 800, "fd": 3.25, "precision": 0.7, "recall": 0.5, "density": 0.9,
+               "coverage": 0.8, "floor": {"fd": 0.91, "precision": 0.8, "recall": 0.81, "density": 1.0,
+                                          "coverage": 0.9, "n_per_half": 400},
+               "classifier": {"test_accuracy": 0.896, "path": "/x", "settings": {"epochs": 4}},
+               "class_accuracy": {"per_class": {"a": 0.5, "b": 0.7}, "overall": 0.6}}
+    text = re.sub(r"<[^>]+>", "|", metrics_table({"sample_quality": quality}))
+    assert "1000 samples vs 800 test images" in text and "compare within vaelab only" in text
+    assert "Fréchet distance||3.25 (0.91)" in text and "recall (k = 3)||0.5 (0.81)" in text
+    assert "test accuracy||0.896" in text and "(mean over labels)||0.6" in text
+    assert "path" not in text and "settings" not in text  # the classifier's record stays in metrics.json

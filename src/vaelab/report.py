@@ -54,6 +54,8 @@ METRIC_LABELS = {
     "kl_bpd": "KL = −log p(z_q) (bits / dimension)",
     "uniform_kl_bpd": "N log K (bits / dimension)",
     "uniform_bound_bpd": "uniform prior's bound (bits / dimension)",
+    "sample_quality": "sample quality",
+    "sample_quality_note": "sample quality",
     "code_label_ari": "adjusted Rand index of argmax q(z|x) against the labels",
     "codes_used": "codes used (argmax q(z|x) over the test points)",
     "eval_seed": "  evaluation seed",
@@ -135,6 +137,10 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         value_of = metrics[key]
         if key == "radius_tracking" and isinstance(value_of, dict):
             value_of = {RADIUS_TRACKING_LABELS.get(k, k): v for k, v in value_of.items()}
+        if key == "sample_quality" and isinstance(value_of, dict):
+            rows += [f'<tr><td>{esc(name)}</td><td class="num">{esc(value)}</td></tr>'
+                     for name, value in quality_rows(value_of)]
+            continue
         # Nested results (conditioning accuracy per label, radius tracking): one row per entry.
         for name, value in _flatten(label, value_of):
             rows.append(f'<tr><td>{esc(name)}</td><td class="num">{esc(fmt_number(value))}</td></tr>')
@@ -150,6 +156,29 @@ def collapse_html(metrics: dict[str, Any], config: RunConfig | None = None) -> s
     if verdict.collapsed and verdict.needed:
         return f'<div class="warning" id="collapse">{esc(verdict.text)}</div>'
     return f'<p class="note" id="collapse">{esc(verdict.text)}</p>'
+
+
+QUALITY_LABELS = {"fd": "Fréchet distance", "precision": "precision (k = 3)", "recall": "recall (k = 3)",
+                  "density": "density (k = 5)", "coverage": "coverage (k = 5)"}
+
+
+def quality_rows(quality: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rows of ``metrics["sample_quality"]`` (vaelab.quality): each number beside its floor
+    (the test split's two halves against each other), then the classifier's test accuracy, so
+    that the feature space can be trusted, and a conditional run's per-class accuracy."""
+    floor = quality.get("floor", {})
+    where = f"{quality.get('n_samples', '?')} samples vs {quality.get('n_test', '?')} test images"
+    rows = [(f"sample quality ({where}; vaelab's features: compare within vaelab only)", "value (floor)")]
+    for key, label in QUALITY_LABELS.items():
+        if key in quality:
+            rows.append((f"  {label}", f"{fmt_number(quality[key])} ({fmt_number(floor.get(key))})"))
+    accuracy = quality.get("classifier", {}).get("test_accuracy")
+    if accuracy is not None:
+        rows.append(("  feature classifier's test accuracy", fmt_number(accuracy)))
+    per_class = quality.get("class_accuracy", {})
+    if "overall" in per_class:
+        rows.append(("  samples classified as their label c (mean over labels)", fmt_number(per_class["overall"])))
+    return rows
 
 
 def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
