@@ -573,7 +573,7 @@ def test_a_lock_that_is_a_folder_is_named(run):
 # --------------------------------------------------------------------------- 7. advice
 
 # Flags that messages name but that belong to other programs (torchrun) or are placeholders.
-_FOREIGN_FLAGS = {"--help", "--nproc-per-node", "--standalone", "--flag", "--no-", "--tempered-tau-end",
+_FOREIGN_FLAGS = {"--help", "--nproc-per-node", "--standalone", "--flag", "--no-", "--vq-", "--tempered-tau-end",
                   # sbatch / srun / torchrun options in the scripts of vaelab.cluster
                   "--array", "--job-name", "--output", "--open-mode", "--requeue", "--signal", "--ntasks",
                   "--ntasks-per-node", "--kill-on-bad-exit", "--nnodes", "--rdzv-backend", "--rdzv-endpoint",

@@ -67,6 +67,7 @@ LAYER_OF: dict[str, int] = {
     "vaelab.errors": 0, "vaelab.config": 0,
     "vaelab.memory": 0,  # memory checks from sizes alone
     "vaelab.presets": 0,  # named settings: configs
+    "vaelab.protocols": 0,  # named evaluation protocols (settings only): vaelab.evaluate applies them
     "vaelab.devices": 0,  # the device rule (auto: cuda, mps, cpu), shared by the library and --device
     "vaelab.plugins": 0,  # imports outside families' modules; imports only errors, models reads it
     "vaelab.data": 1, "vaelab.nets": 1, "vaelab.distributions": 1, "vaelab.likelihoods": 1,

@@ -32,7 +32,8 @@ from vaelab.conditions import conditional_metrics
 from vaelab.config import check_seed_option
 from vaelab.data.dataset import Dataset
 from vaelab.data.download import dataset_folder, resolve_data_dir
-from vaelab.data.pixels import eval_view
+from vaelab.data.mnist import locate_dataset
+from vaelab.data.pixels import eval_view, resolve_binarize
 from vaelab.data.registry import DATASETS, load_dataset
 from vaelab.devices import pick_device
 from vaelab.diagnostics import elbo_surgery
@@ -40,10 +41,12 @@ from vaelab.distributed import World
 from vaelab.distributions import enumerable_support, kl_is_closed_form, kl_per_dim, rsample
 from vaelab.distributions import kl as kl_qp
 from vaelab.errors import InputError
+from vaelab.likelihoods import BernoulliLogits
 from vaelab.models import LatentModel, VariationalModel
 from vaelab.models.vq import VQVAE, bound_parts
 from vaelab.objectives import decode_log_px, importance_terms, kl_groups, latent_groups
 from vaelab.progress import EvalProgress
+from vaelab.protocols import Protocol, ProtocolError, get_protocol
 from vaelab.quality import ClassifierSettings, QualityError, check_quality_samples, sample_quality
 from vaelab.sizes import check_eval_fits
 
@@ -452,21 +455,35 @@ def _test_config(run: Run, n_test: int | None) -> Any:
 
 
 def settings_differ(run: Run, *, k: int | None = None, n_test: int | None = None,
-                    seed: int | None = None) -> list[str]:
+                    seed: int | None = None, protocol: str | Protocol | None = None) -> list[str]:
     """Which given settings differ from the run's own evaluation settings (config ``eval`` and
-    ``data.n_test``), e.g. ``["k = 5 (the run's: 1000)"]``; empty when none does."""
+    ``data.n_test``), e.g. ``["k = 5 (the run's: 1000)"]``; empty when none does.
+
+    ``protocol``: its k and seed, and its number of test images against the run's own test split
+    (``--limit-test``), are the given settings (k, n_test and seed must then be None)."""
     own = {"k": run.config.eval.k, "n_test": run.config.data.n_test, "seed": run.config.eval.seed}
     given = {"k": k, "n_test": n_test, "seed": seed}
+    test_images: list[str] = []
+    if protocol is not None:
+        p = get_protocol(protocol)
+        if any(value is not None for value in given.values()):
+            raise ProtocolError(f"protocol {p.name!r} sets k, n_test and seed itself; give either the protocol or them")
+        given = {"k": p.k, "n_test": None, "seed": p.seed}
+        limit = run.config.data.limit_test
+        if limit is not None and limit < p.n_test:
+            test_images = [f"{p.n_test} test images (the run's: {limit}, --limit-test)"]
     return [f"{name} = {value} (the run's: {own[name]})" for name, value in given.items()
-            if value is not None and value != own[name]]
+            if value is not None and value != own[name]] + test_images
 
 
 def should_write_metrics(run: Run, *, k: int | None = None, n_test: int | None = None,
-                         seed: int | None = None) -> bool:
+                         seed: int | None = None, protocol: str | Protocol | None = None) -> bool:
     """Whether ``evaluate_run(write=None)`` replaces the run's ``metrics.json``: when the run has
     none yet, or when it is evaluated with its own settings. An evaluation with other settings
-    (``vaelab eval RUN --k 5``) leaves the run's recorded metrics alone unless asked to write."""
-    return not (Path(run.path) / METRICS_FILE).is_file() or not settings_differ(run, k=k, n_test=n_test, seed=seed)
+    (``vaelab eval RUN --k 5``, or a protocol whose k differs from the run's) leaves the run's
+    recorded metrics alone unless asked to write."""
+    return not (Path(run.path) / METRICS_FILE).is_file() or not settings_differ(
+        run, k=k, n_test=n_test, seed=seed, protocol=protocol)
 
 
 def save_metrics(run: Run, metrics: dict[str, Any]) -> Path:
@@ -485,6 +502,7 @@ def evaluate_run(
     write: bool | None = None, device: str | torch.device | None = None, world: World | None = None,
     progress: bool = False, on_batch: Callable[[int, int], None] | None = None,
     quality_samples: int | None = None, quality_classifier: ClassifierSettings | None = None,
+    protocol: str | Protocol | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved run on its held-out data, exactly as ``vaelab eval`` does.
 
@@ -521,7 +539,25 @@ def evaluate_run(
     ``quality_classifier`` its settings). Where the data cannot give them (no labels to train the
     classifier, too few test images) ``sample_quality_note`` says why instead. None (default):
     no sample quality. Under torchrun rank 0 alone measures it.
+
+    ``protocol`` (a name in ``vaelab.protocols.PROTOCOLS``, or a ``Protocol``): evaluate as that
+    named protocol does: its test images (the first ``n_test`` of its split, whatever the run's
+    ``limit_test``), its k and its seed, so ``k``, ``seed``, ``n_test`` and ``quality_samples``
+    must be None. A run that cannot follow it (another dataset or split, a likelihood other than
+    Bernoulli, another training binarization, a conditional model or an autoencoder, missing test
+    files) is refused, saying what it would need. The result holds ``"protocol"``: its name,
+    description, source and settings (``Protocol.record``). ``write=None`` writes when the run
+    has no metrics yet or the protocol's k, seed and test images are the run's own.
     """
+    if protocol is not None:  # before any work: a protocol fixes these settings itself
+        protocol = get_protocol(protocol)
+        given = [name for name, value in (("k", k), ("seed", seed), ("n_test", n_test),
+                                          ("quality_samples", quality_samples)) if value is not None]
+        if given:
+            raise ProtocolError(
+                f"protocol {protocol.name!r} fixes the evaluation (k = {protocol.k}, seed = {protocol.seed}, "
+                f"{protocol.n_test} test images) and measures no sample quality; drop {', '.join(given)}, or drop the "
+                "protocol to choose them yourself")
     if quality_samples is not None:  # before any work: a bad count is refused at once
         check_quality_samples(quality_samples)
     if isinstance(run, Run):
@@ -532,11 +568,11 @@ def evaluate_run(
         run = ckpt.load(run, pick_device("auto" if device is None else device))
     quality = (quality_samples, quality_classifier)
     if not progress or (world is not None and not world.is_main):
-        return _evaluate_run(run, k, n_test, seed, write, world, on_batch, quality)
+        return _evaluate_run(run, k, n_test, seed, write, world, on_batch, quality, protocol)
     line = EvalProgress(str(run.path), also=on_batch)  # says what it scores once the test data is loaded
     line.note("loading the test data")
     try:
-        metrics = _evaluate_run(run, k, n_test, seed, write, world, line, quality)
+        metrics = _evaluate_run(run, k, n_test, seed, write, world, line, quality, protocol)
     except BaseException:
         line.close()  # the line ends where it stopped; the error follows on a line of its own
         raise
@@ -547,7 +583,7 @@ def evaluate_run(
 def _evaluate_run(
     run: Run, k: int | None, n_test: int | None, seed: int | None, write: bool | None, world: World | None,
     on_batch: Callable[[int, int], None] | None,
-    quality: tuple[int | None, ClassifierSettings | None] = (None, None),
+    quality: tuple[int | None, ClassifierSettings | None] = (None, None), protocol: Protocol | None = None,
 ) -> dict[str, Any]:
     """``evaluate_run`` of a loaded run; an ``EvalProgress`` as ``on_batch`` is told each phase."""
     model = run.model
@@ -555,8 +591,12 @@ def _evaluate_run(
     if not is_vae and (k is not None or seed is not None):
         raise EvaluationError("an autoencoder run's evaluation is deterministic: k and seed do not apply; "
                               "drop them")
-    data_cfg = _test_config(run, n_test)
-    raw_test = load_dataset(data_cfg, "test")
+    if protocol is None:
+        data_cfg = _test_config(run, n_test)
+        raw_test = load_dataset(data_cfg, "test")
+    else:
+        data_cfg, raw_test = _protocol_test_data(run, protocol)
+        k, seed = protocol.k, protocol.seed
     if quality[0] is not None and raw_test.image_shape is None:
         raise EvaluationError(f"{data_cfg.path or data_cfg.name}: sample quality is measured on image runs only; "
                               "this run's data are points: drop --quality-samples / --no-quality")
@@ -583,14 +623,73 @@ def _evaluate_run(
                                            seed=settings.get("seed", run.config.eval.seed)))
     if test.image_shape is not None:
         metrics["binarization"] = pixels
+    if protocol is not None:  # the protocol of every number, stated beside them
+        metrics["protocol"] = protocol.record()
     check_finite_metrics(run, metrics)  # a broken model gets no sample quality either
     main = world is None or world.is_main  # under torchrun rank 0 alone writes
     if quality[0] is not None and main:
         metrics.update(_run_sample_quality(run, data_cfg, raw_test, quality[0], quality[1],
                                            settings.get("seed", run.config.eval.seed), reporter))
-    if main and (write or (write is None and should_write_metrics(run, k=k, n_test=n_test, seed=seed))):
+    if protocol is not None:
+        k = seed = None  # should_write_metrics takes them from the protocol
+    if main and (write or (write is None and should_write_metrics(run, k=k, n_test=n_test, seed=seed,
+                                                                  protocol=protocol))):
         save_metrics(run, metrics)
     return metrics
+
+
+def check_protocol(run: Run, protocol: str | Protocol) -> Protocol:
+    """Refuse a run that cannot be evaluated under ``protocol``, saying what it would need: an
+    autoencoder or a conditional model (the protocol scores log p(x)), data other than the
+    protocol's registered dataset and ``image_split``, a likelihood other than Bernoulli, and
+    test files that are not on disk (a protocol evaluation never downloads). The training
+    binarization is checked once the test data is loaded (``_protocol_test_data``)."""
+    p = get_protocol(protocol)
+    where = f"{run.path}: protocol {p.name!r}"
+    if not isinstance(run.model, VariationalModel):
+        raise EvaluationError(f"{where} reports the IWAE bound of a model with a posterior q(z|x); this run is an "
+                              "autoencoder: train a VAE (e.g. --model vae)")
+    if run.condition is not None:
+        raise EvaluationError(f"{where} scores log p(x); this conditional run scores log p(x|c), a different "
+                              "number: train without --condition")
+    data_cfg = run.config.data
+    if data_cfg.path is not None or data_cfg.name != p.dataset:
+        raise EvaluationError(f"{where} evaluates models trained on {p.dataset!r}; this run was trained on "
+                              f"{data_cfg.path or data_cfg.name!r}: train on --data {p.dataset} --image-split "
+                              f"{p.image_split}")
+    if data_cfg.image_split != p.image_split:
+        raise EvaluationError(f"{where} uses the {p.image_split!r} split ({p.split}); this run was trained on "
+                              f"--image-split {data_cfg.image_split}: train again with --image-split {p.image_split}")
+    if not isinstance(run.model.likelihood, BernoulliLogits):
+        raise EvaluationError(f"{where} scores binary pixels with a {p.likelihood} likelihood (log p(x) of a "
+                              f"binarized image); this run's likelihood is {run.config.model.likelihood!r}, whose "
+                              f"numbers are densities of another kind: train again with --likelihood {p.likelihood}")
+    location = locate_dataset(p.dataset, ("test",), data_cfg.data_dir)
+    if location.missing:
+        files = "\n".join(f"  {location.user_folder / r.filename}" for r in location.missing)
+        raise EvaluationError(f"{where} needs the {p.dataset} test files, and these are missing:\n{files}\n"
+                              "Place them there and evaluate again; `vaelab datasets` shows where each dataset is "
+                              "looked for. A protocol evaluation never downloads.")
+    return p
+
+
+def _protocol_test_data(run: Run, protocol: Protocol) -> tuple[Any, Dataset]:
+    """The test config and grey-level test split of ``protocol`` for ``run`` (after
+    ``check_protocol``): the first ``n_test`` images of the split, the run's ``limit_test``
+    aside; refused when the split holds fewer or the run's training binarization differs."""
+    check_protocol(run, protocol)
+    data_cfg = run.config.data.model_copy(update={"limit_test": protocol.n_test})
+    raw_test = load_dataset(data_cfg, "test")
+    where = f"{run.path}: protocol {protocol.name!r}"
+    if len(raw_test) != protocol.n_test:
+        raise EvaluationError(f"{where} scores {protocol.n_test} test images, but the {data_cfg.image_split} test "
+                              f"split holds only {len(raw_test)}: check the dataset's files (`vaelab datasets`)")
+    trained = resolve_binarize(run.config, raw_test)
+    if protocol.train_binarization is not None and trained != protocol.train_binarization:
+        raise EvaluationError(f"{where} compares models trained with {protocol.train_binarization} binarization; "
+                              f"this run was trained with --binarize {trained}: train again with --binarize "
+                              f"{protocol.train_binarization}")
+    return data_cfg, raw_test
 
 
 def quality_cache_dir(data_cfg: Any) -> Path:

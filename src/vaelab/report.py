@@ -34,6 +34,7 @@ REPORT_FILE = ckpt.REPORT_FILE
 HISTORY_ROWS = 25  # longer histories show an evenly spaced subset plus the last row
 
 METRIC_LABELS = {
+    "protocol": "evaluation protocol (vaelab eval --protocol; docs/protocols.md)",
     "n": "test points",
     "elbo": "ELBO (nats / point)",
     "elbo_se": "  ± standard error",

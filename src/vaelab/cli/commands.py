@@ -43,7 +43,7 @@ from vaelab.cli.common import (
     vaelab_command,
 )
 from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, _notice, console, err_console
-from vaelab.cli.evaluation import _condition_arg, _run_eval
+from vaelab.cli.evaluation import PROTOCOL_HELP, _condition_arg, _run_eval
 from vaelab.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported by the commands that use it: `vaelab --help` needs none
@@ -777,17 +777,18 @@ def eval_cmd(
                                         "quality (Fréchet distance, precision/recall, density/coverage; default "
                                         "10,000; see docs/quality.md)"),
     no_quality: bool = typer.Option(False, "--no-quality", help="image runs: skip the sample quality"),
+    protocol: str = typer.Option(None, "--protocol", help=PROTOCOL_HELP),
 ) -> None:
     """Evaluate a run on its held-out data. Writes RUN/metrics.json when evaluated with the run's own
-    settings (or when it has none yet); with other --k / --n-test / --seed only with --save. Image runs
-    add sample quality against the test split (the first time per dataset, a small feature classifier
-    is trained and cached in the data folder)."""
+    settings (or when it has none yet); with other --k / --n-test / --seed (or a --protocol whose k
+    and seed differ) only with --save. Image runs add sample quality against the test split (the first
+    time per dataset, a small feature classifier is trained and cached in the data folder)."""
     from vaelab.cli.evaluation import QualityOptions
     from vaelab.config import check_seed_option
 
     check_seed_option(seed, "--seed")
     metrics = _run_eval(run, pick_device(device), k, n_test, seed, save=save,
-                        quality=QualityOptions(quality_samples, no_quality))
+                        quality=QualityOptions(quality_samples, no_quality), protocol=protocol)
     if json_out:
         print(json.dumps(metrics))
 

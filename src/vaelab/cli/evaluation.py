@@ -20,6 +20,11 @@ from vaelab.cli.console import (
     err_console,
 )
 from vaelab.errors import InputError
+from vaelab.protocols import PROTOCOLS
+
+# --protocol's help, from the registry of protocols (importing it loads no torch).
+PROTOCOL_HELP = ("evaluate as a named protocol (its test images, k and seed replace --k / --n-test / --seed; no "
+                 f"sample quality), recorded in metrics.json: {', '.join(PROTOCOLS)} (see docs/protocols.md)")
 
 if TYPE_CHECKING:
     import torch
@@ -57,9 +62,25 @@ class QualityOptions:
         return None if self.off else (DEFAULT_QUALITY_SAMPLES if self.samples is None else self.samples)
 
 
+def check_protocol_options(protocol: str, k: int | None, n_test: int | None, seed: int | None,
+                           quality: QualityOptions | None) -> None:
+    """Refuse, before the run is loaded, an unknown ``--protocol`` (the message lists the valid
+    ones) and the options a protocol fixes itself: --k, --seed, --n-test and --quality-samples
+    (a protocol measures no sample quality; --no-quality is accepted, as it says the same)."""
+    from vaelab.protocols import ProtocolError, get_protocol
+
+    p = get_protocol(protocol)
+    given = [flag for flag, value in (("--k", k), ("--seed", seed), ("--n-test", n_test),
+                                      ("--quality-samples", None if quality is None else quality.samples))
+             if value is not None]
+    if given:
+        raise ProtocolError(f"--protocol {p.name} fixes the evaluation (k = {p.k}, seed = {p.seed}, {p.n_test} test "
+                            f"images, no sample quality): drop {', '.join(given)}, or drop --protocol to choose them")
+
+
 def _run_eval(
     run_dir: Path, device: torch.device, k: int | None, n_test: int | None, seed: int | None,
-    save: bool = False, world: Any = None, quality: QualityOptions | None = None,
+    save: bool = False, world: Any = None, quality: QualityOptions | None = None, protocol: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate with the library's ``evaluate_run``, print, then write metrics.json when due.
 
@@ -72,18 +93,31 @@ def _run_eval(
 
     ``quality`` (``vaelab eval``'s options): image runs add sample quality (``vaelab.quality``),
     printed as a table beside its real-vs-real floor; None (training's own evaluation): none.
+
+    ``protocol`` (``vaelab eval --protocol NAME``): evaluate under that named protocol
+    (``vaelab.protocols``); its k, seed and test images replace --k / --seed / --n-test, which
+    must then be None, and no sample quality is measured.
     """
     from vaelab import checkpoint as ckpt
     from vaelab.evaluate import evaluate_run, save_metrics, settings_differ, should_write_metrics
     from vaelab.models import VariationalModel
 
+    if protocol is not None:
+        check_protocol_options(protocol, k, n_test, seed, quality)
+        quality = None  # a protocol's numbers are the likelihood bound's; sample quality is none of them
     if quality is not None:
         quality.check()
     run = ckpt.load(run_dir, device)
     quality_samples = None if quality is None else quality.samples_for(run)
     main = world is None or world.is_main
-    what = f"evaluating (IWAE, k = {run.config.eval.k if k is None else k})" \
-        if isinstance(run.model, VariationalModel) else "evaluating"
+    if protocol is not None:
+        from vaelab.protocols import get_protocol
+
+        what = f"evaluating under protocol {protocol} (IWAE, k = {get_protocol(protocol).k})"
+    elif isinstance(run.model, VariationalModel):
+        what = f"evaluating (IWAE, k = {run.config.eval.k if k is None else k})"
+    else:
+        what = "evaluating"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=True,
                   disable=not main or (not console.is_terminal and bool(os.environ.get("CI")))) as progress:
@@ -95,18 +129,22 @@ def _run_eval(
                 progress.update(task, description=f"{what}; then sample quality ({quality_samples:,} samples)")
 
         metrics = evaluate_run(run, k=k, n_test=n_test, seed=seed, write=False, world=world, on_batch=on_batch,
-                               quality_samples=quality_samples)
+                               quality_samples=quality_samples, protocol=protocol)
     if not main:
         return metrics
+    if "protocol" in metrics:
+        record = metrics["protocol"]
+        console.print(f"protocol {record['name']}: {record['description']} ({record['source']})",
+                      highlight=False, soft_wrap=True)
     _print_metrics(metrics)
     _print_collapse_verdict(metrics, run.config)
     _print_condition_metrics(metrics)
     _print_sample_quality(metrics)
-    if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed):
+    if save or should_write_metrics(run, k=k, n_test=n_test, seed=seed, protocol=protocol):
         path = save_metrics(run, metrics)
         console.print(f"wrote {path}", highlight=False)
     else:
-        differ = "; ".join(settings_differ(run, k=k, n_test=n_test, seed=seed))
+        differ = "; ".join(settings_differ(run, k=k, n_test=n_test, seed=seed, protocol=protocol))
         console.print(f"{run_dir / ckpt.METRICS_FILE} kept as it was: these numbers use {differ}; "
                       "add --save to replace the run's recorded metrics with them", highlight=False)
     return metrics
