@@ -17,10 +17,15 @@ The API (run = index into the runs given, 0-based):
 - ``GET /api/points?run=ID``: the encoded held-out set (at most ``MAX_POINTS`` points) and its
   per-point statistics
 - ``POST /api/decode`` ``{"run", "z": [[...]], "c", "draws", "seed"}`` -> ``{"mean", "std", "x"}``
+- ``POST /api/decode_codes`` ``{"run", "codes": [[k_1 … k_N], ...], "c", "draws", "seed"}`` ->
+  ``{"z", "mean", "std", "x"}``: discrete runs only (``latent.kind`` "categorical" or "codes"):
+  integer codes, one per group / grid cell, in 0..K-1 -> their z and its decoding
 - ``POST /api/encode`` ``{"run", "x": [[...]], "c"}`` -> ``{"mu", "sigma"}``
 - ``POST /api/prior`` ``{"run", "n", "seed", "c", "decode", "draws"}`` -> ``{"z", "mean", "std",
-  "x", "prior"}``: z ~ the model's own ``prior(c)``, drawn with a ``torch.Generator`` seeded
-  with ``seed`` (the global RNG is never used), decoded as ``model.sample`` decodes them.
+  "x", "prior", "codes"}``: z ~ the model's own ``prior(c)``, drawn with a ``torch.Generator`` seeded
+  with ``seed`` (the global RNG is never used), decoded as ``model.sample`` decodes them;
+  ``codes`` (n, N) the draws' integer codes for a discrete latent (the learned code prior's draws
+  where a VQ run has one), else null.
 
 Safety: only the files in ``static/`` (listed at start-up) are served, so no request path
 reaches the file system; every request is validated (unknown keys too) and a bad one answers
@@ -57,7 +62,8 @@ from vaelab.errors import InputError, VaelabError
 from vaelab.evaluate import generator_for
 from vaelab.likelihoods import sample_observation
 from vaelab.models import LatentModel, VariationalModel, has_normal_posterior, has_standard_prior
-from vaelab.models.gumbel import OneHotGroups
+from vaelab.models.gumbel import GumbelSoftmaxVAE, OneHotGroups
+from vaelab.models.vq import VQVAE, CodePrior, lookup
 from vaelab.objectives import iwae_bound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -251,15 +257,47 @@ def prior_meta(model: LatentModel) -> dict[str, Any]:
 
 
 def latent_meta(model: LatentModel) -> dict[str, Any]:
-    """What z is: ``{"kind": "continuous"}``, or ``{"kind": "categorical", "groups": N, "classes": K}``
-    where p(z) is N categorical groups of K classes (z: their one-hot vectors side by side). The
-    page's sliders still set z freely; for a categorical z it says that a slider value between 0
-    and 1 is a relaxed code, not one the model draws (prior samples and the points' codes are)."""
+    """What z is, so that the page offers sliders (a continuous z) or code pickers (a discrete one):
+
+    - ``{"kind": "continuous"}``;
+    - ``{"kind": "categorical", "groups": N, "classes": K}``: p(z) is N categorical groups of K
+      classes, each uniform (gumbel; z: their one-hot vectors side by side);
+    - ``{"kind": "codes", "groups": N, "classes": K, "grid": [H', W'] or None, "prior": "learned" or
+      "uniform"}``: a VQ-VAE, N code vectors each one of K codebook vectors; ``grid`` is the conv
+      body's code grid (N = H'·W', cells row by row), None for the MLP body's N groups. The
+      explorer's run metadata adds ``"prior_trained"`` for a learned prior: whether the run is the
+      second stage (``--objective vq_prior``) that trains it (before, it is exactly uniform).
+
+    Both discrete kinds are decoded from integer codes by ``POST /api/decode_codes`` (one class /
+    code index per group or cell) and drawn with their codes by ``POST /api/prior``."""
     with torch.no_grad():
         prior = model.prior()
     if isinstance(prior, OneHotGroups):
-        return {"kind": "categorical", "groups": prior.groups, "classes": prior.classes}
+        return {"kind": "categorical", "groups": prior.groups, "classes": prior.classes}  # p(z) uniform
+    if isinstance(model, VQVAE) and isinstance(prior, CodePrior):
+        grid = getattr(model, "grid", None)
+        return {"kind": "codes", "groups": prior.groups, "classes": prior.codes,
+                "grid": None if grid is None else [int(grid[0]), int(grid[1])],
+                "prior": "uniform" if prior.is_uniform else "learned"}
     return {"kind": "continuous"}
+
+
+def codes_to_z(model: LatentModel, codes: Tensor) -> Tensor:
+    """The z of integer codes: (B, N) in 0..K-1 -> (B, latent_dim). Gumbel: the groups' one-hot
+    vectors side by side; VQ: the chosen codebook vectors e_k side by side (eq. 1-2's z_q)."""
+    if isinstance(model, GumbelSoftmaxVAE):
+        return model.one_hot(codes)
+    if isinstance(model, VQVAE):
+        return lookup(codes, model.codebook)
+    raise InputError("this run's latent is continuous: it has no codes; send z to /api/decode")
+
+
+def prior_codes(prior: Distribution, z: Tensor) -> Tensor | None:
+    """The classes of one-hot prior draws z (n, N·K) -> (n, N) (the class of each group's one-hot
+    vector), or None where p(z) is not ``OneHotGroups`` (a VQ prior draws its codes itself)."""
+    if isinstance(prior, OneHotGroups):
+        return z.reshape(len(z), prior.groups, prior.classes).argmax(dim=-1)
+    return None
 
 
 def describe_prior(prior: Distribution) -> dict[str, Any]:
@@ -374,6 +412,10 @@ def _load(run_dir: Path, name: str) -> _Loaded:
     if run.condition is not None and run.condition.labels is not None:
         labels = list(run.condition.labels)
     p_x = model.decode(mu[:1], None if c is None else c[:1])
+    latent = latent_meta(model)
+    if latent.get("prior") == "learned":
+        # the learned code prior starts exactly uniform; only the second stage (--objective vq_prior) trains it
+        latent["prior_trained"] = run.config.train.objective == "vq_prior"
     stats = point_stats(model, data.x, c)
     metrics = run.metrics
     meta = {
@@ -382,7 +424,7 @@ def _load(run_dir: Path, name: str) -> _Loaded:
         # Whether p(z) is N(0, I) (an autoencoder's is not one training shaped the codes towards:
         # its "prior sample" is a Gaussian fitted to the codes, labelled as such).
         "standard_prior": isinstance(model, VariationalModel) and has_standard_prior(model),
-        "prior": prior_meta(model), "latent": latent_meta(model),
+        "prior": prior_meta(model), "latent": latent,
         "x_dim": model.x_dim, "image_shape": image_shape, "latent_dim": model.latent_dim,
         "kl_per_dim": kl_per_dim, "dim_order": order, "active": active,
         "noise": model.likelihood.noise_std(p_x) is not None, "labels": labels,
@@ -464,6 +506,33 @@ def _matrix(value: Any, name: str, width: int, what: str, max_rows: int = MAX_RO
     if not bool(torch.isfinite(t32).all()):
         raise RequestError(f"{name} holds NaN, infinity or a number beyond float32's range; {send}")
     return t32
+
+
+def _codes(value: Any, latent: dict[str, Any], max_rows: int) -> Tensor:
+    """A JSON list of rows of N integer codes in 0..K-1 -> (B, N) int64 (``latent``: ``latent_meta``)."""
+    n, k = int(latent["groups"]), int(latent["classes"])
+    where = (f"one per cell of the {latent['grid'][0]}×{latent['grid'][1]} code grid, row by row"
+             if latent.get("grid") else f"one per group: {n} group{'' if n == 1 else 's'}")
+    send = (f"send codes as a list of rows, each a list of {n} integers from 0 to {k - 1} ({where}), "
+            f"at most {max_rows} rows")
+    if not isinstance(value, list) or not value:
+        raise RequestError(f"codes must be a non-empty list of rows; {send}")
+    if len(value) > max_rows:
+        raise RequestError(f"codes has {len(value)} rows, more than the {max_rows} one request may hold for this "
+                           "run; split it into several requests", 413)
+    for i, row in enumerate(value):
+        if not isinstance(row, list):
+            raise RequestError(f"codes[{i}] is not a list; {send}")
+        if len(row) != n:
+            raise RequestError(f"codes[{i}] has {len(row)} codes, this run needs {n}; {send}")
+        for j, v in enumerate(row):
+            # 3.0 is refused too: a code is chosen, not a number near one
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise RequestError(f"codes[{i}][{j}] is {v!r}, not an integer; {send}")
+            if not 0 <= v < k:
+                raise RequestError(f"codes[{i}][{j}] is {v}, outside 0..{k - 1} (this run has K = {k} "
+                                   f"{'classes' if latent['kind'] == 'categorical' else 'codebook vectors'}); {send}")
+    return torch.tensor(value, dtype=torch.int64)
 
 
 def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -611,7 +680,7 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
             return _error("not found: the explorer serves /, /static/<its own files> and /api/...", 404)
         if status == 405:
             return _error(f"{request.method} is not allowed here: GET /api/runs, /api/run, /api/points; "
-                          "POST /api/decode, /api/encode, /api/prior", 405)
+                          "POST /api/decode, /api/decode_codes, /api/encode, /api/prior", 405)
         return _error(err.description or err.name, status)
 
     @app.errorhandler(Exception)
@@ -701,6 +770,23 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
         mean, std, x = _decoded(model, z, c, draws, generator)
         return _answer(mean=mean, std=std, x=x)
 
+    @app.post("/api/decode_codes")
+    @torch.no_grad()
+    def decode_codes() -> Response:
+        """Chosen discrete codes (one class per gumbel group; one code index per VQ group or grid
+        cell) -> their z (one-hot vectors / codebook vectors side by side) and its decoding."""
+        body, r = _body(("run", "codes", "c", "draws", "seed"))
+        model, latent = r.model, r.meta["latent"]
+        if latent["kind"] not in ("categorical", "codes"):
+            raise RequestError("this run's latent is continuous: it has no codes to choose; send z to /api/decode")
+        codes = _codes(body.get("codes"), latent, r.max_rows)  # (B, N)
+        z = codes_to_z(model, codes)  # (B, latent_dim)
+        c = _condition(r, body.get("c"), len(z))
+        draws = _flag(body, "draws", False)
+        generator = _seeded(body, draws, "draws (\"draws\": true)")
+        mean, std, x = _decoded(model, z, c, draws, generator)
+        return _answer(z=z, mean=mean, std=std, x=x)
+
     @app.post("/api/encode")
     @torch.no_grad()
     def encode() -> Response:
@@ -735,12 +821,19 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
         if p_z.batch_shape not in (torch.Size(), torch.Size([n])):
             raise RequestError(f"this model's prior(c) has batch shape {tuple(p_z.batch_shape)}; send one c, "
                                f"or one per draw ({n})")
-        z = rsample(p_z, (n,) if p_z.batch_shape == torch.Size() else (), generator)  # (n, d), as model.sample
+        codes: Tensor | None
+        if isinstance(p_z, CodePrior):  # k ~ p(k) (the learned code prior where the run has one), z = e_k
+            codes = p_z.sample_codes((n,), generator)  # (n, N): the draws rsample makes, kept as integers
+            z = lookup(codes, p_z.codebook)
+        else:
+            z = rsample(p_z, (n,) if p_z.batch_shape == torch.Size() else (), generator)  # (n, d), as model.sample
+            codes = prior_codes(p_z, z)
         mean = std = x = None
         if decode_z:
             mean, std, x = _decoded(model, z, c, draws, generator)
         one = model.prior(None if c is None else c[:1])
-        return _answer(z=z, mean=mean, std=std, x=x, prior=describe_prior(one))
+        return _answer(z=z, mean=mean, std=std, x=x, prior=describe_prior(one),
+                       codes=None if codes is None else codes.tolist())
 
     return app
 

@@ -1,5 +1,6 @@
 // vaelab latent explorer: plain JavaScript, canvas drawing, no external resources.
-// The server contract (GET /api/runs, /api/run, /api/points; POST /api/decode, /api/encode, /api/prior)
+// The server contract (GET /api/runs, /api/run, /api/points; POST /api/decode, /api/decode_codes, /api/encode,
+// /api/prior)
 // is in src/vaelab/explorer/app.py. Every API error is shown in the status line.
 // Canvases are drawn in CSS pixels on a backing store of devicePixelRatio times that (sharp on
 // projectors and retina screens); the page's state lives in the URL's hash (a link reopens the view).
@@ -27,6 +28,9 @@ const S = {                // the page state
   gen: 0,                  // bumped on run switch: answers for an older run are dropped
   runs: [], runId: 0, meta: null, pts: null,
   z: [],                   // the pinned latent vector (sliders)
+  codesZ: null,            // the z of the codes last decoded (the pickers' z)
+  codes: null,             // a discrete run's chosen codes, one per group / grid cell (the pickers), else null
+  brush: 0,                // the VQ palette's chosen code: a clicked grid cell takes it
   hover: null,             // the cursor's z (mouse, touch drag or keyboard), or null
   dims: [0, 1],            // latent dims on the plane's x and y axes
   proj: "axes",            // "axes" or "pca" (d > 2)
@@ -209,7 +213,7 @@ function fitCanvas(canvas, w, h, ctxOpts) {
 function cssSize(canvas) { return [Number(canvas.dataset.cssW) || canvas.width, Number(canvas.dataset.cssH) || canvas.height]; }
 
 // ---------------------------------------------------------------- the URL: a link reopens the same view
-const URL_KEYS = ["run", "cmp", "proj", "dims", "colour", "prior", "z", "c", "a", "b", "slerp", "trav", "samples", "seed"];
+const URL_KEYS = ["run", "cmp", "proj", "dims", "colour", "prior", "z", "codes", "c", "a", "b", "slerp", "trav", "samples", "seed"];
 function round3(v) { return Number(v.toFixed(3)); }
 function stateToHash() {
   if (!S.meta) return "";
@@ -221,6 +225,7 @@ function stateToHash() {
   q.set("colour", S.colourBy);
   if (!S.showPrior) q.set("prior", "0");
   q.set("z", S.z.map(round3).join(","));
+  if (S.codes) q.set("codes", S.codes.join(","));
   if (S.meta.condition) q.set("c", S.meta.condition.kind === "label" ? String(S.cond) : String(round3(S.cond)));
   if (S.a !== null) q.set("a", S.a);
   if (S.b !== null) q.set("b", S.b);
@@ -259,6 +264,12 @@ function applyHash(h) {
   if (h.z !== undefined) {
     const z = h.z.split(",").map(num);
     if (z.length === D && z.every(Number.isFinite)) S.z = z; else bad.push("z (needs " + D + " numbers)");
+  }
+  const lat = discrete();
+  if (h.codes !== undefined && lat) {
+    const k = h.codes.split(",").map(num);
+    if (k.length === lat.groups && k.every((v) => Number.isInteger(v) && v >= 0 && v < lat.classes)) S.codes = k;
+    else bad.push(`codes (needs ${lat.groups} integers from 0 to ${lat.classes - 1})`);
   }
   if (h.c !== undefined && m.condition) {
     const v = num(h.c);
@@ -368,7 +379,7 @@ async function loadRun(id, opts = {}) {
   document.body.dataset.run = String(runId);
   if (S.a !== null) selectPoint(S.a, { keepZ: true });
   if (S.b !== null) updateInterp();
-  decodeLive(S.z);
+  if (S.codes) decodeLive(S.z, S.codes); else decodeLive(S.z);   // a discrete run: z is its codes' z
   updateTraversal();
   loadPrior();
   saveState();
@@ -445,7 +456,7 @@ function bindControls() {
     S.a = S.b = null; S.interp = null; S.drawn = null; S.neighbours = [];
     $("selection").hidden = true; $("interp").hidden = true;
     clearPad();
-    setZ(restZ());
+    if (S.codes) setCodes(new Array(S.codes.length).fill(0)); else setZ(restZ());
   });
   $("cond-label").addEventListener("change", (e) => { S.cond = Number(e.target.value); conditionChanged(); });
   $("cond-value").addEventListener("input", (e) => { S.cond = Number(e.target.value); conditionChanged(); });
@@ -511,20 +522,16 @@ function axisName(axis) {
 function buildSliders() {
   const box = $("sliders"); box.innerHTML = "";
   S.sliders = {};
-  const cat = S.meta.latent && S.meta.latent.kind === "categorical" ? S.meta.latent : null;
-  if (cat) {   // a categorical z: the sliders set its one-hot coordinates freely (a relaxed code)
-    const note = document.createElement("div"); note.className = "note"; note.id = "categorical-note";
-    note.textContent = `categorical latent: ${cat.groups} group(s) of ${cat.classes} classes, z = their one-hot ` +
-      "vectors side by side. The model draws and decodes one-hot codes (prior sample); a point's code here is its " +
-      "class probabilities. Slider values in between are relaxed codes, not codes of the model.";
-    box.append(note);
-  }
+  const lat = discrete();
+  // Discrete latents are chosen, not slid: a picker per group (or a code grid) instead of sliders.
+  box.hidden = !!lat; $("slider-note").hidden = !!lat; $("codes-box").hidden = !lat;
+  if (lat) { buildCodes(lat); return; }
+  S.codes = null; S.codesZ = null; delete document.body.dataset.codes;
   for (const d of S.order) {
     const [lo, hi] = dimRange(d);
     const name = document.createElement("span");
     name.id = `z-name-${d}`;
-    name.textContent = cat ? `group ${Math.floor(d / cat.classes) + 1} class ${(d % cat.classes) + 1}`
-      : S.meta.kl_per_dim ? `z${d} KL ${fmt(Number(S.meta.kl_per_dim[d].toPrecision(3)))}` : `z${d}`;
+    name.textContent = S.meta.kl_per_dim ? `z${d} KL ${fmt(Number(S.meta.kl_per_dim[d].toPrecision(3)))}` : `z${d}`;
     if (S.meta.active && S.meta.active[d] === false) name.className = "inactive";
     const input = document.createElement("input");
     Object.assign(input, { type: "range", min: lo, max: hi, step: (hi - lo) / 400, value: S.z[d] });
@@ -543,6 +550,7 @@ function buildSliders() {
 function syncSliders(z) {
   for (const d of S.order) {
     const s = S.sliders[d];
+    if (!s) continue;   // a discrete run has no sliders
     if (document.activeElement !== s.input) s.input.value = z[d];
     s.out.textContent = fixed(z[d], 2);
   }
@@ -556,6 +564,11 @@ async function priorSample() {
   // a VAE: one draw from the model's own prior p(z|c), by the server (any family, not only N(0, I));
   // an autoencoder has no prior it was trained towards: a draw from a Gaussian fitted to its codes.
   S.seed += 1;
+  if (discrete()) {   // a discrete run: a draw of the codes from the model's own prior fills the pickers
+    const r = await guarded(() => api("/api/prior", { run: S.runId, n: 1, seed: S.seed, c: condForApi(), decode: false }));
+    if (r) { setCodes(r.codes[0]); document.body.dataset.priorSamples = String((Number(document.body.dataset.priorSamples) || 0) + 1); }
+    return;
+  }
   if (!S.meta.prior.trained) {
     const st = codeStats(); let s = S.seed;
     const u = () => { s = (s * 1103515245 + 12345) % 2147483648; return (s + 1) / 2147483649; };
@@ -564,6 +577,92 @@ async function priorSample() {
   }
   const r = await guarded(() => api("/api/prior", { run: S.runId, n: 1, seed: S.seed, c: condForApi(), decode: false }));
   if (r) { setZ(r.z[0]); document.body.dataset.priorSamples = String((Number(document.body.dataset.priorSamples) || 0) + 1); }
+}
+
+// ---------------------------------------------------------------- discrete latents: code pickers
+// A gumbel run: N groups of K classes (z = their one-hot vectors); a vq run: N codes among the K
+// codebook vectors, in a code grid (conv body) or N groups (MLP body). A code is chosen, not slid.
+function discrete() {
+  const l = S.meta && S.meta.latent;
+  return l && (l.kind === "categorical" || l.kind === "codes") ? l : null;
+}
+function codeColour(k) {   // a palette of K codes: hues by the golden angle, two lightnesses
+  return `hsl(${Math.round((k * 137.508) % 360)}, 62%, ${k % 2 ? 38 : 58}%)`;
+}
+function codeInk(k) { return k % 2 ? "#fff" : "#000"; }
+function buildCodes(lat) {
+  const N = lat.groups, K = lat.classes, vq = lat.kind === "codes";
+  if (!S.codes || S.codes.length !== N || S.codes.some((k) => !(k >= 0 && k < K))) S.codes = new Array(N).fill(0);
+  S.brush = Math.min(S.brush, K - 1);
+  const word = vq ? "code" : "class";
+  const what = vq
+    ? `VQ-VAE: z is ${N} codebook vectors, each one of the K = ${K} codes the encoder learned` +
+      (lat.grid ? `, in a ${lat.grid[0]}×${lat.grid[1]} grid (each cell a patch of the image). Pick a code in the ` +
+        "palette, then click cells to set them (↑/↓ on a cell steps its code; shift-click takes the cell's code into " +
+        "the palette)." : ". Choose a code per group.")
+    : `categorical latent (Gumbel-softmax): ${N} group(s) of ${K} classes; z is their one-hot vectors side by ` +
+      "side. Choose a class per group.";
+  const prior = lat.prior !== "learned" ? `its prior, uniform (each ${word} 1/${K})`
+    : lat.prior_trained ? "its learned prior over the codes"
+    : `its learned prior over the codes, not trained yet: it is uniform (each code 1/${K}) until the run's second ` +
+      "stage (vaelab train --init-from RUN --objective vq_prior) trains it";
+  $("codes-note").textContent = `${what} "prior sample" draws every ${word} from ${prior}.`;
+  const pal = $("code-palette"), box = $("code-pickers");
+  pal.innerHTML = ""; box.innerHTML = "";
+  pal.hidden = !(vq && lat.grid);
+  box.className = vq && lat.grid ? "code-grid" : "code-groups";
+  if (vq && lat.grid) {
+    box.style.gridTemplateColumns = `repeat(${lat.grid[1]}, 1fr)`;
+    for (let k = 0; k < K; k++) {
+      const b = document.createElement("button");
+      Object.assign(b, { type: "button", className: "swatch", title: `code ${k}` });
+      b.style.background = codeColour(k); b.style.color = codeInk(k); b.textContent = String(k);
+      b.setAttribute("aria-label", `palette: code ${k}`);
+      b.addEventListener("click", () => { S.brush = k; syncCodes(); });
+      pal.append(b);
+    }
+    for (let n = 0; n < N; n++) {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "cell"; b.dataset.cell = n;
+      b.addEventListener("click", (e) => {
+        if (e.shiftKey) { S.brush = S.codes[n]; syncCodes(); return; }
+        const c = S.codes.slice(); c[n] = S.brush; setCodes(c);
+      });
+      b.addEventListener("keydown", (e) => {
+        const step = e.key === "ArrowUp" || e.key === "+" ? 1 : e.key === "ArrowDown" || e.key === "-" ? -1 : 0;
+        if (!step) return;
+        e.preventDefault();
+        const c = S.codes.slice(); c[n] = (c[n] + step + K) % K; setCodes(c);
+      });
+      box.append(b);
+    }
+  } else {
+    for (let n = 0; n < N; n++) {
+      const lab = document.createElement("label");
+      lab.textContent = `group ${n + 1} `;
+      const sel = document.createElement("select");
+      sel.dataset.group = n;
+      for (let k = 0; k < K; k++) sel.add(new Option(`${word} ${k}`, k));
+      sel.addEventListener("change", () => { const c = S.codes.slice(); c[n] = Number(sel.value); setCodes(c); });
+      lab.append(sel); box.append(lab);
+    }
+  }
+  syncCodes();
+}
+function syncCodes() {
+  const lat = discrete();
+  if (!lat || !S.codes) return;
+  for (const b of $("code-pickers").querySelectorAll(".cell")) {
+    const n = Number(b.dataset.cell), k = S.codes[n], r = Math.floor(n / lat.grid[1]), c = n % lat.grid[1];
+    b.textContent = String(k); b.style.background = codeColour(k); b.style.color = codeInk(k);
+    b.setAttribute("aria-label", `cell row ${r + 1} column ${c + 1}: code ${k}`);
+  }
+  for (const sel of $("code-pickers").querySelectorAll("select")) sel.value = String(S.codes[Number(sel.dataset.group)]);
+  for (const b of $("code-palette").querySelectorAll(".swatch")) b.setAttribute("aria-pressed", String(Number(b.textContent) === S.brush));
+  document.body.dataset.codes = S.codes.join(",");
+}
+function setCodes(codes) {
+  S.codes = codes.slice(); syncCodes(); decodeLive(null, S.codes);
 }
 
 function buildCondition() {
@@ -1213,8 +1312,9 @@ function thumb(row, std, caption, opts = {}) {
 
 // ---------------------------------------------------------------- live decoding (one request in flight, the latest wins)
 const live = { busy: false, next: null };
-function decodeLive(z) {
-  live.next = { z: z.slice(), gen: S.gen };
+function decodeLive(z, codes = null) {
+  // codes (a discrete run's pickers): decoded by /api/decode_codes, whose z then becomes the pinned z
+  live.next = { z: z ? z.slice() : null, codes: codes ? codes.slice() : null, gen: S.gen };
   if (!live.busy) pumpLive();
 }
 async function pumpLive() {
@@ -1225,9 +1325,19 @@ async function pumpLive() {
     const t0 = performance.now();
     try {
       const many = S.samples && S.meta.kind === "points" ? POINT_DRAWS : 1;
-      const body = { run: S.runId, z: [...Array(many)].map(() => job.z), c: condForApi() };
+      const body = job.codes ? { run: S.runId, codes: [...Array(many)].map(() => job.codes), c: condForApi() }
+        : { run: S.runId, z: [...Array(many)].map(() => job.z), c: condForApi() };
       if (S.samples) Object.assign(body, { draws: true, seed: S.seed });
-      const r = await api("/api/decode", body);
+      const r = await api(job.codes ? "/api/decode_codes" : "/api/decode", body);
+      if (job.codes) {
+        if (job.gen !== S.gen) continue;
+        job.z = r.z[0]; S.codesZ = job.z.slice();
+        if (!S.hover) { S.z = job.z.slice(); drawPlane(); updateTraversal(); saveState(); }
+      }
+      if (discrete()) {   // z set elsewhere (the plane, a point, the pad): the pickers do not show it
+        const off = !S.codesZ || job.z.length !== S.codesZ.length || job.z.some((v, d) => Math.abs(v - S.codesZ[d]) > 1e-6);
+        $("codes-stale").hidden = !off;
+      }
       let other = null;
       if (S.compare && S.compare.sameZ) {
         const o = await api("/api/decode", { run: S.compare.id, z: [job.z], c: compareCond(condForApi()) });
