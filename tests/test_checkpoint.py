@@ -34,11 +34,13 @@ def _copy(run, dst):
 
 
 def _drop_manifest(run):
-    """Make a run look like one written before manifests (vaelab 0.1.0: no checksums and no
-    ownership marker): the load-time checks that do not rely on checksums must still hold. (A
-    run that has the marker but lost its manifest is refused: see test_bad_inputs_02.)"""
+    """Make a run look like one written before manifests (vaelab 0.1.0: no checksums, no
+    ownership marker, no data fingerprint): the load-time checks that do not rely on checksums
+    must still hold. (A run that has the marker or data.json but lost its manifest is refused:
+    see test_bad_inputs_02.)"""
     (run / ckpt.MANIFEST_FILE).unlink()
     (run / ckpt.MARKER_FILE).unlink(missing_ok=True)
+    (run / ckpt.DATA_FILE).unlink(missing_ok=True)
     return run
 
 

@@ -26,7 +26,7 @@ import torch
 from vaelab import checkpoint as ckpt
 from vaelab.config import RunConfig
 from vaelab.data.registry import load_dataset
-from vaelab.errors import VaelabError
+from vaelab.errors import InputError, VaelabError
 from vaelab.evaluate import evaluate_run
 from vaelab.history import History
 from vaelab.models import LatentModel, family
@@ -294,7 +294,7 @@ def run_sweep(
     members = _with_objectives(base, expand(base, grid))
     groups = groups_of(members) if shard is None else share_groups(members, shard)
     existed = out.exists()
-    fresh = shard is None and not resume and not (existed and any(out.iterdir()))
+    fresh = shard is None and not resume and not (existed and (not out.is_dir() or any(out.iterdir())))
     prepare_folder(out, record(base, grid, members), resume, shards=None if shard is None else shard[1])
     try:
         if jobs == 1 or len(groups) == 1:
@@ -321,7 +321,7 @@ def run_sweep(
             finally:
                 pool.terminate()
                 pool.join()
-    except VaelabError:
+    except InputError:
         if fresh:  # refused before any member was trained: leave --out as it was, free for the corrected command
             _undo_new_folder(out, existed)
         raise
