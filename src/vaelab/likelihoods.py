@@ -186,7 +186,7 @@ def _check_unit_interval(x: Tensor, what: str, head: str, instead: str) -> None:
         )
 
 
-class GaussianSigmoid(Likelihood):
+class GaussianSigmoid(GaussianLearned):
     """N(x; sigmoid(m(z)), diag σ²(z)), σ²(z) = min_var + exp(h(z)): a learned-variance Gaussian whose
     mean is bounded to (0, 1). The decoder outputs m and h per dimension.
 
@@ -200,14 +200,6 @@ class GaussianSigmoid(Likelihood):
     ``discrete_log_prob``.
     """
 
-    params_per_dim = 2
-
-    def __init__(self, min_var: float = 1e-6) -> None:
-        super().__init__()
-        if not min_var > 0:
-            raise InputError(f"min_var (the variance floor) must be positive, got {min_var}")
-        self.min_var = float(min_var)
-
     def forward(self, params: Tensor) -> Distribution:  # (..., 2D) -> p_x with batch (...), event (D,)
         m, h = params.chunk(2, dim=-1)
         var = self.min_var + torch.exp(h)
@@ -216,12 +208,6 @@ class GaussianSigmoid(Likelihood):
     def check_support(self, x: Tensor, what: str = "the data") -> None:
         """Refuse x outside [0, 1]: the sigmoid mean cannot reach it."""
         _check_unit_interval(x, what, "gaussian-sigmoid", "use --likelihood gaussian-learned (unbounded mean)")
-
-    def noise_std(self, p_x: Distribution) -> Tensor:
-        return _normal_base(p_x).scale
-
-    def extra_repr(self) -> str:
-        return f"min_var={self.min_var}"
 
 
 def _cb_log_norm(logits: Tensor) -> Tensor:
