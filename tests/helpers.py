@@ -94,3 +94,26 @@ def cli_ok(*args: object):  # noqa: ANN201 (typer's Result)
     assert "Traceback" not in result.output, result.output
     assert result.exit_code == 0, result.output
     return result
+
+
+def serving(app):  # noqa: ANN001, ANN201 (a Flask app; a context manager yielding the base URL)
+    """Serve the Flask ``app`` from a thread on a free port of 127.0.0.1: ``with serving(app) as
+    base: ...`` (base: ``http://127.0.0.1:PORT``); the server stops on leaving the block."""
+    import contextlib
+    import threading
+
+    from werkzeug.serving import make_server
+
+    @contextlib.contextmanager
+    def running():  # noqa: ANN202
+        httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_port}"
+        finally:
+            httpd.shutdown()
+            thread.join(timeout=10)
+
+    return running()
+

@@ -9,7 +9,6 @@ Screenshots of the page go to /tmp/explorer-discrete-*.png for a person to look 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,16 +176,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 def page_base(runs: list[Path]) -> Iterator[str]:
     if not CHROMIUM.is_file():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
-    from werkzeug.serving import make_server
+    from helpers import serving
 
-    httpd = make_server("127.0.0.1", 0, create_app(runs), threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
+    with serving(create_app(runs)) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

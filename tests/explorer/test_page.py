@@ -10,7 +10,6 @@ it (``test_d1_...``); each was seen failing on 0.2's page before the page was fi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
                                "(pip install playwright; the browser is Debian's chromium)")
 pytest.importorskip("flask", reason="flask is not installed")
 
-from werkzeug.serving import make_server  # noqa: E402
-
+from helpers import serving  # noqa: E402
 from vaelab.config import RunConfig  # noqa: E402
 
 # ../shared/data beside the checkout (main), or two levels up for a worktree under wt/.
@@ -102,14 +100,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from vaelab.explorer.app import create_app
 
     runs = make_runs(tmp_path_factory.mktemp("explorer-page"))
-    httpd = make_server("127.0.0.1", 0, create_app(runs), threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
+    with serving(create_app(runs)) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
