@@ -482,18 +482,25 @@ def _keys(body: dict[str, Any], allowed: tuple[str, ...], path: str) -> None:
         raise RequestError(f"{path} does not take {', '.join(map(repr, unknown))}; it takes {', '.join(allowed)}")
 
 
-def _matrix(value: Any, name: str, width: int, what: str, max_rows: int = MAX_ROWS) -> Tensor:
-    """A JSON list of rows of ``width`` finite numbers -> (B, width) float32."""
-    send = (f"send {name} as a list of rows, each a list of {width} finite numbers ({what}), "
-            f"at most {max_rows} rows")
+def _check_rows(value: Any, name: str, max_rows: int, send: str, limit: str = "") -> None:
+    """Refuse ``value`` unless it is a non-empty JSON list of at most ``max_rows`` lists (413 when
+    longer); ``send`` says what to send instead, ``limit`` what bounds the rows."""
     if not isinstance(value, list) or not value:
         raise RequestError(f"{name} must be a non-empty list of rows; {send}")
     if len(value) > max_rows:
         raise RequestError(f"{name} has {len(value)} rows, more than the {max_rows} one request may hold for this "
-                           f"run (at most {MAX_VALUES:,} numbers per request); split it into several requests", 413)
+                           f"run{limit}; split it into several requests", 413)
     for i, row in enumerate(value):
         if not isinstance(row, list):
             raise RequestError(f"{name}[{i}] is not a list; {send}")
+
+
+def _matrix(value: Any, name: str, width: int, what: str, max_rows: int = MAX_ROWS) -> Tensor:
+    """A JSON list of rows of ``width`` finite numbers -> (B, width) float32."""
+    send = (f"send {name} as a list of rows, each a list of {width} finite numbers ({what}), "
+            f"at most {max_rows} rows")
+    _check_rows(value, name, max_rows, send, f" (at most {MAX_VALUES:,} numbers per request)")
+    for i, row in enumerate(value):
         if len(row) != width:
             raise RequestError(f"{name}[{i}] has {len(row)} numbers, this run needs {width}; {send}")
         if any(isinstance(v, bool) or not isinstance(v, int | float) for v in row):
@@ -515,14 +522,8 @@ def _codes(value: Any, latent: dict[str, Any], max_rows: int) -> Tensor:
              if latent.get("grid") else f"one per group: {n} group{'' if n == 1 else 's'}")
     send = (f"send codes as a list of rows, each a list of {n} integers from 0 to {k - 1} ({where}), "
             f"at most {max_rows} rows")
-    if not isinstance(value, list) or not value:
-        raise RequestError(f"codes must be a non-empty list of rows; {send}")
-    if len(value) > max_rows:
-        raise RequestError(f"codes has {len(value)} rows, more than the {max_rows} one request may hold for this "
-                           "run; split it into several requests", 413)
+    _check_rows(value, "codes", max_rows, send)
     for i, row in enumerate(value):
-        if not isinstance(row, list):
-            raise RequestError(f"codes[{i}] is not a list; {send}")
         if len(row) != n:
             raise RequestError(f"codes[{i}] has {len(row)} codes, this run needs {n}; {send}")
         for j, v in enumerate(row):
