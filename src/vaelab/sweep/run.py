@@ -206,8 +206,7 @@ def _undo_new_folder(out: Path, existed: bool) -> None:
     runs = out / RUNS_DIR
     if runs.is_dir() and any(runs.iterdir()):
         return
-    for path in (out / SWEEP_FILE,):
-        path.unlink(missing_ok=True)
+    (out / SWEEP_FILE).unlink(missing_ok=True)
     for folder in (runs, *(() if existed else (out,))):
         with contextlib.suppress(OSError):
             folder.rmdir()
