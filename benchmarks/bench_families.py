@@ -49,11 +49,12 @@ from vaelab.evaluate import evaluate, generator_for
 from vaelab.models import LatentModel, build_model
 from vaelab.objectives import iwae_bound
 from vaelab.presets import apply_preset
+from vaelab.quality import sample_quality
 from vaelab.train import fit
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FAMILIES = ("vae", "planar", "radial", "iaf", "vamp", "mog", "ladder", "gumbel")
+FAMILIES = ("vae", "planar", "radial", "iaf", "vamp", "mog", "ladder", "gumbel", "vq")
 # Each family's own options in this table (the rest are its defaults); the widths are the preset's.
 OPTIONS: dict[str, dict[str, Any]] = {
     "planar": {"flows": 2},
@@ -63,7 +64,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "mog": {"components": 50},
     "ladder": {},
     "gumbel": {"groups": 20, "classes": 10},
+    "vq": {"codes": 64, "groups": 10},
 }
+# Families trained with their own objective instead of the table's −ELBO: the VQ-VAE's loss (a
+# point-mass q(z|x) has no ELBO gradient), then its second stage, the prior over the codes, for
+# as many steps again (what the `prior s` column times).
+OBJECTIVE = {"vq": "vq"}
+SECOND_STAGE = {"vq": "vq_prior"}
 # The width of z where a family's is not the preset's 20: N·K one-hot coordinates.
 LATENT_DIM = {"gumbel": 200}
 
@@ -81,7 +88,7 @@ def image_config(data: str, family: str, steps: int) -> RunConfig:
         model[family] = dict(OPTIONS[family])
     return apply_preset(RunConfig(), "mnist-mlp-bernoulli").with_overrides(
         {"data": data_section, "model": model,
-         "train": {"objective": "elbo", "steps": steps, "checkpoint_every": 10**9}})
+         "train": {"objective": OBJECTIVE.get(family, "elbo"), "steps": steps, "checkpoint_every": 10**9}})
 
 
 def toy_config(family: str, steps: int, flows: int | None = None) -> RunConfig:
@@ -117,19 +124,35 @@ def per_point_nll(model: LatentModel, x: torch.Tensor, k: int, seed: int = 0) ->
     return torch.cat(out)
 
 
-def run_family(cfg: RunConfig, x: torch.Tensor, test: Any, k: int) -> dict[str, Any]:
+def run_family(cfg: RunConfig, x: torch.Tensor, test: Any, k: int,
+               quality: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one family, score it; ``quality`` (train, test, n_samples, cache_dir) adds sample quality."""
     model = build_model(cfg.model, x.shape[1], seed=cfg.train.seed)
+    binarize = cfg.data.binarize == "dynamic"
     start = time.perf_counter()
-    fit(model, x, cfg.train, dynamic_binarization=cfg.data.binarize == "dynamic")
+    fit(model, x, cfg.train, dynamic_binarization=binarize)
     seconds = time.perf_counter() - start
+    second = SECOND_STAGE.get(cfg.model.kind)
+    prior_seconds = None
+    if second is not None:  # the VQ-VAE's prior over the codes, encoder / decoder / codebook fixed
+        start = time.perf_counter()
+        fit(model, x, cfg.with_overrides({"train": {"objective": second}}).train, dynamic_binarization=binarize)
+        prior_seconds = time.perf_counter() - start
     model.eval()
     # −ELBO, active units and I(x; z) from vaelab's evaluator; the ELBO's expectation does not depend
     # on k, so 100 draws per point serve it. The IWAE NLL (k of them) is computed per point for the pairing.
-    metrics = evaluate(model, test, k=min(k, 100), batch_size=250, seed=0)
-    nll_points = per_point_nll(model, test.x, k)
+    # A point-mass q(z|x) (vq) gives every importance weight the same value: its bound is the same for
+    # every k, so one draw computes it exactly.
+    point_mass = cfg.model.kind in SECOND_STAGE
+    metrics = evaluate(model, test, k=1 if point_mass else min(k, 100), batch_size=250, seed=0)
+    nll_points = per_point_nll(model, test.x, 1 if point_mass else k)
     metrics["iwae_nll"] = float(nll_points.mean())
     metrics["iwae_nll_se"] = float(nll_points.std() / math.sqrt(len(nll_points)))
-    return {"model": model, "metrics": metrics, "seconds": seconds, "nll_points": nll_points}
+    if quality is not None:
+        metrics["quality"] = sample_quality(model, quality["train"], quality["test"],
+                                            n_samples=quality["n_samples"], seed=0, cache_dir=quality["cache_dir"])
+    return {"model": model, "metrics": metrics, "seconds": seconds, "prior_seconds": prior_seconds,
+            "nll_points": nll_points}
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -138,18 +161,27 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float(d.mean()), float(d.std() / math.sqrt(len(d)))
 
 
-def image_table(data: str, families: list[str], steps: int, k: int) -> None:
+def image_table(data: str, families: list[str], steps: int, k: int, n_quality: int, cache_dir: Path) -> None:
     base = image_config(data, "vae", steps)
     x = load_dataset(base.data, "train").x
-    test, note = eval_view(base, load_dataset(base.data, "test"))
+    grey_test = load_dataset(base.data, "test")
+    test, note = eval_view(base, grey_test)
+    quality = None if n_quality == 0 else {
+        "train": load_dataset(base.data, "train"), "test": grey_test, "n_samples": n_quality, "cache_dir": cache_dir}
     print(f"\n## {data}: train {len(x)} / test {len(test)} images ({note}); {steps} steps of batch "
           f"{base.train.batch_size}; IWAE k = {k}\n", flush=True)
-    print("| family | options | IWAE NLL (nats) | − VAE, paired | −ELBO | active units | I(x; z) | train s |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    head = "| family | options | IWAE NLL (nats) | − VAE, paired | −ELBO | active units | train s |"
+    rule = "|---|---|---|---|---|---|---|"
+    if quality is not None:
+        head += " FD | precision | recall |"
+        rule += "---|---|---|"
+    print(head)
+    print(rule, flush=True)
     ref = None
+    floor = None
     for family in families:
         cfg = image_config(data, family, steps)
-        r = run_family(cfg, x, test, k)
+        r = run_family(cfg, x, test, k, quality)
         m = r["metrics"]
         if family == "vae":
             ref = r["nll_points"]
@@ -157,8 +189,23 @@ def image_table(data: str, families: list[str], steps: int, k: int) -> None:
         opts = ", ".join(f"{key}={v}" for key, v in OPTIONS.get(family, {}).items()) or "—"
         au = m["active_units"] if "active_units_per_group" not in m else (
             f"{m['active_units']} ({', '.join(str(v) for v in m['active_units_per_group'].values())})")
-        print(f"| {family} | {opts} | {m['iwae_nll']:.2f} ± {m['iwae_nll_se']:.2f} | {diff} | {-m['elbo']:.2f} | "
-              f"{au} | {m.get('mutual_info', float('nan')):.2f} | {r['seconds']:.0f} |", flush=True)
+        if family in SECOND_STAGE:  # a point mass: no active units; the codebook's use on the test images instead
+            with torch.no_grad():
+                usage = r["model"].usage(r["model"].encode(test.x).index)
+            au = f"perplexity {float(usage['perplexity']):.1f} of {OPTIONS[family]['codes']}"
+        secs = f"{r['seconds']:.0f}" + ("" if r["prior_seconds"] is None else f" + {r['prior_seconds']:.0f} (prior)")
+        row = (f"| {family} | {opts} | {m['iwae_nll']:.2f} ± {m['iwae_nll_se']:.2f} | {diff} | {-m['elbo']:.2f} | "
+               f"{au} | {secs} |")
+        if quality is not None:
+            q = m["quality"]
+            floor = q["floor"]
+            row += f" {q['fd']:.2f} | {q['precision']:.3f} | {q['recall']:.3f} |"
+        print(row, flush=True)
+    if floor is not None and quality is not None:
+        print(f"\nSample quality: {n_quality:,} decoder means E[x|z], z ~ p(z), against the {len(grey_test):,} "
+              "grey test images, in the feature space of vaelab's classifier (docs/quality.md). Floor (two "
+              f"halves of the test split): FD {floor['fd']:.2f}, precision {floor['precision']:.3f}, "
+              f"recall {floor['recall']:.3f}.", flush=True)
 
 
 def toy_table(families: list[str], steps: int, k: int) -> None:
@@ -212,6 +259,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000, help="importance samples of the NLL estimate")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma list, vae first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quality-samples", type=int, default=10_000,
+                        help="samples for the sample-quality columns (FD, precision, recall); 0 leaves them out")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vaelab-bench",
+                        help="where the feature classifier of each data set is cached (trained once)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -223,7 +274,7 @@ def main() -> None:
         if data == "radial_gmm":
             toy_table(families, args.steps or 20000, args.k)
         else:
-            image_table(data, families, args.steps or 6000, args.k)
+            image_table(data, families, args.steps or 6000, args.k, args.quality_samples, args.cache / data)
 
 
 if __name__ == "__main__":
