@@ -283,3 +283,65 @@ def test_train_eval_and_sample_each_grey_head(tmp_path, name):
         assert (draws >= 0).all() and (draws <= 1).all()
     if name == "logistic256":
         assert torch.equal(draws * 255, torch.round(draws * 255))
+
+
+# ---------------------------------------------------------------------------------------------
+# The grey-level default: --binarize none under the image preset, likelihood not given
+# ---------------------------------------------------------------------------------------------
+
+
+def _preset(**data: object) -> RunConfig:
+    from vaelab.presets import apply_preset
+
+    return apply_preset(RunConfig(), "mnist-mlp-bernoulli").with_overrides({"data": data})
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"name": "mnist", "binarize": "none"}, "logistic256"),
+    ({"name": "fashion-mnist", "binarize": "none"}, "logistic256"),
+    ({"name": "kmnist", "binarize": "none"}, "logistic256"),
+    ({"name": "digits", "binarize": "none"}, "gaussian-learned"),  # 17 levels: off the 256-level grid
+])
+def test_grey_images_get_the_grey_level_likelihood(data, expected):
+    from vaelab.presets import grey_level_likelihood
+
+    cfg, note = grey_level_likelihood(_preset(**data))
+    assert cfg.model.likelihood == expected
+    assert note is not None and expected in note and "--likelihood" in note
+    assert "likelihood" not in cfg.model.model_fields_set  # a default, not a setting the user gave
+    assert cfg.data == _preset(**data).data and cfg.train == _preset(**data).train
+
+
+@pytest.mark.parametrize("over", [
+    {"data": {"name": "mnist", "binarize": "dynamic"}},  # binary pixels: the Bernoulli applies
+    {"data": {"name": "mnist", "binarize": "none"}, "model": {"likelihood": "bernoulli"}},  # the user's choice
+    {"data": {"name": "mnist", "binarize": "none"}, "model": {"likelihood": "gaussian-sigmoid"}},
+])
+def test_grey_level_default_leaves_other_configs_alone(over):
+    from vaelab.presets import apply_preset, grey_level_likelihood
+
+    cfg = apply_preset(RunConfig(), "mnist-mlp-bernoulli").with_overrides(over)
+    assert grey_level_likelihood(cfg) == (cfg, None)
+
+
+def test_grey_level_default_needs_image_data():
+    from vaelab.presets import grey_level_likelihood
+
+    cfg = RunConfig().with_overrides({"model": {"likelihood": "bernoulli"}, "data": {"name": "moons"}},
+                                     explicit=False)
+    assert grey_level_likelihood(cfg) == (cfg, None)
+
+
+SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[2:4]
+               if (p / "shared" / "data" / "mnist").is_dir()), Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="the MNIST test split is not in ../shared/data/mnist")
+def test_train_grey_mnist_without_a_likelihood_uses_logistic256(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", "mnist", "--data-dir", str(SHARED), "--image-split",
+                                 "test-9k", "--binarize", "none", "--limit-train", "256", "--steps", "2",
+                                 "--no-eval", "--no-report", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "likelihood logistic256" in " ".join(result.output.split())
+    assert json.loads((out / "config.json").read_text())["model"]["likelihood"] == "logistic256"

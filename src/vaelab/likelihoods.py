@@ -171,7 +171,8 @@ class BernoulliLogits(Likelihood):
                 f"{what} is not binary ({int(bad.sum())} of {x.numel()} values are neither 0 nor 1, first "
                 f"{first:.4g}): the Bernoulli likelihood is a distribution over {{0, 1}}, and its log-probability "
                 "of grey levels is a cross-entropy, not a likelihood. Binarize the data first "
-                "(vaelab.data.pixels.fixed_binarization, or --binarize fixed / dynamic), or use a gaussian likelihood"
+                "(vaelab.data.pixels.fixed_binarization, or --binarize fixed / dynamic), or use a grey-level "
+                "likelihood (logistic256 for 8-bit images; gaussian-learned, gaussian-sigmoid or continuous-bernoulli)"
             )
 
 

@@ -106,6 +106,17 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
     return base.with_overrides(read_toml(config), source=str(config))
 
 
+def _grey_levels(cfg: Any) -> Any:
+    """Grey-level images (--binarize none) whose preset's Bernoulli the user did not choose get
+    vaelab's grey-level likelihood instead, said in one line (vaelab.presets.grey_level_likelihood)."""
+    from vaelab.presets import grey_level_likelihood
+
+    cfg, note = grey_level_likelihood(cfg)
+    if note is not None:
+        console.print(note, highlight=False)
+    return cfg
+
+
 def _family_flag_table() -> dict[str, str]:
     """The ``--NAME-FIELD`` flags of the families' own options -> ``model.NAME.FIELD``: the
     family part of the sweep's one flag table (vaelab.sweep.grid.flag_table)."""
@@ -448,6 +459,8 @@ def train(
     }, source="command-line options" if config is None else f"{config} and the command-line options")
     if data is not None and _is_file_arg(data):
         cfg.data.__pydantic_fields_set__.discard("name")  # --data chose a file: no dataset name was given
+    if not resume:
+        cfg = _grey_levels(cfg)
     world = World.from_env()
     if nproc is not None and (isinstance(nproc, bool) or nproc < 1):
         raise InputError(f"--nproc is the number of processes to train on, a positive integer; got {nproc}")

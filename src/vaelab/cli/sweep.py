@@ -15,6 +15,7 @@ from typer.core import TyperOption
 from vaelab.cli import app
 from vaelab.cli.commands import (
     _base_config,
+    _grey_levels,
     _is_file_arg,
     _SignalAgain,
     _StopOnSignal,
@@ -196,6 +197,7 @@ def sweep(
                 base.data.__pydantic_fields_set__.discard("name")
         toml_lists, toml_seeds = sweep_table(table, f"{config} [sweep]")
         base, grid = make_grid(base, {**toml_lists, **lists}, seeds=seeds if seeds is not None else toml_seeds)
+        base = _grey_levels(base)
         _fetch_with_progress(base.data)
     expand(base, grid)  # every member checked (run_sweep checks again) before the first line is printed
     if share is not None:

@@ -40,6 +40,9 @@ class DatasetSpec:
     description: str
     load: Callable[[DataConfig, Split], Dataset]
     kind: Literal["toy2d", "image", "file"] = "toy2d"
+    # Image data whose grey levels are exactly k / (levels - 1): 256 for 8-bit images; None where
+    # they are not on such a grid (resized, or scikit-learn's 17 levels) or not known in advance.
+    levels: int | None = None
 
 
 def _split_generator(config: DataConfig, split: Split) -> torch.Generator:
@@ -128,12 +131,12 @@ def _digits(size: int) -> Callable[[DataConfig, Split], Dataset]:
 
 for _spec in (
     DatasetSpec("mnist", "MNIST handwritten digits, 28x28 grey (60,000 / 10,000); downloaded once",
-                _mnist_family("mnist"), kind="image"),
+                _mnist_family("mnist"), kind="image", levels=256),
     DatasetSpec("fashion-mnist", "Fashion-MNIST clothing, 28x28 grey (60,000 / 10,000); downloaded, or from "
                 "Debian's dataset-fashion-mnist",
-                _mnist_family("fashion-mnist"), kind="image"),
+                _mnist_family("fashion-mnist"), kind="image", levels=256),
     DatasetSpec("kmnist", "Kuzushiji-MNIST cursive Japanese, 28x28 grey (60,000 / 10,000); downloaded",
-                _mnist_family("kmnist"), kind="image"),
+                _mnist_family("kmnist"), kind="image", levels=256),
     DatasetSpec("digits", "scikit-learn's 1,797 8x8 digits upsampled to 28x28 (offline); 10 labels",
                 _digits(28), kind="image"),
     DatasetSpec("digits8", "scikit-learn's 1,797 digits at their native 8x8 (offline); 10 labels",
@@ -148,6 +151,13 @@ def is_image_config(config: DataConfig) -> bool:
         return Path(config.path).expanduser().is_dir()
     spec = DATASETS.get(config.name)
     return spec is not None and spec.kind == "image"
+
+
+def grey_levels(config: DataConfig) -> int | None:
+    """The number of grey levels of a registered image dataset whose pixels are exactly k / (levels − 1)
+    (256 for MNIST and its kin), known without reading it; None for every other source."""
+    spec = DATASETS.get(config.name) if config.path is None else None
+    return None if spec is None else spec.levels
 
 
 def known_dim(config: DataConfig) -> int | None:
