@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -631,3 +632,49 @@ def test_the_cli_trains_the_code_prior_as_a_second_stage_with_init_from(tmp_path
     refused = CliRunner().invoke(app, ["train", "--init-from", str(run), "--data", "moons", "--out",
                                        str(tmp_path / "x")])
     assert refused.exit_code == 2 and "drop --data" in refused.output
+
+
+def test_sample_temperature_sharpens_the_learned_code_prior(tmp_path):
+    """`vaelab sample RUN/prior --temperature T` draws the codes from p(k)^(1/T), renormalised: a
+    lower T gives the most probable code a larger share of the samples; the default is the run's 1.0."""
+    from typer.testing import CliRunner
+
+    from helpers import cli_ok
+    from vaelab.cli import app
+
+    run = tmp_path / "V"
+    # 2gmm's two modes of unequal width leave the codes unequally used: a prior that is not uniform.
+    cli_ok("train", "--data", "2gmm", "--n-train", 300, "--model", "vq", "--hidden", 16, "--vq-codes", 8,
+           "--epochs", 3, "--no-report", "--no-eval", "--out", run)
+    cli_ok("train", "--init-from", run, "--objective", "vq_prior", "--epochs", 10, "--lr", 0.03, "--no-report",
+           "--no-eval", "--out", run / "prior")
+    outs = {}
+    for t in ("0.2", "1", "5"):
+        cli_ok("sample", run / "prior", "-n", 2000, "--temperature", t, "--out", tmp_path / f"t{t}.npy")
+        outs[t] = np.load(tmp_path / f"t{t}.npy")
+    cli_ok("sample", run / "prior", "-n", 2000, "--out", tmp_path / "default.npy")
+    assert np.array_equal(np.load(tmp_path / "default.npy"), outs["1"])  # the run's own temperature, 1.0
+
+    def top_share(x):  # the share of the samples that decode the most frequent code
+        return np.unique(x.round(5), axis=0, return_counts=True)[1].max() / len(x)
+
+    assert top_share(outs["0.2"]) > top_share(outs["1"]) + 0.1 > top_share(outs["5"]) + 0.1
+    for args, words in [((run, "--temperature", "0.5"), "still exactly uniform"),
+                        ((run / "prior", "--temperature", "0"), "must be a positive number"),
+                        ((run / "prior", "--temperature", "nan"), "must be a positive number")]:
+        result = CliRunner().invoke(app, ["sample", str(args[0]), *args[1:], "--out", str(tmp_path / "no.npy")])
+        assert result.exit_code != 0 and words in " ".join(result.output.split()), result.output
+        assert not (tmp_path / "no.npy").exists()
+
+
+def test_sample_temperature_is_refused_without_a_learned_code_prior(tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import cli_ok
+    from vaelab.cli import app
+
+    cli_ok("train", "--data", "ring", "--n-train", 200, "--epochs", 1, "--hidden", 8, "--no-report", "--no-eval",
+           "--out", tmp_path / "vae")
+    result = CliRunner().invoke(app, ["sample", str(tmp_path / "vae"), "--temperature", "0.5", "--out",
+                                      str(tmp_path / "x.npy")])
+    assert result.exit_code == 2 and "draws z from a fixed prior" in " ".join(result.output.split())

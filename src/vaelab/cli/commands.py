@@ -881,6 +881,9 @@ def sample(
     condition: str = typer.Option(None, "--condition", help="conditional models: a label (name or index), a "
                                   "value such as 2.5, or a file with one condition per sample"),
     seed: int = typer.Option(0, help="seed of the prior draws"),
+    temperature: float = typer.Option(None, "--temperature", help="VQ-VAE runs with a trained prior over the codes: "
+                                      "draw codes at this temperature (logits / T; below 1 more typical codes; "
+                                      "default the run's --vq-temperature)"),
     device: str = typer.Option("auto"),
 ) -> None:
     """Draw samples from the prior and decode them (given a condition, for conditional models)."""
@@ -894,6 +897,8 @@ def sample(
     if n is not None and n <= 0:
         raise InputError(f"-n must be a positive number of samples, got {n}")
     r = _load_model(run, device)
+    if temperature is not None:
+        _sampling_temperature(r, run, temperature)
     dev = next(r.model.parameters()).device
     c = _condition_arg(r, condition, None)
     if c is not None and len(c) > 1:
@@ -908,7 +913,25 @@ def sample(
     g = generator_for(seed, dev, option="--seed")
     x = r.model.sample(n, c, generator=g, noise=noise).cpu().numpy()
     save_points(out, x, [f"x{i + 1}" for i in range(x.shape[1])], inputs=[p for p in (condition,) if p])
-    console.print(f"wrote {n} samples ({'with noise' if noise else 'decoder mean'}) to {out}", highlight=False)
+    at = "" if temperature is None else f", codes drawn at temperature {temperature:g}"
+    console.print(f"wrote {n} samples ({'with noise' if noise else 'decoder mean'}{at}) to {out}", highlight=False)
+
+
+def _sampling_temperature(r: Any, run: Path, temperature: float) -> None:
+    """Set the learned code prior's sampling temperature of a VQ-VAE run, or refuse --temperature
+    where it would change nothing: another family, a uniform prior, a prior not trained yet."""
+    from vaelab.models.vq import VQVAE
+
+    if not isinstance(r.model, VQVAE) or r.model.code_prior is None:
+        what = (f"its family {r.config.model.kind!r} draws z from a fixed prior" if not isinstance(r.model, VQVAE)
+                else "its prior over the codes is uniform (--vq-prior uniform)")
+        raise InputError(f"--temperature divides the logits of a VQ-VAE's learned prior over the codes, and {run} has "
+                         f"none: {what}; drop --temperature")
+    if r.config.train.objective != "vq_prior":
+        raise InputError(f"{run} is the VQ-VAE's first stage: its prior over the codes is still exactly uniform, which "
+                         "no temperature changes. Train the prior first (vaelab train --init-from "
+                         f"{run} --objective vq_prior --out {run}/prior) and sample from {run}/prior")
+    r.model.set_temperature(temperature)
 
 
 @app.command(cls=VaelabCommand)

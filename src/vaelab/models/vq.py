@@ -55,6 +55,7 @@ from torch.distributions import Distribution, constraints, register_kl
 
 from vaelab.config import ConfigError, FamilyOptions, ModelConfig
 from vaelab.distributions import NoiseTape, gumbel_noise, register_rsample
+from vaelab.errors import InputError
 from vaelab.likelihoods import build_likelihood
 from vaelab.models.base import VariationalModel
 from vaelab.models.code_prior import GroupCodes, PixelCNNCodes
@@ -470,6 +471,15 @@ class VQVAE(VariationalModel):
         code prior where one is attached; batch shape (), event (N·d,), the same for every c."""
         code_model = cast(CodeModel, self.code_prior) if self.code_prior is not None else None
         return CodePrior(self.codebook, self.groups, code_model, self.opts.temperature)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Draw from the learned prior at ``temperature`` from now on (its logits divided by it; the
+        run's ``model.vq.temperature`` until then). Scores (``log_prob``) never use it."""
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not \
+                math.isfinite(temperature) or temperature <= 0:
+            raise InputError(f"the sampling temperature must be a positive number, got {temperature!r} (1 samples the "
+                             "prior as trained; below 1 more typical codes, above 1 more varied ones)")
+        self.opts = self.opts.model_copy(update={"temperature": float(temperature)})
 
     def uniform_prior(self) -> CodePrior:
         """p(z) uniform over the K^N configurations (the first stage's prior), whatever ``prior`` is."""
