@@ -678,3 +678,109 @@ def test_sample_temperature_is_refused_without_a_learned_code_prior(tmp_path):
     result = CliRunner().invoke(app, ["sample", str(tmp_path / "vae"), "--temperature", "0.5", "--out",
                                       str(tmp_path / "x.npy")])
     assert result.exit_code == 2 and "draws z from a fixed prior" in " ".join(result.output.split())
+
+
+# -- finite scalar quantization (--vq-quantizer fsq) ---------------------------------------------
+
+
+def _fsq(levels=(3, 4), groups=1, **model):
+    return tiny_config(model={"kind": "vq", "latent_dim": groups * len(levels),
+                              "vq": {"quantizer": "fsq", "levels": list(levels), "groups": groups}, **model})
+
+
+def test_fsq_grid_is_the_product_of_each_coordinates_levels():
+    from vaelab.models.vq import fsq_grid
+
+    grid = fsq_grid([3, 4, 2])
+    assert grid.shape == (24, 3)
+    assert [sorted(set(grid[:, i].tolist())) for i in range(3)] == [[-1.0, 0.0, 1.0], [-1.0, -0.5, 0.0, 0.5],
+                                                                     [-1.0, 0.0]]
+    assert len({tuple(row) for row in grid.tolist()}) == 24  # every code once
+    # code k's digits, the last coordinate fastest: k = 13 = (1·4 + 2)·2 + 1 -> digits (1, 2, 1)
+    assert grid[13].tolist() == [0.0, 0.0, 0.0] and grid[23].tolist() == [1.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("levels", [(3, 4), (8, 5, 5, 5), (2, 7)])
+def test_fsq_nearest_code_is_the_rounding_of_each_bounded_coordinate(levels):
+    from vaelab.models.vq import fsq_bound, fsq_grid, nearest
+
+    z = 3 * torch.randn(4000, len(levels), generator=_gen(0))
+    bounded = fsq_bound(z, levels)  # (n, d) on the grid's scale
+    half = torch.tensor([level // 2 for level in levels])
+    digits = torch.round(bounded * half) + half  # (n, d): each coordinate's value j = 0 .. L − 1
+    index = torch.zeros(len(z), dtype=torch.long)
+    for i, level in enumerate(levels):  # mixed radix, the last coordinate fastest
+        index = index * level + digits[:, i].long()
+    assert torch.equal(nearest(bounded.unsqueeze(1), fsq_grid(levels)).squeeze(1), index)
+    for i, level in enumerate(levels):  # every value of every coordinate is reached, no other
+        assert sorted(set(digits[:, i].long().tolist())) == list(range(level))
+
+
+def test_fsq_straight_through_gradient_is_the_bounds_derivative():
+    from vaelab.models.vq import fsq_bound
+
+    model = build_model(_fsq().model, 2, seed=0)
+    x = torch.randn(5, 2, generator=_gen(1))
+    q_z = model.encode(x)
+    z = rsample(q_z, (), _gen(2))  # z_q exactly, the gradient onto the bounded z_e
+    assert torch.equal(z, q_z.z_q) and set(torch.unique(z[:, 0]).tolist()) <= {-1.0, 0.0, 1.0}
+    h = model.encoder(x).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(fsq_bound(h.reshape(5, 1, 2), [3, 4]).sum(), h)
+    (g_model,) = torch.autograd.grad(z.sum(), q_z.z_e)
+    assert torch.allclose(g_model, torch.ones_like(g_model))  # identity onto z_e = f(h) / ⌊L/2⌋ ...
+    assert (g > 0).all() and (g <= 1.0).all()  # ... whose tanh carries a positive, bounded gradient to h
+
+
+def test_fsq_trains_without_moving_its_grid_or_a_commitment_loss():
+    cfg = tiny_config(model={"kind": "vq", "latent_dim": 2, "vq": {"quantizer": "fsq", "levels": [5, 5]}},
+                      data={"name": "pinwheel"}, train={"epochs": 30})
+    x = load_dataset(cfg.data, "train").x
+    model = build_model(cfg.model, 2, seed=0)
+    grid = model.codebook.clone()
+    assert model.codes == 25 and model.commitment == 0.0
+    history = fit(model, x, cfg.train)
+    assert torch.equal(model.codebook, grid)  # a fixed grid
+    assert "dead_codes" not in history.columns and "perplexity" in history.columns
+    recon = history.column("recon")
+    assert recon[-1] < recon[0] - 0.5  # it learns
+    assert history.column("loss") == pytest.approx(recon)  # no commitment term in the loss
+    assert history.column("perplexity")[-1] > 5  # many of the 25 codes in use
+
+
+def test_fsq_stacked_members_equal_their_solo_fits():
+    base = _fsq((3, 3), groups=2, likelihood="gaussian", recon_var=0.1)
+    configs = [base.with_overrides({"train": {"seed": 0}}),
+               base.with_overrides({"train": {"seed": 3, "lr": 1e-2, "lr_schedule": "constant"},
+                                    "model": {"recon_var": 0.05}})]
+    assert len(assert_stacked_equals_solo(configs, columns=("loss", "kl", "perplexity"))) == 2
+
+
+def test_fsq_learned_prior_is_a_distribution_over_the_grid():
+    cfg = tiny_config(model={"kind": "vq", "latent_dim": 4,
+                             "vq": {"quantizer": "fsq", "levels": [3, 2], "groups": 2, "prior_width": 8}})
+    model = build_model(cfg.model, 2, seed=0)
+    assert model.codes == 6 and model.groups == 2
+    with torch.no_grad():
+        for p in model.code_prior.parameters():  # any prior, not only the uniform start
+            p.copy_(torch.randn(p.shape, generator=_gen(3)))
+        every = torch.cartesian_prod(torch.arange(6), torch.arange(6))  # all 36 configurations
+        total = model.prior().log_prob_codes(every).exp().sum()
+    assert float(total) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(("vq", "latent_dim", "words"), [
+    ({"quantizer": "fsq"}, 2, "needs its levels"),
+    ({"levels": [3, 3]}, 2, "give --vq-quantizer fsq"),
+    ({"quantizer": "fsq", "levels": [3, 1]}, 2, "at least 2"),
+    ({"quantizer": "fsq", "levels": [256, 256, 2]}, 3, "at most 65,536"),
+    ({"quantizer": "fsq", "levels": [3, 3], "codes": 9}, 2, "--vq-codes"),
+    ({"quantizer": "fsq", "levels": [3, 3], "commitment": 0.5}, 2, "--vq-commitment"),
+    ({"quantizer": "fsq", "levels": [3, 3], "restart": False}, 2, "--vq-restart"),
+    ({"quantizer": "fsq", "levels": [3, 3, 3]}, 2, "give --latent-dim 3"),
+    ({"quantizer": "fsq", "levels": [3, 3], "groups": 2}, 2, "give --latent-dim 4"),
+])
+def test_fsq_bad_settings_are_refused(vq, latent_dim, words):
+    with pytest.raises(ConfigError) as err:
+        cfg = tiny_config(model={"kind": "vq", "latent_dim": latent_dim, "vq": vq})
+        build_model(cfg.model, 2, seed=0)
+    assert words in " ".join(str(err.value).split())

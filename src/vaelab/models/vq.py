@@ -40,6 +40,25 @@ update has no data-dependent branch (every step draws K candidates, ``torch.wher
 keeps those of the dead codes), so the stacked sweep (vmap) and a resumed run make exactly the
 draws a single uninterrupted run makes. Under torchrun the counts and sums are summed over the
 ranks before the update, and rank 0's codebook (with its restarts) is broadcast to the others.
+
+Finite scalar quantization (``quantizer = "fsq"``; Mentzer, Minnen, Agustsson & Tschannen 2024)
+replaces the learned codebook by a fixed grid. Each of the d coordinates of z_e is bounded and
+rounded to one of L_i values (``levels`` = (L_1 … L_d)):
+
+    f(z)_i = h_i · tanh(z_i + s_i) − o_i,   h_i = (L_i − 1)(1 + 1e-3) / 2,  o_i = ½ if L_i is even
+             else 0,  s_i = atanh(o_i / h_i)                                    (the bound),
+    z_q,i = round(f(z)_i) / ⌊L_i / 2⌋,
+
+so coordinate i takes the L_i values (j − ⌊L_i/2⌋) / ⌊L_i/2⌋, j = 0 … L_i − 1 (in [−1, 1]; an
+even L_i has one more value below 0 than above). The codes are the product grid, K = Π L_i
+vectors, stored as a fixed ``codebook`` (K, d), code k's coordinates the mixed-radix digits of k
+(the last coordinate fastest). Rounding each coordinate is the nearest grid vector, so
+``nearest`` finds the same code as the rounding, and everything downstream (the point-mass
+q(z|x), −log p(z_q) as the KL, the prior over the codes, its second stage, the bound, the
+figures) is the same as with the learned codebook. The straight-through gradient goes onto the
+bounded f(z)/⌊L/2⌋ (its tanh carries the gradient to z_e); there is no commitment loss, no
+moving average and no dead code to restart (the paper's point: nothing to collapse), so those
+settings are refused with fsq.
 """
 
 from __future__ import annotations
@@ -49,7 +68,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, cast
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints, register_kl
 
@@ -66,6 +85,8 @@ from vaelab.nets.mlp import activation_layer
 LAPLACE_EPS = 1e-5
 # The count a fresh (or restarted) code starts with: the EMA of one vector per batch.
 FRESH_COUNT = 1.0
+# The most codes an fsq grid may have (the learned prior has a logit per code).
+MAX_FSQ_CODES = 2 ** 16
 # Stride-2 convolutions of the conv body: 28 -> 14 -> 7, the paper's grid size for 28x28 images.
 STRIDED = 2
 
@@ -91,6 +112,41 @@ class VQOptions(FamilyOptions):
     prior_blocks: int = Field(2, ge=0, description="gated residual blocks of the learned PixelCNN prior (--net conv)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the learned prior (its logits "
                                "divided by it; below 1: more typical codes)")
+    quantizer: Literal["ema", "fsq"] = Field("ema", description="how an encoder vector becomes a code: ema (the "
+                                             "nearest of K learned codebook vectors, moved by moving averages) or fsq "
+                                             "(finite scalar quantization: each coordinate bounded and rounded to one "
+                                             "of --vq-levels values; a fixed grid of K = product of the levels codes, "
+                                             "no commitment loss)")
+    levels: list[int] | None = Field(None, description="fsq: the number of values L_i of each coordinate of a code "
+                                     "vector, d = len(levels) coordinates, K = L_1 x ... x L_d codes, e.g. 8,5,5,5 "
+                                     "(K = 1000) or 8,6,5 (K = 240); only with --vq-quantizer fsq")
+
+    @model_validator(mode="after")
+    def _quantizer_settings(self) -> VQOptions:
+        given = self.model_fields_set
+        if self.quantizer == "ema":
+            if "levels" in given:
+                raise ValueError("levels (--vq-levels) are the values per coordinate of the fsq quantizer, and the "
+                                 "quantizer is ema (a learned codebook of --vq-codes vectors); give --vq-quantizer fsq "
+                                 "or drop --vq-levels")
+            return self
+        if self.levels is None:
+            raise ValueError("the fsq quantizer needs its levels: --vq-levels L_1,...,L_d, the number of values of "
+                             "each of the d coordinates of a code vector (d = --latent-dim for --net conv, "
+                             "--latent-dim / --vq-groups for mlp), e.g. 8,5,5,5 for K = 1000 codes")
+        if any(level < 2 for level in self.levels):
+            raise ValueError(f"every fsq level is a number of values, at least 2; got {self.levels}")
+        codes = math.prod(self.levels)
+        if codes > MAX_FSQ_CODES:
+            raise ValueError(f"--vq-levels {','.join(map(str, self.levels))} make {codes:,} codes; at most "
+                             f"{MAX_FSQ_CODES:,} (the prior over the codes has one logit per code): use fewer or "
+                             "smaller levels")
+        ema_only = [name for name in ("codes", "commitment", "decay", "dead_below", "restart") if name in given]
+        if ema_only:
+            raise ValueError(f"{', '.join('--vq-' + n.replace('_', '-') for n in ema_only)}: a setting of the learned "
+                             "(ema) codebook, and the quantizer is fsq, whose codes are the fixed grid of --vq-levels "
+                             f"(K = {codes:,}) with no commitment loss, moving average or restarts; drop it")
+        return self
 
 
 # -- the distributions ---------------------------------------------------------------------------
@@ -412,11 +468,27 @@ class VQVAE(VariationalModel):
         # codes that no vector chose onto encoder outputs of the batch: the codebook starts on the
         # data, not on N(0, I) points the encoder may never reach. Without restarts each starts
         # with the count of a fresh code, so e = m / N holds from the first step.
-        codebook = torch.randn(self.codes, self.dim)
-        count = 0.0 if opts.restart else FRESH_COUNT
-        self.register_buffer("codebook", codebook)
-        self.register_buffer("ema_count", torch.full((self.codes,), count))
-        self.register_buffer("ema_sum", codebook * count)
+        self.fsq = opts.quantizer == "fsq"
+        if self.fsq:  # a fixed grid of Π L_i codes, no commitment loss (module docstring)
+            assert opts.levels is not None  # VQOptions requires them with fsq
+            if self.dim != len(opts.levels):
+                width = ("--latent-dim" if config.net == "conv" else
+                         f"--latent-dim / --vq-groups = {config.latent_dim} / {self.groups}")
+                fix = (f"--latent-dim {len(opts.levels)}" if config.net == "conv" else
+                       f"--latent-dim {self.groups * len(opts.levels)} (N = {self.groups} groups of d = "
+                       f"{len(opts.levels)})")
+                raise ConfigError(f"--vq-levels {','.join(map(str, opts.levels))} quantize code vectors of d = "
+                                  f"{len(opts.levels)} coordinates, one level count each, but the code vectors have "
+                                  f"d = {width} = {self.dim} coordinates: give {fix}, or one level per coordinate")
+            self.codes, self.commitment = math.prod(opts.levels), 0.0
+            self.levels = list(opts.levels)
+            self.register_buffer("codebook", fsq_grid(self.levels))
+        else:
+            codebook = torch.randn(self.codes, self.dim)
+            count = 0.0 if opts.restart else FRESH_COUNT
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("ema_count", torch.full((self.codes,), count))
+            self.register_buffer("ema_sum", codebook * count)
         self.code_prior: nn.Module | None = None
         # With a learned prior each objective trains part of the parameters (vq: encoder and decoder;
         # vq_prior: the prior): under torchrun DDP must not wait for the others' gradients
@@ -447,10 +519,12 @@ class VQVAE(VariationalModel):
         return False
 
     def encode_vectors(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        """z_e(x): (B, D) -> (B, N, d), the encoder's vectors before quantisation."""
+        """z_e(x): (B, D) -> (B, N, d), the encoder's vectors before quantisation (fsq: bounded,
+        f(z) / ⌊L/2⌋, so that rounding to the grid is the nearest code)."""
         self._check_width(x, self.x_dim, "x", "x_dim")
         h = self.encoder(self._with_condition(x, c))  # (B, N·d)
-        return h.reshape(*h.shape[:-1], self.groups, self.dim)
+        h = h.reshape(*h.shape[:-1], self.groups, self.dim)
+        return fsq_bound(h, self.levels) if self.fsq else h  # fsq: bounded, on the grid's scale
 
     def codes_of(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """k(x): (B, D) -> (B, N) code indices (the grid cells row by row for a conv body)."""
@@ -488,12 +562,14 @@ class VQVAE(VariationalModel):
     @torch.no_grad()
     def usage(self, index: Tensor, dead: Tensor | None = None) -> dict[str, Tensor]:
         """Codebook use: ``perplexity`` exp(H(p̄)) of the batch's code frequencies p̄ (K when every
-        code is used equally, 1 when one code takes all) and ``dead_codes``, the codes whose
-        moving-average count is below ``dead_below`` (``dead`` (K,): those found so by this
+        code is used equally, 1 when one code takes all) and (not for fsq) ``dead_codes``, the codes
+        whose moving-average count is below ``dead_below`` (``dead`` (K,): those found so by this
         step's update, before it restarted them). index: (B, N)."""
         counts = (index.reshape(-1, 1) == torch.arange(self.codes, device=index.device)).to(self.codebook.dtype)
         p = counts.sum(0) / counts.shape[0]  # (K,)
         entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()  # 0 · log 0 = 0
+        if self.fsq:  # a fixed grid: no moving counts, no code is ever dead
+            return {"perplexity": entropy.exp()}
         dead = self.ema_count < self.opts.dead_below if dead is None else dead
         return {"perplexity": entropy.exp(), "dead_codes": dead.sum().to(p.dtype)}
 
@@ -506,7 +582,9 @@ class VQVAE(VariationalModel):
 
         With ``restart`` every step draws K uniform batch positions (as standard Normals through Φ,
         from ``generator``: a stacked or compiled step's tape works too), used only by the dead
-        codes; without it nothing is drawn."""
+        codes; without it nothing is drawn. fsq: its grid never moves; only the use is returned."""
+        if self.fsq:
+            return self.usage(q_z.index)
         z = q_z.z_e.detach().reshape(-1, self.dim)  # (M, d), M = B·N
         one_hot = (q_z.index.reshape(-1, 1) == torch.arange(self.codes, device=z.device)).to(z.dtype)  # (M, K)
         n = one_hot.sum(0)  # (K,) n_k
@@ -545,6 +623,24 @@ class VQVAE(VariationalModel):
         return super().reconstruct(x, c, generator=generator, stochastic=stochastic)
 
 
+def fsq_grid(levels: Sequence[int]) -> Tensor:
+    """The fsq codes: (Π L_i, d), code k's coordinate i the value (j_i − ⌊L_i/2⌋) / ⌊L_i/2⌋ of k's
+    mixed-radix digit j_i (the last coordinate's digit fastest)."""
+    axes = [(torch.arange(level) - level // 2) / (level // 2) for level in levels]
+    return torch.cartesian_prod(*axes).reshape(-1, len(levels)).float()
+
+
+def fsq_bound(z: Tensor, levels: Sequence[int]) -> Tensor:
+    """f(z) / ⌊L/2⌋ of finite scalar quantization (Mentzer et al. 2024; module docstring): z (..., d)
+    -> (..., d), coordinate i inside the span of its L_i grid values, so that rounding f(z) picks each
+    of them for some z. The 1e-3 widening lets the extreme values be reached by a finite z."""
+    level = torch.tensor(levels, dtype=z.dtype, device=z.device)
+    half = (level - 1) * (1 + 1e-3) / 2
+    offset = (1 - torch.remainder(level, 2)) * 0.5  # ½ for an even L: the grid is shifted by half a step
+    shift = torch.atanh(offset / half)
+    return (torch.tanh(z + shift) * half - offset) / torch.div(level, 2, rounding_mode="floor")
+
+
 def bound_parts(model: VQVAE, metrics: Mapping[str, Any], dim: int | None = None) -> dict[str, float]:
     """The VQ-VAE's bound beside the uniform prior's, from evaluation ``metrics`` (nats per point).
 
@@ -579,4 +675,4 @@ def _world() -> int:
 
 
 __all__ = ["CodePoint", "CodePrior", "bound_parts", "GridDecoder", "GridEncoder", "UniformCodes", "VQOptions", "VQVAE",
-           "kl_code_point", "lookup", "nearest"]
+           "fsq_bound", "fsq_grid", "kl_code_point", "lookup", "nearest"]

@@ -93,12 +93,14 @@ def plot_codebook_usage(model: LatentModel, data: Dataset, *, history: History |
         ax.set_xlabel("epoch")
         ax.set_ylabel("perplexity of the batch's codes")
         ax.set_ylim(0, vq.codes * 1.05)
-        twin = ax.twinx()
-        twin.plot(epochs, history.column("dead_codes"), color=label_colour(3), linestyle="--",
-                  label="dead codes (restarted)" if vq.opts.restart else "dead codes")
-        twin.set_ylabel("dead codes (mean over the epoch's steps)")
-        twin.set_ylim(0, max(1.0, max(history.column("dead_codes")) * 1.1))
-        lines = ax.get_lines() + twin.get_lines()
+        lines = ax.get_lines()
+        if "dead_codes" in history.columns:  # the learned codebook's (fsq's fixed grid has none)
+            twin = ax.twinx()
+            twin.plot(epochs, history.column("dead_codes"), color=label_colour(3), linestyle="--",
+                      label="dead codes (restarted)" if vq.opts.restart else "dead codes")
+            twin.set_ylabel("dead codes (mean over the epoch's steps)")
+            twin.set_ylim(0, max(1.0, max(history.column("dead_codes")) * 1.1))
+            lines += twin.get_lines()
         ax.legend(lines, [str(line.get_label()) for line in lines], loc="lower right", fontsize="small")
         ax.set_title("during training", fontsize="medium")
     return fig
@@ -145,7 +147,8 @@ def plot_code_map(model: LatentModel, data: Dataset, *, c: Tensor | None = None)
         set_view(ax, view_limits(np.concatenate([z_e, codebook[chosen]])))
         ax.set_xlabel("z_1")
         ax.set_ylabel("z_2")
-        ax.set_title("code space: z_e(x) and the codebook e_k", fontsize="medium")
+        ax.set_title("code space: bounded z_e(x) and the fixed fsq grid" if vq.fsq else
+                     "code space: z_e(x) and the codebook e_k", fontsize="medium")
         add_legend(ax, 3)
     return fig
 
