@@ -111,7 +111,7 @@ def test_vq_codes_decode_to_their_codebook_vectors(client: Any, runs: list[Path]
     (GUMBEL, [[0, "1", 2]], 400, "not an integer"),
     (GUMBEL, [0, 1, 2], 400, "codes[0] is not a list"),
     (GUMBEL, [], 400, "codes must be a non-empty list of rows"),
-    (GUMBEL, None, 400, "codes must be a non-empty list of rows"),
+    (GUMBEL, None, 400, "send either codes (integers, one per group / cell) or z"),
     (VQ_CONV, [[0] * 48], 400, "one per cell of the 7×7 code grid"),
     (VQ_MLP, [[0, 5]], 400, "K = 5 codebook vectors"),
     (NORMAL, [[0, 1]], 400, "latent is continuous"),
@@ -125,11 +125,44 @@ def test_bad_codes_get_a_clear_error(client: Any, run: int, codes: Any, status: 
 
 def test_decode_codes_refuses_what_it_does_not_use(client: Any) -> None:
     r = client.post("/api/decode_codes", json={"run": GUMBEL, "codes": [[0, 0, 0]], "z": [[0] * 12]})
-    assert r.status_code == 400 and "does not take 'z'" in r.get_json()["error"]
+    assert r.status_code == 400 and "either codes" in r.get_json()["error"]
+    r = client.post("/api/decode_codes", json={"run": GUMBEL})
+    assert r.status_code == 400 and "either codes" in r.get_json()["error"]
     r = client.post("/api/decode_codes", json={"run": GUMBEL, "codes": [[0, 0, 0]], "seed": 3})
     assert r.status_code == 400 and "seed applies only to draws" in r.get_json()["error"]
     r = client.post("/api/decode_codes", json={"run": GUMBEL, "codes": [[0, 0, 0]] * 5000})
     assert r.status_code == 413
+
+
+def test_a_z_snaps_to_its_nearest_codes(client: Any, runs: list[Path]) -> None:
+    """POST /api/decode_codes with z: each gumbel group's largest coordinate, each VQ group's
+    nearest codebook vector; the answer is that of the codes themselves."""
+    g = generator_for(7)
+    z = torch.rand(5, 12, generator=g)  # relaxed codes: any point of the plane
+    got = client.post("/api/decode_codes", json={"run": GUMBEL, "z": z.tolist()}).get_json()
+    codes = z.reshape(5, 3, 4).argmax(-1)
+    assert torch.equal(torch.tensor(got["codes"]), codes)
+    want = client.post("/api/decode_codes", json={"run": GUMBEL, "codes": codes.tolist()}).get_json()
+    assert got["z"] == want["z"] and got["mean"] == want["mean"]
+    model = _model(runs[VQ_MLP])
+    z = 2 * torch.randn(6, 4, generator=g)
+    got = client.post("/api/decode_codes", json={"run": VQ_MLP, "z": z.tolist()}).get_json()
+    dist = (z.reshape(6, 2, 1, 2) - model.codebook.reshape(1, 1, 5, 2)).square().sum(-1)  # (6, 2 groups, K)
+    assert torch.equal(torch.tensor(got["codes"]), dist.argmin(-1))
+    r = client.post("/api/decode_codes", json={"run": VQ_MLP, "z": [[0, 0, 0]]})
+    assert r.status_code == 400 and "z" in r.get_json()["error"]
+
+
+def test_points_come_with_their_codes(client: Any, runs: list[Path]) -> None:
+    pts = client.get(f"/api/points?run={GUMBEL}").get_json()
+    mu = torch.tensor(pts["mu"])  # E[z|x]: each group's class probabilities
+    assert torch.equal(torch.tensor(pts["codes"]), mu.reshape(len(mu), 3, 4).argmax(-1))
+    model = _model(runs[VQ_CONV])
+    pts = client.get(f"/api/points?run={VQ_CONV}").get_json()
+    with torch.no_grad():
+        want = model.codes_of(torch.tensor(pts["x"]).round())  # the binarized test view's codes
+    assert torch.equal(torch.tensor(pts["codes"]), want)
+    assert client.get(f"/api/points?run={NORMAL}").get_json()["codes"] is None
 
 
 def test_gumbel_prior_draws_come_with_their_codes_and_are_uniform(client: Any) -> None:
@@ -244,19 +277,30 @@ def test_page_gumbel_run_has_one_selector_per_group(page: Any, page_base: str) -
     assert [s.input_value() for s in selects] == [str(k) for k in want]
     page.wait_for_timeout(300)
     page.screenshot(path="/tmp/explorer-discrete-gumbel.png", full_page=True)
-    assert page.is_hidden("#codes-stale")
-    # a z pinned on the plane is not a code: the pickers say they no longer show the output's z
+    # a z pinned on the plane snaps to its nearest codes: the pickers take them, and the output is theirs
     box = page.eval_on_selector("#plane", "c => { const r = c.getBoundingClientRect(); return [r.x, r.y, r.width]; }")
     n = _decodes(page)
     page.mouse.click(box[0] + 0.9 * box[2], box[1] + 0.1 * box[2])
     page.wait_for_function(f"Number(document.body.dataset.decodes) > {n}")
-    page.wait_for_timeout(200)
-    assert page.is_visible("#codes-stale")
+    page.wait_for_timeout(300)
+    z = page.evaluate("S.z")
+    snapped = torch.tensor(z).reshape(3, 4).argmax(-1).tolist()
+    assert page.get_attribute("body", "data-codes") == ",".join(map(str, snapped))
+    assert sorted(set(z)) == [0.0, 1.0] and sum(z) == 3  # one-hot codes, not a relaxed point
+    # a point's codes go to the pickers
+    pts = page.evaluate("S.pts.codes")
     n = _decodes(page)
-    page.select_option("#code-pickers select[data-group='0']", "3")
-    page.wait_for_function(f"Number(document.body.dataset.decodes) > {n}")
-    page.wait_for_timeout(200)
-    assert page.is_hidden("#codes-stale")
+    page.evaluate("choosePoint(5, false)")
+    page.wait_for_function(f"Number(document.body.dataset.decodes) > {n} && document.body.dataset.codes === "
+                           f"'{','.join(map(str, pts[5]))}'")
+    assert "the pickers take them" in page.inner_text("#sel-info")
+    # the traversal steps one group through its 4 classes, the chosen one framed
+    page.select_option("#trav-dim", "1")
+    page.wait_for_function("document.querySelectorAll('#trav-strip figure').length === 4 && "
+                           "document.querySelector('#trav-note').textContent.startsWith('group 1')")
+    chosen = page.eval_on_selector_all("#trav-strip figure", "fs => fs.map(f => f.classList.contains('chosen'))")
+    assert chosen == [k == pts[5][1] for k in range(4)]
+    assert [o.inner_text() for o in page.query_selector_all("#trav-dim option")] == ["group 0", "group 1", "group 2"]
     assert page.errors == []
 
 
@@ -283,6 +327,10 @@ def test_page_vq_conv_run_has_a_clickable_code_grid(page: Any, page_base: str) -
     page.click("#prior-sample")
     page.wait_for_function("Number(document.body.dataset.priorSamples) > 0")
     assert page.get_attribute("body", "data-codes") == ",".join(map(str, _prior_codes(page_base, VQ_CONV, seed)))
+    # the traversal: one cell of the grid through the 16 codes
+    page.select_option("#trav-dim", "8")
+    page.wait_for_function("document.querySelectorAll('#trav-strip figure').length === 16 && "
+                           "document.querySelector('#trav-note').textContent.startsWith('cell row 2, column 2')")
     page.wait_for_timeout(300)
     page.screenshot(path="/tmp/explorer-discrete-vq.png", full_page=True)
     assert page.errors == []

@@ -15,11 +15,15 @@ The API (run = index into the runs given, 0-based):
 - ``GET /api/run?run=ID``: metadata (kind, family, sizes, KL per dim, labels, condition, prior,
   training progress, metrics as rows, config, max_rows, the per-point statistics on offer)
 - ``GET /api/points?run=ID``: the encoded held-out set (at most ``MAX_POINTS`` points) and its
-  per-point statistics
+  per-point statistics; for a discrete latent also each point's ``codes`` (``snap_codes`` of its
+  embedding: the most probable class of each gumbel group, each VQ group's code)
 - ``POST /api/decode`` ``{"run", "z": [[...]], "c", "draws", "seed"}`` -> ``{"mean", "std", "x"}``
 - ``POST /api/decode_codes`` ``{"run", "codes": [[k_1 … k_N], ...], "c", "draws", "seed"}`` ->
-  ``{"z", "mean", "std", "x"}``: discrete runs only (``latent.kind`` "categorical" or "codes"):
-  integer codes, one per group / grid cell, in 0..K-1 -> their z and its decoding
+  ``{"codes", "z", "mean", "std", "x"}``: discrete runs only (``latent.kind`` "categorical" or
+  "codes"): integer codes, one per group / grid cell, in 0..K-1 -> their z and its decoding. Or
+  ``"z": [[...]]`` in place of ``"codes"``: any z, snapped to its nearest codes first (``snap_codes``:
+  each gumbel group's largest coordinate, each VQ group's nearest codebook vector), so that the
+  plane and the points decode only codes the model can draw
 - ``POST /api/encode`` ``{"run", "x": [[...]], "c"}`` -> ``{"mu", "sigma"}``
 - ``POST /api/prior`` ``{"run", "n", "seed", "c", "decode", "draws"}`` -> ``{"z", "mean", "std",
   "x", "prior", "codes"}``: z ~ the model's own ``prior(c)``, drawn with a ``torch.Generator`` seeded
@@ -64,7 +68,7 @@ from vaelab.evaluate import generator_for
 from vaelab.likelihoods import sample_observation
 from vaelab.models import LatentModel, VariationalModel, has_normal_posterior, has_standard_prior
 from vaelab.models.gumbel import GumbelSoftmaxVAE, OneHotGroups
-from vaelab.models.vq import VQVAE, CodePrior, lookup
+from vaelab.models.vq import VQVAE, CodePrior, lookup, nearest
 from vaelab.objectives import iwae_bound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -293,6 +297,19 @@ def codes_to_z(model: LatentModel, codes: Tensor) -> Tensor:
     raise InputError("this run's latent is continuous: it has no codes; send z to /api/decode")
 
 
+def snap_codes(model: LatentModel, z: Tensor) -> Tensor:
+    """The nearest codes of any z: (B, latent_dim) -> (B, N) integers in 0..K-1. Gumbel: each
+    group's largest coordinate (for E[z|x], the class probabilities, the most probable class; for
+    a one-hot z its class); VQ: each group's nearest codebook vector (for z_q(x) its own code)."""
+    if isinstance(model, GumbelSoftmaxVAE):
+        prior = model.prior()
+        assert isinstance(prior, OneHotGroups)
+        return z.reshape(len(z), prior.groups, prior.classes).argmax(dim=-1)
+    if isinstance(model, VQVAE):
+        return nearest(z.reshape(len(z), model.groups, model.dim), model.codebook)
+    raise InputError("this run's latent is continuous: it has no codes; send z to /api/decode")
+
+
 def prior_codes(prior: Distribution, z: Tensor) -> Tensor | None:
     """The classes of one-hot prior draws z (n, N·K) -> (n, N) (the class of each group's one-hot
     vector), or None where p(z) is not ``OneHotGroups`` (a VQ prior draws its codes itself)."""
@@ -444,6 +461,7 @@ def _load(run_dir: Path, name: str) -> _Loaded:
         "labels": None if data.labels is None else data.labels.tolist(),
         "c": None if raw_c is None else (raw_c[:, None] if raw_c.ndim == 1 else raw_c).tolist(),
         "stats": stats,
+        "codes": snap_codes(model, mu).tolist() if latent["kind"] in ("categorical", "codes") else None,
     }
     # Written once here: the largest answer (5 MB for 1,000 MNIST points) costs nothing per request.
     return _Loaded(run=run, meta=meta, points_json=json.dumps(points, allow_nan=False).encode())
@@ -777,17 +795,24 @@ def create_app(run_dirs: list[Path], *, check_host: bool = True) -> Flask:
     def decode_codes() -> Response:
         """Chosen discrete codes (one class per gumbel group; one code index per VQ group or grid
         cell) -> their z (one-hot vectors / codebook vectors side by side) and its decoding."""
-        body, r = _body(("run", "codes", "c", "draws", "seed"))
+        body, r = _body(("run", "codes", "z", "c", "draws", "seed"))
         model, latent = r.model, r.meta["latent"]
         if latent["kind"] not in ("categorical", "codes"):
             raise RequestError("this run's latent is continuous: it has no codes to choose; send z to /api/decode")
-        codes = _codes(body.get("codes"), latent, r.max_rows)  # (B, N)
+        if ("codes" in body) == ("z" in body):
+            raise RequestError("send either codes (integers, one per group / cell) or z (snapped to its nearest "
+                               "codes), one of the two")
+        if "z" in body:
+            codes = snap_codes(model, _matrix(body["z"], "z", model.latent_dim, "one latent code per row",
+                                              r.max_rows))
+        else:
+            codes = _codes(body.get("codes"), latent, r.max_rows)  # (B, N)
         z = codes_to_z(model, codes)  # (B, latent_dim)
         c = _condition(r, body.get("c"), len(z))
         draws = _flag(body, "draws", False)
         generator = _seeded(body, draws, "draws (\"draws\": true)")
         mean, std, x = _decoded(model, z, c, draws, generator)
-        return _answer(z=z, mean=mean, std=std, x=x)
+        return _answer(codes=codes.tolist(), z=z, mean=mean, std=std, x=x)
 
     @app.post("/api/encode")
     @torch.no_grad()

@@ -86,11 +86,13 @@ async function api(path, body) {
 }
 
 // Decode many z in requests of at most the run's max_rows (the server bounds the work per request).
+// A discrete run decodes each z's nearest codes (the grid shows the regions of the plane each code takes).
 async function decodeMany(runId, meta, zs, c, extra = {}) {
   const step = Math.max(1, meta.max_rows || 256), out = { mean: [], std: null, x: null };
+  const kind = meta.latent && meta.latent.kind, path = kind === "categorical" || kind === "codes" ? "/api/decode_codes" : "/api/decode";
   for (let i = 0; i < zs.length; i += step) {
     const cc = Array.isArray(c) && c.length === zs.length ? c.slice(i, i + step) : c;
-    const r = await api("/api/decode", { run: runId, z: zs.slice(i, i + step), c: cc, ...extra });
+    const r = await api(path, { run: runId, z: zs.slice(i, i + step), c: cc, ...extra });
     out.mean.push(...r.mean);
     if (r.std) out.std = (out.std || []).concat(r.std);
     if (r.x) out.x = (out.x || []).concat(r.x);
@@ -362,7 +364,8 @@ async function loadRun(id, opts = {}) {
   if (S.compare && S.compare.id === runId) S.compare = null;
   if (opts.hash) applyHash(opts.hash);
   if (opts.hash && opts.hash.cmp !== undefined && opts.hash.cmp !== "") await setCompare(opts.hash.cmp, false);
-  if (S.trav === null || S.trav === undefined) S.trav = order[0];
+  if (S.trav === null || S.trav === undefined) S.trav = discrete() ? 0 : order[0];
+  if (discrete() && !(S.trav < discrete().groups)) S.trav = 0;   // a group, not a dimension
   if (m.latent_dim > 2) S.pca = pca(S.pts.mu.length > 2 ? S.pts.mu : [new Array(m.latent_dim).fill(0), new Array(m.latent_dim).fill(1)]);
   buildDimSelects(); buildSliders(); buildCondition(); buildSidePanel(); buildColourSelect();
   $("show-prior").checked = S.showPrior; $("show-samples").checked = S.samples;
@@ -500,9 +503,14 @@ function setHelp() {
 function buildDimSelects() {
   const m = S.meta, pcaOn = S.proj === "pca";
   $("proj-label").hidden = m.latent_dim <= 2; $("proj").value = S.proj;
+  const lat = discrete();
   for (const [id, axis] of [["dim-x", 0], ["dim-y", 1], ["trav-dim", 0]]) {
     const sel = $(id); sel.innerHTML = "";
-    for (const d of S.order) sel.add(new Option(dimLabel(d), d));
+    if (id === "trav-dim" && lat) {   // a discrete run traverses a group's codes, not a dimension
+      for (let g = 0; g < lat.groups; g++) sel.add(new Option(groupName(g, lat), g));
+    } else {
+      for (const d of S.order) sel.add(new Option(dimLabel(d), d));
+    }
     sel.value = String(id === "trav-dim" ? S.trav : S.dims[axis]);
   }
   $("dim-x-label").hidden = pcaOn;
@@ -557,7 +565,15 @@ function syncSliders(z) {
 }
 
 function setZ(z) {
+  if (discrete()) { pinCodesAt(z); return; }
   S.z = z; syncSliders(z); drawPlane(); decodeLive(S.hover || z); updateTraversal(); saveState();
+}
+async function pinCodesAt(z) {   // a discrete run: a z pinned on the plane or by the pad snaps to its nearest codes
+  const gen = S.gen;
+  const r = await guarded(() => api("/api/decode_codes", { run: S.runId, z: [z], c: condForApi() }));
+  if (!r || gen !== S.gen) return;
+  S.z = r.z[0].slice(); S.codesZ = S.z.slice(); drawPlane();
+  setCodes(r.codes[0]); updateTraversal(); saveState();   // setCodes decodes them
 }
 
 async function priorSample() {
@@ -606,7 +622,10 @@ function buildCodes(lat) {
     : lat.prior_trained ? "its learned prior over the codes"
     : `its learned prior over the codes, not trained yet: it is uniform (each code 1/${K}) until the run's second ` +
       "stage (vaelab train --init-from RUN --objective vq_prior) trains it";
-  $("codes-note").textContent = `${what} "prior sample" draws every ${word} from ${prior}.`;
+  const snapped = vq ? "each group's nearest codebook vector" : "each group's most probable class";
+  $("codes-note").textContent = `${what} "prior sample" draws every ${word} from ${prior}. A point, the plane and the ` +
+    `drawing pad choose ${word}s too: their z is snapped to ${snapped}, so the output always shows ${word}s the ` +
+    "model can draw. The traversal below steps one group through its codes.";
   const pal = $("code-palette"), box = $("code-pickers");
   pal.innerHTML = ""; box.innerHTML = "";
   pal.hidden = !(vq && lat.grid);
@@ -1325,18 +1344,19 @@ async function pumpLive() {
     const t0 = performance.now();
     try {
       const many = S.samples && S.meta.kind === "points" ? POINT_DRAWS : 1;
+      // A discrete run decodes only codes: a z from the plane, a point or the pad snaps to its nearest codes.
+      const snap = !job.codes && !!discrete();
       const body = job.codes ? { run: S.runId, codes: [...Array(many)].map(() => job.codes), c: condForApi() }
         : { run: S.runId, z: [...Array(many)].map(() => job.z), c: condForApi() };
       if (S.samples) Object.assign(body, { draws: true, seed: S.seed });
-      const r = await api(job.codes ? "/api/decode_codes" : "/api/decode", body);
-      if (job.codes) {
+      const r = await api(job.codes || snap ? "/api/decode_codes" : "/api/decode", body);
+      if (job.codes || snap) {
         if (job.gen !== S.gen) continue;
         job.z = r.z[0]; S.codesZ = job.z.slice();
-        if (!S.hover) { S.z = job.z.slice(); drawPlane(); updateTraversal(); saveState(); }
-      }
-      if (discrete()) {   // z set elsewhere (the plane, a point, the pad): the pickers do not show it
-        const off = !S.codesZ || job.z.length !== S.codesZ.length || job.z.some((v, d) => Math.abs(v - S.codesZ[d]) > 1e-6);
-        $("codes-stale").hidden = !off;
+        if (!S.hover) {   // a pinned z (a click, a point, the pad): the pickers take its codes
+          if (snap) { S.codes = r.codes[0].slice(); syncCodes(); }
+          S.z = job.z.slice(); drawPlane(); updateTraversal(); saveState();
+        }
       }
       let other = null;
       if (S.compare && S.compare.sameZ) {
@@ -1388,7 +1408,8 @@ async function selectPoint(i, opts = {}) {
   const order = p.mu.map((m, j) => [j === i ? Infinity : dist2(m, p.mu[i]), j]).sort((a, b) => a[0] - b[0]);
   S.neighbours = order.slice(0, Math.min(5, p.mu.length - 1)).map((o) => o[1]);
   const info = [`μ = (${p.mu[i].map((v) => fixed(v, 2)).join(", ")})`];
-  if (p.sigma) info.push(`σ = (${p.sigma[i].map((v) => v.toFixed(2)).join(", ")})`);
+  if (p.codes) info.push(`codes (${p.codes[i].slice(0, 16).join(", ")}${p.codes[i].length > 16 ? ", …" : ""}): the pickers take them`);
+  else if (p.sigma) info.push(`σ = (${p.sigma[i].map((v) => v.toFixed(2)).join(", ")})`);
   else info.push("autoencoder: a code, no q(z|x) spread");
   for (const s of S.meta.point_stats || []) info.push(`${s.name} ${fmt(Number(p.stats[s.key][i].toPrecision(4)))}${s.unit ? " " + s.unit : ""}`);
   $("sel-info").textContent = info.join(" · ");
@@ -1450,7 +1471,8 @@ async function updateInterp() {
   $("interp-note").textContent = note;
   drawPlane();
   const want = S.interp;
-  const r = await guarded(() => api("/api/decode", { run: S.runId, z: want, c: cs }));
+  // a discrete run: each step's nearest codes (the path jumps from code to code, as the model can only draw codes)
+  const r = await guarded(() => api(discrete() ? "/api/decode_codes" : "/api/decode", { run: S.runId, z: want, c: cs }));
   if (!r || S.interp !== want) return;
   S.interpOut = r.mean;
   const strip = $("interp-strip"); strip.innerHTML = "";
@@ -1470,6 +1492,7 @@ function updateTraversal() {   // debounced: sliders fire many events
 }
 async function runTraversal() {
   if (!S.meta) return;
+  if (discrete()) { await runCodeTraversal(discrete()); return; }
   const d = S.trav, [lo, hi] = dimRange(d);
   const zs = [...Array(STEPS).keys()].map((k) => { const z = S.z.slice(); z[d] = lo + (hi - lo) * k / (STEPS - 1); return z; });
   const c = condForApi();
@@ -1480,6 +1503,33 @@ async function runTraversal() {
   const path = S.meta.kind === "points" ? r.mean : null;
   r.mean.forEach((row, k) => strip.append(thumb(row, r.std ? r.std[k] : null, `z${d}=${fixed(zs[k][d], 1)}`, { path })));
   document.body.dataset.trav = String(r.mean.length);
+}
+
+// A discrete run's traversal: one group (or grid cell) through its codes, the others at the chosen codes.
+const MAX_TRAV_CODES = 64;
+async function runCodeTraversal(lat) {
+  if (!S.codes) return;
+  const g = Math.min(S.trav, lat.groups - 1), K = lat.classes, n = Math.min(K, MAX_TRAV_CODES);
+  const word = lat.kind === "codes" ? "code" : "class", c = condForApi();
+  const rows = [...Array(n).keys()].map((k) => { const r = S.codes.slice(); r[g] = k; return r; });
+  const want = S.codes.slice();
+  const r = await guarded(() => api("/api/decode_codes", { run: S.runId, codes: rows, c }));
+  if (!r || !S.codes || S.codes.some((k, i) => k !== want[i])) return;
+  $("trav-note").textContent = `${groupName(g, lat)} through ${n < K ? `its first ${n} of K = ${K}` : `each of its ${K}`} ` +
+    `${word}s, the other ${lat.groups - 1 === 1 ? "group" : lat.grid ? "cells" : "groups"} at the chosen codes` +
+    `${S.meta.condition ? `, decoded under ${condName(c)}` : ""}; framed: the chosen ${word}`;
+  const strip = $("trav-strip"); strip.innerHTML = "";
+  const path = S.meta.kind === "points" ? r.mean : null;
+  r.mean.forEach((row, k) => {
+    const fig = thumb(row, r.std ? r.std[k] : null, `${word} ${k}`, { path });
+    if (k === want[g]) fig.classList.add("chosen");
+    strip.append(fig);
+  });
+  document.body.dataset.trav = String(r.mean.length);
+}
+function groupName(g, lat) {   // a group of a gumbel / VQ-MLP run, or a cell of a VQ code grid
+  if (lat.grid) return `cell row ${Math.floor(g / lat.grid[1]) + 1}, column ${(g % lat.grid[1]) + 1}`;
+  return `group ${g}`;
 }
 
 // ---------------------------------------------------------------- the decoded latent grid (manifold)
