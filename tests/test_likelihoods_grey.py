@@ -303,9 +303,11 @@ def _preset(**data: object) -> RunConfig:
     ({"name": "digits", "binarize": "none"}, "gaussian-learned"),  # 17 levels: off the 256-level grid
 ])
 def test_grey_images_get_the_grey_level_likelihood(data, expected):
+    from vaelab.data.registry import grey_levels
     from vaelab.presets import grey_level_likelihood
 
-    cfg, note = grey_level_likelihood(_preset(**data))
+    cfg = _preset(**data)
+    cfg, note = grey_level_likelihood(cfg, image=True, levels=grey_levels(cfg.data))
     assert cfg.model.likelihood == expected
     assert note is not None and expected in note and "--likelihood" in note
     assert "likelihood" not in cfg.model.model_fields_set  # a default, not a setting the user gave
@@ -321,15 +323,15 @@ def test_grey_level_default_leaves_other_configs_alone(over):
     from vaelab.presets import apply_preset, grey_level_likelihood
 
     cfg = apply_preset(RunConfig(), "mnist-mlp-bernoulli").with_overrides(over)
-    assert grey_level_likelihood(cfg) == (cfg, None)
+    assert grey_level_likelihood(cfg, image=True, levels=256) == (cfg, None)
 
 
 def test_grey_level_default_needs_image_data():
     from vaelab.presets import grey_level_likelihood
 
-    cfg = RunConfig().with_overrides({"model": {"likelihood": "bernoulli"}, "data": {"name": "moons"}},
-                                     explicit=False)
-    assert grey_level_likelihood(cfg) == (cfg, None)
+    cfg = RunConfig().with_overrides({"model": {"likelihood": "bernoulli"},
+                                      "data": {"name": "moons", "binarize": "none"}}, explicit=False)
+    assert grey_level_likelihood(cfg, image=False, levels=None) == (cfg, None)
 
 
 SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[2:4]

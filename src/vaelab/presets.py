@@ -86,23 +86,21 @@ def apply_preset(config: RunConfig, name: str) -> RunConfig:
     return config.with_overrides(preset_overrides(name), explicit=False, source=f"preset {name}")
 
 
-def grey_level_likelihood(config: RunConfig) -> tuple[RunConfig, str | None]:
+def grey_level_likelihood(config: RunConfig, *, image: bool, levels: int | None) -> tuple[RunConfig, str | None]:
     """``config`` with the grey-level likelihood in place of a Bernoulli the user did not choose,
     and a sentence that says so; ``(config, None)`` where nothing changes.
 
-    It applies to image data kept as grey levels (``data.binarize = "none"``) whose
-    ``model.likelihood`` is ``"bernoulli"`` from a preset or the defaults, not from the user (a
-    Bernoulli the user names is kept, and refused on grey data with its own message). 8-bit
-    datasets get ``logistic256``, every other image source ``gaussian-learned``. The new value is
-    not marked as given by the user (like a preset's), so nothing the user did not say is checked.
+    It applies to image data (``image``: ``vaelab.data.registry.is_image_config``) kept as grey
+    levels (``data.binarize = "none"``) whose ``model.likelihood`` is ``"bernoulli"`` from a preset
+    or the defaults, not from the user (a Bernoulli the user names is kept, and refused on grey data
+    with its own message). Data on 256 levels (``levels``: ``vaelab.data.registry.grey_levels``)
+    get ``logistic256``, every other image source ``gaussian-learned``. The new value is not marked
+    as given by the user (like a preset's), so nothing the user did not say is checked.
     """
-    from vaelab.data.registry import grey_levels, is_image_config
-
     model, data = config.model, config.data
-    if (data.binarize != "none" or model.likelihood != "bernoulli" or "likelihood" in model.model_fields_set
-            or not is_image_config(data)):
+    if data.binarize != "none" or model.likelihood != "bernoulli" or "likelihood" in model.model_fields_set \
+            or not image:
         return config, None
-    levels = grey_levels(data)
     name = GREY_LIKELIHOOD_8BIT if levels == 256 else GREY_LIKELIHOOD_OTHER
     why = ("8-bit grey levels: a probability of each pixel's level" if levels == 256 else
            "grey levels not known to be 8-bit")

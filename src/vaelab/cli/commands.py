@@ -109,9 +109,10 @@ def _base_config(config: Path | None, preset: str | None, data: str | None) -> A
 def _grey_levels(cfg: Any) -> Any:
     """Grey-level images (--binarize none) whose preset's Bernoulli the user did not choose get
     vaelab's grey-level likelihood instead, said in one line (vaelab.presets.grey_level_likelihood)."""
+    from vaelab.data.registry import grey_levels, is_image_config
     from vaelab.presets import grey_level_likelihood
 
-    cfg, note = grey_level_likelihood(cfg)
+    cfg, note = grey_level_likelihood(cfg, image=is_image_config(cfg.data), levels=grey_levels(cfg.data))
     if note is not None:
         console.print(note, highlight=False)
     return cfg
@@ -310,8 +311,8 @@ def train(
     model: str = typer.Option(None, "--model", help="vae, ae (plain autoencoder), "
                               f"{', '.join(_FAMILIES_WITH_OPTIONS)}, or a plugin's family (docs/models.md)",
                               rich_help_panel=MODEL),
-    net: str = typer.Option(None, help="encoder/decoder body: mlp or conv (images)", rich_help_panel=MODEL),
-    channels: str = typer.Option(None, help="conv channels, e.g. 8,16,32 (--net conv)", rich_help_panel=MODEL),
+    net: str = typer.Option(None, help="encoder/decoder body: mlp, conv or resconv (images)", rich_help_panel=MODEL),
+    channels: str = typer.Option(None, help="conv channels, e.g. 8,16,32 (--net conv, resconv)", rich_help_panel=MODEL),
     hidden: str = typer.Option(None, help="hidden layer sizes, e.g. 128,128", rich_help_panel=MODEL),
     activation: str = typer.Option(None, help="relu, silu, tanh, elu, leaky_relu, gelu, softplus",
                                    rich_help_panel=MODEL),
