@@ -275,9 +275,10 @@ class ModelConfig(_Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True, strict=True)
 
     kind: str = Field("vae", description="model family (vaelab.models.FAMILIES): vae, or ae (autoencoder baseline)")
-    net: str = Field("mlp", description="encoder/decoder body: mlp, or conv (square images; ignores hidden)")
+    net: str = Field("mlp", description="encoder/decoder body: mlp, conv (square images), or resconv (conv "
+                     "with NVAE-style residual cells); the conv bodies take channels, not hidden")
     channels: list[int] = Field(
-        default_factory=lambda: [8, 16, 32], description="channels of the stride-2 convolutions (net=conv)"
+        default_factory=lambda: [8, 16, 32], description="channels of the stride-2 convolutions (net=conv, resconv)"
     )
     # 2x256, not 2x128: chosen by the worst gap to the true entropy over every exact-density 2-D
     # data set (docs/defaults-2d.md). With 2x128 (or 2x192) the banana run keeps one active latent

@@ -150,7 +150,7 @@ SETTING_RULES: dict[str, _Rule] = {
     "data.limit_test": _always,
     "model.kind": _always,
     "model.net": _always,
-    "model.channels": lambda c: None if c.model.net == "conv" else "it sets the conv nets' channels; add --net conv "
+    "model.channels": lambda c: None if c.model.net != "mlp" else "it sets the conv nets' channels; add --net conv "
     "or set --hidden for the MLP",
     "model.hidden": lambda c: None if c.model.net == "mlp" else "conv nets have no hidden MLP layers; use --channels "
     "(or --net mlp)",

@@ -42,7 +42,7 @@ def check_model_fits(
     model = _meta_model(config, x_dim, cond_dim, cond_embed)
     n_params = sum(p.numel() for p in model.parameters())
     factor = 1 if train is None else 4  # weights; + gradient, Adam's m and v when training
-    widths = (f"--channels {','.join(map(str, config.channels))}" if config.net == "conv"
+    widths = (f"--channels {','.join(map(str, config.channels))}" if config.net != "mlp"
               else f"--hidden {','.join(map(str, config.hidden))}")
     check_fits(n_params * FLOAT_BYTES * factor,
                f"a model with {n_params:,} weights (--latent-dim {config.latent_dim}, {widths})",

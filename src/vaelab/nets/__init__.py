@@ -1,8 +1,8 @@
 """Encoder / decoder bodies: plain nn.Modules mapping (..., in) -> (..., out).
 
-``build_encoder`` / ``build_decoder`` pick the body a ModelConfig asks for (``net = "mlp"`` or
-``"conv"``, the names of ``NETS``); the models call only these two, so a new body is added here
-and nowhere else.
+``build_encoder`` / ``build_decoder`` pick the body a ModelConfig asks for (``net = "mlp"``,
+``"conv"`` or ``"resconv"``, the names of ``NETS``); the models call only these two, so a new body
+is added here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 from vaelab.config import lookup
 from vaelab.nets.conv import ConvDecoder, ConvEncoder, image_shape_for
 from vaelab.nets.mlp import ACTIVATIONS, mlp
+from vaelab.nets.residual import ResConvDecoder, ResConvEncoder
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
@@ -36,10 +37,19 @@ def _conv_decoder(config: ModelConfig, in_dim: int, x_dim: int, params_per_dim: 
     return ConvDecoder(in_dim, image_shape_for(x_dim), params_per_dim, config.channels, config.activation)
 
 
+def _resconv_encoder(config: ModelConfig, x_dim: int, extra_dim: int, out_dim: int) -> nn.Module:
+    return ResConvEncoder(image_shape_for(x_dim), out_dim, extra_dim, config.channels, config.activation)
+
+
+def _resconv_decoder(config: ModelConfig, in_dim: int, x_dim: int, params_per_dim: int) -> nn.Module:
+    return ResConvDecoder(in_dim, image_shape_for(x_dim), params_per_dim, config.channels, config.activation)
+
+
 # The encoder / decoder bodies by name (model.net): (encoder builder, decoder builder).
 NETS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
     "mlp": (_mlp_encoder, _mlp_decoder),
     "conv": (_conv_encoder, _conv_decoder),
+    "resconv": (_resconv_encoder, _resconv_decoder),
 }
 
 
@@ -54,6 +64,6 @@ def build_decoder(config: ModelConfig, in_dim: int, x_dim: int, params_per_dim: 
 
 
 __all__ = [
-    "ACTIVATIONS", "NETS", "ConvDecoder", "ConvEncoder", "build_decoder", "build_encoder",
-    "image_shape_for", "mlp",
+    "ACTIVATIONS", "NETS", "ConvDecoder", "ConvEncoder", "ResConvDecoder", "ResConvEncoder", "build_decoder",
+    "build_encoder", "image_shape_for", "mlp",
 ]

@@ -42,7 +42,7 @@ def image_shape_for(x_dim: int) -> tuple[int, int, int]:
     if x_dim % 3 == 0 and s * s * 3 == x_dim:
         return (3, s, s)
     raise InputError(
-        f"net=conv needs square images, but the data has {x_dim} dimensions, which is neither "
+        f"net=conv and net=resconv need square images, but the data has {x_dim} dimensions, which is neither "
         "s*s (grey) nor 3*s*s (RGB); use net=mlp for non-image data"
     )
 
