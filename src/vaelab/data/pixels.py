@@ -49,15 +49,16 @@ def resolve_binarize(config: RunConfig, data: Dataset) -> Binarization:
     if mode == "none" and bernoulli and not is_binary(data.x):
         raise InputError(
             f"the Bernoulli likelihood is a distribution over {{0, 1}}, but {data.name} has "
-            "grey levels; use --binarize dynamic (or fixed), or a gaussian likelihood"
+            "grey levels; use --binarize dynamic (or fixed), or a grey-level likelihood (--likelihood logistic256 "
+            "for 8-bit images; gaussian-learned, gaussian-sigmoid or continuous-bernoulli)"
         )
-    if mode != "none" and data.image_shape is None and config.model.net == "conv":
+    if mode != "none" and data.image_shape is None and config.model.net in ("conv", "resconv"):
         # An image preset (mnist-conv) on points: --binarize none would only lead to the next
         # refusal, conv nets need images (audit TR64b, SW35b).
         raise InputError(
             f"{data.name} holds points of {data.dim} values, not images, but this configuration is for images "
-            f"(--net conv, binarize={mode}: what the mnist-conv preset sets); drop --preset (and --net conv / "
-            "--binarize), or train on an image dataset"
+            f"(--net {config.model.net}, binarize={mode}: what the mnist-conv preset sets); drop --preset (and "
+            f"--net {config.model.net} / --binarize), or train on an image dataset"
         )
     if mode != "none" and (float(data.x.min()) < 0.0 or float(data.x.max()) > 1.0):
         raise InputError(
