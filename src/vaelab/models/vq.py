@@ -78,7 +78,7 @@ from vaelab.errors import InputError
 from vaelab.likelihoods import build_likelihood
 from vaelab.models.base import VariationalModel
 from vaelab.models.code_prior import GroupCodes, PixelCNNCodes
-from vaelab.nets.conv import KERNEL, PADDING, STRIDE, conv_sizes, image_shape_for
+from vaelab.nets.conv import KERNEL, PADDING, STRIDE, conv_sizes, image_shape_for, upsampling
 from vaelab.nets.mlp import activation_layer
 
 # Laplace smoothing of the EMA counts (Sonnet's VectorQuantizerEMA uses the same ε).
@@ -396,9 +396,7 @@ class GridDecoder(nn.Module):
         outs = [*reversed(channels[:strided - 1]), params_per_dim * c]
         c_in = channels[strided - 1]
         for i, c_out in enumerate(outs):
-            j = strided - 1 - i
-            pad = (hs[j] - (2 * hs[j + 1] - 1), ws[j] - (2 * ws[j + 1] - 1))
-            layers.append(nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, output_padding=pad))
+            layers.append(upsampling(c_in, c_out, hs, ws, strided - 1 - i))
             if i < len(outs) - 1:
                 layers.append(activation_layer(activation))
             c_in = c_out

@@ -70,6 +70,26 @@ def _geometry(image_shape: Sequence[int], channels: Sequence[int]) -> tuple[tupl
     return (c, h, w), channels, conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
 
 
+def split_rows(inputs: Tensor, image_shape: tuple[int, int, int], extra_dim: int,
+               who: str) -> tuple[torch.Size, Tensor, Tensor | None]:
+    """(..., C·H·W + extra_dim) rows -> (their leading shape, the images (N, C, H, W), the condition
+    columns (N, extra_dim) or None); a row of another width is refused, naming ``who`` expects what."""
+    d_img = math.prod(image_shape)
+    if inputs.shape[-1] != d_img + extra_dim:
+        raise InputError(f"{who} expects {d_img} image values + {extra_dim} condition values per row, "
+                         f"got {inputs.shape[-1]}")
+    flat = inputs.reshape(-1, inputs.shape[-1])  # (N, C·H·W + extra)
+    return inputs.shape[:-1], flat[:, :d_img].reshape(-1, *image_shape), flat[:, d_img:] if extra_dim else None
+
+
+def upsampling(c_in: int, c_out: int, hs: Sequence[int], ws: Sequence[int], j: int) -> nn.ConvTranspose2d:
+    """The transposed conv from the sizes (hs[j+1], ws[j+1]) back to (hs[j], ws[j]). It maps size s
+    to 2s - 1 + output_padding: the padding (0 or 1) lands exactly on the encoder's size at the same
+    depth (4 -> 7 -> 14 -> 28 for 28x28)."""
+    pad = (hs[j] - (2 * hs[j + 1] - 1), ws[j] - (2 * ws[j + 1] - 1))
+    return nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, output_padding=pad)
+
+
 class ConvEncoder(nn.Module):
     """(..., C·H·W + extra_dim) -> (..., out_dim): conv trunk on the image, linear head after.
 
@@ -97,18 +117,10 @@ class ConvEncoder(nn.Module):
         self.head = nn.Linear(self.features + extra_dim, out_dim)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        lead = inputs.shape[:-1]
-        d_img = math.prod(self.image_shape)
-        if inputs.shape[-1] != d_img + self.extra_dim:
-            raise InputError(
-                f"ConvEncoder expects {d_img} image values + {self.extra_dim} condition values "
-                f"per row, got {inputs.shape[-1]}"
-            )
-        flat = inputs.reshape(-1, inputs.shape[-1])  # (N, C·H·W + extra)
-        image = flat[:, :d_img].reshape(-1, *self.image_shape)  # (N, C, H, W)
+        lead, image, extra = split_rows(inputs, self.image_shape, self.extra_dim, "ConvEncoder")  # (N, C, H, W)
         h = self.trunk(image).flatten(1)  # (N, 512)
-        if self.extra_dim:
-            h = torch.cat([h, flat[:, d_img:]], dim=1)  # (N, 512 + extra)
+        if extra is not None:
+            h = torch.cat([h, extra], dim=1)  # (N, 512 + extra)
         return self.head(h).reshape(*lead, -1)  # (..., out_dim)
 
 
@@ -143,13 +155,7 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         c_in = channels[-1]
         for i, c_out in enumerate(outs):
-            # A transposed conv maps size s to 2s - 1 + output_padding; pick the padding (0 or 1)
-            # that lands exactly on the encoder's size at the same depth (4 -> 7 -> 14 -> 28).
-            j = len(channels) - 1 - i
-            pad = (hs[j] - (2 * hs[j + 1] - 1), ws[j] - (2 * ws[j + 1] - 1))
-            layers.append(
-                nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, output_padding=pad)
-            )
+            layers.append(upsampling(c_in, c_out, hs, ws, len(channels) - 1 - i))
             if i < len(outs) - 1:
                 layers.append(activation_layer(activation))
             c_in = c_out

@@ -57,8 +57,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaelab.errors import InputError
-from vaelab.nets.conv import KERNEL, PADDING, STRIDE, _geometry
+from vaelab.nets.conv import KERNEL, PADDING, STRIDE, _geometry, split_rows, upsampling
 from vaelab.nets.mlp import activation_layer
 
 # E, the expansion factor of the decoder cell's inverted bottleneck (NVAE uses 6; see above).
@@ -167,20 +166,12 @@ class ResConvEncoder(nn.Module):
         self.head = nn.Linear(self.features + extra_dim, out_dim)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        lead = inputs.shape[:-1]
-        d_img = math.prod(self.image_shape)
-        if inputs.shape[-1] != d_img + self.extra_dim:
-            raise InputError(
-                f"ResConvEncoder expects {d_img} image values + {self.extra_dim} condition values "
-                f"per row, got {inputs.shape[-1]}"
-            )
-        flat = inputs.reshape(-1, inputs.shape[-1])  # (N, C·H·W + extra)
-        h = flat[:, :d_img].reshape(-1, *self.image_shape)  # (N, C, H, W)
+        lead, h, extra = split_rows(inputs, self.image_shape, self.extra_dim, "ResConvEncoder")  # (N, C, H, W)
         for stage in self.stages:
             h = stage(h)  # (N, c_i, h_i, w_i)
         h = h.flatten(1)  # (N, 512) at 28x28
-        if self.extra_dim:
-            h = torch.cat([h, flat[:, d_img:]], dim=1)  # (N, 512 + extra)
+        if extra is not None:
+            h = torch.cat([h, extra], dim=1)  # (N, 512 + extra)
         return self.head(h).reshape(*lead, -1)  # (..., out_dim)
 
 
@@ -216,11 +207,7 @@ class ResConvDecoder(nn.Module):
         stages: list[nn.Module] = []
         c_in = channels[-1]
         for i, c_out in enumerate(outs):
-            # A transposed conv maps size s to 2s - 1 + output_padding; the padding (0 or 1) lands
-            # exactly on the encoder's size at the same depth (4 -> 7 -> 14 -> 28), as in ConvDecoder.
-            j = len(channels) - 1 - i
-            pad = (hs[j] - (2 * hs[j + 1] - 1), ws[j] - (2 * ws[j + 1] - 1))
-            deconv = nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, output_padding=pad)
+            deconv = upsampling(c_in, c_out, hs, ws, len(channels) - 1 - i)  # 4 -> 7 -> 14 -> 28, as ConvDecoder
             if i < len(outs) - 1:
                 stages.append(nn.Sequential(deconv, activation_layer(activation), DecoderCell(c_out, activation)))
             else:
