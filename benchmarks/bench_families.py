@@ -25,9 +25,20 @@ Data sets (``--data``):
 z is 200 one-hot coordinates where the other families have 20 continuous ones; its IWAE bound
 uses hard categorical samples (evaluation never scores the relaxed ones).
 
+``vq`` on images: the MLP body with N = 10 code vectors of width 2 among K = 64 codes, trained with
+its own loss for the table's steps, then its prior over the codes (the second stage) for as many
+steps again (the ``train s`` column gives both). Its q(z|x) is a point mass, so its "IWAE NLL" is
+the bound −log p(x|z_q(x)) − log p_prior(z_q(x)) (= −ELBO for every k; computed with k = 1), paired
+with the VAE's like the others; instead of active units, the perplexity of its codes on the test images.
+
+Sample quality (``--quality-samples``, default 10,000; 0 leaves it out): FD, precision and recall
+of that many decoder means E[x|z], z ~ p(z), against the grey test images, in the feature space of
+vaelab's classifier (``vaelab.quality``, trained once per data set and cached under ``--cache``),
+with the floor of two halves of the test split printed under the table.
+
 Run: ``python benchmarks/bench_families.py [--data mnist] [--steps 6000] [--k 1000]
-[--families vae,planar,...] [--threads N]``. Not a test: it prints a table (markdown), and the
-README's table is its output with the command that made it.
+[--families vae,planar,...] [--threads N] [--quality-samples 10000] [--cache DIR]``. Not a test:
+it prints a table (markdown), and the README's table is its output with the command that made it.
 """
 
 from __future__ import annotations
