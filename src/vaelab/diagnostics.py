@@ -47,6 +47,10 @@ COLLAPSE_SE_FACTOR = 2.0
 # Floats one block of the N x N log-density matrix may hold while it is computed (64 MiB in
 # float32): log_prob's elementwise terms are (rows, columns, d) before they are summed over d.
 BLOCK_BUDGET = 2**24
+# At most this many points enter the estimate for a posterior without the diagonal-Normal
+# shortcut: scoring point i's z under point n's posterior costs a full log_prob (for a flow, an
+# inversion), N² of them; 10,000 test points of an IAF run took hours.
+GENERIC_POINTS = 2000
 # The advice when the posterior has collapsed and the run's config is not at hand; the flags are
 # `vaelab train`'s, given so that a VAE of any objective takes them (free bits need the ELBO:
 # --free-bits alone is refused with --objective iwae). With the config, ``collapse_advice``
@@ -78,11 +82,15 @@ class Surgery:
     marginal_kl: Estimate
     avg_kl: Estimate
     n: int
+    of: int | None = None  # the points given, where only the first n of them entered (GENERIC_POINTS)
 
     def as_metrics(self) -> dict[str, float]:
         """The keys ``evaluate`` writes to metrics.json."""
-        return {"mutual_info": self.mutual_info.value, "mutual_info_se": self.mutual_info.se,
-                "marginal_kl": self.marginal_kl.value, "marginal_kl_se": self.marginal_kl.se}
+        out: dict[str, float] = {"mutual_info": self.mutual_info.value, "mutual_info_se": self.mutual_info.se,
+                                 "marginal_kl": self.marginal_kl.value, "marginal_kl_se": self.marginal_kl.se}
+        if self.of is not None and self.of > self.n:  # say on how many points, where not all of them
+            out["mutual_info_points"] = self.n
+        return out
 
 
 def _draw(q_z: Distribution, generator: torch.Generator) -> Tensor:
@@ -90,6 +98,12 @@ def _draw(q_z: Distribution, generator: torch.Generator) -> Tensor:
     place this module draws, through ``vaelab.distributions.rsample``, so every posterior
     family that can be sampled works here."""
     return rsample(q_z, (), generator)
+
+
+def _diagonal_normal(q_z: Distribution) -> bool:
+    """Whether ``_log_q_block`` scores ``q_z`` by the matrix-product shortcut (a (C, d) diagonal Normal)."""
+    return (isinstance(q_z, Independent) and isinstance(q_z.base_dist, Normal)
+            and q_z.reinterpreted_batch_ndims == 1 and q_z.base_dist.loc.ndim == 2)
 
 
 def _log_q_block(q_z: Distribution, z: Tensor) -> Tensor:
@@ -102,16 +116,16 @@ def _log_q_block(q_z: Distribution, z: Tensor) -> Tensor:
     instead of an (R, C, d) tensor (about 30x faster at N = 10,000, d = 16). It runs in float64 so
     the expanded square does not lose the digits that a float32 difference of large terms would.
     """
-    if isinstance(q_z, Independent) and isinstance(q_z.base_dist, Normal) and q_z.reinterpreted_batch_ndims == 1:
+    if _diagonal_normal(q_z):
+        assert isinstance(q_z, Independent) and isinstance(q_z.base_dist, Normal)
         loc = q_z.base_dist.loc.double()  # (C, d)
         scale = q_z.base_dist.scale.double().expand_as(loc)  # (C, d)
-        if loc.ndim == 2:
-            z = z.double()
-            precision = scale.pow(-2)  # (C, d)
-            quad = z.square() @ precision.T - 2.0 * z @ (loc * precision).T  # (R, C)
-            quad = quad + (loc.square() * precision).sum(-1)  # + Σ_d μ²/σ², (C,)
-            norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)  # (C,)
-            return -0.5 * quad - norm
+        z = z.double()
+        precision = scale.pow(-2)  # (C, d)
+        quad = z.square() @ precision.T - 2.0 * z @ (loc * precision).T  # (R, C)
+        quad = quad + (loc.square() * precision).sum(-1)  # + Σ_d μ²/σ², (C,)
+        norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)  # (C,)
+        return -0.5 * quad - norm
     return q_z.log_prob(z.unsqueeze(1)).double()  # (R, 1, d) against batch (C,) -> (R, C)
 
 
@@ -145,7 +159,9 @@ def elbo_surgery(
     (``avg_kl``).
 
     Bias: N is the number of points given (all of them; ``evaluate`` passes the whole test
-    split). Because the mixture contains q(z_i|x_i) itself, t_i ≤ log N: the mutual
+    split), or the first ``GENERIC_POINTS`` of them where q(z|x) is not a diagonal Normal (a flow
+    scores another point's z by inverting itself: N² inversions; ``n`` and ``mutual_info_points``
+    say how many entered). Because the mixture contains q(z_i|x_i) itself, t_i ≤ log N: the mutual
     information estimate can never exceed log N, and in expectation it is a lower bound on
     the true I_q(x; z) (it is the InfoNCE bound with the encoder as critic, Poole et al. 2019),
     which tightens as N grows and is close when I_q ≪ log N. ``marginal_kl`` is biased up by
@@ -190,8 +206,14 @@ def elbo_surgery(
         q_batches.append(q_z)
         z_parts.append(z)
         log_p.append(model.prior(cb).log_prob(z).double())  # (B,)
-    z_all = torch.cat(z_parts)  # (N, d)
-    log_prior = torch.cat(log_p)  # (N,)
+    # Other posteriors than diagonal Normals (flows, mixtures, point masses) score every pair with a
+    # full log_prob: the first GENERIC_POINTS points alone (draws and mixture), so the bound on the
+    # mutual information is log GENERIC_POINTS instead of log N (as_metrics says so).
+    given = n
+    if not all(_diagonal_normal(q) for q in q_batches):
+        n = min(n, GENERIC_POINTS)
+    z_all = torch.cat(z_parts)[:n]  # (N, d)
+    log_prior = torch.cat(log_p)[:n]  # (N,)
     d = z_all.shape[-1] if z_all.ndim > 1 else 1
 
     # log q(z_i) by blocks: rows i (the draws) x columns n (the posteriors of one encoder batch).
@@ -206,7 +228,9 @@ def elbo_surgery(
         partial: list[Tensor] = []
         c0 = 0
         for q_z in q_batches:
-            block = _log_q_block(q_z, z_rows)  # (R, C)
+            if c0 >= n:  # past the points that enter the estimate
+                break
+            block = _log_q_block(q_z, z_rows)[:, :n - c0]  # (R, C)
             c1 = c0 + block.shape[1]
             # The diagonal log q(z_i|x_i) comes from the same matrix, so a posterior that ignores x
             # gives t_i = 0 exactly rather than up to rounding differences.
@@ -218,7 +242,7 @@ def elbo_surgery(
         log_q_agg[r0:r1] = torch.logsumexp(torch.stack(partial, dim=1), dim=1) - math.log(n)
     t = log_q_own - log_q_agg  # (N,) per-point mutual information terms
     m = log_q_agg - log_prior  # (N,) per-point marginal KL terms
-    return Surgery(mutual_info=_mean_se(t), marginal_kl=_mean_se(m), avg_kl=_mean_se(t + m), n=n)
+    return Surgery(mutual_info=_mean_se(t), marginal_kl=_mean_se(m), avg_kl=_mean_se(t + m), n=n, of=given)
 
 
 def mutual_info(

@@ -71,6 +71,7 @@ METRIC_LABELS = {
     "mutual_info_se": "  ± standard error",
     "marginal_kl": "marginal KL(q(z) ‖ p(z))",
     "marginal_kl_se": "  ± standard error",
+    "mutual_info_points": "  test points in these two estimates (the first ones: pairwise scoring of a flow is costly)",
     "latent_dim": "latent dimensions",
     "true_nll": "true NLL (entropy of the data)",
     "nll_gap": "gap: IWAE NLL − true NLL",
