@@ -302,9 +302,9 @@ def snap_codes(model: LatentModel, z: Tensor) -> Tensor:
     group's largest coordinate (for E[z|x], the class probabilities, the most probable class; for
     a one-hot z its class); VQ: each group's nearest codebook vector (for z_q(x) its own code)."""
     if isinstance(model, GumbelSoftmaxVAE):
-        prior = model.prior()
-        assert isinstance(prior, OneHotGroups)
-        return z.reshape(len(z), prior.groups, prior.classes).argmax(dim=-1)
+        codes = prior_codes(model.prior(), z)  # each group's largest coordinate
+        assert codes is not None  # a gumbel prior is OneHotGroups
+        return codes
     if isinstance(model, VQVAE):
         return nearest(z.reshape(len(z), model.groups, model.dim), model.codebook)
     raise InputError("this run's latent is continuous: it has no codes; send z to /api/decode")

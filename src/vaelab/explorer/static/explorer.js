@@ -89,7 +89,7 @@ async function api(path, body) {
 // A discrete run decodes each z's nearest codes (the grid shows the regions of the plane each code takes).
 async function decodeMany(runId, meta, zs, c, extra = {}) {
   const step = Math.max(1, meta.max_rows || 256), out = { mean: [], std: null, x: null };
-  const kind = meta.latent && meta.latent.kind, path = kind === "categorical" || kind === "codes" ? "/api/decode_codes" : "/api/decode";
+  const path = discreteOf(meta) ? "/api/decode_codes" : "/api/decode";
   for (let i = 0; i < zs.length; i += step) {
     const cc = Array.isArray(c) && c.length === zs.length ? c.slice(i, i + step) : c;
     const r = await api(path, { run: runId, z: zs.slice(i, i + step), c: cc, ...extra });
@@ -598,8 +598,9 @@ async function priorSample() {
 // ---------------------------------------------------------------- discrete latents: code pickers
 // A gumbel run: N groups of K classes (z = their one-hot vectors); a vq run: N codes among the K
 // codebook vectors, in a code grid (conv body) or N groups (MLP body). A code is chosen, not slid.
-function discrete() {
-  const l = S.meta && S.meta.latent;
+function discrete() { return discreteOf(S.meta); }
+function discreteOf(meta) {   // a run's discrete latent (its metadata's latent), or null for a continuous one
+  const l = meta && meta.latent;
   return l && (l.kind === "categorical" || l.kind === "codes") ? l : null;
 }
 function codeColour(k) {   // a palette of K codes: hues by the golden angle, two lightnesses
