@@ -84,6 +84,9 @@ def test_every_flag_round_trips_through_the_cli(monkeypatch, tmp_path):
                    "free_bits_group": "all"}},
         {"train": {"beta_schedule": "warmup", "warmup_steps": 5}},
         {"train": {"beta_schedule": "cyclical", "cycles": 3, "cycle_ratio": 0.25, "compile": True}},
+        {"data": {"name": "mnist", "data_dir": str(tmp_path / "cache"), "binarize": "dynamic"},
+         "model": {"likelihood": "bernoulli", "output_bias": "data-mean"},
+         "train": {"lr_schedule": "burda", "adam_betas": [0.99, 0.999], "adam_eps": 5e-6}},
     ]
     covered = set()
     for raw in configs:

@@ -299,6 +299,21 @@ class ModelConfig(_Section):
         default_factory=lambda: [16, 16],
         description="widths of the MLP that embeds a continuous condition ([]: use it raw)",
     )
+    # Burda et al.'s code (yburda/iwae, iwae.py) starts the decoder's output bias at the logits of
+    # the training pixels' mean, so that an untrained decoder already draws the average image.
+    output_bias: Literal["default", "data-mean"] = Field(
+        "default", description="the decoder's output bias at the start: default (PyTorch's initialisation) or "
+        "data-mean (the logits of the training pixels' mean, clipped to [0.001, 0.999]: Bernoulli MLP decoders)",
+    )
+
+    @model_validator(mode="after")
+    def _data_mean_bias_needs_bernoulli_mlp(self) -> ModelConfig:
+        if self.output_bias == "data-mean" and (self.likelihood != "bernoulli" or self.net != "mlp"):
+            wrong = (f"the likelihood is {self.likelihood}" if self.likelihood != "bernoulli"
+                     else f"the net is {self.net}, whose last layer has one bias per channel, not per pixel")
+            raise InputError(f"output_bias = 'data-mean' sets a Bernoulli MLP decoder's per-pixel logits to the "
+                             f"training mean, but {wrong}; use --likelihood bernoulli --net mlp, or remove it")
+        return self
 
     @model_validator(mode="after")
     def _tables_are_tables(self) -> ModelConfig:
@@ -384,9 +399,15 @@ class TrainConfig(_Section):
     )
     k: int = Field(4, gt=0, description="importance samples of the IWAE objective")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate")
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "cosine", description="learning rate over the step budget: constant, or cosine decay to 0"
+    lr_schedule: Literal["constant", "cosine", "burda"] = Field(
+        "cosine", description="learning rate over the step budget: constant, cosine decay to 0, or burda (Burda et "
+        "al. 2016: 8 stages of 3^i epochs, i = 0..7, at lr · 10^(-i/7), 3,280 epochs in all)"
     )
+    adam_betas: list[float] = Field(
+        default_factory=lambda: [0.9, 0.999], description="Adam's β1, β2: the decay of its moment averages"
+    )
+    adam_eps: float = Field(1e-8, gt=0, allow_inf_nan=False, description="Adam's ε, added to the root of the "
+                            "second moment")
     # 250 with the 2x256 nets: their steps cost ~1.8-2x those of 2x128, and 250 epochs keep the
     # banana gain (and most of pinwheel's) at ~1.2x the former 2x128 x 400-epoch time (docs/defaults-2d.md).
     epochs: int = Field(250, gt=0, description="passes over the training data")
@@ -443,6 +464,13 @@ class TrainConfig(_Section):
                              "give a budget that training can finish")
         return value
 
+    @field_validator("adam_betas")
+    @classmethod
+    def _two_betas_in_0_1(cls, value: list[float]) -> list[float]:
+        if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
+            raise InputError(f"adam_betas must be two numbers in [0, 1), β1 and β2 (e.g. 0.9,0.999), got {value}")
+        return value
+
     @model_validator(mode="after")
     def _skips_need_the_skip_policy(self) -> TrainConfig:
         if self.max_skips is not None and self.nonfinite != "skip":
@@ -485,14 +513,15 @@ class ScheduleSpec(_Section):
 
     value: the constant, the target of a warm-up / cyclical ramp, or the start of a decay.
     end: where cosine and exponential decays arrive at the end of ``steps`` (default: the budget).
-    steps: length of a warm-up or decay in steps (warm-up: required).
+    steps: length of a warm-up or decay in steps (warm-up: required); burda: its unit, one epoch.
     cycles, ratio: the cyclical schedule (Fu et al. 2019).
     """
 
-    kind: str = Field("constant", description="constant, warmup, cyclical, cosine or exponential")
+    kind: str = Field("constant", description="constant, warmup, cyclical, cosine, exponential or burda")
     value: float = Field(1.0, description="constant value, ramp target, or start of a decay")
     end: float = Field(0.0, description="value a cosine / exponential decay reaches")
-    steps: int | None = Field(None, gt=0, description="steps of a warm-up or decay (default: the budget)")
+    steps: int | None = Field(None, gt=0, description="steps of a warm-up or decay (default: the budget); burda: "
+                              "steps of its first stage (one epoch)")
     cycles: int = Field(4, gt=0, description="cycles over the budget (cyclical)")
     ratio: float = Field(0.5, gt=0, le=1, description="share of each cycle spent rising (cyclical)")
 

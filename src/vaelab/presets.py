@@ -65,6 +65,25 @@ PRESETS: dict[str, tuple[str, Preset]] = {
             "train": dict(_TRAIN),
         },
     ),
+    # Burda, Grosse & Salakhutdinov (2016), one stochastic layer, as their code trains it
+    # (yburda/iwae: experiments.py, iwae.py, datasets.py, optimizers.py). docs/protocols.md lists
+    # what vaelab does not copy (their weight init, unshuffled batches, Adam's first step).
+    "iwae-paper": (
+        "784-200-200-50 tanh MLP VAE, σ = exp, Bernoulli, batch 20, 3,280 epochs of Burda et al.'s schedule "
+        "(Burda et al. 2016, one stochastic layer; add --objective iwae --k 50 for their IWAE)",
+        {
+            # their training set is the first 59,600 official training images (the last 400 validated)
+            "data": {"binarize": "dynamic", "limit_train": 59_600},
+            "model": {"kind": "vae", "net": "mlp", "hidden": [200, 200], "latent_dim": 50, "activation": "tanh",
+                      "scale": "exp", "likelihood": "bernoulli", "output_bias": "data-mean"},
+            # Their Adam adds ε = 1e-4 to the root of the second moment of the batch's *summed*
+            # gradient (20 points); vaelab's loss is the batch mean, so the same ε relative to the
+            # gradient is 1e-4 / 20. β1 = 0.99 is their code's (optimizers.py).
+            "train": {"objective": "elbo", "beta": 1.0, "lr": 1e-3, "lr_schedule": "burda",
+                      "adam_betas": [0.99, 0.999], "adam_eps": 1e-4 / 20, "batch_size": 20, "epochs": 3280,
+                      "checkpoint_every": 10},
+        },
+    ),
 }
 
 DEFAULT_IMAGE_PRESET = "mnist-mlp-bernoulli"

@@ -194,6 +194,8 @@ def reproduction(config: RunConfig) -> Reproduction:
     for preset, flag, base in starts:
         reference = base.model_dump()
         changed = tuple(f for f in config_fields() if current[f[0]][f[1]] != reference[f[0]][f[1]])
+        if any(current[section][key] is None for section, key in changed):
+            continue  # the start sets what this run left unset (iwae-paper's --limit-train): no flag unsets it
         needs_toml = family_toml or any(f not in flags and f not in DATA_ARGUMENT for f in changed)
         if config.data.path is not None and (not _is_file_arg(config.data.path) or ("data", "name") in changed):
             needs_toml = True  # --data takes either a name or a path that looks like one

@@ -11,6 +11,10 @@ step t and the budget T, so a resumed run uses exactly the values an uninterrupt
                 e at t = N (the learning rate's cosine decay to e = 0).
 - exponential:  v_t = v · (e / v)^min(1, t / N): a geometric anneal from v to e over N steps
                 (Jang et al. 2017 anneal the Gumbel-softmax temperature this way).
+- burda:        Burda et al. (2016)'s learning rate, as their code sets it (yburda/iwae,
+                experiments.py): stage i = 0..7 lasts 3^i · N steps (N = ``steps``: one epoch
+                for the learning rate) at v_t = v · round(10^(1 − i/7), 1) / 10, i.e. v, 0.72 v,
+                0.52 v, 0.37 v, 0.27 v, 0.19 v, 0.14 v, 0.1 v; 3,280 · N steps in all, then 0.1 v.
 
 The training loop (vaelab.train) reads β from ``beta_spec(train config)``, the learning rate
 from ``lr_spec`` and a family's own scalars from the specs its model declares
@@ -84,9 +88,30 @@ def _exponential(spec: ScheduleSpec, step: int, budget: int) -> float:
     return spec.value * (spec.end / spec.value) ** min(1.0, step / _length(spec, budget))
 
 
+BURDA_STAGES = 8  # stage i = 0..7 lasts 3^i epochs: 3,280 epochs in all
+
+
+def burda_stage(step: int, unit: int) -> int:
+    """The stage i of step t in Burda et al.'s schedule: the i with (3^i − 1)/2 ≤ t // unit < (3^(i+1) − 1)/2
+    (the epochs before stage i are 1 + 3 + ... + 3^(i−1)), at most 7."""
+    epoch, stage, start = step // unit, 0, 0
+    while stage < BURDA_STAGES - 1 and epoch >= start + 3 ** stage:
+        start += 3 ** stage
+        stage += 1
+    return stage
+
+
+def _burda(spec: ScheduleSpec, step: int, budget: int) -> float:
+    if spec.steps is None:
+        raise ConfigError("a burda schedule needs the length of one epoch in steps (steps = N)")
+    # round(·, 1) as their code does: 1e-4 · round(10^(1 − i/7), 1) for a learning rate of 1e-3
+    return spec.value * round(10.0 ** (1.0 - burda_stage(step, spec.steps) / 7.0), 1) / 10.0
+
+
 # kind -> v(spec, t, T). The one list of schedule kinds: config checks and help read it.
 SCHEDULES: dict[str, Callable[[ScheduleSpec, int, int], float]] = {
     "constant": _constant, "warmup": _warmup, "cyclical": _cyclical, "cosine": _cosine, "exponential": _exponential,
+    "burda": _burda,
 }
 
 
@@ -128,8 +153,11 @@ def beta_spec(config: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
     return ScheduleSpec.model_construct(kind="constant", value=config.beta)
 
 
-def lr_spec(config: TrainConfig) -> ScheduleSpec:
-    """Adam's step size as a schedule: constant, or cosine decay to 0 over the budget."""
+def lr_spec(config: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
+    """Adam's step size as a schedule: constant, cosine decay to 0 over the budget, or Burda et
+    al.'s stages of 3^i epochs (``steps_per_epoch`` steps each)."""
+    if config.lr_schedule == "burda":
+        return ScheduleSpec.model_construct(kind="burda", value=config.lr, steps=steps_per_epoch)
     return ScheduleSpec.model_construct(kind=config.lr_schedule, value=config.lr, end=0.0)
 
 

@@ -160,6 +160,7 @@ SETTING_RULES: dict[str, _Rule] = {
         f"it parameterises the Normal q(z|x) of the VAE family, which {_family(c)} does not have; drop it "
         "or use --model vae"),
     "model.likelihood": _always,
+    "model.output_bias": _always,  # the model validator refuses it where it cannot apply
     "model.recon_var": lambda c: None if c.model.likelihood == "gaussian" else (
         f"it is σ² (λ_rec = 1/σ²) of the fixed-variance gaussian likelihood, but the likelihood is "
         f"{c.model.likelihood}; use --likelihood gaussian" + (
@@ -179,6 +180,8 @@ SETTING_RULES: dict[str, _Rule] = {
         else _one_sample_why(c)),
     "train.lr": _always,
     "train.lr_schedule": _always,
+    "train.adam_betas": _always,
+    "train.adam_eps": _always,
     "train.epochs": lambda c: None if c.train.steps is None else (
         "--steps is given and replaces the epoch budget; give only one of --epochs and --steps"),
     "train.steps": _always,

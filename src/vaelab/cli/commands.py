@@ -35,6 +35,7 @@ from vaelab.cli.common import (
     SLURM_TIME,
     TRAINING,
     VaelabCommand,
+    _split_floats,
     _split_ints,
     add_defaults,
     pick_device,
@@ -45,6 +46,7 @@ from vaelab.cli.common import (
 from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, _notice, console, err_console
 from vaelab.cli.evaluation import PROTOCOL_HELP, _condition_arg, _run_eval
 from vaelab.errors import InputError
+from vaelab.presets import PRESETS
 
 if TYPE_CHECKING:  # torch is imported by the commands that use it: `vaelab --help` needs none
     import torch
@@ -306,7 +308,7 @@ def train(
     image_size: int = typer.Option(None, help="side images of a folder are resized to", rich_help_panel=DATA),
     test_fraction: float = typer.Option(None, help="share of a user file / image folder / digits held out for "
                                         "testing", rich_help_panel=DATA),
-    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv",
+    preset: str = typer.Option(None, help=f"image preset: {', '.join(PRESETS)}",
                                rich_help_panel=MODEL),
     model: str = typer.Option(None, "--model", help="vae, ae (plain autoencoder), "
                               f"{', '.join(_FAMILIES_WITH_OPTIONS)}, or a plugin's family (docs/models.md)",
@@ -324,12 +326,16 @@ def train(
     min_var: float = typer.Option(None, help="floor of the learned Gaussian variance (gaussian-learned)",
                                   rich_help_panel=MODEL),
     lambda_rec: float = typer.Option(None, help="λ_rec = 1/σ², the same knob as --recon-var", rich_help_panel=MODEL),
+    output_bias: str = typer.Option(None, help="the decoder's output bias at the start: default, or data-mean (the "
+                                    "training mean's logits; Bernoulli MLP decoders)", rich_help_panel=MODEL),
     objective: str = typer.Option(None, help="elbo or iwae", rich_help_panel=TRAINING),
     beta: float = typer.Option(None, help="KL weight β", rich_help_panel=TRAINING),
     k: int = typer.Option(None, "--k", help="importance samples of the IWAE objective", rich_help_panel=TRAINING),
     lr: float = typer.Option(None, help="Adam learning rate", rich_help_panel=TRAINING),
-    lr_schedule: str = typer.Option(None, help="constant, or cosine decay to 0 over the budget",
-                                    rich_help_panel=TRAINING),
+    lr_schedule: str = typer.Option(None, help="constant, cosine decay to 0 over the budget, or burda (Burda et "
+                                    "al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", rich_help_panel=TRAINING),
+    adam_betas: str = typer.Option(None, help="Adam's β1,β2, e.g. 0.9,0.999", rich_help_panel=TRAINING),
+    adam_eps: float = typer.Option(None, help="Adam's ε", rich_help_panel=TRAINING),
     epochs: int = typer.Option(None, help="passes over the data", rich_help_panel=TRAINING),
     steps: int = typer.Option(None, help="optimizer steps (replaces --epochs as the budget)", rich_help_panel=TRAINING),
     batch_size: int = typer.Option(None, help="batch size", rich_help_panel=TRAINING),
@@ -440,7 +446,7 @@ def train(
         "kind": model, "net": net, "channels": _split_ints(channels, "--channels"),
         "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
         "latent_dim": latent_dim, "scale": scale, "likelihood": likelihood, "recon_var": recon_var,
-        "min_var": min_var, "cond_embed": _split_ints(cond_embed, "--cond-embed"),
+        "min_var": min_var, "cond_embed": _split_ints(cond_embed, "--cond-embed"), "output_bias": output_bias,
         **family_over,  # [model.NAME] tables, laid over those of --config
     }
     if lambda_rec is not None:
@@ -451,6 +457,7 @@ def train(
         "data": data_over,
         "model": model_over,
         "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "lr_schedule": lr_schedule,
+                  "adam_betas": _split_floats(adam_betas, "--adam-betas"), "adam_eps": adam_eps,
                   "epochs": epochs, "steps": steps, "batch_size": batch_size, "seed": seed,
                   "checkpoint_every": checkpoint_every, "nonfinite": nonfinite, "max_skips": max_skips,
                   "grad_clip": grad_clip, "beta_schedule": beta_schedule, "warmup_epochs": warmup_epochs,

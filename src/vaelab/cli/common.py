@@ -101,6 +101,18 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
         raise InputError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None
 
 
+def _split_floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    parts = text.replace(" ", "").split(",")
+    if "" in parts:
+        raise InputError(f"{what} {text!r} has an empty value; give numbers like 0.9,0.999")
+    try:
+        return [float(v) for v in parts]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers like 0.9,0.999; got {text!r}") from None
+
+
 # The panels of `vaelab train --help` and `vaelab sweep --help`, in this order.
 DATA, MODEL, TRAINING, EVALUATION, RUN = "Data", "Model", "Training", "Evaluation", "Output/run"
 CLUSTER = "Cluster (shares, SLURM)"

@@ -41,6 +41,7 @@ from vaelab.cli.common import (
     vaelab_command,
 )
 from vaelab.cli.console import MofNOnceKnown, _fetch_with_progress, console, err_console
+from vaelab.presets import PRESETS
 
 if TYPE_CHECKING:
     from vaelab.cluster.slurm import SlurmOptions
@@ -124,7 +125,7 @@ def sweep(
     config: Path = typer.Option(None, "--config",
                                 help="TOML file with \\[data] \\[model] \\[train] \\[eval] and \\[sweep] tables",
                                 rich_help_panel=RUN),
-    preset: str = typer.Option(None, help="image preset: mnist-mlp-bernoulli, mnist-mlp-gaussian, mnist-conv",
+    preset: str = typer.Option(None, help=f"image preset: {', '.join(PRESETS)}",
                                rich_help_panel=MODEL),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="continue the sweep in --out: finished members are kept",

@@ -106,3 +106,12 @@ def eval_view(config: RunConfig, data: Dataset) -> tuple[Dataset, str]:
     view = Dataset(name=data.name, x=x, labels=data.labels, label_names=data.label_names,
                    image_shape=data.image_shape, extras=dict(data.extras))
     return view, f"fixed (test draw, seed {config.data.seed}; training used {mode})"
+
+
+def train_pixels(config: RunConfig, data: Dataset) -> Tensor:
+    """The training points x (N, D) as a run's training loop takes them: the fixed training draw
+    for ``fixed``; the grey levels themselves for ``dynamic`` (each epoch draws from them) and
+    ``none``."""
+    if resolve_binarize(config, data) == "fixed":
+        return fixed_binarization(data.x, "train", config.data.seed)
+    return data.x

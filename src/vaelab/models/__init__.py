@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping, Sequence
 
 import torch
+from torch import Tensor
 
 from vaelab import plugins
 from vaelab.config import ConfigError, FamilyOptions, ModelConfig, flag_name, lookup, parse_family_options
@@ -246,9 +247,32 @@ def family_options(config: ModelConfig) -> FamilyOptions | None:
     return None if schema is None else config.family_options(schema)
 
 
+def init_output_bias(model: LatentModel, x: Tensor) -> None:
+    """Set the decoder's output bias to the logits of the mean of the training points x (N, D),
+    each pixel's mean clipped to [0.001, 0.999]: Burda et al.'s initialisation (yburda/iwae), which
+    ``model.output_bias = "data-mean"`` asks for. The untrained decoder then gives every pixel its
+    training frequency wherever the rest of its output is 0.
+
+    Raises:
+        InputError: the decoder's last layer is not a linear layer onto the model's x_dim pixels,
+            or x does not have the model's width.
+    """
+    decoder = getattr(model, "decoder", None)
+    last = decoder[-1] if isinstance(decoder, torch.nn.Sequential) and len(decoder) else None
+    if not isinstance(last, torch.nn.Linear) or last.bias is None or last.out_features != model.x_dim:
+        raise InputError(f"output_bias = 'data-mean' needs a decoder whose last layer is a linear layer onto the "
+                         f"{model.x_dim} pixels' logits, and the {model.config.kind} decoder has none; drop it")
+    if x.ndim != 2 or x.shape[1] != model.x_dim or x.shape[0] == 0:
+        raise InputError(f"output_bias = 'data-mean' needs the training points as (N, {model.x_dim}), "
+                         f"got shape {tuple(x.shape)}")
+    mean = x.detach().to(torch.float64).mean(0).clamp(0.001, 0.999)
+    with torch.no_grad():
+        last.bias.copy_(torch.logit(mean).to(last.bias))
+
+
 def build_model(
     config: ModelConfig, x_dim: int, cond_dim: int = 0, seed: int | None = None,
-    cond_embed: Sequence[int] = (),
+    cond_embed: Sequence[int] = (), train_x: Tensor | None = None,
 ) -> LatentModel:
     """The model described by ``config`` for data of dimension ``x_dim``.
 
@@ -258,6 +282,10 @@ def build_model(
     initialisation. With ``seed`` the initial weights are a pure function of it (the global
     RNG is seeded inside a fork, so the caller's RNG state is left as it was); without it
     they come from the global RNG.
+
+    ``train_x`` (N, x_dim): the training points, which ``config.output_bias = "data-mean"``
+    starts the decoder's output bias from (:func:`init_output_bias`); ``vaelab train`` and sweeps
+    pass them. A model built to load saved weights into needs none: the weights replace the bias.
     """
     # Sizes are whole numbers: True (a bool) or 2.0 built a 1-input model or failed deep in
     # torch, and cond_dim = -1 shrank the encoder's input (audit AP14, AP15, AP16, AP47).
@@ -273,14 +301,18 @@ def build_model(
     # take no continuous conditions keep the plain (config, x_dim, cond_dim) signature.
     extra = {"cond_embed": tuple(cond_embed)} if cond_dim and cond_embed else {}
     if seed is None:
-        return cls(config, x_dim, cond_dim, **extra)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return cls(config, x_dim, cond_dim, **extra)
+        model = cls(config, x_dim, cond_dim, **extra)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(config, x_dim, cond_dim, **extra)
+    if config.output_bias == "data-mean" and train_x is not None:
+        init_output_bias(model, train_x)
+    return model
 
 
 __all__ = ["AE", "BUILTIN_FAMILIES", "FAMILIES", "IAFVAE", "FamilyRegistry", "GumbelSoftmaxVAE", "LadderVAE",
            "LatentModel", "MixtureOfGaussiansVAE", "PlanarVAE", "RadialVAE", "VAE", "VQVAE", "VampVAE",
            "VariationalModel", "build_model", "check_family_tables", "condition_embedding", "family", "family_of_run",
-           "family_options", "family_source", "has_normal_posterior", "has_standard_prior", "option_applies",
-           "option_schemas", "register_family", "standard_normal"]
+           "family_options", "family_source", "has_normal_posterior", "has_standard_prior", "init_output_bias",
+           "option_applies", "option_schemas", "register_family", "standard_normal"]

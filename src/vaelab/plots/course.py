@@ -22,6 +22,7 @@ from vaelab.analysis import default_points, iwae_curve, row_indices, true_poster
 from vaelab.config import RunConfig
 from vaelab.data import registry as data_registry
 from vaelab.data.dataset import Dataset
+from vaelab.data.pixels import train_pixels
 from vaelab.distributions import rsample
 from vaelab.likelihoods import sample_observation
 from vaelab.models import LatentModel, VariationalModel, build_model
@@ -287,10 +288,14 @@ def initial_model(model: LatentModel, config: RunConfig) -> LatentModel:
     """The run's model at step 0, before any update: ``build_model`` with the run's seed, which is
     what ``vaelab train`` starts from (``train.run.new_model``); the initial weights are a pure
     function of the model config, the data's width, the condition's and ``train.seed``, so they
-    are rebuilt, not stored. On the trained model's device and dtype, in eval mode."""
+    are rebuilt, not stored (with ``model.output_bias = "data-mean"`` the training split is read
+    again for its mean). On the trained model's device and dtype, in eval mode."""
     ref = next(model.parameters())
+    train_x = None
+    if config.model.output_bias == "data-mean":
+        train_x = train_pixels(config, data_registry.load_dataset(config.data, "train"))
     before = build_model(config.model, model.x_dim, getattr(model, "cond_dim", 0), seed=config.train.seed,
-                         cond_embed=getattr(model, "cond_embed", ()))
+                         cond_embed=getattr(model, "cond_embed", ()), train_x=train_x)
     return before.to(device=ref.device, dtype=ref.dtype).eval()
 
 

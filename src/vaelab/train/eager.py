@@ -42,6 +42,13 @@ def total_norm(grads: list[Tensor]) -> Tensor:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
 
 
+def make_adam(model: LatentModel, config: TrainConfig) -> torch.optim.Adam:
+    """The run's optimizer: torch's Adam with the config's lr, β1, β2 and ε, fused where it can be."""
+    beta1, beta2 = config.adam_betas
+    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(beta1, beta2), eps=config.adam_eps,
+                            fused=fused_adam(model) or None)
+
+
 class CompileError(VaelabError):
     """``train.compile``: torch.compile could not compile the training step."""
 
@@ -61,7 +68,7 @@ class EagerExecutor:
         module = step_module if step_module is not None else self.train_step
         self.run: Callable[[Tensor, Tensor | None, StepContext], ObjectiveOutput] = (
             compiled_step(module) if config.compile else module)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused_adam(model) or None)
+        self.optimizer = make_adam(model, config)
         if state.optimizer is not None:
             self.optimizer.load_state_dict(state.optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]

@@ -67,7 +67,7 @@ def make_members(models: Sequence[LatentModel], configs: Sequence[TrainConfig], 
         n_batches = math.ceil(n / config.batch_size)
         check_schedule(config, n_batches, total_steps(config, n))
         schedules = {"beta": beta_spec(config, n_batches), **model.step_scalars()}
-        members.append(Member(i, model, config, generator, state, history, schedules, lr_spec(config),
+        members.append(Member(i, model, config, generator, state, history, schedules, lr_spec(config, n_batches),
                               last_saved=copy.copy(state), elapsed=history.last["seconds"] if history.last else 0.0))
     return members
 

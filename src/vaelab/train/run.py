@@ -28,7 +28,7 @@ from vaelab.checkpoint import TrainState
 from vaelab.conditions.spec import Condition, fit_condition
 from vaelab.config import ConfigError, RunConfig, TrainConfig, absolute_path, flag_name
 from vaelab.data.dataset import Dataset
-from vaelab.data.pixels import Binarization, eval_view, fixed_binarization, resolve_binarize
+from vaelab.data.pixels import Binarization, eval_view, resolve_binarize, train_pixels
 from vaelab.data.registry import known_dim, load_dataset
 from vaelab.devices import pick_device
 from vaelab.distributed import DistributedError, World
@@ -70,9 +70,7 @@ def training_data(config: RunConfig, data: Dataset, device: str | torch.device,
     if condition is None and config.data.condition is not None:
         # The condition spec (label list / training range) comes from the training split only.
         condition = fit_condition(config.data.condition, data, config.model.cond_embed)
-    x = data.x.to(device)
-    if pixels == "fixed":
-        x = fixed_binarization(x, "train", config.data.seed)
+    x = train_pixels(config, data).to(device)
     c = None if condition is None else condition.tensor(data).to(device)  # (N, cond_dim)
     return TrainingData(data, x, c, condition, pixels)
 
@@ -193,10 +191,11 @@ def check_fits_before_reading(config: RunConfig) -> None:
 
 
 def new_model(config: RunConfig, train: TrainingData, device: str | torch.device) -> LatentModel:
-    """The run's untrained model, seeded with ``train.seed``."""
+    """The run's untrained model, seeded with ``train.seed`` (its output bias from the training
+    points where ``model.output_bias`` says so)."""
     cond = train.condition
     return build_model(config.model, train.data.dim, 0 if cond is None else cond.width, seed=config.train.seed,
-                       cond_embed=() if cond is None else cond.embed_widths).to(device)
+                       cond_embed=() if cond is None else cond.embed_widths, train_x=train.x).to(device)
 
 
 def start_from(model: LatentModel, config: RunConfig, source_dir: Path, device: str | torch.device) -> None:

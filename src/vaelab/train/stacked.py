@@ -55,7 +55,7 @@ from vaelab.history import History
 from vaelab.likelihoods import GaussianFixed, Likelihood
 from vaelab.models import LatentModel
 from vaelab.objectives import OBJECTIVES
-from vaelab.train.eager import fused_adam
+from vaelab.train.eager import fused_adam, make_adam
 from vaelab.train.members import Member
 from vaelab.train.step import StepContext, TrainStep
 
@@ -212,8 +212,7 @@ class StackedExecutor:
         for member in members:
             # fit's optimizer, kept for its settings and its state_dict format: the steps themselves
             # run on the stacked tensors below.
-            optimizer = torch.optim.Adam(member.model.parameters(), lr=member.config.lr,
-                                         fused=fused_adam(member.model) or None)
+            optimizer = make_adam(member.model, member.config)
             if member.state.optimizer is not None:
                 optimizer.load_state_dict(member.state.optimizer)
             optimizers.append(optimizer)
