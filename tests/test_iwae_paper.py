@@ -204,3 +204,29 @@ def test_a_run_of_the_preset_reproduces_with_the_preset(monkeypatch, tmp_path):
     plain = cfg.with_overrides({"data": {"limit_train": None}})
     command, _ = reproduce_command(plain, tmp_path / "again")
     assert "None" not in command and parsed_train_config(monkeypatch, command) == plain
+
+
+# docs/protocols.md: the paper's two stochastic layers, one command
+TWO_LAYERS = ("vaelab train --data mnist --preset iwae-paper --model ladder --latent-dim 150 --ladder-layers 100,50 "
+              "--ladder-hidden 100,100 --ladder-bottom-up chain --ladder-decode bottom")
+
+
+def linear_shapes(module: torch.nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_the_two_layer_command_builds_the_papers_nets(monkeypatch):
+    """experiments.py, layers = 2: q(z_1|x) 784-200-200-(100 μ, 100 σ), q(z_2|z_1) 100-100-100-(50, 50),
+    p(z_1|z_2) 50-100-100-(100, 100), p(x|z_1) 100-200-200-784; every σ = exp(linear)."""
+    cfg = parsed_train_config(monkeypatch, TWO_LAYERS)
+    model = build_model(cfg.model, 784, seed=0, train_x=torch.rand(50, 784))
+    assert linear_shapes(model.encoder) == [(784, 200), (200, 200), (200, 200)]  # the last: μ_1 and log σ_1
+    assert linear_shapes(model.upward) == [(100, 100), (100, 100), (100, 100)]  # μ_2, log σ_2: 2 · 50
+    assert linear_shapes(model.top_down) == [(50, 100), (100, 100), (100, 200)]
+    assert linear_shapes(model.decoder) == [(100, 200), (200, 200), (200, 784)]
+    assert model.sizes == [100, 50] and model.config.scale == "exp" and model.decode_from == "bottom"
+    assert cfg.train.lr_schedule == "burda" and cfg.train.batch_size == 20
+    # the whole model, weights and biases: nothing else is trained
+    by_hand = sum(i * o + o for net in (model.encoder, model.upward, model.top_down, model.decoder)
+                  for i, o in linear_shapes(net))
+    assert sum(p.numel() for p in model.parameters()) == by_hand

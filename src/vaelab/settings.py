@@ -19,7 +19,7 @@ from typing import Any
 from vaelab.config import ConfigError, RunConfig, TrainConfig, family_setting, flag_name, lookup, parse_kind
 from vaelab.data.registry import DATASETS
 from vaelab.likelihoods import LIKELIHOODS
-from vaelab.models import FAMILIES, VAE, LatentModel, VariationalModel, check_family_tables, family, option_applies
+from vaelab.models import FAMILIES, LatentModel, VariationalModel, check_family_tables, family, option_applies
 from vaelab.nets import ACTIVATIONS, NETS
 from vaelab.objectives import OBJECTIVES, Objective, objective_name, requested_objective
 
@@ -156,9 +156,9 @@ SETTING_RULES: dict[str, _Rule] = {
     "(or --net mlp)",
     "model.activation": _always,
     "model.latent_dim": _always,
-    "model.scale": lambda c: None if issubclass(_family_class(c), VAE) else (
-        f"it parameterises the Normal q(z|x) of the VAE family, which {_family(c)} does not have; drop it "
-        "or use --model vae"),
+    "model.scale": lambda c: None if _family_class(c).reads_scale else (
+        f"it parameterises the Normal q(z|x) of the VAE family (and the ladder's layers), which {_family(c)} does "
+        "not have; drop it or use --model vae"),
     "model.likelihood": _always,
     "model.output_bias": _always,  # the model validator refuses it where it cannot apply
     "model.recon_var": lambda c: None if c.model.likelihood == "gaussian" else (

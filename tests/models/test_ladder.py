@@ -259,7 +259,7 @@ def test_free_bits_per_layer_floor_each_layers_batch_mean_and_are_refused_withou
     ({"latent_dim": 3, "ladder": {"hidden": [0]}}, r"hidden layer sizes must be positive"),
     ({"latent_dim": 3, "ladder": {"width": 0}}, r"ladder.width.*greater than 0"),
     ({"latent_dim": 3, "ladder": {"width": 16}},
-     r"bottom_up = shared reads .*\(--ladder-bottom-up ladder\).*or drop width"),
+     r"bottom_up = shared has none.*\(--ladder-bottom-up ladder\).*or drop width"),
     ({"latent_dim": 3, "ladder": {"merge": "sum"}}, r"ladder.merge.*'residual' or 'precision'"),
 ])
 def test_bad_options_are_refused_with_what_to_use(model, match):

@@ -87,6 +87,9 @@ class LatentModel(nn.Module):
     # Whether q(z|x) and p(z) split z into named groups (``groups`` and ``log_prob_groups``: a
     # ladder's layers), which objectives and evaluation report one by one (vaelab.objectives).
     has_latent_groups: ClassVar[bool] = False
+    # Whether the family turns a net's scale output into σ by ``model.scale`` (``--scale``): the
+    # VAE and its subclasses, the ladder; settings.check_settings refuses --scale elsewhere.
+    reads_scale: ClassVar[bool] = False
 
     @property
     def latent_dim(self) -> int:

@@ -13,6 +13,11 @@ where the decoder reads the whole z = [z_1, ..., z_L] (``decode = "all"``, the d
 layer feeds the decoder, the skip connections of hierarchical VAEs such as NVAE, Vahdat & Kautz
 2020) or only z_1 (``decode = "bottom"``: p(x|z) = p(x|z_1), the LVAE of the paper).
 
+``bottom_up = "chain"`` replaces the top-down inference below with the older bottom-up chain
+q(z|x) = q(z_1|x) Π_{i<L} q(z_{i+1} | z_i) (``ChainPosterior``: the encoder body gives q(z_1|x), an
+MLP of ``hidden`` widths each next layer, no merge with the prior), the two-stochastic-layer
+models of Burda et al. (2016) (docs/protocols.md: the command that builds theirs).
+
 Inference, top-down, sharing the generative nets. Each layer has a bottom-up estimate
 (μ̂_i, h_i) read off the encoder: ``bottom_up = "shared"`` (the default) reads all of them off
 one encoder body, x -> hidden -> Linear -> [μ̂_1 … μ̂_L, h_1 … h_L], exactly the plain VAE's
@@ -81,6 +86,7 @@ from torch.distributions import Distribution, constraints
 
 from vaelab.config import ConfigError, FamilyOptions, ModelConfig
 from vaelab.distributions import NormalLogVar, register_rsample, rsample, standard_normal
+from vaelab.errors import InputError
 from vaelab.models.base import VariationalModel
 from vaelab.nets import build_decoder, mlp
 from vaelab.nets.mlp import activation_layer
@@ -101,7 +107,8 @@ class LadderOptions(FamilyOptions):
     )
     hidden: list[int] = Field(
         default_factory=lambda: [64], description="hidden layer sizes of the nets between layers: the top-down "
-        "MLP z_(i+1) -> p(z_i | z_(i+1)) and, with bottom_up = ladder, the bottom-up MLP d_(i-1) -> d_i",
+        "MLP z_(i+1) -> p(z_i | z_(i+1)) and, with bottom_up = ladder, the bottom-up MLP d_(i-1) -> d_i (with "
+        "chain, z_i -> q(z_(i+1) | z_i))",
     )
     width: int = Field(
         64, gt=0, description="width of the deterministic bottom-up features d_i, from which each layer's estimate "
@@ -117,10 +124,12 @@ class LadderOptions(FamilyOptions):
         "all", description="what the decoder reads: all (the whole z = [z_1, ..., z_L], every layer feeds p(x|z)) "
         "or bottom (z_1 only, p(x|z) = p(x|z_1), as in the paper; the upper layers then tend to collapse)",
     )
-    bottom_up: Literal["shared", "ladder"] = Field(
+    bottom_up: Literal["shared", "ladder", "chain"] = Field(
         "shared", description="where each layer's estimate (mu_i, sigma_i) comes from: shared (one encoder body "
         "outputs all of them, exactly the plain VAE's encoder) or ladder (the paper's deterministic path d_1 = "
-        "act(body(x)) of `width` features, d_i = act(MLP(d_(i-1))), a linear head per layer)",
+        "act(body(x)) of `width` features, d_i = act(MLP(d_(i-1))), a linear head per layer); or chain: no top-down "
+        "inference at all, q(z|x) = q(z_1|x) q(z_2|z_1) ... q(z_L|z_(L-1)), each an MLP of the layer below (the "
+        "two-stochastic-layer VAE of Burda et al. 2016)",
     )
 
     @field_validator("layers")
@@ -144,12 +153,19 @@ class LadderOptions(FamilyOptions):
 
     @model_validator(mode="after")
     def _width_needs_the_ladder_path(self) -> LadderOptions:
-        # The shared encoder has no features d_i: a given width would change nothing.
-        if self.bottom_up == "shared" and "width" in self.model_fields_set:
-            raise ValueError("width (--ladder-width) sizes the features d_i of the deterministic ladder path, but "
-                             "bottom_up = shared reads every layer's estimate off the encoder body (its widths: "
-                             "--hidden); give bottom_up = ladder (--ladder-bottom-up ladder) to use width, or drop "
-                             "width")
+        # The shared encoder and the chain have no features d_i: a given width would change nothing.
+        if self.bottom_up != "ladder" and "width" in self.model_fields_set:
+            raise ValueError(f"width (--ladder-width) sizes the features d_i of the deterministic ladder path, but "
+                             f"bottom_up = {self.bottom_up} has none (the encoder body's widths: --hidden); give "
+                             "bottom_up = ladder (--ladder-bottom-up ladder) to use width, or drop width")
+        return self
+
+    @model_validator(mode="after")
+    def _merge_needs_top_down_inference(self) -> LadderOptions:
+        if self.bottom_up == "chain" and "merge" in self.model_fields_set:
+            raise ValueError("merge (--ladder-merge) combines a layer's estimate with p(z_i | z_(i+1)) in the "
+                             "top-down inference, and bottom_up = chain infers bottom-up without the prior; drop "
+                             "merge, or choose bottom_up shared or ladder")
         return self
 
 
@@ -335,6 +351,56 @@ class LadderPosterior(_TopDown):
         return self.merge(*self.estimates[i], loc_p, log_var_p)  # residual, or precision (LVAE eqs. 18-19)
 
 
+class ChainPosterior(_TopDown):
+    """q(z|x) = q(z_1|x) Π_{i<L} q(z_{i+1} | z_i) (``bottom_up = "chain"``): batch (B,), event (Σ d_i,).
+
+    The Markov chain upwards of Burda et al. (2016)'s two-stochastic-layer models: ``first`` is
+    (μ, log σ²) of q(z_1|x), (B, d_1) each; ``step(i, z_i)`` gives (μ, log σ²) of q(z_{i+1} | z_i).
+    It draws and scores bottom to top; the layers' groups and the noise interface are the
+    top-down distributions' (``log_prob_groups``, ``from_noise``, ``noise``, ``draw``).
+    """
+
+    def __init__(self, first: tuple[Tensor, Tensor], step: PriorLayer, sizes: Sequence[int]) -> None:
+        self.first = first
+        self.step = step
+        super().__init__(sizes, step, first[0].shape[:-1])
+
+    def _like(self) -> Tensor:
+        return self.first[0]
+
+    def log_prob_groups(self, z: Tensor) -> dict[str, Tensor]:
+        """log q(z_1|x) and log q(z_{i+1} | z_i) at z (..., *batch, Σ d_i): (..., *batch) each, keyed "1" … "L"."""
+        parts = self.split(z)
+        scores = {"1": _normal_log_prob(parts[0], *self.first)}
+        for i in range(len(parts) - 1):
+            scores[str(i + 2)] = _normal_log_prob(parts[i + 1], *self.step(i, parts[i]))
+        # q(z_{i+1} | z_i) does not read x: broadcast to the shape log q(z_1|x) has (z of other points' batch)
+        return dict(zip(scores, torch.broadcast_tensors(*scores.values()), strict=True))
+
+    def from_noise(self, eps: Sequence[Tensor]) -> Tensor:
+        """z from standard-normal noise ε_1, ..., ε_L (bottom to top), bottom-up: z_1 = μ_1 + σ_1 ε_1, then
+        z_{i+1} = μ(z_i) + σ(z_i) ε_{i+1}: (..., *batch, Σ d_i)."""
+        loc, log_var = self.first
+        parts = [loc + torch.exp(0.5 * log_var) * eps[0]]
+        for i in range(len(self.sizes) - 1):
+            loc, log_var = self.step(i, parts[-1])
+            parts.append(loc + torch.exp(0.5 * log_var) * eps[i + 1])
+        return torch.cat(parts, dim=-1)
+
+    def noise(self, sample_shape: Sequence[int], generator: torch.Generator | None) -> list[Tensor]:
+        """ε_1, ..., ε_L ~ N(0, I), sample_shape + batch_shape + (d_i,) each, drawn bottom layer first."""
+        shape = tuple(sample_shape) + tuple(self.batch_shape)
+        return [rsample(standard_normal(d, self._like()).base_dist, shape, generator) for d in self.sizes]
+
+    def mean_path(self) -> Tensor:
+        """The bottom-up path of means, batch_shape + (Σ d_i,): z_1 = E[z_1|x], then each z_{i+1} the mean
+        of q(z_{i+1} | z_i) at the z_i chosen below (exactly E[z_1]; above it, not E[z_i])."""
+        parts = [self.first[0]]
+        for i in range(len(self.sizes) - 1):
+            parts.append(self.step(i, parts[-1])[0])
+        return torch.cat(parts, dim=-1)
+
+
 @register_rsample(_TopDown)
 def _rsample_top_down(dist: _TopDown, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     return dist.draw(shape, generator)
@@ -354,6 +420,7 @@ class LadderVAE(VariationalModel):
 
     options = LadderOptions
     has_latent_groups = True  # q and p split z into its layers "1" … "L"
+    reads_scale = True  # every σ (bottom-up, top-down, chain) from its net's h by model.scale
 
     def __init__(
         self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
@@ -364,15 +431,20 @@ class LadderVAE(VariationalModel):
         self.merge: Merge = MERGES[opts.merge]
         self.decode_from = opts.decode
         self.shared_encoder = opts.bottom_up == "shared"
+        self.chain = opts.bottom_up == "chain"
         # The encoder body maps x [+ c] to every layer's estimate [μ̂_1 … μ̂_L, h_1 … h_L] (B, 2 Σ d_i),
-        # the plain VAE's encoder (shared); or to the first bottom-up features d_1 (B, width) (ladder).
+        # the plain VAE's encoder (shared); to the first bottom-up features d_1 (B, width) (ladder); or
+        # to q(z_1|x)'s [μ_1, h_1] (B, 2 d_1) (chain).
         # The decoder reads the whole z (decode = "all", as _build sizes it) or z_1 (decode = "bottom").
-        self._build(config, x_dim, cond_dim, cond_embed,
-                    encoder_out=2 * config.latent_dim if self.shared_encoder else opts.width)
+        encoder_out = 2 * config.latent_dim if self.shared_encoder else 2 * self.sizes[0] if self.chain else opts.width
+        self._build(config, x_dim, cond_dim, cond_embed, encoder_out=encoder_out)
         if self.decode_from == "bottom":  # p(x|z) = p(x|z_1): the decoder reads z_1 (and c)
             c_width = self.cond_embed[-1] if self.cond_embed else cond_dim
             self.decoder = build_decoder(config, self.sizes[0] + c_width, x_dim, self.likelihood.params_per_dim)
-        if not self.shared_encoder:
+        if self.chain:  # z_i -> (μ, h) of q(z_{i+1} | z_i), i = 1..L−1
+            self.upward = nn.ModuleList(
+                mlp(d, opts.hidden, 2 * d_above, config.activation) for d, d_above in pairwise(self.sizes))
+        elif not self.shared_encoder:
             self.activation = activation_layer(config.activation)
             # d_i = act(MLP(d_{i-1})), i = 2..L (LVAE eq. 14), and each layer's head d_i -> (μ̂_i, h_i) (eqs. 15-16).
             self.bottom_up = nn.ModuleList(
@@ -402,7 +474,11 @@ class LadderVAE(VariationalModel):
         return loc, self._log_var(h)
 
     def bottom_up_estimates(self, x: Tensor, c: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
-        """The deterministic bottom-up pass: (μ̂_i, log σ̂_i²) of every layer, (B, d_i) each, bottom to top."""
+        """The deterministic bottom-up pass: (μ̂_i, log σ̂_i²) of every layer, (B, d_i) each, bottom to top
+        (top-down inference only: a chain's q(z_{i+1} | z_i) depends on the z_i drawn)."""
+        if self.chain:
+            raise InputError("bottom_up = chain has no deterministic estimate per layer: q(z_(i+1) | z_i) depends "
+                             "on the z_i drawn; use encode(x)")
         self._check_width(x, self.x_dim, "x", "x_dim")
         if self.shared_encoder:  # the VAE's encoder: [μ̂_1 … μ̂_L | h_1 … h_L], (B, Σ d_i) each half
             loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)
@@ -417,8 +493,19 @@ class LadderVAE(VariationalModel):
             estimates.append((loc, self._log_var(h)))
         return estimates
 
-    def encode(self, x: Tensor, c: Tensor | None = None) -> LadderPosterior:
-        """q(z|x, c): (B, D) -> ``LadderPosterior`` with batch shape (B,), event shape (Σ d_i,)."""
+    def chain_step(self, i: int, z_below: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ, log σ²) of q(z_j | z_{j−1}), j = i + 2 (``i`` counts from 0, i < L − 1), with ``bottom_up =
+        "chain"``: z_below (..., d_{j−1}) -> (..., d_j) each."""
+        loc, h = self.upward[i](z_below).chunk(2, dim=-1)
+        return loc, self._log_var(h)
+
+    def encode(self, x: Tensor, c: Tensor | None = None) -> LadderPosterior | ChainPosterior:
+        """q(z|x, c): (B, D) -> ``LadderPosterior`` (top-down inference) or ``ChainPosterior``
+        (bottom_up = "chain"), batch shape (B,), event shape (Σ d_i,)."""
+        if self.chain:
+            self._check_width(x, self.x_dim, "x", "x_dim")
+            loc, h = self.encoder(self._with_condition(x, c)).chunk(2, dim=-1)  # q(z_1|x): (B, d_1) each
+            return ChainPosterior((loc, self._log_var(h)), self.chain_step, self.sizes)
         return LadderPosterior(self.bottom_up_estimates(x, c), self.prior_layer, self.merge)
 
     def prior(self, c: Tensor | None = None) -> LadderPrior:
@@ -437,5 +524,5 @@ class LadderVAE(VariationalModel):
         return self.encode(x, c).mean_path()
 
 
-__all__ = ["MERGES", "LadderOptions", "LadderPosterior", "LadderPrior", "LadderVAE", "combine", "layer_sizes",
-           "residual"]
+__all__ = ["MERGES", "ChainPosterior", "LadderOptions", "LadderPosterior", "LadderPrior", "LadderVAE", "combine",
+           "layer_sizes", "residual"]

@@ -30,6 +30,8 @@ class VAE(VariationalModel):
     σ = exp(h/2)), ``softplus`` (σ = softplus(h)) or ``exp`` (h = log σ, σ = exp(h)).
     """
 
+    reads_scale = True
+
     def __init__(
         self, config: ModelConfig, x_dim: int, cond_dim: int = 0, cond_embed: Sequence[int] = ()
     ) -> None:
