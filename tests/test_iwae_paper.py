@@ -230,3 +230,14 @@ def test_the_two_layer_command_builds_the_papers_nets(monkeypatch):
     by_hand = sum(i * o + o for net in (model.encoder, model.upward, model.top_down, model.decoder)
                   for i, o in linear_shapes(net))
     assert sum(p.numel() for p in model.parameters()) == by_hand
+
+
+def test_a_sweep_takes_adam_settings_as_alternatives():
+    from vaelab.sweep.grid import GridError, parse_flags
+
+    grid = parse_flags(["--adam-betas", "0.9,0.999/0.99,0.999", "--adam-eps", "1e-8,5e-6", "--lr-schedule",
+                        "burda,constant"])
+    assert grid == {"train.adam_betas": [[0.9, 0.999], [0.99, 0.999]], "train.adam_eps": [1e-8, 5e-6],
+                    "train.lr_schedule": ["burda", "constant"]}
+    with pytest.raises(GridError, match="'0.9,x' is not numbers separated by commas"):
+        parse_flags(["--adam-betas", "0.9,x"])

@@ -103,12 +103,18 @@ def _annotation(dotted: str) -> Any:
 
 def has_flag(dotted: str) -> bool:
     """Whether a command-line word can give the setting's value: a number, a string, a bool
-    (true / false) or a list of integers (64,64); a nested table is set in TOML only."""
+    (true / false) or a list of integers (64,64) or numbers (0.9,0.999); a nested table is set in TOML only."""
     annotation = _annotation(dotted)
     kinds = _kinds(annotation)
     if list in kinds:
-        return all(typing.get_args(a) == (int,) for a in _lists(annotation))
+        return all(typing.get_args(a) in ((int,), (float,)) for a in _lists(annotation))
     return all(k in (int, float, str, bool) for k in kinds)
+
+
+def _element(dotted: str) -> type:
+    """The type of a list-valued setting's elements: int (hidden, channels) or float (adam_betas)."""
+    lists = _lists(_annotation(dotted))
+    return typing.get_args(lists[0])[0] if lists else int
 
 
 def _lists(annotation: Any) -> list[Any]:
@@ -139,15 +145,17 @@ def parse_value(flag: str, dotted: str, token: str) -> Any:
             return token.strip().lower() == "true"
         raise GridError(f"{flag}: {token!r} is not true or false")
     try:
-        if list in kinds:  # hidden / channels / cond_embed: one alternative is itself a list
-            return [int(v) for v in token.split(",") if v.strip()] if token.strip() else []
+        if list in kinds:  # hidden / channels / cond_embed / adam_betas: one alternative is itself a list
+            element = _element(dotted)
+            return [element(v) for v in token.split(",") if v.strip()] if token.strip() else []
         if int in kinds:
             return int(token)
         if float in kinds:
             return float(token)
     except ValueError:
-        what = "integers separated by commas (an alternative)" if list in kinds else (
-            "an integer" if int in kinds else "a number")
+        elements = "integers" if list in kinds and _element(dotted) is int else "numbers"
+        what = (f"{elements} separated by commas (an alternative)" if list in kinds
+                else "an integer" if int in kinds else "a number")
         raise GridError(f"{flag}: {token!r} is not {what}") from None
     return token
 
