@@ -241,3 +241,29 @@ def test_a_sweep_takes_adam_settings_as_alternatives():
                     "train.lr_schedule": ["burda", "constant"]}
     with pytest.raises(GridError, match="'0.9,x' is not numbers separated by commas"):
         parse_flags(["--adam-betas", "0.9,x"])
+
+
+def test_the_training_curves_draw_the_learning_rate_where_it_changes():
+    from vaelab.plots.curves import plot_training_curves
+
+    def lr_twins(fig):
+        return [ax for ax in fig.axes if ax.get_ylabel().startswith("learning rate")]
+
+    cfg = tiny_config(train={"objective": "elbo", "lr_schedule": "burda", "epochs": 5})
+    x = load_dataset(cfg.data, "train").x
+    history = fit(build_model(cfg.model, x.shape[1], seed=0), x, cfg.train)
+    fig = plot_training_curves(history)
+    (twin,) = lr_twins(fig)
+    (line,) = twin.get_lines()
+    assert list(line.get_ydata()) == history.column("lr")
+    assert twin.get_shared_x_axes().joined(twin, fig.axes[0])  # beside the loss
+    # a constant rate draws none
+    flat = tiny_config(train={"objective": "elbo", "lr_schedule": "constant", "epochs": 3})
+    assert not lr_twins(plot_training_curves(fit(build_model(flat.model, x.shape[1], seed=0), x, flat.train)))
+    # with a β schedule on the loss panel's twin, the rate goes beside the reconstruction
+    both = tiny_config(train={"objective": "elbo", "lr_schedule": "cosine", "epochs": 3, "beta_schedule": "warmup",
+                              "warmup_steps": 5})
+    fig = plot_training_curves(fit(build_model(both.model, x.shape[1], seed=0), x, both.train))
+    (twin,) = lr_twins(fig)
+    assert twin.get_shared_x_axes().joined(twin, fig.axes[1])
+    assert [ax.get_ylabel() for ax in fig.axes].count("β used") == 1

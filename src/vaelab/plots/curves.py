@@ -70,7 +70,8 @@ def plot_training_curves(
 
     The loss panel also draws −ELBO = reconstruction + KL (β = 1, the bound every objective
     is evaluated with) where the training loss is another objective, and, on a twin axis, the β
-    the KL schedule used in each epoch where β changes over training. ``loss_note``: one line
+    the KL schedule used in each epoch where β changes over training, and the learning rate
+    where it changes (on the reconstruction panel's twin axis when β has the loss panel's). ``loss_note``: one line
     under the loss panel's title (why a term may rise while the loss falls).
 
     The KL panel (log scale where it spans more than a decade) carries the final held-out
@@ -98,6 +99,7 @@ def plot_training_curves(
     kl = np.array(history.column("kl"), dtype=float)
     no_kl = bool(np.all(kl[np.isfinite(kl)] == 0))
     heldout = history.has_heldout()
+    beta_drawn = False
     panels = [
         ("loss", "nats / point", loss_label + (f"\n{loss_note}" if loss_note else "")),
         ("recon", "reconstruction (nats / point)", "reconstruction  −E log p(x|z)"),
@@ -140,7 +142,7 @@ def plot_training_curves(
                 _draw_heldout(ax, epoch, -np.array(history.column("heldout_elbo"), dtype=float), neg_elbo,
                               elbo_colour, "held-out −ELBO (β = 1)")
             ax.legend(fontsize="x-small", loc="best" if heldout else "upper right", framealpha=0.9)
-            _draw_beta(ax, history, epoch, marker)
+            beta_drawn = _draw_beta(ax, history, epoch, marker)
         elif col == "loss" and heldout:  # an autoencoder: its loss is the reconstruction
             _draw_heldout(ax, epoch, np.array(history.column("heldout_recon"), dtype=float), y, "C0",
                           "held-out reconstruction")
@@ -169,6 +171,8 @@ def plot_training_curves(
             ax.legend(fontsize="x-small", loc="best", framealpha=0.9)
         if bad is not None:
             ax.axvline(bad, color="red", linewidth=1.5, linestyle=":")
+    # The learning rate beside the loss; where β already has that twin axis, beside the reconstruction.
+    _draw_lr(axes[1] if beta_drawn else axes[0], history, epoch, marker)
     if bad is not None:
         fig.suptitle(
             f"Training curves — training stopped: the loss became NaN / infinite at epoch {bad}",
@@ -196,24 +200,43 @@ def _draw_heldout(ax: Any, epoch: np.ndarray, held: np.ndarray, train: np.ndarra
             markersize=3, label=label)
 
 
-def _draw_beta(ax: Any, history: History, epoch: np.ndarray, marker: str | None) -> None:
+def _draw_lr(ax: Any, history: History, epoch: np.ndarray, marker: str | None) -> bool:
+    """The learning rate used (the history's ``lr``: each epoch's last step) on a twin axis of
+    ``ax``, where it changes over training: a schedule (cosine, burda's stages) or the halvings of
+    ``--nonfinite skip``. Returns whether it drew one."""
+    lr = np.array([float(r.get("lr", math.nan)) for r in history.rows], dtype=float)  # rows may lack it
+    ok = np.isfinite(lr)
+    if not ok.any() or np.ptp(lr[ok]) == 0:
+        return False
+    twin = ax.twinx()
+    twin.plot(epoch[ok], lr[ok], color="C4", linestyle="-.", marker=marker, markersize=2,
+              label="learning rate (each epoch's last step)")
+    twin.set_ylabel("learning rate (dash-dot)", color="C4")
+    twin.tick_params(axis="y", colors="C4")
+    twin.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    twin.set_ylim(bottom=0, top=float(lr[ok].max()) * 1.05)  # no legend: the axis, in the line's colour, names it
+    return True
+
+
+def _draw_beta(ax: Any, history: History, epoch: np.ndarray, marker: str | None) -> bool:
     """β used (the history's per-epoch mean of the schedule) on a twin axis of the loss panel.
 
     Drawn only where β changes over training (a schedule): a constant β is in the title. Not
     drawn for runs without a KL term (an autoencoder: KL 0 throughout) or histories written
-    before the column existed (NaN).
+    before the column existed (NaN). Returns whether it drew one.
     """
     beta = np.array([float(r.get("beta", math.nan)) for r in history.rows], dtype=float)  # rows may predate it
     kl = np.array(history.column("kl"), dtype=float)
     ok = np.isfinite(beta)
     if not ok.any() or np.all(kl[np.isfinite(kl)] == 0) or np.ptp(beta[ok]) == 0:
-        return
+        return False
     twin = ax.twinx()
     twin.plot(epoch[ok], beta[ok], color="C1", linestyle="--", marker=marker, markersize=2, label="β used")
     twin.set_ylabel("β used", color="C1")
     twin.tick_params(axis="y", colors="C1")
     twin.set_ylim(bottom=0, top=max(1e-12, float(beta[ok].max())) * 1.05)
     twin.legend(fontsize="x-small", loc="center right")
+    return True
 
 
 @torch.no_grad()
