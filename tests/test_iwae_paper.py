@@ -4,14 +4,13 @@ the preset itself. The closed forms are restated from the authors' code (yburda/
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import parsed_train_config, tiny_config
+from helpers import assert_stacked_equals_solo, parsed_train_config, tiny_config
 from vaelab.cli import app
 from vaelab.config import RunConfig, ScheduleSpec
 from vaelab.data.registry import load_dataset
@@ -20,7 +19,7 @@ from vaelab.models import build_model, init_output_bias
 from vaelab.plots.course import initial_model
 from vaelab.presets import apply_preset
 from vaelab.schedules import burda_stage, value_at
-from vaelab.train import TrainingInterrupted, can_stack, fit, fit_stack, train_run
+from vaelab.train import TrainingInterrupted, can_stack, fit, train_run
 
 
 def authors_lr(stage: int) -> float:
@@ -93,15 +92,7 @@ def test_bad_adam_and_schedule_flags_are_refused(tmp_path, flag, message):
 def test_stacked_members_with_the_papers_adam_equal_their_solo_runs():
     configs = [tiny_config(train={"objective": "elbo", "epochs": 3, "seed": s, "adam_betas": [0.99, 0.999],
                                   "adam_eps": 5e-6, "lr_schedule": "burda"}) for s in (0, 1)]
-    x = load_dataset(configs[0].data, "train").x
-    stacked = [build_model(c.model, x.shape[1], seed=c.train.seed) for c in configs]
-    solo = [copy.deepcopy(m) for m in stacked]
-    results = fit_stack(stacked, x, [c.train for c in configs])
-    for model, alone, cfg, result in zip(stacked, solo, configs, results, strict=True):
-        history = fit(alone, x, cfg.train)
-        assert result.error is None
-        torch.testing.assert_close(model.state_dict(), alone.state_dict(), rtol=1e-5, atol=1e-5)
-        assert result.history.column("lr") == history.column("lr")
+    assert_stacked_equals_solo(configs, ("loss", "kl", "lr"))
 
 
 def test_members_with_other_adam_settings_do_not_stack():
