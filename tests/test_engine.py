@@ -172,4 +172,4 @@ def test_schedules_are_pure_functions_of_the_step():
     # The learning rate's cosine is the float fit has always used: lr·½(1 + cos(π t / T)).
     cfg = _configs("vae-mlp")[0].train
     for t in (0, 3, 7):
-        assert value_at(lr_spec(cfg), t, budget) == cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t / budget))
+        assert value_at(lr_spec(cfg, 4), t, budget) == cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t / budget))
