@@ -84,6 +84,26 @@ def assert_stacked_equals_solo(configs: list[RunConfig], columns: tuple[str, ...
     return results
 
 
+def assert_interrupted_run_resumes_exactly(cfg: RunConfig, tmp_path, stop_at: int, columns: tuple[str, ...]) -> None:
+    """``train_run`` of ``cfg`` stopped after step ``stop_at`` and resumed ends with the weights of an
+    uninterrupted run bit for bit, and the same history ``columns``."""
+    import pytest
+    import torch
+
+    from vaelab.train import TrainingInterrupted, train_run
+
+    ref = train_run(cfg, tmp_path / "ref")
+    steps = {"n": 0}
+    with pytest.raises(TrainingInterrupted):
+        train_run(cfg, tmp_path / "r", should_stop=lambda: steps["n"] >= stop_at,
+                  on_step=lambda info: steps.__setitem__("n", info.step))
+    run = train_run(cfg, tmp_path / "r", resume=True)
+    ref_w, run_w = ref.model.state_dict(), run.model.state_dict()
+    assert all(torch.equal(ref_w[k], run_w[k]) for k in ref_w)
+    for column in columns:
+        assert run.history.column(column) == ref.history.column(column), column
+
+
 def cli_ok(*args: object):  # noqa: ANN201 (typer's Result)
     """Run ``vaelab ARGS`` in this process; assert it exited 0 without a traceback; the result."""
     from typer.testing import CliRunner

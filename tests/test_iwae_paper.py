@@ -10,7 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import assert_stacked_equals_solo, parsed_train_config, tiny_config
+from helpers import (
+    assert_interrupted_run_resumes_exactly,
+    assert_stacked_equals_solo,
+    parsed_train_config,
+    tiny_config,
+)
 from vaelab.cli import app
 from vaelab.config import RunConfig, ScheduleSpec
 from vaelab.data.registry import load_dataset
@@ -19,7 +24,7 @@ from vaelab.models import build_model, init_output_bias
 from vaelab.plots.course import initial_model
 from vaelab.presets import apply_preset
 from vaelab.schedules import burda_stage, value_at
-from vaelab.train import TrainingInterrupted, can_stack, fit, train_run
+from vaelab.train import can_stack, fit, train_run
 
 
 def authors_lr(stage: int) -> float:
@@ -106,15 +111,7 @@ def test_members_with_other_adam_settings_do_not_stack():
 def test_an_interrupted_run_with_the_papers_optimizer_resumes_exactly(tmp_path, stop_at):
     cfg = tiny_config(train={"objective": "elbo", "epochs": 3, "lr_schedule": "burda", "adam_betas": [0.99, 0.999],
                              "adam_eps": 5e-6})
-    ref = train_run(cfg, tmp_path / "ref")
-    steps = {"n": 0}
-    with pytest.raises(TrainingInterrupted):
-        train_run(cfg, tmp_path / "r", should_stop=lambda: steps["n"] >= stop_at,
-                  on_step=lambda info: steps.__setitem__("n", info.step))
-    run = train_run(cfg, tmp_path / "r", resume=True)
-    ref_w, run_w = ref.model.state_dict(), run.model.state_dict()
-    assert all(torch.equal(ref_w[k], run_w[k]) for k in ref_w)
-    assert run.history.column("lr") == ref.history.column("lr")
+    assert_interrupted_run_resumes_exactly(cfg, tmp_path, stop_at, ("lr",))
 
 
 # ----- the decoder's output bias -------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import assert_interrupted_run_resumes_exactly, tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab.cli import app
 from vaelab.config import ConfigError, RunConfig, TrainConfig
@@ -15,7 +15,7 @@ from vaelab.data.registry import load_dataset
 from vaelab.models import build_model
 from vaelab.schedules import beta_at, check_schedule
 from vaelab.settings import check_settings
-from vaelab.train import TrainingInterrupted, fit, train_run
+from vaelab.train import fit, train_run
 
 
 def betas(config: TrainConfig, steps_per_epoch: int, budget: int) -> list[float]:
@@ -117,16 +117,7 @@ def test_a_warmup_changes_training_and_its_length_matters():
 def test_an_interrupted_warmup_run_resumes_to_identical_weights(tmp_path, stop_at):
     cfg = tiny_config(train={"objective": "elbo", "beta_schedule": "warmup", "warmup_steps": 7, "epochs": 3,
                              "checkpoint_every": 3})
-    ref = train_run(cfg, tmp_path / "ref")
-    steps = {"n": 0}
-    with pytest.raises(TrainingInterrupted):
-        train_run(cfg, tmp_path / "r", should_stop=lambda: steps["n"] >= stop_at,
-                  on_step=lambda info: steps.__setitem__("n", info.step))
-    run = train_run(cfg, tmp_path / "r", resume=True)
-    ref_w, run_w = ref.model.state_dict(), run.model.state_dict()
-    assert all(torch.equal(ref_w[k], run_w[k]) for k in ref_w)
-    assert run.history.column("beta") == ref.history.column("beta")
-    assert run.history.column("loss") == ref.history.column("loss")
+    assert_interrupted_run_resumes_exactly(cfg, tmp_path, stop_at, ("beta", "loss"))
 
 
 def test_schedule_settings_are_not_resumable(tmp_path):
