@@ -202,3 +202,40 @@ def test_torchrun_settings_that_cannot_work_are_refused(tmp_path, args, env, mes
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "runs").exists()
+
+
+def test_shutdown_leaves_the_gil_to_gloos_threads_before_the_process_may_exit(tmp_path, monkeypatch):
+    # A gloo worker thread that still has to drop a finished collective's tensor needs the GIL; if
+    # it asks while the interpreter finalizes, the process aborts ("terminate called without an
+    # active exception", seen in CI after a run that succeeded). shutdown() must hand the GIL over
+    # after it has left the group and before it returns. Here a thread asks for the GIL just as
+    # the group is destroyed, while the main thread would otherwise keep it (a switch interval of
+    # an hour): it has run once shutdown() is back.
+    import threading
+
+    from vaelab import distributed
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ran: list[bool] = []
+    go = threading.Event()
+    waiter = threading.Thread(target=lambda: (go.wait(), ran.append(True)))
+    waiter.start()
+    destroy = torch.distributed.destroy_process_group
+
+    def destroy_then_wake_the_waiter() -> None:
+        destroy()
+        go.set()
+
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", destroy_then_wake_the_waiter)
+    monkeypatch.setattr(distributed, "_GLOO_DRAIN_S", 1.0)  # room for a busy machine to schedule the waiter
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(3600.0)
+    try:
+        distributed.shutdown()
+        done = list(ran)
+    finally:
+        sys.setswitchinterval(interval)
+        go.set()
+        waiter.join()
+    assert not torch.distributed.is_initialized()
+    assert done == [True]
