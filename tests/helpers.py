@@ -31,6 +31,31 @@ def tiny_config(**sections: dict) -> RunConfig:
     return RunConfig.from_dict(base)
 
 
+def perturbed_ladder(layers: tuple[int, ...] = (2, 1, 2), scale: str = "logvar", ladder: dict | None = None,
+                     **model: object):  # noqa: ANN201 (a LadderVAE; vaelab.models is imported lazily)
+    """A 2-D ladder VAE with hidden [8] whose weights are moved off their initialisation (seeded), so
+    that every layer and net matters to the densities a test checks by hand."""
+    import torch
+
+    from vaelab.models import LadderVAE, build_model
+
+    cfg = tiny_config(model={"kind": "ladder", "latent_dim": sum(layers), "scale": scale,
+                             "ladder": {"layers": list(layers), "hidden": [8], **(ladder or {})}, **model})
+    built = build_model(cfg.model, 2, seed=0)
+    with torch.no_grad():
+        for p in built.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(5)))
+    assert isinstance(built, LadderVAE)
+    return built
+
+
+def variance_from_scale(h, scale: str):  # noqa: ANN001, ANN201 (tensors; torch is imported lazily)
+    """σ² from a net's scale output ``h`` as ``model.scale`` reads it, written out for the tests."""
+    import torch
+
+    return {"logvar": h.exp(), "softplus": torch.nn.functional.softplus(h).square(), "exp": (2 * h).exp()}[scale]
+
+
 class _Parsed(Exception):
     """Raised in place of training once `vaelab train` has built its config."""
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from helpers import assert_stacked_equals_solo, tiny_config
+from helpers import assert_stacked_equals_solo, perturbed_ladder, tiny_config, variance_from_scale
 from vaelab import checkpoint as ckpt
 from vaelab.config import ConfigError, RunConfig
 from vaelab.data.pixels import eval_view
@@ -40,14 +40,7 @@ FORMS = {"default": {}, "paper": PAPER}
 
 
 def _model(layers=(2, 1, 2), scale="logvar", form="default", **model) -> LadderVAE:
-    cfg = tiny_config(model={"kind": "ladder", "latent_dim": sum(layers), "scale": scale,
-                             "ladder": {"layers": list(layers), "hidden": [8], **FORMS[form]}, **model})
-    built = build_model(cfg.model, 2, seed=0)
-    with torch.no_grad():  # move the weights off their initialisation, so that every layer matters
-        for p in built.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(5)))
-    assert isinstance(built, LadderVAE)
-    return built
+    return perturbed_ladder(layers, scale, FORMS[form], **model)
 
 
 def _x(n: int = 6) -> torch.Tensor:
@@ -60,11 +53,6 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 def _by_hand_normal(z: torch.Tensor, loc: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return Normal(loc, var.sqrt()).log_prob(z).sum(-1)
-
-
-def _variance(h: torch.Tensor, scale: str) -> torch.Tensor:
-    """σ² from a net's scale output by config.scale, as the VAE reads it."""
-    return {"logvar": h.exp(), "softplus": torch.nn.functional.softplus(h).square(), "exp": (2 * h).exp()}[scale]
 
 
 def _estimates_by_hand(model: LadderVAE, x: torch.Tensor, form: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -97,11 +85,11 @@ def test_log_probs_are_the_sums_of_the_layers_normal_densities_written_out(scale
     z1, z2, z3 = z[..., :2], z[..., 2:3], z[..., 3:]
     with torch.no_grad():
         hat = _estimates_by_hand(model, x, form)
-        var_hat = [_variance(h, scale) for _, h in hat]
+        var_hat = [variance_from_scale(h, scale) for _, h in hat]
 
         def p_layer(i: int, above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             loc, h = model.top_down[i](above).chunk(2, -1)
-            return loc, _variance(h, scale)
+            return loc, variance_from_scale(h, scale)
 
         # q: z_3 ~ N(μ̂_3, σ̂_3²); q(z_i | z_{i+1}) the estimate merged with p(z_i | z_{i+1}).
         q_terms = {"3": _by_hand_normal(z3, hat[2][0], var_hat[2])}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from helpers import assert_stacked_equals_solo, tiny_config
+from helpers import assert_stacked_equals_solo, perturbed_ladder, tiny_config, variance_from_scale
 from vaelab.config import ConfigError, RunConfig
 from vaelab.data.pixels import eval_view
 from vaelab.data.registry import load_dataset
@@ -27,22 +27,11 @@ CHAIN = {"bottom_up": "chain", "decode": "bottom"}
 
 
 def _model(layers=(2, 1, 2), scale="logvar") -> LadderVAE:
-    cfg = tiny_config(model={"kind": "ladder", "latent_dim": sum(layers), "scale": scale,
-                             "ladder": {"layers": list(layers), "hidden": [8], **CHAIN}})
-    built = build_model(cfg.model, 2, seed=0)
-    with torch.no_grad():  # off the initialisation, so that every net matters
-        for p in built.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(5)))
-    assert isinstance(built, LadderVAE)
-    return built
+    return perturbed_ladder(layers, scale, CHAIN)
 
 
 def _x(n: int = 6) -> torch.Tensor:
     return torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
-
-
-def _var(h: torch.Tensor, scale: str) -> torch.Tensor:
-    return {"logvar": h.exp(), "softplus": torch.nn.functional.softplus(h).square(), "exp": (2 * h).exp()}[scale]
 
 
 def _normal(z, loc, var):
@@ -61,8 +50,8 @@ def test_log_q_is_the_chain_of_normal_densities_written_out(scale):
         loc1, h1 = model.encoder(x).chunk(2, -1)  # q(z_1|x)
         loc2, h2 = model.upward[0](z1).chunk(2, -1)  # q(z_2|z_1)
         loc3, h3 = model.upward[1](z2).chunk(2, -1)  # q(z_3|z_2)
-        terms = {"1": _normal(z1, loc1, _var(h1, scale)), "2": _normal(z2, loc2, _var(h2, scale)),
-                 "3": _normal(z3, loc3, _var(h3, scale))}
+        terms = {str(i): _normal(z_i, loc, variance_from_scale(h, scale))
+                 for i, (z_i, loc, h) in enumerate([(z1, loc1, h1), (z2, loc2, h2), (z3, loc3, h3)], start=1)}
         groups = q_z.log_prob_groups(z)
     assert list(groups) == ["1", "2", "3"] and q_z.groups == model.prior().groups
     # z of one point scored under every point's q: the upper layers, which do not read x, broadcast
