@@ -63,7 +63,7 @@ from vaelab.train.step import StepContext, TrainStep
 # (and every model setting but recon_var) must be equal.
 PER_MEMBER_TRAIN = frozenset({
     "beta", "lr", "lr_schedule", "seed", "checkpoint_every", "diversity_samples", "grad_clip",
-    "beta_schedule", "warmup_epochs", "warmup_steps", "cycles", "cycle_ratio",
+    "beta_schedule", "warmup_epochs", "warmup_steps", "cycles", "cycle_ratio", "adam_betas", "adam_eps",
 })
 PER_MEMBER_MODEL = frozenset({"recon_var"})
 _WHY = {"model.latent_dim": "latent sizes differ", "model.kind": "model families differ",
@@ -252,9 +252,9 @@ class StackedExecutor:
         # Each member's step count per parameter, as fit's Adam holds it; adam increments them in place.
         self.adam_steps_of = [[torch.tensor(float(self.adam_step), dtype=torch.float32,
                                             device=device if self.fused else "cpu") for _ in names] for _ in range(m)]
-        group0 = optimizers[0].param_groups[0]
-        self.beta1, self.beta2 = group0["betas"]
-        self.adam_eps = group0["eps"]
+        # Each member's Adam constants (β1, β2, ε), as fit's optimizer holds them.
+        self.adam_constants = [(*optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"])
+                               for optimizer in optimizers]
         self.last_lr = [optimizer.param_groups[0]["lr"] for optimizer in optimizers]  # fit's group lr
         self.grad_clip = [mem.config.grad_clip for mem in members]
         # One template step evaluates every member: its parameters and buffers are replaced by
@@ -394,23 +394,23 @@ class StackedExecutor:
             for g in self.grads:
                 if g is not None:
                     g.mul_(factor.view(m, *[1] * (g.dim() - 1)))
-        # One fused Adam call per learning rate over the members' rows (views: updated in place).
-        # Not one call on the whole (M, ...) tensors: the fused kernel computes a vector-width
+        # One fused Adam call per (learning rate, β1, β2, ε) over the members' rows (views: updated
+        # in place). Not one call on the whole (M, ...) tensors: the fused kernel computes a vector-width
         # body and a scalar tail with different roundings (a 4-wide bias is all tail alone, all
         # body stacked), which moves the last bit; on the rows each member's update is fit's, bit for bit.
         used = [j for j, g in enumerate(self.grads) if g is not None]  # fit's Adam skips parameters without a gradient
         grad_rows = {j: cast(Tensor, self.grads[j]).unbind(0) for j in used}
-        by_lr: dict[float, list[int]] = {}
+        by_setting: dict[tuple[float, float, float, float], list[int]] = {}
         for i in stepped:
-            by_lr.setdefault(self.last_lr[i], []).append(i)
-        for lr, group in by_lr.items():
+            by_setting.setdefault((self.last_lr[i], *self.adam_constants[i]), []).append(i)
+        for (lr, beta1, beta2, eps), group in by_setting.items():
             adam([self.param_rows[j][i] for i in group for j in used],
                  [grad_rows[j][i] for i in group for j in used],
                  [self.avg_rows[j][i] for i in group for j in used],
                  [self.sq_rows[j][i] for i in group for j in used],
                  [], [self.adam_steps_of[i][j] for i in group for j in used],
-                 foreach=None, fused=self.fused or None, amsgrad=False, beta1=self.beta1, beta2=self.beta2, lr=lr,
-                 weight_decay=0.0, eps=self.adam_eps, maximize=False)
+                 foreach=None, fused=self.fused or None, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
+                 weight_decay=0.0, eps=eps, maximize=False)
         self.adam_step += 1
 
     def discard(self, member: Member) -> None:
