@@ -129,14 +129,22 @@ def assert_interrupted_run_resumes_exactly(cfg: RunConfig, tmp_path, stop_at: in
         assert run.history.column(column) == ref.history.column(column), column
 
 
-def cli_ok(*args: object):  # noqa: ANN201 (typer's Result)
-    """Run ``vaelab ARGS`` in this process; assert it exited 0 without a traceback; the result."""
+def invoke(*args: object):  # noqa: ANN201 (typer's Result)
+    """Run ``vaelab ARGS`` in this process; assert it printed no traceback and raised nothing but
+    SystemExit (a clear error exits, it never crashes); the result."""
     from typer.testing import CliRunner
 
     from vaelab.cli import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def cli_ok(*args: object):  # noqa: ANN201 (typer's Result)
+    """Run ``vaelab ARGS`` in this process; assert it exited 0 without a traceback; the result."""
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     return result
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import invoke, tiny_config
 from vaelab import checkpoint as ckpt
 from vaelab.cli import app
 from vaelab.config import ConfigError, RunConfig, read_toml
@@ -26,15 +26,7 @@ from vaelab.data.files import DataFileError, load_points
 from vaelab.memory import SizeError
 from vaelab.train import train_run
 
-runner = CliRunner()
 OLD = b"x1,x2\n1,2\n3,4\n"  # the user's existing file: must survive every failure byte for byte
-
-
-def invoke(*args: object):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
 
 
 @pytest.fixture

@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import invoke
 from vaelab.cli import app
 
 runner = CliRunner()
 TINY = ["--data", "ring", "--n-train", "200", "--n-test", "100", "--hidden", "16,16", "--epochs", "2",
         "--batch-size", "64", "--eval-k", "8", "--device", "cpu"]
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    return result
 
 
 @pytest.fixture(scope="module")

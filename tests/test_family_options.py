@@ -12,17 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from helpers import parsed_train_config, tiny_config
+from helpers import invoke, parsed_train_config, tiny_config
 from models.families import MixturePriorOptions, MixturePriorVAE
-from vaelab.cli import app
 from vaelab.config import ConfigError, RunConfig
 from vaelab.models import FAMILIES, build_model, family_options, option_schemas, register_family
 from vaelab.settings import check_settings
 
 NAME = "mogvae"
-runner = CliRunner()
 # A tiny run of the CLI: one epoch of 200 ring points, no evaluation or report.
 TINY = ["--data", "ring", "--n-train", "200", "--n-test", "100", "--hidden", "16,16", "--epochs", "1",
         "--batch-size", "64", "--device", "cpu", "--no-eval", "--no-report"]
@@ -51,12 +48,6 @@ def mixture_family() -> Iterator[None]:
     register_family(NAME, MixturePriorVAE)
     yield
     FAMILIES.pop(NAME, None)
-
-
-def invoke(*args: object):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def text(result) -> str:

@@ -9,26 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from vaelab.cli import app
+from helpers import invoke
 from vaelab.conditions import Condition
 from vaelab.config import ModelConfig
 from vaelab.models import build_model
 
-runner = CliRunner()
 FAST = ["--epochs", "1", "--n-train", "200", "--n-test", "100", "--hidden", "8", "--eval-k", "4", "--no-report",
         "--device", "cpu"]
 FILE_FAST = ["--epochs", "1", "--hidden", "8", "--eval-k", "4", "--no-report", "--device", "cpu"]
 BIG = str(10**9)
 HUGE_SEED = str(2**80)
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
 
 
 def refused(result, *needles):

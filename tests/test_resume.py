@@ -5,23 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
+from helpers import invoke
 from vaelab import checkpoint as ckpt
-from vaelab.cli import app
 from vaelab.config import ConfigError, RunConfig
 from vaelab.presets import apply_preset
 from vaelab.train import train_run
 
-runner = CliRunner()
 TINY = ["--data", "ring", "--n-train", "128", "--n-test", "64", "--hidden", "8", "--batch-size", "64",
         "--eval-k", "4", "--device", "cpu", "--no-report", "--no-eval"]
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 class Interrupted(Exception):

@@ -12,21 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import invoke, tiny_config
 from vaelab import checkpoint as ckpt
-from vaelab.cli import app
 from vaelab.train import train_run
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
 
 
 def files_of(run: Path) -> dict[str, bytes]:
