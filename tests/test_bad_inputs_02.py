@@ -763,11 +763,11 @@ def test_build_model_refuses_sizes_that_are_not_sizes(case, kwargs, message):
 
 def test_an_empty_element_of_a_size_list_is_refused():
     """TR84: --hidden 32,,32 was silently read as 32,32."""
-    from vaelab.cli.common import _split_ints
+    from vaelab.cli.common import _split_numbers
 
     with pytest.raises(ValueError, match="--hidden '32,,32' has an empty value"):
-        _split_ints("32,,32", "--hidden")
-    assert _split_ints("32, 32", "--hidden") == [32, 32]
+        _split_numbers("32,,32", "--hidden")
+    assert _split_numbers("32, 32", "--hidden") == [32, 32]
 
 
 # --------------------------------------------------------------------------- 10. round two (issue 19)

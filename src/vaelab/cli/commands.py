@@ -35,8 +35,7 @@ from vaelab.cli.common import (
     SLURM_TIME,
     TRAINING,
     VaelabCommand,
-    _split_floats,
-    _split_ints,
+    _split_numbers,
     add_defaults,
     pick_device,
     refuse_without_slurm,
@@ -443,10 +442,10 @@ def train(
             data_over["path"] = None
             base = base.model_copy(update={"data": base.data.model_copy(update={"path": None})})
     model_over: dict[str, Any] = {
-        "kind": model, "net": net, "channels": _split_ints(channels, "--channels"),
-        "hidden": _split_ints(hidden, "--hidden"), "activation": activation,
+        "kind": model, "net": net, "channels": _split_numbers(channels, "--channels"),
+        "hidden": _split_numbers(hidden, "--hidden"), "activation": activation,
         "latent_dim": latent_dim, "scale": scale, "likelihood": likelihood, "recon_var": recon_var,
-        "min_var": min_var, "cond_embed": _split_ints(cond_embed, "--cond-embed"), "output_bias": output_bias,
+        "min_var": min_var, "cond_embed": _split_numbers(cond_embed, "--cond-embed"), "output_bias": output_bias,
         **family_over,  # [model.NAME] tables, laid over those of --config
     }
     if lambda_rec is not None:
@@ -457,7 +456,7 @@ def train(
         "data": data_over,
         "model": model_over,
         "train": {"objective": objective, "beta": beta, "k": k, "lr": lr, "lr_schedule": lr_schedule,
-                  "adam_betas": _split_floats(adam_betas, "--adam-betas"), "adam_eps": adam_eps,
+                  "adam_betas": _split_numbers(adam_betas, "--adam-betas", float), "adam_eps": adam_eps,
                   "epochs": epochs, "steps": steps, "batch_size": batch_size, "seed": seed,
                   "checkpoint_every": checkpoint_every, "nonfinite": nonfinite, "max_skips": max_skips,
                   "grad_clip": grad_clip, "beta_schedule": beta_schedule, "warmup_epochs": warmup_epochs,
@@ -1053,12 +1052,12 @@ def _plot_options(dims: str | None, points: str | None, seed: int, n_points: int
     if n_points <= 0:
         raise InputError(f"--n-points must be a positive number of points, got {n_points}")
     if dims is not None:
-        pair = _split_ints(dims, "--dims")
+        pair = _split_numbers(dims, "--dims")
         if pair is None or len(pair) != 2:
             raise InputError(f"--dims takes two latent dimensions like 1,2 (1-based), got {dims!r}")
         options["dims"] = (pair[0] - 1, pair[1] - 1)
     if data_dims is not None:
-        chosen = _split_ints(data_dims, "--data-dims")
+        chosen = _split_numbers(data_dims, "--data-dims")
         if not chosen:
             raise InputError(f"--data-dims takes data coordinates like 1,3,4 (1-based), got {data_dims!r}")
         options["data_dims"] = tuple(i - 1 for i in chosen)  # checked against the data by PlotContext

@@ -89,28 +89,19 @@ def vaelab_command() -> str:
     return shlex.quote(argv0)
 
 
-def _split_ints(text: str | None, what: str) -> list[int] | None:
+def _split_numbers(text: str | None, what: str, element: type[int] | type[float] = int) -> list | None:
+    """A comma-separated flag value as a list of ints (--hidden 128,128) or floats (--adam-betas 0.9,0.999);
+    None when the flag was not given, [] for an empty value."""
     if text is None:
         return None
+    noun, example = ("integers", "128,128") if element is int else ("numbers", "0.9,0.999")
     parts = text.replace(" ", "").split(",")
     if "" in parts and text.strip():  # "32,,32" was read as 32,32 (audit TR84)
-        raise InputError(f"{what} {text!r} has an empty value between commas; give integers like 128,128")
+        raise InputError(f"{what} {text!r} has an empty value between commas; give {noun} like {example}")
     try:
-        return [int(v) for v in parts if v]
+        return [element(v) for v in parts if v]
     except ValueError:
-        raise InputError(f"{what} must be comma-separated integers like 128,128; got {text!r}") from None
-
-
-def _split_floats(text: str | None, what: str) -> list[float] | None:
-    if text is None:
-        return None
-    parts = text.replace(" ", "").split(",")
-    if "" in parts:
-        raise InputError(f"{what} {text!r} has an empty value; give numbers like 0.9,0.999")
-    try:
-        return [float(v) for v in parts]
-    except ValueError:
-        raise InputError(f"{what} must be comma-separated numbers like 0.9,0.999; got {text!r}") from None
+        raise InputError(f"{what} must be comma-separated {noun} like {example}; got {text!r}") from None
 
 
 # The panels of `vaelab train --help` and `vaelab sweep --help`, in this order.
