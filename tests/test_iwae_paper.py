@@ -8,15 +8,14 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from helpers import (
     assert_interrupted_run_resumes_exactly,
     assert_stacked_equals_solo,
+    invoke,
     parsed_train_config,
     tiny_config,
 )
-from vaelab.cli import app
 from vaelab.config import RunConfig, ScheduleSpec
 from vaelab.data.registry import load_dataset
 from vaelab.errors import InputError
@@ -89,7 +88,7 @@ def test_adam_betas_outside_0_1_or_not_two_are_refused(betas):
                                                 ("--adam-eps 0", "adam_eps"),
                                                 ("--lr-schedule stepwise", "lr_schedule")])
 def test_bad_adam_and_schedule_flags_are_refused(tmp_path, flag, message):
-    result = CliRunner().invoke(app, ["train", *flag.split(), "--epochs", "1", "--out", str(tmp_path / "r")])
+    result = invoke("train", *flag.split(), "--epochs", "1", "--out", tmp_path / "r")
     assert result.exit_code != 0 and message in result.output
     assert not (tmp_path / "r").exists()
 
