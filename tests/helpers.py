@@ -49,6 +49,20 @@ def perturbed_ladder(layers: tuple[int, ...] = (2, 1, 2), scale: str = "logvar",
     return built
 
 
+def points_2d(n: int = 6):  # noqa: ANN201 (a tensor; torch is imported lazily)
+    """n seeded standard-normal 2-D points (n, 2): the inputs the ladder tests score by hand."""
+    import torch
+
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
+
+
+def normal_log_prob(z, loc, var):  # noqa: ANN001, ANN201 (tensors)
+    """log N(z; loc, diag(var)) summed over the last dimension, by torch.distributions.Normal."""
+    from torch.distributions import Normal
+
+    return Normal(loc, var.sqrt()).log_prob(z).sum(-1)
+
+
 def variance_from_scale(h, scale: str):  # noqa: ANN001, ANN201 (tensors; torch is imported lazily)
     """σ² from a net's scale output ``h`` as ``model.scale`` reads it, written out for the tests."""
     import torch

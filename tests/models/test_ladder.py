@@ -17,9 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.distributions import Normal
 
-from helpers import assert_stacked_equals_solo, perturbed_ladder, tiny_config, variance_from_scale
+from helpers import (
+    assert_stacked_equals_solo,
+    normal_log_prob,
+    perturbed_ladder,
+    points_2d,
+    tiny_config,
+    variance_from_scale,
+)
 from vaelab import checkpoint as ckpt
 from vaelab.config import ConfigError, RunConfig
 from vaelab.data.pixels import eval_view
@@ -43,16 +49,8 @@ def _model(layers=(2, 1, 2), scale="logvar", form="default", **model) -> LadderV
     return perturbed_ladder(layers, scale, FORMS[form], **model)
 
 
-def _x(n: int = 6) -> torch.Tensor:
-    return torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
-
-
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _by_hand_normal(z: torch.Tensor, loc: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    return Normal(loc, var.sqrt()).log_prob(z).sum(-1)
 
 
 def _estimates_by_hand(model: LadderVAE, x: torch.Tensor, form: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,7 +77,7 @@ def _merge_by_hand(form: str, loc_hat, var_hat, loc_p, var_p):
 @pytest.mark.parametrize("scale", ["logvar", "softplus", "exp"])
 def test_log_probs_are_the_sums_of_the_layers_normal_densities_written_out(scale, form):
     model = _model(scale=scale, form=form)
-    x = _x()
+    x = points_2d()
     q_z, prior = model.encode(x), model.prior()
     z = rsample(q_z, (4,), _gen())  # (4, 6, 5)
     z1, z2, z3 = z[..., :2], z[..., 2:3], z[..., 3:]
@@ -92,12 +90,12 @@ def test_log_probs_are_the_sums_of_the_layers_normal_densities_written_out(scale
             return loc, variance_from_scale(h, scale)
 
         # q: z_3 ~ N(μ̂_3, σ̂_3²); q(z_i | z_{i+1}) the estimate merged with p(z_i | z_{i+1}).
-        q_terms = {"3": _by_hand_normal(z3, hat[2][0], var_hat[2])}
+        q_terms = {"3": normal_log_prob(z3, hat[2][0], var_hat[2])}
         for i, z_i, z_above in ((1, z2, z3), (0, z1, z2)):
             loc_q, var_q = _merge_by_hand(form, hat[i][0], var_hat[i], *p_layer(i, z_above))
-            q_terms[str(i + 1)] = _by_hand_normal(z_i, loc_q, var_q)
-        p_terms = {"3": _by_hand_normal(z3, torch.zeros(2), torch.ones(2)),
-                   "2": _by_hand_normal(z2, *p_layer(1, z3)), "1": _by_hand_normal(z1, *p_layer(0, z2))}
+            q_terms[str(i + 1)] = normal_log_prob(z_i, loc_q, var_q)
+        p_terms = {"3": normal_log_prob(z3, torch.zeros(2), torch.ones(2)),
+                   "2": normal_log_prob(z2, *p_layer(1, z3)), "1": normal_log_prob(z1, *p_layer(0, z2))}
         q_groups, p_groups = q_z.log_prob_groups(z), prior.log_prob_groups(z)
         assert list(q_groups) == list(p_groups) == ["1", "2", "3"]
         for g in "123":
@@ -148,7 +146,7 @@ def test_only_the_residual_merge_lets_a_unit_leave_a_sharp_prior():
 @pytest.mark.parametrize("form", ["default", "paper"])
 def test_draws_come_from_the_generator_only_top_down_and_reparameterised(form):
     model = _model(form=form)
-    x = _x()
+    x = points_2d()
     q_z = model.encode(x)
     state = torch.get_rng_state()
     a = rsample(q_z, (3,), _gen(4))
@@ -189,7 +187,7 @@ def test_the_prior_draws_what_it_scores():
 
 def test_per_layer_kls_add_up_to_the_total():
     model = _model()
-    x = _x(32)
+    x = points_2d(32)
     out = elbo(model, x, generator=_gen(3))
     layers = [out.terms[f"kl_{g}"] for g in "123"]
     torch.testing.assert_close(sum(layers), out.terms["kl"], rtol=1e-6, atol=1e-6)
@@ -211,7 +209,7 @@ def test_per_layer_kls_add_up_to_the_total():
 
 def test_free_bits_per_layer_floor_each_layers_batch_mean_and_are_refused_without_layers():
     model = _model(form="paper")  # its layers' KLs straddle λ = 10
-    x = _x(32)
+    x = points_2d(32)
     plain = elbo(model, x, generator=_gen(3))
     lam = 10.0
     floored = elbo(model, x, generator=_gen(3), free_bits=lam, free_bits_group="layer", beta=2.0)
@@ -407,7 +405,7 @@ def test_decode_bottom_reads_z_1_only():
 def test_embed_is_the_top_down_path_of_means(form):
     model = _model(form=form)
     merge = combine if form == "paper" else residual
-    x = _x()
+    x = points_2d()
     with torch.no_grad():
         (l1, h1), (l2, h2), (l3, _) = model.bottom_up_estimates(x)
         m2 = merge(l2, h2, *model.prior_layer(1, l3))[0]
@@ -440,7 +438,7 @@ def test_save_load_and_vaelab_eval_report_kl_per_layer(tmp_path: Path):
     assert {"kl_1", "kl_2"} <= set(run.history.rows[-1])
     loaded = ckpt.load(run.path).model
     assert isinstance(loaded, LadderVAE) and loaded.sizes == [2, 1]
-    x = _x()
+    x = points_2d()
     torch.testing.assert_close(loaded.embed(x), run.model.embed(x), rtol=0, atol=0)
     torch.testing.assert_close(loaded.sample(5, generator=_gen(2)), run.model.sample(5, generator=_gen(2)),
                                rtol=0, atol=0)
@@ -491,7 +489,7 @@ def test_the_collapse_verdict_names_unused_layers():
 
 def test_the_distributions_have_the_contracts_shapes():
     model = _model()
-    q_z, prior = model.encode(_x()), model.prior()
+    q_z, prior = model.encode(points_2d()), model.prior()
     assert isinstance(q_z, LadderPosterior) and isinstance(prior, LadderPrior)
     assert q_z.batch_shape == (6,) and q_z.event_shape == (5,) and prior.batch_shape == () and prior.event_shape == (5,)
     # The collapse diagnostics score every draw under every point's posterior: (R, 1, d) against (C,).

@@ -9,9 +9,15 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Normal
 
-from helpers import assert_stacked_equals_solo, perturbed_ladder, tiny_config, variance_from_scale
+from helpers import (
+    assert_stacked_equals_solo,
+    normal_log_prob,
+    perturbed_ladder,
+    points_2d,
+    tiny_config,
+    variance_from_scale,
+)
 from vaelab.config import ConfigError, RunConfig
 from vaelab.data.pixels import eval_view
 from vaelab.data.registry import load_dataset
@@ -30,18 +36,10 @@ def _model(layers=(2, 1, 2), scale="logvar") -> LadderVAE:
     return perturbed_ladder(layers, scale, CHAIN)
 
 
-def _x(n: int = 6) -> torch.Tensor:
-    return torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
-
-
-def _normal(z, loc, var):
-    return Normal(loc, var.sqrt()).log_prob(z).sum(-1)
-
-
 @pytest.mark.parametrize("scale", ["logvar", "exp"])
 def test_log_q_is_the_chain_of_normal_densities_written_out(scale):
     model = _model(scale=scale)
-    x = _x()
+    x = points_2d()
     q_z = model.encode(x)
     assert isinstance(q_z, ChainPosterior)
     z = rsample(q_z, (4,), torch.Generator().manual_seed(0))  # (4, 6, 5)
@@ -50,7 +48,7 @@ def test_log_q_is_the_chain_of_normal_densities_written_out(scale):
         loc1, h1 = model.encoder(x).chunk(2, -1)  # q(z_1|x)
         loc2, h2 = model.upward[0](z1).chunk(2, -1)  # q(z_2|z_1)
         loc3, h3 = model.upward[1](z2).chunk(2, -1)  # q(z_3|z_2)
-        terms = {str(i): _normal(z_i, loc, variance_from_scale(h, scale))
+        terms = {str(i): normal_log_prob(z_i, loc, variance_from_scale(h, scale))
                  for i, (z_i, loc, h) in enumerate([(z1, loc1, h1), (z2, loc2, h2), (z3, loc3, h3)], start=1)}
         groups = q_z.log_prob_groups(z)
     assert list(groups) == ["1", "2", "3"] and q_z.groups == model.prior().groups
@@ -64,7 +62,7 @@ def test_log_q_is_the_chain_of_normal_densities_written_out(scale):
 
 def test_draws_come_from_the_generator_only_bottom_up_and_reparameterised():
     model = _model()
-    x = _x()
+    x = points_2d()
     q_z = model.encode(x)
     state = torch.get_rng_state()
     a = rsample(q_z, (3,), torch.Generator().manual_seed(4))
@@ -89,7 +87,7 @@ def test_draws_come_from_the_generator_only_bottom_up_and_reparameterised():
 def test_q_draws_what_it_scores():
     """z_1 standardised by q(z_1|x), and z_2 by q(z_2|z_1) at the z_1 drawn, are N(0, I)."""
     model = _model(layers=(2, 2))
-    x = _x(1)
+    x = points_2d(1)
     with torch.no_grad():
         q_z = model.encode(x)
         z = rsample(q_z, (40_000,), torch.Generator().manual_seed(2))[:, 0]  # (S, 4)
@@ -103,7 +101,7 @@ def test_q_draws_what_it_scores():
 
 def test_embed_is_the_bottom_up_path_of_means():
     model = _model()
-    x = _x()
+    x = points_2d()
     with torch.no_grad():
         m1 = model.encoder(x).chunk(2, -1)[0]
         m2 = model.upward[0](m1).chunk(2, -1)[0]
@@ -117,7 +115,7 @@ def test_the_chain_has_its_own_nets_and_no_estimates_per_layer():
     assert [net[-1].out_features for net in model.upward] == [2, 4]  # (μ, h) of z_2, z_3
     assert model.decoder[0].in_features == 2  # decode = bottom: p(x|z_1)
     with pytest.raises(InputError, match="use encode"):
-        model.bottom_up_estimates(_x())
+        model.bottom_up_estimates(points_2d())
 
 
 @pytest.mark.parametrize(("options", "match"), [
@@ -166,7 +164,7 @@ def test_scale_is_a_ladder_setting_and_changes_its_model():
     every σ of the ladder comes from its net's output by model.scale (found by hand)."""
     from vaelab.settings import check_settings
 
-    x = _x()
+    x = points_2d()
     outcomes = []
     for scale in ("logvar", "exp"):
         cfg = RunConfig.from_dict({"data": {"name": "ring"}, "model": {"kind": "ladder", "latent_dim": 3,
